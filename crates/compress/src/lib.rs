@@ -1,0 +1,187 @@
+//! zstd stage of sqlvault.
+//!
+//! Pages are compressed in frames of many pages (tens to hundreds of KiB): a frame per
+//! page would lose most of the ratio, one stream per database would make a single page
+//! unreachable without decompressing everything before it. [`FrameCompressor`] and
+//! [`FrameDecompressor`] keep one zstd context each so that frames cost no allocation.
+//! [`CompressWriter`] is the streaming form for large sequential payloads.
+
+use std::fmt;
+use std::io::{self, Write};
+
+/// Default level: zstd's own default, the same as the `zstd -3` peers are measured with.
+pub const DEFAULT_LEVEL: i32 = 3;
+
+/// Compresses independent frames with one reusable context.
+pub struct FrameCompressor {
+    inner: zstd::bulk::Compressor<'static>,
+}
+
+impl fmt::Debug for FrameCompressor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FrameCompressor")
+    }
+}
+
+impl FrameCompressor {
+    /// A compressor at `level` (1–22; negative levels are zstd's fast modes).
+    pub fn new(level: i32) -> io::Result<Self> {
+        let mut inner = zstd::bulk::Compressor::new(level)?;
+        // The checksum lets a decoder notice a damaged frame even without our chunk
+        // hashes, e.g. when someone rebuilds a snapshot with the stock zstd tool.
+        inner.include_checksum(true)?;
+        inner.include_contentsize(true)?;
+        Ok(FrameCompressor { inner })
+    }
+
+    /// Compresses `src` into one complete zstd frame appended to `dst`.
+    pub fn compress_into(&mut self, src: &[u8], dst: &mut Vec<u8>) -> io::Result<usize> {
+        let start = dst.len();
+        dst.reserve(zstd::zstd_safe::compress_bound(src.len()));
+        let n = self.inner.compress_to_buffer(src, &mut SpareVec(dst, usize::MAX))?;
+        debug_assert_eq!(dst.len(), start + n);
+        Ok(n)
+    }
+}
+
+/// Adapter so zstd writes into a Vec's spare capacity (after its current contents)
+/// and extends its length by what it wrote; `.1` caps how much zstd may write.
+struct SpareVec<'a>(&'a mut Vec<u8>, usize);
+
+// SAFETY: the pointer and capacity describe the Vec's uninitialised tail, and
+// `filled_until` only extends the length over bytes zstd reports as written.
+unsafe impl zstd::zstd_safe::WriteBuf for SpareVec<'_> {
+    fn as_slice(&self) -> &[u8] {
+        &[]
+    }
+    fn capacity(&self) -> usize {
+        (self.0.capacity() - self.0.len()).min(self.1)
+    }
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        let len = self.0.len();
+        // SAFETY: len <= capacity, so the offset stays inside the allocation.
+        unsafe { self.0.as_mut_ptr().add(len) }
+    }
+    unsafe fn filled_until(&mut self, n: usize) {
+        let len = self.0.len();
+        // SAFETY: zstd initialised n bytes after the current length.
+        unsafe { self.0.set_len(len + n) }
+    }
+}
+
+/// Decompresses frames with one reusable context.
+pub struct FrameDecompressor {
+    inner: zstd::bulk::Decompressor<'static>,
+}
+
+impl fmt::Debug for FrameDecompressor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FrameDecompressor")
+    }
+}
+
+impl FrameDecompressor {
+    /// A new decompression context.
+    pub fn new() -> io::Result<Self> {
+        Ok(FrameDecompressor {
+            inner: zstd::bulk::Decompressor::new()?,
+        })
+    }
+
+    /// Decompresses one frame into `dst` (cleared first). Fails if the frame is damaged
+    /// or would decompress to more than `max_len` bytes.
+    pub fn decompress_into(&mut self, src: &[u8], dst: &mut Vec<u8>, max_len: usize) -> io::Result<()> {
+        dst.clear();
+        dst.reserve(max_len);
+        let n = self.inner.decompress_to_buffer(src, &mut SpareVec(dst, max_len))?;
+        debug_assert_eq!(n, dst.len());
+        Ok(())
+    }
+}
+
+/// Streaming zstd writer. Call [`CompressWriter::finish`]: without it the frame has no
+/// end and every decoder reports it as truncated.
+pub struct CompressWriter<W: Write> {
+    inner: zstd::stream::write::Encoder<'static, W>,
+}
+
+impl<W: Write> fmt::Debug for CompressWriter<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CompressWriter")
+    }
+}
+
+impl<W: Write> CompressWriter<W> {
+    /// A writer at `level` using `threads` worker threads (0 = single-threaded).
+    pub fn new(w: W, level: i32, threads: u32) -> io::Result<Self> {
+        let mut inner = zstd::stream::write::Encoder::new(w, level)?;
+        inner.include_checksum(true)?;
+        if threads > 0 {
+            inner.multithread(threads)?;
+        }
+        Ok(CompressWriter { inner })
+    }
+
+    /// Ends the frame and returns the inner writer.
+    pub fn finish(self) -> io::Result<W> {
+        self.inner.finish()
+    }
+}
+
+impl<W: Write> Write for CompressWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Streaming zstd reader.
+pub fn decompress_reader<R: io::BufRead>(r: R) -> io::Result<impl io::Read> {
+    zstd::stream::read::Decoder::with_buffer(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn frames_round_trip_and_reject_damage() {
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let mut c = FrameCompressor::new(DEFAULT_LEVEL).unwrap();
+        let mut frame = vec![9, 9]; // appending keeps what is there
+        let n = c.compress_into(&data, &mut frame).unwrap();
+        assert_eq!(frame.len(), n + 2);
+        assert!(n < data.len() / 4);
+        let mut d = FrameDecompressor::new().unwrap();
+        let mut out = Vec::new();
+        d.decompress_into(&frame[2..], &mut out, data.len()).unwrap();
+        assert_eq!(out, data);
+        // Too small a bound is an error, not a truncated result.
+        assert!(d.decompress_into(&frame[2..], &mut out, data.len() - 1).is_err());
+        let mut bad = frame[2..].to_vec();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        assert!(d.decompress_into(&bad, &mut out, data.len()).is_err());
+    }
+
+    #[test]
+    fn writer_without_finish_is_truncated() {
+        let data = vec![7u8; 100_000];
+        let mut w = CompressWriter::new(Vec::new(), DEFAULT_LEVEL, 0).unwrap();
+        w.write_all(&data).unwrap();
+        let full = w.finish().unwrap();
+        let mut out = Vec::new();
+        decompress_reader(&full[..]).unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        let mut w = CompressWriter::new(Vec::new(), DEFAULT_LEVEL, 0).unwrap();
+        w.write_all(&data).unwrap();
+        w.flush().unwrap();
+        let partial = std::mem::replace(&mut w.inner, zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap());
+        let unfinished = partial.get_ref().clone();
+        let mut out = Vec::new();
+        assert!(decompress_reader(&unfinished[..]).unwrap().read_to_end(&mut out).is_err());
+    }
+}

@@ -1,0 +1,59 @@
+//! The sqlvault repository format, version 1 (see `docs/format.md`).
+//!
+//! This crate is pure data: identifiers, the keys derived from a repository secret,
+//! and the byte encodings of every object kind (config, snapshot manifest, page map,
+//! index, pack trailer). It performs no IO, no compression and no encryption; the
+//! engine composes those around these encodings.
+
+mod error;
+mod ids;
+mod index;
+mod keys;
+mod manifest;
+mod pagemap;
+
+pub use error::FormatError;
+pub use ids::{ChunkId, ObjectId};
+pub use index::{IndexEntry, IndexFile, PackSection, PACK_MAGIC, decode_pack_trailer, encode_pack_trailer};
+pub use keys::{RepoKeys, RepoSecret};
+pub use manifest::{Manifest, MapRef, RepoConfig, RepoMarker, SnapshotStats, decode_manifest, encode_manifest};
+pub use pagemap::{PageMap, PageMapKind};
+
+/// The repository format version this crate reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Object key layout inside a repository prefix. Every name after the prefix is a
+/// random [`ObjectId`], so the storage provider learns nothing about content.
+pub mod layout {
+    use crate::ObjectId;
+
+    /// Cleartext marker: format name, version and random repository id.
+    pub const MARKER: &str = "sqlvault.json";
+    /// age stream to the repository's recipients holding the [`crate::RepoConfig`].
+    pub const CONFIG: &str = "config";
+    /// Directory of snapshot manifests.
+    pub const SNAPSHOTS: &str = "snapshots";
+    /// Directory of page maps.
+    pub const MAPS: &str = "maps";
+    /// Directory of index files.
+    pub const INDEX: &str = "index";
+    /// Directory of packs.
+    pub const PACKS: &str = "packs";
+
+    /// `snapshots/<id>`
+    pub fn snapshot(id: &ObjectId) -> String {
+        format!("{SNAPSHOTS}/{id}")
+    }
+    /// `maps/<id>`
+    pub fn map(id: &ObjectId) -> String {
+        format!("{MAPS}/{id}")
+    }
+    /// `index/<id>`
+    pub fn index(id: &ObjectId) -> String {
+        format!("{INDEX}/{id}")
+    }
+    /// `packs/<id>`
+    pub fn pack(id: &ObjectId) -> String {
+        format!("{PACKS}/{id}")
+    }
+}

@@ -1,0 +1,232 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{FORMAT_VERSION, FormatError, ObjectId, RepoKeys};
+
+/// The cleartext marker object `sqlvault.json`. It says only that this prefix is a
+/// sqlvault repository, which format version, and the random repository id that a
+/// host uses to find its local write key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoMarker {
+    /// Always `"sqlvault"`.
+    pub format: String,
+    /// Format version.
+    pub version: u32,
+    /// Random repository id (32 hex digits).
+    pub repo_id: String,
+}
+
+impl RepoMarker {
+    /// A marker for a new repository.
+    pub fn new(repo_id: String) -> Self {
+        RepoMarker {
+            format: "sqlvault".into(),
+            version: FORMAT_VERSION,
+            repo_id,
+        }
+    }
+
+    /// Parses and checks format and version.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let m: RepoMarker = serde_json::from_slice(bytes).map_err(|source| FormatError::Json {
+            kind: "repository marker",
+            source,
+        })?;
+        if m.format != "sqlvault" {
+            return Err(FormatError::BadMagic {
+                kind: "repository marker",
+            });
+        }
+        if m.version != FORMAT_VERSION {
+            return Err(FormatError::Version {
+                kind: "repository marker",
+                version: m.version,
+            });
+        }
+        Ok(m)
+    }
+}
+
+/// The repository config, stored as the `config` object encrypted to the recipients
+/// only (never to the metadata identity): whoever can decrypt it can restore.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Format version.
+    pub version: u32,
+    /// Same id as the marker; a mismatch means objects were swapped.
+    pub repo_id: String,
+    /// Creation time, unix milliseconds.
+    pub created_ms: i64,
+    /// The recipients every data object is encrypted to (age1…, ssh-…).
+    pub recipients: Vec<String>,
+    /// Hex of the [`crate::RepoSecret`].
+    pub secret: String,
+    /// For passphrase repositories: the X25519 identity that data objects are encrypted
+    /// to (its recipient is in `recipients`), itself protected by the passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_identity: Option<String>,
+}
+
+impl std::fmt::Debug for RepoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoConfig")
+            .field("repo_id", &self.repo_id)
+            .field("recipients", &self.recipients)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A reference from a manifest to a page map object, with the MAC of its plaintext so
+/// that a map cannot be swapped or forged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapRef {
+    /// The `maps/<id>` object.
+    pub id: ObjectId,
+    /// Hex MAC of the map plaintext under the repository MAC key.
+    pub mac: String,
+}
+
+/// Figures recorded about the backup that made a snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Bytes of database read.
+    pub bytes_read: u64,
+    /// Bytes newly stored (encrypted packs, index, map, manifest).
+    pub bytes_new: u64,
+    /// Chunks in the snapshot.
+    pub chunks_total: u64,
+    /// Chunks not already in the repository.
+    pub chunks_new: u64,
+}
+
+/// A snapshot manifest: everything restore needs besides the data. Written last,
+/// create-if-absent: a snapshot exists if and only if its manifest exists.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    /// Format version.
+    pub version: u32,
+    /// Snapshot id (also its object name).
+    pub id: ObjectId,
+    /// Database name (defaults to the file name).
+    pub name: String,
+    /// `"pages"` for a physical snapshot.
+    pub kind: String,
+    /// Creation time, unix milliseconds; retention orders by this.
+    pub created_ms: i64,
+    /// Host that made the backup.
+    pub host: String,
+    /// Absolute source path.
+    pub source_path: String,
+    /// Page size in bytes.
+    pub page_size: u32,
+    /// Pages in the database.
+    pub page_count: u32,
+    /// `wal`, `delete`, …
+    pub journal_mode: String,
+    /// `PRAGMA user_version`.
+    pub user_version: i64,
+    /// `PRAGMA application_id`.
+    pub application_id: i64,
+    /// `UTF-8`, `UTF-16le`, `UTF-16be`.
+    pub text_encoding: String,
+    /// SQLite library version that read the database.
+    pub sqlite_version: String,
+    /// sqlvault version that wrote the snapshot.
+    pub tool_version: String,
+    /// Hex logical checksum of the content (schema and every row).
+    pub logical_checksum: String,
+    /// Page maps to apply in order: a full map, then deltas.
+    pub maps: Vec<MapRef>,
+    /// The snapshot this one was made incrementally against, if any.
+    #[serde(default)]
+    pub parent: Option<ObjectId>,
+    /// Backup figures.
+    pub stats: SnapshotStats,
+}
+
+impl Manifest {
+    /// Database size in bytes.
+    pub fn db_size(&self) -> u64 {
+        self.page_size as u64 * self.page_count as u64
+    }
+}
+
+/// Manifest plaintext: the JSON body, a newline, the hex MAC of the body, a newline.
+pub fn encode_manifest(keys: &RepoKeys, m: &Manifest) -> Vec<u8> {
+    let mut body = serde_json::to_vec(m).expect("manifest serialises");
+    let mac = hex::encode(keys.mac(&body));
+    body.push(b'\n');
+    body.extend_from_slice(mac.as_bytes());
+    body.push(b'\n');
+    body
+}
+
+/// Parses a manifest and checks its MAC; `expected_id` must match the object name.
+pub fn decode_manifest(keys: &RepoKeys, bytes: &[u8], expected_id: &ObjectId) -> Result<Manifest, FormatError> {
+    let kind = "manifest";
+    let text = bytes.strip_suffix(b"\n").ok_or(FormatError::malformed(kind, "missing final newline"))?;
+    let split = text
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .ok_or(FormatError::malformed(kind, "missing mac line"))?;
+    let (body, mac_hex) = (&text[..split], &text[split + 1..]);
+    let mut mac = [0u8; 32];
+    hex::decode_to_slice(mac_hex, &mut mac).map_err(|_| FormatError::malformed(kind, "mac is not hex"))?;
+    if !keys.verify_mac(body, &mac) {
+        return Err(FormatError::Unauthentic { kind });
+    }
+    let m: Manifest = serde_json::from_slice(body).map_err(|source| FormatError::Json { kind, source })?;
+    if m.version != FORMAT_VERSION {
+        return Err(FormatError::Version { kind, version: m.version });
+    }
+    if &m.id != expected_id {
+        return Err(FormatError::Unauthentic { kind });
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RepoSecret;
+
+    fn sample() -> Manifest {
+        Manifest {
+            version: FORMAT_VERSION,
+            id: ObjectId([1; 16]),
+            name: "app.db".into(),
+            kind: "pages".into(),
+            created_ms: 1,
+            host: "h".into(),
+            source_path: "/x/app.db".into(),
+            page_size: 4096,
+            page_count: 2,
+            journal_mode: "wal".into(),
+            user_version: 7,
+            application_id: 0,
+            text_encoding: "UTF-8".into(),
+            sqlite_version: "3".into(),
+            tool_version: "0".into(),
+            logical_checksum: "00".into(),
+            maps: vec![],
+            parent: None,
+            stats: SnapshotStats::default(),
+        }
+    }
+
+    #[test]
+    fn manifest_mac_detects_forgery_and_wrong_key() {
+        let keys = RepoSecret::generate().keys();
+        let m = sample();
+        let enc = encode_manifest(&keys, &m);
+        assert_eq!(decode_manifest(&keys, &enc, &m.id).unwrap(), m);
+        let forged = String::from_utf8(enc.clone()).unwrap().replace("\"user_version\":7", "\"user_version\":8");
+        assert!(matches!(
+            decode_manifest(&keys, forged.as_bytes(), &m.id),
+            Err(FormatError::Unauthentic { .. })
+        ));
+        let other = RepoSecret::generate().keys();
+        assert!(decode_manifest(&other, &enc, &m.id).is_err());
+        // A valid manifest renamed to another snapshot id is rejected too.
+        assert!(decode_manifest(&keys, &enc, &ObjectId([2; 16])).is_err());
+    }
+}

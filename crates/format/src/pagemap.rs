@@ -1,0 +1,157 @@
+use crate::{ChunkId, FormatError};
+
+const MAGIC: &[u8; 8] = b"SQLVMAP1";
+const KIND: &str = "page map";
+
+/// Whether a page map lists every page or only the pages changed since its base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageMapKind {
+    /// Every page 1..=page_count.
+    Full,
+    /// Pages that differ from the map it is applied on top of.
+    Delta,
+}
+
+/// The mapping from page number to chunk id, whole or as a change set.
+///
+/// Encoding (little endian): `"SQLVMAP1"`, kind `u8` (0 full, 1 delta),
+/// `page_count u32`, `entry_count u32`, then `entry_count` × (`pgno u32`, `chunk id [32]`),
+/// pgno ascending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageMap {
+    /// Full or delta.
+    pub kind: PageMapKind,
+    /// Pages in the database after applying this map.
+    pub page_count: u32,
+    /// `(pgno, chunk)` pairs, pgno ascending, 1-based.
+    pub entries: Vec<(u32, ChunkId)>,
+}
+
+impl PageMap {
+    /// Serialises the map.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(17 + self.entries.len() * 36);
+        out.extend_from_slice(MAGIC);
+        out.push(match self.kind {
+            PageMapKind::Full => 0,
+            PageMapKind::Delta => 1,
+        });
+        out.extend_from_slice(&self.page_count.to_le_bytes());
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for (pgno, id) in &self.entries {
+            out.extend_from_slice(&pgno.to_le_bytes());
+            out.extend_from_slice(&id.0);
+        }
+        out
+    }
+
+    /// Parses and validates a map (ascending, in range, full maps complete).
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        if bytes.len() < 17 || &bytes[..8] != MAGIC {
+            return Err(FormatError::BadMagic { kind: KIND });
+        }
+        let kind = match bytes[8] {
+            0 => PageMapKind::Full,
+            1 => PageMapKind::Delta,
+            k => return Err(FormatError::malformed(KIND, format!("unknown kind {k}"))),
+        };
+        let page_count = u32::from_le_bytes(bytes[9..13].try_into().unwrap());
+        let n = u32::from_le_bytes(bytes[13..17].try_into().unwrap()) as usize;
+        let body = &bytes[17..];
+        if body.len() != n * 36 {
+            return Err(FormatError::malformed(KIND, "length does not match entry count"));
+        }
+        let mut entries = Vec::with_capacity(n);
+        let mut last = 0u32;
+        for rec in body.chunks_exact(36) {
+            let pgno = u32::from_le_bytes(rec[..4].try_into().unwrap());
+            if pgno <= last || pgno > page_count {
+                return Err(FormatError::malformed(KIND, format!("page {pgno} out of order or range")));
+            }
+            last = pgno;
+            entries.push((pgno, ChunkId(rec[4..].try_into().unwrap())));
+        }
+        if kind == PageMapKind::Full && n != page_count as usize {
+            return Err(FormatError::malformed(KIND, "full map does not list every page"));
+        }
+        Ok(PageMap { kind, page_count, entries })
+    }
+
+    /// Applies this map on top of `pages` (index = pgno - 1). A full map replaces it.
+    pub fn apply(&self, pages: &mut Vec<Option<ChunkId>>) {
+        if self.kind == PageMapKind::Full {
+            pages.clear();
+        }
+        pages.resize(self.page_count as usize, None);
+        for (pgno, id) in &self.entries {
+            pages[*pgno as usize - 1] = Some(*id);
+        }
+    }
+
+    /// The delta that turns `base` into `current` (both indexed by pgno - 1).
+    pub fn delta(base: &[ChunkId], current: &[ChunkId]) -> PageMap {
+        let entries = current
+            .iter()
+            .enumerate()
+            .filter(|(i, id)| base.get(*i) != Some(id))
+            .map(|(i, id)| (i as u32 + 1, *id))
+            .collect();
+        PageMap {
+            kind: PageMapKind::Delta,
+            page_count: current.len() as u32,
+            entries,
+        }
+    }
+
+    /// A full map of `current`.
+    pub fn full(current: &[ChunkId]) -> PageMap {
+        PageMap {
+            kind: PageMapKind::Full,
+            page_count: current.len() as u32,
+            entries: current.iter().enumerate().map(|(i, id)| (i as u32 + 1, *id)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> ChunkId {
+        ChunkId([b; 32])
+    }
+
+    #[test]
+    fn full_then_delta_reconstructs_current() {
+        let base = vec![id(1), id(2), id(3)];
+        let current = vec![id(1), id(9), id(3), id(4)];
+        let full = PageMap::decode(&PageMap::full(&base).encode()).unwrap();
+        let delta = PageMap::decode(&PageMap::delta(&base, &current).encode()).unwrap();
+        assert_eq!(delta.entries.len(), 2);
+        let mut pages = Vec::new();
+        full.apply(&mut pages);
+        delta.apply(&mut pages);
+        let got: Vec<_> = pages.into_iter().map(Option::unwrap).collect();
+        assert_eq!(got, current);
+    }
+
+    #[test]
+    fn shrinking_database_truncates() {
+        let base = vec![id(1), id(2), id(3)];
+        let current = vec![id(1)];
+        let mut pages = Vec::new();
+        PageMap::full(&base).apply(&mut pages);
+        PageMap::delta(&base, &current).apply(&mut pages);
+        assert_eq!(pages, vec![Some(id(1))]);
+    }
+
+    #[test]
+    fn truncated_or_unordered_maps_are_rejected() {
+        let enc = PageMap::full(&[id(1), id(2)]).encode();
+        assert!(PageMap::decode(&enc[..enc.len() - 1]).is_err());
+        let mut bad = enc.clone();
+        bad[17] = 2; // first pgno 2, second pgno 2: not ascending
+        assert!(PageMap::decode(&bad).is_err());
+        assert!(matches!(PageMap::decode(b"nonsense-bytes-here"), Err(FormatError::BadMagic { .. })));
+    }
+}

@@ -1,0 +1,427 @@
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::{SqliteError, logical_checksum};
+
+const HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Facts about a database read inside the snapshot's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbInfo {
+    /// Page size in bytes.
+    pub page_size: u32,
+    /// Number of pages.
+    pub page_count: u32,
+    /// `wal`, `delete`, `truncate`, `persist`, `memory` or `off`.
+    pub journal_mode: String,
+    /// `PRAGMA user_version`.
+    pub user_version: i64,
+    /// `PRAGMA application_id`.
+    pub application_id: i64,
+    /// `UTF-8`, `UTF-16le` or `UTF-16be`.
+    pub text_encoding: String,
+    /// Pages on the freelist.
+    pub freelist_count: u32,
+}
+
+/// How the pages of a snapshot were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMethod {
+    /// Streamed through `sqlite_dbpage` inside one read transaction (WAL mode).
+    DbPage,
+    /// Copied with the online backup API in one step to a private temporary file,
+    /// then streamed from it. Used in rollback-journal mode, where a long read would
+    /// block writers, and wherever `sqlite_dbpage` is not compiled in.
+    BackupCopy,
+}
+
+/// Options for opening a source database.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SourceOptions {
+    /// Longest wait for another connection's lock before failing.
+    pub busy_timeout: Duration,
+    /// Directory for the temporary copy of [`SnapshotMethod::BackupCopy`].
+    pub temp_dir: Option<PathBuf>,
+    /// Force the backup-copy method even when `sqlite_dbpage` is available.
+    pub force_backup_copy: bool,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            busy_timeout: Duration::from_secs(10),
+            temp_dir: None,
+            force_backup_copy: false,
+        }
+    }
+}
+
+impl SourceOptions {
+    /// Sets the busy timeout.
+    pub fn with_busy_timeout(mut self, t: Duration) -> Self {
+        self.busy_timeout = t;
+        self
+    }
+    /// Sets the temporary directory.
+    pub fn with_temp_dir(mut self, dir: PathBuf) -> Self {
+        self.temp_dir = Some(dir);
+        self
+    }
+    /// Forces the backup-copy method.
+    pub fn with_force_backup_copy(mut self, yes: bool) -> Self {
+        self.force_backup_copy = yes;
+        self
+    }
+}
+
+/// Checks that `path` exists and starts with the SQLite header.
+pub fn check_header(path: &Path) -> Result<(), SqliteError> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SqliteError::Missing { path: path.to_path_buf() });
+        }
+        Err(source) => {
+            return Err(SqliteError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut head = [0u8; 16];
+    match f.read_exact(&mut head) {
+        Ok(()) if &head == HEADER => Ok(()),
+        _ => Err(SqliteError::NotADatabase { path: path.to_path_buf() }),
+    }
+}
+
+/// A live source database, opened read-only.
+///
+/// The connection is read-only, so closing it can never checkpoint or delete the
+/// application's WAL: sqlvault does not run checkpoints against databases it backs up.
+#[derive(Debug)]
+pub struct Source {
+    path: PathBuf,
+    conn: Connection,
+    opts: SourceOptions,
+}
+
+fn pragma_i64(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+}
+
+fn read_info(conn: &Connection) -> rusqlite::Result<DbInfo> {
+    Ok(DbInfo {
+        page_size: pragma_i64(conn, "page_size")? as u32,
+        page_count: pragma_i64(conn, "page_count")? as u32,
+        journal_mode: conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?.to_lowercase(),
+        user_version: pragma_i64(conn, "user_version")?,
+        application_id: pragma_i64(conn, "application_id")?,
+        text_encoding: conn.query_row("PRAGMA encoding", [], |r| r.get(0))?,
+        freelist_count: pragma_i64(conn, "freelist_count")? as u32,
+    })
+}
+
+impl Source {
+    /// Opens `path` read-only after checking that it is a database.
+    pub fn open(path: &Path, opts: SourceOptions) -> Result<Source, SqliteError> {
+        check_header(path)?;
+        let path = std::fs::canonicalize(path).map_err(|source| SqliteError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(|e| SqliteError::from_sqlite(&path, opts.busy_timeout, e))?;
+        conn.busy_timeout(opts.busy_timeout)
+            .map_err(|e| SqliteError::from_sqlite(&path, opts.busy_timeout, e))?;
+        Ok(Source { path, conn, opts })
+    }
+
+    /// Canonical path of the database.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: rusqlite::Error) -> SqliteError {
+        SqliteError::from_sqlite(&self.path, self.opts.busy_timeout, e)
+    }
+
+    fn has_dbpage(&self) -> bool {
+        self.conn
+            .query_row("SELECT 1 FROM pragma_module_list WHERE name = 'sqlite_dbpage'", [], |_| Ok(()))
+            .is_ok()
+    }
+
+    /// Takes a consistent snapshot: calls `page(pgno, bytes)` for every page in order,
+    /// then returns the database facts, the logical checksum of exactly the state the
+    /// pages show, and the method used. An error from `page` aborts the snapshot.
+    pub fn snapshot<E, F>(&mut self, mut page: F) -> Result<(DbInfo, [u8; 32], SnapshotMethod), SnapshotError<E>>
+    where
+        F: FnMut(u32, &[u8]) -> Result<(), E>,
+    {
+        let journal_mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+            .map_err(|e| SnapshotError::Db(self.err(e)))?
+            .to_lowercase();
+        let use_dbpage = journal_mode == "wal" && !self.opts.force_backup_copy && self.has_dbpage();
+        if use_dbpage {
+            // One read transaction: WAL writers continue, we see one point in time.
+            self.conn
+                .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
+                .map_err(|e| SnapshotError::Db(self.err(e)))?;
+            let r = self.snapshot_dbpage(&mut page);
+            let _ = self.conn.execute_batch("COMMIT");
+            r.map(|(i, c)| (i, c, SnapshotMethod::DbPage))
+        } else {
+            self.snapshot_copy(&mut page).map(|(i, c)| (i, c, SnapshotMethod::BackupCopy))
+        }
+    }
+
+    fn snapshot_dbpage<E, F>(&self, page: &mut F) -> Result<(DbInfo, [u8; 32]), SnapshotError<E>>
+    where
+        F: FnMut(u32, &[u8]) -> Result<(), E>,
+    {
+        let info = read_info(&self.conn).map_err(|e| SnapshotError::Db(self.err(e)))?;
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT pgno, data FROM sqlite_dbpage('main')")
+                .map_err(|e| SnapshotError::Db(self.err(e)))?;
+            let mut rows = stmt.raw_query();
+            let mut expect = 1u32;
+            while let Some(row) = rows.next().map_err(|e| SnapshotError::Db(self.err(e)))? {
+                let pgno: i64 = row.get(0).map_err(|e| SnapshotError::Db(self.err(e)))?;
+                let data = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(|e| SnapshotError::Db(self.err(e)))?;
+                if pgno as u32 != expect || data.len() != info.page_size as usize {
+                    return Err(SnapshotError::Db(SqliteError::Inconsistent {
+                        path: self.path.clone(),
+                        detail: format!("sqlite_dbpage returned page {pgno} out of order"),
+                    }));
+                }
+                page(expect, data).map_err(SnapshotError::Consumer)?;
+                expect += 1;
+            }
+            if expect - 1 != info.page_count {
+                return Err(SnapshotError::Db(SqliteError::Inconsistent {
+                    path: self.path.clone(),
+                    detail: "sqlite_dbpage returned fewer pages than page_count".into(),
+                }));
+            }
+        }
+        let sum = logical_checksum(&self.conn).map_err(|e| SnapshotError::Db(self.err(e)))?;
+        Ok((info, sum))
+    }
+
+    fn snapshot_copy<E, F>(&self, page: &mut F) -> Result<(DbInfo, [u8; 32]), SnapshotError<E>>
+    where
+        F: FnMut(u32, &[u8]) -> Result<(), E>,
+    {
+        let dir = self.opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let io = |source| SnapshotError::Db(SqliteError::Io { path: dir.clone(), source });
+        // tempfile creates the file 0600 and removes it on drop, on every path.
+        let tmp = tempfile::Builder::new()
+            .prefix(".sqlvault-snapshot-")
+            .tempfile_in(&dir)
+            .map_err(io)?;
+        {
+            let mut dst = Connection::open(tmp.path()).map_err(|e| SnapshotError::Db(self.err(e)))?;
+            let backup = rusqlite::backup::Backup::new(&self.conn, &mut dst).map_err(|e| SnapshotError::Db(self.err(e)))?;
+            // One step under one read lock: small steps restart on every write and may
+            // never finish under load; a single step is short even in rollback mode.
+            loop {
+                match backup.step(-1).map_err(|e| SnapshotError::Db(self.err(e)))? {
+                    rusqlite::backup::StepResult::Done => break,
+                    rusqlite::backup::StepResult::More => continue,
+                    rusqlite::backup::StepResult::Busy | rusqlite::backup::StepResult::Locked => {
+                        return Err(SnapshotError::Db(SqliteError::Busy {
+                            path: self.path.clone(),
+                            timeout: self.opts.busy_timeout,
+                        }));
+                    }
+                    _ => continue,
+                }
+            }
+        }
+        // The copy is private: read its facts and checksum, then stream its pages.
+        let copy = Connection::open_with_flags(tmp.path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| SnapshotError::Db(self.err(e)))?;
+        let mut info = read_info(&copy).map_err(|e| SnapshotError::Db(self.err(e)))?;
+        // The copy's header says what the destination connection made it; record the
+        // source's journal mode.
+        info.journal_mode = self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+            .map_err(|e| SnapshotError::Db(self.err(e)))?
+            .to_lowercase();
+        let sum = logical_checksum(&copy).map_err(|e| SnapshotError::Db(self.err(e)))?;
+        drop(copy);
+        let f = File::open(tmp.path()).map_err(io)?;
+        let ps = info.page_size as usize;
+        let batch = (1 << 20) / ps.max(1);
+        let mut buf = vec![0u8; ps * batch.max(1)];
+        let mut pgno = 1u32;
+        while pgno <= info.page_count {
+            let n = ((info.page_count - pgno + 1) as usize).min(batch.max(1));
+            let slice = &mut buf[..n * ps];
+            f.read_exact_at(slice, (pgno as u64 - 1) * ps as u64).map_err(io)?;
+            for (i, p) in slice.chunks_exact(ps).enumerate() {
+                let mut bytes = p;
+                let owned;
+                if pgno + i as u32 == 1 {
+                    // The copy's header differs from the source's only in the
+                    // WAL/legacy mode bytes (18, 19); restore the source's so the
+                    // restored file is in the mode the application used.
+                    let mut p1 = p.to_vec();
+                    let v = if info.journal_mode == "wal" { 2 } else { 1 };
+                    p1[18] = v;
+                    p1[19] = v;
+                    owned = p1;
+                    bytes = &owned;
+                }
+                page(pgno + i as u32, bytes).map_err(SnapshotError::Consumer)?;
+            }
+            pgno += n as u32;
+        }
+        Ok((info, sum))
+    }
+}
+
+/// A snapshot failed in SQLite or in the page consumer.
+#[derive(Debug)]
+pub enum SnapshotError<E> {
+    /// SQLite or the filesystem failed.
+    Db(SqliteError),
+    /// The consumer returned an error.
+    Consumer(E),
+}
+
+/// Result of checking a database file.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// Facts read from the file.
+    pub info: DbInfo,
+    /// `integrity_check` output lines other than `ok` (empty when healthy).
+    pub problems: Vec<String>,
+    /// Logical checksum of the file's content.
+    pub logical_checksum: [u8; 32],
+}
+
+/// Opens `path` immutable (no locks, no `-wal`/`-shm` created) and runs
+/// `PRAGMA integrity_check` and the logical checksum.
+pub fn verify_file(path: &Path) -> Result<VerifyReport, SqliteError> {
+    check_header(path)?;
+    let t = Duration::from_secs(0);
+    let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
+    let conn = Connection::open_with_flags(&uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
+        .map_err(|e| SqliteError::from_sqlite(path, t, e))?;
+    let info = read_info(&conn).map_err(|e| SqliteError::from_sqlite(path, t, e))?;
+    let problems: Vec<String> = {
+        let mut stmt = conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(|e| SqliteError::from_sqlite(path, t, e))?;
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| SqliteError::from_sqlite(path, t, e))?
+            .into_iter()
+            .filter(|l| l != "ok")
+            .collect()
+    };
+    let sum = logical_checksum(&conn).map_err(|e| SqliteError::from_sqlite(path, t, e))?;
+    Ok(VerifyReport {
+        info,
+        problems,
+        logical_checksum: sum,
+    })
+}
+
+fn uri_escape(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    for c in p.chars() {
+        match c {
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make(path: &Path, wal: bool) {
+        let c = Connection::open(path).unwrap();
+        if wal {
+            c.execute_batch("PRAGMA journal_mode=WAL").unwrap();
+        }
+        c.execute_batch(
+            "PRAGMA user_version=42; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000)
+             INSERT INTO t(v) SELECT hex(randomblob(50)) FROM n;",
+        )
+        .unwrap();
+    }
+
+    fn collect(src: &mut Source) -> (DbInfo, [u8; 32], SnapshotMethod, Vec<u8>) {
+        let mut bytes = Vec::new();
+        let (info, sum, m) = src
+            .snapshot(|_, p| {
+                bytes.extend_from_slice(p);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        (info, sum, m, bytes)
+    }
+
+    #[test]
+    fn both_methods_give_a_restorable_identical_image() {
+        let dir = tempfile::tempdir().unwrap();
+        for wal in [true, false] {
+            let db = dir.path().join(format!("a{wal}.db"));
+            make(&db, wal);
+            // keep a writer connection open so the WAL is not checkpointed away
+            let _app = Connection::open(&db).unwrap();
+            let mut results = Vec::new();
+            for force in [false, true] {
+                let mut src = Source::open(&db, SourceOptions::default().with_force_backup_copy(force)).unwrap();
+                results.push(collect(&mut src));
+            }
+            let (info, sum, m, bytes) = &results[0];
+            assert_eq!(*m, if wal { SnapshotMethod::DbPage } else { SnapshotMethod::BackupCopy });
+            assert_eq!(info.user_version, 42);
+            assert_eq!(info.journal_mode, if wal { "wal" } else { "delete" });
+            assert_eq!(bytes.len(), info.page_size as usize * info.page_count as usize);
+            assert_eq!(results[1].1, *sum);
+            let out = dir.path().join(format!("restored{wal}.db"));
+            std::fs::write(&out, bytes).unwrap();
+            let rep = verify_file(&out).unwrap();
+            assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+            assert_eq!(rep.logical_checksum, *sum);
+            // The backup API rewrites header counters, so the images may differ in bytes;
+            // what must agree is the size and the content.
+            assert_eq!(results[1].3.len(), bytes.len());
+        }
+    }
+
+    #[test]
+    fn not_a_database_and_missing_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.txt");
+        std::fs::write(&p, b"hello world, definitely not sqlite").unwrap();
+        assert!(matches!(Source::open(&p, SourceOptions::default()), Err(SqliteError::NotADatabase { .. })));
+        let m = dir.path().join("missing.db");
+        assert!(matches!(Source::open(&m, SourceOptions::default()), Err(SqliteError::Missing { .. })));
+    }
+}
