@@ -38,7 +38,9 @@ pub enum CryptError {
         reason: String,
     },
     /// None of the identities can decrypt the object.
-    #[error("no identity matches: the object is encrypted to other keys (wrong identity or passphrase)")]
+    #[error(
+        "no identity matches: the object is encrypted to other keys (wrong identity or passphrase)"
+    )]
     NoMatchingIdentity,
     /// The object is not an age file or its header is damaged.
     #[error("not a valid age object (damaged or forged header)")]
@@ -57,8 +59,12 @@ pub enum CryptError {
 impl From<age::DecryptError> for CryptError {
     fn from(e: age::DecryptError) -> Self {
         match e {
-            age::DecryptError::NoMatchingKeys | age::DecryptError::KeyDecryptionFailed => CryptError::NoMatchingIdentity,
-            age::DecryptError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => CryptError::Corrupt,
+            age::DecryptError::NoMatchingKeys | age::DecryptError::KeyDecryptionFailed => {
+                CryptError::NoMatchingIdentity
+            }
+            age::DecryptError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                CryptError::Corrupt
+            }
             age::DecryptError::Io(e) => CryptError::Io(e),
             _ => CryptError::Corrupt,
         }
@@ -105,15 +111,21 @@ impl FromStr for Recipient {
     fn from_str(s: &str) -> Result<Self, CryptError> {
         let s = s.trim();
         let inner: Box<dyn age::Recipient + Send + Sync> = if s.starts_with("age1") {
-            Box::new(
-                age::x25519::Recipient::from_str(s).map_err(|_| CryptError::InvalidRecipient { value: s.to_string() })?,
-            )
+            Box::new(age::x25519::Recipient::from_str(s).map_err(|_| {
+                CryptError::InvalidRecipient {
+                    value: s.to_string(),
+                }
+            })?)
         } else if s.starts_with("ssh-") {
-            Box::new(
-                age::ssh::Recipient::from_str(s).map_err(|_| CryptError::InvalidRecipient { value: s.to_string() })?,
-            )
+            Box::new(age::ssh::Recipient::from_str(s).map_err(|_| {
+                CryptError::InvalidRecipient {
+                    value: s.to_string(),
+                }
+            })?)
         } else {
-            return Err(CryptError::InvalidRecipient { value: s.to_string() });
+            return Err(CryptError::InvalidRecipient {
+                value: s.to_string(),
+            });
         };
         Ok(Recipient {
             text: s.to_string(),
@@ -174,7 +186,9 @@ impl Identities {
                 Err(_) => Err(err("not a usable ssh private key".into())),
             }
         } else {
-            match age::IdentityFile::from_buffer(&buf[..]).and_then(|f| f.into_identities().map_err(io::Error::other)) {
+            match age::IdentityFile::from_buffer(&buf[..])
+                .and_then(|f| f.into_identities().map_err(io::Error::other))
+            {
                 Ok(ids) if !ids.is_empty() => Ok(Identities {
                     inner: ids,
                     what: "age identity file".into(),
@@ -207,9 +221,11 @@ impl Identities {
 
     /// Parses an `AGE-SECRET-KEY-1…` string.
     pub fn from_secret_string(s: &SecretString) -> Result<Self, CryptError> {
-        let id = age::x25519::Identity::from_str(s.expose_secret().trim()).map_err(|_| CryptError::IdentityFile {
-            path: PathBuf::from("<embedded identity>"),
-            reason: "not an age identity".into(),
+        let id = age::x25519::Identity::from_str(s.expose_secret().trim()).map_err(|_| {
+            CryptError::IdentityFile {
+                path: PathBuf::from("<embedded identity>"),
+                reason: "not an age identity".into(),
+            }
         })?;
         Ok(Identities {
             inner: vec![Box::new(id)],
@@ -291,7 +307,10 @@ impl<W: Write> fmt::Debug for EncryptWriter<W> {
 
 impl<W: Write> EncryptWriter<W> {
     /// Writes the age header for `recipients` to `w`.
-    pub fn new<'a>(recipients: impl IntoIterator<Item = &'a Recipient>, w: W) -> Result<Self, CryptError> {
+    pub fn new<'a>(
+        recipients: impl IntoIterator<Item = &'a Recipient>,
+        w: W,
+    ) -> Result<Self, CryptError> {
         let enc = age::Encryptor::with_recipients(recipients.into_iter().map(|r| r.as_age()))?;
         Ok(EncryptWriter {
             inner: enc.wrap_output(w).map_err(CryptError::Io)?,
@@ -322,7 +341,10 @@ impl<W: Write> Write for EncryptWriter<W> {
 }
 
 /// Encrypts a whole buffer.
-pub fn encrypt_to_vec<'a>(recipients: impl IntoIterator<Item = &'a Recipient>, plaintext: &[u8]) -> Result<Vec<u8>, CryptError> {
+pub fn encrypt_to_vec<'a>(
+    recipients: impl IntoIterator<Item = &'a Recipient>,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptError> {
     let mut w = EncryptWriter::new(recipients, Vec::with_capacity(plaintext.len() + 256))?;
     w.write_all(plaintext).map_err(CryptError::Io)?;
     w.finish().map_err(CryptError::Io)
@@ -330,7 +352,10 @@ pub fn encrypt_to_vec<'a>(recipients: impl IntoIterator<Item = &'a Recipient>, p
 
 /// A decrypting reader; seekable when `R` is. Reads fail with `InvalidData` if a STREAM
 /// chunk does not authenticate or the stream is truncated.
-pub fn decrypt_reader<R: Read>(identities: &Identities, r: R) -> Result<age::stream::StreamReader<R>, CryptError> {
+pub fn decrypt_reader<R: Read>(
+    identities: &Identities,
+    r: R,
+) -> Result<age::stream::StreamReader<R>, CryptError> {
     let dec = age::Decryptor::new(r)?;
     Ok(dec.decrypt(identities.iter())?)
 }
@@ -361,13 +386,22 @@ mod tests {
 
         let (other, _) = generate_x25519();
         let wrong = Identities::from_secret_string(&other).unwrap();
-        assert!(matches!(decrypt_to_vec(&wrong, &ct), Err(CryptError::NoMatchingIdentity)));
+        assert!(matches!(
+            decrypt_to_vec(&wrong, &ct),
+            Err(CryptError::NoMatchingIdentity)
+        ));
 
         let mut flipped = ct.clone();
         let n = flipped.len();
         flipped[n - 3] ^= 1;
-        assert!(matches!(decrypt_to_vec(&ids, &flipped), Err(CryptError::Corrupt)));
-        assert!(matches!(decrypt_to_vec(&ids, &ct[..n - 5]), Err(CryptError::Corrupt)));
+        assert!(matches!(
+            decrypt_to_vec(&ids, &flipped),
+            Err(CryptError::Corrupt)
+        ));
+        assert!(matches!(
+            decrypt_to_vec(&ids, &ct[..n - 5]),
+            Err(CryptError::Corrupt)
+        ));
     }
 
     /// A writer that keeps what reached it even after the encryptor is dropped.
@@ -395,7 +429,10 @@ mod tests {
         drop(w); // no finish()
         let written = sink.0.lock().unwrap().clone();
         assert!(written.len() > 128 * 1024, "full chunks were written");
-        assert!(matches!(decrypt_to_vec(&ids, &written), Err(CryptError::Corrupt)));
+        assert!(matches!(
+            decrypt_to_vec(&ids, &written),
+            Err(CryptError::Corrupt)
+        ));
     }
 
     #[test]
@@ -414,7 +451,10 @@ mod tests {
         let p = dir.path().join("key");
         let pk = generate_identity_file(&p).unwrap();
         assert!(pk.starts_with("age1"));
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(generate_identity_file(&p).is_err());
         let ids = Identities::from_file(&p).unwrap();
         let r: Recipient = pk.parse().unwrap();

@@ -161,22 +161,33 @@ pub fn encode_manifest(keys: &RepoKeys, m: &Manifest) -> Vec<u8> {
 }
 
 /// Parses a manifest and checks its MAC; `expected_id` must match the object name.
-pub fn decode_manifest(keys: &RepoKeys, bytes: &[u8], expected_id: &ObjectId) -> Result<Manifest, FormatError> {
+pub fn decode_manifest(
+    keys: &RepoKeys,
+    bytes: &[u8],
+    expected_id: &ObjectId,
+) -> Result<Manifest, FormatError> {
     let kind = "manifest";
-    let text = bytes.strip_suffix(b"\n").ok_or(FormatError::malformed(kind, "missing final newline"))?;
+    let text = bytes
+        .strip_suffix(b"\n")
+        .ok_or(FormatError::malformed(kind, "missing final newline"))?;
     let split = text
         .iter()
         .rposition(|&b| b == b'\n')
         .ok_or(FormatError::malformed(kind, "missing mac line"))?;
     let (body, mac_hex) = (&text[..split], &text[split + 1..]);
     let mut mac = [0u8; 32];
-    hex::decode_to_slice(mac_hex, &mut mac).map_err(|_| FormatError::malformed(kind, "mac is not hex"))?;
+    hex::decode_to_slice(mac_hex, &mut mac)
+        .map_err(|_| FormatError::malformed(kind, "mac is not hex"))?;
     if !keys.verify_mac(body, &mac) {
         return Err(FormatError::Unauthentic { kind });
     }
-    let m: Manifest = serde_json::from_slice(body).map_err(|source| FormatError::Json { kind, source })?;
+    let m: Manifest =
+        serde_json::from_slice(body).map_err(|source| FormatError::Json { kind, source })?;
     if m.version != FORMAT_VERSION {
-        return Err(FormatError::Version { kind, version: m.version });
+        return Err(FormatError::Version {
+            kind,
+            version: m.version,
+        });
     }
     if &m.id != expected_id {
         return Err(FormatError::Unauthentic { kind });
@@ -219,7 +230,9 @@ mod tests {
         let m = sample();
         let enc = encode_manifest(&keys, &m);
         assert_eq!(decode_manifest(&keys, &enc, &m.id).unwrap(), m);
-        let forged = String::from_utf8(enc.clone()).unwrap().replace("\"user_version\":7", "\"user_version\":8");
+        let forged = String::from_utf8(enc.clone())
+            .unwrap()
+            .replace("\"user_version\":7", "\"user_version\":8");
         assert!(matches!(
             decode_manifest(&keys, forged.as_bytes(), &m.id),
             Err(FormatError::Unauthentic { .. })

@@ -59,22 +59,35 @@ impl PageMap {
         let n = u32::from_le_bytes(bytes[13..17].try_into().unwrap()) as usize;
         let body = &bytes[17..];
         if body.len() != n * 36 {
-            return Err(FormatError::malformed(KIND, "length does not match entry count"));
+            return Err(FormatError::malformed(
+                KIND,
+                "length does not match entry count",
+            ));
         }
         let mut entries = Vec::with_capacity(n);
         let mut last = 0u32;
         for rec in body.chunks_exact(36) {
             let pgno = u32::from_le_bytes(rec[..4].try_into().unwrap());
             if pgno <= last || pgno > page_count {
-                return Err(FormatError::malformed(KIND, format!("page {pgno} out of order or range")));
+                return Err(FormatError::malformed(
+                    KIND,
+                    format!("page {pgno} out of order or range"),
+                ));
             }
             last = pgno;
             entries.push((pgno, ChunkId(rec[4..].try_into().unwrap())));
         }
         if kind == PageMapKind::Full && n != page_count as usize {
-            return Err(FormatError::malformed(KIND, "full map does not list every page"));
+            return Err(FormatError::malformed(
+                KIND,
+                "full map does not list every page",
+            ));
         }
-        Ok(PageMap { kind, page_count, entries })
+        Ok(PageMap {
+            kind,
+            page_count,
+            entries,
+        })
     }
 
     /// Applies this map on top of `pages` (index = pgno - 1). A full map replaces it.
@@ -108,7 +121,11 @@ impl PageMap {
         PageMap {
             kind: PageMapKind::Full,
             page_count: current.len() as u32,
-            entries: current.iter().enumerate().map(|(i, id)| (i as u32 + 1, *id)).collect(),
+            entries: current
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (i as u32 + 1, *id))
+                .collect(),
         }
     }
 }
@@ -152,6 +169,9 @@ mod tests {
         let mut bad = enc.clone();
         bad[17] = 2; // first pgno 2, second pgno 2: not ascending
         assert!(PageMap::decode(&bad).is_err());
-        assert!(matches!(PageMap::decode(b"nonsense-bytes-here"), Err(FormatError::BadMagic { .. })));
+        assert!(matches!(
+            PageMap::decode(b"nonsense-bytes-here"),
+            Err(FormatError::BadMagic { .. })
+        ));
     }
 }

@@ -54,14 +54,20 @@ pub enum SqliteError {
 }
 
 impl SqliteError {
-    pub(crate) fn from_sqlite(path: &std::path::Path, timeout: Duration, e: rusqlite::Error) -> Self {
+    pub(crate) fn from_sqlite(
+        path: &std::path::Path,
+        timeout: Duration,
+        e: rusqlite::Error,
+    ) -> Self {
         use rusqlite::ErrorCode;
         match e.sqlite_error_code() {
             Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => SqliteError::Busy {
                 path: path.to_path_buf(),
                 timeout,
             },
-            Some(ErrorCode::NotADatabase) => SqliteError::NotADatabase { path: path.to_path_buf() },
+            Some(ErrorCode::NotADatabase) => SqliteError::NotADatabase {
+                path: path.to_path_buf(),
+            },
             _ => SqliteError::Sqlite {
                 path: path.to_path_buf(),
                 source: e,

@@ -14,7 +14,10 @@ mod snapshot;
 pub use checksum::logical_checksum;
 pub use error::SqliteError;
 pub use rusqlite;
-pub use snapshot::{DbInfo, SnapshotError, SnapshotMethod, Source, SourceOptions, check_header, verify_file, VerifyReport};
+pub use snapshot::{
+    DbInfo, SnapshotError, SnapshotMethod, Source, SourceOptions, VerifyReport, check_header,
+    verify_file,
+};
 
 /// Version of the SQLite library linked into this build.
 pub fn sqlite_version() -> &'static str {

@@ -85,7 +85,9 @@ pub fn check_header(path: &Path) -> Result<(), SqliteError> {
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SqliteError::Missing { path: path.to_path_buf() });
+            return Err(SqliteError::Missing {
+                path: path.to_path_buf(),
+            });
         }
         Err(source) => {
             return Err(SqliteError::Io {
@@ -97,7 +99,9 @@ pub fn check_header(path: &Path) -> Result<(), SqliteError> {
     let mut head = [0u8; 16];
     match f.read_exact(&mut head) {
         Ok(()) if &head == HEADER => Ok(()),
-        _ => Err(SqliteError::NotADatabase { path: path.to_path_buf() }),
+        _ => Err(SqliteError::NotADatabase {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
@@ -120,7 +124,9 @@ fn read_info(conn: &Connection) -> rusqlite::Result<DbInfo> {
     Ok(DbInfo {
         page_size: pragma_i64(conn, "page_size")? as u32,
         page_count: pragma_i64(conn, "page_count")? as u32,
-        journal_mode: conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?.to_lowercase(),
+        journal_mode: conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?
+            .to_lowercase(),
         user_version: pragma_i64(conn, "user_version")?,
         application_id: pragma_i64(conn, "application_id")?,
         text_encoding: conn.query_row("PRAGMA encoding", [], |r| r.get(0))?,
@@ -138,7 +144,9 @@ impl Source {
         })?;
         let conn = Connection::open_with_flags(
             &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
         )
         .map_err(|e| SqliteError::from_sqlite(&path, opts.busy_timeout, e))?;
         conn.busy_timeout(opts.busy_timeout)
@@ -157,14 +165,21 @@ impl Source {
 
     fn has_dbpage(&self) -> bool {
         self.conn
-            .query_row("SELECT 1 FROM pragma_module_list WHERE name = 'sqlite_dbpage'", [], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM pragma_module_list WHERE name = 'sqlite_dbpage'",
+                [],
+                |_| Ok(()),
+            )
             .is_ok()
     }
 
     /// Takes a consistent snapshot: calls `page(pgno, bytes)` for every page in order,
     /// then returns the database facts, the logical checksum of exactly the state the
     /// pages show, and the method used. An error from `page` aborts the snapshot.
-    pub fn snapshot<E, F>(&mut self, mut page: F) -> Result<(DbInfo, [u8; 32], SnapshotMethod), SnapshotError<E>>
+    pub fn snapshot<E, F>(
+        &mut self,
+        mut page: F,
+    ) -> Result<(DbInfo, [u8; 32], SnapshotMethod), SnapshotError<E>>
     where
         F: FnMut(u32, &[u8]) -> Result<(), E>,
     {
@@ -183,7 +198,8 @@ impl Source {
             let _ = self.conn.execute_batch("COMMIT");
             r.map(|(i, c)| (i, c, SnapshotMethod::DbPage))
         } else {
-            self.snapshot_copy(&mut page).map(|(i, c)| (i, c, SnapshotMethod::BackupCopy))
+            self.snapshot_copy(&mut page)
+                .map(|(i, c)| (i, c, SnapshotMethod::BackupCopy))
         }
     }
 
@@ -201,7 +217,10 @@ impl Source {
             let mut expect = 1u32;
             while let Some(row) = rows.next().map_err(|e| SnapshotError::Db(self.err(e)))? {
                 let pgno: i64 = row.get(0).map_err(|e| SnapshotError::Db(self.err(e)))?;
-                let data = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(|e| SnapshotError::Db(self.err(e)))?;
+                let data = row
+                    .get_ref(1)
+                    .and_then(|v| Ok(v.as_blob()?))
+                    .map_err(|e| SnapshotError::Db(self.err(e)))?;
                 if pgno as u32 != expect || data.len() != info.page_size as usize {
                     return Err(SnapshotError::Db(SqliteError::Inconsistent {
                         path: self.path.clone(),
@@ -226,20 +245,34 @@ impl Source {
     where
         F: FnMut(u32, &[u8]) -> Result<(), E>,
     {
-        let dir = self.opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let io = |source| SnapshotError::Db(SqliteError::Io { path: dir.clone(), source });
+        let dir = self
+            .opts
+            .temp_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let io = |source| {
+            SnapshotError::Db(SqliteError::Io {
+                path: dir.clone(),
+                source,
+            })
+        };
         // tempfile creates the file 0600 and removes it on drop, on every path.
         let tmp = tempfile::Builder::new()
             .prefix(".sqlvault-snapshot-")
             .tempfile_in(&dir)
             .map_err(io)?;
         {
-            let mut dst = Connection::open(tmp.path()).map_err(|e| SnapshotError::Db(self.err(e)))?;
-            let backup = rusqlite::backup::Backup::new(&self.conn, &mut dst).map_err(|e| SnapshotError::Db(self.err(e)))?;
+            let mut dst =
+                Connection::open(tmp.path()).map_err(|e| SnapshotError::Db(self.err(e)))?;
+            let backup = rusqlite::backup::Backup::new(&self.conn, &mut dst)
+                .map_err(|e| SnapshotError::Db(self.err(e)))?;
             // One step under one read lock: small steps restart on every write and may
             // never finish under load; a single step is short even in rollback mode.
             loop {
-                match backup.step(-1).map_err(|e| SnapshotError::Db(self.err(e)))? {
+                match backup
+                    .step(-1)
+                    .map_err(|e| SnapshotError::Db(self.err(e)))?
+                {
                     rusqlite::backup::StepResult::Done => break,
                     rusqlite::backup::StepResult::More => continue,
                     rusqlite::backup::StepResult::Busy | rusqlite::backup::StepResult::Locked => {
@@ -273,7 +306,8 @@ impl Source {
         while pgno <= info.page_count {
             let n = ((info.page_count - pgno + 1) as usize).min(batch.max(1));
             let slice = &mut buf[..n * ps];
-            f.read_exact_at(slice, (pgno as u64 - 1) * ps as u64).map_err(io)?;
+            f.read_exact_at(slice, (pgno as u64 - 1) * ps as u64)
+                .map_err(io)?;
             for (i, p) in slice.chunks_exact(ps).enumerate() {
                 let mut bytes = p;
                 let owned;
@@ -322,8 +356,11 @@ pub fn verify_file(path: &Path) -> Result<VerifyReport, SqliteError> {
     check_header(path)?;
     let t = Duration::from_secs(0);
     let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
-    let conn = Connection::open_with_flags(&uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
-        .map_err(|e| SqliteError::from_sqlite(path, t, e))?;
+    let conn = Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| SqliteError::from_sqlite(path, t, e))?;
     let info = read_info(&conn).map_err(|e| SqliteError::from_sqlite(path, t, e))?;
     let problems: Vec<String> = {
         let mut stmt = conn
@@ -395,14 +432,26 @@ mod tests {
             let _app = Connection::open(&db).unwrap();
             let mut results = Vec::new();
             for force in [false, true] {
-                let mut src = Source::open(&db, SourceOptions::default().with_force_backup_copy(force)).unwrap();
+                let mut src =
+                    Source::open(&db, SourceOptions::default().with_force_backup_copy(force))
+                        .unwrap();
                 results.push(collect(&mut src));
             }
             let (info, sum, m, bytes) = &results[0];
-            assert_eq!(*m, if wal { SnapshotMethod::DbPage } else { SnapshotMethod::BackupCopy });
+            assert_eq!(
+                *m,
+                if wal {
+                    SnapshotMethod::DbPage
+                } else {
+                    SnapshotMethod::BackupCopy
+                }
+            );
             assert_eq!(info.user_version, 42);
             assert_eq!(info.journal_mode, if wal { "wal" } else { "delete" });
-            assert_eq!(bytes.len(), info.page_size as usize * info.page_count as usize);
+            assert_eq!(
+                bytes.len(),
+                info.page_size as usize * info.page_count as usize
+            );
             assert_eq!(results[1].1, *sum);
             let out = dir.path().join(format!("restored{wal}.db"));
             std::fs::write(&out, bytes).unwrap();
@@ -420,8 +469,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.txt");
         std::fs::write(&p, b"hello world, definitely not sqlite").unwrap();
-        assert!(matches!(Source::open(&p, SourceOptions::default()), Err(SqliteError::NotADatabase { .. })));
+        assert!(matches!(
+            Source::open(&p, SourceOptions::default()),
+            Err(SqliteError::NotADatabase { .. })
+        ));
         let m = dir.path().join("missing.db");
-        assert!(matches!(Source::open(&m, SourceOptions::default()), Err(SqliteError::Missing { .. })));
+        assert!(matches!(
+            Source::open(&m, SourceOptions::default()),
+            Err(SqliteError::Missing { .. })
+        ));
     }
 }

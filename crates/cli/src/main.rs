@@ -1,0 +1,628 @@
+//! `sqlvault`: clap arguments → engine calls → text or JSON output and exit codes.
+//! Every capability lives in `sqlvault-engine`; this file is glue.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use sqlvault_engine::crypt::secrecy::SecretString;
+use sqlvault_engine::crypt::{Identities, Recipient};
+use sqlvault_engine::format::Manifest;
+use sqlvault_engine::store::Store;
+use sqlvault_engine::{Access, Error, ErrorKind, InitKeys, Repo};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sqlvault",
+    version,
+    about = "Encrypted, deduplicated, verified backups of SQLite databases"
+)]
+struct Cli {
+    /// Log detail on stderr: -v info, -vv debug (or SQLVAULT_LOG=filter).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Manage age keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Create a repository encrypted to recipients (or a passphrase).
+    Init(InitArgs),
+    /// Let this host back up into an existing repository (needs an identity once).
+    Join(JoinArgs),
+    /// Take a hot, consistent snapshot of a database into a repository.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// Restore a snapshot to a new file.
+    Restore(RestoreArgs),
+    /// Restore snapshots to a temporary place and check them.
+    Verify(VerifyArgs),
+    /// Check the repository's structure (and, with --read-data, every byte).
+    Check(CheckArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Write a new age identity (mode 0600) and print its recipient.
+    Generate {
+        /// Where to write the identity; refuses to overwrite.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ReadKeys {
+    /// Identity file (age identity or OpenSSH private key).
+    #[arg(short = 'i', long = "identity", env = "SQLVAULT_IDENTITY_FILE")]
+    identity: Option<Vec<PathBuf>>,
+    /// Use the repository passphrase (from SQLVAULT_PASSPHRASE or a prompt).
+    #[arg(long)]
+    passphrase: bool,
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// Repository URL or path.
+    repo: String,
+    /// Recipient public key (age1…, ssh-ed25519 …, ssh-rsa …); repeatable.
+    #[arg(short = 'r', long = "recipient")]
+    recipients: Vec<String>,
+    /// File of recipients, one per line.
+    #[arg(short = 'R', long = "recipients-file")]
+    recipients_file: Vec<PathBuf>,
+    /// Protect the repository with a passphrase (from SQLVAULT_PASSPHRASE or a prompt).
+    #[arg(long)]
+    passphrase: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct JoinArgs {
+    /// Repository URL or path.
+    repo: String,
+    #[command(flatten)]
+    keys: ReadKeys,
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    /// The SQLite database to back up.
+    db: PathBuf,
+    /// Repository URL or path.
+    repo: String,
+    /// Database name in the repository (default: the file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Longest wait for the application's locks, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    busy_timeout: f64,
+    /// zstd level.
+    #[arg(long, default_value_t = 3)]
+    level: i32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct SnapshotsArgs {
+    /// Repository URL or path.
+    repo: String,
+    /// Only snapshots of this database name.
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    keys: ReadKeys,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    /// Repository URL or path.
+    repo: String,
+    /// Destination database file.
+    dest: PathBuf,
+    #[command(flatten)]
+    keys: ReadKeys,
+    /// Snapshot id or unique prefix (default: newest).
+    #[arg(long)]
+    snapshot: Option<String>,
+    /// Newest snapshot of this database name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Replace an existing destination and remove its stale -wal/-shm.
+    #[arg(long)]
+    force: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// Repository URL or path.
+    repo: String,
+    #[command(flatten)]
+    keys: ReadKeys,
+    /// Snapshot id or unique prefix (default: newest).
+    #[arg(long, conflicts_with = "all")]
+    snapshot: Option<String>,
+    /// Only snapshots of this database name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Every snapshot.
+    #[arg(long)]
+    all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// Repository URL or path.
+    repo: String,
+    #[command(flatten)]
+    keys: ReadKeys,
+    /// Download and authenticate every pack.
+    #[arg(long)]
+    read_data: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit codes; documented in README.md.
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Usage => 2,
+        ErrorKind::Store => 3,
+        ErrorKind::NotFound => 4,
+        ErrorKind::Auth => 5,
+        ErrorKind::Integrity => 6,
+        ErrorKind::Source => 7,
+        ErrorKind::Exists => 8,
+        ErrorKind::Io => 9,
+        _ => 1,
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Usage, "usage", msg)
+}
+
+fn read_passphrase(confirm: bool) -> Result<SecretString, Error> {
+    if let Ok(p) = std::env::var("SQLVAULT_PASSPHRASE")
+        && !p.is_empty()
+    {
+        return Ok(SecretString::from(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(
+            "--passphrase needs SQLVAULT_PASSPHRASE or a terminal to prompt on",
+        ));
+    }
+    let p = rpassword::prompt_password("repository passphrase: ")
+        .map_err(|e| usage(format!("cannot read passphrase: {e}")))?;
+    if p.is_empty() {
+        return Err(usage("empty passphrase"));
+    }
+    if confirm {
+        let again = rpassword::prompt_password("again: ")
+            .map_err(|e| usage(format!("cannot read passphrase: {e}")))?;
+        if again != p {
+            return Err(usage("passphrases do not match"));
+        }
+    }
+    Ok(SecretString::from(p))
+}
+
+fn access(keys: &ReadKeys, required: bool) -> Result<Option<Access>, Error> {
+    if keys.passphrase {
+        return Ok(Some(Access::Passphrase(read_passphrase(false)?)));
+    }
+    match &keys.identity {
+        Some(paths) if !paths.is_empty() => {
+            let mut ids: Option<Identities> = None;
+            for p in paths {
+                let i = Identities::from_file(p)
+                    .map_err(|e| Error::new(ErrorKind::Usage, "crypt.bad-key", e.to_string()))?;
+                match ids.as_mut() {
+                    Some(all) => all.extend(i),
+                    None => ids = Some(i),
+                }
+            }
+            Ok(ids.map(Access::Identities))
+        }
+        _ if required => Err(Error::new(
+            ErrorKind::Auth,
+            "crypt.identity-required",
+            "this command needs an identity: -i KEYFILE, SQLVAULT_IDENTITY_FILE, or --passphrase",
+        )),
+        _ => Ok(None),
+    }
+}
+
+fn store(url: &str) -> Result<Store, Error> {
+    Ok(Store::from_url(url)?)
+}
+
+fn time_str(ms: i64) -> String {
+    // UTC, RFC 3339, without pulling a date crate into the binary.
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // civil_from_days (Howard Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+fn snapshot_json(m: &Manifest) -> serde_json::Value {
+    json!({
+        "id": m.id.to_string(),
+        "short_id": m.id.short(),
+        "name": m.name,
+        "time": time_str(m.created_ms),
+        "created_ms": m.created_ms,
+        "host": m.host,
+        "kind": m.kind,
+        "page_size": m.page_size,
+        "page_count": m.page_count,
+        "size": m.db_size(),
+        "journal_mode": m.journal_mode,
+        "parent": m.parent.map(|p| p.to_string()),
+        "bytes_new": m.stats.bytes_new,
+    })
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+}
+
+fn human(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<u8, Error> {
+    match cmd {
+        Cmd::Key(KeyCmd::Generate { output }) => {
+            let r =
+                sqlvault_engine::crypt::generate_identity_file(&output).map_err(|e| match e {
+                    sqlvault_engine::crypt::CryptError::IdentityFile { .. } => Error::new(
+                        ErrorKind::Exists,
+                        "key.exists",
+                        format!("cannot create {}: {e}", output.display()),
+                    ),
+                    other => Error::new(
+                        ErrorKind::Io,
+                        "io",
+                        format!("cannot write {}", output.display()),
+                    )
+                    .with_source(other),
+                })?;
+            println!("{r}");
+            eprintln!(
+                "wrote identity to {} (mode 0600); the line above is its public recipient",
+                output.display()
+            );
+            Ok(0)
+        }
+        Cmd::Init(a) => {
+            let s = store(&a.repo)?;
+            let keys =
+                if a.passphrase {
+                    if !a.recipients.is_empty() || !a.recipients_file.is_empty() {
+                        return Err(usage("--passphrase cannot be combined with recipients"));
+                    }
+                    InitKeys::Passphrase(read_passphrase(true)?)
+                } else {
+                    let mut rs: Vec<Recipient> = Vec::new();
+                    for r in &a.recipients {
+                        rs.push(r.parse().map_err(|e: sqlvault_engine::crypt::CryptError| {
+                            usage(e.to_string())
+                        })?);
+                    }
+                    for f in &a.recipients_file {
+                        rs.extend(
+                            sqlvault_engine::crypt::read_recipients_file(f)
+                                .map_err(|e| usage(e.to_string()))?,
+                        );
+                    }
+                    if rs.is_empty() {
+                        return Err(usage("init needs -r RECIPIENT, -R FILE or --passphrase"));
+                    }
+                    InitKeys::Recipients(rs)
+                };
+            let rep = Repo::init(&s, keys).await?;
+            if a.json {
+                print_json(
+                    &json!({"repo_id": rep.repo_id, "fingerprint": rep.fingerprint, "recipients": rep.recipients}),
+                );
+            } else {
+                println!("created repository {} at {}", rep.repo_id, a.repo);
+                println!(
+                    "fingerprint {} (keep it with your identity; restore hosts can pin it with SQLVAULT_REPO_FINGERPRINT)",
+                    rep.fingerprint
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Join(a) => {
+            let acc = access(&a.keys, true)?.expect("required");
+            let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            repo.save_write_key()?;
+            println!(
+                "this host can now back up into repository {} (fingerprint {})",
+                repo.id(),
+                repo.fingerprint()
+            );
+            Ok(0)
+        }
+        Cmd::Backup(a) => {
+            let repo = Repo::open_write(store(&a.repo)?).await?;
+            if !(a.busy_timeout.is_finite() && a.busy_timeout >= 0.0) {
+                return Err(usage(
+                    "--busy-timeout must be a non-negative number of seconds",
+                ));
+            }
+            let opts = sqlvault_engine::BackupOptions::default()
+                .with_name(a.name)
+                .with_level(a.level)
+                .with_busy_timeout(Duration::from_secs_f64(a.busy_timeout));
+            let rep = sqlvault_engine::backup(&repo, &a.db, opts).await?;
+            if a.json {
+                print_json(&serde_json::to_value(&rep).expect("json"));
+            } else {
+                println!(
+                    "snapshot {} of {} saved: {} pages read ({}), {} new chunks, {} stored, {:.2}s",
+                    &rep.snapshot_id[..8],
+                    rep.name,
+                    rep.chunks_total,
+                    human(rep.bytes_read),
+                    rep.chunks_new,
+                    human(rep.bytes_new),
+                    rep.seconds
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Snapshots(a) => {
+            let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
+            let snaps: Vec<Manifest> = repo
+                .snapshots()
+                .await?
+                .into_iter()
+                .filter(|m| a.name.as_ref().is_none_or(|n| &m.name == n))
+                .collect();
+            if a.json {
+                print_json(&serde_json::Value::Array(
+                    snaps.iter().map(snapshot_json).collect(),
+                ));
+            } else {
+                println!(
+                    "{:<10} {:<21} {:<24} {:>10} {:>12}",
+                    "ID", "TIME", "NAME", "PAGES", "SIZE"
+                );
+                for m in &snaps {
+                    println!(
+                        "{:<10} {:<21} {:<24} {:>10} {:>12}",
+                        m.id.short(),
+                        time_str(m.created_ms),
+                        m.name,
+                        m.page_count,
+                        human(m.db_size())
+                    );
+                }
+                println!("{} snapshots", snaps.len());
+            }
+            Ok(0)
+        }
+        Cmd::Restore(a) => {
+            let acc = access(&a.keys, true)?.expect("required");
+            let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            let opts = sqlvault_engine::RestoreOptions::default()
+                .with_snapshot(a.snapshot)
+                .with_name(a.name)
+                .with_force(a.force);
+            let rep = sqlvault_engine::restore(&repo, &a.dest, opts).await?;
+            if a.json {
+                print_json(&serde_json::to_value(&rep).expect("json"));
+            } else {
+                println!(
+                    "restored snapshot {} of {} to {} ({}) in {:.2}s; integrity_check ok and checksum verified in {:.2}s",
+                    &rep.snapshot_id[..8],
+                    rep.name,
+                    rep.path,
+                    human(rep.bytes),
+                    rep.restore_seconds,
+                    rep.check_seconds
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Verify(a) => {
+            let acc = access(&a.keys, true)?.expect("required");
+            let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            let snaps = if a.all {
+                let all: Vec<Manifest> = repo
+                    .snapshots()
+                    .await?
+                    .into_iter()
+                    .filter(|m| a.name.as_ref().is_none_or(|n| &m.name == n))
+                    .collect();
+                if all.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        "snapshot.not-found",
+                        "no snapshots to verify",
+                    ));
+                }
+                all
+            } else {
+                vec![
+                    repo.find_snapshot(a.snapshot.as_deref(), a.name.as_deref())
+                        .await?,
+                ]
+            };
+            let reports = sqlvault_engine::verify(&repo, snaps).await?;
+            let failed: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
+            if a.json {
+                print_json(&json!({"ok": failed.is_empty(), "snapshots": reports}));
+            } else {
+                for r in &reports {
+                    if r.ok {
+                        println!(
+                            "snapshot {} of {}: ok (restore {:.2}s, integrity_check + checksum {:.2}s)",
+                            &r.snapshot_id[..8],
+                            r.name,
+                            r.restore_seconds,
+                            r.check_seconds
+                        );
+                    } else {
+                        println!(
+                            "snapshot {} of {}: FAILED: {}",
+                            &r.snapshot_id[..8],
+                            r.name,
+                            r.error.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            if let Some(f) = failed.first() {
+                eprintln!(
+                    "sqlvault: error: verification failed for snapshot {}: {}",
+                    &f.snapshot_id[..8],
+                    f.error.as_deref().unwrap_or("")
+                );
+                return Ok(6);
+            }
+            Ok(0)
+        }
+        Cmd::Check(a) => {
+            let acc = access(&a.keys, true)?.expect("required");
+            let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            let rep = sqlvault_engine::check(
+                &repo,
+                sqlvault_engine::CheckOptions::default().with_read_data(a.read_data),
+            )
+            .await?;
+            if a.json {
+                print_json(&serde_json::to_value(&rep).expect("json"));
+            } else {
+                println!(
+                    "{} snapshots, {} packs ({} read), {} chunks referenced: {}",
+                    rep.snapshots,
+                    rep.packs,
+                    rep.packs_read,
+                    rep.chunks_referenced,
+                    if rep.problems.is_empty() {
+                        "no problems"
+                    } else {
+                        "PROBLEMS FOUND"
+                    }
+                );
+                for p in &rep.problems {
+                    println!("  [{}] {}", p.code, p.message);
+                }
+            }
+            if let Some(p) = rep.problems.first() {
+                eprintln!(
+                    "sqlvault: error: check found {} problem(s); first: {}",
+                    rep.problems.len(),
+                    p.message
+                );
+                return Ok(6);
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn wants_json(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Init(a) => a.json,
+        Cmd::Backup(a) => a.json,
+        Cmd::Snapshots(a) => a.json,
+        Cmd::Restore(a) => a.json,
+        Cmd::Verify(a) => a.json,
+        Cmd::Check(a) => a.json,
+        _ => false,
+    }
+}
+
+fn main() -> ExitCode {
+    // Everything sqlvault creates (state, caches, restored files, local repository
+    // objects) is private to the user.
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+    let cli = Cli::parse();
+    let filter = std::env::var("SQLVAULT_LOG").unwrap_or_else(|_| {
+        match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }
+        .to_string()
+    });
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .init();
+    let json = wants_json(&cli.cmd);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sqlvault: error: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli.cmd)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let line = e.one_line();
+            if json {
+                print_json(&json!({"error": {"code": e.code(), "message": line}}));
+            }
+            eprintln!("sqlvault: error: {line}");
+            ExitCode::from(exit_code(e.kind()))
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! Backup: snapshot → hash pages → dedup → compress frames → encrypt packs → upload,
+//! then index → page map → manifest (create-if-absent). See `docs/format.md`.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use sqlvault_compress::{FrameCompressor, FrameDecompressor};
+use sqlvault_crypt::EncryptWriter;
+use sqlvault_format::{
+    ChunkId, FORMAT_VERSION, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, PackSection,
+    PageMap, PageMapKind, SnapshotStats, encode_manifest, encode_pack_trailer, layout,
+};
+use sqlvault_sqlite::{SnapshotError, SnapshotMethod, Source, SourceOptions};
+use sqlvault_store::RequestCounts;
+
+use crate::error::{Error, ErrorKind, Result, crypt_err, io_err};
+use crate::local::{KnownChunks, ParentCache};
+use crate::repo::{Repo, now_millis};
+
+/// Options for [`backup`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BackupOptions {
+    /// Database name; defaults to the file name.
+    pub name: Option<String>,
+    /// zstd level.
+    pub level: i32,
+    /// Pages per compressed frame.
+    pub frame_pages: usize,
+    /// Pack size at which a pack is sealed and uploaded.
+    pub pack_target: usize,
+    /// Worker threads for hashing, compression and encryption (0 = one per core).
+    pub threads: usize,
+    /// Longest wait for the application's locks.
+    pub busy_timeout: Duration,
+    /// Decompress every frame and compare before upload (restic's lesson).
+    pub verify_frames: bool,
+    /// Longest delta chain before a full page map is written again.
+    pub max_chain: usize,
+    /// Use the backup-API copy even in WAL mode.
+    pub force_backup_copy: bool,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            name: None,
+            level: sqlvault_compress::DEFAULT_LEVEL,
+            frame_pages: 64,
+            pack_target: 16 << 20,
+            threads: 0,
+            busy_timeout: Duration::from_secs(10),
+            verify_frames: true,
+            max_chain: 32,
+            force_backup_copy: false,
+        }
+    }
+}
+
+impl BackupOptions {
+    /// Sets the database name.
+    pub fn with_name(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
+    }
+    /// Sets the busy timeout.
+    pub fn with_busy_timeout(mut self, t: Duration) -> Self {
+        self.busy_timeout = t;
+        self
+    }
+    /// Sets the pack target size.
+    pub fn with_pack_target(mut self, bytes: usize) -> Self {
+        self.pack_target = bytes.max(1 << 16);
+        self
+    }
+    /// Sets the number of worker threads.
+    pub fn with_threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+    /// Sets the zstd level.
+    pub fn with_level(mut self, level: i32) -> Self {
+        self.level = level;
+        self
+    }
+    /// Forces the backup-API copy method.
+    pub fn with_force_backup_copy(mut self, yes: bool) -> Self {
+        self.force_backup_copy = yes;
+        self
+    }
+}
+
+/// What a backup did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// New snapshot id.
+    pub snapshot_id: String,
+    /// Database name.
+    pub name: String,
+    /// Bytes of database read.
+    pub bytes_read: u64,
+    /// Bytes newly stored in the repository.
+    pub bytes_new: u64,
+    /// Chunks (pages) in the snapshot.
+    pub chunks_total: u64,
+    /// Chunks not already stored.
+    pub chunks_new: u64,
+    /// Packs written.
+    pub packs_new: u64,
+    /// Page size.
+    pub page_size: u32,
+    /// Page count.
+    pub page_count: u32,
+    /// Journal mode of the source.
+    pub journal_mode: String,
+    /// `dbpage` or `backup-copy`.
+    pub method: String,
+    /// Snapshot this one was made incrementally against.
+    pub parent: Option<String>,
+    /// `full` or `delta` page map.
+    pub map_kind: String,
+    /// Wall time.
+    pub seconds: f64,
+    /// Store requests by kind.
+    pub requests: Requests,
+}
+
+/// Request counts for reports.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Requests {
+    /// GET.
+    pub get: u64,
+    /// PUT.
+    pub put: u64,
+    /// LIST.
+    pub list: u64,
+    /// DELETE.
+    pub delete: u64,
+    /// HEAD.
+    pub head: u64,
+    /// Retries of failed attempts.
+    pub retries: u64,
+}
+
+impl Requests {
+    pub(crate) fn since(now: RequestCounts, before: RequestCounts) -> Requests {
+        Requests {
+            get: now.get - before.get,
+            put: now.put - before.put,
+            list: now.list - before.list,
+            delete: now.delete - before.delete,
+            head: now.head - before.head,
+            retries: now.retries - before.retries,
+        }
+    }
+}
+
+struct Batch {
+    first_pgno: u32,
+    data: Vec<u8>,
+}
+
+struct WorkerOut {
+    map: Vec<(u32, ChunkId)>,
+    packs: Vec<PackSection>,
+    new_ids: Vec<ChunkId>,
+    bytes_stored: u64,
+}
+
+struct Shared {
+    repo: Repo,
+    known: KnownChunks,
+    seen: Mutex<HashSet<ChunkId>>,
+    abort: AtomicBool,
+    error: Mutex<Option<Error>>,
+    page_size: AtomicU64,
+    opts: BackupOptions,
+    rt: tokio::runtime::Handle,
+}
+
+impl Shared {
+    fn fail(&self, e: Error) {
+        self.abort.store(true, Ordering::SeqCst);
+        let mut slot = self.error.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+}
+
+/// A pack being filled by one worker: frames are encrypted as they are appended, so
+/// a pack never exists in memory as plaintext and ciphertext at once.
+struct PackBuilder {
+    id: ObjectId,
+    w: EncryptWriter<Vec<u8>>,
+    plain_len: u64,
+    entries: Vec<IndexEntry>,
+}
+
+impl PackBuilder {
+    fn new(repo: &Repo, cap: usize) -> Result<PackBuilder> {
+        Ok(PackBuilder {
+            id: ObjectId::random(),
+            w: EncryptWriter::new(
+                repo.data_recipients.iter(),
+                Vec::with_capacity(cap + cap / 8),
+            )
+            .map_err(|e| crypt_err("a pack", e))?,
+            plain_len: 0,
+            entries: Vec::new(),
+        })
+    }
+
+    fn seal(mut self) -> Result<(ObjectId, Vec<u8>, Vec<IndexEntry>)> {
+        self.w
+            .write_all(&encode_pack_trailer(&self.entries))
+            .map_err(|e| io_err("encrypting pack", e))?;
+        let ct = self.w.finish().map_err(|e| io_err("encrypting pack", e))?;
+        Ok((self.id, ct, self.entries))
+    }
+}
+
+fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
+    let mut out = WorkerOut {
+        map: Vec::new(),
+        packs: Vec::new(),
+        new_ids: Vec::new(),
+        bytes_stored: 0,
+    };
+    let r = (|| -> Result<()> {
+        let opts = &shared.opts;
+        let mut comp = FrameCompressor::new(opts.level).map_err(|e| io_err("zstd", e))?;
+        let mut decomp = FrameDecompressor::new().map_err(|e| io_err("zstd", e))?;
+        let mut frame_in: Vec<u8> = Vec::new();
+        let mut frame_out: Vec<u8> = Vec::new();
+        let mut check: Vec<u8> = Vec::new();
+        let mut frame_ids: Vec<(ChunkId, u32)> = Vec::new();
+        let mut pack: Option<PackBuilder> = None;
+        loop {
+            let batch = { rx.lock().unwrap().recv() };
+            let Ok(batch) = batch else { break };
+            if shared.abort.load(Ordering::Relaxed) {
+                continue; // drain so the reader never blocks on a full channel
+            }
+            let ps = shared.page_size.load(Ordering::Relaxed) as usize;
+            frame_in.clear();
+            frame_ids.clear();
+            for (i, page) in batch.data.chunks_exact(ps).enumerate() {
+                let id = shared.repo.keys.chunk_id(page);
+                out.map.push((batch.first_pgno + i as u32, id));
+                if shared.known.contains(&id) || !shared.seen.lock().unwrap().insert(id) {
+                    continue;
+                }
+                frame_ids.push((id, frame_in.len() as u32));
+                frame_in.extend_from_slice(page);
+            }
+            if frame_ids.is_empty() {
+                continue;
+            }
+            frame_out.clear();
+            comp.compress_into(&frame_in, &mut frame_out)
+                .map_err(|e| io_err("zstd compression", e))?;
+            if opts.verify_frames {
+                decomp
+                    .decompress_into(&frame_out, &mut check, frame_in.len())
+                    .map_err(|e| io_err("zstd self-check", e))?;
+                if check != frame_in {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        "backup.compressor-mismatch",
+                        "compressed frame does not decompress to its input; nothing was uploaded for it",
+                    ));
+                }
+            }
+            let p = match pack.as_mut() {
+                Some(p) => p,
+                None => pack.insert(PackBuilder::new(&shared.repo, opts.pack_target)?),
+            };
+            let frame_offset = p.plain_len;
+            p.w.write_all(&frame_out)
+                .map_err(|e| io_err("encrypting pack", e))?;
+            p.plain_len += frame_out.len() as u64;
+            for (id, off) in &frame_ids {
+                p.entries.push(IndexEntry {
+                    id: *id,
+                    frame_offset,
+                    frame_len: frame_out.len() as u32,
+                    offset: *off,
+                    len: ps as u32,
+                });
+                out.new_ids.push(*id);
+            }
+            if p.plain_len as usize >= opts.pack_target {
+                let sealed = pack.take().expect("present").seal()?;
+                upload_pack(shared, sealed, &mut out)?;
+            }
+        }
+        if let Some(p) = pack.take()
+            && !shared.abort.load(Ordering::Relaxed)
+        {
+            upload_pack(shared, p.seal()?, &mut out)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        shared.fail(e);
+        // keep draining so the reader can finish and see the abort
+        while rx.lock().unwrap().recv().is_ok() {}
+    }
+    out
+}
+
+fn upload_pack(
+    shared: &Shared,
+    (id, ct, entries): (ObjectId, Vec<u8>, Vec<IndexEntry>),
+    out: &mut WorkerOut,
+) -> Result<()> {
+    let len = ct.len() as u64;
+    shared
+        .rt
+        .block_on(shared.repo.store.put(&layout::pack(&id), Bytes::from(ct)))?;
+    out.bytes_stored += len;
+    out.packs.push(PackSection { pack: id, entries });
+    Ok(())
+}
+
+/// Backs up the database at `db` into `repo`.
+pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<BackupReport> {
+    let started = Instant::now();
+    let before = repo.store.stats();
+    let db: PathBuf = db.to_path_buf();
+    sqlvault_sqlite::check_header(&db)?;
+    let name = opts.name.clone().unwrap_or_else(|| {
+        db.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "database".into())
+    });
+
+    // Local dedup state, checked against the repository before it is trusted.
+    let repo_id = repo.repo_id.clone();
+    let (mut known, parent) = {
+        let (rid, n) = (repo_id.clone(), name.clone());
+        tokio::task::spawn_blocking(move || (KnownChunks::load(&rid), ParentCache::load(&rid, &n)))
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Internal, "internal", "cache loader panicked").with_source(e)
+            })?
+    };
+    if !known.packs.is_empty() {
+        let missing = futures::stream::iter(known.packs.clone().into_iter().map(|p| {
+            let store = repo.store.clone();
+            async move { store.head(&layout::pack(&p)).await.map(|s| s.is_none()) }
+        }))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+        let mut any_missing = false;
+        for m in missing {
+            any_missing |= m?;
+        }
+        if any_missing {
+            tracing::warn!(
+                "local chunk cache names packs that are gone from the repository; uploading everything"
+            );
+            known = KnownChunks::default();
+        }
+    }
+    let parent = match parent {
+        Some(p) if !known.ids.is_empty() => repo
+            .store
+            .head(&layout::snapshot(&p.snapshot))
+            .await?
+            .map(|_| p),
+        _ => None,
+    };
+
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    let shared = Arc::new(Shared {
+        repo: repo.clone(),
+        known,
+        seen: Mutex::new(HashSet::new()),
+        abort: AtomicBool::new(false),
+        error: Mutex::new(None),
+        page_size: AtomicU64::new(0),
+        opts: opts.clone(),
+        rt: tokio::runtime::Handle::current(),
+    });
+
+    let pipeline = {
+        let shared = shared.clone();
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || run_pipeline(shared, &db, threads))
+    };
+    let (info, checksum, method, outs) = pipeline.await.map_err(|e| {
+        Error::new(ErrorKind::Internal, "internal", "backup pipeline panicked").with_source(e)
+    })??;
+
+    let Shared { known, .. } = Arc::try_unwrap(shared)
+        .map_err(|_| Error::new(ErrorKind::Internal, "internal", "pipeline still running"))?;
+    let mut known = known;
+
+    // Assemble the page map.
+    let mut pages = vec![ChunkId([0; 32]); info.page_count as usize];
+    let mut filled = 0usize;
+    let mut packs = Vec::new();
+    let mut new_ids = Vec::new();
+    let mut bytes_new = 0u64;
+    for o in outs {
+        for (pgno, id) in o.map {
+            pages[pgno as usize - 1] = id;
+            filled += 1;
+        }
+        packs.extend(o.packs);
+        new_ids.extend(o.new_ids);
+        bytes_new += o.bytes_stored;
+    }
+    if filled != pages.len() {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            "backup.incomplete",
+            format!("snapshot produced {filled} of {} pages", pages.len()),
+        ));
+    }
+
+    // Index of the packs this backup wrote.
+    if !packs.is_empty() {
+        let idx = IndexFile {
+            packs: packs.clone(),
+        };
+        let ct = repo.encrypt_meta(&idx.encode())?;
+        bytes_new += ct.len() as u64;
+        repo.store
+            .put(&layout::index(&ObjectId::random()), Bytes::from(ct))
+            .await?;
+    }
+
+    // Page map: a delta against this host's last snapshot of the same name when that is
+    // small and the chain short, a full map otherwise.
+    let (map, mut maps, parent_id) = match &parent {
+        Some(p) if p.page_size == info.page_size && p.maps.len() < opts.max_chain => {
+            let delta = PageMap::delta(&p.pages, &pages);
+            if delta.entries.len() <= pages.len() / 2 {
+                (delta, p.maps.clone(), Some(p.snapshot))
+            } else {
+                (PageMap::full(&pages), Vec::new(), Some(p.snapshot))
+            }
+        }
+        _ => (PageMap::full(&pages), Vec::new(), None),
+    };
+    let map_kind = if map.kind == PageMapKind::Full {
+        "full"
+    } else {
+        "delta"
+    };
+    let map_pt = map.encode();
+    let map_id = ObjectId::random();
+    let map_ct = repo.encrypt_meta(&map_pt)?;
+    bytes_new += map_ct.len() as u64;
+    repo.store
+        .put(&layout::map(&map_id), Bytes::from(map_ct))
+        .await?;
+    maps.push(MapRef {
+        id: map_id,
+        mac: hex::encode(repo.keys.mac(&map_pt)),
+    });
+
+    let chunks_new = new_ids.len() as u64;
+    let snapshot_id = ObjectId::random();
+    let mut manifest = Manifest {
+        version: FORMAT_VERSION,
+        id: snapshot_id,
+        name: name.clone(),
+        kind: "pages".into(),
+        created_ms: now_millis(),
+        host: hostname(),
+        source_path: db
+            .canonicalize()
+            .unwrap_or(db.clone())
+            .display()
+            .to_string(),
+        page_size: info.page_size,
+        page_count: info.page_count,
+        journal_mode: info.journal_mode.clone(),
+        user_version: info.user_version,
+        application_id: info.application_id,
+        text_encoding: info.text_encoding.clone(),
+        sqlite_version: sqlvault_sqlite::sqlite_version().to_string(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        logical_checksum: hex::encode(checksum),
+        maps: maps.clone(),
+        parent: parent_id,
+        stats: SnapshotStats {
+            bytes_read: info.page_size as u64 * info.page_count as u64,
+            bytes_new: 0,
+            chunks_total: info.page_count as u64,
+            chunks_new,
+        },
+    };
+    // The manifest's own size is estimated before it is known exactly (age adds a
+    // fixed overhead); close enough for a statistic, exact for the data.
+    let probe = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
+    manifest.stats.bytes_new = bytes_new + probe.len() as u64;
+    let ct = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
+    // The commit point: create-if-absent, written last.
+    repo.store
+        .put_if_absent(&layout::snapshot(&snapshot_id), Bytes::from(ct))
+        .await?;
+
+    // Only after the commit does the local cache learn about the new chunks.
+    let rid = repo_id.clone();
+    let page_size = info.page_size;
+    let n = name.clone();
+    let pack_ids: Vec<ObjectId> = packs.iter().map(|p| p.pack).collect();
+    let packs_new = pack_ids.len() as u64;
+    let cache_result = tokio::task::spawn_blocking(move || -> Result<()> {
+        known.merge(pack_ids, new_ids);
+        known.save(&rid)?;
+        ParentCache {
+            snapshot: snapshot_id,
+            maps,
+            page_size,
+            pages,
+        }
+        .save(&rid, &n)
+    })
+    .await
+    .map_err(|e| {
+        Error::new(ErrorKind::Internal, "internal", "cache writer panicked").with_source(e)
+    })?;
+    if let Err(e) = cache_result {
+        tracing::warn!(
+            "snapshot committed, but the local cache was not updated: {}",
+            e.one_line()
+        );
+    }
+
+    Ok(BackupReport {
+        snapshot_id: snapshot_id.to_string(),
+        name,
+        bytes_read: manifest.stats.bytes_read,
+        bytes_new: manifest.stats.bytes_new,
+        chunks_total: info.page_count as u64,
+        chunks_new,
+        packs_new,
+        page_size: info.page_size,
+        page_count: info.page_count,
+        journal_mode: info.journal_mode,
+        method: match method {
+            SnapshotMethod::DbPage => "dbpage".into(),
+            SnapshotMethod::BackupCopy => "backup-copy".into(),
+        },
+        parent: parent_id.map(|p| p.to_string()),
+        map_kind: map_kind.into(),
+        seconds: started.elapsed().as_secs_f64(),
+        requests: Requests::since(repo.store.stats(), before),
+    })
+}
+
+type PipelineOut = (
+    sqlvault_sqlite::DbInfo,
+    [u8; 32],
+    SnapshotMethod,
+    Vec<WorkerOut>,
+);
+
+fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<PipelineOut> {
+    let (tx, rx) = mpsc::sync_channel::<Batch>(threads * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let shared = shared.clone();
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("sqlvault-pack-{i}"))
+                .spawn(move || worker(&shared, &rx))
+                .expect("spawn worker")
+        })
+        .collect();
+
+    let src_opts = SourceOptions::default()
+        .with_busy_timeout(shared.opts.busy_timeout)
+        .with_force_backup_copy(shared.opts.force_backup_copy);
+    let snap = (|| {
+        let mut src = Source::open(db, src_opts)?;
+        let frame_pages = shared.opts.frame_pages.max(1);
+        let mut batch: Option<Batch> = None;
+        let r = src.snapshot(|pgno, page| {
+            if shared.abort.load(Ordering::Relaxed) {
+                return Err(());
+            }
+            if shared.page_size.load(Ordering::Relaxed) == 0 {
+                shared.page_size.store(page.len() as u64, Ordering::Relaxed);
+            }
+            let b = batch.get_or_insert_with(|| Batch {
+                first_pgno: pgno,
+                data: Vec::with_capacity(page.len() * frame_pages),
+            });
+            b.data.extend_from_slice(page);
+            if b.data.len() >= page.len() * frame_pages {
+                tx.send(batch.take().expect("present")).map_err(|_| ())?;
+            }
+            Ok(())
+        });
+        if let Some(b) = batch.take() {
+            let _ = tx.send(b);
+        }
+        match r {
+            Ok(v) => Ok(v),
+            Err(SnapshotError::Db(e)) => Err(Error::from(e)),
+            Err(SnapshotError::Consumer(())) => Err(Error::new(
+                ErrorKind::Internal,
+                "backup.aborted",
+                "backup aborted",
+            )),
+        }
+    })();
+    drop(tx);
+    let outs: Vec<WorkerOut> = handles
+        .into_iter()
+        .map(|h| h.join().expect("worker panicked"))
+        .collect();
+    if let Some(e) = shared.error.lock().unwrap().take() {
+        return Err(e);
+    }
+    let (info, sum, method) = snap?;
+    Ok((info, sum, method, outs))
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

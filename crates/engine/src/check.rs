@@ -1,0 +1,234 @@
+//! `check`: the repository's structure is sound — every snapshot authenticates, every
+//! page map authenticates, every referenced chunk is indexed, every indexed pack
+//! exists; with `read_data`, every pack is downloaded, decrypted and every chunk in it
+//! re-hashed.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+
+use serde::Serialize;
+use sqlvault_compress::FrameDecompressor;
+use sqlvault_format::{ChunkId, IndexEntry, ObjectId, decode_pack_trailer, layout};
+
+use crate::backup::Requests;
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::Repo;
+
+/// Options for [`check`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CheckOptions {
+    /// Download and authenticate every pack.
+    pub read_data: bool,
+}
+
+impl CheckOptions {
+    /// Sets read_data.
+    pub fn with_read_data(mut self, yes: bool) -> Self {
+        self.read_data = yes;
+        self
+    }
+}
+
+/// One problem found by check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// Stable code.
+    pub code: String,
+    /// What is wrong, naming the object.
+    pub message: String,
+}
+
+/// What check found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// Snapshots examined.
+    pub snapshots: usize,
+    /// Packs in the repository.
+    pub packs: usize,
+    /// Packs downloaded and authenticated.
+    pub packs_read: usize,
+    /// Distinct chunks referenced by snapshots.
+    pub chunks_referenced: usize,
+    /// Problems; empty means healthy.
+    pub problems: Vec<Problem>,
+    /// Store requests.
+    pub requests: Requests,
+}
+
+fn problem(e: &Error) -> Problem {
+    Problem {
+        code: e.code().to_string(),
+        message: e.one_line(),
+    }
+}
+
+/// Checks the repository.
+pub async fn check(repo: &Repo, opts: CheckOptions) -> Result<CheckReport> {
+    repo.require_data_access("check")?;
+    let before = repo.store.stats();
+    let mut problems = Vec::new();
+
+    // Snapshots and their maps.
+    let names = repo.store.list(layout::SNAPSHOTS).await?;
+    let mut referenced: HashSet<ChunkId> = HashSet::new();
+    let mut snapshots = 0;
+    for (n, _) in &names {
+        let id: ObjectId = match n.parse() {
+            Ok(id) => id,
+            Err(_) => {
+                problems.push(Problem {
+                    code: "repo.stray-object".into(),
+                    message: format!("snapshots/{n} is not a snapshot name"),
+                });
+                continue;
+            }
+        };
+        snapshots += 1;
+        let m = match repo.load_manifest(&id).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::Store => return Err(e),
+            Err(e) => {
+                problems.push(problem(&e));
+                continue;
+            }
+        };
+        match repo.page_map(&m).await {
+            Ok(pages) => referenced.extend(pages),
+            Err(e) if e.kind() == ErrorKind::Store => return Err(e),
+            Err(e) => problems.push(problem(&e)),
+        }
+    }
+
+    // Indexes and packs.
+    let indexes = match repo.load_indexes().await {
+        Ok(i) => i,
+        Err(e) if e.kind() == ErrorKind::Store => return Err(e),
+        Err(e) => {
+            problems.push(problem(&e));
+            Vec::new()
+        }
+    };
+    let packs: HashMap<String, u64> = repo.store.list(layout::PACKS).await?.into_iter().collect();
+    let mut located: HashSet<ChunkId> = HashSet::new();
+    let mut by_pack: HashMap<ObjectId, Vec<IndexEntry>> = HashMap::new();
+    for idx in indexes {
+        for sec in idx.packs {
+            if !packs.contains_key(&sec.pack.to_string()) {
+                if sec.entries.iter().any(|e| referenced.contains(&e.id)) {
+                    problems.push(Problem {
+                        code: "repo.missing-object".into(),
+                        message: format!(
+                            "pack {} is listed in an index but missing from the repository",
+                            sec.pack.short()
+                        ),
+                    });
+                }
+                continue;
+            }
+            located.extend(sec.entries.iter().map(|e| e.id));
+            by_pack.entry(sec.pack).or_default().extend(sec.entries);
+        }
+    }
+    let missing = referenced.iter().filter(|id| !located.contains(id)).count();
+    if missing > 0 {
+        problems.push(Problem {
+            code: "repo.missing-chunk".into(),
+            message: format!("{missing} referenced chunks are in no existing pack"),
+        });
+    }
+
+    let mut packs_read = 0;
+    if opts.read_data {
+        let mut dec = FrameDecompressor::new().map_err(|e| crate::error::io_err("zstd", e))?;
+        let mut names: Vec<&String> = packs.keys().collect();
+        names.sort();
+        for name in names {
+            packs_read += 1;
+            if let Err(e) = read_pack(
+                repo,
+                name,
+                by_pack.get(&name.parse().unwrap_or(ObjectId([0; 16]))),
+                &mut dec,
+            )
+            .await
+            {
+                if e.kind() == ErrorKind::Store {
+                    return Err(e);
+                }
+                problems.push(problem(&e));
+            }
+        }
+    }
+
+    Ok(CheckReport {
+        snapshots,
+        packs: packs.len(),
+        packs_read,
+        chunks_referenced: referenced.len(),
+        problems,
+        requests: Requests::since(repo.store.stats(), before),
+    })
+}
+
+async fn read_pack(
+    repo: &Repo,
+    name: &str,
+    indexed: Option<&Vec<IndexEntry>>,
+    dec: &mut FrameDecompressor,
+) -> Result<()> {
+    let what = format!("pack {}", &name[..name.len().min(8)]);
+    let bad = |detail: String| {
+        Error::new(
+            ErrorKind::Integrity,
+            "repo.corrupt-object",
+            format!("{what}: {detail}"),
+        )
+    };
+    let ct = repo.store.get(&format!("{}/{name}", layout::PACKS)).await?;
+    let mut r = sqlvault_crypt::decrypt_reader(&repo.identities, &ct[..])
+        .map_err(|e| crate::error::crypt_err(&what, e))?;
+    let mut pt = Vec::with_capacity(ct.len());
+    r.read_to_end(&mut pt)
+        .map_err(|e| crate::error::corrupt(&what, e))?;
+    let (entries, frames_end) =
+        decode_pack_trailer(&pt).map_err(|e| crate::error::corrupt(&what, e))?;
+    if let Some(ix) = indexed {
+        let mut a: Vec<_> = ix
+            .iter()
+            .map(|e| (e.id, e.frame_offset, e.offset))
+            .collect();
+        let mut b: Vec<_> = entries
+            .iter()
+            .map(|e| (e.id, e.frame_offset, e.offset))
+            .collect();
+        a.sort();
+        b.sort();
+        if a != b {
+            return Err(bad("index and pack trailer disagree".into()));
+        }
+    }
+    let mut plain = Vec::new();
+    let mut last_frame = u64::MAX;
+    let mut sorted = entries.clone();
+    sorted.sort_by_key(|e| (e.frame_offset, e.offset));
+    for e in &sorted {
+        if e.frame_offset != last_frame {
+            let f = &pt[e.frame_offset as usize..(e.frame_offset + e.frame_len as u64) as usize];
+            dec.decompress_into(f, &mut plain, 64 << 20)
+                .map_err(|err| crate::error::corrupt(&what, err))?;
+            last_frame = e.frame_offset;
+        }
+        let data = plain
+            .get(e.offset as usize..(e.offset + e.len) as usize)
+            .ok_or_else(|| bad("chunk outside its frame".into()))?;
+        if repo.keys.chunk_id(data) != e.id {
+            return Err(bad(format!(
+                "chunk {} does not match its id",
+                &e.id.to_hex()[..16]
+            )));
+        }
+    }
+    let _ = frames_end;
+    Ok(())
+}

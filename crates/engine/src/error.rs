@@ -1,0 +1,163 @@
+use std::fmt;
+
+/// Broad class of a failure; the CLI maps each to a documented exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Bad arguments or configuration.
+    Usage,
+    /// A snapshot, file, repository or key that does not exist.
+    NotFound,
+    /// The destination exists and `--force` was not given.
+    Exists,
+    /// Wrong identity or passphrase, or the host lacks the key the operation needs.
+    Auth,
+    /// Data failed authentication or verification: corrupt, truncated or forged.
+    Integrity,
+    /// The source database cannot be read (not a database, locked, unreadable).
+    Source,
+    /// The object store is unreachable or refused the request.
+    Store,
+    /// Local filesystem failure.
+    Io,
+    /// A bug: an invariant of sqlvault itself did not hold.
+    Internal,
+}
+
+/// An engine error: a stable machine code (`"crypt.no-matching-identity"`), a kind for
+/// exit codes, a one-line message naming the thing that failed, and the cause.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    code: &'static str,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    /// A new error.
+    pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            code,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The class of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Stable code for `--json` and drills; never match on message text.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The message with every cause, on one line.
+    pub fn one_line(&self) -> String {
+        let mut s = self.message.clone();
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(self);
+        while let Some(e) = cur {
+            let m = e.to_string();
+            if !m.is_empty() && !s.contains(&m) {
+                s.push_str(": ");
+                s.push_str(&m);
+            }
+            cur = e.source();
+        }
+        s.replace('\n', " ")
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sqlvault_store::StoreError> for Error {
+    fn from(e: sqlvault_store::StoreError) -> Self {
+        use sqlvault_store::StoreError as S;
+        let (kind, code) = match &e {
+            S::NotFound { .. } => (ErrorKind::NotFound, "store.not-found"),
+            S::AlreadyExists { .. } => (ErrorKind::Store, "store.already-exists"),
+            S::InvalidUrl { .. } => (ErrorKind::Usage, "store.invalid-url"),
+            _ => (ErrorKind::Store, "store.unavailable"),
+        };
+        let msg = e.to_string();
+        Error::new(kind, code, msg).with_source(e)
+    }
+}
+
+impl From<sqlvault_sqlite::SqliteError> for Error {
+    fn from(e: sqlvault_sqlite::SqliteError) -> Self {
+        use sqlvault_sqlite::SqliteError as S;
+        let (kind, code) = match &e {
+            S::Missing { .. } => (ErrorKind::NotFound, "source.missing"),
+            S::NotADatabase { .. } => (ErrorKind::Source, "source.not-a-database"),
+            S::Busy { .. } => (ErrorKind::Source, "source.busy"),
+            S::Io { .. } => (ErrorKind::Io, "source.io"),
+            _ => (ErrorKind::Source, "source.sqlite"),
+        };
+        let msg = e.to_string();
+        Error::new(kind, code, msg).with_source(e)
+    }
+}
+
+pub(crate) fn io_err(what: impl fmt::Display, e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Io, "io", format!("{what}")).with_source(e)
+}
+
+pub(crate) fn corrupt(
+    what: impl fmt::Display,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        "repo.corrupt-object",
+        format!("{what} is corrupt or was tampered with"),
+    )
+    .with_source(e)
+}
+
+pub(crate) fn crypt_err(what: impl fmt::Display, e: sqlvault_crypt::CryptError) -> Error {
+    use sqlvault_crypt::CryptError as C;
+    match e {
+        C::NoMatchingIdentity => Error::new(
+            ErrorKind::Auth,
+            "crypt.no-matching-identity",
+            format!(
+                "cannot decrypt {what}: the identity does not match this repository (wrong key or passphrase)"
+            ),
+        ),
+        C::Corrupt => corrupt(what, e),
+        C::IdentityFile { .. } | C::InvalidRecipient { .. } => {
+            Error::new(ErrorKind::Usage, "crypt.bad-key", e.to_string())
+        }
+        other => Error::new(
+            ErrorKind::Internal,
+            "crypt.failed",
+            format!("encryption of {what} failed"),
+        )
+        .with_source(other),
+    }
+}

@@ -1,0 +1,27 @@
+//! The sqlvault engine: the only crate that knows the whole pipeline.
+//!
+//! ```text
+//! backup:  SQLite snapshot ─▶ keyed page hashes ─▶ dedup ─▶ zstd frames ─▶ age packs ─▶ store
+//!          then index ─▶ page map ─▶ manifest (create-if-absent, the commit point)
+//! restore: manifest ─▶ page maps ─▶ indexes ─▶ packs ─▶ age ─▶ zstd ─▶ hash check ─▶ file
+//!          then fsync ─▶ integrity_check + logical checksum ─▶ rename ─▶ fsync dir
+//! ```
+//!
+//! All entry points are async; CPU and SQLite work runs on blocking threads.
+
+mod backup;
+mod check;
+mod error;
+mod local;
+mod repo;
+mod restore;
+
+pub use backup::{BackupOptions, BackupReport, Requests, backup};
+pub use check::{CheckOptions, CheckReport, Problem, check};
+pub use error::{Error, ErrorKind, Result};
+pub use local::{WriteKey, home as state_dir};
+pub use repo::{Access, InitKeys, InitReport, Repo};
+pub use restore::{RestoreOptions, RestoreReport, VerifyReport, restore, verify};
+pub use sqlvault_crypt as crypt;
+pub use sqlvault_format as format;
+pub use sqlvault_store as store;

@@ -1,0 +1,323 @@
+//! Host-local state under `$SQLVAULT_HOME` (default `$XDG_CONFIG_HOME/sqlvault` or
+//! `~/.config/sqlvault`):
+//!
+//! ```text
+//! repos/<repo-id>/write-key.json   recipients + repository secret (0600): lets this host back up
+//! repos/<repo-id>/pin              fingerprint of the repository secret seen first (restore hosts)
+//! repos/<repo-id>/cache/known      chunk ids this host knows are stored, and their packs
+//! repos/<repo-id>/cache/parent-<h> last snapshot of each database name: its page map
+//! ```
+//!
+//! The caches are an optimisation only: deleting them costs a full upload, never a
+//! wrong snapshot, and they are checked against the repository before use.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sqlvault_format::{ChunkId, MapRef, ObjectId, RepoSecret};
+
+use crate::error::{Error, ErrorKind, Result, io_err};
+
+/// The local state directory.
+pub fn home() -> PathBuf {
+    if let Some(h) = std::env::var_os("SQLVAULT_HOME") {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME") {
+        return PathBuf::from(x).join("sqlvault");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".config").join("sqlvault")
+}
+
+pub(crate) fn repo_dir(repo_id: &str) -> PathBuf {
+    home().join("repos").join(repo_id)
+}
+
+pub(crate) fn mkdir_private(p: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .map_err(|e| io_err(format!("cannot create {}", p.display()), e))
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename), mode 0600.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("state files live in a directory");
+    mkdir_private(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap().to_string_lossy(),
+        std::process::id()
+    ));
+    let r = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = r {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(format!("cannot write {}", path.display()), e));
+    }
+    Ok(())
+}
+
+/// What a backup host holds for a repository: the recipients it has been told to
+/// trust and the repository secret. No identity: it cannot decrypt data.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct WriteKey {
+    /// Repository id.
+    pub repo_id: String,
+    /// Recipients every data object is encrypted to.
+    pub recipients: Vec<String>,
+    /// Hex repository secret.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WriteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteKey")
+            .field("repo_id", &self.repo_id)
+            .field("recipients", &self.recipients)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriteKey {
+    pub(crate) fn path(repo_id: &str) -> PathBuf {
+        repo_dir(repo_id).join("write-key.json")
+    }
+
+    pub(crate) fn load(repo_id: &str) -> Result<Option<WriteKey>> {
+        let p = Self::path(repo_id);
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    "local.bad-write-key",
+                    format!("write key {} is unreadable", p.display()),
+                )
+                .with_source(e)
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(format!("cannot read {}", p.display()), e)),
+        }
+    }
+
+    pub(crate) fn save(&self) -> Result<()> {
+        write_private(
+            &Self::path(&self.repo_id),
+            &serde_json::to_vec_pretty(self).expect("serialises"),
+        )
+    }
+
+    pub(crate) fn secret(&self) -> Result<RepoSecret> {
+        RepoSecret::from_hex(&self.secret).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Io,
+                "local.bad-write-key",
+                format!("write key for repository {} is damaged", self.repo_id),
+            )
+        })
+    }
+}
+
+pub(crate) fn load_pin(repo_id: &str) -> Option<String> {
+    fs::read_to_string(repo_dir(repo_id).join("pin"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+pub(crate) fn save_pin(repo_id: &str, fingerprint: &str) -> Result<()> {
+    write_private(
+        &repo_dir(repo_id).join("pin"),
+        format!("{fingerprint}\n").as_bytes(),
+    )
+}
+
+/// Chunks this host has stored, with the packs that hold them.
+#[derive(Debug, Default)]
+pub(crate) struct KnownChunks {
+    pub packs: Vec<ObjectId>,
+    /// Sorted, deduplicated.
+    pub ids: Vec<ChunkId>,
+}
+
+const KNOWN_MAGIC: &[u8; 8] = b"SQLVKNC1";
+const PARENT_MAGIC: &[u8; 8] = b"SQLVPAR1";
+
+fn cache_dir(repo_id: &str) -> PathBuf {
+    repo_dir(repo_id).join("cache")
+}
+
+impl KnownChunks {
+    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
+        self.ids.binary_search(id).is_ok()
+    }
+
+    pub(crate) fn load(repo_id: &str) -> KnownChunks {
+        let Ok(b) = fs::read(cache_dir(repo_id).join("known")) else {
+            return KnownChunks::default();
+        };
+        Self::decode(&b).unwrap_or_else(|| {
+            tracing::warn!("ignoring damaged chunk cache of repository {repo_id}");
+            KnownChunks::default()
+        })
+    }
+
+    fn decode(b: &[u8]) -> Option<KnownChunks> {
+        let rest = b.strip_prefix(KNOWN_MAGIC)?;
+        let np = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let rest = &rest[4..];
+        let packs_bytes = rest.get(..np.checked_mul(16)?)?;
+        let rest = &rest[np * 16..];
+        if rest.len() % 32 != 0 {
+            return None;
+        }
+        let packs = packs_bytes
+            .chunks_exact(16)
+            .map(|c| ObjectId(c.try_into().unwrap()))
+            .collect();
+        let ids: Vec<ChunkId> = rest
+            .chunks_exact(32)
+            .map(|c| ChunkId(c.try_into().unwrap()))
+            .collect();
+        ids.windows(2)
+            .all(|w| w[0] < w[1])
+            .then_some(KnownChunks { packs, ids })
+    }
+
+    pub(crate) fn save(&self, repo_id: &str) -> Result<()> {
+        let mut out = Vec::with_capacity(12 + self.packs.len() * 16 + self.ids.len() * 32);
+        out.extend_from_slice(KNOWN_MAGIC);
+        out.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
+        for p in &self.packs {
+            out.extend_from_slice(&p.0);
+        }
+        for id in &self.ids {
+            out.extend_from_slice(&id.0);
+        }
+        write_private(&cache_dir(repo_id).join("known"), &out)
+    }
+
+    /// Adds newly stored chunks and their packs, keeping ids sorted.
+    pub(crate) fn merge(
+        &mut self,
+        packs: impl IntoIterator<Item = ObjectId>,
+        mut new: Vec<ChunkId>,
+    ) {
+        self.packs.extend(packs);
+        new.sort_unstable();
+        let old = std::mem::take(&mut self.ids);
+        let mut merged = Vec::with_capacity(old.len() + new.len());
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < new.len() {
+            let next = if j >= new.len() || (i < old.len() && old[i] <= new[j]) {
+                i += 1;
+                old[i - 1]
+            } else {
+                j += 1;
+                new[j - 1]
+            };
+            if merged.last() != Some(&next) {
+                merged.push(next);
+            }
+        }
+        self.ids = merged;
+    }
+}
+
+/// The last snapshot this host made of one database name.
+#[derive(Debug)]
+pub(crate) struct ParentCache {
+    pub snapshot: ObjectId,
+    pub maps: Vec<MapRef>,
+    pub page_size: u32,
+    pub pages: Vec<ChunkId>,
+}
+
+fn parent_path(repo_id: &str, name: &str) -> PathBuf {
+    let h = blake3::hash(name.as_bytes());
+    cache_dir(repo_id).join(format!("parent-{}", &h.to_hex()[..24]))
+}
+
+impl ParentCache {
+    pub(crate) fn load(repo_id: &str, name: &str) -> Option<ParentCache> {
+        let b = fs::read(parent_path(repo_id, name)).ok()?;
+        let rest = b.strip_prefix(PARENT_MAGIC)?;
+        let snapshot = ObjectId(rest.get(..16)?.try_into().ok()?);
+        let page_size = u32::from_le_bytes(rest.get(16..20)?.try_into().ok()?);
+        let jlen = u32::from_le_bytes(rest.get(20..24)?.try_into().ok()?) as usize;
+        let maps: Vec<MapRef> = serde_json::from_slice(rest.get(24..24 + jlen)?).ok()?;
+        let rest = &rest[24 + jlen..];
+        if rest.len() % 32 != 0 {
+            return None;
+        }
+        let pages = rest
+            .chunks_exact(32)
+            .map(|c| ChunkId(c.try_into().unwrap()))
+            .collect();
+        Some(ParentCache {
+            snapshot,
+            maps,
+            page_size,
+            pages,
+        })
+    }
+
+    pub(crate) fn save(&self, repo_id: &str, name: &str) -> Result<()> {
+        let json = serde_json::to_vec(&self.maps).expect("serialises");
+        let mut out = Vec::with_capacity(32 + json.len() + self.pages.len() * 32);
+        out.extend_from_slice(PARENT_MAGIC);
+        out.extend_from_slice(&self.snapshot.0);
+        out.extend_from_slice(&self.page_size.to_le_bytes());
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json);
+        for id in &self.pages {
+            out.extend_from_slice(&id.0);
+        }
+        write_private(&parent_path(repo_id, name), &out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_sorted_unique() {
+        let mut k = KnownChunks::default();
+        k.merge([], vec![ChunkId([3; 32]), ChunkId([1; 32])]);
+        k.merge(
+            [ObjectId([9; 16])],
+            vec![ChunkId([2; 32]), ChunkId([3; 32])],
+        );
+        assert_eq!(
+            k.ids,
+            vec![ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32])]
+        );
+        assert!(k.contains(&ChunkId([2; 32])) && !k.contains(&ChunkId([4; 32])));
+        let mut enc = Vec::new();
+        enc.extend_from_slice(KNOWN_MAGIC);
+        enc.extend_from_slice(&1u32.to_le_bytes());
+        enc.extend_from_slice(&[9; 16]);
+        for id in &k.ids {
+            enc.extend_from_slice(&id.0);
+        }
+        let d = KnownChunks::decode(&enc).unwrap();
+        assert_eq!(d.ids, k.ids);
+        assert!(KnownChunks::decode(&enc[..enc.len() - 1]).is_none());
+    }
+}

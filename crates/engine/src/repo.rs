@@ -1,0 +1,503 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use sqlvault_crypt::secrecy::SecretString;
+use sqlvault_crypt::{Identities, Recipient};
+use sqlvault_format::{
+    ChunkId, FORMAT_VERSION, IndexFile, Manifest, ObjectId, PageMap, RepoConfig, RepoKeys,
+    RepoMarker, RepoSecret, decode_manifest, layout,
+};
+use sqlvault_store::Store;
+
+use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err};
+use crate::local::{self, WriteKey};
+
+/// How a command proves it may read the repository.
+#[derive(Debug)]
+pub enum Access {
+    /// Age identities or SSH private keys.
+    Identities(Identities),
+    /// The repository passphrase.
+    Passphrase(SecretString),
+}
+
+/// Keys given to `init`.
+#[derive(Debug)]
+pub enum InitKeys {
+    /// Public recipients: the backup host never needs a private key.
+    Recipients(Vec<Recipient>),
+    /// A passphrase: protects the repository's own data identity.
+    Passphrase(SecretString),
+}
+
+/// Result of `init`.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// New repository id.
+    pub repo_id: String,
+    /// Public fingerprint of the repository secret, to pin on restore hosts.
+    pub fingerprint: String,
+    /// Recipients data is encrypted to.
+    pub recipients: Vec<String>,
+}
+
+/// An open repository.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    pub(crate) store: Store,
+    pub(crate) repo_id: String,
+    pub(crate) keys: Arc<RepoKeys>,
+    pub(crate) secret: Arc<RepoSecret>,
+    pub(crate) fingerprint: String,
+    pub(crate) data_recipients: Arc<Vec<Recipient>>,
+    pub(crate) meta_recipient: Arc<Recipient>,
+    pub(crate) identities: Arc<Identities>,
+    pub(crate) can_read_data: bool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn now_millis() -> i64 {
+    now_ms()
+}
+
+async fn read_marker(store: &Store) -> Result<RepoMarker> {
+    let bytes = match store.get(layout::MARKER).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "repo.not-found",
+                format!("no sqlvault repository at {}", store.describe()),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    RepoMarker::decode(&bytes)
+        .map_err(|e| corrupt(format!("repository marker of {}", store.describe()), e))
+}
+
+impl Repo {
+    /// Creates a repository at `store`, and this host's write key for it.
+    pub async fn init(store: &Store, keys: InitKeys) -> Result<InitReport> {
+        if store.head(layout::MARKER).await?.is_some() {
+            return Err(Error::new(
+                ErrorKind::Exists,
+                "repo.exists",
+                format!("{} is already a sqlvault repository", store.describe()),
+            ));
+        }
+        let repo_id = hex::encode(ObjectId::random().0);
+        let secret = RepoSecret::generate();
+        let (recipients, config_ct) = match keys {
+            InitKeys::Recipients(rs) => {
+                if rs.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::Usage,
+                        "init.no-recipients",
+                        "init needs at least one recipient",
+                    ));
+                }
+                let texts: Vec<String> = rs.iter().map(|r| r.as_str().to_string()).collect();
+                let cfg = RepoConfig {
+                    version: FORMAT_VERSION,
+                    repo_id: repo_id.clone(),
+                    created_ms: now_ms(),
+                    recipients: texts.clone(),
+                    secret: secret.to_hex(),
+                    data_identity: None,
+                };
+                let pt = serde_json::to_vec(&cfg).expect("serialises");
+                let ct = sqlvault_crypt::encrypt_to_vec(rs.iter(), &pt)
+                    .map_err(|e| crypt_err("repository config", e))?;
+                (texts, ct)
+            }
+            InitKeys::Passphrase(pass) => {
+                let (sk, pk) = sqlvault_crypt::generate_x25519();
+                let cfg = RepoConfig {
+                    version: FORMAT_VERSION,
+                    repo_id: repo_id.clone(),
+                    created_ms: now_ms(),
+                    recipients: vec![pk.clone()],
+                    secret: secret.to_hex(),
+                    data_identity: Some(
+                        sqlvault_crypt::secrecy::ExposeSecret::expose_secret(&sk).to_string(),
+                    ),
+                };
+                let pt = serde_json::to_vec(&cfg).expect("serialises");
+                let mut w = sqlvault_crypt::EncryptWriter::with_passphrase(pass, Vec::new())
+                    .map_err(|e| crypt_err("repository config", e))?;
+                std::io::Write::write_all(&mut w, &pt)
+                    .map_err(|e| crate::error::io_err("encrypting config", e))?;
+                let ct = w
+                    .finish()
+                    .map_err(|e| crate::error::io_err("encrypting config", e))?;
+                (vec![pk], ct)
+            }
+        };
+        // Config first, marker last: a repository exists once its marker does.
+        store
+            .put_if_absent(layout::CONFIG, Bytes::from(config_ct))
+            .await?;
+        let marker =
+            serde_json::to_vec_pretty(&RepoMarker::new(repo_id.clone())).expect("serialises");
+        store
+            .put_if_absent(layout::MARKER, Bytes::from(marker))
+            .await?;
+        let wk = WriteKey {
+            repo_id: repo_id.clone(),
+            recipients: recipients.clone(),
+            secret: secret.to_hex(),
+        };
+        wk.save()?;
+        local::save_pin(&repo_id, &secret.fingerprint())?;
+        Ok(InitReport {
+            repo_id,
+            fingerprint: secret.fingerprint(),
+            recipients,
+        })
+    }
+
+    fn assemble(
+        store: Store,
+        repo_id: String,
+        secret: RepoSecret,
+        recipients: &[String],
+        identities: Identities,
+        can_read_data: bool,
+    ) -> Result<Repo> {
+        let keys = secret.keys();
+        let fingerprint = secret.fingerprint();
+        let data_recipients: Vec<Recipient> = recipients
+            .iter()
+            .map(|r| r.parse().map_err(|e| crypt_err("repository recipients", e)))
+            .collect::<Result<_>>()?;
+        let meta_recipient =
+            sqlvault_crypt::x25519_recipient_from_bytes(&keys.metadata_identity_bytes());
+        Ok(Repo {
+            store,
+            repo_id,
+            fingerprint,
+            keys: Arc::new(keys),
+            secret: Arc::new(secret),
+            data_recipients: Arc::new(data_recipients),
+            meta_recipient: Arc::new(meta_recipient),
+            identities: Arc::new(identities),
+            can_read_data,
+        })
+    }
+
+    /// Opens for backup with this host's write key: can write snapshots and read
+    /// metadata (names, times, sizes), cannot decrypt any data.
+    pub async fn open_write(store: Store) -> Result<Repo> {
+        let marker = read_marker(&store).await?;
+        let wk = WriteKey::load(&marker.repo_id)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Auth,
+                "repo.no-write-key",
+                format!(
+                    "this host has no write key for repository {} at {} (run `sqlvault init` here, or `sqlvault join` with an identity)",
+                    marker.repo_id,
+                    store.describe()
+                ),
+            )
+        })?;
+        let secret = wk.secret()?;
+        let meta = Identities::from_x25519_bytes(&secret.keys().metadata_identity_bytes());
+        Repo::assemble(store, marker.repo_id, secret, &wk.recipients, meta, false)
+    }
+
+    /// Opens for reading with an identity or passphrase. Checks the repository secret
+    /// against this host's write key or pin (trust on first use otherwise, or against
+    /// `SQLVAULT_REPO_FINGERPRINT` when set), so that a bucket writer cannot swap in a
+    /// config of their own.
+    pub async fn open_read(store: Store, access: Access) -> Result<Repo> {
+        let marker = read_marker(&store).await?;
+        let ct = match store.get(layout::CONFIG).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    "repo.config-missing",
+                    format!("repository {} has no config object", store.describe()),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut ids = match access {
+            Access::Identities(i) => i,
+            Access::Passphrase(p) => Identities::from_passphrase(p),
+        };
+        let pt = sqlvault_crypt::decrypt_to_vec(&ids, &ct)
+            .map_err(|e| crypt_err("the repository config", e))?;
+        let cfg: RepoConfig =
+            serde_json::from_slice(&pt).map_err(|e| corrupt("repository config", e))?;
+        if cfg.repo_id != marker.repo_id {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "repo.config-mismatch",
+                format!(
+                    "repository config of {} belongs to another repository",
+                    store.describe()
+                ),
+            ));
+        }
+        let secret = RepoSecret::from_hex(&cfg.secret).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Integrity,
+                "repo.corrupt-object",
+                "repository config holds no valid secret",
+            )
+        })?;
+        let fp = secret.fingerprint();
+        let expected = std::env::var("SQLVAULT_REPO_FINGERPRINT")
+            .ok()
+            .filter(|s| !s.is_empty());
+        let pinned = match WriteKey::load(&marker.repo_id)? {
+            Some(wk) => Some(wk.secret()?.fingerprint()),
+            None => local::load_pin(&marker.repo_id),
+        };
+        for want in expected.iter().chain(pinned.iter()) {
+            if want != &fp {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    "repo.fingerprint-mismatch",
+                    format!(
+                        "repository {} presents secret fingerprint {fp}, but this host trusts {want}: the config was replaced",
+                        store.describe()
+                    ),
+                ));
+            }
+        }
+        if pinned.is_none() {
+            // Trust on first use; best effort, a read-only home must not block restores.
+            if let Err(e) = local::save_pin(&marker.repo_id, &fp) {
+                tracing::warn!("could not pin repository fingerprint: {}", e.one_line());
+            }
+        }
+        if let Some(d) = &cfg.data_identity {
+            let sid = SecretString::from(d.clone());
+            ids.extend(
+                Identities::from_secret_string(&sid)
+                    .map_err(|e| crypt_err("repository data identity", e))?,
+            );
+        }
+        Repo::assemble(store, marker.repo_id, secret, &cfg.recipients, ids, true)
+    }
+
+    /// [`Repo::open_read`] with `access`, else [`Repo::open_write`].
+    pub async fn open(store: Store, access: Option<Access>) -> Result<Repo> {
+        match access {
+            Some(a) => Repo::open_read(store, a).await,
+            None => Repo::open_write(store).await,
+        }
+    }
+
+    /// Writes this host's write key from a repository opened with an identity, so that
+    /// this host can back up into it (`sqlvault join`). The write key holds the
+    /// recipients and the repository secret, never the identity.
+    pub fn save_write_key(&self) -> Result<()> {
+        self.require_data_access("joining a repository")?;
+        WriteKey {
+            repo_id: self.repo_id.clone(),
+            recipients: self
+                .data_recipients
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
+            secret: self.secret.to_hex(),
+        }
+        .save()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Repository id.
+    pub fn id(&self) -> &str {
+        &self.repo_id
+    }
+
+    /// Public fingerprint of the repository secret.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub(crate) fn require_data_access(&self, what: &str) -> Result<()> {
+        if self.can_read_data {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Auth,
+                "crypt.identity-required",
+                format!(
+                    "{what} needs an identity (-i KEYFILE) or the passphrase; a write key cannot decrypt data"
+                ),
+            ))
+        }
+    }
+
+    pub(crate) fn encrypt_meta(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let rs = self
+            .data_recipients
+            .iter()
+            .chain(std::iter::once(self.meta_recipient.as_ref()));
+        sqlvault_crypt::encrypt_to_vec(rs, plaintext).map_err(|e| crypt_err("metadata", e))
+    }
+
+    pub(crate) fn decrypt(&self, what: &str, ct: &[u8]) -> Result<Vec<u8>> {
+        sqlvault_crypt::decrypt_to_vec(&self.identities, ct).map_err(|e| crypt_err(what, e))
+    }
+
+    /// Every snapshot, oldest first (by the creation time recorded in the manifest).
+    pub async fn snapshots(&self) -> Result<Vec<Manifest>> {
+        let names = self.store.list(layout::SNAPSHOTS).await?;
+        let mut out: Vec<Manifest> =
+            futures::stream::iter(names.into_iter().map(|(n, _)| async move {
+                let id: ObjectId = n
+                    .parse()
+                    .map_err(|e| corrupt(format!("snapshot object name {n:?}"), e))?;
+                self.load_manifest(&id).await
+            }))
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Loads and authenticates one manifest.
+    pub async fn load_manifest(&self, id: &ObjectId) -> Result<Manifest> {
+        let key = layout::snapshot(id);
+        let ct = self.store.get(&key).await.map_err(|e| {
+            if e.is_not_found() {
+                Error::new(
+                    ErrorKind::NotFound,
+                    "snapshot.not-found",
+                    format!("snapshot {id} not found"),
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        let pt = self.decrypt(&format!("snapshot {}", id.short()), &ct)?;
+        decode_manifest(&self.keys, &pt, id)
+            .map_err(|e| corrupt(format!("snapshot {}", id.short()), e))
+    }
+
+    /// Finds a snapshot by id prefix, or the newest one (of `name`, if given).
+    pub async fn find_snapshot(&self, id: Option<&str>, name: Option<&str>) -> Result<Manifest> {
+        let all = self.snapshots().await?;
+        let mut matching: Vec<Manifest> = all
+            .into_iter()
+            .filter(|m| name.is_none_or(|n| m.name == n))
+            .filter(|m| id.is_none_or(|p| m.id.to_string().starts_with(&p.to_lowercase())))
+            .collect();
+        match (id, matching.len()) {
+            (_, 0) => Err(Error::new(
+                ErrorKind::NotFound,
+                "snapshot.not-found",
+                match (id, name) {
+                    (Some(i), _) => format!("snapshot {i} not found in {}", self.store.describe()),
+                    (None, Some(n)) => format!("no snapshot of {n} in {}", self.store.describe()),
+                    (None, None) => format!("no snapshots in {}", self.store.describe()),
+                },
+            )),
+            (Some(i), n) if n > 1 => Err(Error::new(
+                ErrorKind::Usage,
+                "snapshot.ambiguous",
+                format!("snapshot id prefix {i} matches {n} snapshots"),
+            )),
+            _ => Ok(matching.pop().expect("non-empty")),
+        }
+    }
+
+    /// The page map of a snapshot: chunk id by page (index = pgno − 1).
+    pub async fn page_map(&self, m: &Manifest) -> Result<Vec<ChunkId>> {
+        let mut pages: Vec<Option<ChunkId>> = Vec::new();
+        for r in &m.maps {
+            let ct = self.store.get(&layout::map(&r.id)).await.map_err(|e| {
+                if e.is_not_found() {
+                    Error::new(
+                        ErrorKind::Integrity,
+                        "repo.missing-object",
+                        format!(
+                            "page map {} of snapshot {} is missing",
+                            r.id.short(),
+                            m.id.short()
+                        ),
+                    )
+                } else {
+                    e.into()
+                }
+            })?;
+            let pt = self.decrypt(&format!("page map {}", r.id.short()), &ct)?;
+            let mut mac = [0u8; 32];
+            if hex::decode_to_slice(&r.mac, &mut mac).is_err() || !self.keys.verify_mac(&pt, &mac) {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    "repo.corrupt-object",
+                    format!(
+                        "page map {} of snapshot {} fails authentication",
+                        r.id.short(),
+                        m.id.short()
+                    ),
+                ));
+            }
+            let map = PageMap::decode(&pt)
+                .map_err(|e| corrupt(format!("page map {}", r.id.short()), e))?;
+            map.apply(&mut pages);
+        }
+        if pages.len() != m.page_count as usize {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "repo.corrupt-object",
+                format!(
+                    "page maps of snapshot {} give {} pages, manifest says {}",
+                    m.id.short(),
+                    pages.len(),
+                    m.page_count
+                ),
+            ));
+        }
+        pages
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Integrity,
+                        "repo.corrupt-object",
+                        format!(
+                            "page maps of snapshot {} leave page {} unmapped",
+                            m.id.short(),
+                            i + 1
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Every index object, decoded.
+    pub async fn load_indexes(&self) -> Result<Vec<IndexFile>> {
+        let names = self.store.list(layout::INDEX).await?;
+        futures::stream::iter(names.into_iter().map(|(n, _)| async move {
+            let key = format!("{}/{n}", layout::INDEX);
+            let ct = self.store.get(&key).await?;
+            let pt = self.decrypt(&format!("index {n}"), &ct)?;
+            IndexFile::decode(&pt).map_err(|e| corrupt(format!("index {n}"), e))
+        }))
+        .buffer_unordered(8)
+        .try_collect()
+        .await
+    }
+}

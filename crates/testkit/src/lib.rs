@@ -1,0 +1,330 @@
+//! Shared by the end-to-end tests and xtask: a seeded generator of realistic
+//! databases, a random-update workload, and a guard that runs a real S3 API server
+//! (moto) on 127.0.0.1 for the duration of a test.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, params};
+
+/// SplitMix64: tiny, seeded, good enough for test data.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+const WORDS: &[&str] = &[
+    "account",
+    "balance",
+    "invoice",
+    "shipping",
+    "customer",
+    "order",
+    "payment",
+    "refund",
+    "delivery",
+    "warehouse",
+    "pending",
+    "complete",
+    "cancelled",
+    "priority",
+    "standard",
+    "express",
+    "discount",
+    "coupon",
+    "review",
+    "rating",
+    "product",
+    "category",
+    "electronics",
+    "garden",
+    "kitchen",
+    "outdoor",
+    "premium",
+    "basic",
+    "monthly",
+    "annual",
+    "london",
+    "berlin",
+    "paris",
+    "madrid",
+    "rome",
+    "vienna",
+    "prague",
+    "lisbon",
+    "dublin",
+    "oslo",
+    "the",
+    "and",
+    "with",
+    "for",
+    "from",
+    "please",
+    "thanks",
+    "update",
+    "address",
+    "changed",
+    "request",
+    "support",
+    "ticket",
+    "resolved",
+];
+
+fn sentence(rng: &mut Rng, words: usize) -> String {
+    let mut s = String::with_capacity(words * 8);
+    for i in 0..words {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
+    }
+    s
+}
+
+/// Options for [`generate`].
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    /// Stop once the database file reaches this size.
+    pub target_bytes: u64,
+    /// Seed for all content.
+    pub seed: u64,
+    /// WAL mode (else rollback journal, `delete`).
+    pub wal: bool,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            target_bytes: 8 << 20,
+            seed: 1,
+            wal: true,
+        }
+    }
+}
+
+/// Creates a database with realistic tables and indexes (customers, orders, events
+/// with JSON payloads and blobs) until it reaches `target_bytes`. Returns the number
+/// of orders rows.
+pub fn generate(path: &Path, opts: &GenOptions) -> rusqlite::Result<u64> {
+    let mut c = Connection::open(path)?;
+    c.execute_batch(if opts.wal {
+        "PRAGMA journal_mode=WAL;"
+    } else {
+        "PRAGMA journal_mode=DELETE;"
+    })?;
+    c.execute_batch(
+        "PRAGMA synchronous=OFF; PRAGMA user_version=7; PRAGMA application_id=1936289366;
+         CREATE TABLE IF NOT EXISTS customers(id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT,
+             city TEXT, created INTEGER, notes TEXT);
+         CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL REFERENCES customers(id),
+             amount REAL, status TEXT, created INTEGER, note TEXT);
+         CREATE INDEX IF NOT EXISTS orders_customer ON orders(customer_id, created);
+         CREATE INDEX IF NOT EXISTS orders_status ON orders(status);
+         CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, order_id INTEGER, kind TEXT, payload TEXT, digest BLOB);
+         CREATE INDEX IF NOT EXISTS events_order ON events(order_id);
+         CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value) WITHOUT ROWID;",
+    )?;
+    let mut rng = Rng::new(opts.seed);
+    let mut orders = 0u64;
+    let mut customer = 0u64;
+    loop {
+        let tx = c.transaction()?;
+        {
+            let mut ic = tx.prepare("INSERT INTO customers(email, name, city, created, notes) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut io = tx.prepare("INSERT INTO orders(customer_id, amount, status, created, note) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut ie = tx.prepare(
+                "INSERT INTO events(order_id, kind, payload, digest) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for _ in 0..200 {
+                customer += 1;
+                let name = sentence(&mut rng, 2);
+                ic.execute(params![
+                    format!("user{customer}.{}@example.com", rng.below(1000)),
+                    name,
+                    WORDS[30 + rng.below(10) as usize],
+                    1_600_000_000 + rng.below(100_000_000) as i64,
+                    {
+                        let n = 8 + rng.below(20) as usize;
+                        sentence(&mut rng, n)
+                    },
+                ])?;
+                for _ in 0..5 {
+                    orders += 1;
+                    let id = tx.last_insert_rowid();
+                    io.execute(params![
+                        id,
+                        (rng.below(100_000) as f64) / 100.0,
+                        ["pending", "complete", "cancelled", "refund"][rng.below(4) as usize],
+                        1_600_000_000 + rng.below(100_000_000) as i64,
+                        {
+                            let n = 4 + rng.below(12) as usize;
+                            sentence(&mut rng, n)
+                        },
+                    ])?;
+                    let oid = tx.last_insert_rowid();
+                    let digest: Vec<u8> = (0..16).map(|_| rng.next_u64() as u8).collect();
+                    ie.execute(params![
+                        oid,
+                        ["created", "paid", "shipped"][rng.below(3) as usize],
+                        format!(
+                            "{{\"by\":\"{}\",\"amount\":{},\"text\":\"{}\"}}",
+                            WORDS[rng.below(WORDS.len() as u64) as usize],
+                            rng.below(10_000),
+                            sentence(&mut rng, 6)
+                        ),
+                        digest,
+                    ])?;
+                }
+            }
+        }
+        tx.commit()?;
+        let size: i64 = c.query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )?;
+        if size as u64 >= opts.target_bytes {
+            break;
+        }
+    }
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    Ok(orders)
+}
+
+/// Updates `fraction` of the rows of `orders` (and the matching customers' notes) at
+/// random, in one transaction. Returns the number of rows changed.
+pub fn update_random(path: &Path, fraction: f64, seed: u64) -> rusqlite::Result<u64> {
+    let mut c = Connection::open(path)?;
+    let n: i64 = c.query_row("SELECT max(id) FROM orders", [], |r| r.get(0))?;
+    let k = ((n as f64) * fraction).ceil() as u64;
+    let mut rng = Rng::new(seed);
+    let tx = c.transaction()?;
+    {
+        let mut st =
+            tx.prepare("UPDATE orders SET amount = ?1, status = ?2, note = ?3 WHERE id = ?4")?;
+        for _ in 0..k {
+            let id = 1 + rng.below(n as u64) as i64;
+            st.execute(params![
+                (rng.below(100_000) as f64) / 100.0,
+                "complete",
+                {
+                    let n = 4 + rng.below(12) as usize;
+                    sentence(&mut rng, n)
+                },
+                id
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(k)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A moto S3 server on 127.0.0.1, stopped (by pid) on drop.
+#[derive(Debug)]
+pub struct MotoServer {
+    child: Child,
+    /// Port it listens on.
+    pub port: u16,
+}
+
+impl MotoServer {
+    /// Starts `moto_server` and waits until it answers. Fails loudly, never skips:
+    /// a test that needs S3 and cannot get it must not pass.
+    pub fn start() -> Result<MotoServer, String> {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start moto_server (pip install 'moto[server]'): {e}"))?;
+        let mut s = MotoServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(format!("moto_server exited early: {status}"));
+            }
+            if http(port, "GET", "/").is_ok() {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = s.child.kill();
+        Err("moto_server did not answer within 30s".into())
+    }
+
+    /// Creates a bucket.
+    pub fn create_bucket(&self, name: &str) -> Result<(), String> {
+        let status = http(self.port, "PUT", &format!("/{name}"))?;
+        if status / 100 == 2 {
+            Ok(())
+        } else {
+            Err(format!("create bucket {name}: HTTP {status}"))
+        }
+    }
+
+    /// Environment for object_store's S3 client against this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "AWS_ENDPOINT".into(),
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST".into(), "false".into()),
+        ]
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http(port: u16, method: &str, path: &str) -> Result<u16, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| "no HTTP status".to_string())
+}

@@ -1,0 +1,2 @@
+//! End-to-end tests: they run the built `sqlvault` binary as a user would.
+mod support;
