@@ -1,2 +1,9 @@
 //! End-to-end tests: they run the built `sqlvault` binary as a user would.
+
 mod support;
+
+mod backup_restore;
+mod corruption;
+mod keys_and_errors;
+mod s3;
+mod stock_tools;

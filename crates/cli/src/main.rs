@@ -110,6 +110,9 @@ struct BackupArgs {
     /// zstd level.
     #[arg(long, default_value_t = 3)]
     level: i32,
+    /// Seal and upload packs at this many MiB.
+    #[arg(long, default_value_t = 16)]
+    pack_size: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -221,8 +224,7 @@ fn read_passphrase(confirm: bool) -> Result<SecretString, Error> {
         return Err(usage("empty passphrase"));
     }
     if confirm {
-        let again = rpassword::prompt_password("again: ")
-            .map_err(|e| usage(format!("cannot read passphrase: {e}")))?;
+        let again = rpassword::prompt_password("again: ").map_err(|e| usage(format!("cannot read passphrase: {e}")))?;
         if again != p {
             return Err(usage("passphrases do not match"));
         }
@@ -319,20 +321,16 @@ fn human(n: u64) -> String {
 async fn run(cmd: Cmd) -> Result<u8, Error> {
     match cmd {
         Cmd::Key(KeyCmd::Generate { output }) => {
-            let r =
-                sqlvault_engine::crypt::generate_identity_file(&output).map_err(|e| match e {
-                    sqlvault_engine::crypt::CryptError::IdentityFile { .. } => Error::new(
-                        ErrorKind::Exists,
-                        "key.exists",
-                        format!("cannot create {}: {e}", output.display()),
-                    ),
-                    other => Error::new(
-                        ErrorKind::Io,
-                        "io",
-                        format!("cannot write {}", output.display()),
-                    )
-                    .with_source(other),
-                })?;
+            let r = sqlvault_engine::crypt::generate_identity_file(&output).map_err(|e| match e {
+                sqlvault_engine::crypt::CryptError::IdentityFile { .. } => Error::new(
+                    ErrorKind::Exists,
+                    "key.exists",
+                    format!("cannot create {}: {e}", output.display()),
+                ),
+                other => {
+                    Error::new(ErrorKind::Io, "io", format!("cannot write {}", output.display())).with_source(other)
+                }
+            })?;
             println!("{r}");
             eprintln!(
                 "wrote identity to {} (mode 0600); the line above is its public recipient",
@@ -342,30 +340,27 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         }
         Cmd::Init(a) => {
             let s = store(&a.repo)?;
-            let keys =
-                if a.passphrase {
-                    if !a.recipients.is_empty() || !a.recipients_file.is_empty() {
-                        return Err(usage("--passphrase cannot be combined with recipients"));
-                    }
-                    InitKeys::Passphrase(read_passphrase(true)?)
-                } else {
-                    let mut rs: Vec<Recipient> = Vec::new();
-                    for r in &a.recipients {
-                        rs.push(r.parse().map_err(|e: sqlvault_engine::crypt::CryptError| {
-                            usage(e.to_string())
-                        })?);
-                    }
-                    for f in &a.recipients_file {
-                        rs.extend(
-                            sqlvault_engine::crypt::read_recipients_file(f)
-                                .map_err(|e| usage(e.to_string()))?,
-                        );
-                    }
-                    if rs.is_empty() {
-                        return Err(usage("init needs -r RECIPIENT, -R FILE or --passphrase"));
-                    }
-                    InitKeys::Recipients(rs)
-                };
+            let keys = if a.passphrase {
+                if !a.recipients.is_empty() || !a.recipients_file.is_empty() {
+                    return Err(usage("--passphrase cannot be combined with recipients"));
+                }
+                InitKeys::Passphrase(read_passphrase(true)?)
+            } else {
+                let mut rs: Vec<Recipient> = Vec::new();
+                for r in &a.recipients {
+                    rs.push(
+                        r.parse()
+                            .map_err(|e: sqlvault_engine::crypt::CryptError| usage(e.to_string()))?,
+                    );
+                }
+                for f in &a.recipients_file {
+                    rs.extend(sqlvault_engine::crypt::read_recipients_file(f).map_err(|e| usage(e.to_string()))?);
+                }
+                if rs.is_empty() {
+                    return Err(usage("init needs -r RECIPIENT, -R FILE or --passphrase"));
+                }
+                InitKeys::Recipients(rs)
+            };
             let rep = Repo::init(&s, keys).await?;
             if a.json {
                 print_json(
@@ -394,13 +389,12 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Backup(a) => {
             let repo = Repo::open_write(store(&a.repo)?).await?;
             if !(a.busy_timeout.is_finite() && a.busy_timeout >= 0.0) {
-                return Err(usage(
-                    "--busy-timeout must be a non-negative number of seconds",
-                ));
+                return Err(usage("--busy-timeout must be a non-negative number of seconds"));
             }
             let opts = sqlvault_engine::BackupOptions::default()
                 .with_name(a.name)
                 .with_level(a.level)
+                .with_pack_target(a.pack_size << 20)
                 .with_busy_timeout(Duration::from_secs_f64(a.busy_timeout));
             let rep = sqlvault_engine::backup(&repo, &a.db, opts).await?;
             if a.json {
@@ -428,9 +422,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 .filter(|m| a.name.as_ref().is_none_or(|n| &m.name == n))
                 .collect();
             if a.json {
-                print_json(&serde_json::Value::Array(
-                    snaps.iter().map(snapshot_json).collect(),
-                ));
+                print_json(&serde_json::Value::Array(snaps.iter().map(snapshot_json).collect()));
             } else {
                 println!(
                     "{:<10} {:<21} {:<24} {:>10} {:>12}",
@@ -492,10 +484,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 }
                 all
             } else {
-                vec![
-                    repo.find_snapshot(a.snapshot.as_deref(), a.name.as_deref())
-                        .await?,
-                ]
+                vec![repo.find_snapshot(a.snapshot.as_deref(), a.name.as_deref()).await?]
             };
             let reports = sqlvault_engine::verify(&repo, snaps).await?;
             let failed: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
@@ -604,10 +593,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     let json = wants_json(&cli.cmd);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sqlvault: error: cannot start runtime: {e}");

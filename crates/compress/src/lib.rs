@@ -38,9 +38,7 @@ impl FrameCompressor {
     pub fn compress_into(&mut self, src: &[u8], dst: &mut Vec<u8>) -> io::Result<usize> {
         let start = dst.len();
         dst.reserve(zstd::zstd_safe::compress_bound(src.len()));
-        let n = self
-            .inner
-            .compress_to_buffer(src, &mut SpareVec(dst, usize::MAX))?;
+        let n = self.inner.compress_to_buffer(src, &mut SpareVec(dst, usize::MAX))?;
         debug_assert_eq!(dst.len(), start + n);
         Ok(n)
     }
@@ -92,17 +90,10 @@ impl FrameDecompressor {
 
     /// Decompresses one frame into `dst` (cleared first). Fails if the frame is damaged
     /// or would decompress to more than `max_len` bytes.
-    pub fn decompress_into(
-        &mut self,
-        src: &[u8],
-        dst: &mut Vec<u8>,
-        max_len: usize,
-    ) -> io::Result<()> {
+    pub fn decompress_into(&mut self, src: &[u8], dst: &mut Vec<u8>, max_len: usize) -> io::Result<()> {
         dst.clear();
         dst.reserve(max_len);
-        let n = self
-            .inner
-            .decompress_to_buffer(src, &mut SpareVec(dst, max_len))?;
+        let n = self.inner.decompress_to_buffer(src, &mut SpareVec(dst, max_len))?;
         debug_assert_eq!(n, dst.len());
         Ok(())
     }
@@ -158,9 +149,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_reject_damage() {
-        let data: Vec<u8> = (0..200_000u32)
-            .flat_map(|i| (i % 251).to_le_bytes())
-            .collect();
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
         let mut c = FrameCompressor::new(DEFAULT_LEVEL).unwrap();
         let mut frame = vec![9, 9]; // appending keeps what is there
         let n = c.compress_into(&data, &mut frame).unwrap();
@@ -168,14 +157,10 @@ mod tests {
         assert!(n < data.len() / 4);
         let mut d = FrameDecompressor::new().unwrap();
         let mut out = Vec::new();
-        d.decompress_into(&frame[2..], &mut out, data.len())
-            .unwrap();
+        d.decompress_into(&frame[2..], &mut out, data.len()).unwrap();
         assert_eq!(out, data);
         // Too small a bound is an error, not a truncated result.
-        assert!(
-            d.decompress_into(&frame[2..], &mut out, data.len() - 1)
-                .is_err()
-        );
+        assert!(d.decompress_into(&frame[2..], &mut out, data.len() - 1).is_err());
         let mut bad = frame[2..].to_vec();
         let mid = bad.len() / 2;
         bad[mid] ^= 0xff;
@@ -189,18 +174,12 @@ mod tests {
         w.write_all(&data).unwrap();
         let full = w.finish().unwrap();
         let mut out = Vec::new();
-        decompress_reader(&full[..])
-            .unwrap()
-            .read_to_end(&mut out)
-            .unwrap();
+        decompress_reader(&full[..]).unwrap().read_to_end(&mut out).unwrap();
         assert_eq!(out, data);
         let mut w = CompressWriter::new(Vec::new(), DEFAULT_LEVEL, 0).unwrap();
         w.write_all(&data).unwrap();
         w.flush().unwrap();
-        let partial = std::mem::replace(
-            &mut w.inner,
-            zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap(),
-        );
+        let partial = std::mem::replace(&mut w.inner, zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap());
         let unfinished = partial.get_ref().clone();
         let mut out = Vec::new();
         assert!(

@@ -38,9 +38,7 @@ pub enum CryptError {
         reason: String,
     },
     /// None of the identities can decrypt the object.
-    #[error(
-        "no identity matches: the object is encrypted to other keys (wrong identity or passphrase)"
-    )]
+    #[error("no identity matches: the object is encrypted to other keys (wrong identity or passphrase)")]
     NoMatchingIdentity,
     /// The object is not an age file or its header is damaged.
     #[error("not a valid age object (damaged or forged header)")]
@@ -59,12 +57,12 @@ pub enum CryptError {
 impl From<age::DecryptError> for CryptError {
     fn from(e: age::DecryptError) -> Self {
         match e {
-            age::DecryptError::NoMatchingKeys | age::DecryptError::KeyDecryptionFailed => {
-                CryptError::NoMatchingIdentity
-            }
-            age::DecryptError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                CryptError::Corrupt
-            }
+            // DecryptionFailed at header time is a passphrase (scrypt stanza) that does
+            // not open the file key: a wrong passphrase, not damage.
+            age::DecryptError::NoMatchingKeys
+            | age::DecryptError::KeyDecryptionFailed
+            | age::DecryptError::DecryptionFailed => CryptError::NoMatchingIdentity,
+            age::DecryptError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => CryptError::Corrupt,
             age::DecryptError::Io(e) => CryptError::Io(e),
             _ => CryptError::Corrupt,
         }
@@ -111,21 +109,16 @@ impl FromStr for Recipient {
     fn from_str(s: &str) -> Result<Self, CryptError> {
         let s = s.trim();
         let inner: Box<dyn age::Recipient + Send + Sync> = if s.starts_with("age1") {
-            Box::new(age::x25519::Recipient::from_str(s).map_err(|_| {
-                CryptError::InvalidRecipient {
-                    value: s.to_string(),
-                }
-            })?)
+            Box::new(
+                age::x25519::Recipient::from_str(s)
+                    .map_err(|_| CryptError::InvalidRecipient { value: s.to_string() })?,
+            )
         } else if s.starts_with("ssh-") {
-            Box::new(age::ssh::Recipient::from_str(s).map_err(|_| {
-                CryptError::InvalidRecipient {
-                    value: s.to_string(),
-                }
-            })?)
+            Box::new(
+                age::ssh::Recipient::from_str(s).map_err(|_| CryptError::InvalidRecipient { value: s.to_string() })?,
+            )
         } else {
-            return Err(CryptError::InvalidRecipient {
-                value: s.to_string(),
-            });
+            return Err(CryptError::InvalidRecipient { value: s.to_string() });
         };
         Ok(Recipient {
             text: s.to_string(),
@@ -186,9 +179,7 @@ impl Identities {
                 Err(_) => Err(err("not a usable ssh private key".into())),
             }
         } else {
-            match age::IdentityFile::from_buffer(&buf[..])
-                .and_then(|f| f.into_identities().map_err(io::Error::other))
-            {
+            match age::IdentityFile::from_buffer(&buf[..]).and_then(|f| f.into_identities().map_err(io::Error::other)) {
                 Ok(ids) if !ids.is_empty() => Ok(Identities {
                     inner: ids,
                     what: "age identity file".into(),
@@ -221,11 +212,9 @@ impl Identities {
 
     /// Parses an `AGE-SECRET-KEY-1…` string.
     pub fn from_secret_string(s: &SecretString) -> Result<Self, CryptError> {
-        let id = age::x25519::Identity::from_str(s.expose_secret().trim()).map_err(|_| {
-            CryptError::IdentityFile {
-                path: PathBuf::from("<embedded identity>"),
-                reason: "not an age identity".into(),
-            }
+        let id = age::x25519::Identity::from_str(s.expose_secret().trim()).map_err(|_| CryptError::IdentityFile {
+            path: PathBuf::from("<embedded identity>"),
+            reason: "not an age identity".into(),
         })?;
         Ok(Identities {
             inner: vec![Box::new(id)],
@@ -307,10 +296,7 @@ impl<W: Write> fmt::Debug for EncryptWriter<W> {
 
 impl<W: Write> EncryptWriter<W> {
     /// Writes the age header for `recipients` to `w`.
-    pub fn new<'a>(
-        recipients: impl IntoIterator<Item = &'a Recipient>,
-        w: W,
-    ) -> Result<Self, CryptError> {
+    pub fn new<'a>(recipients: impl IntoIterator<Item = &'a Recipient>, w: W) -> Result<Self, CryptError> {
         let enc = age::Encryptor::with_recipients(recipients.into_iter().map(|r| r.as_age()))?;
         Ok(EncryptWriter {
             inner: enc.wrap_output(w).map_err(CryptError::Io)?,
@@ -352,10 +338,7 @@ pub fn encrypt_to_vec<'a>(
 
 /// A decrypting reader; seekable when `R` is. Reads fail with `InvalidData` if a STREAM
 /// chunk does not authenticate or the stream is truncated.
-pub fn decrypt_reader<R: Read>(
-    identities: &Identities,
-    r: R,
-) -> Result<age::stream::StreamReader<R>, CryptError> {
+pub fn decrypt_reader<R: Read>(identities: &Identities, r: R) -> Result<age::stream::StreamReader<R>, CryptError> {
     let dec = age::Decryptor::new(r)?;
     Ok(dec.decrypt(identities.iter())?)
 }
@@ -394,14 +377,8 @@ mod tests {
         let mut flipped = ct.clone();
         let n = flipped.len();
         flipped[n - 3] ^= 1;
-        assert!(matches!(
-            decrypt_to_vec(&ids, &flipped),
-            Err(CryptError::Corrupt)
-        ));
-        assert!(matches!(
-            decrypt_to_vec(&ids, &ct[..n - 5]),
-            Err(CryptError::Corrupt)
-        ));
+        assert!(matches!(decrypt_to_vec(&ids, &flipped), Err(CryptError::Corrupt)));
+        assert!(matches!(decrypt_to_vec(&ids, &ct[..n - 5]), Err(CryptError::Corrupt)));
     }
 
     /// A writer that keeps what reached it even after the encryptor is dropped.
@@ -429,10 +406,7 @@ mod tests {
         drop(w); // no finish()
         let written = sink.0.lock().unwrap().clone();
         assert!(written.len() > 128 * 1024, "full chunks were written");
-        assert!(matches!(
-            decrypt_to_vec(&ids, &written),
-            Err(CryptError::Corrupt)
-        ));
+        assert!(matches!(decrypt_to_vec(&ids, &written), Err(CryptError::Corrupt)));
     }
 
     #[test]
@@ -451,10 +425,7 @@ mod tests {
         let p = dir.path().join("key");
         let pk = generate_identity_file(&p).unwrap();
         assert!(pk.starts_with("age1"));
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(generate_identity_file(&p).is_err());
         let ids = Identities::from_file(&p).unwrap();
         let r: Recipient = pk.parse().unwrap();

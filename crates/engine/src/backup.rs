@@ -14,8 +14,8 @@ use serde::Serialize;
 use sqlvault_compress::{FrameCompressor, FrameDecompressor};
 use sqlvault_crypt::EncryptWriter;
 use sqlvault_format::{
-    ChunkId, FORMAT_VERSION, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, PackSection,
-    PageMap, PageMapKind, SnapshotStats, encode_manifest, encode_pack_trailer, layout,
+    ChunkId, FORMAT_VERSION, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, PackSection, PageMap, PageMapKind,
+    SnapshotStats, encode_manifest, encode_pack_trailer, layout,
 };
 use sqlvault_sqlite::{SnapshotError, SnapshotMethod, Source, SourceOptions};
 use sqlvault_store::RequestCounts;
@@ -208,11 +208,8 @@ impl PackBuilder {
     fn new(repo: &Repo, cap: usize) -> Result<PackBuilder> {
         Ok(PackBuilder {
             id: ObjectId::random(),
-            w: EncryptWriter::new(
-                repo.data_recipients.iter(),
-                Vec::with_capacity(cap + cap / 8),
-            )
-            .map_err(|e| crypt_err("a pack", e))?,
+            w: EncryptWriter::new(repo.data_recipients.iter(), Vec::with_capacity(cap + cap / 8))
+                .map_err(|e| crypt_err("a pack", e))?,
             plain_len: 0,
             entries: Vec::new(),
         })
@@ -284,8 +281,7 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
                 None => pack.insert(PackBuilder::new(&shared.repo, opts.pack_target)?),
             };
             let frame_offset = p.plain_len;
-            p.w.write_all(&frame_out)
-                .map_err(|e| io_err("encrypting pack", e))?;
+            p.w.write_all(&frame_out).map_err(|e| io_err("encrypting pack", e))?;
             p.plain_len += frame_out.len() as u64;
             for (id, off) in &frame_ids {
                 p.entries.push(IndexEntry {
@@ -349,9 +345,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         let (rid, n) = (repo_id.clone(), name.clone());
         tokio::task::spawn_blocking(move || (KnownChunks::load(&rid), ParentCache::load(&rid, &n)))
             .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Internal, "internal", "cache loader panicked").with_source(e)
-            })?
+            .map_err(|e| Error::new(ErrorKind::Internal, "internal", "cache loader panicked").with_source(e))?
     };
     if !known.packs.is_empty() {
         let missing = futures::stream::iter(known.packs.clone().into_iter().map(|p| {
@@ -366,25 +360,17 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
             any_missing |= m?;
         }
         if any_missing {
-            tracing::warn!(
-                "local chunk cache names packs that are gone from the repository; uploading everything"
-            );
+            tracing::warn!("local chunk cache names packs that are gone from the repository; uploading everything");
             known = KnownChunks::default();
         }
     }
     let parent = match parent {
-        Some(p) if !known.ids.is_empty() => repo
-            .store
-            .head(&layout::snapshot(&p.snapshot))
-            .await?
-            .map(|_| p),
+        Some(p) if !known.ids.is_empty() => repo.store.head(&layout::snapshot(&p.snapshot)).await?.map(|_| p),
         _ => None,
     };
 
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
     } else {
         opts.threads
     };
@@ -404,12 +390,12 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         let db = db.clone();
         tokio::task::spawn_blocking(move || run_pipeline(shared, &db, threads))
     };
-    let (info, checksum, method, outs) = pipeline.await.map_err(|e| {
-        Error::new(ErrorKind::Internal, "internal", "backup pipeline panicked").with_source(e)
-    })??;
+    let (info, checksum, method, outs) = pipeline
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "backup pipeline panicked").with_source(e))??;
 
-    let Shared { known, .. } = Arc::try_unwrap(shared)
-        .map_err(|_| Error::new(ErrorKind::Internal, "internal", "pipeline still running"))?;
+    let Shared { known, .. } =
+        Arc::try_unwrap(shared).map_err(|_| Error::new(ErrorKind::Internal, "internal", "pipeline still running"))?;
     let mut known = known;
 
     // Assemble the page map.
@@ -437,9 +423,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
 
     // Index of the packs this backup wrote.
     if !packs.is_empty() {
-        let idx = IndexFile {
-            packs: packs.clone(),
-        };
+        let idx = IndexFile { packs: packs.clone() };
         let ct = repo.encrypt_meta(&idx.encode())?;
         bytes_new += ct.len() as u64;
         repo.store
@@ -460,18 +444,12 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         }
         _ => (PageMap::full(&pages), Vec::new(), None),
     };
-    let map_kind = if map.kind == PageMapKind::Full {
-        "full"
-    } else {
-        "delta"
-    };
+    let map_kind = if map.kind == PageMapKind::Full { "full" } else { "delta" };
     let map_pt = map.encode();
     let map_id = ObjectId::random();
     let map_ct = repo.encrypt_meta(&map_pt)?;
     bytes_new += map_ct.len() as u64;
-    repo.store
-        .put(&layout::map(&map_id), Bytes::from(map_ct))
-        .await?;
+    repo.store.put(&layout::map(&map_id), Bytes::from(map_ct)).await?;
     maps.push(MapRef {
         id: map_id,
         mac: hex::encode(repo.keys.mac(&map_pt)),
@@ -486,11 +464,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         kind: "pages".into(),
         created_ms: now_millis(),
         host: hostname(),
-        source_path: db
-            .canonicalize()
-            .unwrap_or(db.clone())
-            .display()
-            .to_string(),
+        source_path: db.canonicalize().unwrap_or(db.clone()).display().to_string(),
         page_size: info.page_size,
         page_count: info.page_count,
         journal_mode: info.journal_mode.clone(),
@@ -537,9 +511,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         .save(&rid, &n)
     })
     .await
-    .map_err(|e| {
-        Error::new(ErrorKind::Internal, "internal", "cache writer panicked").with_source(e)
-    })?;
+    .map_err(|e| Error::new(ErrorKind::Internal, "internal", "cache writer panicked").with_source(e))?;
     if let Err(e) = cache_result {
         tracing::warn!(
             "snapshot committed, but the local cache was not updated: {}",
@@ -569,12 +541,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     })
 }
 
-type PipelineOut = (
-    sqlvault_sqlite::DbInfo,
-    [u8; 32],
-    SnapshotMethod,
-    Vec<WorkerOut>,
-);
+type PipelineOut = (sqlvault_sqlite::DbInfo, [u8; 32], SnapshotMethod, Vec<WorkerOut>);
 
 fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<PipelineOut> {
     let (tx, rx) = mpsc::sync_channel::<Batch>(threads * 2);
@@ -620,11 +587,9 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<Pipeli
         match r {
             Ok(v) => Ok(v),
             Err(SnapshotError::Db(e)) => Err(Error::from(e)),
-            Err(SnapshotError::Consumer(())) => Err(Error::new(
-                ErrorKind::Internal,
-                "backup.aborted",
-                "backup aborted",
-            )),
+            Err(SnapshotError::Consumer(())) => {
+                Err(Error::new(ErrorKind::Internal, "backup.aborted", "backup aborted"))
+            }
         }
     })();
     drop(tx);

@@ -178,30 +178,16 @@ async fn read_pack(
     dec: &mut FrameDecompressor,
 ) -> Result<()> {
     let what = format!("pack {}", &name[..name.len().min(8)]);
-    let bad = |detail: String| {
-        Error::new(
-            ErrorKind::Integrity,
-            "repo.corrupt-object",
-            format!("{what}: {detail}"),
-        )
-    };
+    let bad = |detail: String| Error::new(ErrorKind::Integrity, "repo.corrupt-object", format!("{what}: {detail}"));
     let ct = repo.store.get(&format!("{}/{name}", layout::PACKS)).await?;
-    let mut r = sqlvault_crypt::decrypt_reader(&repo.identities, &ct[..])
-        .map_err(|e| crate::error::crypt_err(&what, e))?;
+    let mut r =
+        sqlvault_crypt::decrypt_reader(&repo.identities, &ct[..]).map_err(|e| crate::error::crypt_err(&what, e))?;
     let mut pt = Vec::with_capacity(ct.len());
-    r.read_to_end(&mut pt)
-        .map_err(|e| crate::error::corrupt(&what, e))?;
-    let (entries, frames_end) =
-        decode_pack_trailer(&pt).map_err(|e| crate::error::corrupt(&what, e))?;
+    r.read_to_end(&mut pt).map_err(|e| crate::error::corrupt(&what, e))?;
+    let (entries, frames_end) = decode_pack_trailer(&pt).map_err(|e| crate::error::corrupt(&what, e))?;
     if let Some(ix) = indexed {
-        let mut a: Vec<_> = ix
-            .iter()
-            .map(|e| (e.id, e.frame_offset, e.offset))
-            .collect();
-        let mut b: Vec<_> = entries
-            .iter()
-            .map(|e| (e.id, e.frame_offset, e.offset))
-            .collect();
+        let mut a: Vec<_> = ix.iter().map(|e| (e.id, e.frame_offset, e.offset)).collect();
+        let mut b: Vec<_> = entries.iter().map(|e| (e.id, e.frame_offset, e.offset)).collect();
         a.sort();
         b.sort();
         if a != b {
@@ -223,10 +209,7 @@ async fn read_pack(
             .get(e.offset as usize..(e.offset + e.len) as usize)
             .ok_or_else(|| bad("chunk outside its frame".into()))?;
         if repo.keys.chunk_id(data) != e.id {
-            return Err(bad(format!(
-                "chunk {} does not match its id",
-                &e.id.to_hex()[..16]
-            )));
+            return Err(bad(format!("chunk {} does not match its id", &e.id.to_hex()[..16])));
         }
     }
     let _ = frames_end;

@@ -85,9 +85,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -127,10 +125,7 @@ pub(crate) fn io_err(what: impl fmt::Display, e: std::io::Error) -> Error {
     Error::new(ErrorKind::Io, "io", format!("{what}")).with_source(e)
 }
 
-pub(crate) fn corrupt(
-    what: impl fmt::Display,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> Error {
+pub(crate) fn corrupt(what: impl fmt::Display, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::new(
         ErrorKind::Integrity,
         "repo.corrupt-object",
@@ -145,9 +140,7 @@ pub(crate) fn crypt_err(what: impl fmt::Display, e: sqlvault_crypt::CryptError) 
         C::NoMatchingIdentity => Error::new(
             ErrorKind::Auth,
             "crypt.no-matching-identity",
-            format!(
-                "cannot decrypt {what}: the identity does not match this repository (wrong key or passphrase)"
-            ),
+            format!("cannot decrypt {what}: the identity does not match this repository (wrong key or passphrase)"),
         ),
         C::Corrupt => corrupt(what, e),
         C::IdentityFile { .. } | C::InvalidRecipient { .. } => {

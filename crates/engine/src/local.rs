@@ -141,10 +141,7 @@ pub(crate) fn load_pin(repo_id: &str) -> Option<String> {
 }
 
 pub(crate) fn save_pin(repo_id: &str, fingerprint: &str) -> Result<()> {
-    write_private(
-        &repo_dir(repo_id).join("pin"),
-        format!("{fingerprint}\n").as_bytes(),
-    )
+    write_private(&repo_dir(repo_id).join("pin"), format!("{fingerprint}\n").as_bytes())
 }
 
 /// Chunks this host has stored, with the packs that hold them.
@@ -190,10 +187,7 @@ impl KnownChunks {
             .chunks_exact(16)
             .map(|c| ObjectId(c.try_into().unwrap()))
             .collect();
-        let ids: Vec<ChunkId> = rest
-            .chunks_exact(32)
-            .map(|c| ChunkId(c.try_into().unwrap()))
-            .collect();
+        let ids: Vec<ChunkId> = rest.chunks_exact(32).map(|c| ChunkId(c.try_into().unwrap())).collect();
         ids.windows(2)
             .all(|w| w[0] < w[1])
             .then_some(KnownChunks { packs, ids })
@@ -213,11 +207,7 @@ impl KnownChunks {
     }
 
     /// Adds newly stored chunks and their packs, keeping ids sorted.
-    pub(crate) fn merge(
-        &mut self,
-        packs: impl IntoIterator<Item = ObjectId>,
-        mut new: Vec<ChunkId>,
-    ) {
+    pub(crate) fn merge(&mut self, packs: impl IntoIterator<Item = ObjectId>, mut new: Vec<ChunkId>) {
         self.packs.extend(packs);
         new.sort_unstable();
         let old = std::mem::take(&mut self.ids);
@@ -265,10 +255,7 @@ impl ParentCache {
         if rest.len() % 32 != 0 {
             return None;
         }
-        let pages = rest
-            .chunks_exact(32)
-            .map(|c| ChunkId(c.try_into().unwrap()))
-            .collect();
+        let pages = rest.chunks_exact(32).map(|c| ChunkId(c.try_into().unwrap())).collect();
         Some(ParentCache {
             snapshot,
             maps,
@@ -300,14 +287,8 @@ mod tests {
     fn merge_keeps_sorted_unique() {
         let mut k = KnownChunks::default();
         k.merge([], vec![ChunkId([3; 32]), ChunkId([1; 32])]);
-        k.merge(
-            [ObjectId([9; 16])],
-            vec![ChunkId([2; 32]), ChunkId([3; 32])],
-        );
-        assert_eq!(
-            k.ids,
-            vec![ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32])]
-        );
+        k.merge([ObjectId([9; 16])], vec![ChunkId([2; 32]), ChunkId([3; 32])]);
+        assert_eq!(k.ids, vec![ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32])]);
         assert!(k.contains(&ChunkId([2; 32])) && !k.contains(&ChunkId([4; 32])));
         let mut enc = Vec::new();
         enc.extend_from_slice(KNOWN_MAGIC);

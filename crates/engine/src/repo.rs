@@ -5,8 +5,8 @@ use futures::{StreamExt, TryStreamExt};
 use sqlvault_crypt::secrecy::SecretString;
 use sqlvault_crypt::{Identities, Recipient};
 use sqlvault_format::{
-    ChunkId, FORMAT_VERSION, IndexFile, Manifest, ObjectId, PageMap, RepoConfig, RepoKeys,
-    RepoMarker, RepoSecret, decode_manifest, layout,
+    ChunkId, FORMAT_VERSION, IndexFile, Manifest, ObjectId, PageMap, RepoConfig, RepoKeys, RepoMarker, RepoSecret,
+    decode_manifest, layout,
 };
 use sqlvault_store::Store;
 
@@ -79,8 +79,7 @@ async fn read_marker(store: &Store) -> Result<RepoMarker> {
         }
         Err(e) => return Err(e.into()),
     };
-    RepoMarker::decode(&bytes)
-        .map_err(|e| corrupt(format!("repository marker of {}", store.describe()), e))
+    RepoMarker::decode(&bytes).map_err(|e| corrupt(format!("repository marker of {}", store.describe()), e))
 }
 
 impl Repo {
@@ -114,8 +113,8 @@ impl Repo {
                     data_identity: None,
                 };
                 let pt = serde_json::to_vec(&cfg).expect("serialises");
-                let ct = sqlvault_crypt::encrypt_to_vec(rs.iter(), &pt)
-                    .map_err(|e| crypt_err("repository config", e))?;
+                let ct =
+                    sqlvault_crypt::encrypt_to_vec(rs.iter(), &pt).map_err(|e| crypt_err("repository config", e))?;
                 (texts, ct)
             }
             InitKeys::Passphrase(pass) => {
@@ -126,30 +125,20 @@ impl Repo {
                     created_ms: now_ms(),
                     recipients: vec![pk.clone()],
                     secret: secret.to_hex(),
-                    data_identity: Some(
-                        sqlvault_crypt::secrecy::ExposeSecret::expose_secret(&sk).to_string(),
-                    ),
+                    data_identity: Some(sqlvault_crypt::secrecy::ExposeSecret::expose_secret(&sk).to_string()),
                 };
                 let pt = serde_json::to_vec(&cfg).expect("serialises");
                 let mut w = sqlvault_crypt::EncryptWriter::with_passphrase(pass, Vec::new())
                     .map_err(|e| crypt_err("repository config", e))?;
-                std::io::Write::write_all(&mut w, &pt)
-                    .map_err(|e| crate::error::io_err("encrypting config", e))?;
-                let ct = w
-                    .finish()
-                    .map_err(|e| crate::error::io_err("encrypting config", e))?;
+                std::io::Write::write_all(&mut w, &pt).map_err(|e| crate::error::io_err("encrypting config", e))?;
+                let ct = w.finish().map_err(|e| crate::error::io_err("encrypting config", e))?;
                 (vec![pk], ct)
             }
         };
         // Config first, marker last: a repository exists once its marker does.
-        store
-            .put_if_absent(layout::CONFIG, Bytes::from(config_ct))
-            .await?;
-        let marker =
-            serde_json::to_vec_pretty(&RepoMarker::new(repo_id.clone())).expect("serialises");
-        store
-            .put_if_absent(layout::MARKER, Bytes::from(marker))
-            .await?;
+        store.put_if_absent(layout::CONFIG, Bytes::from(config_ct)).await?;
+        let marker = serde_json::to_vec_pretty(&RepoMarker::new(repo_id.clone())).expect("serialises");
+        store.put_if_absent(layout::MARKER, Bytes::from(marker)).await?;
         let wk = WriteKey {
             repo_id: repo_id.clone(),
             recipients: recipients.clone(),
@@ -178,8 +167,7 @@ impl Repo {
             .iter()
             .map(|r| r.parse().map_err(|e| crypt_err("repository recipients", e)))
             .collect::<Result<_>>()?;
-        let meta_recipient =
-            sqlvault_crypt::x25519_recipient_from_bytes(&keys.metadata_identity_bytes());
+        let meta_recipient = sqlvault_crypt::x25519_recipient_from_bytes(&keys.metadata_identity_bytes());
         Ok(Repo {
             store,
             repo_id,
@@ -234,10 +222,8 @@ impl Repo {
             Access::Identities(i) => i,
             Access::Passphrase(p) => Identities::from_passphrase(p),
         };
-        let pt = sqlvault_crypt::decrypt_to_vec(&ids, &ct)
-            .map_err(|e| crypt_err("the repository config", e))?;
-        let cfg: RepoConfig =
-            serde_json::from_slice(&pt).map_err(|e| corrupt("repository config", e))?;
+        let pt = sqlvault_crypt::decrypt_to_vec(&ids, &ct).map_err(|e| crypt_err("the repository config", e))?;
+        let cfg: RepoConfig = serde_json::from_slice(&pt).map_err(|e| corrupt("repository config", e))?;
         if cfg.repo_id != marker.repo_id {
             return Err(Error::new(
                 ErrorKind::Integrity,
@@ -283,10 +269,7 @@ impl Repo {
         }
         if let Some(d) = &cfg.data_identity {
             let sid = SecretString::from(d.clone());
-            ids.extend(
-                Identities::from_secret_string(&sid)
-                    .map_err(|e| crypt_err("repository data identity", e))?,
-            );
+            ids.extend(Identities::from_secret_string(&sid).map_err(|e| crypt_err("repository data identity", e))?);
         }
         Repo::assemble(store, marker.repo_id, secret, &cfg.recipients, ids, true)
     }
@@ -306,11 +289,7 @@ impl Repo {
         self.require_data_access("joining a repository")?;
         WriteKey {
             repo_id: self.repo_id.clone(),
-            recipients: self
-                .data_recipients
-                .iter()
-                .map(|r| r.as_str().to_string())
-                .collect(),
+            recipients: self.data_recipients.iter().map(|r| r.as_str().to_string()).collect(),
             secret: self.secret.to_hex(),
         }
         .save()
@@ -338,9 +317,7 @@ impl Repo {
             Err(Error::new(
                 ErrorKind::Auth,
                 "crypt.identity-required",
-                format!(
-                    "{what} needs an identity (-i KEYFILE) or the passphrase; a write key cannot decrypt data"
-                ),
+                format!("{what} needs an identity (-i KEYFILE) or the passphrase; a write key cannot decrypt data"),
             ))
         }
     }
@@ -360,16 +337,15 @@ impl Repo {
     /// Every snapshot, oldest first (by the creation time recorded in the manifest).
     pub async fn snapshots(&self) -> Result<Vec<Manifest>> {
         let names = self.store.list(layout::SNAPSHOTS).await?;
-        let mut out: Vec<Manifest> =
-            futures::stream::iter(names.into_iter().map(|(n, _)| async move {
-                let id: ObjectId = n
-                    .parse()
-                    .map_err(|e| corrupt(format!("snapshot object name {n:?}"), e))?;
-                self.load_manifest(&id).await
-            }))
-            .buffer_unordered(8)
-            .try_collect()
-            .await?;
+        let mut out: Vec<Manifest> = futures::stream::iter(names.into_iter().map(|(n, _)| async move {
+            let id: ObjectId = n
+                .parse()
+                .map_err(|e| corrupt(format!("snapshot object name {n:?}"), e))?;
+            self.load_manifest(&id).await
+        }))
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
         out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -389,8 +365,7 @@ impl Repo {
             }
         })?;
         let pt = self.decrypt(&format!("snapshot {}", id.short()), &ct)?;
-        decode_manifest(&self.keys, &pt, id)
-            .map_err(|e| corrupt(format!("snapshot {}", id.short()), e))
+        decode_manifest(&self.keys, &pt, id).map_err(|e| corrupt(format!("snapshot {}", id.short()), e))
     }
 
     /// Finds a snapshot by id prefix, or the newest one (of `name`, if given).
@@ -429,11 +404,7 @@ impl Repo {
                     Error::new(
                         ErrorKind::Integrity,
                         "repo.missing-object",
-                        format!(
-                            "page map {} of snapshot {} is missing",
-                            r.id.short(),
-                            m.id.short()
-                        ),
+                        format!("page map {} of snapshot {} is missing", r.id.short(), m.id.short()),
                     )
                 } else {
                     e.into()
@@ -452,8 +423,7 @@ impl Repo {
                     ),
                 ));
             }
-            let map = PageMap::decode(&pt)
-                .map_err(|e| corrupt(format!("page map {}", r.id.short()), e))?;
+            let map = PageMap::decode(&pt).map_err(|e| corrupt(format!("page map {}", r.id.short()), e))?;
             map.apply(&mut pages);
         }
         if pages.len() != m.page_count as usize {
@@ -476,11 +446,7 @@ impl Repo {
                     Error::new(
                         ErrorKind::Integrity,
                         "repo.corrupt-object",
-                        format!(
-                            "page maps of snapshot {} leave page {} unmapped",
-                            m.id.short(),
-                            i + 1
-                        ),
+                        format!("page maps of snapshot {} leave page {} unmapped", m.id.short(), i + 1),
                     )
                 })
             })

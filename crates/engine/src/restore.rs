@@ -172,10 +172,7 @@ pub(crate) async fn restore_manifest(
                     && !located[u as usize]
                 {
                     located[u as usize] = true;
-                    by_pack
-                        .entry(sec.pack)
-                        .or_default()
-                        .push(Need { entry: e, uidx: u });
+                    by_pack.entry(sec.pack).or_default().push(Need { entry: e, uidx: u });
                 }
             }
         }
@@ -200,12 +197,7 @@ pub(crate) async fn restore_manifest(
         ))
         .suffix(".tmp")
         .tempfile_in(&dir)
-        .map_err(|e| {
-            io_err(
-                format!("cannot create a temporary file in {}", dir.display()),
-                e,
-            )
-        })?;
+        .map_err(|e| io_err(format!("cannot create a temporary file in {}", dir.display()), e))?;
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| io_err("chmod", e))?;
@@ -215,9 +207,7 @@ pub(crate) async fn restore_manifest(
         .map_err(|e| io_err(format!("cannot size {}", tmp.path().display()), e))?;
 
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
     } else {
         opts.threads
     };
@@ -248,9 +238,7 @@ pub(crate) async fn restore_manifest(
         }
     })
     .await
-    .map_err(|e| {
-        Error::new(ErrorKind::Internal, "internal", "restore workers panicked").with_source(e)
-    })?;
+    .map_err(|e| Error::new(ErrorKind::Internal, "internal", "restore workers panicked").with_source(e))?;
     if let Some(e) = ctx.error.lock().unwrap().take() {
         return Err(e);
     }
@@ -270,9 +258,7 @@ pub(crate) async fn restore_manifest(
     let tpath = tmp.path().to_path_buf();
     let report = tokio::task::spawn_blocking(move || sqlvault_sqlite::verify_file(&tpath))
         .await
-        .map_err(|e| {
-            Error::new(ErrorKind::Internal, "internal", "verifier panicked").with_source(e)
-        })??;
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "verifier panicked").with_source(e))??;
     if !report.problems.is_empty() {
         return Err(Error::new(
             ErrorKind::Integrity,
@@ -280,13 +266,7 @@ pub(crate) async fn restore_manifest(
             format!(
                 "snapshot {} restores to a database failing integrity_check: {}",
                 m.id.short(),
-                report
-                    .problems
-                    .iter()
-                    .take(3)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                report.problems.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
             ),
         ));
     }
@@ -351,9 +331,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     if p.is_absolute() {
         Ok(p.to_path_buf())
     } else {
-        Ok(std::env::current_dir()
-            .map_err(|e| io_err("cwd", e))?
-            .join(p))
+        Ok(std::env::current_dir().map_err(|e| io_err("cwd", e))?.join(p))
     }
 }
 

@@ -56,9 +56,8 @@ impl FromStr for ObjectId {
     type Err = crate::FormatError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut out = [0u8; 16];
-        hex::decode_to_slice(s, &mut out).map_err(|_| {
-            crate::FormatError::malformed("object id", format!("not 32 hex digits: {s:?}"))
-        })?;
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| crate::FormatError::malformed("object id", format!("not 32 hex digits: {s:?}")))?;
         Ok(ObjectId(out))
     }
 }

@@ -74,10 +74,7 @@ impl<'a> Cursor<'a> {
     fn entries(&mut self) -> Result<Vec<IndexEntry>, FormatError> {
         let n = self.u32()? as usize;
         if self.bytes.len() < n.saturating_mul(ENTRY_LEN) {
-            return Err(FormatError::malformed(
-                self.kind,
-                "entry count exceeds length",
-            ));
+            return Err(FormatError::malformed(self.kind, "entry count exceeds length"));
         }
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {

@@ -14,13 +14,9 @@ mod pagemap;
 
 pub use error::FormatError;
 pub use ids::{ChunkId, ObjectId};
-pub use index::{
-    IndexEntry, IndexFile, PACK_MAGIC, PackSection, decode_pack_trailer, encode_pack_trailer,
-};
+pub use index::{IndexEntry, IndexFile, PACK_MAGIC, PackSection, decode_pack_trailer, encode_pack_trailer};
 pub use keys::{RepoKeys, RepoSecret};
-pub use manifest::{
-    Manifest, MapRef, RepoConfig, RepoMarker, SnapshotStats, decode_manifest, encode_manifest,
-};
+pub use manifest::{Manifest, MapRef, RepoConfig, RepoMarker, SnapshotStats, decode_manifest, encode_manifest};
 pub use pagemap::{PageMap, PageMapKind};
 
 /// The repository format version this crate reads and writes.

@@ -161,11 +161,7 @@ pub fn encode_manifest(keys: &RepoKeys, m: &Manifest) -> Vec<u8> {
 }
 
 /// Parses a manifest and checks its MAC; `expected_id` must match the object name.
-pub fn decode_manifest(
-    keys: &RepoKeys,
-    bytes: &[u8],
-    expected_id: &ObjectId,
-) -> Result<Manifest, FormatError> {
+pub fn decode_manifest(keys: &RepoKeys, bytes: &[u8], expected_id: &ObjectId) -> Result<Manifest, FormatError> {
     let kind = "manifest";
     let text = bytes
         .strip_suffix(b"\n")
@@ -176,13 +172,11 @@ pub fn decode_manifest(
         .ok_or(FormatError::malformed(kind, "missing mac line"))?;
     let (body, mac_hex) = (&text[..split], &text[split + 1..]);
     let mut mac = [0u8; 32];
-    hex::decode_to_slice(mac_hex, &mut mac)
-        .map_err(|_| FormatError::malformed(kind, "mac is not hex"))?;
+    hex::decode_to_slice(mac_hex, &mut mac).map_err(|_| FormatError::malformed(kind, "mac is not hex"))?;
     if !keys.verify_mac(body, &mac) {
         return Err(FormatError::Unauthentic { kind });
     }
-    let m: Manifest =
-        serde_json::from_slice(body).map_err(|source| FormatError::Json { kind, source })?;
+    let m: Manifest = serde_json::from_slice(body).map_err(|source| FormatError::Json { kind, source })?;
     if m.version != FORMAT_VERSION {
         return Err(FormatError::Version {
             kind,

@@ -59,10 +59,7 @@ impl PageMap {
         let n = u32::from_le_bytes(bytes[13..17].try_into().unwrap()) as usize;
         let body = &bytes[17..];
         if body.len() != n * 36 {
-            return Err(FormatError::malformed(
-                KIND,
-                "length does not match entry count",
-            ));
+            return Err(FormatError::malformed(KIND, "length does not match entry count"));
         }
         let mut entries = Vec::with_capacity(n);
         let mut last = 0u32;
@@ -78,10 +75,7 @@ impl PageMap {
             entries.push((pgno, ChunkId(rec[4..].try_into().unwrap())));
         }
         if kind == PageMapKind::Full && n != page_count as usize {
-            return Err(FormatError::malformed(
-                KIND,
-                "full map does not list every page",
-            ));
+            return Err(FormatError::malformed(KIND, "full map does not list every page"));
         }
         Ok(PageMap {
             kind,
@@ -121,11 +115,7 @@ impl PageMap {
         PageMap {
             kind: PageMapKind::Full,
             page_count: current.len() as u32,
-            entries: current
-                .iter()
-                .enumerate()
-                .map(|(i, id)| (i as u32 + 1, *id))
-                .collect(),
+            entries: current.iter().enumerate().map(|(i, id)| (i as u32 + 1, *id)).collect(),
         }
     }
 }

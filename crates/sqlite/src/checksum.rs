@@ -22,8 +22,7 @@ pub fn logical_checksum(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
         h.update(&v.to_le_bytes());
     }
     {
-        let mut stmt = conn
-            .prepare("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name")?;
+        let mut stmt = conn.prepare("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name")?;
         hash_rows(&mut h, &mut stmt)?;
     }
     let tables: Vec<(String, bool)> = {
@@ -41,8 +40,7 @@ pub fn logical_checksum(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
         let q = quote(&name);
         let sql = if without_rowid {
             let pk: Vec<String> = {
-                let mut stmt = conn
-                    .prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?;
+                let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?;
                 stmt.query_map(params![name], |r| r.get::<_, String>(0))?
                     .collect::<Result<_, _>>()?
             };
@@ -132,11 +130,9 @@ mod tests {
             assert_ne!(logical_checksum(&c).unwrap(), a, "{change}");
         }
         let c = db(base);
-        c.execute_batch("UPDATE w SET v = 0.0 WHERE k = 'a'")
-            .unwrap();
+        c.execute_batch("UPDATE w SET v = 0.0 WHERE k = 'a'").unwrap();
         let pos = logical_checksum(&c).unwrap();
-        c.execute_batch("UPDATE w SET v = -0.0 WHERE k = 'a'")
-            .unwrap();
+        c.execute_batch("UPDATE w SET v = -0.0 WHERE k = 'a'").unwrap();
         assert_ne!(logical_checksum(&c).unwrap(), pos, "-0.0 differs from 0.0");
     }
 }

@@ -54,11 +54,7 @@ pub enum SqliteError {
 }
 
 impl SqliteError {
-    pub(crate) fn from_sqlite(
-        path: &std::path::Path,
-        timeout: Duration,
-        e: rusqlite::Error,
-    ) -> Self {
+    pub(crate) fn from_sqlite(path: &std::path::Path, timeout: Duration, e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode;
         match e.sqlite_error_code() {
             Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => SqliteError::Busy {

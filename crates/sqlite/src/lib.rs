@@ -15,8 +15,7 @@ pub use checksum::logical_checksum;
 pub use error::SqliteError;
 pub use rusqlite;
 pub use snapshot::{
-    DbInfo, SnapshotError, SnapshotMethod, Source, SourceOptions, VerifyReport, check_header,
-    verify_file,
+    DbInfo, SnapshotError, SnapshotMethod, Source, SourceOptions, VerifyReport, check_header, verify_file,
 };
 
 /// Version of the SQLite library linked into this build.

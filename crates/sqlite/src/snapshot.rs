@@ -144,9 +144,7 @@ impl Source {
         })?;
         let conn = Connection::open_with_flags(
             &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )
         .map_err(|e| SqliteError::from_sqlite(&path, opts.busy_timeout, e))?;
         conn.busy_timeout(opts.busy_timeout)
@@ -176,10 +174,7 @@ impl Source {
     /// Takes a consistent snapshot: calls `page(pgno, bytes)` for every page in order,
     /// then returns the database facts, the logical checksum of exactly the state the
     /// pages show, and the method used. An error from `page` aborts the snapshot.
-    pub fn snapshot<E, F>(
-        &mut self,
-        mut page: F,
-    ) -> Result<(DbInfo, [u8; 32], SnapshotMethod), SnapshotError<E>>
+    pub fn snapshot<E, F>(&mut self, mut page: F) -> Result<(DbInfo, [u8; 32], SnapshotMethod), SnapshotError<E>>
     where
         F: FnMut(u32, &[u8]) -> Result<(), E>,
     {
@@ -245,11 +240,7 @@ impl Source {
     where
         F: FnMut(u32, &[u8]) -> Result<(), E>,
     {
-        let dir = self
-            .opts
-            .temp_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
+        let dir = self.opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
         let io = |source| {
             SnapshotError::Db(SqliteError::Io {
                 path: dir.clone(),
@@ -261,30 +252,14 @@ impl Source {
             .prefix(".sqlvault-snapshot-")
             .tempfile_in(&dir)
             .map_err(io)?;
-        {
-            let mut dst =
-                Connection::open(tmp.path()).map_err(|e| SnapshotError::Db(self.err(e)))?;
-            let backup = rusqlite::backup::Backup::new(&self.conn, &mut dst)
-                .map_err(|e| SnapshotError::Db(self.err(e)))?;
-            // One step under one read lock: small steps restart on every write and may
-            // never finish under load; a single step is short even in rollback mode.
-            loop {
-                match backup
-                    .step(-1)
-                    .map_err(|e| SnapshotError::Db(self.err(e)))?
-                {
-                    rusqlite::backup::StepResult::Done => break,
-                    rusqlite::backup::StepResult::More => continue,
-                    rusqlite::backup::StepResult::Busy | rusqlite::backup::StepResult::Locked => {
-                        return Err(SnapshotError::Db(SqliteError::Busy {
-                            path: self.path.clone(),
-                            timeout: self.opts.busy_timeout,
-                        }));
-                    }
-                    _ => continue,
-                }
-            }
-        }
+        // Hold a read transaction across the copy so that the source header we read
+        // belongs to exactly the state the backup API copies.
+        self.conn
+            .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
+            .map_err(|e| SnapshotError::Db(self.err(e)))?;
+        let copied = self.copy_locked(tmp.path());
+        let _ = self.conn.execute_batch("COMMIT");
+        let source_header = copied?;
         // The copy is private: read its facts and checksum, then stream its pages.
         let copy = Connection::open_with_flags(tmp.path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| SnapshotError::Db(self.err(e)))?;
@@ -306,19 +281,26 @@ impl Source {
         while pgno <= info.page_count {
             let n = ((info.page_count - pgno + 1) as usize).min(batch.max(1));
             let slice = &mut buf[..n * ps];
-            f.read_exact_at(slice, (pgno as u64 - 1) * ps as u64)
-                .map_err(io)?;
+            f.read_exact_at(slice, (pgno as u64 - 1) * ps as u64).map_err(io)?;
             for (i, p) in slice.chunks_exact(ps).enumerate() {
                 let mut bytes = p;
                 let owned;
                 if pgno + i as u32 == 1 {
-                    // The copy's header differs from the source's only in the
-                    // WAL/legacy mode bytes (18, 19); restore the source's so the
-                    // restored file is in the mode the application used.
+                    // The backup API rewrites header fields of the copy: the WAL/legacy
+                    // mode bytes (18, 19), the change counter, the schema cookie,
+                    // version-valid-for and the library version. In rollback mode the
+                    // source's header, read under the same lock, is authoritative: put it
+                    // back so the snapshot holds exactly the source's pages. In WAL mode
+                    // the newest header may live in the WAL, so only the mode bytes are set.
                     let mut p1 = p.to_vec();
-                    let v = if info.journal_mode == "wal" { 2 } else { 1 };
-                    p1[18] = v;
-                    p1[19] = v;
+                    match &source_header {
+                        Some(h) => p1[..100].copy_from_slice(h),
+                        None => {
+                            let v = if info.journal_mode == "wal" { 2 } else { 1 };
+                            p1[18] = v;
+                            p1[19] = v;
+                        }
+                    }
                     owned = p1;
                     bytes = &owned;
                 }
@@ -327,6 +309,49 @@ impl Source {
             pgno += n as u32;
         }
         Ok((info, sum))
+    }
+}
+
+impl Source {
+    /// The copy itself, called inside the source's read transaction. Returns the
+    /// source's 100-byte header when the main file is authoritative (not WAL mode,
+    /// where the newest header may live in the WAL).
+    fn copy_locked<E>(&self, dst_path: &Path) -> Result<Option<[u8; 100]>, SnapshotError<E>> {
+        let journal_mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+            .map_err(|e| SnapshotError::Db(self.err(e)))?;
+        let header = if journal_mode.eq_ignore_ascii_case("wal") {
+            None
+        } else {
+            let mut h = [0u8; 100];
+            File::open(&self.path)
+                .and_then(|f| f.read_exact_at(&mut h, 0))
+                .map_err(|source| {
+                    SnapshotError::Db(SqliteError::Io {
+                        path: self.path.clone(),
+                        source,
+                    })
+                })?;
+            Some(h)
+        };
+        let mut dst = Connection::open(dst_path).map_err(|e| SnapshotError::Db(self.err(e)))?;
+        let backup = rusqlite::backup::Backup::new(&self.conn, &mut dst).map_err(|e| SnapshotError::Db(self.err(e)))?;
+        // One step under one read lock: small steps restart on every write and may
+        // never finish under load; a single step is short even in rollback mode.
+        loop {
+            match backup.step(-1).map_err(|e| SnapshotError::Db(self.err(e)))? {
+                rusqlite::backup::StepResult::Done => break,
+                rusqlite::backup::StepResult::Busy | rusqlite::backup::StepResult::Locked => {
+                    return Err(SnapshotError::Db(SqliteError::Busy {
+                        path: self.path.clone(),
+                        timeout: self.opts.busy_timeout,
+                    }));
+                }
+                _ => continue,
+            }
+        }
+        Ok(header)
     }
 }
 
@@ -356,11 +381,8 @@ pub fn verify_file(path: &Path) -> Result<VerifyReport, SqliteError> {
     check_header(path)?;
     let t = Duration::from_secs(0);
     let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
-    let conn = Connection::open_with_flags(
-        &uri,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
-    )
-    .map_err(|e| SqliteError::from_sqlite(path, t, e))?;
+    let conn = Connection::open_with_flags(&uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
+        .map_err(|e| SqliteError::from_sqlite(path, t, e))?;
     let info = read_info(&conn).map_err(|e| SqliteError::from_sqlite(path, t, e))?;
     let problems: Vec<String> = {
         let mut stmt = conn
@@ -432,9 +454,7 @@ mod tests {
             let _app = Connection::open(&db).unwrap();
             let mut results = Vec::new();
             for force in [false, true] {
-                let mut src =
-                    Source::open(&db, SourceOptions::default().with_force_backup_copy(force))
-                        .unwrap();
+                let mut src = Source::open(&db, SourceOptions::default().with_force_backup_copy(force)).unwrap();
                 results.push(collect(&mut src));
             }
             let (info, sum, m, bytes) = &results[0];
@@ -448,10 +468,7 @@ mod tests {
             );
             assert_eq!(info.user_version, 42);
             assert_eq!(info.journal_mode, if wal { "wal" } else { "delete" });
-            assert_eq!(
-                bytes.len(),
-                info.page_size as usize * info.page_count as usize
-            );
+            assert_eq!(bytes.len(), info.page_size as usize * info.page_count as usize);
             assert_eq!(results[1].1, *sum);
             let out = dir.path().join(format!("restored{wal}.db"));
             std::fs::write(&out, bytes).unwrap();

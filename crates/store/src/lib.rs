@@ -76,13 +76,7 @@ impl StoreError {
 
     /// Retrying may succeed (network, throttling, server errors).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Backend {
-                transient: true,
-                ..
-            }
-        )
+        matches!(self, StoreError::Backend { transient: true, .. })
     }
 }
 
@@ -225,14 +219,9 @@ impl Store {
             url: url.to_string(),
             reason,
         };
-        let (inner, prefix): (Arc<dyn ObjectStore>, ObjPath) = if let Some(rest) =
-            url.strip_prefix("memory://")
-        {
+        let (inner, prefix): (Arc<dyn ObjectStore>, ObjPath) = if let Some(rest) = url.strip_prefix("memory://") {
             let _ = rest;
-            (
-                Arc::new(object_store::memory::InMemory::new()),
-                ObjPath::default(),
-            )
+            (Arc::new(object_store::memory::InMemory::new()), ObjPath::default())
         } else if url.starts_with("s3://") || url.starts_with("gs://") || url.starts_with("az://") {
             let parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
             let bucket = parsed.host_str().unwrap_or_default();
@@ -271,8 +260,7 @@ impl Store {
                 None if url.contains("://") => return Err(invalid("unknown scheme".into())),
                 None => std::path::PathBuf::from(url),
             };
-            std::fs::create_dir_all(&path)
-                .map_err(|e| invalid(format!("cannot create directory: {e}")))?;
+            std::fs::create_dir_all(&path).map_err(|e| invalid(format!("cannot create directory: {e}")))?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)
                 .map_err(|e| invalid(e.to_string()))?
                 .with_automatic_cleanup(true);
@@ -336,12 +324,7 @@ impl Store {
         }
     }
 
-    async fn retrying<T, F, Fut>(
-        &self,
-        op: &'static str,
-        key: &str,
-        mut f: F,
-    ) -> Result<T, StoreError>
+    async fn retrying<T, F, Fut>(&self, op: &'static str, key: &str, mut f: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = object_store::Result<T>>,
@@ -362,12 +345,7 @@ impl Store {
                     }
                     let base = self.retry.base.as_secs_f64() * 4f64.powi(attempt as i32 - 1);
                     let sleep = base * rand::random_range(0.5..1.5);
-                    tracing::debug!(
-                        op,
-                        key,
-                        attempt,
-                        "transient store error, retrying in {sleep:.2}s"
-                    );
+                    tracing::debug!(op, key, attempt, "transient store error, retrying in {sleep:.2}s");
                     tokio::time::sleep(Duration::from_secs_f64(sleep)).await;
                 }
             }
@@ -377,11 +355,9 @@ impl Store {
     /// Writes `key`, replacing any existing object.
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         let path = self.path(key);
-        self.retrying("PUT", key, || {
-            self.inner.put(&path, PutPayload::from(data.clone()))
-        })
-        .await
-        .map(|_| ())
+        self.retrying("PUT", key, || self.inner.put(&path, PutPayload::from(data.clone())))
+            .await
+            .map(|_| ())
     }
 
     /// Writes `key` only if no object exists there ([`StoreError::AlreadyExists`]
@@ -394,8 +370,7 @@ impl Store {
         };
         let r = self
             .retrying("PUT", key, || {
-                self.inner
-                    .put_opts(&path, PutPayload::from(data.clone()), opts())
+                self.inner.put_opts(&path, PutPayload::from(data.clone()), opts())
             })
             .await;
         match r {
@@ -403,9 +378,7 @@ impl Store {
             // A retried create whose first attempt landed reports AlreadyExists; the
             // caller's random names make a foreign object at the same key implausible,
             // so compare content to tell the two apart.
-            Err(StoreError::AlreadyExists { .. })
-                if self.stats.retries.load(Ordering::Relaxed) > 0 =>
-            {
+            Err(StoreError::AlreadyExists { .. }) if self.stats.retries.load(Ordering::Relaxed) > 0 => {
                 match self.get(key).await {
                     Ok(existing) if existing == data => Ok(()),
                     _ => Err(StoreError::AlreadyExists {
@@ -421,10 +394,8 @@ impl Store {
     /// Reads the whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let path = self.path(key);
-        self.retrying("GET", key, || async {
-            self.inner.get(&path).await?.bytes().await
-        })
-        .await
+        self.retrying("GET", key, || async { self.inner.get(&path).await?.bytes().await })
+            .await
     }
 
     /// Reads a byte range.
@@ -467,10 +438,7 @@ impl Store {
     /// Deletes `key`; deleting a missing object succeeds.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key);
-        match self
-            .retrying("DELETE", key, || self.inner.delete(&path))
-            .await
-        {
+        match self.retrying("DELETE", key, || self.inner.delete(&path)).await {
             Err(e) if e.is_not_found() => Ok(()),
             r => r,
         }
@@ -484,30 +452,15 @@ mod tests {
     async fn contract(store: &Store) {
         store.put("a/x", Bytes::from_static(b"1")).await.unwrap();
         assert_eq!(store.get("a/x").await.unwrap(), Bytes::from_static(b"1"));
-        assert_eq!(
-            store.get_range("a/x", 0..1).await.unwrap(),
-            Bytes::from_static(b"1")
-        );
+        assert_eq!(store.get_range("a/x", 0..1).await.unwrap(), Bytes::from_static(b"1"));
         assert_eq!(store.head("a/x").await.unwrap(), Some(1));
         assert_eq!(store.head("a/missing").await.unwrap(), None);
         assert!(store.get("a/missing").await.unwrap_err().is_not_found());
-        store
-            .put_if_absent("a/y", Bytes::from_static(b"2"))
-            .await
-            .unwrap();
-        let e = store
-            .put_if_absent("a/y", Bytes::from_static(b"3"))
-            .await
-            .unwrap_err();
+        store.put_if_absent("a/y", Bytes::from_static(b"2")).await.unwrap();
+        let e = store.put_if_absent("a/y", Bytes::from_static(b"3")).await.unwrap_err();
         assert!(matches!(e, StoreError::AlreadyExists { .. }), "{e}");
         assert_eq!(store.get("a/y").await.unwrap(), Bytes::from_static(b"2"));
-        let names: Vec<_> = store
-            .list("a")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let names: Vec<_> = store.list("a").await.unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, vec!["x", "y"]);
         store.delete("a/x").await.unwrap();
         store.delete("a/x").await.unwrap();

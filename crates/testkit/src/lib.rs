@@ -150,11 +150,12 @@ pub fn generate(path: &Path, opts: &GenOptions) -> rusqlite::Result<u64> {
     loop {
         let tx = c.transaction()?;
         {
-            let mut ic = tx.prepare("INSERT INTO customers(email, name, city, created, notes) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-            let mut io = tx.prepare("INSERT INTO orders(customer_id, amount, status, created, note) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-            let mut ie = tx.prepare(
-                "INSERT INTO events(order_id, kind, payload, digest) VALUES (?1, ?2, ?3, ?4)",
+            let mut ic =
+                tx.prepare("INSERT INTO customers(email, name, city, created, notes) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut io = tx.prepare(
+                "INSERT INTO orders(customer_id, amount, status, created, note) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
+            let mut ie = tx.prepare("INSERT INTO events(order_id, kind, payload, digest) VALUES (?1, ?2, ?3, ?4)")?;
             for _ in 0..200 {
                 customer += 1;
                 let name = sentence(&mut rng, 2);
@@ -168,9 +169,9 @@ pub fn generate(path: &Path, opts: &GenOptions) -> rusqlite::Result<u64> {
                         sentence(&mut rng, n)
                     },
                 ])?;
+                let id = tx.last_insert_rowid();
                 for _ in 0..5 {
                     orders += 1;
-                    let id = tx.last_insert_rowid();
                     io.execute(params![
                         id,
                         (rng.below(100_000) as f64) / 100.0,
@@ -220,8 +221,7 @@ pub fn update_random(path: &Path, fraction: f64, seed: u64) -> rusqlite::Result<
     let mut rng = Rng::new(seed);
     let tx = c.transaction()?;
     {
-        let mut st =
-            tx.prepare("UPDATE orders SET amount = ?1, status = ?2, note = ?3 WHERE id = ?4")?;
+        let mut st = tx.prepare("UPDATE orders SET amount = ?1, status = ?2, note = ?3 WHERE id = ?4")?;
         for _ in 0..k {
             let id = 1 + rng.below(n as u64) as i64;
             st.execute(params![
@@ -294,10 +294,7 @@ impl MotoServer {
     /// Environment for object_store's S3 client against this server.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
-            (
-                "AWS_ENDPOINT".into(),
-                format!("http://127.0.0.1:{}", self.port),
-            ),
+            ("AWS_ENDPOINT".into(), format!("http://127.0.0.1:{}", self.port)),
             ("AWS_ALLOW_HTTP".into(), "true".into()),
             ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
             ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
@@ -318,8 +315,11 @@ fn http(port: u16, method: &str, path: &str) -> Result<u16, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
