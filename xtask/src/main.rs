@@ -1,0 +1,191 @@
+//! `cargo xtask ci | demo | bench | gen` — project automation. Drives the real
+//! `sqlvault` binary the way a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod bench;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Formatting, lints and the whole test suite (what .ci/run calls). Installs the
+    /// test prerequisites (moto server, age, zstd, sqlite3) when they are missing.
+    Ci,
+    /// The main job on the embedded default: backup, incremental backup, restore,
+    /// verify and check of a generated database in a local-disk repository.
+    Demo {
+        /// Size of the generated database in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+    },
+    /// Benchmarks against the sqlite3 .backup + zstd + age pipeline.
+    Bench(bench::BenchArgs),
+    /// Generate a realistic test database.
+    Gen {
+        /// Output path.
+        path: PathBuf,
+        /// Size in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+        /// Rollback-journal mode instead of WAL.
+        #[arg(long)]
+        rollback: bool,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Ci => ci(),
+        Cmd::Demo { size_mib } => demo(size_mib),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Gen {
+            path,
+            size_mib,
+            rollback,
+            seed,
+        } => {
+            let n = sqlvault_testkit::generate(
+                &path,
+                &sqlvault_testkit::GenOptions {
+                    target_bytes: size_mib << 20,
+                    seed,
+                    wal: !rollback,
+                },
+            )?;
+            println!("generated {} with {n} orders", path.display());
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub(crate) fn sh(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Installs what the tests need, from Debian's packages and PyPI, when missing.
+fn ensure_test_tools() -> Result<()> {
+    let apt: Vec<&str> = [("age", "age"), ("zstd", "zstd"), ("sqlite3", "sqlite3"), ("ssh-keygen", "openssh-client")]
+        .into_iter()
+        .filter(|(tool, _)| !have(tool))
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if !apt.is_empty() {
+        eprintln!("xtask: installing {apt:?} from Debian's packages");
+        sh(Command::new("apt-get").arg("update").arg("-qq"))?;
+        sh(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&apt))?;
+    }
+    if !have("moto_server") {
+        eprintln!("xtask: installing moto[server] from PyPI");
+        sh(Command::new("python3").args(["-m", "pip", "install", "-q", "moto[server]"]))?;
+    }
+    if !have("python3") {
+        bail!("python3 is required by the tests");
+    }
+    Ok(())
+}
+
+fn ci() -> Result<()> {
+    ensure_test_tools()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let r = root();
+    sh(Command::new(&cargo).current_dir(&r).args(["fmt", "--all", "--check"]))?;
+    sh(Command::new(&cargo)
+        .current_dir(&r)
+        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    sh(Command::new(&cargo).current_dir(&r).args(["test", "--workspace"]))?;
+    Ok(())
+}
+
+pub(crate) fn build_release() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    sh(Command::new(cargo)
+        .current_dir(root())
+        .args(["build", "--quiet", "--release", "-p", "sqlvault-cli"]))?;
+    Ok(root().join("target/release/sqlvault"))
+}
+
+fn demo(size_mib: u64) -> Result<()> {
+    let bin = build_release()?;
+    let dir = root().join(".sqlvault-demo");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let home = dir.join("home");
+    let run = |args: &[&str]| -> Result<String> {
+        println!("$ sqlvault {}", args.join(" "));
+        let o = Command::new(&bin)
+            .args(args)
+            .env("SQLVAULT_HOME", &home)
+            .env_remove("SQLVAULT_IDENTITY_FILE")
+            .stderr(Stdio::inherit())
+            .output()?;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        print!("{out}");
+        if !o.status.success() {
+            bail!("sqlvault {} failed with {}", args.join(" "), o.status);
+        }
+        Ok(out)
+    };
+    let db = dir.join("shop.db");
+    let t = Instant::now();
+    sqlvault_testkit::generate(
+        &db,
+        &sqlvault_testkit::GenOptions {
+            target_bytes: size_mib << 20,
+            seed: 42,
+            wal: true,
+        },
+    )?;
+    println!("generated sample database {} ({size_mib} MiB) in {:.1}s", db.display(), t.elapsed().as_secs_f64());
+    let (key, repo, restored) = (dir.join("key.txt"), dir.join("repo"), dir.join("restored.db"));
+    let (key, repo, restored, db) = (
+        key.to_str().unwrap(),
+        repo.to_str().unwrap(),
+        restored.to_str().unwrap(),
+        db.to_str().unwrap(),
+    );
+    let recipient = run(&["key", "generate", "-o", key])?.trim().to_string();
+    run(&["init", repo, "-r", &recipient])?;
+    run(&["backup", db, repo])?;
+    let changed = sqlvault_testkit::update_random(Path::new(db), 0.01, 7)?;
+    println!("updated {changed} rows at random");
+    run(&["backup", db, repo])?;
+    run(&["snapshots", repo])?;
+    run(&["restore", repo, restored, "-i", key])?;
+    run(&["verify", repo, "-i", key, "--all"])?;
+    run(&["check", repo, "-i", key, "--read-data"])?;
+    println!("demo complete: everything is under {}", dir.display());
+    Ok(())
+}
