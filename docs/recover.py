@@ -39,21 +39,25 @@ def main():
     m = max(manifests, key=lambda x: x["created_ms"])
     page_size, page_count = m["page_size"], m["page_count"]
 
-    # 2. Page maps, applied in order: "SQLVMAP1", kind u8, page_count u32, n u32, n x (pgno u32, id[32]).
+    # 2. Page maps, applied in order: "SQLVMAP1", kind u8, page_count u32, n u32, then
+    #    a full map (kind 0): n x id[32] in page order; a delta (kind 1): n x (pgno u32, id[32]).
     pages = {}
     for ref in m["maps"]:
         b = age_decrypt(os.path.join(repo, "maps", ref["id"]), identity)
         assert b[:8] == b"SQLVMAP1", "not a page map"
         kind, count, n = b[8], *struct.unpack_from("<II", b, 9)
         if kind == 0:
-            pages = {}
-        for i in range(n):
-            pgno = struct.unpack_from("<I", b, 17 + 36 * i)[0]
-            pages[pgno] = b[21 + 36 * i: 53 + 36 * i]
+            pages = {i + 1: b[17 + 32 * i: 49 + 32 * i] for i in range(n)}
+        else:
+            for i in range(n):
+                pgno = struct.unpack_from("<I", b, 17 + 36 * i)[0]
+                pages[pgno] = b[21 + 36 * i: 53 + 36 * i]
         pages = {p: c for p, c in pages.items() if p <= count}
     assert len(pages) == page_count, "page maps do not cover the database"
 
-    # 3. Indexes: "SQLVIDX1", packs u32, per pack: id[16], n u32, n x (id[32], frame_off u64, frame_len u32, off u32, len u32).
+    # 3. Indexes: "SQLVIDX1", packs u32, per pack: id[16], frames u32, per frame:
+    #    frame_off u64, frame_len u32, chunk_len u32, n u32, then n x id[32] when
+    #    chunk_len > 0 (chunk i at i*chunk_len) else n x (id[32], off u32, len u32).
     where = {}
     for name in os.listdir(os.path.join(repo, "index")):
         b = age_decrypt(os.path.join(repo, "index", name), identity)
@@ -61,13 +65,20 @@ def main():
         (npacks,), pos = struct.unpack_from("<I", b, 8), 12
         for _ in range(npacks):
             pack = b[pos:pos + 16].hex()
-            (n,) = struct.unpack_from("<I", b, pos + 16)
+            (nframes,) = struct.unpack_from("<I", b, pos + 16)
             pos += 20
-            for _ in range(n):
-                cid = b[pos:pos + 32]
-                fo, fl, off, ln = struct.unpack_from("<QIII", b, pos + 32)
-                where.setdefault(cid, (pack, fo, fl, off, ln))
-                pos += 52
+            for _ in range(nframes):
+                fo, fl, clen, n = struct.unpack_from("<QIII", b, pos)
+                pos += 20
+                for i in range(n):
+                    cid = b[pos:pos + 32]
+                    if clen > 0:
+                        off, ln = i * clen, clen
+                        pos += 32
+                    else:
+                        off, ln = struct.unpack_from("<II", b, pos + 32)
+                        pos += 40
+                    where.setdefault(cid, (pack, fo, fl, off, ln))
 
     # 4. Packs: one age stream of zstd frames (plus a trailer we do not need here).
     needed = {}

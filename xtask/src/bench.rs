@@ -136,7 +136,13 @@ fn mib(b: u64) -> String {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     for tool in ["sqlite3", "zstd", "age"] {
-        if Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        if Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
             bail!("{tool} is needed for the peer pipeline (apt-get install {tool})");
         }
     }
@@ -181,7 +187,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     // Peer: sqlite3 .backup, then zstd -3 -T0 | age.
     let peer_backup = measure(&mut sh(&format!("sqlite3 '{dbs}' \".backup '{w}/tmp.db'\"")))?;
-    let peer_compress = measure(&mut sh(&format!("zstd -q -3 -T0 < '{w}/tmp.db' | age -r {recipient} > '{w}/peer.age'")))?;
+    let peer_compress = measure(&mut sh(&format!(
+        "zstd -q -3 -T0 < '{w}/tmp.db' | age -r {recipient} > '{w}/peer.age'"
+    )))?;
     let peer_size = fs::metadata(work.join("peer.age"))?.len();
     let peer_wall = peer_backup.wall + peer_compress.wall;
     let peer_cpu = peer_backup.cpu + peer_compress.cpu;
@@ -209,9 +217,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     // Restore: sqlvault against age -d | zstd -d of the pipeline's output.
     let restored = work.join("restored.db");
-    let rest = measure(&mut sv(&["restore", repos, restored.to_str().unwrap(), "-i", keys, "--json"]))?;
+    let rest = measure(&mut sv(&[
+        "restore",
+        repos,
+        restored.to_str().unwrap(),
+        "-i",
+        keys,
+        "--json",
+    ]))?;
     let rest_j: Value = serde_json::from_str(&rest.stdout)?;
-    let peer_restore = measure(&mut sh(&format!("age -d -i '{keys}' '{w}/peer.age' | zstd -q -d -T0 > '{w}/peer.db'")))?;
+    let peer_restore = measure(&mut sh(&format!(
+        "age -d -i '{keys}' '{w}/peer.age' | zstd -q -d -T0 > '{w}/peer.db'"
+    )))?;
     fs::remove_file(&restored)?;
     fs::remove_file(work.join("peer.db"))?;
     fs::remove_file(work.join("peer.age"))?;
@@ -225,10 +242,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "incremental": {"rows_updated": rows, "pages_changed": changed, "pages_total": total_pages, "changed_zstd_bytes": changed_zstd, "budget_bytes": inc_budget, "wall": inc.wall, "cpu": inc.cpu, "rss_kib": inc.rss_kib, "report": inc_j},
         "restore": {"wall": rest.wall, "cpu": rest.cpu, "rss_kib": rest.rss_kib, "restore_seconds": restore_s, "check_seconds": check_s},
     });
-    fs::write(dir.join(format!("results-{}m.json", a.size_mib)), serde_json::to_vec_pretty(&results)?)?;
+    fs::write(
+        dir.join(format!("results-{}m.json", a.size_mib)),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
 
     let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
-    println!("## sqlvault bench: {} database ({} pages of {page_size} B), WAL mode\n", mib(db_size), total_pages);
+    println!(
+        "## sqlvault bench: {} database ({} pages of {page_size} B), WAL mode\n",
+        mib(db_size),
+        total_pages
+    );
     println!("| measure | sqlvault | peer | ratio | target |");
     println!("|---|---|---|---|---|");
     println!(
@@ -240,7 +264,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         full.wall / peer_wall,
         verdict(full.wall <= 0.7 * peer_wall)
     );
-    println!("| full backup CPU | {:.2} s | {:.2} s | {:.2}× | |", full.cpu, peer_cpu, full.cpu / peer_cpu);
+    println!(
+        "| full backup CPU | {:.2} s | {:.2} s | {:.2}× | |",
+        full.cpu,
+        peer_cpu,
+        full.cpu / peer_cpu
+    );
     println!(
         "| stored size | {} | {} | {:.3}× | within 10% ({}) |",
         mib(repo_size),

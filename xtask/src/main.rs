@@ -73,7 +73,10 @@ fn main() -> Result<()> {
 }
 
 pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 pub(crate) fn sh(cmd: &mut Command) -> Result<()> {
@@ -95,11 +98,16 @@ fn have(tool: &str) -> bool {
 
 /// Installs what the tests need, from Debian's packages and PyPI, when missing.
 fn ensure_test_tools() -> Result<()> {
-    let apt: Vec<&str> = [("age", "age"), ("zstd", "zstd"), ("sqlite3", "sqlite3"), ("ssh-keygen", "openssh-client")]
-        .into_iter()
-        .filter(|(tool, _)| !have(tool))
-        .map(|(_, pkg)| pkg)
-        .collect();
+    let apt: Vec<&str> = [
+        ("age", "age"),
+        ("zstd", "zstd"),
+        ("sqlite3", "sqlite3"),
+        ("ssh-keygen", "openssh-client"),
+    ]
+    .into_iter()
+    .filter(|(tool, _)| !have(tool))
+    .map(|(_, pkg)| pkg)
+    .collect();
     if !apt.is_empty() {
         eprintln!("xtask: installing {apt:?} from Debian's packages");
         sh(Command::new("apt-get").arg("update").arg("-qq"))?;
@@ -168,7 +176,11 @@ fn demo(size_mib: u64) -> Result<()> {
             wal: true,
         },
     )?;
-    println!("generated sample database {} ({size_mib} MiB) in {:.1}s", db.display(), t.elapsed().as_secs_f64());
+    println!(
+        "generated sample database {} ({size_mib} MiB) in {:.1}s",
+        db.display(),
+        t.elapsed().as_secs_f64()
+    );
     let (key, repo, restored) = (dir.join("key.txt"), dir.join("repo"), dir.join("restored.db"));
     let (key, repo, restored, db) = (
         key.to_str().unwrap(),

@@ -579,6 +579,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
+    // glibc raises its mmap threshold after freeing large blocks and then serves the
+    // pipeline's MiB-sized buffers from arenas it never returns; a fixed threshold keeps
+    // peak RSS flat (measured in docs/benchmarks.md).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
     let cli = Cli::parse();
     let filter = std::env::var("SQLVAULT_LOG").unwrap_or_else(|_| {
         match cli.verbose {

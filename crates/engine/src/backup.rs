@@ -1,7 +1,7 @@
 //! Backup: snapshot → hash pages → dedup → compress frames → encrypt packs → upload,
 //! then index → page map → manifest (create-if-absent). See `docs/format.md`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,8 +14,8 @@ use serde::Serialize;
 use sqlvault_compress::{FrameCompressor, FrameDecompressor};
 use sqlvault_crypt::EncryptWriter;
 use sqlvault_format::{
-    ChunkId, FORMAT_VERSION, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, PackSection, PageMap, PageMapKind,
-    SnapshotStats, encode_manifest, encode_pack_trailer, layout,
+    ChunkId, FORMAT_VERSION, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, PackSection, PageMap, SnapshotStats,
+    encode_manifest, encode_pack_trailer, layout,
 };
 use sqlvault_sqlite::{SnapshotError, SnapshotMethod, Source, SourceOptions};
 use sqlvault_store::RequestCounts;
@@ -53,7 +53,7 @@ impl Default for BackupOptions {
         BackupOptions {
             name: None,
             level: sqlvault_compress::DEFAULT_LEVEL,
-            frame_pages: 64,
+            frame_pages: 256,
             pack_target: 16 << 20,
             threads: 0,
             busy_timeout: Duration::from_secs(10),
@@ -168,7 +168,6 @@ struct Batch {
 }
 
 struct WorkerOut {
-    map: Vec<(u32, ChunkId)>,
     packs: Vec<PackSection>,
     new_ids: Vec<ChunkId>,
     bytes_stored: u64,
@@ -177,7 +176,10 @@ struct WorkerOut {
 struct Shared {
     repo: Repo,
     known: KnownChunks,
-    seen: Mutex<HashSet<ChunkId>>,
+    table: Mutex<Table>,
+    /// Batch buffers handed back by workers for the reader to refill: a steady set of
+    /// large buffers keeps the allocator from fragmenting (peak RSS).
+    free: Mutex<Vec<Vec<u8>>>,
     abort: AtomicBool,
     error: Mutex<Option<Error>>,
     page_size: AtomicU64,
@@ -193,6 +195,16 @@ impl Shared {
             *slot = Some(e);
         }
     }
+}
+
+/// The snapshot's page map as it is being built, and the chunks first seen in this
+/// backup. `seen` is keyed by the first 8 bytes of an id and holds the page where that
+/// id first appeared; a hit counts as a duplicate only if that page's full id is equal,
+/// so a prefix collision costs a duplicate upload, never a wrong page.
+#[derive(Default)]
+struct Table {
+    pages: Vec<ChunkId>,
+    seen: HashMap<u64, u32>,
 }
 
 /// A pack being filled by one worker: frames are encrypted as they are appended, so
@@ -226,7 +238,6 @@ impl PackBuilder {
 
 fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
     let mut out = WorkerOut {
-        map: Vec::new(),
         packs: Vec::new(),
         new_ids: Vec::new(),
         bytes_stored: 0,
@@ -239,6 +250,8 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
         let mut frame_out: Vec<u8> = Vec::new();
         let mut check: Vec<u8> = Vec::new();
         let mut frame_ids: Vec<(ChunkId, u32)> = Vec::new();
+        let mut ids: Vec<ChunkId> = Vec::new();
+        let mut fresh: Vec<usize> = Vec::new();
         let mut pack: Option<PackBuilder> = None;
         loop {
             let batch = { rx.lock().unwrap().recv() };
@@ -249,15 +262,36 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
             let ps = shared.page_size.load(Ordering::Relaxed) as usize;
             frame_in.clear();
             frame_ids.clear();
-            for (i, page) in batch.data.chunks_exact(ps).enumerate() {
-                let id = shared.repo.keys.chunk_id(page);
-                out.map.push((batch.first_pgno + i as u32, id));
-                if shared.known.contains(&id) || !shared.seen.lock().unwrap().insert(id) {
-                    continue;
+            ids.clear();
+            fresh.clear();
+            ids.extend(batch.data.chunks_exact(ps).map(|page| shared.repo.keys.chunk_id(page)));
+            {
+                let mut t = shared.table.lock().unwrap();
+                let first = batch.first_pgno as usize - 1;
+                if t.pages.len() < first + ids.len() {
+                    t.pages.resize(first + ids.len(), ChunkId([0; 32]));
                 }
-                frame_ids.push((id, frame_in.len() as u32));
-                frame_in.extend_from_slice(page);
+                t.pages[first..first + ids.len()].copy_from_slice(&ids);
+                for (i, id) in ids.iter().enumerate() {
+                    if shared.known.contains(id) {
+                        continue;
+                    }
+                    let key = u64::from_le_bytes(id.0[..8].try_into().unwrap());
+                    match t.seen.get(&key) {
+                        Some(&pg) if t.pages[pg as usize - 1] == *id => continue,
+                        Some(_) => {}
+                        None => {
+                            t.seen.insert(key, batch.first_pgno + i as u32);
+                        }
+                    }
+                    fresh.push(i);
+                }
             }
+            for &i in &fresh {
+                frame_ids.push((ids[i], frame_in.len() as u32));
+                frame_in.extend_from_slice(&batch.data[i * ps..(i + 1) * ps]);
+            }
+            shared.free.lock().unwrap().push(batch.data);
             if frame_ids.is_empty() {
                 continue;
             }
@@ -377,7 +411,8 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     let shared = Arc::new(Shared {
         repo: repo.clone(),
         known,
-        seen: Mutex::new(HashSet::new()),
+        table: Mutex::new(Table::default()),
+        free: Mutex::new(Vec::new()),
         abort: AtomicBool::new(false),
         error: Mutex::new(None),
         page_size: AtomicU64::new(0),
@@ -394,30 +429,27 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "internal", "backup pipeline panicked").with_source(e))??;
 
-    let Shared { known, .. } =
+    let Shared { known, table, .. } =
         Arc::try_unwrap(shared).map_err(|_| Error::new(ErrorKind::Internal, "internal", "pipeline still running"))?;
     let mut known = known;
 
     // Assemble the page map.
-    let mut pages = vec![ChunkId([0; 32]); info.page_count as usize];
-    let mut filled = 0usize;
+    let Table { pages, seen } = table.into_inner().unwrap();
+    drop(seen);
+    let filled = pages.len();
     let mut packs = Vec::new();
     let mut new_ids = Vec::new();
     let mut bytes_new = 0u64;
     for o in outs {
-        for (pgno, id) in o.map {
-            pages[pgno as usize - 1] = id;
-            filled += 1;
-        }
         packs.extend(o.packs);
         new_ids.extend(o.new_ids);
         bytes_new += o.bytes_stored;
     }
-    if filled != pages.len() {
+    if filled != info.page_count as usize || pages.iter().any(|id| id.0 == [0; 32]) {
         return Err(Error::new(
             ErrorKind::Internal,
             "backup.incomplete",
-            format!("snapshot produced {filled} of {} pages", pages.len()),
+            format!("snapshot produced {filled} of {} pages", info.page_count),
         ));
     }
 
@@ -433,19 +465,18 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
 
     // Page map: a delta against this host's last snapshot of the same name when that is
     // small and the chain short, a full map otherwise.
-    let (map, mut maps, parent_id) = match &parent {
+    let (map_pt, mut maps, parent_id, map_kind) = match &parent {
         Some(p) if p.page_size == info.page_size && p.maps.len() < opts.max_chain => {
             let delta = PageMap::delta(&p.pages, &pages);
             if delta.entries.len() <= pages.len() / 2 {
-                (delta, p.maps.clone(), Some(p.snapshot))
+                (delta.encode(), p.maps.clone(), Some(p.snapshot), "delta")
             } else {
-                (PageMap::full(&pages), Vec::new(), Some(p.snapshot))
+                (PageMap::encode_full(&pages), Vec::new(), Some(p.snapshot), "full")
             }
         }
-        _ => (PageMap::full(&pages), Vec::new(), None),
+        _ => (PageMap::encode_full(&pages), Vec::new(), None, "full"),
     };
-    let map_kind = if map.kind == PageMapKind::Full { "full" } else { "delta" };
-    let map_pt = map.encode();
+    drop(parent);
     let map_id = ObjectId::random();
     let map_ct = repo.encrypt_meta(&map_pt)?;
     bytes_new += map_ct.len() as u64;
@@ -571,9 +602,11 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<Pipeli
             if shared.page_size.load(Ordering::Relaxed) == 0 {
                 shared.page_size.store(page.len() as u64, Ordering::Relaxed);
             }
-            let b = batch.get_or_insert_with(|| Batch {
-                first_pgno: pgno,
-                data: Vec::with_capacity(page.len() * frame_pages),
+            let b = batch.get_or_insert_with(|| {
+                let mut data = shared.free.lock().unwrap().pop().unwrap_or_default();
+                data.clear();
+                data.reserve(page.len() * frame_pages);
+                Batch { first_pgno: pgno, data }
             });
             b.data.extend_from_slice(page);
             if b.data.len() >= page.len() * frame_pages {

@@ -190,6 +190,7 @@ pub(crate) async fn restore_manifest(
         ));
     }
 
+    tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "restore: maps and indexes loaded");
     let tmp = tempfile::Builder::new()
         .prefix(&format!(
             ".{}.sqlvault-",
@@ -249,6 +250,7 @@ pub(crate) async fn restore_manifest(
             "not every chunk was written",
         ));
     }
+    tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "restore: pages written");
     tmp.as_file()
         .sync_all()
         .map_err(|e| io_err(format!("cannot fsync {}", tmp.path().display()), e))?;
@@ -405,6 +407,7 @@ fn restore_pack(
     let mut r = sqlvault_crypt::decrypt_reader(&c.repo.identities, std::io::Cursor::new(ct))
         .map_err(|e| crypt_err(&what, e))?;
     needs.sort_by_key(|n| (n.entry.frame_offset, n.entry.offset));
+    let mut runs: Vec<(u32, u32)> = Vec::new();
     let mut i = 0;
     while i < needs.len() {
         let e = needs[i].entry;
@@ -422,6 +425,7 @@ fn restore_pack(
         // few MiB of pages, so 16 MiB or the furthest chunk we need, whichever is larger.
         dec.decompress_into(frame, plain, max_end.max(16 << 20))
             .map_err(|err| corrupt(&what, err))?;
+        runs.clear();
         for n in &needs[i..j] {
             let (off, len) = (n.entry.offset as usize, n.entry.len as usize);
             let data = plain.get(off..off + len).ok_or_else(|| {
@@ -443,11 +447,29 @@ fn restore_pack(
                 ));
             }
             for &pgno in &c.pgnos[c.starts[u] as usize..c.starts[u + 1] as usize] {
-                c.file
-                    .write_all_at(data, (pgno as u64 - 1) * c.page_size)
-                    .map_err(|e| io_err("cannot write restored page", e))?;
+                runs.push((pgno, off as u32));
             }
             c.written.fetch_add(1, Ordering::Relaxed);
+        }
+        // Pages that follow each other in the file and in the frame go out in one
+        // write: a full snapshot's frames are runs of consecutive pages.
+        runs.sort_unstable();
+        let ps = c.page_size as usize;
+        let mut k = 0;
+        while k < runs.len() {
+            let (pg0, off0) = runs[k];
+            let mut end = k + 1;
+            while end < runs.len()
+                && runs[end].0 == pg0 + (end - k) as u32
+                && runs[end].1 as usize == off0 as usize + (end - k) * ps
+            {
+                end += 1;
+            }
+            let bytes = &plain[off0 as usize..off0 as usize + (end - k) * ps];
+            c.file
+                .write_all_at(bytes, (pg0 as u64 - 1) * c.page_size)
+                .map_err(|e| io_err("cannot write restored page", e))?;
+            k = end;
         }
         i = j;
     }

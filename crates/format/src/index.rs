@@ -3,7 +3,6 @@ use crate::{ChunkId, FormatError, ObjectId};
 const INDEX_MAGIC: &[u8; 8] = b"SQLVIDX1";
 /// Last 8 bytes of every pack's plaintext.
 pub const PACK_MAGIC: &[u8; 8] = b"SQLVPAK1";
-const ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 4;
 
 /// Where one chunk lives inside a pack's plaintext: the zstd frame that holds it
 /// (`frame_offset`, `frame_len`) and its place in that frame's decompressed bytes.
@@ -32,22 +31,46 @@ pub struct PackSection {
 
 /// An index object: which chunks each listed pack holds.
 ///
-/// Encoding: `"SQLVIDX1"`, `pack_count u32`, then per pack `pack id [16]`,
-/// `entry_count u32`, entries (see [`encode_pack_trailer`] for the entry layout).
+/// Encoding: `"SQLVIDX1"`, `pack_count u32`, then per pack `pack id [16]` and its
+/// entries grouped by frame (see [`encode_pack_trailer`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IndexFile {
     /// One section per pack.
     pub packs: Vec<PackSection>,
 }
 
+/// Entries are stored grouped by frame, since most of what an entry says is the
+/// frame's: `frame_count u32`, then per frame `frame_offset u64`, `frame_len u32`,
+/// `chunk_len u32`, `chunk_count u32`, and either `chunk_count` × `id [32]` when
+/// `chunk_len > 0` (chunk *i* at offset `i × chunk_len`, the page case) or
+/// `chunk_count` × (`id [32]`, `offset u32`, `len u32`) when `chunk_len == 0`.
 fn put_entries(out: &mut Vec<u8>, entries: &[IndexEntry]) {
-    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for e in entries {
-        out.extend_from_slice(&e.id.0);
-        out.extend_from_slice(&e.frame_offset.to_le_bytes());
-        out.extend_from_slice(&e.frame_len.to_le_bytes());
-        out.extend_from_slice(&e.offset.to_le_bytes());
-        out.extend_from_slice(&e.len.to_le_bytes());
+    let mut frames: Vec<&[IndexEntry]> = Vec::new();
+    let mut start = 0;
+    for i in 1..=entries.len() {
+        if i == entries.len() || entries[i].frame_offset != entries[start].frame_offset {
+            frames.push(&entries[start..i]);
+            start = i;
+        }
+    }
+    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    for f in frames {
+        let len = f[0].len;
+        let uniform = len > 0
+            && f.iter()
+                .enumerate()
+                .all(|(i, e)| e.len == len && e.offset == i as u32 * len);
+        out.extend_from_slice(&f[0].frame_offset.to_le_bytes());
+        out.extend_from_slice(&f[0].frame_len.to_le_bytes());
+        out.extend_from_slice(&(if uniform { len } else { 0 }).to_le_bytes());
+        out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        for e in f {
+            out.extend_from_slice(&e.id.0);
+            if !uniform {
+                out.extend_from_slice(&e.offset.to_le_bytes());
+                out.extend_from_slice(&e.len.to_le_bytes());
+            }
+        }
     }
 }
 
@@ -72,19 +95,36 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
     fn entries(&mut self) -> Result<Vec<IndexEntry>, FormatError> {
-        let n = self.u32()? as usize;
-        if self.bytes.len() < n.saturating_mul(ENTRY_LEN) {
-            return Err(FormatError::malformed(self.kind, "entry count exceeds length"));
-        }
-        let mut v = Vec::with_capacity(n);
-        for _ in 0..n {
-            v.push(IndexEntry {
-                id: ChunkId(self.take(32)?.try_into().unwrap()),
-                frame_offset: self.u64()?,
-                frame_len: self.u32()?,
-                offset: self.u32()?,
-                len: self.u32()?,
-            });
+        let frames = self.u32()? as usize;
+        let mut v = Vec::new();
+        for _ in 0..frames {
+            let frame_offset = self.u64()?;
+            let frame_len = self.u32()?;
+            let chunk_len = self.u32()?;
+            let n = self.u32()? as usize;
+            let rec = if chunk_len > 0 { 32 } else { 40 };
+            if self.bytes.len() < n.saturating_mul(rec) {
+                return Err(FormatError::malformed(self.kind, "chunk count exceeds length"));
+            }
+            v.reserve(n);
+            for i in 0..n {
+                let id = ChunkId(self.take(32)?.try_into().unwrap());
+                let (offset, len) = if chunk_len > 0 {
+                    let off = (i as u32)
+                        .checked_mul(chunk_len)
+                        .ok_or_else(|| FormatError::malformed(self.kind, "frame too large"))?;
+                    (off, chunk_len)
+                } else {
+                    (self.u32()?, self.u32()?)
+                };
+                v.push(IndexEntry {
+                    id,
+                    frame_offset,
+                    frame_len,
+                    offset,
+                    len,
+                });
+            }
         }
         Ok(v)
     }
@@ -129,12 +169,11 @@ impl IndexFile {
 }
 
 /// The trailer appended to a pack's plaintext after its frames, so that a pack can be
-/// checked, and the index rebuilt, from the pack alone:
-/// `entry_count u32`, entries × (`chunk id [32]`, `frame_offset u64`, `frame_len u32`,
-/// `offset u32`, `len u32`), then `trailer_len u32` (bytes from `entry_count` to here,
-/// exclusive) and the magic `"SQLVPAK1"`.
+/// checked, and the index rebuilt, from the pack alone: the pack's entries in the
+/// frame-grouped encoding described at `put_entries`, then `trailer_len u32` (bytes
+/// of the entries) and the magic `"SQLVPAK1"`.
 pub fn encode_pack_trailer(entries: &[IndexEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + entries.len() * ENTRY_LEN + 12);
+    let mut out = Vec::with_capacity(4 + entries.len() * 32 + 12);
     put_entries(&mut out, entries);
     let len = out.len() as u32;
     out.extend_from_slice(&len.to_le_bytes());
@@ -197,6 +236,36 @@ mod tests {
         let enc = idx.encode();
         assert_eq!(IndexFile::decode(&enc).unwrap(), idx);
         assert!(IndexFile::decode(&enc[..enc.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn variable_length_chunks_round_trip() {
+        let entries = vec![
+            IndexEntry {
+                id: ChunkId([1; 32]),
+                frame_offset: 0,
+                frame_len: 9,
+                offset: 0,
+                len: 100,
+            },
+            IndexEntry {
+                id: ChunkId([2; 32]),
+                frame_offset: 0,
+                frame_len: 9,
+                offset: 100,
+                len: 7,
+            },
+            IndexEntry {
+                id: ChunkId([3; 32]),
+                frame_offset: 9,
+                frame_len: 3,
+                offset: 0,
+                len: 4096,
+            },
+        ];
+        let mut pack = vec![0u8; 12];
+        pack.extend(encode_pack_trailer(&entries));
+        assert_eq!(decode_pack_trailer(&pack).unwrap().0, entries);
     }
 
     #[test]

@@ -15,8 +15,8 @@ pub enum PageMapKind {
 /// The mapping from page number to chunk id, whole or as a change set.
 ///
 /// Encoding (little endian): `"SQLVMAP1"`, kind `u8` (0 full, 1 delta),
-/// `page_count u32`, `entry_count u32`, then `entry_count` × (`pgno u32`, `chunk id [32]`),
-/// pgno ascending.
+/// `page_count u32`, `entry_count u32`, then for a full map `page_count` × `chunk id [32]`
+/// in page order, for a delta `entry_count` × (`pgno u32`, `chunk id [32]`), pgno ascending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageMap {
     /// Full or delta.
@@ -39,7 +39,9 @@ impl PageMap {
         out.extend_from_slice(&self.page_count.to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for (pgno, id) in &self.entries {
-            out.extend_from_slice(&pgno.to_le_bytes());
+            if self.kind == PageMapKind::Delta {
+                out.extend_from_slice(&pgno.to_le_bytes());
+            }
             out.extend_from_slice(&id.0);
         }
         out
@@ -58,13 +60,21 @@ impl PageMap {
         let page_count = u32::from_le_bytes(bytes[9..13].try_into().unwrap());
         let n = u32::from_le_bytes(bytes[13..17].try_into().unwrap()) as usize;
         let body = &bytes[17..];
-        if body.len() != n * 36 {
+        let rec = if kind == PageMapKind::Full { 32 } else { 36 };
+        if kind == PageMapKind::Full && n != page_count as usize {
+            return Err(FormatError::malformed(KIND, "full map does not list every page"));
+        }
+        if body.len() != n * rec {
             return Err(FormatError::malformed(KIND, "length does not match entry count"));
         }
         let mut entries = Vec::with_capacity(n);
         let mut last = 0u32;
-        for rec in body.chunks_exact(36) {
-            let pgno = u32::from_le_bytes(rec[..4].try_into().unwrap());
+        for (i, r) in body.chunks_exact(rec).enumerate() {
+            let (pgno, id) = if rec == 32 {
+                (i as u32 + 1, r)
+            } else {
+                (u32::from_le_bytes(r[..4].try_into().unwrap()), &r[4..])
+            };
             if pgno <= last || pgno > page_count {
                 return Err(FormatError::malformed(
                     KIND,
@@ -72,10 +82,7 @@ impl PageMap {
                 ));
             }
             last = pgno;
-            entries.push((pgno, ChunkId(rec[4..].try_into().unwrap())));
-        }
-        if kind == PageMapKind::Full && n != page_count as usize {
-            return Err(FormatError::malformed(KIND, "full map does not list every page"));
+            entries.push((pgno, ChunkId(id.try_into().unwrap())));
         }
         Ok(PageMap {
             kind,
@@ -110,6 +117,19 @@ impl PageMap {
         }
     }
 
+    /// Encodes a full map of `pages` directly, without building the entry list.
+    pub fn encode_full(pages: &[ChunkId]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(17 + pages.len() * 32);
+        out.extend_from_slice(MAGIC);
+        out.push(0);
+        out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+        for id in pages {
+            out.extend_from_slice(&id.0);
+        }
+        out
+    }
+
     /// A full map of `current`.
     pub fn full(current: &[ChunkId]) -> PageMap {
         PageMap {
@@ -132,7 +152,8 @@ mod tests {
     fn full_then_delta_reconstructs_current() {
         let base = vec![id(1), id(2), id(3)];
         let current = vec![id(1), id(9), id(3), id(4)];
-        let full = PageMap::decode(&PageMap::full(&base).encode()).unwrap();
+        assert_eq!(PageMap::encode_full(&base), PageMap::full(&base).encode());
+        let full = PageMap::decode(&PageMap::encode_full(&base)).unwrap();
         let delta = PageMap::decode(&PageMap::delta(&base, &current).encode()).unwrap();
         assert_eq!(delta.entries.len(), 2);
         let mut pages = Vec::new();
@@ -156,8 +177,8 @@ mod tests {
     fn truncated_or_unordered_maps_are_rejected() {
         let enc = PageMap::full(&[id(1), id(2)]).encode();
         assert!(PageMap::decode(&enc[..enc.len() - 1]).is_err());
-        let mut bad = enc.clone();
-        bad[17] = 2; // first pgno 2, second pgno 2: not ascending
+        let mut bad = PageMap::delta(&[id(1), id(2)], &[id(3), id(4)]).encode();
+        bad[17 + 36] = 1; // second pgno 1 after first pgno 1: not ascending
         assert!(PageMap::decode(&bad).is_err());
         assert!(matches!(
             PageMap::decode(b"nonsense-bytes-here"),

@@ -59,38 +59,66 @@ fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// Values are encoded into a buffer and fed to BLAKE3 in large blocks: one `update`
+/// per value costs more than the hashing itself (measured: 4.3 s → see benchmarks).
+struct Sink<'a> {
+    h: &'a mut blake3::Hasher,
+    buf: Vec<u8>,
+}
+
+impl Sink<'_> {
+    #[inline]
+    fn put(&mut self, b: &[u8]) {
+        if self.buf.len() + b.len() > self.buf.capacity() {
+            self.flush();
+            if b.len() >= self.buf.capacity() {
+                self.h.update(b);
+                return;
+            }
+        }
+        self.buf.extend_from_slice(b);
+    }
+    fn flush(&mut self) {
+        self.h.update(&self.buf);
+        self.buf.clear();
+    }
+}
+
 fn hash_rows(h: &mut blake3::Hasher, stmt: &mut rusqlite::Statement<'_>) -> rusqlite::Result<()> {
     let n = stmt.column_count();
+    let mut sink = Sink {
+        h,
+        buf: Vec::with_capacity(64 * 1024),
+    };
     let mut rows = stmt.raw_query();
     while let Some(row) = rows.next()? {
-        h.update(b"R");
-        h.update(&(n as u32).to_le_bytes());
+        sink.put(b"R");
+        sink.put(&(n as u32).to_le_bytes());
         for i in 0..n {
             match row.get_ref(i)? {
-                ValueRef::Null => {
-                    h.update(&[0]);
-                }
+                ValueRef::Null => sink.put(&[0]),
                 ValueRef::Integer(v) => {
-                    h.update(&[1]);
-                    h.update(&v.to_le_bytes());
+                    sink.put(&[1]);
+                    sink.put(&v.to_le_bytes());
                 }
                 ValueRef::Real(v) => {
-                    h.update(&[2]);
-                    h.update(&v.to_bits().to_le_bytes());
+                    sink.put(&[2]);
+                    sink.put(&v.to_bits().to_le_bytes());
                 }
                 ValueRef::Text(b) => {
-                    h.update(&[3]);
-                    h.update(&(b.len() as u64).to_le_bytes());
-                    h.update(b);
+                    sink.put(&[3]);
+                    sink.put(&(b.len() as u64).to_le_bytes());
+                    sink.put(b);
                 }
                 ValueRef::Blob(b) => {
-                    h.update(&[4]);
-                    h.update(&(b.len() as u64).to_le_bytes());
-                    h.update(b);
+                    sink.put(&[4]);
+                    sink.put(&(b.len() as u64).to_le_bytes());
+                    sink.put(b);
                 }
             }
         }
     }
+    sink.flush();
     Ok(())
 }
 

@@ -203,37 +203,118 @@ impl Source {
         F: FnMut(u32, &[u8]) -> Result<(), E>,
     {
         let info = read_info(&self.conn).map_err(|e| SnapshotError::Db(self.err(e)))?;
-        {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT pgno, data FROM sqlite_dbpage('main')")
-                .map_err(|e| SnapshotError::Db(self.err(e)))?;
-            let mut rows = stmt.raw_query();
-            let mut expect = 1u32;
-            while let Some(row) = rows.next().map_err(|e| SnapshotError::Db(self.err(e)))? {
-                let pgno: i64 = row.get(0).map_err(|e| SnapshotError::Db(self.err(e)))?;
-                let data = row
-                    .get_ref(1)
-                    .and_then(|v| Ok(v.as_blob()?))
-                    .map_err(|e| SnapshotError::Db(self.err(e)))?;
-                if pgno as u32 != expect || data.len() != info.page_size as usize {
-                    return Err(SnapshotError::Db(SqliteError::Inconsistent {
-                        path: self.path.clone(),
-                        detail: format!("sqlite_dbpage returned page {pgno} out of order"),
-                    }));
+        // A second connection pinned to this transaction's snapshot computes the
+        // checksum while pages stream; without the snapshot API it runs afterwards.
+        let twin = self.pinned_twin();
+        std::thread::scope(|scope| {
+            let side = twin.map(|conn| {
+                scope.spawn(move || {
+                    let t = std::time::Instant::now();
+                    let r = logical_checksum(&conn);
+                    let _ = conn.execute_batch("COMMIT");
+                    tracing::debug!(seconds = t.elapsed().as_secs_f64(), "logical checksum (parallel)");
+                    r
+                })
+            });
+            self.stream_dbpage(&info, page)?;
+            let sum = match side {
+                Some(h) => h.join().expect("checksum thread panicked"),
+                None => {
+                    let t = std::time::Instant::now();
+                    let r = logical_checksum(&self.conn);
+                    tracing::debug!(seconds = t.elapsed().as_secs_f64(), "logical checksum");
+                    r
                 }
-                page(expect, data).map_err(SnapshotError::Consumer)?;
-                expect += 1;
             }
-            if expect - 1 != info.page_count {
-                return Err(SnapshotError::Db(SqliteError::Inconsistent {
-                    path: self.path.clone(),
-                    detail: "sqlite_dbpage returned fewer pages than page_count".into(),
-                }));
+            .map_err(|e| SnapshotError::Db(self.err(e)))?;
+            Ok((info, sum))
+        })
+    }
+
+    #[cfg(sqlvault_snapshot)]
+    fn pinned_twin(&self) -> Option<Connection> {
+        use rusqlite::ffi;
+        let twin = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .ok()?;
+        twin.busy_timeout(self.opts.busy_timeout).ok()?;
+        twin.execute_batch("BEGIN").ok()?;
+        let main = c"main";
+        let mut snap: *mut ffi::sqlite3_snapshot = std::ptr::null_mut();
+        // SAFETY: both handles are open connections owned by this thread; `snap` is
+        // freed below on every path; the source connection holds its read
+        // transaction, which keeps the snapshot valid until we open it.
+        unsafe {
+            let rc = ffi::sqlite3_snapshot_get(self.conn.handle(), main.as_ptr(), &mut snap);
+            if rc != ffi::SQLITE_OK {
+                // SQLite refuses a snapshot of a WAL with no frames: the source reads
+                // the main file only, and a reader at that mark stops every checkpoint
+                // from changing the file. The twin then sees the same state exactly
+                // when its own view of the WAL is empty too, which its own
+                // snapshot_get failing the same way tells us.
+                twin.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+                    .ok()?;
+                let mut probe: *mut ffi::sqlite3_snapshot = std::ptr::null_mut();
+                let rc2 = ffi::sqlite3_snapshot_get(twin.handle(), main.as_ptr(), &mut probe);
+                if rc2 == ffi::SQLITE_OK {
+                    ffi::sqlite3_snapshot_free(probe);
+                    tracing::debug!("the WAL grew between the two transactions; checksum runs after the pages");
+                    return None;
+                }
+                return Some(twin);
+            }
+            let rc = ffi::sqlite3_snapshot_open(twin.handle(), main.as_ptr(), snap);
+            ffi::sqlite3_snapshot_free(snap);
+            if rc != ffi::SQLITE_OK {
+                tracing::debug!(rc, "sqlite3_snapshot_open failed; checksum runs after the pages");
+                return None;
             }
         }
-        let sum = logical_checksum(&self.conn).map_err(|e| SnapshotError::Db(self.err(e)))?;
-        Ok((info, sum))
+        // The read transaction starts on the pinned snapshot with the first read.
+        twin.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+            .ok()?;
+        Some(twin)
+    }
+
+    #[cfg(not(sqlvault_snapshot))]
+    fn pinned_twin(&self) -> Option<Connection> {
+        None
+    }
+
+    fn stream_dbpage<E, F>(&self, info: &DbInfo, page: &mut F) -> Result<(), SnapshotError<E>>
+    where
+        F: FnMut(u32, &[u8]) -> Result<(), E>,
+    {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT pgno, data FROM sqlite_dbpage('main')")
+            .map_err(|e| SnapshotError::Db(self.err(e)))?;
+        let mut rows = stmt.raw_query();
+        let mut expect = 1u32;
+        while let Some(row) = rows.next().map_err(|e| SnapshotError::Db(self.err(e)))? {
+            let pgno: i64 = row.get(0).map_err(|e| SnapshotError::Db(self.err(e)))?;
+            let data = row
+                .get_ref(1)
+                .and_then(|v| Ok(v.as_blob()?))
+                .map_err(|e| SnapshotError::Db(self.err(e)))?;
+            if pgno as u32 != expect || data.len() != info.page_size as usize {
+                return Err(SnapshotError::Db(SqliteError::Inconsistent {
+                    path: self.path.clone(),
+                    detail: format!("sqlite_dbpage returned page {pgno} out of order"),
+                }));
+            }
+            page(expect, data).map_err(SnapshotError::Consumer)?;
+            expect += 1;
+        }
+        if expect - 1 != info.page_count {
+            return Err(SnapshotError::Db(SqliteError::Inconsistent {
+                path: self.path.clone(),
+                detail: "sqlite_dbpage returned fewer pages than page_count".into(),
+            }));
+        }
+        Ok(())
     }
 
     fn snapshot_copy<E, F>(&self, page: &mut F) -> Result<(DbInfo, [u8; 32]), SnapshotError<E>>
@@ -271,9 +352,36 @@ impl Source {
             .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
             .map_err(|e| SnapshotError::Db(self.err(e)))?
             .to_lowercase();
-        let sum = logical_checksum(&copy).map_err(|e| SnapshotError::Db(self.err(e)))?;
-        drop(copy);
-        let f = File::open(tmp.path()).map_err(io)?;
+        // The copy is private and immutable now: checksum it on its own connection
+        // while its pages stream.
+        std::thread::scope(|scope| {
+            let sum_thread = scope.spawn(move || logical_checksum(&copy));
+            self.stream_copy(tmp.path(), &info, source_header.as_ref(), page)?;
+            let sum = sum_thread
+                .join()
+                .expect("checksum thread panicked")
+                .map_err(|e| SnapshotError::Db(self.err(e)))?;
+            Ok((info, sum))
+        })
+    }
+
+    fn stream_copy<E, F>(
+        &self,
+        path: &Path,
+        info: &DbInfo,
+        source_header: Option<&[u8; 100]>,
+        page: &mut F,
+    ) -> Result<(), SnapshotError<E>>
+    where
+        F: FnMut(u32, &[u8]) -> Result<(), E>,
+    {
+        let io = |source| {
+            SnapshotError::Db(SqliteError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let f = File::open(path).map_err(io)?;
         let ps = info.page_size as usize;
         let batch = (1 << 20) / ps.max(1);
         let mut buf = vec![0u8; ps * batch.max(1)];
@@ -293,7 +401,7 @@ impl Source {
                     // back so the snapshot holds exactly the source's pages. In WAL mode
                     // the newest header may live in the WAL, so only the mode bytes are set.
                     let mut p1 = p.to_vec();
-                    match &source_header {
+                    match source_header {
                         Some(h) => p1[..100].copy_from_slice(h),
                         None => {
                             let v = if info.journal_mode == "wal" { 2 } else { 1 };
@@ -308,7 +416,7 @@ impl Source {
             }
             pgno += n as u32;
         }
-        Ok((info, sum))
+        Ok(())
     }
 }
 
