@@ -408,6 +408,7 @@ fn restore_pack(
         .map_err(|e| crypt_err(&what, e))?;
     needs.sort_by_key(|n| (n.entry.frame_offset, n.entry.offset));
     let mut runs: Vec<(u32, u32)> = Vec::new();
+    let mut pos = 0u64;
     let mut i = 0;
     while i < needs.len() {
         let e = needs[i].entry;
@@ -418,9 +419,14 @@ fn restore_pack(
             j += 1;
         }
         frame.resize(e.frame_len as usize, 0);
-        r.seek(SeekFrom::Start(e.frame_offset))
-            .and_then(|_| r.read_exact(frame))
-            .map_err(|err| corrupt(&what, err))?;
+        // Frames are visited in order: seek only over frames this restore does not
+        // need (a seek drops age's decrypted chunk and decrypts it again).
+        if pos != e.frame_offset {
+            r.seek(SeekFrom::Start(e.frame_offset))
+                .map_err(|err| corrupt(&what, err))?;
+        }
+        r.read_exact(frame).map_err(|err| corrupt(&what, err))?;
+        pos = e.frame_offset + e.frame_len as u64;
         // Bound what a (possibly forged) frame may expand to: a frame holds at most a
         // few MiB of pages, so 16 MiB or the furthest chunk we need, whichever is larger.
         dec.decompress_into(frame, plain, max_end.max(16 << 20))
