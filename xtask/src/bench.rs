@@ -21,6 +21,20 @@ pub struct BenchArgs {
     /// Fraction of order rows updated at random for the incremental row.
     #[arg(long, default_value_t = 0.01)]
     update_fraction: f64,
+    /// Run the whole scenario this many times and report medians.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+}
+
+/// Flushes dirty pages so one step's writeback does not land in the next step's time.
+fn settle() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
 }
 
 /// Wall seconds, CPU seconds, peak RSS (KiB) of a finished child and its reaped children.
@@ -130,10 +144,6 @@ fn changed_pages(before: &Path, after: &Path, page_size: usize) -> Result<(u64, 
     Ok((changed, total, compressed))
 }
 
-fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / 1048576.0)
-}
-
 pub fn run(a: BenchArgs) -> Result<()> {
     for tool in ["sqlite3", "zstd", "age"] {
         if Command::new(tool)
@@ -164,9 +174,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
         )?;
         eprintln!("bench: generated in {:.1}s", t.elapsed().as_secs_f64());
     }
-    fs::copy(&pristine, &db)?;
-    let _ = fs::remove_file(dir.join(format!("bench-{}m.db-wal", a.size_mib)));
-    let db_size = fs::metadata(&db)?.len();
+    let mut runs = Vec::new();
+    for r in 0..a.repeat.max(1) {
+        eprintln!("bench: run {} of {}", r + 1, a.repeat.max(1));
+        runs.push(scenario(&bin, &dir, &pristine, &db, a.size_mib, a.update_fraction)?);
+    }
+    fs::write(
+        dir.join(format!("results-{}m.json", a.size_mib)),
+        serde_json::to_vec_pretty(&runs)?,
+    )?;
+    report(&runs, a.size_mib)
+}
+
+fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, size_mib: u64, update_fraction: f64) -> Result<Value> {
+    fs::copy(pristine, db)?;
+    let _ = fs::remove_file(dir.join(format!("bench-{}m.db-wal", size_mib)));
+    let db_size = fs::metadata(db)?.len();
     let work = dir.join("work");
     if work.exists() {
         fs::remove_dir_all(&work)?;
@@ -174,7 +197,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     fs::create_dir_all(&work)?;
     let home = work.join("home");
     let sv = |args: &[&str]| {
-        let mut c = Command::new(&bin);
+        let mut c = Command::new(bin);
         c.args(args).env("SQLVAULT_HOME", &home);
         c
     };
@@ -186,7 +209,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let (dbs, keys, w) = (db.to_str().unwrap(), key.to_str().unwrap(), work.to_str().unwrap());
 
     // Peer: sqlite3 .backup, then zstd -3 -T0 | age.
+    settle();
     let peer_backup = measure(&mut sh(&format!("sqlite3 '{dbs}' \".backup '{w}/tmp.db'\"")))?;
+    settle();
     let peer_compress = measure(&mut sh(&format!(
         "zstd -q -3 -T0 < '{w}/tmp.db' | age -r {recipient} > '{w}/peer.age'"
     )))?;
@@ -199,17 +224,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let repo = work.join("repo");
     let repos = repo.to_str().unwrap();
     measure(sv(&["init", repos, "-r", &recipient]).stdout(Stdio::null()))?;
+    settle();
     let full = measure(&mut sv(&["backup", dbs, repos, "--json"]))?;
     let full_j: Value = serde_json::from_str(&full.stdout)?;
     let repo_size = dir_size(&repo);
     let page_size = full_j["page_size"].as_u64().unwrap_or(4096) as usize;
 
     // 1% of rows updated at random; the pages that really changed, compressed.
-    fs::copy(&db, work.join("before.db"))?;
-    let rows = sqlvault_testkit::update_random(&db, a.update_fraction, 99)?;
-    checkpoint(&db)?;
-    let (changed, total_pages, changed_zstd) = changed_pages(&work.join("before.db"), &db, page_size)?;
+    fs::copy(db, work.join("before.db"))?;
+    let rows = sqlvault_testkit::update_random(db, update_fraction, 99)?;
+    checkpoint(db)?;
+    let (changed, total_pages, changed_zstd) = changed_pages(&work.join("before.db"), db, page_size)?;
     fs::remove_file(work.join("before.db"))?;
+    settle();
     let inc = measure(&mut sv(&["backup", dbs, repos, "--json"]))?;
     let inc_j: Value = serde_json::from_str(&inc.stdout)?;
     let inc_new = inc_j["bytes_new"].as_u64().unwrap_or(0);
@@ -217,6 +244,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     // Restore: sqlvault against age -d | zstd -d of the pipeline's output.
     let restored = work.join("restored.db");
+    settle();
     let rest = measure(&mut sv(&[
         "restore",
         repos,
@@ -226,6 +254,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "--json",
     ]))?;
     let rest_j: Value = serde_json::from_str(&rest.stdout)?;
+    settle();
     let peer_restore = measure(&mut sh(&format!(
         "age -d -i '{keys}' '{w}/peer.age' | zstd -q -d -T0 > '{w}/peer.db'"
     )))?;
@@ -235,77 +264,104 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     let restore_s = rest_j["restore_seconds"].as_f64().unwrap_or(f64::NAN);
     let check_s = rest_j["check_seconds"].as_f64().unwrap_or(f64::NAN);
-    let results = json!({
+    Ok(json!({
         "db_bytes": db_size,
+        "page_size": page_size,
         "peer": {"backup_wall": peer_backup.wall, "compress_encrypt_wall": peer_compress.wall, "wall": peer_wall, "cpu": peer_cpu, "size": peer_size, "restore_wall": peer_restore.wall, "restore_cpu": peer_restore.cpu},
         "full": {"wall": full.wall, "cpu": full.cpu, "rss_kib": full.rss_kib, "repo_bytes": repo_size, "report": full_j},
-        "incremental": {"rows_updated": rows, "pages_changed": changed, "pages_total": total_pages, "changed_zstd_bytes": changed_zstd, "budget_bytes": inc_budget, "wall": inc.wall, "cpu": inc.cpu, "rss_kib": inc.rss_kib, "report": inc_j},
+        "incremental": {"rows_updated": rows, "pages_changed": changed, "pages_total": total_pages, "changed_zstd_bytes": changed_zstd, "budget_bytes": inc_budget, "bytes_new": inc_new, "wall": inc.wall, "cpu": inc.cpu, "rss_kib": inc.rss_kib, "report": inc_j},
         "restore": {"wall": rest.wall, "cpu": rest.cpu, "rss_kib": rest.rss_kib, "restore_seconds": restore_s, "check_seconds": check_s},
-    });
-    fs::write(
-        dir.join(format!("results-{}m.json", a.size_mib)),
-        serde_json::to_vec_pretty(&results)?,
-    )?;
+    }))
+}
 
+fn report(runs: &[Value], size_mib: u64) -> Result<()> {
+    let f = |path: &str| -> f64 {
+        median(
+            runs.iter()
+                .map(|r| r.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN))
+                .collect(),
+        )
+    };
+    let max = |path: &str| -> f64 {
+        runs.iter()
+            .map(|r| r.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN))
+            .fold(0.0, f64::max)
+    };
     let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
+    let (full, peer) = (f("/full/wall"), f("/peer/wall"));
+    let (repo, peer_size) = (f("/full/repo_bytes"), f("/peer/size"));
+    let (inc_new, changed_zstd, budget) = (
+        f("/incremental/bytes_new"),
+        f("/incremental/changed_zstd_bytes"),
+        f("/incremental/budget_bytes"),
+    );
+    let inc = f("/incremental/wall");
+    let (rest, peer_rest) = (f("/restore/restore_seconds"), f("/peer/restore_wall"));
+    let rss = [
+        max("/full/rss_kib"),
+        max("/incremental/rss_kib"),
+        max("/restore/rss_kib"),
+    ];
+    let mb = |b: f64| format!("{:.1} MiB", b / 1048576.0);
     println!(
-        "## sqlvault bench: {} database ({} pages of {page_size} B), WAL mode\n",
-        mib(db_size),
-        total_pages
+        "## {} MiB WAL-mode database, {} pages; medians of {} runs\n",
+        size_mib,
+        f("/incremental/pages_total"),
+        runs.len()
     );
     println!("| measure | sqlvault | peer | ratio | target |");
     println!("|---|---|---|---|---|");
     println!(
-        "| full backup wall | {:.2} s | {:.2} s (.backup {:.2} s + zstd\\|age {:.2} s) | {:.2}× | ≤ 0.70× ({}) |",
-        full.wall,
-        peer_wall,
-        peer_backup.wall,
-        peer_compress.wall,
-        full.wall / peer_wall,
-        verdict(full.wall <= 0.7 * peer_wall)
+        "| full backup wall | {full:.2} s | {peer:.2} s (.backup {:.2} s + zstd\\|age {:.2} s) | {:.2}× | ≤ 0.70× ({}) |",
+        f("/peer/backup_wall"),
+        f("/peer/compress_encrypt_wall"),
+        full / peer,
+        verdict(full <= 0.7 * peer)
     );
     println!(
         "| full backup CPU | {:.2} s | {:.2} s | {:.2}× | |",
-        full.cpu,
-        peer_cpu,
-        full.cpu / peer_cpu
+        f("/full/cpu"),
+        f("/peer/cpu"),
+        f("/full/cpu") / f("/peer/cpu")
     );
     println!(
         "| stored size | {} | {} | {:.3}× | within 10% ({}) |",
-        mib(repo_size),
-        mib(peer_size),
-        repo_size as f64 / peer_size as f64,
-        verdict((repo_size as f64) <= 1.1 * peer_size as f64)
+        mb(repo),
+        mb(peer_size),
+        repo / peer_size,
+        verdict(repo <= 1.1 * peer_size)
     );
     println!(
-        "| incremental stored ({rows} rows updated, {changed} of {total_pages} pages changed) | {} | changed pages zstd -3: {} | {:.2}× | ≤ 1.25× + 1 MiB = {} ({}) |",
-        mib(inc_new),
-        mib(changed_zstd),
-        inc_new as f64 / changed_zstd.max(1) as f64,
-        mib(inc_budget),
-        verdict(inc_new <= inc_budget)
+        "| incremental stored ({} rows updated, {} of {} pages changed) | {} | changed pages, zstd -3: {} | {:.2}× | ≤ 1.25× + 1 MiB = {} ({}) |",
+        f("/incremental/rows_updated"),
+        f("/incremental/pages_changed"),
+        f("/incremental/pages_total"),
+        mb(inc_new),
+        mb(changed_zstd),
+        inc_new / changed_zstd.max(1.0),
+        mb(budget),
+        verdict(inc_new <= budget)
     );
     println!(
-        "| incremental wall | {:.2} s | full backup {:.2} s | {:.2}× | ≤ 0.50× ({}) |",
-        inc.wall,
-        full.wall,
-        inc.wall / full.wall,
-        verdict(inc.wall <= 0.5 * full.wall)
+        "| incremental wall | {inc:.2} s | full backup {full:.2} s | {:.2}× | ≤ 0.50× ({}) |",
+        inc / full,
+        verdict(inc <= 0.5 * full)
     );
     println!(
-        "| restore (fetch, decrypt, decompress, write, fsync) | {:.2} s | age -d \\| zstd -d {:.2} s | {:.2}× | ≤ 1.0× ({}) |",
-        restore_s,
-        peer_restore.wall,
-        restore_s / peer_restore.wall,
-        verdict(restore_s <= peer_restore.wall)
+        "| restore (fetch, decrypt, decompress, write, fsync) | {rest:.2} s | age -d \\| zstd -d {peer_rest:.2} s | {:.2}× | ≤ 1.0× ({}) |",
+        rest / peer_rest,
+        verdict(rest <= peer_rest)
     );
-    println!("| restore integrity_check + logical checksum | {check_s:.2} s | | | timed separately |");
     println!(
-        "| peak RSS backup / incremental / restore | {} / {} / {} MiB | | | ≤ 128 MiB ({}) |",
-        full.rss_kib / 1024,
-        inc.rss_kib / 1024,
-        rest.rss_kib / 1024,
-        verdict(full.rss_kib.max(inc.rss_kib).max(rest.rss_kib) <= 128 * 1024)
+        "| restore: integrity_check + logical checksum | {:.2} s | | | timed separately |",
+        f("/restore/check_seconds")
+    );
+    println!(
+        "| peak RSS backup / incremental / restore (max of runs) | {:.0} / {:.0} / {:.0} MiB | | | ≤ 128 MiB ({}) |",
+        rss[0] / 1024.0,
+        rss[1] / 1024.0,
+        rss[2] / 1024.0,
+        verdict(rss.iter().all(|&r| r <= 128.0 * 1024.0))
     );
     Ok(())
 }

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Formatting, lints and the whole test suite (what .ci/run calls). Installs the
-    /// test prerequisites (moto server, age, zstd, sqlite3) when they are missing.
+    /// test prerequisites (moto, azurite, age, zstd, sqlite3) when they are missing.
     Ci,
     /// The main job on the embedded default: backup, incremental backup, restore,
     /// verify and check of a generated database in a local-disk repository.
@@ -116,6 +116,20 @@ fn ensure_test_tools() -> Result<()> {
     if !have("moto_server") {
         eprintln!("xtask: installing moto[server] from PyPI");
         sh(Command::new("python3").args(["-m", "pip", "install", "-q", "moto[server]"]))?;
+    }
+    let has_azure_sdk = Command::new("python3")
+        .args(["-c", "import azure.storage.blob"])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !has_azure_sdk {
+        eprintln!("xtask: installing azure-storage-blob from PyPI");
+        sh(Command::new("python3").args(["-m", "pip", "install", "-q", "azure-storage-blob"]))?;
+    }
+    if !have("azurite-blob") {
+        eprintln!("xtask: installing azurite from npm");
+        sh(Command::new("npm").args(["install", "-g", "--silent", "azurite"]))?;
     }
     if !have("python3") {
         bail!("python3 is required by the tests");

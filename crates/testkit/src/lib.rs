@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 
+mod flaky;
+pub use flaky::FlakyStore;
+
 /// SplitMix64: tiny, seeded, good enough for test data.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -327,4 +330,88 @@ fn http(port: u16, method: &str, path: &str) -> Result<u16, String> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| "no HTTP status".to_string())
+}
+
+/// An azurite blob server on 127.0.0.1 with in-memory storage, stopped on drop.
+#[derive(Debug)]
+pub struct AzuriteServer {
+    child: Child,
+    /// Port it listens on.
+    pub port: u16,
+}
+
+/// The emulator's well-known development account key (public, documented by Microsoft).
+const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+impl AzuriteServer {
+    /// Starts `azurite-blob` and waits until it answers. Fails loudly, never skips.
+    pub fn start() -> Result<AzuriteServer, String> {
+        let port = free_port();
+        let child = Command::new("azurite-blob")
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--silent",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start azurite-blob (npm install -g azurite): {e}"))?;
+        let mut s = AzuriteServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(format!("azurite-blob exited early: {status}"));
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err("azurite-blob did not answer within 30s".into())
+    }
+
+    /// Creates a container (through the Python Azure SDK: creating one needs a signed
+    /// request, which object_store does not offer).
+    pub fn create_container(&self, name: &str) -> Result<(), String> {
+        let conn = format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{}/devstoreaccount1;",
+            self.port
+        );
+        let script = "import sys\nfrom azure.storage.blob import BlobServiceClient\nBlobServiceClient.from_connection_string(sys.argv[1]).create_container(sys.argv[2])\n";
+        let out = Command::new("python3")
+            .args(["-c", script, &conn, name])
+            .output()
+            .map_err(|e| format!("python3: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "create container {name} (pip install azure-storage-blob): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Environment for object_store's Azure client against this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AZURE_STORAGE_USE_EMULATOR".into(), "true".into()),
+            (
+                "AZURITE_BLOB_STORAGE_URL".into(),
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+        ]
+    }
+}
+
+impl Drop for AzuriteServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,114 @@
+//! A fault-injecting [`ObjectStore`]: every `n`th request fails with a transient error,
+//! or every request fails with a permanent one. Proves the retry and crash claims
+//! against the real engine without a network.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use futures::stream::{BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
+    PutOptions, PutPayload, PutResult, Result,
+};
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct FlakyStore {
+    inner: Arc<dyn ObjectStore>,
+    every: u64,
+    calls: AtomicU64,
+    injected: AtomicU64,
+    permanent: AtomicBool,
+}
+
+impl FlakyStore {
+    /// Fails every `every`th request (0 = never) with a transient error.
+    pub fn new(inner: Arc<dyn ObjectStore>, every: u64) -> Self {
+        FlakyStore {
+            inner,
+            every,
+            calls: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+            permanent: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on every request fails with a permanent error (or not).
+    pub fn set_permanent(&self, yes: bool) {
+        self.permanent.store(yes, Ordering::SeqCst);
+    }
+
+    /// Failures injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    fn gate(&self) -> Result<()> {
+        if self.permanent.load(Ordering::SeqCst) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(object_store::Error::PermissionDenied {
+                path: "flaky".into(),
+                source: "injected permanent failure".into(),
+            });
+        }
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.every > 0 && n.is_multiple_of(self.every) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(object_store::Error::Generic {
+                store: "flaky",
+                source: "injected transient failure".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for FlakyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FlakyStore({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FlakyStore {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+        self.gate()?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
+        self.gate()?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.gate()?;
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+        if let Err(e) = self.gate() {
+            return futures::stream::once(async move { Err(e) }).boxed();
+        }
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        if let Err(e) = self.gate() {
+            return futures::stream::once(async move { Err(e) }).boxed();
+        }
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.gate()?;
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.gate()?;
+        self.inner.copy_opts(from, to, options).await
+    }
+}
