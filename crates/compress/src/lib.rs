@@ -99,6 +99,11 @@ impl FrameDecompressor {
     }
 }
 
+/// The decompressed size a frame declares in its header, if it does.
+pub fn frame_content_size(frame: &[u8]) -> Option<u64> {
+    zstd::zstd_safe::get_frame_content_size(frame).ok().flatten()
+}
+
 /// Streaming zstd writer. Call [`CompressWriter::finish`]: without it the frame has no
 /// end and every decoder reports it as truncated.
 pub struct CompressWriter<W: Write> {
@@ -154,6 +159,7 @@ mod tests {
         let mut frame = vec![9, 9]; // appending keeps what is there
         let n = c.compress_into(&data, &mut frame).unwrap();
         assert_eq!(frame.len(), n + 2);
+        assert_eq!(frame_content_size(&frame[2..]), Some(data.len() as u64));
         assert!(n < data.len() / 4);
         let mut d = FrameDecompressor::new().unwrap();
         let mut out = Vec::new();

@@ -465,16 +465,23 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
 
     // Page map: a delta against this host's last snapshot of the same name when that is
     // small and the chain short, a full map otherwise.
-    let (map_pt, mut maps, parent_id, map_kind) = match &parent {
-        Some(p) if p.page_size == info.page_size && p.maps.len() < opts.max_chain => {
-            let delta = PageMap::delta(&p.pages, &pages);
-            if delta.entries.len() <= pages.len() / 2 {
-                (delta.encode(), p.maps.clone(), Some(p.snapshot), "delta")
-            } else {
-                (PageMap::encode_full(&pages), Vec::new(), Some(p.snapshot), "full")
-            }
-        }
-        _ => (PageMap::encode_full(&pages), Vec::new(), None, "full"),
+    // Compared on a blocking thread: the parent's table is streamed from disk.
+    let (delta, pages, parent) = {
+        let (max_chain, page_size) = (opts.max_chain, info.page_size);
+        tokio::task::spawn_blocking(move || {
+            let delta = match &parent {
+                Some(p) if p.page_size == page_size && p.maps.len() < max_chain => p.delta(&pages, pages.len() / 2),
+                _ => None,
+            };
+            (delta, pages, parent)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "delta computation panicked").with_source(e))?
+    };
+    let parent_id = parent.as_ref().map(|p| p.snapshot);
+    let (map_pt, mut maps, map_kind) = match (delta, &parent) {
+        (Some(d), Some(p)) => (d.encode(), p.maps.clone(), "delta"),
+        _ => (PageMap::encode_full(&pages), Vec::new(), "full"),
     };
     drop(parent);
     let map_id = ObjectId::random();
@@ -533,13 +540,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     let cache_result = tokio::task::spawn_blocking(move || -> Result<()> {
         known.merge(pack_ids, new_ids);
         known.save(&rid)?;
-        ParentCache {
-            snapshot: snapshot_id,
-            maps,
-            page_size,
-            pages,
-        }
-        .save(&rid, &n)
+        ParentCache::save(&rid, &n, snapshot_id, &maps, page_size, &pages)
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, "internal", "cache writer panicked").with_source(e))?;

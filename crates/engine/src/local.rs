@@ -49,21 +49,25 @@ pub(crate) fn mkdir_private(p: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename), mode 0600.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_private_with(path, |w| w.write_all(bytes))
+}
+
+/// Like [`write_private`], streaming what `fill` writes (no copy of large state).
+pub(crate) fn write_private_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     let dir = path.parent().expect("state files live in a directory");
     mkdir_private(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap().to_string_lossy(),
-        std::process::id()
-    ));
+    let name = path.file_name().unwrap().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let r = (|| {
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(bytes)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         fs::rename(&tmp, path)
     })();
@@ -194,48 +198,40 @@ impl KnownChunks {
     }
 
     pub(crate) fn save(&self, repo_id: &str) -> Result<()> {
-        let mut out = Vec::with_capacity(12 + self.packs.len() * 16 + self.ids.len() * 32);
-        out.extend_from_slice(KNOWN_MAGIC);
-        out.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
-        for p in &self.packs {
-            out.extend_from_slice(&p.0);
-        }
-        for id in &self.ids {
-            out.extend_from_slice(&id.0);
-        }
-        write_private(&cache_dir(repo_id).join("known"), &out)
+        write_private_with(&cache_dir(repo_id).join("known"), |w| {
+            w.write_all(KNOWN_MAGIC)?;
+            w.write_all(&(self.packs.len() as u32).to_le_bytes())?;
+            for p in &self.packs {
+                w.write_all(&p.0)?;
+            }
+            for id in &self.ids {
+                w.write_all(&id.0)?;
+            }
+            Ok(())
+        })
     }
 
-    /// Adds newly stored chunks and their packs, keeping ids sorted.
-    pub(crate) fn merge(&mut self, packs: impl IntoIterator<Item = ObjectId>, mut new: Vec<ChunkId>) {
+    /// Adds newly stored chunks and their packs, keeping ids sorted (in place: no
+    /// second copy of the set).
+    pub(crate) fn merge(&mut self, packs: impl IntoIterator<Item = ObjectId>, new: Vec<ChunkId>) {
         self.packs.extend(packs);
-        new.sort_unstable();
-        let old = std::mem::take(&mut self.ids);
-        let mut merged = Vec::with_capacity(old.len() + new.len());
-        let (mut i, mut j) = (0, 0);
-        while i < old.len() || j < new.len() {
-            let next = if j >= new.len() || (i < old.len() && old[i] <= new[j]) {
-                i += 1;
-                old[i - 1]
-            } else {
-                j += 1;
-                new[j - 1]
-            };
-            if merged.last() != Some(&next) {
-                merged.push(next);
-            }
-        }
-        self.ids = merged;
+        self.ids.reserve_exact(new.len());
+        self.ids.extend(new);
+        self.ids.sort_unstable();
+        self.ids.dedup();
     }
 }
 
-/// The last snapshot this host made of one database name.
+/// The last snapshot this host made of one database name: its maps and page table.
+/// The page table stays on disk; it is only ever read front to back.
 #[derive(Debug)]
 pub(crate) struct ParentCache {
     pub snapshot: ObjectId,
     pub maps: Vec<MapRef>,
     pub page_size: u32,
-    pub pages: Vec<ChunkId>,
+    path: PathBuf,
+    pages_at: u64,
+    page_count: u64,
 }
 
 fn parent_path(repo_id: &str, name: &str) -> PathBuf {
@@ -244,44 +240,121 @@ fn parent_path(repo_id: &str, name: &str) -> PathBuf {
 }
 
 impl ParentCache {
+    /// Reads the header of the cached parent of `name`, if any and well-formed.
     pub(crate) fn load(repo_id: &str, name: &str) -> Option<ParentCache> {
-        let b = fs::read(parent_path(repo_id, name)).ok()?;
-        let rest = b.strip_prefix(PARENT_MAGIC)?;
-        let snapshot = ObjectId(rest.get(..16)?.try_into().ok()?);
-        let page_size = u32::from_le_bytes(rest.get(16..20)?.try_into().ok()?);
-        let jlen = u32::from_le_bytes(rest.get(20..24)?.try_into().ok()?) as usize;
-        let maps: Vec<MapRef> = serde_json::from_slice(rest.get(24..24 + jlen)?).ok()?;
-        let rest = &rest[24 + jlen..];
-        if rest.len() % 32 != 0 {
+        use std::io::Read;
+        let path = parent_path(repo_id, name);
+        let mut f = fs::File::open(&path).ok()?;
+        let len = f.metadata().ok()?.len();
+        let mut head = [0u8; 32];
+        f.read_exact(&mut head).ok()?;
+        if &head[..8] != PARENT_MAGIC {
             return None;
         }
-        let pages = rest.chunks_exact(32).map(|c| ChunkId(c.try_into().unwrap())).collect();
-        Some(ParentCache {
+        let snapshot = ObjectId(head[8..24].try_into().ok()?);
+        let page_size = u32::from_le_bytes(head[24..28].try_into().ok()?);
+        let jlen = u32::from_le_bytes(head[28..32].try_into().ok()?) as u64;
+        let mut json = vec![0u8; jlen.min(len) as usize];
+        f.read_exact(&mut json).ok()?;
+        let maps: Vec<MapRef> = serde_json::from_slice(&json).ok()?;
+        let pages_at = 32 + jlen;
+        let rest = len.checked_sub(pages_at)?;
+        (rest % 32 == 0).then_some(ParentCache {
             snapshot,
             maps,
             page_size,
-            pages,
+            path,
+            pages_at,
+            page_count: rest / 32,
         })
     }
 
-    pub(crate) fn save(&self, repo_id: &str, name: &str) -> Result<()> {
-        let json = serde_json::to_vec(&self.maps).expect("serialises");
-        let mut out = Vec::with_capacity(32 + json.len() + self.pages.len() * 32);
-        out.extend_from_slice(PARENT_MAGIC);
-        out.extend_from_slice(&self.snapshot.0);
-        out.extend_from_slice(&self.page_size.to_le_bytes());
-        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        out.extend_from_slice(&json);
-        for id in &self.pages {
-            out.extend_from_slice(&id.0);
+    /// The pages of `current` that differ from this parent, streaming the parent's
+    /// table from disk. `None` if the file cannot be read or more than `limit` differ.
+    pub(crate) fn delta(&self, current: &[ChunkId], limit: usize) -> Option<sqlvault_format::PageMap> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::io::BufReader::with_capacity(1 << 20, fs::File::open(&self.path).ok()?);
+        f.seek(SeekFrom::Start(self.pages_at)).ok()?;
+        let mut entries = Vec::new();
+        let mut buf = [0u8; 32];
+        for (i, id) in current.iter().enumerate() {
+            let same = (i as u64) < self.page_count && {
+                f.read_exact(&mut buf).ok()?;
+                buf == id.0
+            };
+            if !same {
+                entries.push((i as u32 + 1, *id));
+                if entries.len() > limit {
+                    return None;
+                }
+            }
         }
-        write_private(&parent_path(repo_id, name), &out)
+        Some(sqlvault_format::PageMap {
+            kind: sqlvault_format::PageMapKind::Delta,
+            page_count: current.len() as u32,
+            entries,
+        })
+    }
+
+    /// Records `pages` as the parent for the next backup of `name`.
+    pub(crate) fn save(
+        repo_id: &str,
+        name: &str,
+        snapshot: ObjectId,
+        maps: &[MapRef],
+        page_size: u32,
+        pages: &[ChunkId],
+    ) -> Result<()> {
+        let json = serde_json::to_vec(maps).expect("serialises");
+        write_private_with(&parent_path(repo_id, name), |w| {
+            w.write_all(PARENT_MAGIC)?;
+            w.write_all(&snapshot.0)?;
+            w.write_all(&page_size.to_le_bytes())?;
+            w.write_all(&(json.len() as u32).to_le_bytes())?;
+            w.write_all(&json)?;
+            for id in pages {
+                w.write_all(&id.0)?;
+            }
+            Ok(())
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parent_delta_streams_from_disk() {
+        let dir = std::env::temp_dir().join(format!("sqlvault-parent-test-{}", std::process::id()));
+        let path = dir.join("p");
+        let base = [ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32])];
+        write_private_with(&path, |w| {
+            w.write_all(PARENT_MAGIC)?;
+            w.write_all(&[5; 16])?;
+            w.write_all(&4096u32.to_le_bytes())?;
+            w.write_all(&2u32.to_le_bytes())?;
+            w.write_all(b"[]")?;
+            for id in &base {
+                w.write_all(&id.0)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let p = ParentCache {
+            snapshot: ObjectId([5; 16]),
+            maps: vec![],
+            page_size: 4096,
+            path,
+            pages_at: 34,
+            page_count: 3,
+        };
+        let current = [ChunkId([1; 32]), ChunkId([9; 32]), ChunkId([3; 32]), ChunkId([4; 32])];
+        let d = p.delta(&current, 10).unwrap();
+        assert_eq!(d.entries, vec![(2, ChunkId([9; 32])), (4, ChunkId([4; 32]))]);
+        assert!(p.delta(&current, 1).is_none(), "limit exceeded");
+        let _ = fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn merge_keeps_sorted_unique() {

@@ -453,17 +453,31 @@ impl Repo {
             .collect()
     }
 
+    /// Names of the index objects.
+    pub async fn index_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .list(layout::INDEX)
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    /// One index object, decoded.
+    pub async fn load_index(&self, name: &str) -> Result<IndexFile> {
+        let key = format!("{}/{name}", layout::INDEX);
+        let ct = self.store.get(&key).await?;
+        let pt = self.decrypt(&format!("index {name}"), &ct)?;
+        IndexFile::decode(&pt).map_err(|e| corrupt(format!("index {name}"), e))
+    }
+
     /// Every index object, decoded.
     pub async fn load_indexes(&self) -> Result<Vec<IndexFile>> {
-        let names = self.store.list(layout::INDEX).await?;
-        futures::stream::iter(names.into_iter().map(|(n, _)| async move {
-            let key = format!("{}/{n}", layout::INDEX);
-            let ct = self.store.get(&key).await?;
-            let pt = self.decrypt(&format!("index {n}"), &ct)?;
-            IndexFile::decode(&pt).map_err(|e| corrupt(format!("index {n}"), e))
-        }))
-        .buffer_unordered(8)
-        .try_collect()
-        .await
+        let names = self.index_names().await?;
+        futures::stream::iter(names.iter().map(|n| self.load_index(n)))
+            .buffer_unordered(8)
+            .try_collect()
+            .await
     }
 }

@@ -240,6 +240,10 @@ impl Source {
         )
         .ok()?;
         twin.busy_timeout(self.opts.busy_timeout).ok()?;
+        // One read in autocommit first: the pager opens the WAL (and loads the schema)
+        // lazily, and sqlite3_snapshot_open fails on a connection whose WAL is not open.
+        twin.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+            .ok()?;
         twin.execute_batch("BEGIN").ok()?;
         let main = c"main";
         let mut snap: *mut ffi::sqlite3_snapshot = std::ptr::null_mut();
@@ -273,9 +277,13 @@ impl Source {
             }
         }
         // The read transaction starts on the pinned snapshot with the first read.
-        twin.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
-            .ok()?;
-        Some(twin)
+        match twin.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+            Ok(()) => Some(twin),
+            Err(e) => {
+                tracing::debug!("pinned read failed ({e}); checksum runs after the pages");
+                None
+            }
+        }
     }
 
     #[cfg(not(sqlvault_snapshot))]
@@ -429,18 +437,25 @@ impl Source {
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
             .map_err(|e| SnapshotError::Db(self.err(e)))?;
-        let header = if journal_mode.eq_ignore_ascii_case("wal") {
+        // Read the header through SQLite, never by opening the file ourselves: closing
+        // any descriptor of a file drops every POSIX lock this process holds on it,
+        // SQLite's read lock included, and a writer could then commit mid-copy.
+        let header = if journal_mode.eq_ignore_ascii_case("wal") || !self.has_dbpage() {
             None
         } else {
+            let p1: Vec<u8> = self
+                .conn
+                .query_row("SELECT data FROM sqlite_dbpage('main') WHERE pgno = 1", [], |r| {
+                    r.get(0)
+                })
+                .map_err(|e| SnapshotError::Db(self.err(e)))?;
             let mut h = [0u8; 100];
-            File::open(&self.path)
-                .and_then(|f| f.read_exact_at(&mut h, 0))
-                .map_err(|source| {
-                    SnapshotError::Db(SqliteError::Io {
-                        path: self.path.clone(),
-                        source,
-                    })
-                })?;
+            h.copy_from_slice(p1.get(..100).ok_or_else(|| {
+                SnapshotError::Db(SqliteError::Inconsistent {
+                    path: self.path.clone(),
+                    detail: "page 1 is shorter than the header".into(),
+                })
+            })?);
             Some(h)
         };
         let mut dst = Connection::open(dst_path).map_err(|e| SnapshotError::Db(self.err(e)))?;
