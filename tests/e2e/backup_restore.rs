@@ -215,11 +215,7 @@ fn restore_refuses_to_overwrite_and_force_removes_stale_wal() {
     assert!(!wal.exists() && !shm.exists());
     assert_eq!(content(&dest), content(Path::new(&db)));
     // No temporary files are left next to the destination.
-    let leftovers: Vec<_> = files(w.dir.path())
-        .into_iter()
-        .filter(|p| p.to_string_lossy().contains(".sqlvault-"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    crate::support::assert_no_leftovers(w.dir.path(), "after --force");
 }
 
 #[test]

@@ -49,11 +49,7 @@ fn byte_flips_and_truncations_are_detected_everywhere() {
             );
             w.run(&["verify", &repo, "-i", &key]).fails(6);
             w.run(&["check", &repo, "-i", &key, "--read-data"]).fails(6);
-            let leftovers: Vec<_> = files(w.dir.path())
-                .into_iter()
-                .filter(|p| p.to_string_lossy().contains(".sqlvault-"))
-                .collect();
-            assert!(leftovers.is_empty(), "{what}: {leftovers:?}");
+            crate::support::assert_no_leftovers(w.dir.path(), &what);
         }
     }
 }

@@ -151,3 +151,13 @@ pub fn content(db: &Path) -> (i64, i64, String) {
         .unwrap();
     (n, s, ok)
 }
+
+/// No temporary restore files (`.NAME.sqlvault-*.tmp`) are left anywhere under `dir`.
+#[track_caller]
+pub fn assert_no_leftovers(dir: &Path, what: &str) {
+    let leftovers: Vec<_> = files(dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".sqlvault-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{what}: {leftovers:?}");
+}

@@ -169,7 +169,6 @@ struct Batch {
 
 struct WorkerOut {
     packs: Vec<PackSection>,
-    new_ids: Vec<ChunkId>,
     bytes_stored: u64,
 }
 
@@ -239,7 +238,6 @@ impl PackBuilder {
 fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
     let mut out = WorkerOut {
         packs: Vec::new(),
-        new_ids: Vec::new(),
         bytes_stored: 0,
     };
     let r = (|| -> Result<()> {
@@ -325,7 +323,6 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
                     offset: *off,
                     len: ps as u32,
                 });
-                out.new_ids.push(*id);
             }
             if p.plain_len as usize >= opts.pack_target {
                 let sealed = pack.take().expect("present").seal()?;
@@ -438,11 +435,9 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     drop(seen);
     let filled = pages.len();
     let mut packs = Vec::new();
-    let mut new_ids = Vec::new();
     let mut bytes_new = 0u64;
     for o in outs {
         packs.extend(o.packs);
-        new_ids.extend(o.new_ids);
         bytes_new += o.bytes_stored;
     }
     if filled != info.page_count as usize || pages.iter().any(|id| id.0 == [0; 32]) {
@@ -453,10 +448,19 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         ));
     }
 
-    // Index of the packs this backup wrote.
+    // The new chunks join the in-memory known set now; it is saved only after the
+    // manifest commits. Then the index: each large buffer is dropped as soon as the
+    // next stage has it, so at most two copies of the index exist at once.
+    let pack_ids: Vec<ObjectId> = packs.iter().map(|p| p.pack).collect();
+    let chunks_new = packs.iter().map(|p| p.entries.len() as u64).sum::<u64>();
+    known.merge(
+        pack_ids.iter().copied(),
+        packs.iter().flat_map(|p| p.entries.iter().map(|e| e.id)),
+    );
     if !packs.is_empty() {
-        let idx = IndexFile { packs: packs.clone() };
-        let ct = repo.encrypt_meta(&idx.encode())?;
+        let pt = IndexFile { packs }.encode();
+        let ct = repo.encrypt_meta(&pt)?;
+        drop(pt);
         bytes_new += ct.len() as u64;
         repo.store
             .put(&layout::index(&ObjectId::random()), Bytes::from(ct))
@@ -493,7 +497,6 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         mac: hex::encode(repo.keys.mac(&map_pt)),
     });
 
-    let chunks_new = new_ids.len() as u64;
     let snapshot_id = ObjectId::random();
     let mut manifest = Manifest {
         version: FORMAT_VERSION,
@@ -535,10 +538,8 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     let rid = repo_id.clone();
     let page_size = info.page_size;
     let n = name.clone();
-    let pack_ids: Vec<ObjectId> = packs.iter().map(|p| p.pack).collect();
     let packs_new = pack_ids.len() as u64;
     let cache_result = tokio::task::spawn_blocking(move || -> Result<()> {
-        known.merge(pack_ids, new_ids);
         known.save(&rid)?;
         ParentCache::save(&rid, &n, snapshot_id, &maps, page_size, &pages)
     })

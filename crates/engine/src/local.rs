@@ -213,9 +213,8 @@ impl KnownChunks {
 
     /// Adds newly stored chunks and their packs, keeping ids sorted (in place: no
     /// second copy of the set).
-    pub(crate) fn merge(&mut self, packs: impl IntoIterator<Item = ObjectId>, new: Vec<ChunkId>) {
+    pub(crate) fn merge(&mut self, packs: impl IntoIterator<Item = ObjectId>, new: impl IntoIterator<Item = ChunkId>) {
         self.packs.extend(packs);
-        self.ids.reserve_exact(new.len());
         self.ids.extend(new);
         self.ids.sort_unstable();
         self.ids.dedup();

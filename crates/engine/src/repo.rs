@@ -397,7 +397,10 @@ impl Repo {
 
     /// The page map of a snapshot: chunk id by page (index = pgno − 1).
     pub async fn page_map(&self, m: &Manifest) -> Result<Vec<ChunkId>> {
-        let mut pages: Vec<Option<ChunkId>> = Vec::new();
+        // Decoded straight into the table: at 4 GiB a full map is 32 MiB, and holding
+        // its ciphertext, plaintext and a decoded copy at once would triple that.
+        let mut pages: Vec<ChunkId> = Vec::new();
+        let mut mapped: Vec<bool> = Vec::new();
         for r in &m.maps {
             let ct = self.store.get(&layout::map(&r.id)).await.map_err(|e| {
                 if e.is_not_found() {
@@ -411,6 +414,7 @@ impl Repo {
                 }
             })?;
             let pt = self.decrypt(&format!("page map {}", r.id.short()), &ct)?;
+            drop(ct);
             let mut mac = [0u8; 32];
             if hex::decode_to_slice(&r.mac, &mut mac).is_err() || !self.keys.verify_mac(&pt, &mac) {
                 return Err(Error::new(
@@ -423,8 +427,8 @@ impl Repo {
                     ),
                 ));
             }
-            let map = PageMap::decode(&pt).map_err(|e| corrupt(format!("page map {}", r.id.short()), e))?;
-            map.apply(&mut pages);
+            PageMap::apply_encoded(&pt, &mut pages, &mut mapped)
+                .map_err(|e| corrupt(format!("page map {}", r.id.short()), e))?;
         }
         if pages.len() != m.page_count as usize {
             return Err(Error::new(
@@ -438,19 +442,14 @@ impl Repo {
                 ),
             ));
         }
-        pages
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| {
-                p.ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Integrity,
-                        "repo.corrupt-object",
-                        format!("page maps of snapshot {} leave page {} unmapped", m.id.short(), i + 1),
-                    )
-                })
-            })
-            .collect()
+        if let Some(i) = mapped.iter().position(|m| !m) {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "repo.corrupt-object",
+                format!("page maps of snapshot {} leave page {} unmapped", m.id.short(), i + 1),
+            ));
+        }
+        Ok(pages)
     }
 
     /// Names of the index objects.
@@ -464,11 +463,16 @@ impl Repo {
             .collect())
     }
 
-    /// One index object, decoded.
-    pub async fn load_index(&self, name: &str) -> Result<IndexFile> {
+    /// One index object, decrypted but not decoded.
+    pub async fn index_plaintext(&self, name: &str) -> Result<Vec<u8>> {
         let key = format!("{}/{name}", layout::INDEX);
         let ct = self.store.get(&key).await?;
-        let pt = self.decrypt(&format!("index {name}"), &ct)?;
+        self.decrypt(&format!("index {name}"), &ct)
+    }
+
+    /// One index object, decoded.
+    pub async fn load_index(&self, name: &str) -> Result<IndexFile> {
+        let pt = self.index_plaintext(name).await?;
         IndexFile::decode(&pt).map_err(|e| corrupt(format!("index {name}"), e))
     }
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use sqlvault_compress::FrameDecompressor;
-use sqlvault_format::{ChunkId, Manifest, ObjectId, layout};
+use sqlvault_format::{ChunkId, IndexFile, Manifest, ObjectId, layout};
 
 use crate::backup::Requests;
 use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, io_err};
@@ -163,23 +163,22 @@ pub(crate) async fn restore_manifest(
     let mut by_pack: HashMap<ObjectId, Vec<Need>> = HashMap::new();
     let mut located = vec![false; uids.len()];
     for name in repo.index_names().await? {
-        let idx = repo.load_index(&name).await?;
-        for sec in idx.packs {
-            for e in sec.entries {
-                if let Ok(u) = uids.binary_search(&e.id)
-                    && !located[u]
-                {
-                    located[u] = true;
-                    by_pack.entry(sec.pack).or_default().push(Need {
-                        frame_offset: e.frame_offset,
-                        frame_len: e.frame_len,
-                        offset: e.offset,
-                        len: e.len,
-                        uidx: u as u32,
-                    });
-                }
+        let pt = repo.index_plaintext(&name).await?;
+        IndexFile::decode_with(&pt, |pack, e| {
+            if let Ok(u) = uids.binary_search(&e.id)
+                && !located[u]
+            {
+                located[u] = true;
+                by_pack.entry(pack).or_default().push(Need {
+                    frame_offset: e.frame_offset,
+                    frame_len: e.frame_len,
+                    offset: e.offset,
+                    len: e.len,
+                    uidx: u as u32,
+                });
             }
-        }
+        })
+        .map_err(|e| corrupt(format!("index {name}"), e))?;
     }
     if let Some(u) = located.iter().position(|l| !l) {
         return Err(Error::new(

@@ -95,8 +95,13 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
     fn entries(&mut self) -> Result<Vec<IndexEntry>, FormatError> {
-        let frames = self.u32()? as usize;
         let mut v = Vec::new();
+        self.entries_with(|e| v.push(e))?;
+        Ok(v)
+    }
+
+    fn entries_with(&mut self, mut f: impl FnMut(IndexEntry)) -> Result<(), FormatError> {
+        let frames = self.u32()? as usize;
         for _ in 0..frames {
             let frame_offset = self.u64()?;
             let frame_len = self.u32()?;
@@ -106,7 +111,6 @@ impl<'a> Cursor<'a> {
             if self.bytes.len() < n.saturating_mul(rec) {
                 return Err(FormatError::malformed(self.kind, "chunk count exceeds length"));
             }
-            v.reserve(n);
             for i in 0..n {
                 let id = ChunkId(self.take(32)?.try_into().unwrap());
                 let (offset, len) = if chunk_len > 0 {
@@ -117,7 +121,7 @@ impl<'a> Cursor<'a> {
                 } else {
                     (self.u32()?, self.u32()?)
                 };
-                v.push(IndexEntry {
+                f(IndexEntry {
                     id,
                     frame_offset,
                     frame_len,
@@ -126,7 +130,7 @@ impl<'a> Cursor<'a> {
                 });
             }
         }
-        Ok(v)
+        Ok(())
     }
 }
 
@@ -145,6 +149,17 @@ impl IndexFile {
 
     /// Parses an index.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut packs: Vec<PackSection> = Vec::new();
+        Self::decode_with(bytes, |pack, e| match packs.last_mut() {
+            Some(p) if p.pack == pack => p.entries.push(e),
+            _ => packs.push(PackSection { pack, entries: vec![e] }),
+        })?;
+        Ok(IndexFile { packs })
+    }
+
+    /// Validates an index and hands each `(pack, entry)` to `f` without building lists
+    /// (an index of a 4 GiB backup holds a million entries).
+    pub fn decode_with(bytes: &[u8], mut f: impl FnMut(ObjectId, IndexEntry)) -> Result<(), FormatError> {
         if bytes.len() < 12 || &bytes[..8] != INDEX_MAGIC {
             return Err(FormatError::BadMagic { kind: "index" });
         }
@@ -153,18 +168,14 @@ impl IndexFile {
             bytes: &bytes[8..],
         };
         let n = c.u32()? as usize;
-        let mut packs = Vec::with_capacity(n.min(1 << 16));
         for _ in 0..n {
             let pack = ObjectId(c.take(16)?.try_into().unwrap());
-            packs.push(PackSection {
-                pack,
-                entries: c.entries()?,
-            });
+            c.entries_with(|e| f(pack, e))?;
         }
         if !c.bytes.is_empty() {
             return Err(FormatError::malformed("index", "trailing bytes"));
         }
-        Ok(IndexFile { packs })
+        Ok(())
     }
 }
 

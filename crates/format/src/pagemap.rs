@@ -49,6 +49,19 @@ impl PageMap {
 
     /// Parses and validates a map (ascending, in range, full maps complete).
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut entries = Vec::new();
+        let (kind, page_count) = Self::decode_with(bytes, |pgno, id| entries.push((pgno, id)))?;
+        Ok(PageMap {
+            kind,
+            page_count,
+            entries,
+        })
+    }
+
+    /// Validates a map and hands each `(pgno, id)` to `f` without building a list, so
+    /// that a full map of a large database is never held twice. On error, `f` may have
+    /// seen a prefix of the entries.
+    pub fn decode_with(bytes: &[u8], mut f: impl FnMut(u32, ChunkId)) -> Result<(PageMapKind, u32), FormatError> {
         if bytes.len() < 17 || &bytes[..8] != MAGIC {
             return Err(FormatError::BadMagic { kind: KIND });
         }
@@ -67,7 +80,6 @@ impl PageMap {
         if body.len() != n * rec {
             return Err(FormatError::malformed(KIND, "length does not match entry count"));
         }
-        let mut entries = Vec::with_capacity(n);
         let mut last = 0u32;
         for (i, r) in body.chunks_exact(rec).enumerate() {
             let (pgno, id) = if rec == 32 {
@@ -82,13 +94,27 @@ impl PageMap {
                 ));
             }
             last = pgno;
-            entries.push((pgno, ChunkId(id.try_into().unwrap())));
+            f(pgno, ChunkId(id.try_into().unwrap()));
         }
-        Ok(PageMap {
-            kind,
-            page_count,
-            entries,
-        })
+        Ok((kind, page_count))
+    }
+
+    /// Applies an encoded map on top of `pages`/`mapped` (index = pgno − 1): a full map
+    /// replaces them, a delta sets its pages and truncates or extends to its page count.
+    pub fn apply_encoded(bytes: &[u8], pages: &mut Vec<ChunkId>, mapped: &mut Vec<bool>) -> Result<(), FormatError> {
+        if bytes.len() >= 17 && bytes[..8] == MAGIC[..] {
+            let page_count = u32::from_le_bytes(bytes[9..13].try_into().unwrap()) as usize;
+            if bytes[8] == 0 {
+                mapped.clear();
+            }
+            pages.resize(page_count, ChunkId([0; 32]));
+            mapped.resize(page_count, false);
+        }
+        Self::decode_with(bytes, |pgno, id| {
+            pages[pgno as usize - 1] = id;
+            mapped[pgno as usize - 1] = true;
+        })?;
+        Ok(())
     }
 
     /// Applies this map on top of `pages` (index = pgno - 1). A full map replaces it.
@@ -161,6 +187,11 @@ mod tests {
         delta.apply(&mut pages);
         let got: Vec<_> = pages.into_iter().map(Option::unwrap).collect();
         assert_eq!(got, current);
+        let (mut direct, mut mapped) = (Vec::new(), Vec::new());
+        PageMap::apply_encoded(&PageMap::encode_full(&base), &mut direct, &mut mapped).unwrap();
+        PageMap::apply_encoded(&PageMap::delta(&base, &current).encode(), &mut direct, &mut mapped).unwrap();
+        assert_eq!(direct, current);
+        assert!(mapped.iter().all(|m| *m));
     }
 
     #[test]
