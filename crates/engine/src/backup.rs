@@ -1,7 +1,6 @@
 //! Backup: snapshot → hash pages → dedup → compress frames → encrypt packs → upload,
 //! then index → page map → manifest (create-if-absent). See `docs/format.md`.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,8 +13,8 @@ use serde::Serialize;
 use sqlvault_compress::{FrameCompressor, FrameDecompressor};
 use sqlvault_crypt::EncryptWriter;
 use sqlvault_format::{
-    ChunkId, FORMAT_VERSION, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, PackSection, PageMap, SnapshotStats,
-    encode_manifest, encode_pack_trailer, layout,
+    ChunkId, FORMAT_VERSION, IndexEntry, Manifest, MapRef, ObjectId, PACK_MAGIC, PageMap, SnapshotStats,
+    decode_entries, encode_entries, encode_manifest, layout, write_index,
 };
 use sqlvault_sqlite::{SnapshotError, SnapshotMethod, Source, SourceOptions};
 use sqlvault_store::RequestCounts;
@@ -167,8 +166,15 @@ struct Batch {
     data: Vec<u8>,
 }
 
+/// A pack that was uploaded, with its entries kept encoded (~32 bytes a chunk).
+struct SealedPack {
+    id: ObjectId,
+    entries: Vec<u8>,
+    chunks: u64,
+}
+
 struct WorkerOut {
-    packs: Vec<PackSection>,
+    packs: Vec<SealedPack>,
     bytes_stored: u64,
 }
 
@@ -203,7 +209,13 @@ impl Shared {
 #[derive(Default)]
 struct Table {
     pages: Vec<ChunkId>,
-    seen: HashMap<u64, u32>,
+    /// Page numbers, hashed by the first 8 bytes of the id stored at that page (ids are
+    /// keyed hashes, so those bytes are already uniform): 4 bytes an entry.
+    seen: hashbrown::HashTable<u32>,
+}
+
+fn id_hash(id: &ChunkId) -> u64 {
+    u64::from_le_bytes(id.0[..8].try_into().unwrap())
 }
 
 /// A pack being filled by one worker: frames are encrypted as they are appended, so
@@ -226,12 +238,23 @@ impl PackBuilder {
         })
     }
 
-    fn seal(mut self) -> Result<(ObjectId, Vec<u8>, Vec<IndexEntry>)> {
-        self.w
-            .write_all(&encode_pack_trailer(&self.entries))
-            .map_err(|e| io_err("encrypting pack", e))?;
-        let ct = self.w.finish().map_err(|e| io_err("encrypting pack", e))?;
-        Ok((self.id, ct, self.entries))
+    /// Writes the trailer and ends the age stream. Returns the ciphertext and the
+    /// pack's entries in their encoded form (what the index will hold).
+    fn seal(mut self) -> Result<(Vec<u8>, SealedPack)> {
+        let raw = encode_entries(&self.entries);
+        let e = |e| io_err("encrypting pack", e);
+        self.w.write_all(&raw).map_err(e)?;
+        self.w.write_all(&(raw.len() as u32).to_le_bytes()).map_err(e)?;
+        self.w.write_all(PACK_MAGIC).map_err(e)?;
+        let ct = self.w.finish().map_err(e)?;
+        Ok((
+            ct,
+            SealedPack {
+                id: self.id,
+                entries: raw,
+                chunks: self.entries.len() as u64,
+            },
+        ))
     }
 }
 
@@ -274,14 +297,12 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
                     if shared.known.contains(id) {
                         continue;
                     }
-                    let key = u64::from_le_bytes(id.0[..8].try_into().unwrap());
-                    match t.seen.get(&key) {
-                        Some(&pg) if t.pages[pg as usize - 1] == *id => continue,
-                        Some(_) => {}
-                        None => {
-                            t.seen.insert(key, batch.first_pgno + i as u32);
-                        }
+                    let Table { pages, seen } = &mut *t;
+                    let h = id_hash(id);
+                    if seen.find(h, |&pg| pages[pg as usize - 1] == *id).is_some() {
+                        continue;
                     }
+                    seen.insert_unique(h, batch.first_pgno + i as u32, |&pg| id_hash(&pages[pg as usize - 1]));
                     fresh.push(i);
                 }
             }
@@ -344,17 +365,13 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
     out
 }
 
-fn upload_pack(
-    shared: &Shared,
-    (id, ct, entries): (ObjectId, Vec<u8>, Vec<IndexEntry>),
-    out: &mut WorkerOut,
-) -> Result<()> {
+fn upload_pack(shared: &Shared, (ct, sealed): (Vec<u8>, SealedPack), out: &mut WorkerOut) -> Result<()> {
     let len = ct.len() as u64;
     shared
         .rt
-        .block_on(shared.repo.store.put(&layout::pack(&id), Bytes::from(ct)))?;
+        .block_on(shared.repo.store.put(&layout::pack(&sealed.id), Bytes::from(ct)))?;
     out.bytes_stored += len;
-    out.packs.push(PackSection { pack: id, entries });
+    out.packs.push(sealed);
     Ok(())
 }
 
@@ -451,16 +468,23 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     // The new chunks join the in-memory known set now; it is saved only after the
     // manifest commits. Then the index: each large buffer is dropped as soon as the
     // next stage has it, so at most two copies of the index exist at once.
-    let pack_ids: Vec<ObjectId> = packs.iter().map(|p| p.pack).collect();
-    let chunks_new = packs.iter().map(|p| p.entries.len() as u64).sum::<u64>();
-    known.merge(
-        pack_ids.iter().copied(),
-        packs.iter().flat_map(|p| p.entries.iter().map(|e| e.id)),
-    );
+    let pack_ids: Vec<ObjectId> = packs.iter().map(|p| p.id).collect();
+    let chunks_new = packs.iter().map(|p| p.chunks).sum::<u64>();
+    known.ids.reserve_exact(chunks_new as usize);
+    for p in &packs {
+        decode_entries(&p.entries, |e| known.ids.push(e.id))
+            .map_err(|e| Error::new(ErrorKind::Internal, "internal", "pack entries do not decode").with_source(e))?;
+    }
+    // Sorts once, with the ids pushed above.
+    known.merge(pack_ids.iter().copied(), std::iter::empty());
     if !packs.is_empty() {
-        let pt = IndexFile { packs }.encode();
-        let ct = repo.encrypt_meta(&pt)?;
-        drop(pt);
+        // Streamed into the encryptor: the index never exists in plaintext as a whole.
+        let size: usize = packs.iter().map(|p| 16 + p.entries.len()).sum();
+        let mut w = repo.meta_writer(size + size / 64 + 1024)?;
+        write_index(&mut w, packs.iter().map(|p| (&p.id, &p.entries[..])))
+            .map_err(|e| io_err("encrypting index", e))?;
+        let ct = w.finish().map_err(|e| io_err("encrypting index", e))?;
+        drop(packs);
         bytes_new += ct.len() as u64;
         repo.store
             .put(&layout::index(&ObjectId::random()), Bytes::from(ct))
@@ -483,18 +507,35 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         .map_err(|e| Error::new(ErrorKind::Internal, "internal", "delta computation panicked").with_source(e))?
     };
     let parent_id = parent.as_ref().map(|p| p.snapshot);
-    let (map_pt, mut maps, map_kind) = match (delta, &parent) {
-        (Some(d), Some(p)) => (d.encode(), p.maps.clone(), "delta"),
-        _ => (PageMap::encode_full(&pages), Vec::new(), "full"),
+    let (map_ct, map_mac, mut maps, map_kind) = match (delta, &parent) {
+        (Some(d), Some(p)) => {
+            let pt = d.encode();
+            (repo.encrypt_meta(&pt)?, repo.keys.mac(&pt), p.maps.clone(), "delta")
+        }
+        _ => {
+            // A full map is 32 bytes a page: stream it through the MAC and the
+            // encryptor rather than building it.
+            let mut mac = repo.keys.mac_hasher();
+            let mut w = repo.meta_writer(pages.len() * 32 + 1024)?;
+            let header = PageMap::full_header(pages.len() as u32);
+            mac.update(&header);
+            w.write_all(&header).map_err(|e| io_err("encrypting page map", e))?;
+            for chunk in pages.chunks(4096) {
+                let bytes: Vec<u8> = chunk.iter().flat_map(|id| id.0).collect();
+                mac.update(&bytes);
+                w.write_all(&bytes).map_err(|e| io_err("encrypting page map", e))?;
+            }
+            let ct = w.finish().map_err(|e| io_err("encrypting page map", e))?;
+            (ct, *mac.finalize().as_bytes(), Vec::new(), "full")
+        }
     };
     drop(parent);
     let map_id = ObjectId::random();
-    let map_ct = repo.encrypt_meta(&map_pt)?;
     bytes_new += map_ct.len() as u64;
     repo.store.put(&layout::map(&map_id), Bytes::from(map_ct)).await?;
     maps.push(MapRef {
         id: map_id,
-        mac: hex::encode(repo.keys.mac(&map_pt)),
+        mac: hex::encode(map_mac),
     });
 
     let snapshot_id = ObjectId::random();

@@ -330,6 +330,16 @@ impl Repo {
         sqlvault_crypt::encrypt_to_vec(rs, plaintext).map_err(|e| crypt_err("metadata", e))
     }
 
+    /// A writer encrypting to the recipients and the metadata key, for metadata too
+    /// large to build in memory first.
+    pub(crate) fn meta_writer(&self, capacity: usize) -> Result<sqlvault_crypt::EncryptWriter<Vec<u8>>> {
+        let rs = self
+            .data_recipients
+            .iter()
+            .chain(std::iter::once(self.meta_recipient.as_ref()));
+        sqlvault_crypt::EncryptWriter::new(rs, Vec::with_capacity(capacity)).map_err(|e| crypt_err("metadata", e))
+    }
+
     pub(crate) fn decrypt(&self, what: &str, ct: &[u8]) -> Result<Vec<u8>> {
         sqlvault_crypt::decrypt_to_vec(&self.identities, ct).map_err(|e| crypt_err(what, e))
     }

@@ -179,6 +179,42 @@ impl IndexFile {
     }
 }
 
+/// The entries of one pack in the frame-grouped encoding shared by pack trailers and
+/// index sections: ~32 bytes a page-sized chunk, the form a writer keeps in memory.
+pub fn encode_entries(entries: &[IndexEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + entries.len() * 32 + 20);
+    put_entries(&mut out, entries);
+    out
+}
+
+/// Visits entries written by [`encode_entries`].
+pub fn decode_entries(bytes: &[u8], f: impl FnMut(IndexEntry)) -> Result<(), FormatError> {
+    let mut c = Cursor {
+        kind: "index entries",
+        bytes,
+    };
+    c.entries_with(f)?;
+    if !c.bytes.is_empty() {
+        return Err(FormatError::malformed("index entries", "trailing bytes"));
+    }
+    Ok(())
+}
+
+/// Writes an index from already encoded sections (`(pack, encode_entries(..))`),
+/// byte for byte what [`IndexFile::encode`] gives for the same entries.
+pub fn write_index<'a>(
+    w: &mut impl std::io::Write,
+    sections: impl ExactSizeIterator<Item = (&'a ObjectId, &'a [u8])>,
+) -> std::io::Result<()> {
+    w.write_all(INDEX_MAGIC)?;
+    w.write_all(&(sections.len() as u32).to_le_bytes())?;
+    for (pack, entries) in sections {
+        w.write_all(&pack.0)?;
+        w.write_all(entries)?;
+    }
+    Ok(())
+}
+
 /// The trailer appended to a pack's plaintext after its frames, so that a pack can be
 /// checked, and the index rebuilt, from the pack alone: the pack's entries in the
 /// frame-grouped encoding described at `put_entries`, then `trailer_len u32` (bytes
@@ -277,6 +313,24 @@ mod tests {
         let mut pack = vec![0u8; 12];
         pack.extend(encode_pack_trailer(&entries));
         assert_eq!(decode_pack_trailer(&pack).unwrap().0, entries);
+    }
+
+    #[test]
+    fn raw_sections_encode_like_the_index() {
+        let entries = vec![entry(1, 0), entry(2, 0), entry(3, 10)];
+        let idx = IndexFile {
+            packs: vec![PackSection {
+                pack: ObjectId([7; 16]),
+                entries: entries.clone(),
+            }],
+        };
+        let raw = encode_entries(&entries);
+        let mut out = Vec::new();
+        write_index(&mut out, [(&ObjectId([7; 16]), &raw[..])].into_iter()).unwrap();
+        assert_eq!(out, idx.encode());
+        let mut seen = Vec::new();
+        decode_entries(&raw, |e| seen.push(e)).unwrap();
+        assert_eq!(seen, entries);
     }
 
     #[test]

@@ -73,6 +73,11 @@ impl RepoKeys {
         *blake3::keyed_hash(&self.mac, data).as_bytes()
     }
 
+    /// An incremental form of [`RepoKeys::mac`], for metadata written as a stream.
+    pub fn mac_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.mac)
+    }
+
     /// Constant-time MAC check.
     pub fn verify_mac(&self, data: &[u8], mac: &[u8; 32]) -> bool {
         blake3::Hash::from(self.mac(data)) == blake3::Hash::from(*mac)

@@ -5,6 +5,8 @@
 //! index, pack trailer). It performs no IO, no compression and no encryption; the
 //! engine composes those around these encodings.
 
+pub use blake3;
+
 mod error;
 mod ids;
 mod index;
@@ -14,7 +16,10 @@ mod pagemap;
 
 pub use error::FormatError;
 pub use ids::{ChunkId, ObjectId};
-pub use index::{IndexEntry, IndexFile, PACK_MAGIC, PackSection, decode_pack_trailer, encode_pack_trailer};
+pub use index::{
+    IndexEntry, IndexFile, PACK_MAGIC, PackSection, decode_entries, decode_pack_trailer, encode_entries,
+    encode_pack_trailer, write_index,
+};
 pub use keys::{RepoKeys, RepoSecret};
 pub use manifest::{Manifest, MapRef, RepoConfig, RepoMarker, SnapshotStats, decode_manifest, encode_manifest};
 pub use pagemap::{PageMap, PageMapKind};

@@ -143,13 +143,21 @@ impl PageMap {
         }
     }
 
+    /// The 17-byte header of a full map of `page_count` pages; the ids follow in page
+    /// order. Lets a writer stream a large map instead of building it.
+    pub fn full_header(page_count: u32) -> [u8; 17] {
+        let mut h = [0u8; 17];
+        h[..8].copy_from_slice(MAGIC);
+        h[8] = 0;
+        h[9..13].copy_from_slice(&page_count.to_le_bytes());
+        h[13..17].copy_from_slice(&page_count.to_le_bytes());
+        h
+    }
+
     /// Encodes a full map of `pages` directly, without building the entry list.
     pub fn encode_full(pages: &[ChunkId]) -> Vec<u8> {
         let mut out = Vec::with_capacity(17 + pages.len() * 32);
-        out.extend_from_slice(MAGIC);
-        out.push(0);
-        out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+        out.extend_from_slice(&Self::full_header(pages.len() as u32));
         for id in pages {
             out.extend_from_slice(&id.0);
         }
