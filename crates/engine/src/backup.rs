@@ -465,31 +465,31 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         ));
     }
 
-    // The new chunks join the in-memory known set now; it is saved only after the
-    // manifest commits. Then the index: each large buffer is dropped as soon as the
-    // next stage has it, so at most two copies of the index exist at once.
+    // The index of the packs this backup wrote, then the known set.
     let pack_ids: Vec<ObjectId> = packs.iter().map(|p| p.id).collect();
     let chunks_new = packs.iter().map(|p| p.chunks).sum::<u64>();
-    known.ids.reserve_exact(chunks_new as usize);
-    for p in &packs {
-        decode_entries(&p.entries, |e| known.ids.push(e.id))
-            .map_err(|e| Error::new(ErrorKind::Internal, "internal", "pack entries do not decode").with_source(e))?;
-    }
-    // Sorts once, with the ids pushed above.
-    known.merge(pack_ids.iter().copied(), std::iter::empty());
     if !packs.is_empty() {
-        // Streamed into the encryptor: the index never exists in plaintext as a whole.
+        // Streamed into the encryptor: the index never exists in plaintext as a whole,
+        // and its ciphertext is gone before the known set grows.
         let size: usize = packs.iter().map(|p| 16 + p.entries.len()).sum();
         let mut w = repo.meta_writer(size + size / 64 + 1024)?;
         write_index(&mut w, packs.iter().map(|p| (&p.id, &p.entries[..])))
             .map_err(|e| io_err("encrypting index", e))?;
         let ct = w.finish().map_err(|e| io_err("encrypting index", e))?;
-        drop(packs);
         bytes_new += ct.len() as u64;
         repo.store
             .put(&layout::index(&ObjectId::random()), Bytes::from(ct))
             .await?;
     }
+    // The new chunks join the in-memory known set (saved only after the commit).
+    known.ids.reserve_exact(chunks_new as usize);
+    for p in &packs {
+        decode_entries(&p.entries, |e| known.ids.push(e.id))
+            .map_err(|e| Error::new(ErrorKind::Internal, "internal", "pack entries do not decode").with_source(e))?;
+    }
+    drop(packs);
+    // Sorts once, with the ids pushed above.
+    known.merge(pack_ids.iter().copied(), std::iter::empty());
 
     // Page map: a delta against this host's last snapshot of the same name when that is
     // small and the chain short, a full map otherwise.
