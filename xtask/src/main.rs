@@ -145,7 +145,41 @@ fn ci() -> Result<()> {
     sh(Command::new(&cargo)
         .current_dir(&r)
         .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    sh(Command::new(&cargo).current_dir(&r).args(["test", "--workspace"]))?;
+    // Run the suite, echo it, and close with one summary line over every test binary
+    // (cargo's own last line is that of the last binary, often a doc-test with none).
+    let mut child = Command::new(&cargo)
+        .current_dir(&r)
+        .args(["test", "--workspace"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("piped"))) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim().strip_suffix(word).map(|n| {
+                            n.trim()
+                                .trim_start_matches("ok. ")
+                                .trim_start_matches("FAILED. ")
+                                .trim()
+                        })
+                    })
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += num("passed");
+            failed += num("failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
     Ok(())
 }
 

@@ -131,35 +131,8 @@ pub struct BackupReport {
     pub requests: Requests,
 }
 
-/// Request counts for reports.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Requests {
-    /// GET.
-    pub get: u64,
-    /// PUT.
-    pub put: u64,
-    /// LIST.
-    pub list: u64,
-    /// DELETE.
-    pub delete: u64,
-    /// HEAD.
-    pub head: u64,
-    /// Retries of failed attempts.
-    pub retries: u64,
-}
-
-impl Requests {
-    pub(crate) fn since(now: RequestCounts, before: RequestCounts) -> Requests {
-        Requests {
-            get: now.get - before.get,
-            put: now.put - before.put,
-            list: now.list - before.list,
-            delete: now.delete - before.delete,
-            head: now.head - before.head,
-            retries: now.retries - before.retries,
-        }
-    }
-}
+/// Request counts for reports: the store's counters, serialisable.
+pub type Requests = RequestCounts;
 
 struct Batch {
     first_pgno: u32,
@@ -611,7 +584,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         parent: parent_id.map(|p| p.to_string()),
         map_kind: map_kind.into(),
         seconds: started.elapsed().as_secs_f64(),
-        requests: Requests::since(repo.store.stats(), before),
+        requests: repo.store.stats().since(before),
     })
 }
 

@@ -167,7 +167,7 @@ pub async fn check(repo: &Repo, opts: CheckOptions) -> Result<CheckReport> {
         packs_read,
         chunks_referenced: referenced.len(),
         problems,
-        requests: Requests::since(repo.store.stats(), before),
+        requests: repo.store.stats().since(before),
     })
 }
 

@@ -327,7 +327,7 @@ pub(crate) async fn restore_manifest(
         bytes: size,
         restore_seconds,
         check_seconds,
-        requests: Requests::since(repo.store.stats(), before),
+        requests: repo.store.stats().since(before),
     })
 }
 

@@ -109,7 +109,7 @@ pub struct RequestStats {
 }
 
 /// A snapshot of [`RequestStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RequestCounts {
     /// GET requests (whole or ranged).
     pub get: u64,
@@ -123,6 +123,20 @@ pub struct RequestCounts {
     pub head: u64,
     /// Attempts that were retries of an earlier failed attempt.
     pub retries: u64,
+}
+
+impl RequestCounts {
+    /// Requests made since `before` (an earlier snapshot of the same counters).
+    pub fn since(&self, before: RequestCounts) -> RequestCounts {
+        RequestCounts {
+            get: self.get - before.get,
+            put: self.put - before.put,
+            list: self.list - before.list,
+            delete: self.delete - before.delete,
+            head: self.head - before.head,
+            retries: self.retries - before.retries,
+        }
+    }
 }
 
 impl RequestStats {
