@@ -141,22 +141,25 @@ fn passphrase_repositories_round_trip() {
 }
 
 #[test]
-fn ssh_ed25519_recipients_work() {
-    let w = World::new();
-    let key = w.s("id_ed25519");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f", &key])
-        .status()
-        .expect("ssh-keygen is installed");
-    assert!(st.success());
-    let pubkey = std::fs::read_to_string(format!("{key}.pub")).unwrap();
-    let repo = w.s("repo");
-    w.run(&["init", &repo, "-r", pubkey.trim()]).ok();
-    let db = w.s("app.db");
-    kit::generate(Path::new(&db), &Default::default()).unwrap();
-    w.run(&["backup", &db, &repo]).ok();
-    let out = w.s("out.db");
-    w.run_env(&["restore", &repo, &out], &[("SQLVAULT_IDENTITY_FILE", key.as_str())])
-        .ok();
-    assert_eq!(content(Path::new(&out)), content(Path::new(&db)));
+fn ssh_ed25519_and_rsa_recipients_work() {
+    for kind in ["ed25519", "rsa"] {
+        let w = World::new();
+        let key = w.s(&format!("id_{kind}"));
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", "", "-f", &key])
+            .status()
+            .expect("ssh-keygen is installed");
+        assert!(st.success());
+        let pubkey = std::fs::read_to_string(format!("{key}.pub")).unwrap();
+        assert!(pubkey.starts_with(&format!("ssh-{kind}")), "{pubkey}");
+        let repo = w.s("repo");
+        w.run(&["init", &repo, "-r", pubkey.trim()]).ok();
+        let db = w.s("app.db");
+        kit::generate(Path::new(&db), &Default::default()).unwrap();
+        w.run(&["backup", &db, &repo]).ok();
+        let out = w.s("out.db");
+        w.run_env(&["restore", &repo, &out], &[("SQLVAULT_IDENTITY_FILE", key.as_str())])
+            .ok();
+        assert_eq!(content(Path::new(&out)), content(Path::new(&db)), "{kind}");
+    }
 }
