@@ -21,7 +21,7 @@ use sqlvault_store::RequestCounts;
 
 use crate::error::{Error, ErrorKind, Result, crypt_err, io_err};
 use crate::local::{KnownChunks, ParentCache};
-use crate::repo::{Repo, now_millis};
+use crate::repo::{Repo, now_ms};
 
 /// Options for [`backup`].
 #[derive(Debug, Clone)]
@@ -517,7 +517,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         id: snapshot_id,
         name: name.clone(),
         kind: "pages".into(),
-        created_ms: now_millis(),
+        created_ms: now_ms(),
         host: hostname(),
         source_path: db.canonicalize().unwrap_or(db.clone()).display().to_string(),
         page_size: info.page_size,

@@ -56,29 +56,32 @@ pub struct Repo {
     pub(crate) can_read_data: bool,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-pub(crate) fn now_millis() -> i64 {
-    now_ms()
+/// Reads `key`; a missing object becomes the caller's error (which names what is
+/// missing and why that matters), every other failure the store's.
+pub(crate) async fn get_or(store: &Store, key: &str, missing: impl FnOnce() -> Error) -> Result<Bytes> {
+    match store.get(key).await {
+        Ok(b) => Ok(b),
+        Err(e) if e.is_not_found() => Err(missing()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn read_marker(store: &Store) -> Result<RepoMarker> {
-    let bytes = match store.get(layout::MARKER).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                "repo.not-found",
-                format!("no sqlvault repository at {}", store.describe()),
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let bytes = get_or(store, layout::MARKER, || {
+        Error::new(
+            ErrorKind::NotFound,
+            "repo.not-found",
+            format!("no sqlvault repository at {}", store.describe()),
+        )
+    })
+    .await?;
     RepoMarker::decode(&bytes).map_err(|e| corrupt(format!("repository marker of {}", store.describe()), e))
 }
 
@@ -207,17 +210,14 @@ impl Repo {
     /// config of their own.
     pub async fn open_read(store: Store, access: Access) -> Result<Repo> {
         let marker = read_marker(&store).await?;
-        let ct = match store.get(layout::CONFIG).await {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => {
-                return Err(Error::new(
-                    ErrorKind::Integrity,
-                    "repo.config-missing",
-                    format!("repository {} has no config object", store.describe()),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let ct = get_or(&store, layout::CONFIG, || {
+            Error::new(
+                ErrorKind::Integrity,
+                "repo.config-missing",
+                format!("repository {} has no config object", store.describe()),
+            )
+        })
+        .await?;
         let mut ids = match access {
             Access::Identities(i) => i,
             Access::Passphrase(p) => Identities::from_passphrase(p),
@@ -363,17 +363,14 @@ impl Repo {
     /// Loads and authenticates one manifest.
     pub async fn load_manifest(&self, id: &ObjectId) -> Result<Manifest> {
         let key = layout::snapshot(id);
-        let ct = self.store.get(&key).await.map_err(|e| {
-            if e.is_not_found() {
-                Error::new(
-                    ErrorKind::NotFound,
-                    "snapshot.not-found",
-                    format!("snapshot {id} not found"),
-                )
-            } else {
-                e.into()
-            }
-        })?;
+        let ct = get_or(&self.store, &key, || {
+            Error::new(
+                ErrorKind::NotFound,
+                "snapshot.not-found",
+                format!("snapshot {id} not found"),
+            )
+        })
+        .await?;
         let pt = self.decrypt(&format!("snapshot {}", id.short()), &ct)?;
         decode_manifest(&self.keys, &pt, id).map_err(|e| corrupt(format!("snapshot {}", id.short()), e))
     }
@@ -412,17 +409,14 @@ impl Repo {
         let mut pages: Vec<ChunkId> = Vec::new();
         let mut mapped: Vec<bool> = Vec::new();
         for r in &m.maps {
-            let ct = self.store.get(&layout::map(&r.id)).await.map_err(|e| {
-                if e.is_not_found() {
-                    Error::new(
-                        ErrorKind::Integrity,
-                        "repo.missing-object",
-                        format!("page map {} of snapshot {} is missing", r.id.short(), m.id.short()),
-                    )
-                } else {
-                    e.into()
-                }
-            })?;
+            let ct = get_or(&self.store, &layout::map(&r.id), || {
+                Error::new(
+                    ErrorKind::Integrity,
+                    "repo.missing-object",
+                    format!("page map {} of snapshot {} is missing", r.id.short(), m.id.short()),
+                )
+            })
+            .await?;
             let pt = self.decrypt(&format!("page map {}", r.id.short()), &ct)?;
             drop(ct);
             let mut mac = [0u8; 32];

@@ -17,7 +17,7 @@ use sqlvault_format::{ChunkId, IndexFile, Manifest, ObjectId, layout};
 
 use crate::backup::Requests;
 use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, io_err};
-use crate::repo::Repo;
+use crate::repo::{Repo, get_or};
 
 /// Options for [`restore`] and [`verify`].
 #[derive(Debug, Clone, Default)]
@@ -395,17 +395,13 @@ fn restore_pack(
 ) -> Result<()> {
     let key = layout::pack(pack);
     let what = format!("pack {}", pack.short());
-    let ct = c.rt.block_on(c.repo.store.get(&key)).map_err(|e| {
-        if e.is_not_found() {
-            Error::new(
-                ErrorKind::Integrity,
-                "repo.missing-object",
-                format!("{what} is missing from the repository"),
-            )
-        } else {
-            e.into()
-        }
-    })?;
+    let ct = c.rt.block_on(get_or(&c.repo.store, &key, || {
+        Error::new(
+            ErrorKind::Integrity,
+            "repo.missing-object",
+            format!("{what} is missing from the repository"),
+        )
+    }))?;
     let mut r = sqlvault_crypt::decrypt_reader(&c.repo.identities, std::io::Cursor::new(ct))
         .map_err(|e| crypt_err(&what, e))?;
     needs.sort_by_key(|n| (n.frame_offset, n.offset));
