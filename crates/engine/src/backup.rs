@@ -577,10 +577,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         page_size: info.page_size,
         page_count: info.page_count,
         journal_mode: info.journal_mode,
-        method: match method {
-            SnapshotMethod::DbPage => "dbpage".into(),
-            SnapshotMethod::BackupCopy => "backup-copy".into(),
-        },
+        method: crate::logical::method_name(method).into(),
         parent: parent_id.map(|p| p.to_string()),
         map_kind: map_kind.into(),
         seconds: started.elapsed().as_secs_f64(),

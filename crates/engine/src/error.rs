@@ -114,6 +114,12 @@ impl From<sqlvault_sqlite::SqliteError> for Error {
             S::NotADatabase { .. } => (ErrorKind::Source, "source.not-a-database"),
             S::Busy { .. } => (ErrorKind::Source, "source.busy"),
             S::Io { .. } => (ErrorKind::Io, "source.io"),
+            S::Unreproducible { .. } => (ErrorKind::Source, "dump.unreproducible"),
+            S::Output { .. } => (ErrorKind::Io, "dump.write-failed"),
+            S::Load { .. } => (ErrorKind::Integrity, "load.statement-failed"),
+            S::BadDump { .. } => (ErrorKind::Integrity, "load.bad-dump"),
+            S::Verify { .. } => (ErrorKind::Integrity, "load.verify-failed"),
+            S::Exists { .. } => (ErrorKind::Exists, "load.destination-exists"),
             _ => (ErrorKind::Source, "source.sqlite"),
         };
         let msg = e.to_string();

@@ -13,6 +13,7 @@ mod backup;
 mod check;
 mod error;
 mod local;
+mod logical;
 mod repo;
 mod restore;
 
@@ -20,6 +21,7 @@ pub use backup::{BackupOptions, BackupReport, Requests, backup};
 pub use check::{CheckOptions, CheckReport, Problem, check};
 pub use error::{Error, ErrorKind, Result};
 pub use local::{WriteKey, home as state_dir};
+pub use logical::{DumpOptions, DumpSummary, LoadSummary, dump_to_file, dump_to_writer, load_file};
 pub use repo::{Access, InitKeys, InitReport, Repo};
 pub use restore::{RestoreOptions, RestoreReport, VerifyReport, restore, verify};
 pub use sqlvault_crypt as crypt;

@@ -42,6 +42,59 @@ pub enum SqliteError {
         /// What did not add up.
         detail: String,
     },
+    /// Something in the database cannot be reproduced by a SQL dump (an unknown
+    /// collation or virtual-table module, rowids that cannot be named); reported before
+    /// anything is written.
+    #[error("{path} cannot be dumped losslessly: {what}")]
+    Unreproducible {
+        /// The database.
+        path: PathBuf,
+        /// The object and the reason.
+        what: String,
+    },
+    /// Writing the dump to its destination failed.
+    #[error("cannot write the dump")]
+    Output {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A statement of a dump failed to load.
+    #[error("{path} line {line}: {statement}")]
+    Load {
+        /// The dump.
+        path: PathBuf,
+        /// First line of the statement.
+        line: u64,
+        /// The statement, shortened.
+        statement: String,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The input is not a complete sqlvault or SQL dump.
+    #[error("{path}: {what}")]
+    BadDump {
+        /// The dump.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The destination of a load exists and is not empty.
+    #[error("{path} exists and is not empty; pass --force to replace it")]
+    Exists {
+        /// The destination.
+        path: PathBuf,
+    },
+    /// A loaded database failed `integrity_check` or its logical checksum differs from
+    /// the one the dump recorded.
+    #[error("{path}: {what}")]
+    Verify {
+        /// The dump.
+        path: PathBuf,
+        /// What failed.
+        what: String,
+    },
     /// Filesystem error.
     #[error("io error on {path}")]
     Io {

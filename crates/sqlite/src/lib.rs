@@ -6,13 +6,20 @@
 //! - [`logical_checksum`] digests the content (schema and every row, rowids included)
 //!   independently of the physical layout; backup records it and restore compares it.
 //! - [`verify_file`] checks a restored file: `PRAGMA integrity_check` plus the checksum.
+//! - [`Source::dump`] writes a lossless SQL dump in one read pass that also computes the
+//!   checksum; [`load`] builds a database from one and proves it equal.
 
 mod checksum;
+mod dump;
 mod error;
+mod literal;
+mod load;
 mod snapshot;
 
 pub use checksum::logical_checksum;
+pub use dump::{DUMP_HEADER, DUMP_TRAILER, DumpReport};
 pub use error::SqliteError;
+pub use load::{LoadOptions, LoadReport, load};
 pub use rusqlite;
 pub use snapshot::{
     DbInfo, SnapshotError, SnapshotMethod, Source, SourceOptions, VerifyReport, check_header, verify_file,

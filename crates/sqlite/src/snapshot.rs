@@ -38,6 +38,9 @@ pub enum SnapshotMethod {
     /// then streamed from it. Used in rollback-journal mode, where a long read would
     /// block writers, and wherever `sqlite_dbpage` is not compiled in.
     BackupCopy,
+    /// Read row by row inside one read transaction on the live database (WAL-mode
+    /// SQL dumps).
+    ReadTransaction,
 }
 
 /// Options for opening a source database.
@@ -120,7 +123,7 @@ fn pragma_i64(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
     conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
 }
 
-fn read_info(conn: &Connection) -> rusqlite::Result<DbInfo> {
+pub(crate) fn read_info(conn: &Connection) -> rusqlite::Result<DbInfo> {
     Ok(DbInfo {
         page_size: pragma_i64(conn, "page_size")? as u32,
         page_count: pragma_i64(conn, "page_count")? as u32,
@@ -157,7 +160,7 @@ impl Source {
         &self.path
     }
 
-    fn err(&self, e: rusqlite::Error) -> SqliteError {
+    pub(crate) fn err(&self, e: rusqlite::Error) -> SqliteError {
         SqliteError::from_sqlite(&self.path, self.opts.busy_timeout, e)
     }
 
@@ -329,37 +332,9 @@ impl Source {
     where
         F: FnMut(u32, &[u8]) -> Result<(), E>,
     {
-        let dir = self.opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let io = |source| {
-            SnapshotError::Db(SqliteError::Io {
-                path: dir.clone(),
-                source,
-            })
-        };
-        // tempfile creates the file 0600 and removes it on drop, on every path.
-        let tmp = tempfile::Builder::new()
-            .prefix(".sqlvault-snapshot-")
-            .tempfile_in(&dir)
-            .map_err(io)?;
-        // Hold a read transaction across the copy so that the source header we read
-        // belongs to exactly the state the backup API copies.
-        self.conn
-            .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
-            .map_err(|e| SnapshotError::Db(self.err(e)))?;
-        let copied = self.copy_locked(tmp.path());
-        let _ = self.conn.execute_batch("COMMIT");
-        let source_header = copied?;
+        let (tmp, source_header) = self.private_copy().map_err(SnapshotError::Db)?;
         // The copy is private: read its facts and checksum, then stream its pages.
-        let copy = Connection::open_with_flags(tmp.path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| SnapshotError::Db(self.err(e)))?;
-        let mut info = read_info(&copy).map_err(|e| SnapshotError::Db(self.err(e)))?;
-        // The copy's header says what the destination connection made it; record the
-        // source's journal mode.
-        info.journal_mode = self
-            .conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
-            .map_err(|e| SnapshotError::Db(self.err(e)))?
-            .to_lowercase();
+        let (copy, info) = self.open_copy(tmp.path()).map_err(SnapshotError::Db)?;
         // The copy is private and immutable now: checksum it on its own connection
         // while its pages stream.
         std::thread::scope(|scope| {
@@ -429,6 +404,58 @@ impl Source {
 }
 
 impl Source {
+    /// A private, consistent copy of the database: one `step(-1)` of the backup API
+    /// under one read lock, into a 0600 temporary file that is removed on drop. Returns
+    /// the source's own 100-byte header too, where it is authoritative.
+    pub(crate) fn private_copy(&self) -> Result<(tempfile::NamedTempFile, Option<[u8; 100]>), SqliteError> {
+        let dir = self.opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        // tempfile creates the file 0600 and removes it on drop, on every path.
+        let tmp = tempfile::Builder::new()
+            .prefix(".sqlvault-snapshot-")
+            .tempfile_in(&dir)
+            .map_err(|source| SqliteError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        // Hold a read transaction across the copy so that the source header we read
+        // belongs to exactly the state the backup API copies.
+        self.conn
+            .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
+            .map_err(|e| self.err(e))?;
+        let copied = self.copy_locked::<()>(tmp.path());
+        let _ = self.conn.execute_batch("COMMIT");
+        let header = copied.map_err(|e| match e {
+            SnapshotError::Db(e) => e,
+            SnapshotError::Consumer(()) => unreachable!("no consumer"),
+        })?;
+        Ok((tmp, header))
+    }
+
+    /// Opens a private copy read-only; its facts, with the source's journal mode (the
+    /// copy's header says what the backup API made it).
+    pub(crate) fn open_copy(&self, path: &Path) -> Result<(Connection, DbInfo), SqliteError> {
+        let copy = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| self.err(e))?;
+        let mut info = read_info(&copy).map_err(|e| self.err(e))?;
+        info.journal_mode = self.journal_mode()?;
+        Ok((copy, info))
+    }
+
+    pub(crate) fn journal_mode(&self) -> Result<String, SqliteError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?
+            .to_lowercase())
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn options(&self) -> &SourceOptions {
+        &self.opts
+    }
+
     /// The copy itself, called inside the source's read transaction. Returns the
     /// source's 100-byte header when the main file is authoritative (not WAL mode,
     /// where the newest header may live in the WAL).
@@ -499,30 +526,32 @@ pub struct VerifyReport {
 }
 
 /// Opens `path` immutable (no locks, no `-wal`/`-shm` created) and runs
-/// `PRAGMA integrity_check` and the logical checksum.
+/// `PRAGMA integrity_check` and the logical checksum, on two connections at once (each
+/// reads the whole file; together they take as long as the slower one).
 pub fn verify_file(path: &Path) -> Result<VerifyReport, SqliteError> {
     check_header(path)?;
     let t = Duration::from_secs(0);
-    let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
-    let conn = Connection::open_with_flags(&uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
-        .map_err(|e| SqliteError::from_sqlite(path, t, e))?;
-    let info = read_info(&conn).map_err(|e| SqliteError::from_sqlite(path, t, e))?;
-    let problems: Vec<String> = {
-        let mut stmt = conn
-            .prepare("PRAGMA integrity_check")
-            .map_err(|e| SqliteError::from_sqlite(path, t, e))?;
-        stmt.query_map([], |r| r.get::<_, String>(0))
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| SqliteError::from_sqlite(path, t, e))?
-            .into_iter()
-            .filter(|l| l != "ok")
-            .collect()
+    let err = |e| SqliteError::from_sqlite(path, t, e);
+    let open = || {
+        let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
+        Connection::open_with_flags(&uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
     };
-    let sum = logical_checksum(&conn).map_err(|e| SqliteError::from_sqlite(path, t, e))?;
+    let conn = open().map_err(err)?;
+    let twin = open().map_err(err)?;
+    let info = read_info(&conn).map_err(err)?;
+    let (problems, sum) = std::thread::scope(|scope| {
+        let sum = scope.spawn(move || logical_checksum(&twin));
+        let problems = (|| -> rusqlite::Result<Vec<String>> {
+            let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.filter(|l| !matches!(l.as_deref(), Ok("ok"))).collect()
+        })();
+        (problems, sum.join().expect("checksum thread panicked"))
+    });
     Ok(VerifyReport {
         info,
-        problems,
-        logical_checksum: sum,
+        problems: problems.map_err(err)?,
+        logical_checksum: sum.map_err(err)?,
     })
 }
 

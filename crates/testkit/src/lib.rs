@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params};
 
 mod flaky;
+mod tricky;
 pub use flaky::FlakyStore;
+pub use tricky::{TRICKY_REALS, TrickyOptions, tricky};
 
 /// SplitMix64: tiny, seeded, good enough for test data.
 #[derive(Debug, Clone)]

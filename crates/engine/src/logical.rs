@@ -1,0 +1,200 @@
+//! SQL dumps and loads outside a repository: `sqlvault dump` and `sqlvault load`.
+//! Synchronous: both are one SQLite connection streaming through a file.
+
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlvault_sqlite::{LoadOptions, Source, SourceOptions};
+
+use crate::error::{Error, ErrorKind, Result, io_err};
+
+/// Options for [`dump_to_writer`] and [`dump_to_file`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DumpOptions {
+    /// Longest wait for the application's locks.
+    pub busy_timeout: Duration,
+    /// Replace an existing output file.
+    pub force: bool,
+}
+
+impl Default for DumpOptions {
+    fn default() -> Self {
+        DumpOptions {
+            busy_timeout: Duration::from_secs(10),
+            force: false,
+        }
+    }
+}
+
+impl DumpOptions {
+    /// Sets the busy timeout.
+    pub fn with_busy_timeout(mut self, t: Duration) -> Self {
+        self.busy_timeout = t;
+        self
+    }
+    /// Allows replacing the output file.
+    pub fn with_force(mut self, yes: bool) -> Self {
+        self.force = yes;
+        self
+    }
+}
+
+/// What a dump wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct DumpSummary {
+    /// The source database.
+    pub source: String,
+    /// The output file, if not a stream.
+    pub path: Option<String>,
+    /// Bytes of SQL.
+    pub bytes: u64,
+    /// Tables dumped.
+    pub tables: usize,
+    /// Rows dumped.
+    pub rows: u64,
+    /// Hex logical checksum, also in the dump's trailer.
+    pub logical_checksum: String,
+    /// `read-transaction` or `backup-copy`.
+    pub method: String,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+pub(crate) fn method_name(m: sqlvault_sqlite::SnapshotMethod) -> &'static str {
+    match m {
+        sqlvault_sqlite::SnapshotMethod::DbPage => "dbpage",
+        sqlvault_sqlite::SnapshotMethod::BackupCopy => "backup-copy",
+        _ => "read-transaction",
+    }
+}
+
+/// Writes a lossless SQL dump of `db` to `out`. Everything that would make it lossy is
+/// reported before the first byte; an error later (a full disk, a closed pipe) leaves
+/// output without its checksum trailer, which `load` refuses as truncated.
+pub fn dump_to_writer(db: &Path, out: impl Write, opts: &DumpOptions) -> Result<DumpSummary> {
+    let t = Instant::now();
+    let mut src = Source::open(db, SourceOptions::default().with_busy_timeout(opts.busy_timeout))?;
+    let r = src.dump(out)?;
+    Ok(DumpSummary {
+        source: src.path().display().to_string(),
+        path: None,
+        bytes: r.bytes,
+        tables: r.tables,
+        rows: r.rows,
+        logical_checksum: hex::encode(r.logical_checksum),
+        method: method_name(r.method).into(),
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes the dump to `file` (mode 0600) through a temporary file in the same
+/// directory, synced and renamed only when complete: no partial file on any error.
+pub fn dump_to_file(db: &Path, file: &Path, opts: &DumpOptions) -> Result<DumpSummary> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "dump.no-directory",
+            format!("output directory {} does not exist", dir.display()),
+        ));
+    }
+    if file.exists() && !opts.force {
+        return Err(Error::new(
+            ErrorKind::Exists,
+            "dump.output-exists",
+            format!("{} exists; pass --force to replace it", file.display()),
+        ));
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(
+            ".{}.sqlvault-",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        ))
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(|e| io_err(format!("cannot create a temporary file in {}", dir.display()), e))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io_err("chmod", e))?;
+    let mut summary = dump_to_writer(db, tmp.as_file(), opts)?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| io_err(format!("cannot fsync {}", tmp.path().display()), e))?;
+    if opts.force {
+        tmp.persist(file)
+    } else {
+        tmp.persist_noclobber(file)
+    }
+    .map_err(|e| io_err(format!("cannot rename into {}", file.display()), e.error))?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(format!("cannot fsync {}", dir.display()), e))?;
+    summary.path = Some(file.display().to_string());
+    Ok(summary)
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadSummary {
+    /// The new database.
+    pub path: String,
+    /// Hex logical checksum of the new database.
+    pub logical_checksum: String,
+    /// Whether it matched the checksum the dump recorded (sqlvault dumps carry one).
+    pub checksum_verified: bool,
+    /// Statements run.
+    pub statements: u64,
+    /// Seconds spent loading.
+    pub load_seconds: f64,
+    /// Seconds spent in integrity_check and the checksum.
+    pub check_seconds: f64,
+}
+
+/// Builds `dest` from the dump at `input` (`-` for standard input); see
+/// [`sqlvault_sqlite::load`] for the guarantees.
+pub fn load_file(input: &Path, dest: &Path, force: bool) -> Result<LoadSummary> {
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "load.no-directory",
+            format!("destination directory {} does not exist", dir.display()),
+        ));
+    }
+    let opts = LoadOptions::default().with_force(force);
+    let r = if input == Path::new("-") {
+        sqlvault_sqlite::load(std::io::stdin().lock(), Path::new("<stdin>"), dest, &opts)?
+    } else {
+        let f = File::open(input).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::new(
+                    ErrorKind::NotFound,
+                    "load.input-missing",
+                    format!("dump {} does not exist", input.display()),
+                )
+            } else {
+                io_err(format!("cannot read {}", input.display()), e)
+            }
+        })?;
+        sqlvault_sqlite::load(BufReader::with_capacity(1 << 20, f), input, dest, &opts)?
+    };
+    Ok(LoadSummary {
+        path: r.path.display().to_string(),
+        logical_checksum: hex::encode(r.logical_checksum),
+        checksum_verified: r.checksum_verified,
+        statements: r.statements,
+        load_seconds: r.load_seconds,
+        check_seconds: r.check_seconds,
+    })
+}

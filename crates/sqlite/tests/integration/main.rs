@@ -1,0 +1,3 @@
+//! Integration tests of sqlvault-sqlite: SQL dumps and loads.
+
+mod dump;
