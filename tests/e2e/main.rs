@@ -4,6 +4,7 @@ mod support;
 
 mod backup_restore;
 mod corruption;
+mod dumps;
 mod keys_and_errors;
 mod s3;
 mod stock_tools;

@@ -24,6 +24,10 @@ pub struct BenchArgs {
     /// Run the whole scenario this many times and report medians.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Benchmark SQL dumps instead: `sqlvault dump`/`load` against `sqlite3 .dump` and
+    /// `sqlite3 new.db < dump.sql`, and dump snapshots before and after the update.
+    #[arg(long)]
+    dump: bool,
 }
 
 /// Flushes dirty pages so one step's writeback does not land in the next step's time.
@@ -192,7 +196,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut runs = Vec::new();
     for r in 0..a.repeat.max(1) {
         eprintln!("bench: run {} of {}", r + 1, a.repeat.max(1));
-        runs.push(scenario(&bin, &dir, &pristine, &db, a.size_mib, a.update_fraction)?);
+        runs.push(if a.dump {
+            dump_scenario(&bin, &dir, &pristine, &db, a.size_mib, a.update_fraction)?
+        } else {
+            scenario(&bin, &dir, &pristine, &db, a.size_mib, a.update_fraction)?
+        });
+    }
+    if a.dump {
+        fs::write(
+            dir.join(format!("results-dump-{}m.json", a.size_mib)),
+            serde_json::to_vec_pretty(&runs)?,
+        )?;
+        return dump_report(&runs, a.size_mib);
     }
     fs::write(
         dir.join(format!("results-{}m.json", a.size_mib)),
@@ -287,6 +302,155 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, size_mib: u64, u
         "incremental": {"rows_updated": rows, "pages_changed": changed, "pages_total": total_pages, "changed_zstd_bytes": changed_zstd, "budget_bytes": inc_budget, "bytes_new": inc_new, "wall": inc.wall, "cpu": inc.cpu, "rss_kib": inc.rss_kib, "report": inc_j},
         "restore": {"wall": rest.wall, "cpu": rest.cpu, "rss_kib": rest.rss_kib, "restore_seconds": restore_s, "check_seconds": check_s},
     }))
+}
+
+/// Dump and load against the stock shell, on the same database and the same dump file,
+/// then two dump snapshots around the same random update as the physical scenario.
+fn dump_scenario(
+    bin: &Path,
+    dir: &Path,
+    pristine: &Path,
+    db: &Path,
+    size_mib: u64,
+    update_fraction: f64,
+) -> Result<Value> {
+    fs::copy(pristine, db)?;
+    let _ = fs::remove_file(dir.join(format!("bench-{size_mib}m.db-wal")));
+    let work = dir.join("work-dump");
+    if work.exists() {
+        fs::remove_dir_all(&work)?;
+    }
+    fs::create_dir_all(&work)?;
+    let home = work.join("home");
+    let sv = |args: &[&str]| {
+        let mut c = Command::new(bin);
+        c.args(args).env("SQLVAULT_HOME", &home);
+        c
+    };
+    let (dbs, w) = (db.to_str().unwrap(), work.to_str().unwrap());
+
+    // Both write to a file through stdout, as `sqlite3 DB .dump > file` does.
+    settle();
+    let peer_dump = measure(&mut sh(&format!("sqlite3 '{dbs}' .dump > '{w}/peer.sql'")))?;
+    settle();
+    let ours = measure(sh(&format!("'{}' dump '{dbs}' > '{w}/ours.sql'", bin.display())).env("SQLVAULT_HOME", &home))?;
+    let ours_bytes = fs::metadata(work.join("ours.sql"))?.len();
+    let peer_bytes = fs::metadata(work.join("peer.sql"))?.len();
+    fs::remove_file(work.join("peer.sql"))?;
+    // Both load the same file: sqlvault's dump.
+    settle();
+    let peer_load = measure(&mut sh(&format!("sqlite3 '{w}/peer.db' < '{w}/ours.sql'")))?;
+    fs::remove_file(work.join("peer.db"))?;
+    settle();
+    let load = measure(&mut sv(&[
+        "load",
+        &format!("{w}/ours.sql"),
+        &format!("{w}/loaded.db"),
+        "--json",
+    ]))?;
+    let load_j: Value = serde_json::from_str(&load.stdout)?;
+    fs::remove_file(work.join("loaded.db"))?;
+    fs::remove_file(work.join("ours.sql"))?;
+
+    let key = work.join("key.txt");
+    let recipient = measure(sv(&["key", "generate", "-o", key.to_str().unwrap()]).stderr(Stdio::null()))?
+        .stdout
+        .trim()
+        .to_string();
+    let repo = work.join("repo");
+    let repos = repo.to_str().unwrap();
+    measure(sv(&["init", repos, "-r", &recipient]).stdout(Stdio::null()))?;
+    settle();
+    let first = measure(&mut sv(&["backup", dbs, repos, "--kind", "dump", "--json"]))?;
+    let first_j: Value = serde_json::from_str(&first.stdout)?;
+    let rows = sqlvault_testkit::update_random(db, update_fraction, 99)?;
+    checkpoint(db)?;
+    settle();
+    let second = measure(&mut sv(&["backup", dbs, repos, "--kind", "dump", "--json"]))?;
+    let second_j: Value = serde_json::from_str(&second.stdout)?;
+    let (a, b) = (
+        first_j["bytes_new"].as_u64().unwrap_or(0),
+        second_j["bytes_new"].as_u64().unwrap_or(0),
+    );
+    Ok(json!({
+        "db_bytes": fs::metadata(db)?.len(),
+        "dump": {"wall": ours.wall, "cpu": ours.cpu, "rss_kib": ours.rss_kib, "bytes": ours_bytes},
+        "peer_dump": {"wall": peer_dump.wall, "cpu": peer_dump.cpu, "bytes": peer_bytes},
+        "load": {"wall": load.wall, "cpu": load.cpu, "rss_kib": load.rss_kib, "report": load_j},
+        "peer_load": {"wall": peer_load.wall, "cpu": peer_load.cpu},
+        "first": {"wall": first.wall, "rss_kib": first.rss_kib, "bytes_new": a, "report": first_j},
+        "second": {"wall": second.wall, "rss_kib": second.rss_kib, "bytes_new": b, "rows_updated": rows, "report": second_j},
+    }))
+}
+
+fn dump_report(runs: &[Value], size_mib: u64) -> Result<()> {
+    let f = |path: &str| -> f64 {
+        median(
+            runs.iter()
+                .map(|r| r.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN))
+                .collect(),
+        )
+    };
+    let max = |path: &str| -> f64 {
+        runs.iter()
+            .map(|r| r.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN))
+            .fold(0.0, f64::max)
+    };
+    let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
+    let mb = |b: f64| format!("{:.1} MiB", b / 1048576.0);
+    let (d, pd, l, pl) = (
+        f("/dump/wall"),
+        f("/peer_dump/wall"),
+        f("/load/wall"),
+        f("/peer_load/wall"),
+    );
+    let (a, b) = (f("/first/bytes_new"), f("/second/bytes_new"));
+    println!(
+        "## SQL dumps, {size_mib} MiB WAL-mode database ({}); medians of {} runs\n",
+        mb(f("/db_bytes")),
+        runs.len()
+    );
+    println!("| measure | sqlvault | peer | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| dump to a file (stdout) | {d:.2} s, {} | `sqlite3 DB .dump` {pd:.2} s, {} | {:.2}× | ≤ 1.0× ({}) |",
+        mb(f("/dump/bytes")),
+        mb(f("/peer_dump/bytes")),
+        d / pd,
+        verdict(d <= pd)
+    );
+    println!(
+        "| load the same dump (incl. integrity_check + checksum {:.2} s) | {l:.2} s | `sqlite3 new.db < dump.sql` {pl:.2} s | {:.2}× | ≤ 1.0× ({}) |",
+        f("/load/report/check_seconds"),
+        l / pl,
+        verdict(l <= pl)
+    );
+    println!(
+        "| dump snapshot, first | {} stored, {:.2} s | | | |",
+        mb(a),
+        f("/first/wall")
+    );
+    println!(
+        "| dump snapshot after {} rows updated | {} stored, {:.2} s | | {:.3}× of the first | ≤ 0.10× ({}) |",
+        f("/second/rows_updated"),
+        mb(b),
+        f("/second/wall"),
+        b / a,
+        verdict(b <= 0.1 * a)
+    );
+    let rss = [max("/dump/rss_kib"), max("/load/rss_kib")];
+    println!(
+        "| peak RSS dump / load (max of runs) | {:.0} / {:.0} MiB | | | ≤ 64 MiB ({}) |",
+        rss[0] / 1024.0,
+        rss[1] / 1024.0,
+        verdict(rss.iter().all(|&r| r <= 64.0 * 1024.0))
+    );
+    println!(
+        "| peak RSS dump backup first / second (max of runs) | {:.0} / {:.0} MiB | | | |",
+        max("/first/rss_kib") / 1024.0,
+        max("/second/rss_kib") / 1024.0
+    );
+    Ok(())
 }
 
 fn report(runs: &[Value], size_mib: u64) -> Result<()> {

@@ -117,9 +117,19 @@ struct BackupArgs {
     /// Seal and upload packs at this many MiB.
     #[arg(long, default_value_t = 16)]
     pack_size: usize,
+    /// What the snapshot holds: the database's pages (restores byte for byte), or a
+    /// lossless SQL dump (readable, portable, deduplicated between dumps).
+    #[arg(long, value_enum, default_value_t = KindArg::Pages)]
+    kind: KindArg,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum KindArg {
+    Pages,
+    Dump,
 }
 
 #[derive(Args, Debug)]
@@ -340,6 +350,7 @@ fn snapshot_json(m: &Manifest) -> serde_json::Value {
         "journal_mode": m.journal_mode,
         "parent": m.parent.map(|p| p.to_string()),
         "bytes_new": m.stats.bytes_new,
+        "dump_bytes": m.dump.as_ref().map(|d| d.bytes),
     })
 }
 
@@ -439,15 +450,20 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 .with_name(a.name)
                 .with_level(a.level)
                 .with_pack_target(a.pack_size << 20)
-                .with_busy_timeout(busy(a.busy_timeout)?);
+                .with_busy_timeout(busy(a.busy_timeout)?)
+                .with_kind(match a.kind {
+                    KindArg::Pages => sqlvault_engine::BackupKind::Pages,
+                    KindArg::Dump => sqlvault_engine::BackupKind::Dump,
+                });
             let rep = sqlvault_engine::backup(&repo, &a.db, opts).await?;
             if a.json {
                 print_json(&serde_json::to_value(&rep).expect("json"));
             } else {
                 println!(
-                    "snapshot {} of {} saved: {} pages read ({}), {} new chunks, {} stored, {:.2}s",
+                    "snapshot {} of {} saved ({}): {} chunks read ({}), {} new chunks, {} stored, {:.2}s",
                     &rep.snapshot_id[..8],
                     rep.name,
+                    rep.kind,
                     rep.chunks_total,
                     human(rep.bytes_read),
                     rep.chunks_new,
@@ -469,15 +485,16 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 print_json(&serde_json::Value::Array(snaps.iter().map(snapshot_json).collect()));
             } else {
                 println!(
-                    "{:<10} {:<21} {:<24} {:>10} {:>12}",
-                    "ID", "TIME", "NAME", "PAGES", "SIZE"
+                    "{:<10} {:<21} {:<24} {:<6} {:>10} {:>12}",
+                    "ID", "TIME", "NAME", "KIND", "PAGES", "SIZE"
                 );
                 for m in &snaps {
                     println!(
-                        "{:<10} {:<21} {:<24} {:>10} {:>12}",
+                        "{:<10} {:<21} {:<24} {:<6} {:>10} {:>12}",
                         m.id.short(),
                         time_str(m.created_ms),
                         m.name,
+                        m.kind,
                         m.page_count,
                         human(m.db_size())
                     );

@@ -13,14 +13,14 @@ use serde::Serialize;
 use sqlvault_compress::{FrameCompressor, FrameDecompressor};
 use sqlvault_crypt::EncryptWriter;
 use sqlvault_format::{
-    ChunkId, FORMAT_VERSION, IndexEntry, Manifest, MapRef, ObjectId, PACK_MAGIC, PageMap, SnapshotStats,
-    decode_entries, encode_entries, encode_manifest, layout, write_index,
+    ChunkId, ChunkSeq, DUMP_CHUNKER, DumpFacts, FORMAT_VERSION, IndexEntry, Manifest, MapRef, ObjectId, PACK_MAGIC,
+    PageMap, SnapshotStats, decode_entries, encode_entries, encode_manifest, kind as format_kind, layout, write_index,
 };
 use sqlvault_sqlite::{SnapshotError, SnapshotMethod, Source, SourceOptions};
 use sqlvault_store::RequestCounts;
 
 use crate::error::{Error, ErrorKind, Result, crypt_err, io_err};
-use crate::local::{KnownChunks, ParentCache};
+use crate::local::{KnownChunks, ParentCache, SeqParent};
 use crate::repo::{Repo, now_ms};
 
 /// Options for [`backup`].
@@ -45,6 +45,20 @@ pub struct BackupOptions {
     pub max_chain: usize,
     /// Use the backup-API copy even in WAL mode.
     pub force_backup_copy: bool,
+    /// Physical pages or a SQL dump.
+    pub kind: BackupKind,
+}
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BackupKind {
+    /// The database's pages, one chunk each: restores byte for byte.
+    #[default]
+    Pages,
+    /// A lossless SQL dump, cut by content-defined chunking: readable, portable across
+    /// SQLite versions, and deduplicated between dumps of a slowly changing database.
+    Dump,
 }
 
 impl Default for BackupOptions {
@@ -59,6 +73,7 @@ impl Default for BackupOptions {
             verify_frames: true,
             max_chain: 32,
             force_backup_copy: false,
+            kind: BackupKind::Pages,
         }
     }
 }
@@ -94,6 +109,11 @@ impl BackupOptions {
         self.force_backup_copy = yes;
         self
     }
+    /// Sets the snapshot kind.
+    pub fn with_kind(mut self, kind: BackupKind) -> Self {
+        self.kind = kind;
+        self
+    }
 }
 
 /// What a backup did.
@@ -103,7 +123,9 @@ pub struct BackupReport {
     pub snapshot_id: String,
     /// Database name.
     pub name: String,
-    /// Bytes of database read.
+    /// `pages` or `dump`.
+    pub kind: String,
+    /// Bytes of database (or, for a dump, of SQL) read.
     pub bytes_read: u64,
     /// Bytes newly stored in the repository.
     pub bytes_new: u64,
@@ -134,9 +156,13 @@ pub struct BackupReport {
 /// Request counts for reports: the store's counters, serialisable.
 pub type Requests = RequestCounts;
 
+/// Consecutive chunks for a worker: pages of the page size when `lens` is empty,
+/// else chunks of those lengths (dumps). `first_pgno` is the 1-based ordinal of the
+/// first.
 struct Batch {
     first_pgno: u32,
     data: Vec<u8>,
+    lens: Vec<u32>,
 }
 
 /// A pack that was uploaded, with its entries kept encoded (~32 bytes a chunk).
@@ -182,6 +208,8 @@ impl Shared {
 #[derive(Default)]
 struct Table {
     pages: Vec<ChunkId>,
+    /// Chunk lengths, for dumps (pages are all the page size).
+    lens: Vec<u32>,
     /// Page numbers, hashed by the first 8 bytes of the id stored at that page (ids are
     /// keyed hashes, so those bytes are already uniform): 4 bytes an entry.
     seen: hashbrown::HashTable<u32>,
@@ -243,8 +271,9 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
         let mut frame_in: Vec<u8> = Vec::new();
         let mut frame_out: Vec<u8> = Vec::new();
         let mut check: Vec<u8> = Vec::new();
-        let mut frame_ids: Vec<(ChunkId, u32)> = Vec::new();
+        let mut frame_ids: Vec<(ChunkId, u32, u32)> = Vec::new();
         let mut ids: Vec<ChunkId> = Vec::new();
+        let mut spans: Vec<(usize, usize)> = Vec::new();
         let mut fresh: Vec<usize> = Vec::new();
         let mut pack: Option<PackBuilder> = None;
         loop {
@@ -258,7 +287,21 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
             frame_ids.clear();
             ids.clear();
             fresh.clear();
-            ids.extend(batch.data.chunks_exact(ps).map(|page| shared.repo.keys.chunk_id(page)));
+            spans.clear();
+            if batch.lens.is_empty() {
+                spans.extend((0..batch.data.len() / ps).map(|i| (i * ps, ps)));
+            } else {
+                let mut off = 0;
+                for &l in &batch.lens {
+                    spans.push((off, l as usize));
+                    off += l as usize;
+                }
+            }
+            ids.extend(
+                spans
+                    .iter()
+                    .map(|&(o, l)| shared.repo.keys.chunk_id(&batch.data[o..o + l])),
+            );
             {
                 let mut t = shared.table.lock().unwrap();
                 let first = batch.first_pgno as usize - 1;
@@ -266,11 +309,17 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
                     t.pages.resize(first + ids.len(), ChunkId([0; 32]));
                 }
                 t.pages[first..first + ids.len()].copy_from_slice(&ids);
+                if !batch.lens.is_empty() {
+                    if t.lens.len() < first + ids.len() {
+                        t.lens.resize(first + ids.len(), 0);
+                    }
+                    t.lens[first..first + ids.len()].copy_from_slice(&batch.lens);
+                }
                 for (i, id) in ids.iter().enumerate() {
                     if shared.known.contains(id) {
                         continue;
                     }
-                    let Table { pages, seen } = &mut *t;
+                    let Table { pages, seen, .. } = &mut *t;
                     let h = id_hash(id);
                     if seen.find(h, |&pg| pages[pg as usize - 1] == *id).is_some() {
                         continue;
@@ -280,8 +329,9 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
                 }
             }
             for &i in &fresh {
-                frame_ids.push((ids[i], frame_in.len() as u32));
-                frame_in.extend_from_slice(&batch.data[i * ps..(i + 1) * ps]);
+                let (o, l) = spans[i];
+                frame_ids.push((ids[i], frame_in.len() as u32, l as u32));
+                frame_in.extend_from_slice(&batch.data[o..o + l]);
             }
             shared.free.lock().unwrap().push(batch.data);
             if frame_ids.is_empty() {
@@ -309,13 +359,13 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
             let frame_offset = p.plain_len;
             p.w.write_all(&frame_out).map_err(|e| io_err("encrypting pack", e))?;
             p.plain_len += frame_out.len() as u64;
-            for (id, off) in &frame_ids {
+            for &(id, offset, len) in &frame_ids {
                 p.entries.push(IndexEntry {
-                    id: *id,
+                    id,
                     frame_offset,
                     frame_len: frame_out.len() as u32,
-                    offset: *off,
-                    len: ps as u32,
+                    offset,
+                    len,
                 });
             }
             if p.plain_len as usize >= opts.pack_target {
@@ -348,6 +398,21 @@ fn upload_pack(shared: &Shared, (ct, sealed): (Vec<u8>, SealedPack), out: &mut W
     Ok(())
 }
 
+/// The host's record of its last snapshot of a database name, by snapshot kind.
+enum Parent {
+    Pages(ParentCache),
+    Dump(SeqParent),
+}
+
+impl Parent {
+    fn snapshot(&self) -> ObjectId {
+        match self {
+            Parent::Pages(p) => p.snapshot,
+            Parent::Dump(p) => p.snapshot,
+        }
+    }
+}
+
 /// Backs up the database at `db` into `repo`.
 pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<BackupReport> {
     let started = Instant::now();
@@ -359,14 +424,21 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "database".into())
     });
+    let kind = opts.kind;
 
     // Local dedup state, checked against the repository before it is trusted.
     let repo_id = repo.repo_id.clone();
     let (mut known, parent) = {
         let (rid, n) = (repo_id.clone(), name.clone());
-        tokio::task::spawn_blocking(move || (KnownChunks::load(&rid), ParentCache::load(&rid, &n)))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Internal, "internal", "cache loader panicked").with_source(e))?
+        tokio::task::spawn_blocking(move || {
+            let parent = match kind {
+                BackupKind::Pages => ParentCache::load(&rid, &n).map(Parent::Pages),
+                BackupKind::Dump => SeqParent::load(&rid, &n).map(Parent::Dump),
+            };
+            (KnownChunks::load(&rid), parent)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "cache loader panicked").with_source(e))?
     };
     if !known.packs.is_empty() {
         let missing = futures::stream::iter(known.packs.clone().into_iter().map(|p| {
@@ -386,7 +458,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         }
     }
     let parent = match parent {
-        Some(p) if !known.ids.is_empty() => repo.store.head(&layout::snapshot(&p.snapshot)).await?.map(|_| p),
+        Some(p) if !known.ids.is_empty() => repo.store.head(&layout::snapshot(&p.snapshot())).await?.map(|_| p),
         _ => None,
     };
 
@@ -412,7 +484,13 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         let db = db.clone();
         tokio::task::spawn_blocking(move || run_pipeline(shared, &db, threads))
     };
-    let (info, checksum, method, outs) = pipeline
+    let PipelineOut {
+        info,
+        checksum,
+        method,
+        outs,
+        dump_bytes,
+    } = pipeline
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "internal", "backup pipeline panicked").with_source(e))??;
 
@@ -420,8 +498,8 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         Arc::try_unwrap(shared).map_err(|_| Error::new(ErrorKind::Internal, "internal", "pipeline still running"))?;
     let mut known = known;
 
-    // Assemble the page map.
-    let Table { pages, seen } = table.into_inner().unwrap();
+    // Assemble the page map (or chunk sequence).
+    let Table { pages, seen, lens } = table.into_inner().unwrap();
     drop(seen);
     let filled = pages.len();
     let mut packs = Vec::new();
@@ -430,11 +508,15 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         packs.extend(o.packs);
         bytes_new += o.bytes_stored;
     }
-    if filled != info.page_count as usize || pages.iter().any(|id| id.0 == [0; 32]) {
+    let expected = match kind {
+        BackupKind::Pages => info.page_count as usize,
+        BackupKind::Dump => lens.len(),
+    };
+    if filled != expected || pages.iter().any(|id| id.0 == [0; 32]) {
         return Err(Error::new(
             ErrorKind::Internal,
             "backup.incomplete",
-            format!("snapshot produced {filled} of {} pages", info.page_count),
+            format!("snapshot produced {filled} of {expected} chunks"),
         ));
     }
 
@@ -464,45 +546,36 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     // Sorts once, with the ids pushed above.
     known.merge(pack_ids.iter().copied(), std::iter::empty());
 
-    // Page map: a delta against this host's last snapshot of the same name when that is
-    // small and the chain short, a full map otherwise.
-    // Compared on a blocking thread: the parent's table is streamed from disk.
-    let (delta, pages, parent) = {
-        let (max_chain, page_size) = (opts.max_chain, info.page_size);
-        tokio::task::spawn_blocking(move || {
-            let delta = match &parent {
-                Some(p) if p.page_size == page_size && p.maps.len() < max_chain => p.delta(&pages, pages.len() / 2),
+    let chunks_total = pages.len() as u64;
+    let parent_id = parent.as_ref().map(Parent::snapshot);
+    let (map_ct, map_mac, mut maps, map_kind, table_for_cache) = match kind {
+        BackupKind::Pages => {
+            let parent = match parent {
+                Some(Parent::Pages(p)) => Some(p),
                 _ => None,
             };
-            (delta, pages, parent)
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "delta computation panicked").with_source(e))?
-    };
-    let parent_id = parent.as_ref().map(|p| p.snapshot);
-    let (map_ct, map_mac, mut maps, map_kind) = match (delta, &parent) {
-        (Some(d), Some(p)) => {
-            let pt = d.encode();
-            (repo.encrypt_meta(&pt)?, repo.keys.mac(&pt), p.maps.clone(), "delta")
+            let (ct, mac, maps, mk, pages) = page_map_object(repo, &opts, info.page_size, pages, parent).await?;
+            (ct, mac, maps, mk, CacheTable::Pages(pages))
         }
-        _ => {
-            // A full map is 32 bytes a page: stream it through the MAC and the
-            // encryptor rather than building it.
-            let mut mac = repo.keys.mac_hasher();
-            let mut w = repo.meta_writer(pages.len() * 32 + 1024)?;
-            let header = PageMap::full_header(pages.len() as u32);
-            mac.update(&header);
-            w.write_all(&header).map_err(|e| io_err("encrypting page map", e))?;
-            for chunk in pages.chunks(4096) {
-                let bytes: Vec<u8> = chunk.iter().flat_map(|id| id.0).collect();
-                mac.update(&bytes);
-                w.write_all(&bytes).map_err(|e| io_err("encrypting page map", e))?;
-            }
-            let ct = w.finish().map_err(|e| io_err("encrypting page map", e))?;
-            (ct, *mac.finalize().as_bytes(), Vec::new(), "full")
+        BackupKind::Dump => {
+            let parent = match parent {
+                Some(Parent::Dump(p)) => Some(p),
+                _ => None,
+            };
+            let seq = ChunkSeq { ids: pages, lens };
+            let full_size = 25 + seq.len() * 36;
+            let edit = match &parent {
+                Some(p) if p.maps.len() < opts.max_chain => seq.edit_from(&p.seq, full_size / 2),
+                _ => None,
+            };
+            let (pt, maps, mk) = match (edit, &parent) {
+                (Some(e), Some(p)) => (e, p.maps.clone(), "delta"),
+                _ => (seq.encode_full(), Vec::new(), "full"),
+            };
+            let mac = repo.keys.mac(&pt);
+            (repo.encrypt_meta(&pt)?, mac, maps, mk, CacheTable::Dump(seq))
         }
     };
-    drop(parent);
     let map_id = ObjectId::random();
     bytes_new += map_ct.len() as u64;
     repo.store.put(&layout::map(&map_id), Bytes::from(map_ct)).await?;
@@ -512,11 +585,19 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     });
 
     let snapshot_id = ObjectId::random();
+    let bytes_read = match kind {
+        BackupKind::Pages => info.page_size as u64 * info.page_count as u64,
+        BackupKind::Dump => dump_bytes,
+    };
     let mut manifest = Manifest {
         version: FORMAT_VERSION,
         id: snapshot_id,
         name: name.clone(),
-        kind: "pages".into(),
+        kind: match kind {
+            BackupKind::Pages => format_kind::PAGES,
+            BackupKind::Dump => format_kind::DUMP,
+        }
+        .into(),
         created_ms: now_ms(),
         host: hostname(),
         source_path: db.canonicalize().unwrap_or(db.clone()).display().to_string(),
@@ -532,11 +613,16 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         maps: maps.clone(),
         parent: parent_id,
         stats: SnapshotStats {
-            bytes_read: info.page_size as u64 * info.page_count as u64,
+            bytes_read,
             bytes_new: 0,
-            chunks_total: info.page_count as u64,
+            chunks_total,
             chunks_new,
         },
+        dump: (kind == BackupKind::Dump).then(|| DumpFacts {
+            bytes: dump_bytes,
+            chunks: chunks_total,
+            chunker: DUMP_CHUNKER.describe(),
+        }),
     };
     // The manifest's own size is estimated before it is known exactly (age adds a
     // fixed overhead); close enough for a statistic, exact for the data.
@@ -555,7 +641,10 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     let packs_new = pack_ids.len() as u64;
     let cache_result = tokio::task::spawn_blocking(move || -> Result<()> {
         known.save(&rid)?;
-        ParentCache::save(&rid, &n, snapshot_id, &maps, page_size, &pages)
+        match table_for_cache {
+            CacheTable::Pages(pages) => ParentCache::save(&rid, &n, snapshot_id, &maps, page_size, &pages),
+            CacheTable::Dump(seq) => SeqParent::save(&rid, &n, snapshot_id, &maps, &seq),
+        }
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, "internal", "cache writer panicked").with_source(e))?;
@@ -569,9 +658,10 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     Ok(BackupReport {
         snapshot_id: snapshot_id.to_string(),
         name,
-        bytes_read: manifest.stats.bytes_read,
+        kind: manifest.kind.clone(),
+        bytes_read,
         bytes_new: manifest.stats.bytes_new,
-        chunks_total: info.page_count as u64,
+        chunks_total,
         chunks_new,
         packs_new,
         page_size: info.page_size,
@@ -585,7 +675,72 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     })
 }
 
-type PipelineOut = (sqlvault_sqlite::DbInfo, [u8; 32], SnapshotMethod, Vec<WorkerOut>);
+/// What the local parent cache will hold after the commit.
+enum CacheTable {
+    Pages(Vec<ChunkId>),
+    Dump(ChunkSeq),
+}
+
+/// The page map object: a delta against this host's last snapshot of the same name
+/// when that is small and the chain short, a full map otherwise.
+async fn page_map_object(
+    repo: &Repo,
+    opts: &BackupOptions,
+    page_size: u32,
+    pages: Vec<ChunkId>,
+    parent: Option<ParentCache>,
+) -> Result<(Vec<u8>, [u8; 32], Vec<MapRef>, &'static str, Vec<ChunkId>)> {
+    // Compared on a blocking thread: the parent's table is streamed from disk.
+    let (delta, pages, parent) = {
+        let max_chain = opts.max_chain;
+        tokio::task::spawn_blocking(move || {
+            let delta = match &parent {
+                Some(p) if p.page_size == page_size && p.maps.len() < max_chain => p.delta(&pages, pages.len() / 2),
+                _ => None,
+            };
+            (delta, pages, parent)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "delta computation panicked").with_source(e))?
+    };
+    Ok(match (delta, &parent) {
+        (Some(d), Some(p)) => {
+            let pt = d.encode();
+            (
+                repo.encrypt_meta(&pt)?,
+                repo.keys.mac(&pt),
+                p.maps.clone(),
+                "delta",
+                pages,
+            )
+        }
+        _ => {
+            // A full map is 32 bytes a page: stream it through the MAC and the
+            // encryptor rather than building it.
+            let mut mac = repo.keys.mac_hasher();
+            let mut w = repo.meta_writer(pages.len() * 32 + 1024)?;
+            let header = PageMap::full_header(pages.len() as u32);
+            mac.update(&header);
+            w.write_all(&header).map_err(|e| io_err("encrypting page map", e))?;
+            for chunk in pages.chunks(4096) {
+                let bytes: Vec<u8> = chunk.iter().flat_map(|id| id.0).collect();
+                mac.update(&bytes);
+                w.write_all(&bytes).map_err(|e| io_err("encrypting page map", e))?;
+            }
+            let ct = w.finish().map_err(|e| io_err("encrypting page map", e))?;
+            (ct, *mac.finalize().as_bytes(), Vec::new(), "full", pages)
+        }
+    })
+}
+
+struct PipelineOut {
+    info: sqlvault_sqlite::DbInfo,
+    checksum: [u8; 32],
+    method: SnapshotMethod,
+    outs: Vec<WorkerOut>,
+    /// Bytes of SQL, for dumps.
+    dump_bytes: u64,
+}
 
 fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<PipelineOut> {
     let (tx, rx) = mpsc::sync_channel::<Batch>(threads * 2);
@@ -604,40 +759,10 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<Pipeli
     let src_opts = SourceOptions::default()
         .with_busy_timeout(shared.opts.busy_timeout)
         .with_force_backup_copy(shared.opts.force_backup_copy);
-    let snap = (|| {
-        let mut src = Source::open(db, src_opts)?;
-        let frame_pages = shared.opts.frame_pages.max(1);
-        let mut batch: Option<Batch> = None;
-        let r = src.snapshot(|pgno, page| {
-            if shared.abort.load(Ordering::Relaxed) {
-                return Err(());
-            }
-            if shared.page_size.load(Ordering::Relaxed) == 0 {
-                shared.page_size.store(page.len() as u64, Ordering::Relaxed);
-            }
-            let b = batch.get_or_insert_with(|| {
-                let mut data = shared.free.lock().unwrap().pop().unwrap_or_default();
-                data.clear();
-                data.reserve(page.len() * frame_pages);
-                Batch { first_pgno: pgno, data }
-            });
-            b.data.extend_from_slice(page);
-            if b.data.len() >= page.len() * frame_pages {
-                tx.send(batch.take().expect("present")).map_err(|_| ())?;
-            }
-            Ok(())
-        });
-        if let Some(b) = batch.take() {
-            let _ = tx.send(b);
-        }
-        match r {
-            Ok(v) => Ok(v),
-            Err(SnapshotError::Db(e)) => Err(Error::from(e)),
-            Err(SnapshotError::Consumer(())) => {
-                Err(Error::new(ErrorKind::Internal, "backup.aborted", "backup aborted"))
-            }
-        }
-    })();
+    let snap = match shared.opts.kind {
+        BackupKind::Pages => read_pages(&shared, db, src_opts, &tx),
+        BackupKind::Dump => read_dump(&shared, db, src_opts, &tx),
+    };
     drop(tx);
     let outs: Vec<WorkerOut> = handles
         .into_iter()
@@ -646,8 +771,148 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<Pipeli
     if let Some(e) = shared.error.lock().unwrap().take() {
         return Err(e);
     }
-    let (info, sum, method) = snap?;
-    Ok((info, sum, method, outs))
+    let (info, checksum, method, dump_bytes) = snap?;
+    Ok(PipelineOut {
+        info,
+        checksum,
+        method,
+        outs,
+        dump_bytes,
+    })
+}
+
+type SnapOut = (sqlvault_sqlite::DbInfo, [u8; 32], SnapshotMethod, u64);
+
+fn read_pages(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::SyncSender<Batch>) -> Result<SnapOut> {
+    let mut src = Source::open(db, src_opts)?;
+    let frame_pages = shared.opts.frame_pages.max(1);
+    let mut batch: Option<Batch> = None;
+    let r = src.snapshot(|pgno, page| {
+        if shared.abort.load(Ordering::Relaxed) {
+            return Err(());
+        }
+        if shared.page_size.load(Ordering::Relaxed) == 0 {
+            shared.page_size.store(page.len() as u64, Ordering::Relaxed);
+        }
+        let b = batch.get_or_insert_with(|| {
+            let mut data = shared.free.lock().unwrap().pop().unwrap_or_default();
+            data.clear();
+            data.reserve(page.len() * frame_pages);
+            Batch {
+                first_pgno: pgno,
+                data,
+                lens: Vec::new(),
+            }
+        });
+        b.data.extend_from_slice(page);
+        if b.data.len() >= page.len() * frame_pages {
+            tx.send(batch.take().expect("present")).map_err(|_| ())?;
+        }
+        Ok(())
+    });
+    if let Some(b) = batch.take() {
+        let _ = tx.send(b);
+    }
+    match r {
+        Ok((info, sum, method)) => Ok((info, sum, method, 0)),
+        Err(SnapshotError::Db(e)) => Err(Error::from(e)),
+        Err(SnapshotError::Consumer(())) => Err(Error::new(ErrorKind::Internal, "backup.aborted", "backup aborted")),
+    }
+}
+
+/// SQL of a dump batch handed to one worker: one compressed frame's worth.
+const DUMP_BATCH: usize = 1 << 20;
+
+/// Cuts the dump's SQL into content-defined chunks and hands them to the workers in
+/// batches. The dump writes large blocks; at most one chunk's worth stays pending.
+struct ChunkWriter<'a> {
+    shared: &'a Shared,
+    tx: &'a mpsc::SyncSender<Batch>,
+    pending: Vec<u8>,
+    batch: Option<Batch>,
+    next: u32,
+}
+
+impl ChunkWriter<'_> {
+    fn cut(&mut self, last: bool) -> std::io::Result<()> {
+        let p = DUMP_CHUNKER;
+        let mut pos = 0;
+        while self.pending.len() - pos >= p.max || (last && pos < self.pending.len()) {
+            let n = p.cut(&self.pending[pos..]);
+            let b = match self.batch.as_mut() {
+                Some(b) => b,
+                None => {
+                    let mut data = self.shared.free.lock().unwrap().pop().unwrap_or_default();
+                    data.clear();
+                    data.reserve(DUMP_BATCH + p.max);
+                    self.batch.insert(Batch {
+                        first_pgno: self.next,
+                        data,
+                        lens: Vec::new(),
+                    })
+                }
+            };
+            b.data.extend_from_slice(&self.pending[pos..pos + n]);
+            b.lens.push(n as u32);
+            self.next += 1;
+            pos += n;
+            if b.data.len() >= DUMP_BATCH {
+                self.send()?;
+            }
+        }
+        self.pending.drain(..pos);
+        if last {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if let Some(b) = self.batch.take() {
+            self.tx
+                .send(b)
+                .map_err(|_| std::io::Error::other("backup workers stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for ChunkWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.shared.abort.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("backup aborted"));
+        }
+        self.pending.extend_from_slice(data);
+        self.cut(false)?;
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn read_dump(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::SyncSender<Batch>) -> Result<SnapOut> {
+    let mut src = Source::open(db, src_opts)?;
+    let mut w = ChunkWriter {
+        shared,
+        tx,
+        pending: Vec::with_capacity(512 * 1024),
+        batch: None,
+        next: 1,
+    };
+    let r = src.dump(&mut w);
+    let r = r.map_err(Error::from).and_then(|rep| {
+        w.cut(true)
+            .map_err(|e| io_err("handing the dump to the backup workers", e))?;
+        Ok((rep.info, rep.logical_checksum, rep.method, rep.bytes))
+    });
+    if let Err(e) = &r
+        && shared.abort.load(Ordering::Relaxed)
+    {
+        // A worker failed first; its error is the one to report.
+        tracing::debug!("dump stopped after a worker failure: {}", e.one_line());
+    }
+    r
 }
 
 fn hostname() -> String {

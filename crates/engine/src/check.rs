@@ -93,7 +93,7 @@ pub async fn check(repo: &Repo, opts: CheckOptions) -> Result<CheckReport> {
                 continue;
             }
         };
-        match repo.page_map(&m).await {
+        match repo.chunk_ids(&m).await {
             Ok(pages) => referenced.extend(pages),
             Err(e) if e.kind() == ErrorKind::Store => return Err(e),
             Err(e) => problems.push(problem(&e)),

@@ -17,7 +17,7 @@ mod logical;
 mod repo;
 mod restore;
 
-pub use backup::{BackupOptions, BackupReport, Requests, backup};
+pub use backup::{BackupKind, BackupOptions, BackupReport, Requests, backup};
 pub use check::{CheckOptions, CheckReport, Problem, check};
 pub use error::{Error, ErrorKind, Result};
 pub use local::{WriteKey, home as state_dir};

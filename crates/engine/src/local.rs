@@ -6,6 +6,7 @@
 //! repos/<repo-id>/pin              fingerprint of the repository secret seen first (restore hosts)
 //! repos/<repo-id>/cache/known      chunk ids this host knows are stored, and their packs
 //! repos/<repo-id>/cache/parent-<h> last snapshot of each database name: its page map
+//! repos/<repo-id>/cache/seq-<h>    last dump snapshot of each database name: its chunks
 //! ```
 //!
 //! The caches are an optimisation only: deleting them costs a full upload, never a
@@ -17,7 +18,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sqlvault_format::{ChunkId, MapRef, ObjectId, RepoSecret};
+use sqlvault_format::{ChunkId, ChunkSeq, MapRef, ObjectId, RepoSecret};
 
 use crate::error::{Error, ErrorKind, Result, io_err};
 
@@ -315,6 +316,46 @@ impl ParentCache {
                 w.write_all(&id.0)?;
             }
             Ok(())
+        })
+    }
+}
+
+/// The last dump snapshot this host made of one database name: its maps and chunk
+/// sequence (36 bytes a chunk, read whole: the edit script needs random access).
+#[derive(Debug)]
+pub(crate) struct SeqParent {
+    pub snapshot: ObjectId,
+    pub maps: Vec<MapRef>,
+    pub seq: ChunkSeq,
+}
+
+const SEQ_MAGIC: &[u8; 8] = b"SQLVSQC1";
+
+fn seq_path(repo_id: &str, name: &str) -> PathBuf {
+    let h = blake3::hash(name.as_bytes());
+    cache_dir(repo_id).join(format!("seq-{}", &h.to_hex()[..24]))
+}
+
+impl SeqParent {
+    pub(crate) fn load(repo_id: &str, name: &str) -> Option<SeqParent> {
+        let b = fs::read(seq_path(repo_id, name)).ok()?;
+        let rest = b.strip_prefix(SEQ_MAGIC)?;
+        let snapshot = ObjectId(rest.get(..16)?.try_into().ok()?);
+        let jlen = u32::from_le_bytes(rest.get(16..20)?.try_into().ok()?) as usize;
+        let maps: Vec<MapRef> = serde_json::from_slice(rest.get(20..20 + jlen)?).ok()?;
+        let mut seq = ChunkSeq::default();
+        seq.apply_encoded(rest.get(20 + jlen..)?).ok()?;
+        Some(SeqParent { snapshot, maps, seq })
+    }
+
+    pub(crate) fn save(repo_id: &str, name: &str, snapshot: ObjectId, maps: &[MapRef], seq: &ChunkSeq) -> Result<()> {
+        let json = serde_json::to_vec(maps).expect("serialises");
+        write_private_with(&seq_path(repo_id, name), |w| {
+            w.write_all(SEQ_MAGIC)?;
+            w.write_all(&snapshot.0)?;
+            w.write_all(&(json.len() as u32).to_le_bytes())?;
+            w.write_all(&json)?;
+            w.write_all(&seq.encode_full())
         })
     }
 }

@@ -5,8 +5,8 @@ use futures::{StreamExt, TryStreamExt};
 use sqlvault_crypt::secrecy::SecretString;
 use sqlvault_crypt::{Identities, Recipient};
 use sqlvault_format::{
-    ChunkId, FORMAT_VERSION, IndexFile, Manifest, ObjectId, PageMap, RepoConfig, RepoKeys, RepoMarker, RepoSecret,
-    decode_manifest, layout,
+    ChunkId, ChunkSeq, FORMAT_VERSION, IndexFile, Manifest, MapRef, ObjectId, PageMap, RepoConfig, RepoKeys,
+    RepoMarker, RepoSecret, decode_manifest, kind, layout,
 };
 use sqlvault_store::Store;
 
@@ -54,6 +54,17 @@ pub struct Repo {
     pub(crate) meta_recipient: Arc<Recipient>,
     pub(crate) identities: Arc<Identities>,
     pub(crate) can_read_data: bool,
+}
+
+pub(crate) fn unknown_kind(m: &Manifest, kind: &str) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        "snapshot.unknown-kind",
+        format!(
+            "snapshot {} is of kind {kind:?}, which this sqlvault cannot read",
+            m.id.short()
+        ),
+    )
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -402,12 +413,9 @@ impl Repo {
         }
     }
 
-    /// The page map of a snapshot: chunk id by page (index = pgno − 1).
-    pub async fn page_map(&self, m: &Manifest) -> Result<Vec<ChunkId>> {
-        // Decoded straight into the table: at 4 GiB a full map is 32 MiB, and holding
-        // its ciphertext, plaintext and a decoded copy at once would triple that.
-        let mut pages: Vec<ChunkId> = Vec::new();
-        let mut mapped: Vec<bool> = Vec::new();
+    /// Fetches, decrypts and authenticates each map object a manifest lists, in order,
+    /// handing its plaintext to `apply`.
+    async fn each_map(&self, m: &Manifest, mut apply: impl FnMut(&MapRef, &[u8]) -> Result<()>) -> Result<()> {
         for r in &m.maps {
             let ct = get_or(&self.store, &layout::map(&r.id), || {
                 Error::new(
@@ -431,9 +439,22 @@ impl Repo {
                     ),
                 ));
             }
-            PageMap::apply_encoded(&pt, &mut pages, &mut mapped)
-                .map_err(|e| corrupt(format!("page map {}", r.id.short()), e))?;
+            apply(r, &pt)?;
         }
+        Ok(())
+    }
+
+    /// The page map of a snapshot: chunk id by page (index = pgno − 1).
+    pub async fn page_map(&self, m: &Manifest) -> Result<Vec<ChunkId>> {
+        // Decoded straight into the table: at 4 GiB a full map is 32 MiB, and holding
+        // its ciphertext, plaintext and a decoded copy at once would triple that.
+        let mut pages: Vec<ChunkId> = Vec::new();
+        let mut mapped: Vec<bool> = Vec::new();
+        self.each_map(m, |r, pt| {
+            PageMap::apply_encoded(pt, &mut pages, &mut mapped)
+                .map_err(|e| corrupt(format!("page map {}", r.id.short()), e))
+        })
+        .await?;
         if pages.len() != m.page_count as usize {
             return Err(Error::new(
                 ErrorKind::Integrity,
@@ -454,6 +475,37 @@ impl Repo {
             ));
         }
         Ok(pages)
+    }
+
+    /// The chunk sequence of a dump snapshot: its SQL stream, chunk by chunk.
+    pub async fn chunk_seq(&self, m: &Manifest) -> Result<ChunkSeq> {
+        let mut seq = ChunkSeq::default();
+        self.each_map(m, |r, pt| {
+            seq.apply_encoded(pt)
+                .map_err(|e| corrupt(format!("chunk sequence {}", r.id.short()), e))
+        })
+        .await?;
+        let facts = m.dump.as_ref();
+        if facts.is_none_or(|d| d.bytes != seq.total_bytes() || d.chunks != seq.len() as u64) {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "repo.corrupt-object",
+                format!(
+                    "chunk sequences of snapshot {} do not give the dump its manifest describes",
+                    m.id.short()
+                ),
+            ));
+        }
+        Ok(seq)
+    }
+
+    /// Every chunk a snapshot references, in order, whatever its kind.
+    pub async fn chunk_ids(&self, m: &Manifest) -> Result<Vec<ChunkId>> {
+        match m.kind.as_str() {
+            kind::PAGES => self.page_map(m).await,
+            kind::DUMP => Ok(self.chunk_seq(m).await?.ids),
+            other => Err(unknown_kind(m, other)),
+        }
     }
 
     /// Names of the index objects.

@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 use sqlvault_compress::FrameDecompressor;
-use sqlvault_format::{ChunkId, IndexFile, Manifest, ObjectId, layout};
+use sqlvault_format::{ChunkId, IndexFile, Manifest, ObjectId, kind, layout};
 
 use crate::backup::Requests;
 use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, io_err};
-use crate::repo::{Repo, get_or};
+use crate::repo::{Repo, get_or, unknown_kind};
 
 /// Options for [`restore`] and [`verify`].
 #[derive(Debug, Clone, Default)]
@@ -136,122 +136,26 @@ pub(crate) async fn restore_manifest(
         ));
     }
 
-    // Unique chunks (sorted, so an index entry is found by binary search without a
-    // hash table), and for each the pages it fills (CSR: `starts`, `pgnos`). Memory is
-    // about 40 bytes per page at the peak, then ~12.
-    let (uids, starts, pgnos) = {
-        let pages = repo.page_map(m).await?;
-        let mut order: Vec<u32> = (0..pages.len() as u32).collect();
-        order.sort_unstable_by(|a, b| pages[*a as usize].cmp(&pages[*b as usize]));
-        let mut uids: Vec<ChunkId> = Vec::new();
-        let mut starts: Vec<u32> = Vec::new();
-        for (k, &p) in order.iter().enumerate() {
-            let id = pages[p as usize];
-            if uids.last() != Some(&id) {
-                uids.push(id);
-                starts.push(k as u32);
-            }
-        }
-        starts.push(order.len() as u32);
-        uids.shrink_to_fit();
-        // `order` becomes the CSR's page list (1-based page numbers).
-        let pgnos: Vec<u32> = order.into_iter().map(|p| p + 1).collect();
-        (uids, starts, pgnos)
-    };
-
-    // Locate every unique chunk, one index object at a time.
-    let mut by_pack: HashMap<ObjectId, Vec<Need>> = HashMap::new();
-    let mut located = vec![false; uids.len()];
-    for name in repo.index_names().await? {
-        let pt = repo.index_plaintext(&name).await?;
-        IndexFile::decode_with(&pt, |pack, e| {
-            if let Ok(u) = uids.binary_search(&e.id)
-                && !located[u]
-            {
-                located[u] = true;
-                by_pack.entry(pack).or_default().push(Need {
-                    frame_offset: e.frame_offset,
-                    frame_len: e.frame_len,
-                    offset: e.offset,
-                    len: e.len,
-                    uidx: u as u32,
-                });
-            }
-        })
-        .map_err(|e| corrupt(format!("index {name}"), e))?;
+    match m.kind.as_str() {
+        kind::PAGES => {}
+        kind::DUMP => return restore_dump(repo, m, &dest, &dir, opts, before, t0).await,
+        other => return Err(unknown_kind(m, other)),
     }
-    if let Some(u) = located.iter().position(|l| !l) {
-        return Err(Error::new(
-            ErrorKind::Integrity,
-            "repo.missing-chunk",
-            format!(
-                "snapshot {} needs chunk {} which no index lists (missing index or pack)",
-                m.id.short(),
-                &uids[u].to_hex()[..16]
-            ),
-        ));
-    }
-
-    tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "restore: maps and indexes loaded");
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.sqlvault-",
-            dest.file_name().unwrap_or_default().to_string_lossy()
-        ))
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| io_err(format!("cannot create a temporary file in {}", dir.display()), e))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io_err("chmod", e))?;
+    let pages = repo.page_map(m).await?;
+    let tmp = temp_in(&dir, &dest, ".tmp")?;
     let size = m.page_size as u64 * m.page_count as u64;
     tmp.as_file()
         .set_len(size)
         .map_err(|e| io_err(format!("cannot size {}", tmp.path().display()), e))?;
-
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
-    } else {
-        opts.threads
-    };
-    let work: Vec<(ObjectId, Vec<Need>)> = by_pack.into_iter().collect();
-    let ctx = Arc::new(FetchCtx {
-        repo: repo.clone(),
-        file: tmp.as_file().try_clone().map_err(|e| io_err("dup", e))?,
-        queue: Mutex::new(work),
-        uids,
-        starts,
-        pgnos,
-        page_size: m.page_size as u64,
-        written: AtomicUsize::new(0),
-        abort: AtomicBool::new(false),
-        error: Mutex::new(None),
-        rt: tokio::runtime::Handle::current(),
-    });
-    let c2 = ctx.clone();
-    tokio::task::spawn_blocking(move || {
-        let hs: Vec<_> = (0..threads)
-            .map(|_| {
-                let c = c2.clone();
-                std::thread::spawn(move || fetch_worker(&c))
-            })
-            .collect();
-        for h in hs {
-            let _ = h.join();
-        }
-    })
-    .await
-    .map_err(|e| Error::new(ErrorKind::Internal, "internal", "restore workers panicked").with_source(e))?;
-    if let Some(e) = ctx.error.lock().unwrap().take() {
-        return Err(e);
-    }
-    if ctx.written.load(Ordering::SeqCst) != ctx.uids.len() {
-        return Err(Error::new(
-            ErrorKind::Internal,
-            "restore.incomplete",
-            "not every chunk was written",
-        ));
-    }
+    fetch_chunks(
+        repo,
+        m,
+        pages,
+        Layout::Pages(m.page_size as u64),
+        tmp.as_file(),
+        opts.threads,
+    )
+    .await?;
     tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "restore: pages written");
     tmp.as_file()
         .sync_all()
@@ -331,6 +235,225 @@ pub(crate) async fn restore_manifest(
     })
 }
 
+/// A dump snapshot: its SQL is rebuilt chunk by chunk into a private temporary file
+/// next to the destination, then loaded (temp database, integrity_check, logical
+/// checksum equal to the manifest's, rename). Both temporary files go on any error.
+async fn restore_dump(
+    repo: &Repo,
+    m: &Manifest,
+    dest: &Path,
+    dir: &Path,
+    opts: &RestoreOptions,
+    before: sqlvault_store::RequestCounts,
+    t0: Instant,
+) -> Result<RestoreReport> {
+    let seq = repo.chunk_seq(m).await?;
+    let mut offsets = Vec::with_capacity(seq.len() + 1);
+    let mut at = 0u64;
+    offsets.push(0);
+    for &l in &seq.lens {
+        at += l as u64;
+        offsets.push(at);
+    }
+    let sql = temp_in(dir, dest, ".sql.tmp")?;
+    sql.as_file()
+        .set_len(at)
+        .map_err(|e| io_err(format!("cannot size {}", sql.path().display()), e))?;
+    fetch_chunks(repo, m, seq.ids, Layout::Chunks(offsets), sql.as_file(), opts.threads).await?;
+    let mut want = [0u8; 32];
+    hex::decode_to_slice(&m.logical_checksum, &mut want).map_err(|_| {
+        Error::new(
+            ErrorKind::Integrity,
+            "repo.corrupt-object",
+            format!("snapshot {} records no valid checksum", m.id.short()),
+        )
+    })?;
+    let (path, name, dest2, force) = (
+        sql.path().to_path_buf(),
+        format!("snapshot {}", m.id.short()),
+        dest.to_path_buf(),
+        opts.force,
+    );
+    let loaded = tokio::task::spawn_blocking(move || {
+        let f = File::open(&path).map_err(|e| io_err(format!("cannot read {}", path.display()), e))?;
+        sqlvault_sqlite::load(
+            std::io::BufReader::with_capacity(1 << 20, f),
+            Path::new(&name),
+            &dest2,
+            &sqlvault_sqlite::LoadOptions::default()
+                .with_force(force)
+                .with_expected_checksum(Some(want)),
+        )
+        .map_err(Error::from)
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Internal, "internal", "loader panicked").with_source(e))??;
+    drop(sql);
+    let bytes = std::fs::metadata(dest).map(|md| md.len()).unwrap_or(0);
+    Ok(RestoreReport {
+        snapshot_id: m.id.to_string(),
+        name: m.name.clone(),
+        path: dest.display().to_string(),
+        bytes,
+        restore_seconds: t0.elapsed().as_secs_f64() - loaded.check_seconds,
+        check_seconds: loaded.check_seconds,
+        requests: repo.store.stats().since(before),
+    })
+}
+
+/// Where each chunk of a snapshot goes in the file being rebuilt.
+enum Layout {
+    /// Page `n` (1-based) at `(n − 1) × page_size`.
+    Pages(u64),
+    /// Chunk `n` at `offsets[n − 1]`, `offsets[n] − offsets[n − 1]` bytes long.
+    Chunks(Vec<u64>),
+}
+
+impl Layout {
+    fn offset(&self, ordinal: u32) -> u64 {
+        match self {
+            Layout::Pages(ps) => (ordinal as u64 - 1) * ps,
+            Layout::Chunks(o) => o[ordinal as usize - 1],
+        }
+    }
+    fn len(&self, ordinal: u32) -> u64 {
+        match self {
+            Layout::Pages(ps) => *ps,
+            Layout::Chunks(o) => o[ordinal as usize] - o[ordinal as usize - 1],
+        }
+    }
+}
+
+/// A private 0600 temporary file next to `dest`, removed on drop.
+fn temp_in(dir: &Path, dest: &Path, suffix: &str) -> Result<tempfile::NamedTempFile> {
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(
+            ".{}.sqlvault-",
+            dest.file_name().unwrap_or_default().to_string_lossy()
+        ))
+        .suffix(suffix)
+        .tempfile_in(dir)
+        .map_err(|e| io_err(format!("cannot create a temporary file in {}", dir.display()), e))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io_err("chmod", e))?;
+    Ok(tmp)
+}
+
+/// Fetches every chunk of `ids` (in snapshot order) and writes it at its place in
+/// `file`: locate each unique chunk in the indexes, then per pack GET, decrypt,
+/// decompress the frames needed, re-hash every chunk against its id, write.
+async fn fetch_chunks(
+    repo: &Repo,
+    m: &Manifest,
+    ids: Vec<ChunkId>,
+    layout: Layout,
+    file: &File,
+    threads: usize,
+) -> Result<()> {
+    // Unique chunks (sorted, so an index entry is found by binary search without a
+    // hash table), and for each the pages it fills (CSR: `starts`, `pgnos`). Memory is
+    // about 40 bytes per page at the peak, then ~12.
+    let (uids, starts, pgnos) = {
+        let pages = ids;
+        let mut order: Vec<u32> = (0..pages.len() as u32).collect();
+        order.sort_unstable_by(|a, b| pages[*a as usize].cmp(&pages[*b as usize]));
+        let mut uids: Vec<ChunkId> = Vec::new();
+        let mut starts: Vec<u32> = Vec::new();
+        for (k, &p) in order.iter().enumerate() {
+            let id = pages[p as usize];
+            if uids.last() != Some(&id) {
+                uids.push(id);
+                starts.push(k as u32);
+            }
+        }
+        starts.push(order.len() as u32);
+        uids.shrink_to_fit();
+        // `order` becomes the CSR's page list (1-based page numbers).
+        let pgnos: Vec<u32> = order.into_iter().map(|p| p + 1).collect();
+        (uids, starts, pgnos)
+    };
+
+    // Locate every unique chunk, one index object at a time.
+    let mut by_pack: HashMap<ObjectId, Vec<Need>> = HashMap::new();
+    let mut located = vec![false; uids.len()];
+    for name in repo.index_names().await? {
+        let pt = repo.index_plaintext(&name).await?;
+        IndexFile::decode_with(&pt, |pack, e| {
+            if let Ok(u) = uids.binary_search(&e.id)
+                && !located[u]
+            {
+                located[u] = true;
+                by_pack.entry(pack).or_default().push(Need {
+                    frame_offset: e.frame_offset,
+                    frame_len: e.frame_len,
+                    offset: e.offset,
+                    len: e.len,
+                    uidx: u as u32,
+                });
+            }
+        })
+        .map_err(|e| corrupt(format!("index {name}"), e))?;
+    }
+    if let Some(u) = located.iter().position(|l| !l) {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "repo.missing-chunk",
+            format!(
+                "snapshot {} needs chunk {} which no index lists (missing index or pack)",
+                m.id.short(),
+                &uids[u].to_hex()[..16]
+            ),
+        ));
+    }
+
+    tracing::debug!("restore: chunks located");
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    } else {
+        threads
+    };
+    let work: Vec<(ObjectId, Vec<Need>)> = by_pack.into_iter().collect();
+    let ctx = Arc::new(FetchCtx {
+        repo: repo.clone(),
+        file: file.try_clone().map_err(|e| io_err("dup", e))?,
+        queue: Mutex::new(work),
+        uids,
+        starts,
+        pgnos,
+        layout,
+        written: AtomicUsize::new(0),
+        abort: AtomicBool::new(false),
+        error: Mutex::new(None),
+        rt: tokio::runtime::Handle::current(),
+    });
+    let c2 = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                let c = c2.clone();
+                std::thread::spawn(move || fetch_worker(&c))
+            })
+            .collect();
+        for h in hs {
+            let _ = h.join();
+        }
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Internal, "internal", "restore workers panicked").with_source(e))?;
+    if let Some(e) = ctx.error.lock().unwrap().take() {
+        return Err(e);
+    }
+    if ctx.written.load(Ordering::SeqCst) != ctx.uids.len() {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            "restore.incomplete",
+            "not every chunk was written",
+        ));
+    }
+    Ok(())
+}
+
 fn absolute(p: &Path) -> Result<PathBuf> {
     if p.is_absolute() {
         Ok(p.to_path_buf())
@@ -346,7 +469,7 @@ struct FetchCtx {
     uids: Vec<ChunkId>,
     starts: Vec<u32>,
     pgnos: Vec<u32>,
-    page_size: u64,
+    layout: Layout,
     written: AtomicUsize,
     abort: AtomicBool,
     error: Mutex<Option<Error>>,
@@ -405,7 +528,8 @@ fn restore_pack(
     let mut r = sqlvault_crypt::decrypt_reader(&c.repo.identities, std::io::Cursor::new(ct))
         .map_err(|e| crypt_err(&what, e))?;
     needs.sort_by_key(|n| (n.frame_offset, n.offset));
-    let mut runs: Vec<(u32, u32)> = Vec::new();
+    // (file offset, offset in the decompressed frame, length)
+    let mut runs: Vec<(u64, u32, u32)> = Vec::new();
     let mut pos = 0u64;
     let mut i = 0;
     while i < needs.len() {
@@ -444,7 +568,8 @@ fn restore_pack(
                 )
             })?;
             let u = n.uidx as usize;
-            if c.repo.keys.chunk_id(data) != c.uids[u] || len as u64 != c.page_size {
+            let first = c.pgnos[c.starts[u] as usize];
+            if c.repo.keys.chunk_id(data) != c.uids[u] || len as u64 != c.layout.len(first) {
                 return Err(Error::new(
                     ErrorKind::Integrity,
                     "repo.corrupt-object",
@@ -455,28 +580,28 @@ fn restore_pack(
                 ));
             }
             for &pgno in &c.pgnos[c.starts[u] as usize..c.starts[u + 1] as usize] {
-                runs.push((pgno, off as u32));
+                runs.push((c.layout.offset(pgno), off as u32, len as u32));
             }
             c.written.fetch_add(1, Ordering::Relaxed);
         }
-        // Pages that follow each other in the file and in the frame go out in one
+        // Chunks that follow each other in the file and in the frame go out in one
         // write: a full snapshot's frames are runs of consecutive pages.
         runs.sort_unstable();
-        let ps = c.page_size as usize;
         let mut k = 0;
         while k < runs.len() {
-            let (pg0, off0) = runs[k];
+            let (file0, frame0, mut len) = runs[k];
             let mut end = k + 1;
             while end < runs.len()
-                && runs[end].0 == pg0 + (end - k) as u32
-                && runs[end].1 as usize == off0 as usize + (end - k) * ps
+                && runs[end].0 == file0 + len as u64
+                && runs[end].1 as u64 == frame0 as u64 + len as u64
             {
+                len += runs[end].2;
                 end += 1;
             }
-            let bytes = &plain[off0 as usize..off0 as usize + (end - k) * ps];
+            let bytes = &plain[frame0 as usize..frame0 as usize + len as usize];
             c.file
-                .write_all_at(bytes, (pg0 as u64 - 1) * c.page_size)
-                .map_err(|e| io_err("cannot write restored page", e))?;
+                .write_all_at(bytes, file0)
+                .map_err(|e| io_err("cannot write a restored chunk", e))?;
             k = end;
         }
         i = j;

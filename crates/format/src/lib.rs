@@ -7,6 +7,8 @@
 
 pub use blake3;
 
+mod cdc;
+mod chunkseq;
 mod error;
 mod ids;
 mod index;
@@ -14,6 +16,8 @@ mod keys;
 mod manifest;
 mod pagemap;
 
+pub use cdc::{ChunkerParams, DUMP_CHUNKER};
+pub use chunkseq::{ChunkSeq, SeqOp};
 pub use error::FormatError;
 pub use ids::{ChunkId, ObjectId};
 pub use index::{
@@ -21,7 +25,9 @@ pub use index::{
     encode_pack_trailer, write_index,
 };
 pub use keys::{RepoKeys, RepoSecret};
-pub use manifest::{Manifest, MapRef, RepoConfig, RepoMarker, SnapshotStats, decode_manifest, encode_manifest};
+pub use manifest::{
+    DumpFacts, Manifest, MapRef, RepoConfig, RepoMarker, SnapshotStats, decode_manifest, encode_manifest, kind,
+};
 pub use pagemap::{PageMap, PageMapKind};
 
 /// The repository format version this crate reads and writes.

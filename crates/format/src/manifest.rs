@@ -108,7 +108,7 @@ pub struct Manifest {
     pub id: ObjectId,
     /// Database name (defaults to the file name).
     pub name: String,
-    /// `"pages"` for a physical snapshot.
+    /// `"pages"` for a physical snapshot, `"dump"` for a SQL dump.
     pub kind: String,
     /// Creation time, unix milliseconds; retention orders by this.
     pub created_ms: i64,
@@ -141,6 +141,28 @@ pub struct Manifest {
     pub parent: Option<ObjectId>,
     /// Backup figures.
     pub stats: SnapshotStats,
+    /// For `"dump"` snapshots: the SQL stream's facts. Its `maps` are chunk sequences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpFacts>,
+}
+
+/// What a dump snapshot's manifest records about its SQL stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpFacts {
+    /// Bytes of SQL.
+    pub bytes: u64,
+    /// Chunks of it.
+    pub chunks: u64,
+    /// The chunker that cut it ([`crate::ChunkerParams::describe`]).
+    pub chunker: String,
+}
+
+/// Snapshot kinds this crate describes.
+pub mod kind {
+    /// Database pages.
+    pub const PAGES: &str = "pages";
+    /// A SQL dump.
+    pub const DUMP: &str = "dump";
 }
 
 impl Manifest {
@@ -215,6 +237,7 @@ mod tests {
             maps: vec![],
             parent: None,
             stats: SnapshotStats::default(),
+            dump: None,
         }
     }
 

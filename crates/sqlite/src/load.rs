@@ -32,9 +32,17 @@ pub struct LoadOptions {
     /// Replace a destination that exists and is not empty (and remove its stale
     /// `-wal`/`-shm`/`-journal`).
     pub force: bool,
+    /// The logical checksum the result must have (a snapshot's record); checked before
+    /// the rename, like the dump's own trailer.
+    pub expected_checksum: Option<[u8; 32]>,
 }
 
 impl LoadOptions {
+    /// Sets the expected checksum.
+    pub fn with_expected_checksum(mut self, sum: Option<[u8; 32]>) -> Self {
+        self.expected_checksum = sum;
+        self
+    }
     /// Sets `force`.
     pub fn with_force(mut self, yes: bool) -> Self {
         self.force = yes;
@@ -157,6 +165,14 @@ pub fn load<R: BufRead>(input: R, name: &Path, dest: &Path, opts: &LoadOptions) 
         return Err(SqliteError::Verify {
             path: name.to_path_buf(),
             what: "the loaded database's logical checksum differs from the one the dump recorded".into(),
+        });
+    }
+    if let Some(want) = opts.expected_checksum
+        && want != report.logical_checksum
+    {
+        return Err(SqliteError::Verify {
+            path: name.to_path_buf(),
+            what: "the loaded database's logical checksum differs from the one recorded at backup".into(),
         });
     }
     let check_seconds = t1.elapsed().as_secs_f64();
