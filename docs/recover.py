@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Rebuild a sqlvault snapshot with only `age`, `zstd` and this script.
 
-Usage: recover.py REPO_DIR IDENTITY_FILE OUT.db [SNAPSHOT_ID_PREFIX]
+Usage: recover.py REPO_DIR IDENTITY_FILE OUT [SNAPSHOT_ID_PREFIX]
+
+OUT is the database file for a page snapshot, and the SQL dump for a dump snapshot
+(then: `sqlite3 new.db < OUT`).
 
 REPO_DIR is a local copy of the repository (for a bucket: `aws s3 sync s3://b/p REPO_DIR`
 or any equivalent). The newest snapshot is rebuilt unless an id prefix is given.
@@ -38,22 +41,51 @@ def main():
         sys.exit("no matching snapshot")
     m = max(manifests, key=lambda x: x["created_ms"])
     page_size, page_count = m["page_size"], m["page_count"]
+    dump = m.get("kind", "pages") == "dump"
 
-    # 2. Page maps, applied in order: "SQLVMAP1", kind u8, page_count u32, n u32, then
-    #    a full map (kind 0): n x id[32] in page order; a delta (kind 1): n x (pgno u32, id[32]).
-    pages = {}
-    for ref in m["maps"]:
-        b = age_decrypt(os.path.join(repo, "maps", ref["id"]), identity)
-        assert b[:8] == b"SQLVMAP1", "not a page map"
-        kind, count, n = b[8], *struct.unpack_from("<II", b, 9)
-        if kind == 0:
-            pages = {i + 1: b[17 + 32 * i: 49 + 32 * i] for i in range(n)}
-        else:
-            for i in range(n):
-                pgno = struct.unpack_from("<I", b, 17 + 36 * i)[0]
-                pages[pgno] = b[21 + 36 * i: 53 + 36 * i]
-        pages = {p: c for p, c in pages.items() if p <= count}
-    assert len(pages) == page_count, "page maps do not cover the database"
+    if dump:
+        # 2'. Chunk sequences, applied in order: "SQLVSEQ1", kind u8, count u32,
+        #     total u64, ops u32; full (kind 0): count x (id[32], len u32); edit (kind 1):
+        #     ops x (0, start u32, n u32: copy from the base | 1, n u32, n x (id[32], len u32)).
+        order = []
+        for ref in m["maps"]:
+            b = age_decrypt(os.path.join(repo, "maps", ref["id"]), identity)
+            assert b[:8] == b"SQLVSEQ1", "not a chunk sequence"
+            kind = b[8]
+            count, total, nops = struct.unpack_from("<IQI", b, 9)
+            pos, new = 25, []
+            if kind == 0:
+                new = [b[pos + 36 * i: pos + 36 * i + 32] for i in range(count)]
+            else:
+                for _ in range(nops):
+                    op, pos = b[pos], pos + 1
+                    if op == 0:
+                        start, n = struct.unpack_from("<II", b, pos)
+                        new.extend(order[start:start + n])
+                        pos += 8
+                    else:
+                        (n,) = struct.unpack_from("<I", b, pos)
+                        new.extend(b[pos + 4 + 36 * i: pos + 36 + 36 * i] for i in range(n))
+                        pos += 4 + 36 * n
+            assert len(new) == count, "chunk sequence does not add up"
+            order = new
+    else:
+        # 2. Page maps, applied in order: "SQLVMAP1", kind u8, page_count u32, n u32, then
+        #    a full map (kind 0): n x id[32] in page order; a delta (kind 1): n x (pgno u32, id[32]).
+        pages = {}
+        for ref in m["maps"]:
+            b = age_decrypt(os.path.join(repo, "maps", ref["id"]), identity)
+            assert b[:8] == b"SQLVMAP1", "not a page map"
+            kind, count, n = b[8], *struct.unpack_from("<II", b, 9)
+            if kind == 0:
+                pages = {i + 1: b[17 + 32 * i: 49 + 32 * i] for i in range(n)}
+            else:
+                for i in range(n):
+                    pgno = struct.unpack_from("<I", b, 17 + 36 * i)[0]
+                    pages[pgno] = b[21 + 36 * i: 53 + 36 * i]
+            pages = {p: c for p, c in pages.items() if p <= count}
+        assert len(pages) == page_count, "page maps do not cover the database"
+        order = [pages[p] for p in range(1, page_count + 1)]
 
     # 3. Indexes: "SQLVIDX1", packs u32, per pack: id[16], frames u32, per frame:
     #    frame_off u64, frame_len u32, chunk_len u32, n u32, then n x id[32] when
@@ -82,7 +114,7 @@ def main():
 
     # 4. Packs: one age stream of zstd frames (plus a trailer we do not need here).
     needed = {}
-    for cid in set(pages.values()):
+    for cid in set(order):
         pack, fo, fl, off, ln = where[cid]
         needed.setdefault(pack, {}).setdefault((fo, fl), []).append((cid, off, ln))
     chunks = {}
@@ -93,14 +125,18 @@ def main():
             for cid, off, ln in items:
                 chunks[cid] = data[off:off + ln]
 
-    # 5. Write the pages in order.
+    # 5. Write the pages (or the SQL) in order.
     with open(out, "wb") as f:
         os.fchmod(f.fileno(), 0o600)
-        for pgno in range(1, page_count + 1):
-            page = chunks[pages[pgno]]
-            assert len(page) == page_size
-            f.write(page)
-    print("rebuilt snapshot %s of %s: %d pages" % (m["id"], m["name"], page_count))
+        for cid in order:
+            data = chunks[cid]
+            assert dump or len(data) == page_size
+            f.write(data)
+    if dump:
+        print("rebuilt dump snapshot %s of %s: %d bytes of SQL (load: sqlite3 new.db < %s)"
+              % (m["id"], m["name"], m["dump"]["bytes"], out))
+    else:
+        print("rebuilt snapshot %s of %s: %d pages" % (m["id"], m["name"], page_count))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ enum Cmd {
     /// Formatting, lints and the whole test suite (what .ci/run calls). Installs the
     /// test prerequisites (moto, azurite, age, zstd, sqlite3) when they are missing.
     Ci,
-    /// The main job on the embedded default: backup, incremental backup, restore,
-    /// verify and check of a generated database in a local-disk repository.
+    /// The main job on the embedded default: backup, incremental backup, a SQL-dump
+    /// snapshot, restore, verify (every snapshot) and check of a generated database in a
+    /// local-disk repository.
     Demo {
         /// Size of the generated database in MiB.
         #[arg(long, default_value_t = 64)]
@@ -242,6 +243,7 @@ fn demo(size_mib: u64) -> Result<()> {
     let changed = sqlvault_testkit::update_random(Path::new(db), 0.01, 7)?;
     println!("updated {changed} rows at random");
     run(&["backup", db, repo])?;
+    run(&["backup", db, repo, "--kind", "dump"])?;
     run(&["snapshots", repo])?;
     run(&["restore", repo, restored, "-i", key])?;
     run(&["verify", repo, "-i", key, "--all"])?;
