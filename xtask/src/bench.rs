@@ -383,19 +383,16 @@ fn dump_scenario(
     }))
 }
 
+/// One figure of every run (NaN where a run lacks it).
+fn at(runs: &[Value], path: &str) -> Vec<f64> {
+    runs.iter()
+        .map(|r| r.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN))
+        .collect()
+}
+
 fn dump_report(runs: &[Value], size_mib: u64) -> Result<()> {
-    let f = |path: &str| -> f64 {
-        median(
-            runs.iter()
-                .map(|r| r.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN))
-                .collect(),
-        )
-    };
-    let max = |path: &str| -> f64 {
-        runs.iter()
-            .map(|r| r.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN))
-            .fold(0.0, f64::max)
-    };
+    let f = |path: &str| median(at(runs, path));
+    let max = |path: &str| at(runs, path).into_iter().fold(0.0, f64::max);
     let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
     let mb = |b: f64| format!("{:.1} MiB", b / 1048576.0);
     let (d, pd, l, pl) = (
@@ -454,18 +451,8 @@ fn dump_report(runs: &[Value], size_mib: u64) -> Result<()> {
 }
 
 fn report(runs: &[Value], size_mib: u64) -> Result<()> {
-    let f = |path: &str| -> f64 {
-        median(
-            runs.iter()
-                .map(|r| r.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN))
-                .collect(),
-        )
-    };
-    let max = |path: &str| -> f64 {
-        runs.iter()
-            .map(|r| r.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN))
-            .fold(0.0, f64::max)
-    };
+    let f = |path: &str| median(at(runs, path));
+    let max = |path: &str| at(runs, path).into_iter().fold(0.0, f64::max);
     let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
     let (full, peer) = (f("/full/wall"), f("/peer/wall"));
     let (repo, peer_size) = (f("/full/repo_bytes"), f("/peer/size"));

@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::{BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -113,17 +112,7 @@ pub fn dump_to_file(db: &Path, file: &Path, opts: &DumpOptions) -> Result<DumpSu
             format!("{} exists; pass --force to replace it", file.display()),
         ));
     }
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.sqlvault-",
-            file.file_name().unwrap_or_default().to_string_lossy()
-        ))
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(|e| io_err(format!("cannot create a temporary file in {}", dir.display()), e))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io_err("chmod", e))?;
+    let tmp = crate::restore::temp_in(&dir, file, ".tmp")?;
     let mut summary = dump_to_writer(db, tmp.as_file(), opts)?;
     tmp.as_file()
         .sync_all()

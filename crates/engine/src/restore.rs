@@ -325,7 +325,7 @@ impl Layout {
 }
 
 /// A private 0600 temporary file next to `dest`, removed on drop.
-fn temp_in(dir: &Path, dest: &Path, suffix: &str) -> Result<tempfile::NamedTempFile> {
+pub(crate) fn temp_in(dir: &Path, dest: &Path, suffix: &str) -> Result<tempfile::NamedTempFile> {
     let tmp = tempfile::Builder::new()
         .prefix(&format!(
             ".{}.sqlvault-",
