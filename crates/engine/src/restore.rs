@@ -190,39 +190,20 @@ pub(crate) async fn restore_manifest(
     }
     let check_seconds = t1.elapsed().as_secs_f64();
 
-    if opts.force {
-        // A stale WAL next to the new file would be replayed onto it.
-        for suffix in ["-wal", "-shm", "-journal"] {
-            let side = PathBuf::from(format!("{}{suffix}", dest.display()));
-            match std::fs::remove_file(&side) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(format!("cannot remove stale {}", side.display()), e)),
-            }
+    sqlvault_sqlite::install(tmp, &dest, opts.force).map_err(|e| match e {
+        sqlvault_sqlite::SqliteError::Exists { .. } => Error::new(
+            ErrorKind::Exists,
+            "restore.destination-exists",
+            format!(
+                "{} appeared during the restore; pass --force to replace it",
+                dest.display()
+            ),
+        ),
+        sqlvault_sqlite::SqliteError::Io { path, source } => {
+            io_err(format!("cannot install the restore at {}", path.display()), source)
         }
-    }
-    if opts.force {
-        tmp.persist(&dest)
-    } else {
-        tmp.persist_noclobber(&dest)
-    }
-    .map_err(|e| {
-        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::new(
-                ErrorKind::Exists,
-                "restore.destination-exists",
-                format!(
-                    "{} appeared during the restore; pass --force to replace it",
-                    dest.display()
-                ),
-            )
-        } else {
-            io_err(format!("cannot rename into {}", dest.display()), e.error)
-        }
+        other => Error::from(other),
     })?;
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(format!("cannot fsync {}", dir.display()), e))?;
 
     Ok(RestoreReport {
         snapshot_id: m.id.to_string(),

@@ -19,11 +19,12 @@ mod snapshot;
 pub use checksum::logical_checksum;
 pub use dump::{DUMP_HEADER, DUMP_TRAILER, DumpReport};
 pub use error::SqliteError;
-pub use load::{LoadOptions, LoadReport, load};
+pub use load::{LoadOptions, LoadReport, install, load};
 pub use rusqlite;
 pub use snapshot::{
     DbInfo, SnapshotError, SnapshotMethod, Source, SourceOptions, VerifyReport, check_header, verify_file,
 };
+pub use tempfile;
 
 /// Version of the SQLite library linked into this build.
 pub fn sqlite_version() -> &'static str {

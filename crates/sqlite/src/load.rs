@@ -177,28 +177,7 @@ pub fn load<R: BufRead>(input: R, name: &Path, dest: &Path, opts: &LoadOptions) 
     }
     let check_seconds = t1.elapsed().as_secs_f64();
 
-    if existing.is_some() {
-        // A stale WAL next to the new file would be replayed onto it.
-        for suffix in ["-wal", "-shm", "-journal"] {
-            let side = PathBuf::from(format!("{}{suffix}", dest.display()));
-            match std::fs::remove_file(&side) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(&side)(e)),
-            }
-        }
-        tmp.persist(&dest)
-    } else {
-        tmp.persist_noclobber(&dest)
-    }
-    .map_err(|e| {
-        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-            SqliteError::Exists { path: dest.clone() }
-        } else {
-            io(&dest)(e.error)
-        }
-    })?;
-    File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
+    install(tmp, &dest, existing.is_some())?;
     Ok(LoadReport {
         path: dest,
         info: report.info,
@@ -209,6 +188,43 @@ pub fn load<R: BufRead>(input: R, name: &Path, dest: &Path, opts: &LoadOptions) 
         load_seconds,
         check_seconds,
     })
+}
+
+/// Moves a finished, synced database file into place at `dest`, in the same directory.
+///
+/// With `replace`, an existing `dest` is replaced and its `-wal`, `-shm` and `-journal`
+/// are removed first: SQLite would replay a stale WAL onto the new file. Without it, a
+/// `dest` that appeared meanwhile is never clobbered ([`SqliteError::Exists`]). The
+/// directory is synced so the rename survives a crash.
+pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Result<(), SqliteError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SqliteError::Io { path, source }
+    };
+    if replace {
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let side = PathBuf::from(format!("{}{suffix}", dest.display()));
+            match std::fs::remove_file(&side) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&side)(e)),
+            }
+        }
+        tmp.persist(dest)
+    } else {
+        tmp.persist_noclobber(dest)
+    }
+    .map_err(|e| {
+        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+            SqliteError::Exists {
+                path: dest.to_path_buf(),
+            }
+        } else {
+            io(dest)(e.error)
+        }
+    })?;
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 /// One parsed value of a fast-path INSERT; text and blob bytes live in `scratch`.
