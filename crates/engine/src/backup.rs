@@ -562,18 +562,8 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
                 Some(Parent::Dump(p)) => Some(p),
                 _ => None,
             };
-            let seq = ChunkSeq { ids: pages, lens };
-            let full_size = 25 + seq.len() * 36;
-            let edit = match &parent {
-                Some(p) if p.maps.len() < opts.max_chain => seq.edit_from(&p.seq, full_size / 2),
-                _ => None,
-            };
-            let (pt, maps, mk) = match (edit, &parent) {
-                (Some(e), Some(p)) => (e, p.maps.clone(), "delta"),
-                _ => (seq.encode_full(), Vec::new(), "full"),
-            };
-            let mac = repo.keys.mac(&pt);
-            (repo.encrypt_meta(&pt)?, mac, maps, mk, CacheTable::Dump(seq))
+            let (ct, mac, maps, mk, seq) = seq_map_object(repo, &opts, ChunkSeq { ids: pages, lens }, parent).await?;
+            (ct, mac, maps, mk, CacheTable::Dump(seq))
         }
     };
     let map_id = ObjectId::random();
@@ -679,6 +669,32 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
 enum CacheTable {
     Pages(Vec<ChunkId>),
     Dump(ChunkSeq),
+}
+
+/// The chunk-sequence object of a dump: an edit script against this host's last dump of
+/// the same name when that is at most half a full sequence and the chain is short, a
+/// full sequence otherwise.
+async fn seq_map_object(
+    repo: &Repo,
+    opts: &BackupOptions,
+    seq: ChunkSeq,
+    parent: Option<SeqParent>,
+) -> Result<(Vec<u8>, [u8; 32], Vec<MapRef>, &'static str, ChunkSeq)> {
+    // Built on a blocking thread: the edit script hashes every chunk of the parent.
+    let max_chain = opts.max_chain;
+    let (pt, maps, kind, seq) = tokio::task::spawn_blocking(move || {
+        let edit = match &parent {
+            Some(p) if p.maps.len() < max_chain => seq.edit_from(&p.seq, (25 + seq.len() * 36) / 2),
+            _ => None,
+        };
+        match (edit, parent) {
+            (Some(e), Some(p)) => (e, p.maps, "delta", seq),
+            _ => (seq.encode_full(), Vec::new(), "full", seq),
+        }
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Internal, "internal", "edit computation panicked").with_source(e))?;
+    Ok((repo.encrypt_meta(&pt)?, repo.keys.mac(&pt), maps, kind, seq))
 }
 
 /// The page map object: a delta against this host's last snapshot of the same name
