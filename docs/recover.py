@@ -134,7 +134,7 @@ def main():
             f.write(data)
     if dump:
         print("rebuilt dump snapshot %s of %s: %d bytes of SQL (load: sqlite3 new.db < %s)"
-              % (m["id"], m["name"], m["dump"]["bytes"], out))
+              % (m["id"], m["name"], m["stats"]["bytes_read"], out))
     else:
         print("rebuilt snapshot %s of %s: %d pages" % (m["id"], m["name"], page_count))
 

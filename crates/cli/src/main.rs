@@ -350,7 +350,7 @@ fn snapshot_json(m: &Manifest) -> serde_json::Value {
         "journal_mode": m.journal_mode,
         "parent": m.parent.map(|p| p.to_string()),
         "bytes_new": m.stats.bytes_new,
-        "dump_bytes": m.dump.as_ref().map(|d| d.bytes),
+        "dump_bytes": m.dump.as_ref().map(|_| m.stats.bytes_read),
     })
 }
 

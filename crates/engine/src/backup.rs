@@ -609,8 +609,6 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
             chunks_new,
         },
         dump: (kind == BackupKind::Dump).then(|| DumpFacts {
-            bytes: dump_bytes,
-            chunks: chunks_total,
             chunker: DUMP_CHUNKER.describe(),
         }),
     };

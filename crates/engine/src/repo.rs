@@ -485,8 +485,7 @@ impl Repo {
                 .map_err(|e| corrupt(format!("chunk sequence {}", r.id.short()), e))
         })
         .await?;
-        let facts = m.dump.as_ref();
-        if facts.is_none_or(|d| d.bytes != seq.total_bytes() || d.chunks != seq.len() as u64) {
+        if m.dump.is_none() || m.stats.bytes_read != seq.total_bytes() || m.stats.chunks_total != seq.len() as u64 {
             return Err(Error::new(
                 ErrorKind::Integrity,
                 "repo.corrupt-object",

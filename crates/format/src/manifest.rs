@@ -146,13 +146,10 @@ pub struct Manifest {
     pub dump: Option<DumpFacts>,
 }
 
-/// What a dump snapshot's manifest records about its SQL stream.
+/// What a dump snapshot's manifest records about its SQL stream beyond `stats`
+/// (whose `bytes_read` and `chunks_total` are the SQL's bytes and chunks).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DumpFacts {
-    /// Bytes of SQL.
-    pub bytes: u64,
-    /// Chunks of it.
-    pub chunks: u64,
     /// The chunker that cut it ([`crate::ChunkerParams::describe`]).
     pub chunker: String,
 }
