@@ -216,15 +216,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
     report(&runs, a.size_mib)
 }
 
-fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, size_mib: u64, update_fraction: f64) -> Result<Value> {
+/// A fresh copy of the pristine database (no stale WAL) and an empty work directory.
+fn fresh(dir: &Path, pristine: &Path, db: &Path, size_mib: u64, work: &str) -> Result<PathBuf> {
     fs::copy(pristine, db)?;
-    let _ = fs::remove_file(dir.join(format!("bench-{}m.db-wal", size_mib)));
-    let db_size = fs::metadata(db)?.len();
-    let work = dir.join("work");
+    let _ = fs::remove_file(dir.join(format!("bench-{size_mib}m.db-wal")));
+    let work = dir.join(work);
     if work.exists() {
         fs::remove_dir_all(&work)?;
     }
     fs::create_dir_all(&work)?;
+    Ok(work)
+}
+
+fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, size_mib: u64, update_fraction: f64) -> Result<Value> {
+    let work = fresh(dir, pristine, db, size_mib, "work")?;
+    let db_size = fs::metadata(db)?.len();
     let home = work.join("home");
     let sv = |args: &[&str]| {
         let mut c = Command::new(bin);
@@ -314,13 +320,7 @@ fn dump_scenario(
     size_mib: u64,
     update_fraction: f64,
 ) -> Result<Value> {
-    fs::copy(pristine, db)?;
-    let _ = fs::remove_file(dir.join(format!("bench-{size_mib}m.db-wal")));
-    let work = dir.join("work-dump");
-    if work.exists() {
-        fs::remove_dir_all(&work)?;
-    }
-    fs::create_dir_all(&work)?;
+    let work = fresh(dir, pristine, db, size_mib, "work-dump")?;
     let home = work.join("home");
     let sv = |args: &[&str]| {
         let mut c = Command::new(bin);

@@ -91,20 +91,27 @@ pub fn dump_to_writer(db: &Path, out: impl Write, opts: &DumpOptions) -> Result<
     })
 }
 
-/// Writes the dump to `file` (mode 0600) through a temporary file in the same
-/// directory, synced and renamed only when complete: no partial file on any error.
-pub fn dump_to_file(db: &Path, file: &Path, opts: &DumpOptions) -> Result<DumpSummary> {
-    let dir = match file.parent() {
+/// The directory `path` will be created in; it must exist (`what` names it in the error).
+fn existing_dir(path: &Path, code: &'static str, what: &str) -> Result<PathBuf> {
+    let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !dir.is_dir() {
-        return Err(Error::new(
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(Error::new(
             ErrorKind::NotFound,
-            "dump.no-directory",
-            format!("output directory {} does not exist", dir.display()),
-        ));
+            code,
+            format!("{what} directory {} does not exist", dir.display()),
+        ))
     }
+}
+
+/// Writes the dump to `file` (mode 0600) through a temporary file in the same
+/// directory, synced and renamed only when complete: no partial file on any error.
+pub fn dump_to_file(db: &Path, file: &Path, opts: &DumpOptions) -> Result<DumpSummary> {
+    let dir = existing_dir(file, "dump.no-directory", "output")?;
     if file.exists() && !opts.force {
         return Err(Error::new(
             ErrorKind::Exists,
@@ -150,17 +157,7 @@ pub struct LoadSummary {
 /// Builds `dest` from the dump at `input` (`-` for standard input); see
 /// [`sqlvault_sqlite::load`] for the guarantees.
 pub fn load_file(input: &Path, dest: &Path, force: bool) -> Result<LoadSummary> {
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            "load.no-directory",
-            format!("destination directory {} does not exist", dir.display()),
-        ));
-    }
+    existing_dir(dest, "load.no-directory", "destination")?;
     let opts = LoadOptions::default().with_force(force);
     let r = if input == Path::new("-") {
         sqlvault_sqlite::load(std::io::stdin().lock(), Path::new("<stdin>"), dest, &opts)?
