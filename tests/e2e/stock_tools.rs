@@ -3,6 +3,20 @@ use std::process::Command;
 
 use crate::support::{World, content, kit};
 
+/// Runs docs/recover.py with the real python3 (and through it, age and zstd).
+fn recover(repo: &str, key: &str, out: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/recover.py");
+    let o = Command::new("python3")
+        .args([script, repo, key, out])
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "recover.py failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// docs/format.md promises that a snapshot can be rebuilt with only `age`, `zstd` and
 /// a short script. This runs exactly that, with the real CLIs, on an incremental
 /// snapshot (full map + delta).
@@ -14,17 +28,8 @@ fn a_snapshot_rebuilds_with_age_zstd_and_the_documented_script() {
     w.run(&["backup", &db, &repo]).ok();
     kit::update_random(Path::new(&db), 0.01, 9).unwrap();
     w.run(&["backup", &db, &repo]).ok();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/recover.py");
     let out = w.s("rebuilt.db");
-    let o = Command::new("python3")
-        .args([script, &repo, &key, &out])
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "recover.py failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    recover(&repo, &key, &out);
     let via_sqlvault = w.s("restored.db");
     w.run(&["restore", &repo, &via_sqlvault, "-i", &key]).ok();
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&via_sqlvault).unwrap());
@@ -46,17 +51,8 @@ fn a_dump_snapshot_rebuilds_with_age_zstd_the_script_and_sqlite3() {
     w.run(&["backup", &db, &repo, "--kind", "dump"]).ok();
     kit::update_random(Path::new(&db), 0.01, 9).unwrap();
     w.run(&["backup", &db, &repo, "--kind", "dump"]).ok();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/recover.py");
     let sql = w.s("rebuilt.sql");
-    let o = Command::new("python3")
-        .args([script, &repo, &key, &sql])
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "recover.py failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    recover(&repo, &key, &sql);
     // Byte for byte what `sqlvault dump` writes for the database now.
     assert_eq!(
         std::fs::read(&sql).unwrap(),
