@@ -608,6 +608,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
             chunks_total,
             chunks_new,
         },
+        cipher: None,
         dump: (kind == BackupKind::Dump).then(|| DumpFacts {
             chunker: DUMP_CHUNKER.describe(),
         }),

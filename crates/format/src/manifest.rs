@@ -144,6 +144,33 @@ pub struct Manifest {
     /// For `"dump"` snapshots: the SQL stream's facts. Its `maps` are chunk sequences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump: Option<DumpFacts>,
+    /// For a snapshot of a SQLCipher database: the settings restore re-encrypts with.
+    /// The snapshot's pages (or SQL) are the database's plaintext, protected in the
+    /// repository by age like everything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<CipherFacts>,
+}
+
+/// The SQLCipher facts of an encrypted source: its settings, and a check value that
+/// tells the right database key from a wrong one at restore without storing the key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CipherFacts {
+    /// SQLCipher major version of the file's settings (`cipher_compatibility`).
+    pub compatibility: u8,
+    /// `cipher_page_size`.
+    pub page_size: u32,
+    /// `kdf_iter`.
+    pub kdf_iter: u32,
+    /// `cipher_hmac_algorithm`.
+    pub hmac_algorithm: String,
+    /// `cipher_kdf_algorithm`.
+    pub kdf_algorithm: String,
+    /// SQLCipher version that read the database.
+    pub sqlcipher_version: String,
+    /// Hex of 16 random bytes.
+    pub key_check_salt: String,
+    /// Hex of the key's check value under that salt.
+    pub key_check: String,
 }
 
 /// What a dump snapshot's manifest records about its SQL stream beyond `stats`
@@ -235,6 +262,7 @@ mod tests {
             parent: None,
             stats: SnapshotStats::default(),
             dump: None,
+            cipher: None,
         }
     }
 

@@ -122,7 +122,12 @@ fn push_stmt(out: &mut Vec<u8>, sql: &str) {
     out.extend_from_slice(b";\n");
 }
 
-fn dump_conn<W: Write>(conn: &Connection, path: &Path, info: DbInfo, mut w: W) -> Result<DumpReport, SqliteError> {
+pub(crate) fn dump_conn<W: Write>(
+    conn: &Connection,
+    path: &Path,
+    info: DbInfo,
+    mut w: W,
+) -> Result<DumpReport, SqliteError> {
     let sq = |source| SqliteError::Sqlite {
         path: path.to_path_buf(),
         source,

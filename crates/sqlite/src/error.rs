@@ -95,6 +95,40 @@ pub enum SqliteError {
         /// What failed.
         what: String,
     },
+    /// The file has no plaintext SQLite header: it is encrypted, or not a database,
+    /// and no key was given.
+    #[error("{path} is encrypted or not an SQLite database: it needs its database key")]
+    Encrypted {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key given does not decrypt the file with SQLCipher 4 or 3 settings.
+    #[error("cannot decrypt {path}: wrong database key, or not an SQLCipher database")]
+    WrongKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key was given for a plaintext database.
+    #[error("{path} is not encrypted, but a database key was given")]
+    NotEncrypted {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A database key or SQLCipher setting that cannot be used (the key is never
+    /// quoted).
+    #[error("{what}")]
+    BadKey {
+        /// What is wrong.
+        what: String,
+    },
+    /// A conversion needs the database to itself.
+    #[error("{path} is in use: {detail}")]
+    InUse {
+        /// The file.
+        path: PathBuf,
+        /// Who holds it.
+        detail: String,
+    },
     /// Filesystem error.
     #[error("io error on {path}")]
     Io {

@@ -10,6 +10,7 @@
 //!   checksum; [`load`] builds a database from one and proves it equal.
 
 mod checksum;
+mod cipher;
 mod dump;
 mod error;
 mod literal;
@@ -17,12 +18,17 @@ mod load;
 mod snapshot;
 
 pub use checksum::logical_checksum;
+pub use cipher::{
+    AtRest, CipherSettings, ConvertOptions, ConvertReport, DbKey, Target, Unlock, convert, decrypt, encrypt, migrate,
+    probe, rekey, sqlcipher_version,
+};
 pub use dump::{DUMP_HEADER, DUMP_TRAILER, DumpReport};
 pub use error::SqliteError;
 pub use load::{LoadOptions, LoadReport, install, load};
 pub use rusqlite;
 pub use snapshot::{
     DbInfo, SnapshotError, SnapshotMethod, Source, SourceOptions, VerifyReport, check_header, verify_file,
+    verify_file_with,
 };
 pub use tempfile;
 

@@ -22,8 +22,9 @@ use std::time::Instant;
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
+use crate::cipher::{Unlock, apply_key};
 use crate::dump::{DUMP_HEADER, DUMP_TRAILER};
-use crate::{DbInfo, SqliteError, verify_file};
+use crate::{DbInfo, SqliteError, verify_file_with};
 
 /// Options for [`load`].
 #[derive(Debug, Clone, Default)]
@@ -35,6 +36,10 @@ pub struct LoadOptions {
     /// The logical checksum the result must have (a snapshot's record); checked before
     /// the rename, like the dump's own trailer.
     pub expected_checksum: Option<[u8; 32]>,
+    /// Build a SQLCipher database with this key and these settings (which must be
+    /// given) instead of a plaintext one. The dump's `PRAGMA page_size` is then not
+    /// applied: the settings' `page_size` is the database's.
+    pub encrypt: Option<Unlock>,
 }
 
 impl LoadOptions {
@@ -46,6 +51,11 @@ impl LoadOptions {
     /// Sets `force`.
     pub fn with_force(mut self, yes: bool) -> Self {
         self.force = yes;
+        self
+    }
+    /// Sets the key and settings of an encrypted result.
+    pub fn with_encrypt(mut self, unlock: Option<Unlock>) -> Self {
+        self.encrypt = unlock;
         self
     }
 }
@@ -85,7 +95,6 @@ pub fn load<R: BufRead>(input: R, name: &Path, dest: &Path, opts: &LoadOptions) 
             })?
             .join(dest)
     };
-    let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| "/".into());
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SqliteError::Io { path, source }
@@ -98,6 +107,35 @@ pub fn load<R: BufRead>(input: R, name: &Path, dest: &Path, opts: &LoadOptions) 
     if existing.is_some_and(|len| len > 0) && !opts.force {
         return Err(SqliteError::Exists { path: dest });
     }
+    let (tmp, report) = load_temp(input, name, &dest, opts)?;
+    install(tmp, &dest, existing.is_some())?;
+    Ok(LoadReport { path: dest, ..report })
+}
+
+/// The load itself: a verified private temporary file next to `dest`, not yet moved
+/// into place.
+pub(crate) fn load_temp<R: BufRead>(
+    input: R,
+    name: &Path,
+    dest: &Path,
+    opts: &LoadOptions,
+) -> Result<(tempfile::NamedTempFile, LoadReport), SqliteError> {
+    let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| "/".into());
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SqliteError::Io { path, source }
+    };
+    let encrypt = match &opts.encrypt {
+        Some(u) => match &u.settings {
+            Some(s) => Some((u.key.clone(), s.clone())),
+            None => {
+                return Err(SqliteError::BadKey {
+                    what: "an encrypted load needs its SQLCipher settings".into(),
+                });
+            }
+        },
+        None => None,
+    };
     let tmp = tempfile::Builder::new()
         .prefix(&format!(
             ".{}.sqlvault-",
@@ -116,6 +154,13 @@ pub fn load<R: BufRead>(input: R, name: &Path, dest: &Path, opts: &LoadOptions) 
             path: tmp.path().to_path_buf(),
             source,
         })?;
+        if let Some((key, settings)) = &encrypt {
+            crate::cipher::quiet_sqlcipher();
+            apply_key(&conn, key, settings).map_err(|source| SqliteError::Sqlite {
+                path: tmp.path().to_path_buf(),
+                source,
+            })?;
+        }
         // The file is private and thrown away on failure: no journal, no syncs until
         // the end. None of these create the file, so the dump's page_size, auto_vacuum
         // and encoding still apply.
@@ -129,6 +174,7 @@ pub fn load<R: BufRead>(input: R, name: &Path, dest: &Path, opts: &LoadOptions) 
         })?;
         conn.set_prepared_statement_cache_capacity(64);
         let mut l = Loader::new(&conn, name);
+        l.keep_cipher_page_size = encrypt.is_some();
         l.run(input)?;
         let out = (l.statements, l.fast_rows, l.header, l.trailer);
         drop(l);
@@ -149,7 +195,7 @@ pub fn load<R: BufRead>(input: R, name: &Path, dest: &Path, opts: &LoadOptions) 
     let load_seconds = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let report = verify_file(tmp.path())?;
+    let report = verify_file_with(tmp.path(), opts.encrypt.as_ref())?;
     if !report.problems.is_empty() {
         return Err(SqliteError::Verify {
             path: name.to_path_buf(),
@@ -177,17 +223,20 @@ pub fn load<R: BufRead>(input: R, name: &Path, dest: &Path, opts: &LoadOptions) 
     }
     let check_seconds = t1.elapsed().as_secs_f64();
 
-    install(tmp, &dest, existing.is_some())?;
-    Ok(LoadReport {
-        path: dest,
-        info: report.info,
-        logical_checksum: report.logical_checksum,
-        checksum_verified: trailer.is_some(),
-        statements,
-        fast_rows,
-        load_seconds,
-        check_seconds,
-    })
+    let path = dest.to_path_buf();
+    Ok((
+        tmp,
+        LoadReport {
+            path,
+            info: report.info,
+            logical_checksum: report.logical_checksum,
+            checksum_verified: trailer.is_some(),
+            statements,
+            fast_rows,
+            load_seconds,
+            check_seconds,
+        },
+    ))
 }
 
 /// Moves a finished, synced database file into place at `dest`, in the same directory.
@@ -253,6 +302,9 @@ struct Loader<'c> {
     vals: Vec<Val>,
     scratch: Vec<u8>,
     sql: String,
+    /// Skip the dump's `PRAGMA page_size`: on a keyed connection SQLCipher would take it
+    /// as `cipher_page_size`, overriding the settings the file is meant to have.
+    keep_cipher_page_size: bool,
 }
 
 fn shorten(s: &str) -> String {
@@ -280,6 +332,7 @@ impl<'c> Loader<'c> {
             vals: Vec::new(),
             scratch: Vec::new(),
             sql: String::new(),
+            keep_cipher_page_size: false,
         }
     }
 
@@ -353,6 +406,11 @@ impl<'c> Loader<'c> {
     }
 
     fn exec_pending(&mut self) -> Result<(), SqliteError> {
+        if self.keep_cipher_page_size && self.header && self.pending.trim_start().starts_with("PRAGMA page_size=") {
+            self.statements += 1;
+            self.pending.clear();
+            return Ok(());
+        }
         let r = self.conn.execute_batch(&self.pending);
         self.statements += 1;
         if let Err(source) = r {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::cipher::{CipherSettings, Unlock, apply_key, open_db};
 use crate::{SqliteError, logical_checksum};
 
 const HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -53,6 +54,8 @@ pub struct SourceOptions {
     pub temp_dir: Option<PathBuf>,
     /// Force the backup-copy method even when `sqlite_dbpage` is available.
     pub force_backup_copy: bool,
+    /// The key (and settings) of a SQLCipher database.
+    pub unlock: Option<Unlock>,
 }
 
 impl Default for SourceOptions {
@@ -61,6 +64,7 @@ impl Default for SourceOptions {
             busy_timeout: Duration::from_secs(10),
             temp_dir: None,
             force_backup_copy: false,
+            unlock: None,
         }
     }
 }
@@ -79,6 +83,11 @@ impl SourceOptions {
     /// Forces the backup-copy method.
     pub fn with_force_backup_copy(mut self, yes: bool) -> Self {
         self.force_backup_copy = yes;
+        self
+    }
+    /// Sets the key of a SQLCipher database.
+    pub fn with_unlock(mut self, unlock: Option<Unlock>) -> Self {
+        self.unlock = unlock;
         self
     }
 }
@@ -117,10 +126,25 @@ pub struct Source {
     path: PathBuf,
     conn: Connection,
     opts: SourceOptions,
+    cipher: Option<CipherSettings>,
 }
 
 fn pragma_i64(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
-    conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+    // On a keyed connection SQLCipher answers `page_size` itself, as text.
+    conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+        match r.get::<_, rusqlite::types::Value>(0)? {
+            rusqlite::types::Value::Integer(i) => Ok(i),
+            rusqlite::types::Value::Text(t) => t
+                .trim()
+                .parse()
+                .map_err(|_| rusqlite::Error::InvalidColumnType(0, name.into(), rusqlite::types::Type::Text)),
+            _ => Err(rusqlite::Error::InvalidColumnType(
+                0,
+                name.into(),
+                rusqlite::types::Type::Null,
+            )),
+        }
+    })
 }
 
 pub(crate) fn read_info(conn: &Connection) -> rusqlite::Result<DbInfo> {
@@ -138,26 +162,46 @@ pub(crate) fn read_info(conn: &Connection) -> rusqlite::Result<DbInfo> {
 }
 
 impl Source {
-    /// Opens `path` read-only after checking that it is a database.
+    /// Opens `path` read-only after checking that it is a database: plaintext, or
+    /// SQLCipher with `opts.unlock` (the key is proven here, and the settings detected
+    /// when not given).
     pub fn open(path: &Path, opts: SourceOptions) -> Result<Source, SqliteError> {
-        check_header(path)?;
+        crate::cipher::head(path)?;
         let path = std::fs::canonicalize(path).map_err(|source| SqliteError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let conn = Connection::open_with_flags(
+        let (conn, cipher) = open_db(
             &path,
+            opts.unlock.as_ref(),
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-        )
-        .map_err(|e| SqliteError::from_sqlite(&path, opts.busy_timeout, e))?;
-        conn.busy_timeout(opts.busy_timeout)
-            .map_err(|e| SqliteError::from_sqlite(&path, opts.busy_timeout, e))?;
-        Ok(Source { path, conn, opts })
+            opts.busy_timeout,
+        )?;
+        Ok(Source {
+            path,
+            conn,
+            opts,
+            cipher,
+        })
     }
 
     /// Canonical path of the database.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The SQLCipher settings of an encrypted source (`None`: plaintext).
+    pub fn cipher(&self) -> Option<&CipherSettings> {
+        self.cipher.as_ref()
+    }
+
+    /// Keys a fresh connection to the source (or to a private copy of it) like the
+    /// source's own; a no-op for a plaintext source.
+    pub(crate) fn key_like_source(&self, conn: &Connection) -> rusqlite::Result<()> {
+        match (&self.cipher, &self.opts.unlock) {
+            (Some(s), Some(u)) => apply_key(conn, &u.key, s),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn err(&self, e: rusqlite::Error) -> SqliteError {
@@ -243,6 +287,7 @@ impl Source {
         )
         .ok()?;
         twin.busy_timeout(self.opts.busy_timeout).ok()?;
+        self.key_like_source(&twin).ok()?;
         // One read in autocommit first: the pager opens the WAL (and loads the schema)
         // lazily, and sqlite3_snapshot_open fails on a connection whose WAL is not open.
         twin.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
@@ -335,17 +380,69 @@ impl Source {
         let (tmp, source_header) = self.private_copy().map_err(SnapshotError::Db)?;
         // The copy is private: read its facts and checksum, then stream its pages.
         let (copy, info) = self.open_copy(tmp.path()).map_err(SnapshotError::Db)?;
+        // An encrypted copy's file holds ciphertext: its pages are read through
+        // SQLCipher on a second connection.
+        let reader = match self.cipher {
+            Some(_) => Some(self.open_copy(tmp.path()).map_err(SnapshotError::Db)?.0),
+            None => None,
+        };
         // The copy is private and immutable now: checksum it on its own connection
         // while its pages stream.
         std::thread::scope(|scope| {
             let sum_thread = scope.spawn(move || logical_checksum(&copy));
-            self.stream_copy(tmp.path(), &info, source_header.as_ref(), page)?;
+            match &reader {
+                Some(r) => self.stream_keyed_copy(r, &info, source_header.as_ref(), page)?,
+                None => self.stream_copy(tmp.path(), &info, source_header.as_ref(), page)?,
+            }
             let sum = sum_thread
                 .join()
                 .expect("checksum thread panicked")
                 .map_err(|e| SnapshotError::Db(self.err(e)))?;
             Ok((info, sum))
         })
+    }
+
+    fn stream_keyed_copy<E, F>(
+        &self,
+        copy: &Connection,
+        info: &DbInfo,
+        source_header: Option<&[u8; 100]>,
+        page: &mut F,
+    ) -> Result<(), SnapshotError<E>>
+    where
+        F: FnMut(u32, &[u8]) -> Result<(), E>,
+    {
+        let db = |e| SnapshotError::Db(self.err(e));
+        let mut stmt = copy
+            .prepare("SELECT pgno, data FROM sqlite_dbpage('main')")
+            .map_err(db)?;
+        let mut rows = stmt.raw_query();
+        let mut expect = 1u32;
+        while let Some(row) = rows.next().map_err(db)? {
+            let pgno: i64 = row.get(0).map_err(db)?;
+            let data = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(db)?;
+            if pgno as u32 != expect || data.len() != info.page_size as usize {
+                return Err(SnapshotError::Db(SqliteError::Inconsistent {
+                    path: self.path.clone(),
+                    detail: format!("sqlite_dbpage returned page {pgno} out of order"),
+                }));
+            }
+            if expect == 1 {
+                let mut p1 = data.to_vec();
+                fix_page1(&mut p1, info, source_header);
+                page(1, &p1).map_err(SnapshotError::Consumer)?;
+            } else {
+                page(expect, data).map_err(SnapshotError::Consumer)?;
+            }
+            expect += 1;
+        }
+        if expect - 1 != info.page_count {
+            return Err(SnapshotError::Db(SqliteError::Inconsistent {
+                path: self.path.clone(),
+                detail: "sqlite_dbpage returned fewer pages than page_count".into(),
+            }));
+        }
+        Ok(())
     }
 
     fn stream_copy<E, F>(
@@ -377,21 +474,8 @@ impl Source {
                 let mut bytes = p;
                 let owned;
                 if pgno + i as u32 == 1 {
-                    // The backup API rewrites header fields of the copy: the WAL/legacy
-                    // mode bytes (18, 19), the change counter, the schema cookie,
-                    // version-valid-for and the library version. In rollback mode the
-                    // source's header, read under the same lock, is authoritative: put it
-                    // back so the snapshot holds exactly the source's pages. In WAL mode
-                    // the newest header may live in the WAL, so only the mode bytes are set.
                     let mut p1 = p.to_vec();
-                    match source_header {
-                        Some(h) => p1[..100].copy_from_slice(h),
-                        None => {
-                            let v = if info.journal_mode == "wal" { 2 } else { 1 };
-                            p1[18] = v;
-                            p1[19] = v;
-                        }
-                    }
+                    fix_page1(&mut p1, info, source_header);
                     owned = p1;
                     bytes = &owned;
                 }
@@ -400,6 +484,22 @@ impl Source {
             pgno += n as u32;
         }
         Ok(())
+    }
+}
+
+/// The backup API rewrites header fields of the copy: the WAL/legacy mode bytes (18,
+/// 19), the change counter, the schema cookie, version-valid-for and the library
+/// version. In rollback mode the source's header, read under the same lock, is
+/// authoritative: put it back so the snapshot holds exactly the source's pages. In WAL
+/// mode the newest header may live in the WAL, so only the mode bytes are set.
+fn fix_page1(p1: &mut [u8], info: &DbInfo, source_header: Option<&[u8; 100]>) {
+    match source_header {
+        Some(h) => p1[..100].copy_from_slice(h),
+        None => {
+            let v = if info.journal_mode == "wal" { 2 } else { 1 };
+            p1[18] = v;
+            p1[19] = v;
+        }
     }
 }
 
@@ -435,6 +535,7 @@ impl Source {
     /// copy's header says what the backup API made it).
     pub(crate) fn open_copy(&self, path: &Path) -> Result<(Connection, DbInfo), SqliteError> {
         let copy = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| self.err(e))?;
+        self.key_like_source(&copy).map_err(|e| self.err(e))?;
         let mut info = read_info(&copy).map_err(|e| self.err(e))?;
         info.journal_mode = self.journal_mode()?;
         Ok((copy, info))
@@ -486,6 +587,9 @@ impl Source {
             Some(h)
         };
         let mut dst = Connection::open(dst_path).map_err(|e| SnapshotError::Db(self.err(e)))?;
+        // SQLCipher's backup API copies an encrypted database only into one with the
+        // same key and settings.
+        self.key_like_source(&dst).map_err(|e| SnapshotError::Db(self.err(e)))?;
         let backup = rusqlite::backup::Backup::new(&self.conn, &mut dst).map_err(|e| SnapshotError::Db(self.err(e)))?;
         // One step under one read lock: small steps restart on every write and may
         // never finish under load; a single step is short even in rollback mode.
@@ -519,40 +623,69 @@ pub enum SnapshotError<E> {
 pub struct VerifyReport {
     /// Facts read from the file.
     pub info: DbInfo,
-    /// `integrity_check` output lines other than `ok` (empty when healthy).
+    /// `integrity_check` output lines other than `ok`, and for an encrypted file every
+    /// line of `cipher_integrity_check` (empty when healthy).
     pub problems: Vec<String>,
     /// Logical checksum of the file's content.
     pub logical_checksum: [u8; 32],
+    /// The file's SQLCipher settings (`None`: plaintext).
+    pub cipher: Option<CipherSettings>,
 }
 
 /// Opens `path` immutable (no locks, no `-wal`/`-shm` created) and runs
 /// `PRAGMA integrity_check` and the logical checksum, on two connections at once (each
 /// reads the whole file; together they take as long as the slower one).
 pub fn verify_file(path: &Path) -> Result<VerifyReport, SqliteError> {
-    check_header(path)?;
+    verify_file_with(path, None)
+}
+
+/// [`verify_file`] for a file that may be encrypted: with `unlock`, the key is proven
+/// and `cipher_integrity_check` (every page's MAC) runs before `integrity_check`.
+pub fn verify_file_with(path: &Path, unlock: Option<&Unlock>) -> Result<VerifyReport, SqliteError> {
     let t = Duration::from_secs(0);
     let err = |e| SqliteError::from_sqlite(path, t, e);
-    let open = || {
-        let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
-        Connection::open_with_flags(&uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
-    };
-    let conn = open().map_err(err)?;
-    let twin = open().map_err(err)?;
+    let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+    let (conn, cipher) = crate::cipher::open_db_as(path, &uri, unlock, flags, t)?;
+    // The twin skips detection: same key, the settings just found.
+    let twin_unlock = unlock.map(|u| Unlock {
+        key: u.key.clone(),
+        settings: cipher.clone(),
+    });
+    let (twin, _) = crate::cipher::open_db_as(path, &uri, twin_unlock.as_ref(), flags, t)?;
     let info = read_info(&conn).map_err(err)?;
+    let encrypted = cipher.is_some();
     let (problems, sum) = std::thread::scope(|scope| {
         let sum = scope.spawn(move || logical_checksum(&twin));
-        let problems = (|| -> rusqlite::Result<Vec<String>> {
-            let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.filter(|l| !matches!(l.as_deref(), Ok("ok"))).collect()
-        })();
+        let problems = problems(&conn, encrypted);
         (problems, sum.join().expect("checksum thread panicked"))
     });
     Ok(VerifyReport {
         info,
         problems: problems.map_err(err)?,
         logical_checksum: sum.map_err(err)?,
+        cipher,
     })
+}
+
+fn problems(conn: &Connection, encrypted: bool) -> rusqlite::Result<Vec<String>> {
+    let mut out = Vec::new();
+    if encrypted {
+        let mut stmt = conn.prepare("PRAGMA cipher_integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for l in rows {
+            out.push(format!("cipher_integrity_check: {}", l?));
+        }
+    }
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    for l in rows {
+        let l = l?;
+        if l != "ok" {
+            out.push(l);
+        }
+    }
+    Ok(out)
 }
 
 fn uri_escape(p: &str) -> String {

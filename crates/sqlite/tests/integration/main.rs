@@ -1,3 +1,4 @@
-//! Integration tests of sqlvault-sqlite: SQL dumps and loads.
+//! Integration tests of sqlvault-sqlite: SQL dumps and loads, SQLCipher.
 
+mod cipher;
 mod dump;

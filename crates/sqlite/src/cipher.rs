@@ -1,0 +1,743 @@
+//! SQLCipher: database keys, opening encrypted databases, and safe in-place conversions
+//! (encrypt, decrypt, rekey, migrate).
+//!
+//! This crate links SQLCipher in place of SQLite (rusqlite's `bundled-sqlcipher`): a
+//! database opened without a key behaves exactly as with plain SQLite. A key is handed
+//! to SQLCipher through `sqlite3_key_v2` or a bound `ATTACH … KEY ?` parameter, never
+//! through SQL text, so it cannot surface in an error message that quotes a statement.
+//!
+//! Conversions never modify the original until the converted file is complete and
+//! proven equal. Under an exclusive lock on the original (a WAL-mode original first
+//! leaves WAL mode, which SQLite refuses while anyone else has it open), a lossless
+//! dump of it streams into a load that builds a private temporary file in the same
+//! directory with the target's key and settings; that file must pass
+//! `cipher_integrity_check` (when encrypted) and `integrity_check`, and its logical
+//! checksum must equal the one the dump computed from the original. Only then does
+//! it take the original's mode and owner, get synced, and replace the original by an
+//! atomic rename followed by a directory fsync. `sqlcipher_export` is not used: it
+//! renumbers rowids that only `oid` can name.
+
+use std::ffi::c_int;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use zeroize::Zeroizing;
+
+use crate::SqliteError;
+
+const HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// A database key: a passphrase, or a raw 256-bit key written as SQLCipher writes it,
+/// `x'<64 hex digits>'` (96 digits: key then salt).
+///
+/// The bytes are zeroed when the key is dropped and never printed: `Debug` shows
+/// `DbKey(<redacted>)`. A bare 64-digit hex string is a passphrase, as in SQLCipher's
+/// `PRAGMA key = '…'`, so a key means the same here as in the application.
+#[derive(Clone)]
+pub struct DbKey {
+    bytes: Zeroizing<Vec<u8>>,
+    raw: bool,
+}
+
+impl std::fmt::Debug for DbKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbKey(<redacted>)")
+    }
+}
+
+impl DbKey {
+    /// A key from secret text (a key file's content, an environment variable, a
+    /// prompt). One trailing newline is removed; an empty key or a malformed `x'…'`
+    /// key is refused without quoting it.
+    pub fn from_text(text: &str) -> Result<DbKey, SqliteError> {
+        let t = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(text);
+        if t.is_empty() {
+            return Err(SqliteError::BadKey {
+                what: "the database key is empty".into(),
+            });
+        }
+        let lower = t.to_ascii_lowercase();
+        let raw = lower.starts_with("x'") && lower.ends_with('\'') && t.len() >= 3;
+        if raw {
+            let hex = &t[2..t.len() - 1];
+            if !(hex.len() == 64 || hex.len() == 96) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(SqliteError::BadKey {
+                    what: "a raw database key must be x' followed by 64 hex digits (96 with the salt) and '".into(),
+                });
+            }
+        }
+        Ok(DbKey {
+            bytes: Zeroizing::new(t.as_bytes().to_vec()),
+            raw,
+        })
+    }
+
+    /// Reads a key file (the whole file, one trailing newline removed).
+    pub fn from_file(path: &Path) -> Result<DbKey, SqliteError> {
+        let mut f = File::open(path).map_err(|source| SqliteError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut buf = Zeroizing::new(Vec::new());
+        f.read_to_end(&mut buf).map_err(|source| SqliteError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let text = std::str::from_utf8(&buf).map_err(|_| SqliteError::BadKey {
+            what: format!("the database key file {} is not UTF-8 text", path.display()),
+        })?;
+        DbKey::from_text(text)
+    }
+
+    /// Whether this is a raw key (`x'…'`) rather than a passphrase.
+    pub fn is_raw(&self) -> bool {
+        self.raw
+    }
+
+    /// The key as SQLCipher takes it (`sqlite3_key_v2`, `ATTACH … KEY ?`).
+    pub(crate) fn sqlcipher_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// A check value: BLAKE3 keyed by a derivation of the key and `salt`. Lets a
+    /// restore tell a wrong key from the right one without storing the key.
+    pub fn check_value(&self, salt: &[u8; 16]) -> [u8; 32] {
+        let mut k = Zeroizing::new([0u8; 32]);
+        let mut h = blake3::Hasher::new_derive_key("sqlvault 2026 database key check v1");
+        h.update(salt);
+        h.update(&self.bytes);
+        k.copy_from_slice(h.finalize().as_bytes());
+        *blake3::keyed_hash(&k, b"check").as_bytes()
+    }
+}
+
+/// The SQLCipher settings of an encrypted database: what a client must set, after the
+/// key, to open it. A key is not part of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CipherSettings {
+    /// The SQLCipher major version whose defaults the file uses (`PRAGMA
+    /// cipher_compatibility`): 4 for files made by SQLCipher 4, 3 for SQLCipher 3.x.
+    pub compatibility: u8,
+    /// `cipher_page_size`.
+    pub page_size: u32,
+    /// `kdf_iter` (PBKDF2 iterations; unused with a raw key).
+    pub kdf_iter: u32,
+    /// `cipher_hmac_algorithm`, e.g. `HMAC_SHA512`.
+    pub hmac_algorithm: String,
+    /// `cipher_kdf_algorithm`, e.g. `PBKDF2_HMAC_SHA512`.
+    pub kdf_algorithm: String,
+}
+
+impl CipherSettings {
+    /// The defaults of a SQLCipher major version (3 or 4), which a client of that
+    /// version opens with the key alone.
+    pub fn defaults(compatibility: u8) -> Result<CipherSettings, SqliteError> {
+        match compatibility {
+            4 => Ok(CipherSettings {
+                compatibility: 4,
+                page_size: 4096,
+                kdf_iter: 256_000,
+                hmac_algorithm: "HMAC_SHA512".into(),
+                kdf_algorithm: "PBKDF2_HMAC_SHA512".into(),
+            }),
+            3 => Ok(CipherSettings {
+                compatibility: 3,
+                page_size: 1024,
+                kdf_iter: 64_000,
+                hmac_algorithm: "HMAC_SHA1".into(),
+                kdf_algorithm: "PBKDF2_HMAC_SHA1".into(),
+            }),
+            n => Err(SqliteError::BadKey {
+                what: format!("SQLCipher compatibility {n} is not supported (3 or 4)"),
+            }),
+        }
+    }
+
+    /// The pragmas that select these settings on schema `schema`, run after the key.
+    fn pragmas(&self, schema: &str) -> String {
+        // Every value is ours or validated (numbers, and algorithm names checked by
+        // `validate`), so formatting them into SQL is safe.
+        format!(
+            "PRAGMA {schema}.cipher_compatibility = {}; PRAGMA {schema}.cipher_page_size = {}; \
+             PRAGMA {schema}.kdf_iter = {}; PRAGMA {schema}.cipher_hmac_algorithm = {}; \
+             PRAGMA {schema}.cipher_kdf_algorithm = {};",
+            self.compatibility, self.page_size, self.kdf_iter, self.hmac_algorithm, self.kdf_algorithm
+        )
+    }
+
+    fn validate(&self) -> Result<(), SqliteError> {
+        let alg_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !matches!(self.compatibility, 1..=4)
+            || !self.page_size.is_power_of_two()
+            || !(512..=65536).contains(&self.page_size)
+            || self.kdf_iter == 0
+            || !alg_ok(&self.hmac_algorithm)
+            || !alg_ok(&self.kdf_algorithm)
+        {
+            return Err(SqliteError::BadKey {
+                what: "invalid SQLCipher settings".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Version of SQLCipher linked into this build (`PRAGMA cipher_version`).
+pub fn sqlcipher_version() -> String {
+    quiet_sqlcipher();
+    Connection::open_in_memory()
+        .and_then(|c| c.query_row("PRAGMA cipher_version", [], |r| r.get::<_, String>(0)))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// SQLCipher logs failed page decryptions (every wrong-key attempt) to stderr by
+/// default; sqlvault reports those itself, as one line naming the file.
+pub(crate) fn quiet_sqlcipher() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Ok(c) = Connection::open_in_memory() {
+            let _ = c.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()));
+        }
+    });
+}
+
+/// What the first bytes of a file say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Head {
+    /// Zero bytes.
+    Empty,
+    /// Starts with the plaintext SQLite header.
+    Plain,
+    /// No header, but sized like whole pages: a SQLCipher database, or noise.
+    Opaque,
+    /// Neither: not a database of any kind.
+    NotDb,
+}
+
+/// Reads the start of `path` to tell a plaintext database from a possibly encrypted
+/// one. An encrypted file is whole pages of at least 512 bytes.
+pub(crate) fn head(path: &Path) -> Result<Head, SqliteError> {
+    let io = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            SqliteError::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            SqliteError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    };
+    let mut f = File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    if len == 0 {
+        return Ok(Head::Empty);
+    }
+    let mut head = [0u8; 16];
+    if len >= 16 {
+        f.read_exact(&mut head).map_err(io)?;
+        if &head == HEADER {
+            return Ok(Head::Plain);
+        }
+    }
+    if len >= 512 && len % 512 == 0 {
+        Ok(Head::Opaque)
+    } else {
+        Ok(Head::NotDb)
+    }
+}
+
+/// How to unlock a database: its key, and its SQLCipher settings when known (otherwise
+/// SQLCipher 4 defaults are tried, then SQLCipher 3's).
+#[derive(Debug, Clone)]
+pub struct Unlock {
+    /// The key.
+    pub key: DbKey,
+    /// Settings to use instead of detecting them.
+    pub settings: Option<CipherSettings>,
+}
+
+impl Unlock {
+    /// A key with detected settings.
+    pub fn key(key: DbKey) -> Unlock {
+        Unlock { key, settings: None }
+    }
+    /// A key with the defaults of one SQLCipher major version.
+    pub fn with_compatibility(key: DbKey, compatibility: u8) -> Result<Unlock, SqliteError> {
+        Ok(Unlock {
+            key,
+            settings: Some(CipherSettings::defaults(compatibility)?),
+        })
+    }
+}
+
+/// Gives a fresh connection its key and settings: must run before its first read.
+pub(crate) fn apply_key(conn: &Connection, key: &DbKey, settings: &CipherSettings) -> rusqlite::Result<()> {
+    settings.validate().map_err(|_| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+            Some("invalid SQLCipher settings".into()),
+        )
+    })?;
+    let b = key.sqlcipher_bytes();
+    // SAFETY: the connection is open and owned by the caller; SQLCipher copies the key
+    // bytes before returning.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_key_v2(
+            conn.handle(),
+            c"main".as_ptr(),
+            b.as_ptr().cast(),
+            c_int::try_from(b.len()).unwrap_or(c_int::MAX),
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        return Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None));
+    }
+    conn.execute_batch(&settings.pragmas("main"))
+}
+
+/// Reads the settings SQLCipher is using on `schema` of a keyed connection.
+fn read_settings(conn: &Connection, schema: &str, compatibility: u8) -> rusqlite::Result<CipherSettings> {
+    let get = |p: &str| conn.query_row(&format!("PRAGMA {schema}.{p}"), [], |r| r.get::<_, String>(0));
+    let num = |p: &str| -> rusqlite::Result<u32> {
+        get(p)?
+            .trim()
+            .parse()
+            .map_err(|_| rusqlite::Error::InvalidColumnType(0, p.into(), rusqlite::types::Type::Text))
+    };
+    Ok(CipherSettings {
+        compatibility,
+        page_size: num("cipher_page_size")?,
+        kdf_iter: num("kdf_iter")?,
+        hmac_algorithm: get("cipher_hmac_algorithm")?,
+        kdf_algorithm: get("cipher_kdf_algorithm")?,
+    })
+}
+
+/// A connection to a database that may be encrypted, and its settings (`None` when
+/// the file is plaintext).
+pub(crate) fn open_db(
+    path: &Path,
+    unlock: Option<&Unlock>,
+    flags: OpenFlags,
+    timeout: Duration,
+) -> Result<(Connection, Option<CipherSettings>), SqliteError> {
+    open_db_as(path, &path.to_string_lossy(), unlock, flags, timeout)
+}
+
+/// [`open_db`], opening `name` (a path, or a `file:` URI with `SQLITE_OPEN_URI`) for
+/// the file `path`.
+pub(crate) fn open_db_as(
+    path: &Path,
+    name: &str,
+    unlock: Option<&Unlock>,
+    flags: OpenFlags,
+    timeout: Duration,
+) -> Result<(Connection, Option<CipherSettings>), SqliteError> {
+    quiet_sqlcipher();
+    let err = |e| SqliteError::from_sqlite(path, timeout, e);
+    match (head(path)?, unlock) {
+        (Head::Plain, Some(_)) => Err(SqliteError::NotEncrypted {
+            path: path.to_path_buf(),
+        }),
+        (Head::Empty | Head::NotDb, _) => Err(SqliteError::NotADatabase {
+            path: path.to_path_buf(),
+        }),
+        (Head::Plain, None) => {
+            let conn = Connection::open_with_flags(name, flags).map_err(err)?;
+            conn.busy_timeout(timeout).map_err(err)?;
+            Ok((conn, None))
+        }
+        (Head::Opaque, None) => Err(SqliteError::Encrypted {
+            path: path.to_path_buf(),
+        }),
+        (Head::Opaque, Some(u)) => {
+            let tries = match &u.settings {
+                Some(s) => vec![s.clone()],
+                None => vec![CipherSettings::defaults(4)?, CipherSettings::defaults(3)?],
+            };
+            for s in tries {
+                let conn = Connection::open_with_flags(name, flags).map_err(err)?;
+                conn.busy_timeout(timeout).map_err(err)?;
+                apply_key(&conn, &u.key, &s).map_err(err)?;
+                match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+                    Ok(()) => {
+                        let settings = read_settings(&conn, "main", s.compatibility).map_err(err)?;
+                        return Ok((conn, Some(settings)));
+                    }
+                    Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => continue,
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            Err(SqliteError::WrongKey {
+                path: path.to_path_buf(),
+            })
+        }
+    }
+}
+
+/// What a database is at rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtRest {
+    /// A plaintext SQLite database.
+    Plaintext,
+    /// Encrypted with SQLCipher; the settings are known when the key was given.
+    Encrypted(Option<CipherSettings>),
+}
+
+/// Tells whether `path` is plaintext or encrypted; with `unlock`, proves the key and
+/// returns the settings.
+pub fn probe(path: &Path, unlock: Option<&Unlock>) -> Result<AtRest, SqliteError> {
+    match (head(path)?, unlock) {
+        (Head::Empty | Head::NotDb, _) => Err(SqliteError::NotADatabase {
+            path: path.to_path_buf(),
+        }),
+        (Head::Plain, _) => Ok(AtRest::Plaintext),
+        (Head::Opaque, None) => Ok(AtRest::Encrypted(None)),
+        (Head::Opaque, Some(_)) => {
+            let (_, s) = open_db(path, unlock, OpenFlags::SQLITE_OPEN_READ_ONLY, Duration::from_secs(5))?;
+            Ok(AtRest::Encrypted(s))
+        }
+    }
+}
+
+/// What a converted file is to become.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Plaintext SQLite.
+    Plaintext,
+    /// Encrypted with `key` and `settings`.
+    Encrypted {
+        /// The new key.
+        key: DbKey,
+        /// The new settings.
+        settings: CipherSettings,
+    },
+}
+
+/// Options for conversions.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConvertOptions {
+    /// Longest wait for another connection's lock.
+    pub busy_timeout: Duration,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConvertOptions {
+    /// Sets the busy timeout.
+    pub fn with_busy_timeout(mut self, t: Duration) -> Self {
+        self.busy_timeout = t;
+        self
+    }
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    /// The database (canonical path).
+    pub path: PathBuf,
+    /// Its settings before (`None`: plaintext).
+    pub before: Option<CipherSettings>,
+    /// Its settings after (`None`: plaintext).
+    pub after: Option<CipherSettings>,
+    /// The logical checksum, equal before and after.
+    pub logical_checksum: [u8; 32],
+    /// Pages of the new file.
+    pub page_count: u32,
+    /// Seconds in all.
+    pub seconds: f64,
+}
+
+/// Encrypts a plaintext database in place (see the module docs for the guarantees).
+pub fn encrypt(
+    path: &Path,
+    key: DbKey,
+    settings: CipherSettings,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport, SqliteError> {
+    convert(path, None, Target::Encrypted { key, settings }, opts)
+}
+
+/// Decrypts a SQLCipher database in place.
+pub fn decrypt(path: &Path, unlock: &Unlock, opts: &ConvertOptions) -> Result<ConvertReport, SqliteError> {
+    convert(path, Some(unlock), Target::Plaintext, opts)
+}
+
+/// Changes the key of a SQLCipher database, keeping its settings.
+pub fn rekey(
+    path: &Path,
+    unlock: &Unlock,
+    new_key: DbKey,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport, SqliteError> {
+    let settings = match probe(path, Some(unlock))? {
+        AtRest::Encrypted(Some(s)) => s,
+        _ => {
+            return Err(SqliteError::NotEncrypted {
+                path: path.to_path_buf(),
+            });
+        }
+    };
+    convert(path, Some(unlock), Target::Encrypted { key: new_key, settings }, opts)
+}
+
+/// Upgrades a SQLCipher 3 (or any non-default) database to SQLCipher 4 defaults,
+/// keeping its key.
+pub fn migrate(path: &Path, unlock: &Unlock, opts: &ConvertOptions) -> Result<ConvertReport, SqliteError> {
+    convert(
+        path,
+        Some(unlock),
+        Target::Encrypted {
+            key: unlock.key.clone(),
+            settings: CipherSettings::defaults(4)?,
+        },
+        opts,
+    )
+}
+
+/// Processes other than this one that hold `path` open (Linux: `/proc/*/fd`). Only
+/// processes this user may inspect are seen; the exclusive lock covers the rest.
+fn other_openers(path: &Path) -> Vec<u32> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(m) = std::fs::metadata(fd.path())
+                && m.dev() == meta.dev()
+                && m.ino() == meta.ino()
+            {
+                pids.push(pid);
+                break;
+            }
+        }
+    }
+    pids
+}
+
+/// Converts `path` in place from what `from` unlocks (plaintext when `None`) to
+/// `target`. See the module docs.
+pub fn convert(
+    path: &Path,
+    from: Option<&Unlock>,
+    target: Target,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport, SqliteError> {
+    let t0 = Instant::now();
+    let path = std::fs::canonicalize(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            SqliteError::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            SqliteError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    let path = path.as_path();
+    let timeout = opts.busy_timeout;
+    let err = |e| SqliteError::from_sqlite(path, timeout, e);
+    let in_use = |detail: String| SqliteError::InUse {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let pids = other_openers(path);
+    if !pids.is_empty() {
+        return Err(in_use(format!(
+            "held open by process {pids:?}; stop the application first"
+        )));
+    }
+    let meta = std::fs::metadata(path).map_err(|source| SqliteError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (conn, before) = open_db(
+        path,
+        from,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        timeout,
+    )?;
+    let journal0: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+        .map_err(err)?
+        .to_lowercase();
+    // Leave WAL mode for the conversion: it checkpoints everything into the main file
+    // and removes the -wal, which SQLite refuses while any other connection has the
+    // database open. The new file gets the original mode back before it replaces the
+    // original; on failure the original gets it back.
+    let wal = journal0 == "wal";
+    if wal {
+        let m: String = conn
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+            .map_err(|e| match err(e) {
+                SqliteError::Busy { .. } => in_use("another connection has it open in WAL mode".into()),
+                other => other,
+            })?;
+        if !m.eq_ignore_ascii_case("delete") {
+            return Err(in_use("another connection has it open in WAL mode".into()));
+        }
+    }
+    let r = convert_locked(path, &conn, &target, &meta, timeout, &journal0);
+    if r.is_err() && wal {
+        let _ = conn.execute_batch("PRAGMA locking_mode = NORMAL; SELECT count(*) FROM sqlite_schema;");
+        let _ = conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()));
+    }
+    let (after, sum, page_count) = r?;
+    drop(conn);
+    Ok(ConvertReport {
+        path: path.to_path_buf(),
+        before,
+        after,
+        logical_checksum: sum,
+        page_count,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+#[allow(clippy::type_complexity)]
+fn convert_locked(
+    path: &Path,
+    conn: &Connection,
+    target: &Target,
+    meta: &std::fs::Metadata,
+    timeout: Duration,
+    journal0: &str,
+) -> Result<(Option<CipherSettings>, [u8; 32], u32), SqliteError> {
+    let err = |e| SqliteError::from_sqlite(path, timeout, e);
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    // Keep the lock on the original after the transaction ends, until the connection
+    // closes after the rename: nobody writes to it in between.
+    conn.execute_batch("PRAGMA main.locking_mode = EXCLUSIVE;")
+        .map_err(err)?;
+    conn.execute_batch("BEGIN EXCLUSIVE").map_err(|e| match err(e) {
+        SqliteError::Busy { path, .. } => SqliteError::InUse {
+            path,
+            detail: "another connection holds a lock on it".into(),
+        },
+        other => other,
+    })?;
+    let mut info = crate::snapshot::read_info(conn).map_err(err)?;
+    info.journal_mode = journal0.to_string();
+    let unlock = match target {
+        Target::Plaintext => None,
+        Target::Encrypted { key, settings } => {
+            settings.validate()?;
+            Some(Unlock {
+                key: key.clone(),
+                settings: Some(settings.clone()),
+            })
+        }
+    };
+    // The copy is rebuilt from a lossless dump of the locked original, streamed
+    // through a pipe into a verified load: every row with its rowid, the schema,
+    // user_version, application_id, auto_vacuum and journal mode. (sqlcipher_export
+    // renumbers rowids that only `oid` can name.) The load checks integrity, the
+    // cipher MACs, and the checksum the dump computed in the same pass.
+    let (reader, writer) = std::io::pipe().map_err(|source| SqliteError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let opts = crate::LoadOptions::default().with_encrypt(unlock);
+    let loaded = std::thread::scope(|scope| {
+        let loader = scope
+            .spawn(|| crate::load::load_temp(std::io::BufReader::with_capacity(1 << 20, reader), path, path, &opts));
+        let dumped = crate::dump::dump_conn(conn, path, info, writer);
+        let loaded = loader.join().expect("loader thread panicked");
+        match (dumped, loaded) {
+            // A loader that stopped closes the pipe: its error is the cause.
+            (Err(SqliteError::Output { .. }), Err(e)) => Err(e),
+            (Err(e), _) => Err(e),
+            (Ok(d), Ok((tmp, rep))) if rep.logical_checksum == d.logical_checksum && rep.checksum_verified => {
+                Ok((tmp, rep))
+            }
+            (Ok(_), Ok(_)) => Err(SqliteError::Verify {
+                path: path.to_path_buf(),
+                what: "the converted copy's logical checksum differs from the original's; the original is unchanged"
+                    .into(),
+            }),
+            (Ok(_), Err(e)) => Err(e),
+        }
+    });
+    let _ = conn.execute_batch("COMMIT");
+    let (tmp, rep) = loaded?;
+    let tmp_path = tmp.path().to_path_buf();
+    let _cleanup = SideFiles(tmp_path.clone());
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| SqliteError::Io { path: p, source }
+    };
+    let f = tmp.as_file();
+    // The converted file takes the original's place: same mode, and same owner where
+    // this user may set it (root converting an application's database).
+    std::fs::set_permissions(
+        &tmp_path,
+        std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777),
+    )
+    .map_err(io(&tmp_path))?;
+    if meta.uid() != current_uid() || meta.gid() != current_gid() {
+        let _ = std::os::unix::fs::fchown(f, Some(meta.uid()), Some(meta.gid()));
+    }
+    f.sync_all().map_err(io(&tmp_path))?;
+    tmp.persist(path).map_err(|e| io(path)(e.error))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    let after = match target {
+        Target::Plaintext => None,
+        Target::Encrypted { settings, .. } => Some(settings.clone()),
+    };
+    Ok((after, rep.logical_checksum, rep.info.page_count))
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+fn current_gid() -> u32 {
+    // SAFETY: getgid has no preconditions and cannot fail.
+    unsafe { libc::getgid() }
+}
+
+/// Removes `-journal`/`-wal`/`-shm` files SQLite may leave next to a temporary file
+/// when a conversion fails midway.
+struct SideFiles(PathBuf);
+
+impl Drop for SideFiles {
+    fn drop(&mut self) {
+        for suffix in ["-journal", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
+    }
+}
