@@ -7,4 +7,5 @@ mod corruption;
 mod dumps;
 mod keys_and_errors;
 mod s3;
+mod sqlcipher;
 mod stock_tools;

@@ -11,6 +11,7 @@ use serde_json::json;
 use sqlvault_engine::crypt::secrecy::SecretString;
 use sqlvault_engine::crypt::{Identities, Recipient};
 use sqlvault_engine::format::Manifest;
+use sqlvault_engine::sqlite::{AtRest, CipherSettings, ConvertOptions, DbKey, Unlock};
 use sqlvault_engine::store::Store;
 use sqlvault_engine::{Access, Error, ErrorKind, InitKeys, Repo};
 
@@ -51,6 +52,59 @@ enum Cmd {
     Dump(DumpArgs),
     /// Build a database from a SQL dump; verified before it appears.
     Load(LoadArgs),
+    /// SQLCipher at rest: encrypt, decrypt, rekey or migrate a database in place.
+    #[command(subcommand)]
+    Db(DbCmd),
+}
+
+/// The key of a SQLCipher database given to commands that read one. Never on the
+/// command line: a file, the SQLVAULT_DB_KEY variable, or a prompt.
+#[derive(Args, Debug)]
+struct DbKeyArgs {
+    /// File holding the database's SQLCipher key: a passphrase, or x'<64 hex digits>'
+    /// for a raw key (otherwise SQLVAULT_DB_KEY, or a prompt on a terminal).
+    #[arg(long = "db-key-file", value_name = "FILE")]
+    db_key_file: Option<PathBuf>,
+    /// SQLCipher major version of the database's settings, instead of detecting it
+    /// (4, then 3).
+    #[arg(long = "cipher-compat", value_name = "3|4")]
+    cipher_compat: Option<u8>,
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCmd {
+    /// Encrypt a plaintext database in place with SQLCipher (verified, atomic).
+    Encrypt(DbConvertArgs),
+    /// Decrypt a SQLCipher database in place to plaintext (verified, atomic).
+    Decrypt(DbConvertArgs),
+    /// Change the key of a SQLCipher database (new key from --new-key-file,
+    /// SQLVAULT_NEW_DB_KEY or a prompt).
+    Rekey(DbConvertArgs),
+    /// Upgrade a SQLCipher 3 database to SQLCipher 4 settings, same key.
+    Migrate(DbConvertArgs),
+}
+
+#[derive(Args, Debug)]
+struct DbConvertArgs {
+    /// The database file.
+    db: PathBuf,
+    /// File holding the key (encrypt: the new key; otherwise the current one); else
+    /// SQLVAULT_DB_KEY, else a prompt on a terminal.
+    #[arg(long = "key-file", value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// rekey: file holding the new key; else SQLVAULT_NEW_DB_KEY, else a prompt.
+    #[arg(long = "new-key-file", value_name = "FILE")]
+    new_key_file: Option<PathBuf>,
+    /// encrypt: SQLCipher settings to write (4, the default, or 3 for legacy
+    /// clients); otherwise the current file's, instead of detecting them.
+    #[arg(long = "cipher-compat", value_name = "3|4")]
+    cipher_compat: Option<u8>,
+    /// Longest wait for another connection's lock, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    busy_timeout: f64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +175,8 @@ struct BackupArgs {
     /// lossless SQL dump (readable, portable, deduplicated between dumps).
     #[arg(long, value_enum, default_value_t = KindArg::Pages)]
     kind: KindArg,
+    #[command(flatten)]
+    db_key: DbKeyArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -163,6 +219,10 @@ struct RestoreArgs {
     /// Replace an existing destination and remove its stale -wal/-shm.
     #[arg(long)]
     force: bool,
+    /// File holding the database key of a snapshot of a SQLCipher database
+    /// (otherwise SQLVAULT_DB_KEY, or a prompt on a terminal).
+    #[arg(long = "db-key-file", value_name = "FILE")]
+    db_key_file: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -183,6 +243,10 @@ struct VerifyArgs {
     /// Every snapshot.
     #[arg(long)]
     all: bool,
+    /// File holding the database key of snapshots of SQLCipher databases
+    /// (otherwise SQLVAULT_DB_KEY, or a prompt on a terminal).
+    #[arg(long = "db-key-file", value_name = "FILE")]
+    db_key_file: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -215,6 +279,8 @@ struct DumpArgs {
     /// Longest wait for the application's locks, in seconds.
     #[arg(long, default_value_t = 10.0)]
     busy_timeout: f64,
+    #[command(flatten)]
+    db_key: DbKeyArgs,
     /// Print a JSON summary (with -o).
     #[arg(long, requires = "output")]
     json: bool,
@@ -284,6 +350,53 @@ fn read_passphrase(confirm: bool) -> Result<SecretString, Error> {
         }
     }
     Ok(SecretString::from(p))
+}
+
+/// A database key from `file`, else the variable `var`, else (when `prompt` is set and
+/// stdin is a terminal) a prompt. The key's text never reaches argv, logs or errors.
+fn read_db_key(file: Option<&PathBuf>, var: &str, prompt: Option<&str>, confirm: bool) -> Result<Option<DbKey>, Error> {
+    if let Some(f) = file {
+        return DbKey::from_file(f).map(Some).map_err(Error::from);
+    }
+    if let Ok(v) = std::env::var(var)
+        && !v.is_empty()
+    {
+        let v = zeroize::Zeroizing::new(v);
+        return DbKey::from_text(&v).map(Some).map_err(Error::from);
+    }
+    let Some(prompt) = prompt else { return Ok(None) };
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let p = zeroize::Zeroizing::new(
+        rpassword::prompt_password(format!("{prompt}: ")).map_err(|e| usage(format!("cannot read the key: {e}")))?,
+    );
+    if confirm {
+        let again = zeroize::Zeroizing::new(
+            rpassword::prompt_password("again: ").map_err(|e| usage(format!("cannot read the key: {e}")))?,
+        );
+        if *again != *p {
+            return Err(usage("the keys do not match"));
+        }
+    }
+    DbKey::from_text(&p).map(Some).map_err(Error::from)
+}
+
+/// The unlock for a source database: a key only when one is given, or when the file
+/// is encrypted and a terminal can be asked.
+fn source_unlock(db: &std::path::Path, a: &DbKeyArgs) -> Result<Option<Unlock>, Error> {
+    let encrypted = matches!(sqlvault_engine::sqlite::probe(db, None), Ok(AtRest::Encrypted(_)));
+    let key = read_db_key(
+        a.db_key_file.as_ref(),
+        "SQLVAULT_DB_KEY",
+        encrypted.then_some("database key"),
+        false,
+    )?;
+    key.map(|k| match a.cipher_compat {
+        Some(c) => Unlock::with_compatibility(k, c).map_err(Error::from),
+        None => Ok(Unlock::key(k)),
+    })
+    .transpose()
 }
 
 fn access(keys: &ReadKeys, required: bool) -> Result<Option<Access>, Error> {
@@ -378,6 +491,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         // One SQLite connection streaming through a file.
         Cmd::Dump(a) => dump(a),
         Cmd::Load(a) => load(a),
+        Cmd::Db(c) => db(c),
         Cmd::Key(KeyCmd::Generate { output }) => {
             let r = sqlvault_engine::crypt::generate_identity_file(&output).map_err(|e| match e {
                 sqlvault_engine::crypt::CryptError::IdentityFile { .. } => Error::new(
@@ -454,7 +568,8 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 .with_kind(match a.kind {
                     KindArg::Pages => sqlvault_engine::BackupKind::Pages,
                     KindArg::Dump => sqlvault_engine::BackupKind::Dump,
-                });
+                })
+                .with_unlock(source_unlock(&a.db, &a.db_key)?);
             let rep = sqlvault_engine::backup(&repo, &a.db, opts).await?;
             if a.json {
                 print_json(&serde_json::to_value(&rep).expect("json"));
@@ -506,10 +621,17 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Restore(a) => {
             let acc = access(&a.keys, true)?.expect("required");
             let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            let m = repo.find_snapshot(a.snapshot.as_deref(), a.name.as_deref()).await?;
+            let db_key = read_db_key(
+                a.db_key_file.as_ref(),
+                "SQLVAULT_DB_KEY",
+                m.cipher.is_some().then_some("database key"),
+                false,
+            )?;
             let opts = sqlvault_engine::RestoreOptions::default()
-                .with_snapshot(a.snapshot)
-                .with_name(a.name)
-                .with_force(a.force);
+                .with_snapshot(Some(m.id.to_string()))
+                .with_force(a.force)
+                .with_db_key(db_key);
             let rep = sqlvault_engine::restore(&repo, &a.dest, opts).await?;
             if a.json {
                 print_json(&serde_json::to_value(&rep).expect("json"));
@@ -547,7 +669,18 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
             } else {
                 vec![repo.find_snapshot(a.snapshot.as_deref(), a.name.as_deref()).await?]
             };
-            let reports = sqlvault_engine::verify(&repo, snaps).await?;
+            let db_key = read_db_key(
+                a.db_key_file.as_ref(),
+                "SQLVAULT_DB_KEY",
+                snaps.iter().any(|m| m.cipher.is_some()).then_some("database key"),
+                false,
+            )?;
+            let reports = sqlvault_engine::verify(
+                &repo,
+                snaps,
+                &sqlvault_engine::RestoreOptions::default().with_db_key(db_key),
+            )
+            .await?;
             let failed: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
             if a.json {
                 print_json(&json!({"ok": failed.is_empty(), "snapshots": reports}));
@@ -624,7 +757,8 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
 fn dump(a: DumpArgs) -> Result<u8, Error> {
     let opts = sqlvault_engine::DumpOptions::default()
         .with_busy_timeout(busy(a.busy_timeout)?)
-        .with_force(a.force);
+        .with_force(a.force)
+        .with_unlock(source_unlock(&a.db, &a.db_key)?);
     match &a.output {
         None => {
             sqlvault_engine::dump_to_writer(&a.db, std::io::stdout().lock(), &opts)?;
@@ -672,8 +806,87 @@ fn load(a: LoadArgs) -> Result<u8, Error> {
     Ok(0)
 }
 
+fn db(c: DbCmd) -> Result<u8, Error> {
+    let (verb, a) = match &c {
+        DbCmd::Encrypt(a) => ("encrypted", a),
+        DbCmd::Decrypt(a) => ("decrypted", a),
+        DbCmd::Rekey(a) => ("rekeyed", a),
+        DbCmd::Migrate(a) => ("migrated", a),
+    };
+    let opts = ConvertOptions::default().with_busy_timeout(busy(a.busy_timeout)?);
+    let need = |k: Option<DbKey>, what: &str, var: &str, flag: &str| {
+        k.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Usage,
+                "db.key-required",
+                format!("{what} is needed: {flag} FILE, {var}, or a terminal to prompt on"),
+            )
+        })
+    };
+    let current = |a: &DbConvertArgs| -> Result<Unlock, Error> {
+        let k = read_db_key(a.key_file.as_ref(), "SQLVAULT_DB_KEY", Some("database key"), false)?;
+        let k = need(k, "the database key", "SQLVAULT_DB_KEY", "--key-file")?;
+        match a.cipher_compat {
+            Some(n) => Ok(Unlock::with_compatibility(k, n)?),
+            None => Ok(Unlock::key(k)),
+        }
+    };
+    let rep = match &c {
+        DbCmd::Encrypt(a) => {
+            let k = read_db_key(a.key_file.as_ref(), "SQLVAULT_DB_KEY", Some("new database key"), true)?;
+            let k = need(k, "the new database key", "SQLVAULT_DB_KEY", "--key-file")?;
+            let settings = CipherSettings::defaults(a.cipher_compat.unwrap_or(4))?;
+            sqlvault_engine::sqlite::encrypt(&a.db, k, settings, &opts)?
+        }
+        DbCmd::Decrypt(a) => sqlvault_engine::sqlite::decrypt(&a.db, &current(a)?, &opts)?,
+        DbCmd::Rekey(a) => {
+            let old = current(a)?;
+            let new = read_db_key(
+                a.new_key_file.as_ref(),
+                "SQLVAULT_NEW_DB_KEY",
+                Some("new database key"),
+                true,
+            )?;
+            let new = need(new, "the new database key", "SQLVAULT_NEW_DB_KEY", "--new-key-file")?;
+            sqlvault_engine::sqlite::rekey(&a.db, &old, new, &opts)?
+        }
+        DbCmd::Migrate(a) => sqlvault_engine::sqlite::migrate(&a.db, &current(a)?, &opts)?,
+    };
+    let describe = |s: &Option<CipherSettings>| match s {
+        None => "plaintext".to_string(),
+        Some(s) => format!("SQLCipher {} settings", s.compatibility),
+    };
+    if a.json {
+        let settings = |s: &Option<CipherSettings>| {
+            s.as_ref().map(|s| {
+                json!({"compatibility": s.compatibility, "page_size": s.page_size, "kdf_iter": s.kdf_iter,
+                       "hmac_algorithm": s.hmac_algorithm, "kdf_algorithm": s.kdf_algorithm})
+            })
+        };
+        print_json(&json!({
+            "path": rep.path.display().to_string(),
+            "before": settings(&rep.before),
+            "after": settings(&rep.after),
+            "logical_checksum": hex::encode(rep.logical_checksum),
+            "page_count": rep.page_count,
+            "seconds": rep.seconds,
+        }));
+    } else {
+        println!(
+            "{verb} {} ({} → {}) in {:.2}s; integrity_check ok, logical checksum {} unchanged",
+            rep.path.display(),
+            describe(&rep.before),
+            describe(&rep.after),
+            rep.seconds,
+            &hex::encode(rep.logical_checksum)[..16]
+        );
+    }
+    Ok(0)
+}
+
 fn wants_json(cmd: &Cmd) -> bool {
     match cmd {
+        Cmd::Db(DbCmd::Encrypt(a) | DbCmd::Decrypt(a) | DbCmd::Rekey(a) | DbCmd::Migrate(a)) => a.json,
         Cmd::Init(a) => a.json,
         Cmd::Backup(a) => a.json,
         Cmd::Snapshots(a) => a.json,

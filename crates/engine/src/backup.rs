@@ -13,8 +13,9 @@ use serde::Serialize;
 use sqlvault_compress::{FrameCompressor, FrameDecompressor};
 use sqlvault_crypt::EncryptWriter;
 use sqlvault_format::{
-    ChunkId, ChunkSeq, DUMP_CHUNKER, DumpFacts, FORMAT_VERSION, IndexEntry, Manifest, MapRef, ObjectId, PACK_MAGIC,
-    PageMap, SnapshotStats, decode_entries, encode_entries, encode_manifest, kind as format_kind, layout, write_index,
+    ChunkId, ChunkSeq, CipherFacts, DUMP_CHUNKER, DumpFacts, FORMAT_VERSION, IndexEntry, Manifest, MapRef, ObjectId,
+    PACK_MAGIC, PageMap, SnapshotStats, decode_entries, encode_entries, encode_manifest, kind as format_kind, layout,
+    write_index,
 };
 use sqlvault_sqlite::{SnapshotError, SnapshotMethod, Source, SourceOptions};
 use sqlvault_store::RequestCounts;
@@ -47,6 +48,8 @@ pub struct BackupOptions {
     pub force_backup_copy: bool,
     /// Physical pages or a SQL dump.
     pub kind: BackupKind,
+    /// The key of a SQLCipher source (its settings are detected when not given).
+    pub unlock: Option<sqlvault_sqlite::Unlock>,
 }
 
 /// What a snapshot holds.
@@ -74,6 +77,7 @@ impl Default for BackupOptions {
             max_chain: 32,
             force_backup_copy: false,
             kind: BackupKind::Pages,
+            unlock: None,
         }
     }
 }
@@ -112,6 +116,11 @@ impl BackupOptions {
     /// Sets the snapshot kind.
     pub fn with_kind(mut self, kind: BackupKind) -> Self {
         self.kind = kind;
+        self
+    }
+    /// Sets the key of a SQLCipher source.
+    pub fn with_unlock(mut self, unlock: Option<sqlvault_sqlite::Unlock>) -> Self {
+        self.unlock = unlock;
         self
     }
 }
@@ -418,7 +427,9 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     let started = Instant::now();
     let before = repo.store.stats();
     let db: PathBuf = db.to_path_buf();
-    sqlvault_sqlite::check_header(&db)?;
+    // Fails early, naming the file: missing, not a database, encrypted without a key,
+    // a wrong key, or a key for a plaintext file.
+    sqlvault_sqlite::probe(&db, opts.unlock.as_ref())?;
     let name = opts.name.clone().unwrap_or_else(|| {
         db.file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -490,6 +501,7 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         method,
         outs,
         dump_bytes,
+        cipher,
     } = pipeline
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "internal", "backup pipeline panicked").with_source(e))??;
@@ -608,7 +620,22 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
             chunks_total,
             chunks_new,
         },
-        cipher: None,
+        cipher: match (cipher, &opts.unlock) {
+            (Some(s), Some(u)) => {
+                let salt: [u8; 16] = ObjectId::random().0;
+                Some(CipherFacts {
+                    compatibility: s.compatibility,
+                    page_size: s.page_size,
+                    kdf_iter: s.kdf_iter,
+                    hmac_algorithm: s.hmac_algorithm,
+                    kdf_algorithm: s.kdf_algorithm,
+                    sqlcipher_version: sqlvault_sqlite::sqlcipher_version(),
+                    key_check_salt: hex::encode(salt),
+                    key_check: hex::encode(u.key.check_value(&salt)),
+                })
+            }
+            _ => None,
+        },
         dump: (kind == BackupKind::Dump).then(|| DumpFacts {
             chunker: DUMP_CHUNKER.describe(),
         }),
@@ -755,6 +782,8 @@ struct PipelineOut {
     outs: Vec<WorkerOut>,
     /// Bytes of SQL, for dumps.
     dump_bytes: u64,
+    /// The source's SQLCipher settings.
+    cipher: Option<sqlvault_sqlite::CipherSettings>,
 }
 
 fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<PipelineOut> {
@@ -773,7 +802,8 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<Pipeli
 
     let src_opts = SourceOptions::default()
         .with_busy_timeout(shared.opts.busy_timeout)
-        .with_force_backup_copy(shared.opts.force_backup_copy);
+        .with_force_backup_copy(shared.opts.force_backup_copy)
+        .with_unlock(shared.opts.unlock.clone());
     let snap = match shared.opts.kind {
         BackupKind::Pages => read_pages(&shared, db, src_opts, &tx),
         BackupKind::Dump => read_dump(&shared, db, src_opts, &tx),
@@ -786,17 +816,24 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<Pipeli
     if let Some(e) = shared.error.lock().unwrap().take() {
         return Err(e);
     }
-    let (info, checksum, method, dump_bytes) = snap?;
+    let (info, checksum, method, dump_bytes, cipher) = snap?;
     Ok(PipelineOut {
         info,
         checksum,
         method,
         outs,
         dump_bytes,
+        cipher,
     })
 }
 
-type SnapOut = (sqlvault_sqlite::DbInfo, [u8; 32], SnapshotMethod, u64);
+type SnapOut = (
+    sqlvault_sqlite::DbInfo,
+    [u8; 32],
+    SnapshotMethod,
+    u64,
+    Option<sqlvault_sqlite::CipherSettings>,
+);
 
 fn read_pages(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::SyncSender<Batch>) -> Result<SnapOut> {
     let mut src = Source::open(db, src_opts)?;
@@ -828,8 +865,9 @@ fn read_pages(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Sy
     if let Some(b) = batch.take() {
         let _ = tx.send(b);
     }
+    let cipher = src.cipher().cloned();
     match r {
-        Ok((info, sum, method)) => Ok((info, sum, method, 0)),
+        Ok((info, sum, method)) => Ok((info, sum, method, 0, cipher)),
         Err(SnapshotError::Db(e)) => Err(Error::from(e)),
         Err(SnapshotError::Consumer(())) => Err(Error::new(ErrorKind::Internal, "backup.aborted", "backup aborted")),
     }
@@ -919,7 +957,13 @@ fn read_dump(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Syn
     let r = r.map_err(Error::from).and_then(|rep| {
         w.cut(true)
             .map_err(|e| io_err("handing the dump to the backup workers", e))?;
-        Ok((rep.info, rep.logical_checksum, rep.method, rep.bytes))
+        Ok((
+            rep.info,
+            rep.logical_checksum,
+            rep.method,
+            rep.bytes,
+            src.cipher().cloned(),
+        ))
     });
     if let Err(e) = &r
         && shared.abort.load(Ordering::Relaxed)

@@ -120,6 +120,11 @@ impl From<sqlvault_sqlite::SqliteError> for Error {
             S::BadDump { .. } => (ErrorKind::Integrity, "load.bad-dump"),
             S::Verify { .. } => (ErrorKind::Integrity, "load.verify-failed"),
             S::Exists { .. } => (ErrorKind::Exists, "load.destination-exists"),
+            S::Encrypted { .. } => (ErrorKind::Auth, "source.key-required"),
+            S::WrongKey { .. } => (ErrorKind::Auth, "source.wrong-key"),
+            S::NotEncrypted { .. } => (ErrorKind::Usage, "source.not-encrypted"),
+            S::BadKey { .. } => (ErrorKind::Usage, "source.bad-key"),
+            S::InUse { .. } => (ErrorKind::Source, "db.in-use"),
             _ => (ErrorKind::Source, "source.sqlite"),
         };
         let msg = e.to_string();

@@ -26,4 +26,5 @@ pub use repo::{Access, InitKeys, InitReport, Repo};
 pub use restore::{RestoreOptions, RestoreReport, VerifyReport, restore, verify};
 pub use sqlvault_crypt as crypt;
 pub use sqlvault_format as format;
+pub use sqlvault_sqlite as sqlite;
 pub use sqlvault_store as store;

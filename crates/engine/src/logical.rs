@@ -19,6 +19,8 @@ pub struct DumpOptions {
     pub busy_timeout: Duration,
     /// Replace an existing output file.
     pub force: bool,
+    /// The key of a SQLCipher source.
+    pub unlock: Option<sqlvault_sqlite::Unlock>,
 }
 
 impl Default for DumpOptions {
@@ -26,6 +28,7 @@ impl Default for DumpOptions {
         DumpOptions {
             busy_timeout: Duration::from_secs(10),
             force: false,
+            unlock: None,
         }
     }
 }
@@ -39,6 +42,11 @@ impl DumpOptions {
     /// Allows replacing the output file.
     pub fn with_force(mut self, yes: bool) -> Self {
         self.force = yes;
+        self
+    }
+    /// Sets the key of a SQLCipher source.
+    pub fn with_unlock(mut self, unlock: Option<sqlvault_sqlite::Unlock>) -> Self {
+        self.unlock = unlock;
         self
     }
 }
@@ -77,7 +85,12 @@ pub(crate) fn method_name(m: sqlvault_sqlite::SnapshotMethod) -> &'static str {
 /// output without its checksum trailer, which `load` refuses as truncated.
 pub fn dump_to_writer(db: &Path, out: impl Write, opts: &DumpOptions) -> Result<DumpSummary> {
     let t = Instant::now();
-    let mut src = Source::open(db, SourceOptions::default().with_busy_timeout(opts.busy_timeout))?;
+    let mut src = Source::open(
+        db,
+        SourceOptions::default()
+            .with_busy_timeout(opts.busy_timeout)
+            .with_unlock(opts.unlock.clone()),
+    )?;
     let r = src.dump(out)?;
     Ok(DumpSummary {
         source: src.path().display().to_string(),

@@ -18,6 +18,7 @@ use sqlvault_format::{ChunkId, IndexFile, Manifest, ObjectId, kind, layout};
 use crate::backup::Requests;
 use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, io_err};
 use crate::repo::{Repo, get_or, unknown_kind};
+use sqlvault_sqlite::{CipherSettings, DbKey, Unlock};
 
 /// Options for [`restore`] and [`verify`].
 #[derive(Debug, Clone, Default)]
@@ -31,6 +32,9 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Worker threads (0 = one per core).
     pub threads: usize,
+    /// The database key of snapshots of SQLCipher databases: restore re-encrypts
+    /// with it (it must be the key the snapshot was taken with).
+    pub db_key: Option<DbKey>,
 }
 
 impl RestoreOptions {
@@ -49,6 +53,62 @@ impl RestoreOptions {
         self.force = f;
         self
     }
+    /// Sets the database key for snapshots of SQLCipher databases.
+    pub fn with_db_key(mut self, k: Option<DbKey>) -> Self {
+        self.db_key = k;
+        self
+    }
+}
+
+/// The key and settings a snapshot of a SQLCipher database is restored with, after
+/// proving the key is the one the snapshot was taken with. `None` for a snapshot of a
+/// plaintext database.
+fn db_unlock(m: &Manifest, key: Option<&DbKey>) -> Result<Option<Unlock>> {
+    let Some(c) = &m.cipher else {
+        return Ok(None);
+    };
+    let Some(key) = key else {
+        return Err(Error::new(
+            ErrorKind::Auth,
+            "restore.db-key-required",
+            format!(
+                "snapshot {} is of an SQLCipher database: restoring or verifying it needs its database key (--db-key-file or SQLVAULT_DB_KEY)",
+                m.id.short()
+            ),
+        ));
+    };
+    let mut salt = [0u8; 16];
+    let mut check = [0u8; 32];
+    if hex::decode_to_slice(&c.key_check_salt, &mut salt).is_err()
+        || hex::decode_to_slice(&c.key_check, &mut check).is_err()
+    {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "repo.corrupt-object",
+            format!("snapshot {} records a malformed database-key check", m.id.short()),
+        ));
+    }
+    if key.check_value(&salt) != check {
+        return Err(Error::new(
+            ErrorKind::Auth,
+            "restore.wrong-db-key",
+            format!(
+                "the database key given is not the one snapshot {} of {} was taken with",
+                m.id.short(),
+                m.name
+            ),
+        ));
+    }
+    Ok(Some(Unlock {
+        key: key.clone(),
+        settings: Some(CipherSettings {
+            compatibility: c.compatibility,
+            page_size: c.page_size,
+            kdf_iter: c.kdf_iter,
+            hmac_algorithm: c.hmac_algorithm.clone(),
+            kdf_algorithm: c.kdf_algorithm.clone(),
+        }),
+    }))
 }
 
 /// What a restore did.
@@ -66,6 +126,8 @@ pub struct RestoreReport {
     pub restore_seconds: f64,
     /// Seconds spent in integrity_check and the logical checksum.
     pub check_seconds: f64,
+    /// Whether the restored database is SQLCipher-encrypted (as its source was).
+    pub encrypted: bool,
     /// Store requests.
     pub requests: Requests,
 }
@@ -136,9 +198,10 @@ pub(crate) async fn restore_manifest(
         ));
     }
 
+    let unlock = db_unlock(m, opts.db_key.as_ref())?;
     match m.kind.as_str() {
         kind::PAGES => {}
-        kind::DUMP => return restore_dump(repo, m, &dest, &dir, opts, before, t0).await,
+        kind::DUMP => return restore_dump(repo, m, &dest, &dir, opts, unlock, before, t0).await,
         other => return Err(unknown_kind(m, other)),
     }
     let pages = repo.page_map(m).await?;
@@ -188,6 +251,20 @@ pub(crate) async fn restore_manifest(
             ),
         ));
     }
+    // A SQLCipher source: the verified plaintext image becomes a database in the
+    // source's cipher format and key, itself verified (cipher_integrity_check,
+    // integrity_check, checksum) before it replaces the image.
+    let encrypted = unlock.is_some();
+    let tmp = match unlock {
+        None => tmp,
+        Some(u) => tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
+            let settings = u.settings.clone().expect("set by db_unlock");
+            sqlvault_sqlite::encrypt(tmp.path(), u.key, settings, &sqlvault_sqlite::ConvertOptions::default())?;
+            Ok(tmp)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "encryptor panicked").with_source(e))??,
+    };
     let check_seconds = t1.elapsed().as_secs_f64();
 
     sqlvault_sqlite::install(tmp, &dest, opts.force).map_err(|e| match e {
@@ -212,6 +289,7 @@ pub(crate) async fn restore_manifest(
         bytes: size,
         restore_seconds,
         check_seconds,
+        encrypted,
         requests: repo.store.stats().since(before),
     })
 }
@@ -219,12 +297,14 @@ pub(crate) async fn restore_manifest(
 /// A dump snapshot: its SQL is rebuilt chunk by chunk into a private temporary file
 /// next to the destination, then loaded (temp database, integrity_check, logical
 /// checksum equal to the manifest's, rename). Both temporary files go on any error.
+#[allow(clippy::too_many_arguments)]
 async fn restore_dump(
     repo: &Repo,
     m: &Manifest,
     dest: &Path,
     dir: &Path,
     opts: &RestoreOptions,
+    unlock: Option<Unlock>,
     before: sqlvault_store::RequestCounts,
     t0: Instant,
 ) -> Result<RestoreReport> {
@@ -249,6 +329,7 @@ async fn restore_dump(
             format!("snapshot {} records no valid checksum", m.id.short()),
         )
     })?;
+    let encrypted = unlock.is_some();
     let (path, name, dest2, force) = (
         sql.path().to_path_buf(),
         format!("snapshot {}", m.id.short()),
@@ -263,7 +344,8 @@ async fn restore_dump(
             &dest2,
             &sqlvault_sqlite::LoadOptions::default()
                 .with_force(force)
-                .with_expected_checksum(Some(want)),
+                .with_expected_checksum(Some(want))
+                .with_encrypt(unlock),
         )
         .map_err(Error::from)
     })
@@ -278,6 +360,7 @@ async fn restore_dump(
         bytes,
         restore_seconds: t0.elapsed().as_secs_f64() - loaded.check_seconds,
         check_seconds: loaded.check_seconds,
+        encrypted,
         requests: repo.store.stats().since(before),
     })
 }
@@ -591,7 +674,11 @@ fn restore_pack(
 }
 
 /// Restores each snapshot into a private temporary directory and checks it.
-pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>) -> Result<Vec<VerifyReport>> {
+///
+/// Snapshots of SQLCipher databases are restored encrypted with `opts.db_key` and
+/// checked with it (`cipher_integrity_check` too); only `db_key` and `threads` of
+/// `opts` apply.
+pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions) -> Result<Vec<VerifyReport>> {
     repo.require_data_access("verify")?;
     let dir = tempfile::Builder::new()
         .prefix("sqlvault-verify-")
@@ -600,7 +687,12 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>) -> Result<Vec<VerifyR
     let mut out = Vec::new();
     for m in snapshots {
         let dest = dir.path().join(format!("{}.db", m.id));
-        let r = restore_manifest(repo, &m, &dest, &RestoreOptions::default()).await;
+        let one = RestoreOptions {
+            threads: opts.threads,
+            db_key: opts.db_key.clone(),
+            ..RestoreOptions::default()
+        };
+        let r = restore_manifest(repo, &m, &dest, &one).await;
         let _ = std::fs::remove_file(&dest);
         out.push(match r {
             Ok(rep) => VerifyReport {

@@ -26,7 +26,8 @@ pub use index::{
 };
 pub use keys::{RepoKeys, RepoSecret};
 pub use manifest::{
-    DumpFacts, Manifest, MapRef, RepoConfig, RepoMarker, SnapshotStats, decode_manifest, encode_manifest, kind,
+    CipherFacts, DumpFacts, Manifest, MapRef, RepoConfig, RepoMarker, SnapshotStats, decode_manifest, encode_manifest,
+    kind,
 };
 pub use pagemap::{PageMap, PageMapKind};
 
