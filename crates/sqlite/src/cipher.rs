@@ -225,18 +225,7 @@ pub(crate) enum Head {
 /// Reads the start of `path` to tell a plaintext database from a possibly encrypted
 /// one. An encrypted file is whole pages of at least 512 bytes.
 pub(crate) fn head(path: &Path) -> Result<Head, SqliteError> {
-    let io = |source: std::io::Error| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            SqliteError::Missing {
-                path: path.to_path_buf(),
-            }
-        } else {
-            SqliteError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    };
+    let io = |source| SqliteError::io_at(path, source);
     let mut f = File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     if len == 0 {
@@ -555,18 +544,7 @@ pub fn convert(
     opts: &ConvertOptions,
 ) -> Result<ConvertReport, SqliteError> {
     let t0 = Instant::now();
-    let path = std::fs::canonicalize(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            SqliteError::Missing {
-                path: path.to_path_buf(),
-            }
-        } else {
-            SqliteError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })?;
+    let path = std::fs::canonicalize(path).map_err(|source| SqliteError::io_at(path, source))?;
     let path = path.as_path();
     let timeout = opts.busy_timeout;
     let err = |e| SqliteError::from_sqlite(path, timeout, e);

@@ -141,6 +141,20 @@ pub enum SqliteError {
 }
 
 impl SqliteError {
+    /// A filesystem error on `path`; a missing file is [`SqliteError::Missing`].
+    pub(crate) fn io_at(path: &std::path::Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            SqliteError::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            SqliteError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+
     pub(crate) fn from_sqlite(path: &std::path::Path, timeout: Duration, e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode;
         match e.sqlite_error_code() {

@@ -343,25 +343,45 @@ impl Source {
     where
         F: FnMut(u32, &[u8]) -> Result<(), E>,
     {
-        let mut stmt = self
-            .conn
+        self.stream_dbpage_of(&self.conn, info, None, page)
+    }
+
+    /// Streams every page of `conn`'s main database through `sqlite_dbpage` (decrypted
+    /// when the connection is keyed). `copy_header`: the pages are a backup-API copy's,
+    /// whose page 1 gets [`fix_page1`] with the source's header.
+    fn stream_dbpage_of<E, F>(
+        &self,
+        conn: &Connection,
+        info: &DbInfo,
+        copy_header: Option<Option<&[u8; 100]>>,
+        page: &mut F,
+    ) -> Result<(), SnapshotError<E>>
+    where
+        F: FnMut(u32, &[u8]) -> Result<(), E>,
+    {
+        let db = |e| SnapshotError::Db(self.err(e));
+        let mut stmt = conn
             .prepare("SELECT pgno, data FROM sqlite_dbpage('main')")
-            .map_err(|e| SnapshotError::Db(self.err(e)))?;
+            .map_err(db)?;
         let mut rows = stmt.raw_query();
         let mut expect = 1u32;
-        while let Some(row) = rows.next().map_err(|e| SnapshotError::Db(self.err(e)))? {
-            let pgno: i64 = row.get(0).map_err(|e| SnapshotError::Db(self.err(e)))?;
-            let data = row
-                .get_ref(1)
-                .and_then(|v| Ok(v.as_blob()?))
-                .map_err(|e| SnapshotError::Db(self.err(e)))?;
+        while let Some(row) = rows.next().map_err(db)? {
+            let pgno: i64 = row.get(0).map_err(db)?;
+            let data = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(db)?;
             if pgno as u32 != expect || data.len() != info.page_size as usize {
                 return Err(SnapshotError::Db(SqliteError::Inconsistent {
                     path: self.path.clone(),
                     detail: format!("sqlite_dbpage returned page {pgno} out of order"),
                 }));
             }
-            page(expect, data).map_err(SnapshotError::Consumer)?;
+            match copy_header {
+                Some(h) if expect == 1 => {
+                    let mut p1 = data.to_vec();
+                    fix_page1(&mut p1, info, h);
+                    page(1, &p1).map_err(SnapshotError::Consumer)?;
+                }
+                _ => page(expect, data).map_err(SnapshotError::Consumer)?,
+            }
             expect += 1;
         }
         if expect - 1 != info.page_count {
@@ -391,7 +411,7 @@ impl Source {
         std::thread::scope(|scope| {
             let sum_thread = scope.spawn(move || logical_checksum(&copy));
             match &reader {
-                Some(r) => self.stream_keyed_copy(r, &info, source_header.as_ref(), page)?,
+                Some(r) => self.stream_dbpage_of(r, &info, Some(source_header.as_ref()), page)?,
                 None => self.stream_copy(tmp.path(), &info, source_header.as_ref(), page)?,
             }
             let sum = sum_thread
@@ -400,49 +420,6 @@ impl Source {
                 .map_err(|e| SnapshotError::Db(self.err(e)))?;
             Ok((info, sum))
         })
-    }
-
-    fn stream_keyed_copy<E, F>(
-        &self,
-        copy: &Connection,
-        info: &DbInfo,
-        source_header: Option<&[u8; 100]>,
-        page: &mut F,
-    ) -> Result<(), SnapshotError<E>>
-    where
-        F: FnMut(u32, &[u8]) -> Result<(), E>,
-    {
-        let db = |e| SnapshotError::Db(self.err(e));
-        let mut stmt = copy
-            .prepare("SELECT pgno, data FROM sqlite_dbpage('main')")
-            .map_err(db)?;
-        let mut rows = stmt.raw_query();
-        let mut expect = 1u32;
-        while let Some(row) = rows.next().map_err(db)? {
-            let pgno: i64 = row.get(0).map_err(db)?;
-            let data = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(db)?;
-            if pgno as u32 != expect || data.len() != info.page_size as usize {
-                return Err(SnapshotError::Db(SqliteError::Inconsistent {
-                    path: self.path.clone(),
-                    detail: format!("sqlite_dbpage returned page {pgno} out of order"),
-                }));
-            }
-            if expect == 1 {
-                let mut p1 = data.to_vec();
-                fix_page1(&mut p1, info, source_header);
-                page(1, &p1).map_err(SnapshotError::Consumer)?;
-            } else {
-                page(expect, data).map_err(SnapshotError::Consumer)?;
-            }
-            expect += 1;
-        }
-        if expect - 1 != info.page_count {
-            return Err(SnapshotError::Db(SqliteError::Inconsistent {
-                path: self.path.clone(),
-                detail: "sqlite_dbpage returned fewer pages than page_count".into(),
-            }));
-        }
-        Ok(())
     }
 
     fn stream_copy<E, F>(
