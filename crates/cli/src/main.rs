@@ -906,6 +906,16 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
+    // Keys and passphrases pass through this process's memory: no core dump of it
+    // should carry them to disk.
+    // SAFETY: setrlimit only lowers this process's own core-file limit.
+    unsafe {
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+    }
     // glibc raises its mmap threshold after freeing large blocks and then serves the
     // pipeline's MiB-sized buffers from arenas it never returns; a fixed threshold keeps
     // peak RSS flat (measured in docs/benchmarks.md).
