@@ -338,18 +338,37 @@ fn read_passphrase(confirm: bool) -> Result<SecretString, Error> {
             "--passphrase needs SQLVAULT_PASSPHRASE or a terminal to prompt on",
         ));
     }
-    let p = rpassword::prompt_password("repository passphrase: ")
-        .map_err(|e| usage(format!("cannot read passphrase: {e}")))?;
+    let p = prompt_secret(
+        "repository passphrase",
+        "passphrase",
+        "passphrases do not match",
+        confirm,
+    )?;
     if p.is_empty() {
         return Err(usage("empty passphrase"));
     }
-    if confirm {
-        let again = rpassword::prompt_password("again: ").map_err(|e| usage(format!("cannot read passphrase: {e}")))?;
-        if again != p {
-            return Err(usage("passphrases do not match"));
-        }
+    Ok(SecretString::from(p.as_str()))
+}
+
+/// Asks for a secret on the terminal (twice with `confirm`); the text lives in a
+/// zeroized buffer. `what` names it in a read error, `mismatch` is the error when the
+/// two entries differ.
+fn prompt_secret(
+    label: &str,
+    what: &str,
+    mismatch: &'static str,
+    confirm: bool,
+) -> Result<zeroize::Zeroizing<String>, Error> {
+    let ask = |p: &str| {
+        rpassword::prompt_password(p)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| usage(format!("cannot read {what}: {e}")))
+    };
+    let first = ask(&format!("{label}: "))?;
+    if confirm && *ask("again: ")? != *first {
+        return Err(usage(mismatch));
     }
-    Ok(SecretString::from(p))
+    Ok(first)
 }
 
 /// A database key from `file`, else the variable `var`, else (when `prompt` is set and
@@ -368,17 +387,7 @@ fn read_db_key(file: Option<&PathBuf>, var: &str, prompt: Option<&str>, confirm:
     if !std::io::stdin().is_terminal() {
         return Ok(None);
     }
-    let p = zeroize::Zeroizing::new(
-        rpassword::prompt_password(format!("{prompt}: ")).map_err(|e| usage(format!("cannot read the key: {e}")))?,
-    );
-    if confirm {
-        let again = zeroize::Zeroizing::new(
-            rpassword::prompt_password("again: ").map_err(|e| usage(format!("cannot read the key: {e}")))?,
-        );
-        if *again != *p {
-            return Err(usage("the keys do not match"));
-        }
-    }
+    let p = prompt_secret(prompt, "the key", "the keys do not match", confirm)?;
     DbKey::from_text(&p).map(Some).map_err(Error::from)
 }
 
@@ -629,10 +638,9 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 false,
             )?;
             let opts = sqlvault_engine::RestoreOptions::default()
-                .with_snapshot(Some(m.id.to_string()))
                 .with_force(a.force)
                 .with_db_key(db_key);
-            let rep = sqlvault_engine::restore(&repo, &a.dest, opts).await?;
+            let rep = sqlvault_engine::restore_snapshot(&repo, &m, &a.dest, &opts).await?;
             if a.json {
                 print_json(&serde_json::to_value(&rep).expect("json"));
             } else {

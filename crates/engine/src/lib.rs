@@ -23,7 +23,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use local::{WriteKey, home as state_dir};
 pub use logical::{DumpOptions, DumpSummary, LoadSummary, dump_to_file, dump_to_writer, load_file};
 pub use repo::{Access, InitKeys, InitReport, Repo};
-pub use restore::{RestoreOptions, RestoreReport, VerifyReport, restore, verify};
+pub use restore::{RestoreOptions, RestoreReport, VerifyReport, restore, restore_snapshot, verify};
 pub use sqlvault_crypt as crypt;
 pub use sqlvault_format as format;
 pub use sqlvault_sqlite as sqlite;

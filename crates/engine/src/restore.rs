@@ -167,15 +167,13 @@ pub async fn restore(repo: &Repo, dest: &Path, opts: RestoreOptions) -> Result<R
     let m = repo
         .find_snapshot(opts.snapshot.as_deref(), opts.name.as_deref())
         .await?;
-    restore_manifest(repo, &m, dest, &opts).await
+    restore_snapshot(repo, &m, dest, &opts).await
 }
 
-pub(crate) async fn restore_manifest(
-    repo: &Repo,
-    m: &Manifest,
-    dest: &Path,
-    opts: &RestoreOptions,
-) -> Result<RestoreReport> {
+/// Restores the snapshot `m` (already found, e.g. to see whether it needs a database
+/// key) to `dest`; `opts.snapshot` and `opts.name` are not consulted.
+pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
+    repo.require_data_access("restore")?;
     let before = repo.store.stats();
     let t0 = Instant::now();
     let dest = absolute(dest)?;
@@ -692,7 +690,7 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
             db_key: opts.db_key.clone(),
             ..RestoreOptions::default()
         };
-        let r = restore_manifest(repo, &m, &dest, &one).await;
+        let r = restore_snapshot(repo, &m, &dest, &one).await;
         let _ = std::fs::remove_file(&dest);
         out.push(match r {
             Ok(rep) => VerifyReport {
