@@ -496,12 +496,15 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         tokio::task::spawn_blocking(move || run_pipeline(shared, &db, threads))
     };
     let PipelineOut {
-        info,
-        checksum,
-        method,
+        snap:
+            SnapOut {
+                info,
+                checksum,
+                method,
+                dump_bytes,
+                cipher,
+            },
         outs,
-        dump_bytes,
-        cipher,
     } = pipeline
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "internal", "backup pipeline panicked").with_source(e))??;
@@ -776,10 +779,15 @@ async fn page_map_object(
 }
 
 struct PipelineOut {
+    snap: SnapOut,
+    outs: Vec<WorkerOut>,
+}
+
+/// What the reader learned about the source while snapshotting it.
+struct SnapOut {
     info: sqlvault_sqlite::DbInfo,
     checksum: [u8; 32],
     method: SnapshotMethod,
-    outs: Vec<WorkerOut>,
     /// Bytes of SQL, for dumps.
     dump_bytes: u64,
     /// The source's SQLCipher settings.
@@ -816,24 +824,8 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<Pipeli
     if let Some(e) = shared.error.lock().unwrap().take() {
         return Err(e);
     }
-    let (info, checksum, method, dump_bytes, cipher) = snap?;
-    Ok(PipelineOut {
-        info,
-        checksum,
-        method,
-        outs,
-        dump_bytes,
-        cipher,
-    })
+    Ok(PipelineOut { snap: snap?, outs })
 }
-
-type SnapOut = (
-    sqlvault_sqlite::DbInfo,
-    [u8; 32],
-    SnapshotMethod,
-    u64,
-    Option<sqlvault_sqlite::CipherSettings>,
-);
 
 fn read_pages(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::SyncSender<Batch>) -> Result<SnapOut> {
     let mut src = Source::open(db, src_opts)?;
@@ -867,7 +859,13 @@ fn read_pages(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Sy
     }
     let cipher = src.cipher().cloned();
     match r {
-        Ok((info, sum, method)) => Ok((info, sum, method, 0, cipher)),
+        Ok((info, checksum, method)) => Ok(SnapOut {
+            info,
+            checksum,
+            method,
+            dump_bytes: 0,
+            cipher,
+        }),
         Err(SnapshotError::Db(e)) => Err(Error::from(e)),
         Err(SnapshotError::Consumer(())) => Err(Error::new(ErrorKind::Internal, "backup.aborted", "backup aborted")),
     }
@@ -957,13 +955,13 @@ fn read_dump(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Syn
     let r = r.map_err(Error::from).and_then(|rep| {
         w.cut(true)
             .map_err(|e| io_err("handing the dump to the backup workers", e))?;
-        Ok((
-            rep.info,
-            rep.logical_checksum,
-            rep.method,
-            rep.bytes,
-            src.cipher().cloned(),
-        ))
+        Ok(SnapOut {
+            info: rep.info,
+            checksum: rep.logical_checksum,
+            method: rep.method,
+            dump_bytes: rep.bytes,
+            cipher: src.cipher().cloned(),
+        })
     });
     if let Err(e) = &r
         && shared.abort.load(Ordering::Relaxed)
