@@ -484,7 +484,12 @@ pub fn rekey(
             });
         }
     };
-    convert(path, Some(unlock), Target::Encrypted { key: new_key, settings }, opts)
+    // Detected once: the conversion opens the original with them, no second guess.
+    let known = Unlock {
+        key: unlock.key.clone(),
+        settings: Some(settings.clone()),
+    };
+    convert(path, Some(&known), Target::Encrypted { key: new_key, settings }, opts)
 }
 
 /// Upgrades a SQLCipher 3 (or any non-default) database to SQLCipher 4 defaults,

@@ -1,5 +1,4 @@
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,8 +7,6 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::cipher::{CipherSettings, Unlock, apply_key, open_db};
 use crate::{SqliteError, logical_checksum};
-
-const HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// Facts about a database read inside the snapshot's transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,25 +89,10 @@ impl SourceOptions {
     }
 }
 
-/// Checks that `path` exists and starts with the SQLite header.
+/// Checks that `path` exists and starts with the plaintext SQLite header.
 pub fn check_header(path: &Path) -> Result<(), SqliteError> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SqliteError::Missing {
-                path: path.to_path_buf(),
-            });
-        }
-        Err(source) => {
-            return Err(SqliteError::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let mut head = [0u8; 16];
-    match f.read_exact(&mut head) {
-        Ok(()) if &head == HEADER => Ok(()),
+    match crate::cipher::head(path)? {
+        crate::cipher::Head::Plain => Ok(()),
         _ => Err(SqliteError::NotADatabase {
             path: path.to_path_buf(),
         }),
