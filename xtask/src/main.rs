@@ -20,7 +20,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Formatting, lints and the whole test suite (what .ci/run calls). Installs the
-    /// test prerequisites (moto, azurite, age, zstd, sqlite3) when they are missing.
+    /// test prerequisites (moto, azurite, age, zstd, sqlite3, sqlcipher, sqlcipher3)
+    /// when they are missing.
     Ci,
     /// The main job on the embedded default: backup, incremental backup, a SQL-dump
     /// snapshot, restore, verify (every snapshot) and check of a generated database in a
@@ -103,6 +104,7 @@ fn ensure_test_tools() -> Result<()> {
         ("age", "age"),
         ("zstd", "zstd"),
         ("sqlite3", "sqlite3"),
+        ("sqlcipher", "sqlcipher"),
         ("ssh-keygen", "openssh-client"),
     ]
     .into_iter()
@@ -118,15 +120,22 @@ fn ensure_test_tools() -> Result<()> {
         eprintln!("xtask: installing moto[server] from PyPI");
         sh(Command::new("python3").args(["-m", "pip", "install", "-q", "moto[server]"]))?;
     }
-    let has_azure_sdk = Command::new("python3")
-        .args(["-c", "import azure.storage.blob"])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !has_azure_sdk {
+    let py_has = |module: &str| {
+        Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !py_has("azure.storage.blob") {
         eprintln!("xtask: installing azure-storage-blob from PyPI");
         sh(Command::new("python3").args(["-m", "pip", "install", "-q", "azure-storage-blob"]))?;
+    }
+    // An independent SQLCipher 4 client for the interoperability tests.
+    if !py_has("sqlcipher3") {
+        eprintln!("xtask: installing sqlcipher3-binary from PyPI");
+        sh(Command::new("python3").args(["-m", "pip", "install", "-q", "sqlcipher3-binary"]))?;
     }
     if !have("azurite-blob") {
         eprintln!("xtask: installing azurite from npm");
