@@ -55,6 +55,64 @@ enum Cmd {
     /// SQLCipher at rest: encrypt, decrypt, rekey or migrate a database in place.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Audit databases, their files and directories, keys and repositories; --fix
+    /// tightens permissions. Exit code: 0 clean, 11 low, 12 medium, 13 high.
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+struct AuditArgs {
+    /// Database files, key files or directories to scan (symbolic links are not followed).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Remove group/other permission bits from what is found (0600 files, 0700
+    /// directories); never changes content or ownership.
+    #[arg(long)]
+    fix: bool,
+    /// Repository whose newest snapshot and newest verification to check (needs -i or
+    /// --passphrase: evidence is encrypted metadata).
+    #[arg(long)]
+    repo: Option<String>,
+    #[command(flatten)]
+    keys: ReadKeys,
+    /// Database names to check in --repo (default: the file names of the databases found).
+    #[arg(long = "name")]
+    names: Vec<String>,
+    /// A newest snapshot older than this is a finding (e.g. 90m, 24h, 7d).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_snapshot_age: Duration,
+    /// A newest successful verification older than this is a finding.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    max_verify_age: Duration,
+    /// File holding the key of SQLCipher databases (or SQLVAULT_DB_KEY), to check their
+    /// content too.
+    #[arg(long = "db-key-file", value_name = "FILE")]
+    db_key_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// "90s", "30m", "24h", "7d", "2w" (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 90m, 24h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        "w" => 7.0 * 86400.0,
+        "y" => 365.0 * 86400.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h, d, w or y)")),
+    };
+    if !(n * secs).is_finite() || n < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(n * secs))
 }
 
 /// The key of a SQLCipher database given to commands that read one. Never on the
@@ -247,6 +305,10 @@ struct VerifyArgs {
     /// (otherwise SQLVAULT_DB_KEY, or a prompt on a terminal).
     #[arg(long = "db-key-file", value_name = "FILE")]
     db_key_file: Option<PathBuf>,
+    /// Do not record the results as evidence in the repository (by default each
+    /// result is written to evidence/, read by `audit --repo`).
+    #[arg(long)]
+    no_evidence: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -501,6 +563,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Dump(a) => dump(a),
         Cmd::Load(a) => load(a),
         Cmd::Db(c) => db(c),
+        Cmd::Audit(a) => audit(a).await,
         Cmd::Key(KeyCmd::Generate { output }) => {
             let r = sqlvault_engine::crypt::generate_identity_file(&output).map_err(|e| match e {
                 sqlvault_engine::crypt::CryptError::IdentityFile { .. } => Error::new(
@@ -686,7 +749,9 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
             let reports = sqlvault_engine::verify(
                 &repo,
                 snaps,
-                &sqlvault_engine::RestoreOptions::default().with_db_key(db_key),
+                &sqlvault_engine::RestoreOptions::default()
+                    .with_db_key(db_key)
+                    .with_evidence(!a.no_evidence),
             )
             .await?;
             let failed: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
@@ -892,8 +957,90 @@ fn db(c: DbCmd) -> Result<u8, Error> {
     Ok(0)
 }
 
+async fn audit(a: AuditArgs) -> Result<u8, Error> {
+    use sqlvault_engine::sqlite::Severity;
+    let repo = match &a.repo {
+        Some(url) => {
+            let acc = access(&a.keys, true)?.expect("required");
+            Some(Repo::open_read(store(url)?, acc).await?)
+        }
+        None => None,
+    };
+    let unlock = read_db_key(a.db_key_file.as_ref(), "SQLVAULT_DB_KEY", None, false)?.map(Unlock::key);
+    let req = sqlvault_engine::AuditRequest::new(a.paths.clone())
+        .with_fix(a.fix)
+        .with_unlock(unlock)
+        .with_repo(repo, a.names.clone())
+        .with_max_ages(a.max_snapshot_age, a.max_verify_age);
+    let mut rep = sqlvault_engine::audit(req).await?;
+    rep.findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    let worst = rep.worst();
+    let code = match worst {
+        None | Some(Severity::Info) => 0,
+        Some(Severity::Low) => 11,
+        Some(Severity::Medium) => 12,
+        Some(Severity::High) => 13,
+    };
+    let count = |s: Severity| rep.findings.iter().filter(|f| f.severity == s && !f.fixed).count();
+    let fixed = rep.findings.iter().filter(|f| f.fixed).count();
+    if a.json {
+        let findings: Vec<serde_json::Value> = rep
+            .findings
+            .iter()
+            .map(|f| {
+                json!({
+                    "severity": f.severity.as_str(),
+                    "code": f.code,
+                    "path": f.path,
+                    "message": f.message,
+                    "fix": f.fix,
+                    "fixed": f.fixed,
+                })
+            })
+            .collect();
+        print_json(&json!({
+            "worst": worst.map(|s| s.as_str()),
+            "exit_code": code,
+            "databases": rep.databases,
+            "stats": {"databases": rep.stats.databases, "files": rep.stats.files, "dirs": rep.stats.dirs},
+            "fixed": fixed,
+            "findings": findings,
+        }));
+    } else {
+        for f in &rep.findings {
+            println!(
+                "{:<6} {}: {} [{}]{}",
+                f.severity.as_str().to_uppercase(),
+                f.path.display(),
+                f.message,
+                f.code,
+                if f.fixed { " (fixed)" } else { "" }
+            );
+            if !f.fix.is_empty() && !f.fixed {
+                println!("       fix: {}", f.fix);
+            }
+        }
+        println!(
+            "audit: {} databases, {} files, {} directories: {} high, {} medium, {} low{}",
+            rep.stats.databases,
+            rep.stats.files,
+            rep.stats.dirs,
+            count(Severity::High),
+            count(Severity::Medium),
+            count(Severity::Low),
+            if fixed > 0 {
+                format!(" ({fixed} fixed)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(code)
+}
+
 fn wants_json(cmd: &Cmd) -> bool {
     match cmd {
+        Cmd::Audit(a) => a.json,
         Cmd::Db(DbCmd::Encrypt(a) | DbCmd::Decrypt(a) | DbCmd::Rekey(a) | DbCmd::Migrate(a)) => a.json,
         Cmd::Init(a) => a.json,
         Cmd::Backup(a) => a.json,

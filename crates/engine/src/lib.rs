@@ -9,14 +9,17 @@
 //!
 //! All entry points are async; CPU and SQLite work runs on blocking threads.
 
+mod audit;
 mod backup;
 mod check;
 mod error;
+pub mod evidence;
 mod local;
 mod logical;
 mod repo;
 mod restore;
 
+pub use audit::{AuditRequest, audit};
 pub use backup::{BackupKind, BackupOptions, BackupReport, Requests, backup};
 pub use check::{CheckOptions, CheckReport, Problem, check};
 pub use error::{Error, ErrorKind, Result};

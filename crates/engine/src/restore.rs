@@ -35,6 +35,9 @@ pub struct RestoreOptions {
     /// The database key of snapshots of SQLCipher databases: restore re-encrypts
     /// with it (it must be the key the snapshot was taken with).
     pub db_key: Option<DbKey>,
+    /// verify: record each result as evidence in the repository (best effort: a
+    /// repository this host cannot write to only logs a warning).
+    pub evidence: bool,
 }
 
 impl RestoreOptions {
@@ -51,6 +54,11 @@ impl RestoreOptions {
     /// Allows replacing the destination.
     pub fn with_force(mut self, f: bool) -> Self {
         self.force = f;
+        self
+    }
+    /// verify: record results as evidence in the repository.
+    pub fn with_evidence(mut self, yes: bool) -> Self {
+        self.evidence = yes;
         self
     }
     /// Sets the database key for snapshots of SQLCipher databases.
@@ -149,6 +157,8 @@ pub struct VerifyReport {
     pub restore_seconds: f64,
     /// Check time.
     pub check_seconds: f64,
+    /// Evidence object written for this result, if any.
+    pub evidence: Option<String>,
 }
 
 /// One chunk to fetch: where it is and which unique chunk it is (24 bytes).
@@ -692,7 +702,7 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
         };
         let r = restore_snapshot(repo, &m, &dest, &one).await;
         let _ = std::fs::remove_file(&dest);
-        out.push(match r {
+        let mut rep = match r {
             Ok(rep) => VerifyReport {
                 snapshot_id: m.id.to_string(),
                 name: m.name.clone(),
@@ -701,6 +711,7 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
                 error: None,
                 restore_seconds: rep.restore_seconds,
                 check_seconds: rep.check_seconds,
+                evidence: None,
             },
             Err(e) if matches!(e.kind(), ErrorKind::Store | ErrorKind::Io | ErrorKind::Auth) => {
                 return Err(e);
@@ -713,8 +724,44 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
                 error: Some(e.one_line()),
                 restore_seconds: 0.0,
                 check_seconds: 0.0,
+                evidence: None,
             },
-        });
+        };
+        if opts.evidence {
+            let e = crate::evidence::Evidence {
+                kind: "verify".into(),
+                at_ms: 0,
+                snapshot_id: rep.snapshot_id.clone(),
+                name: rep.name.clone(),
+                snapshot_created_ms: m.created_ms,
+                ok: rep.ok,
+                checks: checks_of(&m),
+                code: rep.code.clone(),
+                restore_seconds: rep.restore_seconds,
+                check_seconds: rep.check_seconds,
+                host: crate::evidence::hostname(),
+            };
+            match crate::evidence::record(repo, e).await {
+                Ok(k) => rep.evidence = Some(k),
+                Err(e) => tracing::warn!("could not record verification evidence: {}", e.one_line()),
+            }
+        }
+        out.push(rep);
     }
     Ok(out)
+}
+
+/// The checks a restore of `m` runs, as evidence records them.
+pub(crate) fn checks_of(m: &Manifest) -> Vec<String> {
+    let mut c = vec![if m.kind == kind::DUMP {
+        "load-dump".to_string()
+    } else {
+        "chunk-hashes".to_string()
+    }];
+    if m.cipher.is_some() {
+        c.push("cipher_integrity_check".into());
+    }
+    c.push("integrity_check".into());
+    c.push("logical_checksum".into());
+    c
 }

@@ -51,6 +51,10 @@ pub mod layout {
     pub const INDEX: &str = "index";
     /// Directory of packs.
     pub const PACKS: &str = "packs";
+    /// Directory of evidence records (verifications, drills): small MAC'd objects.
+    pub const EVIDENCE: &str = "evidence";
+    /// The signed recipient set, newest generation (see `key add`/`key remove`).
+    pub const RECIPIENTS: &str = "keys/recipients";
 
     /// `snapshots/<id>`
     pub fn snapshot(id: &ObjectId) -> String {
@@ -63,6 +67,10 @@ pub mod layout {
     /// `index/<id>`
     pub fn index(id: &ObjectId) -> String {
         format!("{INDEX}/{id}")
+    }
+    /// `evidence/<id>`
+    pub fn evidence(id: &ObjectId) -> String {
+        format!("{EVIDENCE}/{id}")
     }
     /// `packs/<id>`
     pub fn pack(id: &ObjectId) -> String {

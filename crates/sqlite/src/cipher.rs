@@ -508,7 +508,7 @@ pub fn migrate(path: &Path, unlock: &Unlock, opts: &ConvertOptions) -> Result<Co
 
 /// Processes other than this one that hold `path` open (Linux: `/proc/*/fd`). Only
 /// processes this user may inspect are seen; the exclusive lock covers the rest.
-fn other_openers(path: &Path) -> Vec<u32> {
+pub(crate) fn other_openers(path: &Path) -> Vec<u32> {
     let Ok(meta) = std::fs::metadata(path) else {
         return Vec::new();
     };

@@ -9,6 +9,7 @@
 //! - [`Source::dump`] writes a lossless SQL dump in one read pass that also computes the
 //!   checksum; [`load`] builds a database from one and proves it equal.
 
+mod audit;
 mod checksum;
 mod cipher;
 mod dump;
@@ -17,6 +18,10 @@ mod literal;
 mod load;
 mod snapshot;
 
+pub use audit::{
+    AuditOptions, AuditReport, AuditStats, Auditor, DbFacts, Finding, KNOWN_BUGS, KnownBug, Severity, db_facts,
+    known_bugs, version_string,
+};
 pub use checksum::logical_checksum;
 pub use cipher::{
     AtRest, CipherSettings, ConvertOptions, ConvertReport, DbKey, Target, Unlock, convert, decrypt, encrypt, migrate,

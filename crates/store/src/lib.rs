@@ -204,6 +204,7 @@ pub struct Store {
     repo: String,
     stats: Arc<RequestStats>,
     retry: RetryPolicy,
+    local: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Store {
@@ -233,6 +234,7 @@ impl Store {
             url: url.to_string(),
             reason,
         };
+        let mut local = None;
         let (inner, prefix): (Arc<dyn ObjectStore>, ObjPath) = if let Some(rest) = url.strip_prefix("memory://") {
             let _ = rest;
             (Arc::new(object_store::memory::InMemory::new()), ObjPath::default())
@@ -278,9 +280,12 @@ impl Store {
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)
                 .map_err(|e| invalid(e.to_string()))?
                 .with_automatic_cleanup(true);
+            local = Some(path);
             (Arc::new(fs), ObjPath::default())
         };
-        Ok(Store::new(inner, prefix, url.to_string()))
+        let mut store = Store::new(inner, prefix, url.to_string());
+        store.local = local;
+        Ok(store)
     }
 
     /// Wraps an existing object store (e.g. a fault-injecting one in tests).
@@ -291,7 +296,14 @@ impl Store {
             repo: description,
             stats: Arc::new(RequestStats::default()),
             retry: RetryPolicy::default(),
+            local: None,
         }
+    }
+
+    /// The directory of a local-disk repository (`None` for object stores), so that
+    /// its permissions can be audited.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local.as_deref()
     }
 
     /// Replaces the retry policy.

@@ -1,0 +1,268 @@
+//! `sqlvault audit`: the SQLite-side checks of [`sqlvault_sqlite::Auditor`], plus what
+//! only the engine knows: this host's sqlvault state (write keys hold the repository
+//! secret), local repositories, and how old the newest snapshot and the newest
+//! verification of each database are.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlvault_format::layout;
+use sqlvault_sqlite::{AuditOptions, AuditReport, Auditor, Finding, Severity, Unlock};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::{Repo, now_ms};
+
+/// What to audit.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct AuditRequest {
+    /// Database files, key files or directories to scan.
+    pub paths: Vec<PathBuf>,
+    /// Tighten permissions (group/other bits off) of what is found.
+    pub fix: bool,
+    /// Key of SQLCipher databases, to check their content too.
+    pub unlock: Option<Unlock>,
+    /// A repository whose snapshot and verification ages to check (opened with read
+    /// access: evidence records are encrypted metadata, snapshots too).
+    pub repo: Option<Repo>,
+    /// Database names to check in `repo` (default: the names of the databases found,
+    /// or every name in the repository when none were scanned).
+    pub names: Vec<String>,
+    /// A newest snapshot older than this is a finding.
+    pub max_snapshot_age: Duration,
+    /// A newest successful verification older than this is a finding.
+    pub max_verify_age: Duration,
+}
+
+impl AuditRequest {
+    /// Audits `paths` with default thresholds (snapshot 24 h, verification 7 days).
+    pub fn new(paths: Vec<PathBuf>) -> AuditRequest {
+        AuditRequest {
+            paths,
+            fix: false,
+            unlock: None,
+            repo: None,
+            names: Vec::new(),
+            max_snapshot_age: Duration::from_secs(24 * 3600),
+            max_verify_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+    /// Sets [`AuditRequest::fix`].
+    pub fn with_fix(mut self, yes: bool) -> Self {
+        self.fix = yes;
+        self
+    }
+    /// Sets [`AuditRequest::unlock`].
+    pub fn with_unlock(mut self, u: Option<Unlock>) -> Self {
+        self.unlock = u;
+        self
+    }
+    /// Sets [`AuditRequest::repo`] and [`AuditRequest::names`].
+    pub fn with_repo(mut self, repo: Option<Repo>, names: Vec<String>) -> Self {
+        self.repo = repo;
+        self.names = names;
+        self
+    }
+    /// Sets both age thresholds.
+    pub fn with_max_ages(mut self, snapshot: Duration, verify: Duration) -> Self {
+        self.max_snapshot_age = snapshot;
+        self.max_verify_age = verify;
+        self
+    }
+}
+
+/// Runs the audit.
+pub async fn audit(req: AuditRequest) -> Result<AuditReport> {
+    let AuditRequest {
+        paths,
+        fix,
+        unlock,
+        repo,
+        names,
+        max_snapshot_age,
+        max_verify_age,
+    } = req;
+    let local_repo = repo
+        .as_ref()
+        .and_then(|r| r.store.local_root().map(|p| p.to_path_buf()));
+    let mut report = tokio::task::spawn_blocking(move || -> Result<AuditReport> {
+        let mut a = Auditor::new(AuditOptions {
+            fix,
+            unlock,
+            repo_marker: Some(layout::MARKER.to_string()),
+            ..AuditOptions::default()
+        });
+        a.linked_library();
+        let home = crate::local::home();
+        if home.is_dir() {
+            a.private_tree(
+                &home,
+                "sqlvault state (write keys hold repository secrets)",
+                Severity::High,
+            );
+        }
+        if let Some(root) = &local_repo {
+            a.private_tree(root, "local repository", Severity::Medium);
+        }
+        for p in &paths {
+            a.scan(p).map_err(|e| match e {
+                sqlvault_sqlite::SqliteError::Missing { .. } => Error::new(
+                    ErrorKind::NotFound,
+                    "audit.not-found",
+                    format!("{} does not exist", p.display()),
+                ),
+                other => other.into(),
+            })?;
+        }
+        Ok(a.finish())
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Internal, "internal.task", e.to_string()))??;
+    if let Some(repo) = &repo {
+        let names = if !names.is_empty() {
+            names
+        } else {
+            let found: BTreeSet<String> = report
+                .databases
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+                .collect();
+            found.into_iter().collect()
+        };
+        ages(repo, &names, max_snapshot_age, max_verify_age, &mut report).await?;
+    }
+    Ok(report)
+}
+
+async fn ages(
+    repo: &Repo,
+    names: &[String],
+    max_snapshot_age: Duration,
+    max_verify_age: Duration,
+    report: &mut AuditReport,
+) -> Result<()> {
+    repo.require_data_access("checking verification evidence")?;
+    let snaps = repo.snapshots().await?;
+    let evidence = crate::evidence::load_all(repo).await?;
+    let names: Vec<String> = if names.is_empty() {
+        snaps
+            .iter()
+            .map(|m| m.name.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    } else {
+        names.to_vec()
+    };
+    let now = now_ms();
+    let where_ = PathBuf::from(repo.store.describe());
+    let hours = |ms: i64| ms as f64 / 3_600_000.0;
+    if names.is_empty() {
+        report.findings.push(Finding {
+            severity: Severity::High,
+            code: "repo.no-snapshots",
+            path: where_.clone(),
+            message: "the repository holds no snapshot".into(),
+            fix: "sqlvault backup DB REPO".into(),
+            fixed: false,
+        });
+    }
+    for name in names {
+        let newest = snaps.iter().filter(|m| m.name == name).max_by_key(|m| m.created_ms);
+        match newest {
+            None => report.findings.push(Finding {
+                severity: Severity::High,
+                code: "repo.no-snapshot",
+                path: where_.clone(),
+                message: format!("no snapshot of {name}"),
+                fix: format!("sqlvault backup … --name {name}, on a schedule"),
+                fixed: false,
+            }),
+            Some(m) => {
+                let age = now - m.created_ms;
+                let stale = age > max_snapshot_age.as_millis() as i64;
+                report.findings.push(Finding {
+                    severity: if stale { Severity::Medium } else { Severity::Info },
+                    code: if stale {
+                        "repo.snapshot-stale"
+                    } else {
+                        "repo.snapshot-age"
+                    },
+                    path: where_.clone(),
+                    message: format!(
+                        "newest snapshot of {name} ({}) is {:.1} h old{}",
+                        &m.id.to_string()[..8],
+                        hours(age),
+                        if stale {
+                            format!(" (more than {:.0} h)", hours(max_snapshot_age.as_millis() as i64))
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    fix: if stale {
+                        "check that scheduled backups run and succeed".into()
+                    } else {
+                        String::new()
+                    },
+                    fixed: false,
+                });
+            }
+        }
+        let verified = evidence
+            .iter()
+            .filter(|e| e.name == name && e.ok)
+            .max_by_key(|e| e.at_ms);
+        let failed_after = evidence
+            .iter()
+            .filter(|e| e.name == name && !e.ok && verified.is_none_or(|v| e.at_ms > v.at_ms))
+            .max_by_key(|e| e.at_ms);
+        if let Some(f) = failed_after {
+            report.findings.push(Finding {
+                severity: Severity::High,
+                code: "repo.verify-failed",
+                path: where_.clone(),
+                message: format!(
+                    "the latest verification of {name} (snapshot {}, {:.1} h ago) FAILED: {}",
+                    &f.snapshot_id[..8.min(f.snapshot_id.len())],
+                    hours(now - f.at_ms),
+                    f.code.as_deref().unwrap_or("unknown")
+                ),
+                fix: "sqlvault check --read-data REPO, then back up again".into(),
+                fixed: false,
+            });
+        }
+        match verified {
+            None => report.findings.push(Finding {
+                severity: Severity::Medium,
+                code: "repo.never-verified",
+                path: where_.clone(),
+                message: format!("no snapshot of {name} has ever been verified"),
+                fix: format!("sqlvault verify REPO -i KEY --name {name}, on a schedule"),
+                fixed: false,
+            }),
+            Some(v) => {
+                let age = now - v.at_ms;
+                let stale = age > max_verify_age.as_millis() as i64;
+                report.findings.push(Finding {
+                    severity: if stale { Severity::Medium } else { Severity::Info },
+                    code: if stale { "repo.verify-stale" } else { "repo.verify-age" },
+                    path: where_.clone(),
+                    message: format!(
+                        "newest successful verification of {name} (snapshot {}, taken {:.1} h before) was {:.1} h ago",
+                        &v.snapshot_id[..8.min(v.snapshot_id.len())],
+                        hours(v.at_ms - v.snapshot_created_ms),
+                        hours(age)
+                    ),
+                    fix: if stale {
+                        format!("sqlvault verify REPO -i KEY --name {name}, on a schedule")
+                    } else {
+                        String::new()
+                    },
+                    fixed: false,
+                });
+            }
+        }
+    }
+    Ok(())
+}

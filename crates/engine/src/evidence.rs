@@ -1,0 +1,94 @@
+//! Evidence: a record in the repository of each verification, so that anyone with
+//! the repository (an auditor, a drill, another host) can tell when each database was
+//! last proven restorable, not just when it was last backed up.
+//!
+//! Each record is its own small object `evidence/<random id>` (never rewritten, so
+//! concurrent writers cannot lose each other's records), encrypted like other metadata
+//! and carrying a MAC under the repository key so that a bucket writer cannot forge a
+//! successful verification. Records are ordered by the time written inside them.
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use sqlvault_format::{ObjectId, layout};
+
+use crate::error::{Result, corrupt};
+use crate::repo::{Repo, now_ms};
+
+/// One verification of one snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Evidence {
+    /// What produced it: `verify` or `drill`.
+    pub kind: String,
+    /// When it was written, unix milliseconds.
+    pub at_ms: i64,
+    /// Snapshot checked.
+    pub snapshot_id: String,
+    /// Its database name.
+    pub name: String,
+    /// When that snapshot was taken (its age at `at_ms` is the RPO then).
+    pub snapshot_created_ms: i64,
+    /// Whether every check passed.
+    pub ok: bool,
+    /// Checks run, in order.
+    pub checks: Vec<String>,
+    /// Error code when not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Seconds to restore (the RTO measured).
+    pub restore_seconds: f64,
+    /// Seconds for the checks.
+    pub check_seconds: f64,
+    /// Host that ran it.
+    pub host: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    body: String,
+    mac: String,
+}
+
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Writes one evidence record; returns its object key.
+pub async fn record(repo: &Repo, mut e: Evidence) -> Result<String> {
+    if e.at_ms == 0 {
+        e.at_ms = now_ms();
+    }
+    let body = serde_json::to_string(&e).expect("serialises");
+    let sealed = Sealed {
+        mac: hex::encode(repo.keys.mac(body.as_bytes())),
+        body,
+    };
+    let ct = repo.encrypt_meta(&serde_json::to_vec(&sealed).expect("serialises"))?;
+    let key = layout::evidence(&ObjectId::random());
+    repo.store.put_if_absent(&key, Bytes::from(ct)).await?;
+    Ok(key)
+}
+
+/// Every evidence record, oldest first by the time recorded inside. A record that
+/// fails authentication is an error: someone wrote into the repository who should not.
+pub async fn load_all(repo: &Repo) -> Result<Vec<Evidence>> {
+    let names = repo.store.list(layout::EVIDENCE).await?;
+    let mut out: Vec<Evidence> = futures::stream::iter(names.into_iter().map(|(n, _)| async move {
+        let key = format!("{}/{n}", layout::EVIDENCE);
+        let ct = repo.store.get(&key).await?;
+        let pt = repo.decrypt(&format!("evidence {n}"), &ct)?;
+        let sealed: Sealed = serde_json::from_slice(&pt).map_err(|e| corrupt(format!("evidence {n}"), e))?;
+        let mut mac = [0u8; 32];
+        if hex::decode_to_slice(&sealed.mac, &mut mac).is_err() || !repo.keys.verify_mac(sealed.body.as_bytes(), &mac) {
+            return Err(corrupt(format!("evidence {n}"), std::io::Error::other("MAC mismatch")));
+        }
+        serde_json::from_str::<Evidence>(&sealed.body).map_err(|e| corrupt(format!("evidence {n}"), e))
+    }))
+    .buffer_unordered(16)
+    .try_collect()
+    .await?;
+    out.sort_by_key(|e| e.at_ms);
+    Ok(out)
+}
