@@ -6,6 +6,7 @@ mod audit;
 mod backup_restore;
 mod corruption;
 mod dumps;
+mod key_rotation;
 mod keys_and_errors;
 mod s3;
 mod sqlcipher;

@@ -173,6 +173,46 @@ enum KeyCmd {
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
     },
+    /// Add recipients: snapshots taken from now on are encrypted to them too (backup
+    /// hosts adopt the signed set at their next backup).
+    Add(KeyChangeArgs),
+    /// Remove recipients: they can no longer open the repository or read new
+    /// snapshots; run `key rewrap` so they cannot read old ones either.
+    Remove(KeyChangeArgs),
+    /// Show the recipients in force (from the config with -i/--passphrase, else from
+    /// this host's write key).
+    List(KeyListArgs),
+    /// Re-encrypt every object to the current recipients (resumable: run it again
+    /// after an interruption).
+    Rewrap(KeyListArgs),
+}
+
+#[derive(Args, Debug)]
+struct KeyChangeArgs {
+    /// Repository URL or path.
+    repo: String,
+    /// Recipient (age1…, ssh-ed25519 …, ssh-rsa …); repeatable.
+    #[arg(short = 'r', long = "recipient")]
+    recipients: Vec<String>,
+    /// File of recipients, one per line.
+    #[arg(short = 'R', long = "recipients-file")]
+    recipients_file: Vec<PathBuf>,
+    #[command(flatten)]
+    keys: ReadKeys,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct KeyListArgs {
+    /// Repository URL or path.
+    repo: String,
+    #[command(flatten)]
+    keys: ReadKeys,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -393,6 +433,7 @@ fn read_passphrase(confirm: bool) -> Result<SecretString, Error> {
     if let Ok(p) = std::env::var("SQLVAULT_PASSPHRASE")
         && !p.is_empty()
     {
+        tracing::debug!("repository passphrase taken from SQLVAULT_PASSPHRASE");
         return Ok(SecretString::from(p));
     }
     if !std::io::stdin().is_terminal() {
@@ -437,11 +478,13 @@ fn prompt_secret(
 /// stdin is a terminal) a prompt. The key's text never reaches argv, logs or errors.
 fn read_db_key(file: Option<&PathBuf>, var: &str, prompt: Option<&str>, confirm: bool) -> Result<Option<DbKey>, Error> {
     if let Some(f) = file {
+        tracing::debug!(file = %f.display(), "database key taken from a file");
         return DbKey::from_file(f).map(Some).map_err(Error::from);
     }
     if let Ok(v) = std::env::var(var)
         && !v.is_empty()
     {
+        tracing::debug!("database key taken from {var}");
         let v = zeroize::Zeroizing::new(v);
         return DbKey::from_text(&v).map(Some).map_err(Error::from);
     }
@@ -478,6 +521,7 @@ fn access(keys: &ReadKeys, required: bool) -> Result<Option<Access>, Error> {
         Some(paths) if !paths.is_empty() => {
             let mut ids: Option<Identities> = None;
             for p in paths {
+                tracing::debug!(file = %p.display(), "reading identity file");
                 let i = Identities::from_file(p)
                     .map_err(|e| Error::new(ErrorKind::Usage, "crypt.bad-key", e.to_string()))?;
                 match ids.as_mut() {
@@ -582,6 +626,51 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
             );
             Ok(0)
         }
+        Cmd::Key(KeyCmd::Add(a)) => key_change(a, true).await,
+        Cmd::Key(KeyCmd::Remove(a)) => key_change(a, false).await,
+        Cmd::Key(KeyCmd::List(a)) => {
+            let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
+            if a.json {
+                print_json(&json!({"generation": repo.generation(), "recipients": repo.recipients()}));
+            } else {
+                println!("recipient set generation {}", repo.generation());
+                for r in repo.recipients() {
+                    println!("{r}");
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Key(KeyCmd::Rewrap(a)) => {
+            let acc = access(&a.keys, true)?.expect("required");
+            let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            let quiet = a.json || !std::io::stderr().is_terminal();
+            let rep = sqlvault_engine::rewrap(&repo, |done, total| {
+                if !quiet {
+                    eprint!("\rrewrapped {done}/{total}");
+                }
+            })
+            .await?;
+            if !quiet && rep.rewrapped > 0 {
+                eprintln!();
+            }
+            if a.json {
+                print_json(&json!(rep));
+            } else {
+                println!(
+                    "re-encrypted {} of {} objects ({}) to recipient set generation {}{}",
+                    rep.rewrapped,
+                    rep.objects,
+                    human(rep.bytes),
+                    rep.generation,
+                    if rep.already_done > 0 {
+                        format!("; {} done by an earlier run", rep.already_done)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            Ok(0)
+        }
         Cmd::Init(a) => {
             let s = store(&a.repo)?;
             let keys = if a.passphrase {
@@ -622,7 +711,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Join(a) => {
             let acc = access(&a.keys, true)?.expect("required");
             let repo = Repo::open_read(store(&a.repo)?, acc).await?;
-            repo.save_write_key()?;
+            repo.save_write_key().await?;
             println!(
                 "this host can now back up into repository {} (fingerprint {})",
                 repo.id(),
@@ -957,6 +1046,68 @@ fn db(c: DbCmd) -> Result<u8, Error> {
     Ok(0)
 }
 
+fn parse_recipients(list: &[String], files: &[PathBuf]) -> Result<Vec<Recipient>, Error> {
+    let mut rs: Vec<Recipient> = Vec::new();
+    for r in list {
+        rs.push(
+            r.parse()
+                .map_err(|e: sqlvault_engine::crypt::CryptError| usage(e.to_string()))?,
+        );
+    }
+    for f in files {
+        rs.extend(sqlvault_engine::crypt::read_recipients_file(f).map_err(|e| usage(e.to_string()))?);
+    }
+    Ok(rs)
+}
+
+async fn key_change(a: KeyChangeArgs, add: bool) -> Result<u8, Error> {
+    if a.recipients.is_empty() && a.recipients_file.is_empty() {
+        return Err(usage("give the recipients with -r RECIPIENT or -R FILE"));
+    }
+    let acc = access(&a.keys, true)?.expect("required");
+    let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+    let ch = if add {
+        let rs = parse_recipients(&a.recipients, &a.recipients_file)?;
+        sqlvault_engine::change_recipients(&repo, &rs, &[]).await?
+    } else {
+        // Removal matches text, so a recipient that no longer parses can still go.
+        let mut names = a.recipients.clone();
+        for f in &a.recipients_file {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| usage(format!("cannot read recipients file {}: {e}", f.display())))?;
+            names.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        sqlvault_engine::change_recipients(&repo, &[], &names).await?
+    };
+    if a.json {
+        print_json(&json!(ch));
+    } else {
+        for r in &ch.added {
+            println!("added {r}");
+        }
+        for r in &ch.removed {
+            println!("removed {r}");
+        }
+        println!(
+            "recipient set generation {}: {} recipient(s); backup hosts adopt it at their next backup",
+            ch.generation,
+            ch.recipients.len()
+        );
+        if !ch.removed.is_empty() {
+            println!(
+                "existing objects are still encrypted to the removed key(s): run `sqlvault key rewrap {}` (after every backup host has run once)",
+                a.repo
+            );
+        }
+    }
+    Ok(0)
+}
+
 async fn audit(a: AuditArgs) -> Result<u8, Error> {
     use sqlvault_engine::sqlite::Severity;
     let repo = match &a.repo {
@@ -1040,6 +1191,8 @@ async fn audit(a: AuditArgs) -> Result<u8, Error> {
 
 fn wants_json(cmd: &Cmd) -> bool {
     match cmd {
+        Cmd::Key(KeyCmd::Add(a) | KeyCmd::Remove(a)) => a.json,
+        Cmd::Key(KeyCmd::List(a) | KeyCmd::Rewrap(a)) => a.json,
         Cmd::Audit(a) => a.json,
         Cmd::Db(DbCmd::Encrypt(a) | DbCmd::Decrypt(a) | DbCmd::Rekey(a) | DbCmd::Migrate(a)) => a.json,
         Cmd::Init(a) => a.json,

@@ -89,6 +89,13 @@ pub struct WriteKey {
     pub recipients: Vec<String>,
     /// Hex repository secret.
     pub secret: String,
+    /// Hex public key of the repository's admin key: a newer signed recipient set is
+    /// adopted only with its signature (absent in write keys made before key rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_pub: Option<String>,
+    /// Generation of `recipients`.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for WriteKey {
@@ -96,6 +103,7 @@ impl std::fmt::Debug for WriteKey {
         f.debug_struct("WriteKey")
             .field("repo_id", &self.repo_id)
             .field("recipients", &self.recipients)
+            .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
 }

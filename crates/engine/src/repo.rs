@@ -5,8 +5,8 @@ use futures::{StreamExt, TryStreamExt};
 use sqlvault_crypt::secrecy::SecretString;
 use sqlvault_crypt::{Identities, Recipient};
 use sqlvault_format::{
-    ChunkId, ChunkSeq, FORMAT_VERSION, IndexFile, Manifest, MapRef, ObjectId, PageMap, RepoConfig, RepoKeys,
-    RepoMarker, RepoSecret, decode_manifest, kind, layout,
+    AdminKey, ChunkId, ChunkSeq, FORMAT_VERSION, IndexFile, Manifest, MapRef, ObjectId, PageMap, RecipientSet,
+    RepoConfig, RepoKeys, RepoMarker, RepoSecret, decode_manifest, kind, layout,
 };
 use sqlvault_store::Store;
 
@@ -54,6 +54,8 @@ pub struct Repo {
     pub(crate) meta_recipient: Arc<Recipient>,
     pub(crate) identities: Arc<Identities>,
     pub(crate) can_read_data: bool,
+    /// Generation of `data_recipients`.
+    pub(crate) generation: u64,
 }
 
 pub(crate) fn unknown_kind(m: &Manifest, kind: &str) -> Error {
@@ -84,6 +86,79 @@ pub(crate) async fn get_or(store: &Store, key: &str, missing: impl FnOnce() -> E
     }
 }
 
+fn decrypt_config(ids: &Identities, ct: &[u8]) -> Result<RepoConfig> {
+    let pt = zeroize::Zeroizing::new(
+        sqlvault_crypt::decrypt_to_vec(ids, ct).map_err(|e| crypt_err("the repository config", e))?,
+    );
+    serde_json::from_slice(&pt).map_err(|e| corrupt("repository config", e))
+}
+
+/// Before a backup: adopts a newer recipient set published by `key add`/`key remove`,
+/// if its signature checks against the admin key pinned in the write key; returns the
+/// write key to use (saved when it changed).
+async fn adopt_recipient_set(store: &Store, mut wk: WriteKey) -> Result<WriteKey> {
+    let bytes = match store.get(layout::RECIPIENTS).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(wk),
+        Err(e) => return Err(e.into()),
+    };
+    let set: RecipientSet = serde_json::from_slice(&bytes).map_err(|e| corrupt("recipient set", e))?;
+    let forged = || {
+        Error::new(
+            ErrorKind::Integrity,
+            "repo.forged-recipients",
+            format!(
+                "the recipient set of {} (generation {}) is not signed by the repository's admin key: refusing to encrypt to it",
+                store.describe(),
+                set.generation
+            ),
+        )
+    };
+    if set.repo_id != wk.repo_id {
+        return Err(forged());
+    }
+    if set.generation < wk.generation {
+        tracing::warn!(
+            "recipient set of {} is generation {}, older than this host's {}: keeping this host's",
+            store.describe(),
+            set.generation,
+            wk.generation
+        );
+        return Ok(wk);
+    }
+    if set.generation == wk.generation && set.recipients == wk.recipients {
+        return Ok(wk);
+    }
+    let Some(public) = wk.admin_pub.as_deref() else {
+        return Err(Error::new(
+            ErrorKind::Auth,
+            "repo.write-key-outdated",
+            format!(
+                "the recipients of {} changed (generation {}), and this host's write key predates signed recipient sets: run `sqlvault join` here again",
+                store.describe(),
+                set.generation
+            ),
+        ));
+    };
+    if !set.verify(public) || set.generation == wk.generation {
+        return Err(forged());
+    }
+    for r in &set.recipients {
+        r.parse::<Recipient>()
+            .map_err(|e| crypt_err("the signed recipient set", e))?;
+    }
+    tracing::info!(
+        "adopting recipient set generation {} of {} ({} recipients)",
+        set.generation,
+        store.describe(),
+        set.recipients.len()
+    );
+    wk.recipients = set.recipients;
+    wk.generation = set.generation;
+    wk.save()?;
+    Ok(wk)
+}
+
 async fn read_marker(store: &Store) -> Result<RepoMarker> {
     let bytes = get_or(store, layout::MARKER, || {
         Error::new(
@@ -108,6 +183,7 @@ impl Repo {
         }
         let repo_id = hex::encode(ObjectId::random().0);
         let secret = RepoSecret::generate();
+        let admin = AdminKey::generate();
         let (recipients, config_ct) = match keys {
             InitKeys::Recipients(rs) => {
                 if rs.is_empty() {
@@ -125,6 +201,8 @@ impl Repo {
                     recipients: texts.clone(),
                     secret: secret.to_hex(),
                     data_identity: None,
+                    admin_key: Some(admin.to_hex()),
+                    generation: 0,
                 };
                 let pt = serde_json::to_vec(&cfg).expect("serialises");
                 let ct =
@@ -140,6 +218,8 @@ impl Repo {
                     recipients: vec![pk.clone()],
                     secret: secret.to_hex(),
                     data_identity: Some(sqlvault_crypt::secrecy::ExposeSecret::expose_secret(&sk).to_string()),
+                    admin_key: Some(admin.to_hex()),
+                    generation: 0,
                 };
                 let pt = serde_json::to_vec(&cfg).expect("serialises");
                 let mut w = sqlvault_crypt::EncryptWriter::with_passphrase(pass, Vec::new())
@@ -157,9 +237,12 @@ impl Repo {
             repo_id: repo_id.clone(),
             recipients: recipients.clone(),
             secret: secret.to_hex(),
+            admin_pub: Some(admin.public_hex()),
+            generation: 0,
         };
         wk.save()?;
         local::save_pin(&repo_id, &secret.fingerprint())?;
+        tracing::info!(repo = %repo_id, recipients = recipients.len(), "repository initialised; write key saved");
         Ok(InitReport {
             repo_id,
             fingerprint: secret.fingerprint(),
@@ -174,6 +257,7 @@ impl Repo {
         recipients: &[String],
         identities: Identities,
         can_read_data: bool,
+        generation: u64,
     ) -> Result<Repo> {
         let keys = secret.keys();
         let fingerprint = secret.fingerprint();
@@ -192,6 +276,7 @@ impl Repo {
             meta_recipient: Arc::new(meta_recipient),
             identities: Arc::new(identities),
             can_read_data,
+            generation,
         })
     }
 
@@ -210,9 +295,19 @@ impl Repo {
                 ),
             )
         })?;
+        tracing::debug!(repo = %marker.repo_id, generation = wk.generation, recipients = wk.recipients.len(), "opening repository with this host's write key");
+        let wk = adopt_recipient_set(&store, wk).await?;
         let secret = wk.secret()?;
         let meta = Identities::from_x25519_bytes(&secret.keys().metadata_identity_bytes());
-        Repo::assemble(store, marker.repo_id, secret, &wk.recipients, meta, false)
+        Repo::assemble(
+            store,
+            marker.repo_id,
+            secret,
+            &wk.recipients,
+            meta,
+            false,
+            wk.generation,
+        )
     }
 
     /// Opens for reading with an identity or passphrase. Checks the repository secret
@@ -229,12 +324,25 @@ impl Repo {
             )
         })
         .await?;
+        tracing::debug!(
+            repo = %marker.repo_id,
+            access = match &access {
+                Access::Identities(_) => "identity",
+                Access::Passphrase(_) => "passphrase",
+            },
+            "opening repository for reading"
+        );
         let mut ids = match access {
             Access::Identities(i) => i,
             Access::Passphrase(p) => Identities::from_passphrase(p),
         };
-        let pt = sqlvault_crypt::decrypt_to_vec(&ids, &ct).map_err(|e| crypt_err("the repository config", e))?;
-        let cfg: RepoConfig = serde_json::from_slice(&pt).map_err(|e| corrupt("repository config", e))?;
+        let cfg = decrypt_config(&ids, &ct)?;
+        tracing::debug!(
+            generation = cfg.generation,
+            recipients = cfg.recipients.len(),
+            passphrase_repo = cfg.data_identity.is_some(),
+            "config decrypted"
+        );
         if cfg.repo_id != marker.repo_id {
             return Err(Error::new(
                 ErrorKind::Integrity,
@@ -282,7 +390,15 @@ impl Repo {
             let sid = SecretString::from(d.clone());
             ids.extend(Identities::from_secret_string(&sid).map_err(|e| crypt_err("repository data identity", e))?);
         }
-        Repo::assemble(store, marker.repo_id, secret, &cfg.recipients, ids, true)
+        Repo::assemble(
+            store,
+            marker.repo_id,
+            secret,
+            &cfg.recipients,
+            ids,
+            true,
+            cfg.generation,
+        )
     }
 
     /// [`Repo::open_read`] with `access`, else [`Repo::open_write`].
@@ -296,14 +412,56 @@ impl Repo {
     /// Writes this host's write key from a repository opened with an identity, so that
     /// this host can back up into it (`sqlvault join`). The write key holds the
     /// recipients and the repository secret, never the identity.
-    pub fn save_write_key(&self) -> Result<()> {
+    pub async fn save_write_key(&self) -> Result<()> {
         self.require_data_access("joining a repository")?;
+        let cfg = self.read_config().await?;
+        tracing::info!(repo = %self.repo_id, generation = cfg.generation, "saving this host's write key");
         WriteKey {
             repo_id: self.repo_id.clone(),
-            recipients: self.data_recipients.iter().map(|r| r.as_str().to_string()).collect(),
+            recipients: cfg.recipients.clone(),
             secret: self.secret.to_hex(),
+            admin_pub: cfg
+                .admin_key
+                .as_deref()
+                .and_then(AdminKey::from_hex)
+                .map(|k| k.public_hex()),
+            generation: cfg.generation,
         }
         .save()
+    }
+
+    /// The decrypted config (needs read access).
+    pub(crate) async fn read_config(&self) -> Result<RepoConfig> {
+        let ct = get_or(&self.store, layout::CONFIG, || {
+            Error::new(
+                ErrorKind::Integrity,
+                "repo.config-missing",
+                format!("repository {} has no config object", self.store.describe()),
+            )
+        })
+        .await?;
+        let cfg = decrypt_config(&self.identities, &ct)?;
+        if cfg.repo_id != self.repo_id {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "repo.config-mismatch",
+                format!(
+                    "repository config of {} belongs to another repository",
+                    self.store.describe()
+                ),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// Recipients new objects are encrypted to.
+    pub fn recipients(&self) -> Vec<String> {
+        self.data_recipients.iter().map(|r| r.as_str().to_string()).collect()
+    }
+
+    /// Generation of the recipient set.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The store.

@@ -96,3 +96,63 @@ impl fmt::Debug for RepoKeys {
         f.write_str("RepoKeys(<redacted>)")
     }
 }
+
+/// The repository's admin signing key (Ed25519): kept in the config (readable only by
+/// identity holders), it signs each new recipient set so that backup hosts, which hold
+/// the repository secret but must not be able to redirect other hosts' backups, accept
+/// a recipient change only from someone who can read the repository.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct AdminKey([u8; 32]);
+
+impl AdminKey {
+    /// A fresh key from the OS generator.
+    pub fn generate() -> Self {
+        AdminKey(rand::random())
+    }
+
+    /// Parses the hex form kept in the config.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut out).ok()?;
+        Some(AdminKey(out))
+    }
+
+    /// Hex form for the config (which is encrypted).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Hex of the public verifying key, which backup hosts pin.
+    pub fn public_hex(&self) -> String {
+        hex::encode(
+            ed25519_dalek::SigningKey::from_bytes(&self.0)
+                .verifying_key()
+                .to_bytes(),
+        )
+    }
+
+    /// Signature over `msg`, hex.
+    pub fn sign(&self, msg: &[u8]) -> String {
+        use ed25519_dalek::Signer;
+        hex::encode(ed25519_dalek::SigningKey::from_bytes(&self.0).sign(msg).to_bytes())
+    }
+}
+
+impl fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminKey(<redacted>)")
+    }
+}
+
+/// Checks a hex Ed25519 signature over `msg` by the hex public key `public`.
+pub fn verify_admin_signature(public: &str, msg: &[u8], signature: &str) -> bool {
+    let (mut pk, mut sig) = ([0u8; 32], [0u8; 64]);
+    if hex::decode_to_slice(public, &mut pk).is_err() || hex::decode_to_slice(signature, &mut sig).is_err() {
+        return false;
+    }
+    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&pk) else {
+        return false;
+    };
+    vk.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig))
+        .is_ok()
+}

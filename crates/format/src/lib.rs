@@ -24,10 +24,10 @@ pub use index::{
     IndexEntry, IndexFile, PACK_MAGIC, PackSection, decode_entries, decode_pack_trailer, encode_entries,
     encode_pack_trailer, write_index,
 };
-pub use keys::{RepoKeys, RepoSecret};
+pub use keys::{AdminKey, RepoKeys, RepoSecret, verify_admin_signature};
 pub use manifest::{
-    CipherFacts, DumpFacts, Manifest, MapRef, RepoConfig, RepoMarker, SnapshotStats, decode_manifest, encode_manifest,
-    kind,
+    CipherFacts, DumpFacts, Manifest, MapRef, RecipientSet, RepoConfig, RepoMarker, SnapshotStats, decode_manifest,
+    encode_manifest, kind,
 };
 pub use pagemap::{PageMap, PageMapKind};
 

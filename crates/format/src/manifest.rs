@@ -64,6 +64,69 @@ pub struct RepoConfig {
     /// to (its recipient is in `recipients`), itself protected by the passphrase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_identity: Option<String>,
+    /// Hex [`crate::AdminKey`] that signs recipient sets (absent in repositories created
+    /// before key rotation existed; the first `key add`/`key remove` creates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_key: Option<String>,
+    /// Generation of `recipients`: 0 at init, +1 per `key add`/`key remove`.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// The `keys/recipients` object: the current recipient set, signed with the admin key,
+/// in cleartext (recipients are public keys). Backup hosts read it before each backup
+/// and adopt a newer generation whose signature checks against the admin public key
+/// pinned in their write key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecipientSet {
+    /// Repository id.
+    pub repo_id: String,
+    /// Generation, strictly increasing.
+    pub generation: u64,
+    /// Recipients every new object must be encrypted to.
+    pub recipients: Vec<String>,
+    /// When signed, unix milliseconds.
+    pub created_ms: i64,
+    /// Hex Ed25519 signature over [`RecipientSet::signed_bytes`].
+    pub signature: String,
+}
+
+impl RecipientSet {
+    /// The bytes the signature covers: every field but the signature, unambiguously.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "context": "sqlvault v1 recipient set",
+            "repo_id": self.repo_id,
+            "generation": self.generation,
+            "recipients": self.recipients,
+            "created_ms": self.created_ms,
+        }))
+        .expect("serialises")
+    }
+
+    /// Builds and signs a set.
+    pub fn signed(
+        repo_id: &str,
+        generation: u64,
+        recipients: Vec<String>,
+        created_ms: i64,
+        key: &crate::AdminKey,
+    ) -> Self {
+        let mut s = RecipientSet {
+            repo_id: repo_id.to_string(),
+            generation,
+            recipients,
+            created_ms,
+            signature: String::new(),
+        };
+        s.signature = key.sign(&s.signed_bytes());
+        s
+    }
+
+    /// Whether the signature is by the holder of the admin key `public` (hex).
+    pub fn verify(&self, public: &str) -> bool {
+        crate::keys::verify_admin_signature(public, &self.signed_bytes(), &self.signature)
+    }
 }
 
 impl std::fmt::Debug for RepoConfig {
@@ -283,5 +346,30 @@ mod tests {
         assert!(decode_manifest(&other, &enc, &m.id).is_err());
         // A valid manifest renamed to another snapshot id is rejected too.
         assert!(decode_manifest(&keys, &enc, &ObjectId([2; 16])).is_err());
+    }
+}
+
+#[cfg(test)]
+mod recipient_set_tests {
+    use super::*;
+
+    #[test]
+    fn signed_sets_verify_and_any_change_breaks_them() {
+        let k = crate::AdminKey::generate();
+        let s = RecipientSet::signed("r1", 3, vec!["age1a".into(), "age1b".into()], 42, &k);
+        assert!(s.verify(&k.public_hex()));
+        assert!(!s.verify(&crate::AdminKey::generate().public_hex()));
+        let mut t = s.clone();
+        t.generation = 4;
+        assert!(!t.verify(&k.public_hex()));
+        let mut t = s.clone();
+        t.recipients.push("age1evil".into());
+        assert!(!t.verify(&k.public_hex()));
+        let mut t = s.clone();
+        t.repo_id = "r2".into();
+        assert!(!t.verify(&k.public_hex()));
+        let mut t = s;
+        t.signature = "00".repeat(64);
+        assert!(!t.verify(&k.public_hex()));
     }
 }
