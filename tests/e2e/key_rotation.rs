@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::support::{Run, World, kit};
+use crate::support::{World, assert_no_secret, kit};
 
 fn new_key(w: &World, name: &str) -> (String, String) {
     let p = w.s(name);
@@ -202,19 +202,6 @@ fn a_forged_recipient_set_is_refused_and_an_old_write_key_must_rejoin() {
     w.run(&["backup", &db, &repo]).ok();
 }
 
-/// Every secret used by `r`'s command is absent from its output.
-#[track_caller]
-fn clean(r: &Run, secrets: &[&str]) {
-    for s in secrets {
-        assert!(
-            !r.stdout.contains(s) && !r.stderr.contains(s),
-            "secret leaked:\nstdout: {}\nstderr: {}",
-            r.stdout,
-            r.stderr
-        );
-    }
-}
-
 #[test]
 fn key_handling_commands_never_print_secrets_even_at_trace_level() {
     let w = World::new();
@@ -285,7 +272,7 @@ fn key_handling_commands_never_print_secrets_even_at_trace_level() {
         runs.iter().map(|r| &r.stderr).collect::<Vec<_>>()
     );
     for r in &runs {
-        clean(r, &secrets);
+        assert_no_secret(r, &secrets);
     }
     // Trace logging really was on, so the check above looked at logs of every command
     // that handled a key (rewrap logs every object at trace level).

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use rusqlite::Connection;
 
-use crate::support::{Run, World, kit};
+use crate::support::{World, assert_no_secret, kit};
 
 const PASS: &str = "Tr0ub4dor&3 sqlvault secret";
 const NEW_PASS: &str = "second-secret-0b5e2a";
@@ -31,19 +31,6 @@ fn sum_keyed(p: &str, key: &str) -> [u8; 32] {
 
 fn sum_plain(p: &str) -> [u8; 32] {
     sqlvault_sqlite::verify_file(Path::new(p)).unwrap().logical_checksum
-}
-
-/// Every secret in `secrets` is absent from the run's output.
-#[track_caller]
-fn no_secret(r: &Run, secrets: &[&str]) {
-    for s in secrets {
-        assert!(
-            !r.stdout.contains(s) && !r.stderr.contains(s),
-            "secret leaked:\nstdout: {}\nstderr: {}",
-            r.stdout,
-            r.stderr
-        );
-    }
 }
 
 fn write_secret(w: &World, name: &str, secret: &str) -> String {
@@ -71,7 +58,7 @@ fn db_commands_convert_in_place_and_never_show_the_key() {
     let r = w
         .run_env(&["db", "encrypt", &db, "--key-file", &kf, "--json"], &trace)
         .ok();
-    no_secret(&r, &[PASS]);
+    assert_no_secret(&r, &[PASS]);
     assert_eq!(r.json()["after"]["compatibility"], 4);
     assert_eq!(sum_keyed(&db, PASS), sum);
     // Plain SQLite tools see noise now.
@@ -82,7 +69,7 @@ fn db_commands_convert_in_place_and_never_show_the_key() {
     let before = std::fs::read(&db).unwrap();
     let r = w.run_env(&["db", "decrypt", &db, "--key-file", &bad], &trace).fails(5);
     assert!(r.stderr.contains("app.db"), "{}", r.stderr);
-    no_secret(&r, &["not-the-key-77"]);
+    assert_no_secret(&r, &["not-the-key-77"]);
     assert_eq!(std::fs::read(&db).unwrap(), before);
     // No key at all, no terminal: a usage error, not a prompt.
     w.run(&["db", "decrypt", &db]).fails(2);
@@ -95,7 +82,7 @@ fn db_commands_convert_in_place_and_never_show_the_key() {
             &[("SQLVAULT_DB_KEY", PASS), ("SQLVAULT_LOG", "trace")],
         )
         .ok();
-    no_secret(&r, &[PASS, NEW_PASS]);
+    assert_no_secret(&r, &[PASS, NEW_PASS]);
     assert_eq!(sum_keyed(&db, NEW_PASS), sum);
     let r = w
         .run_env(
@@ -103,7 +90,7 @@ fn db_commands_convert_in_place_and_never_show_the_key() {
             &[("SQLVAULT_DB_KEY", NEW_PASS), ("SQLVAULT_LOG", "trace")],
         )
         .ok();
-    no_secret(&r, &[NEW_PASS]);
+    assert_no_secret(&r, &[NEW_PASS]);
     assert_eq!(sum_plain(&db), sum);
     // Decrypting a plaintext file is refused by name.
     w.run_env(&["db", "decrypt", &db], &[("SQLVAULT_DB_KEY", NEW_PASS)])
@@ -126,7 +113,7 @@ fn encrypted_databases_back_up_incrementally_and_restore_encrypted() {
     let first = w
         .run_env(&["backup", &db, &repo, "--db-key-file", &kf, "--json"], &trace)
         .ok();
-    no_secret(&first, &[PASS]);
+    assert_no_secret(&first, &[PASS]);
     let first = first.json();
     // The application changes a few rows through its own keyed connection.
     {
@@ -164,7 +151,7 @@ fn encrypted_databases_back_up_incrementally_and_restore_encrypted() {
             &trace,
         )
         .ok();
-    no_secret(&r, &[PASS]);
+    assert_no_secret(&r, &[PASS]);
     assert_eq!(r.json()["encrypted"], true);
     assert_ne!(&std::fs::read(&out).unwrap()[..16], b"SQLite format 3\0");
     assert_eq!(sum_keyed(&out, PASS), sum);
@@ -336,5 +323,5 @@ fn sqlcipher4_files_interoperate_with_an_independent_client() {
         &r.stdout[..r.stdout.len().min(400)]
     );
     assert_eq!(r.stdout.matches("INSERT INTO \"t\"").count(), 300);
-    no_secret(&r, &[&raw[2..66]]);
+    assert_no_secret(&r, &[&raw[2..66]]);
 }

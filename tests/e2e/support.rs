@@ -161,3 +161,16 @@ pub fn assert_no_leftovers(dir: &Path, what: &str) {
         .collect();
     assert!(leftovers.is_empty(), "{what}: {leftovers:?}");
 }
+
+/// Every secret in `secrets` is absent from the run's stdout and stderr.
+#[track_caller]
+pub fn assert_no_secret(r: &Run, secrets: &[&str]) {
+    for s in secrets {
+        assert!(
+            !r.stdout.contains(s) && !r.stderr.contains(s),
+            "secret leaked:\nstdout: {}\nstderr: {}",
+            r.stdout,
+            r.stderr
+        );
+    }
+}

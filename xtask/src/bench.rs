@@ -28,6 +28,12 @@ pub struct BenchArgs {
     /// `sqlite3 new.db < dump.sql`, and dump snapshots before and after the update.
     #[arg(long)]
     dump: bool,
+    /// Benchmark a SQLCipher-encrypted copy of the database instead: sqlvault backup
+    /// (full, incremental), restore and verify with the database key, against the
+    /// SQLCipher backup API (Python `sqlcipher3`) + `zstd -3 -T0` + `age` and sqlvault on
+    /// the plaintext database, in the same run.
+    #[arg(long, conflicts_with = "dump")]
+    sqlcipher: bool,
 }
 
 /// Flushes dirty pages so one step's writeback does not land in the next step's time.
@@ -193,6 +199,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
         )?;
         eprintln!("bench: generated in {:.1}s", t.elapsed().as_secs_f64());
     }
+    if a.sqlcipher {
+        let mut runs = Vec::new();
+        for r in 0..a.repeat.max(1) {
+            eprintln!("bench: sqlcipher run {} of {}", r + 1, a.repeat.max(1));
+            runs.push(sqlcipher_scenario(
+                &bin,
+                &dir,
+                &pristine,
+                a.size_mib,
+                a.update_fraction,
+            )?);
+        }
+        fs::write(
+            dir.join(format!("results-sqlcipher-{}m.json", a.size_mib)),
+            serde_json::to_vec_pretty(&runs)?,
+        )?;
+        return sqlcipher_report(&runs, a.size_mib);
+    }
     let mut runs = Vec::new();
     for r in 0..a.repeat.max(1) {
         eprintln!("bench: run {} of {}", r + 1, a.repeat.max(1));
@@ -214,6 +238,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         serde_json::to_vec_pretty(&runs)?,
     )?;
     report(&runs, a.size_mib)
+}
+
+/// Generates an age identity at `key` with the run's `sqlvault`; returns its recipient.
+fn new_identity(sv: &dyn Fn(&[&str]) -> Command, key: &Path) -> Result<String> {
+    let out = measure(sv(&["key", "generate", "-o", key.to_str().unwrap()]).stderr(Stdio::null()))?;
+    Ok(out.stdout.trim().to_string())
 }
 
 /// A fresh copy of the pristine database (no stale WAL) and an empty work directory.
@@ -238,10 +268,7 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, size_mib: u64, u
         c
     };
     let key = work.join("key.txt");
-    let recipient = measure(sv(&["key", "generate", "-o", key.to_str().unwrap()]).stderr(Stdio::null()))?
-        .stdout
-        .trim()
-        .to_string();
+    let recipient = new_identity(&sv, &key)?;
     let (dbs, keys, w) = (db.to_str().unwrap(), key.to_str().unwrap(), work.to_str().unwrap());
 
     // Peer: sqlite3 .backup, then zstd -3 -T0 | age.
@@ -528,6 +555,180 @@ fn report(runs: &[Value], size_mib: u64) -> Result<()> {
         rss[1] / 1024.0,
         rss[2] / 1024.0,
         verdict(rss.iter().all(|&r| r <= 128.0 * 1024.0))
+    );
+    Ok(())
+}
+
+const BENCH_DB_KEY: &str = "bench passphrase: not a secret";
+
+/// The encrypted scenario: the pristine database encrypted once with `sqlvault db
+/// encrypt` (cached), then per run: peer backup (SQLCipher backup API to a copy with the
+/// same key, then zstd | age), sqlvault full backup, 1% update, incremental backup,
+/// restore (re-encrypted, verified) and verify; and sqlvault on the plaintext original
+/// for the cost of encryption.
+fn sqlcipher_scenario(bin: &Path, dir: &Path, pristine: &Path, size_mib: u64, update_fraction: f64) -> Result<Value> {
+    let enc_pristine = dir.join(format!("bench-{size_mib}m.sqlcipher.pristine.db"));
+    let keyfile = dir.join("bench-db.key");
+    fs::write(&keyfile, format!("{BENCH_DB_KEY}\n"))?;
+    let kf = keyfile.to_str().unwrap();
+    if !enc_pristine.exists() {
+        eprintln!("bench: encrypting a copy of the {size_mib} MiB database (once)");
+        let tmp = dir.join("encrypting.db");
+        fs::copy(pristine, &tmp)?;
+        let _ = fs::remove_file(dir.join("encrypting.db-wal"));
+        let st = Command::new(bin)
+            .args(["db", "encrypt", tmp.to_str().unwrap(), "--key-file", kf])
+            .env("SQLVAULT_HOME", dir.join("home-enc"))
+            .status()?;
+        if !st.success() {
+            bail!("sqlvault db encrypt failed");
+        }
+        fs::rename(&tmp, &enc_pristine)?;
+    }
+    let db = dir.join(format!("bench-{size_mib}m.sqlcipher.db"));
+    let work = dir.join("work-sqlcipher");
+    if work.exists() {
+        fs::remove_dir_all(&work)?;
+    }
+    fs::create_dir_all(&work)?;
+    fs::copy(&enc_pristine, &db)?;
+    let home = work.join("home");
+    let sv = |args: &[&str]| {
+        let mut c = Command::new(bin);
+        c.args(args).env("SQLVAULT_HOME", &home);
+        c
+    };
+    let key = work.join("key.txt");
+    let recipient = new_identity(&sv, &key)?;
+    let (dbs, keys, w) = (db.to_str().unwrap(), key.to_str().unwrap(), work.to_str().unwrap());
+
+    // Peer: the SQLCipher backup API (only to a copy with the same key), zstd, age.
+    settle();
+    let py = format!(
+        "import sqlcipher3\nk = open('{kf}').read().strip().replace(\"'\", \"''\")\ns = sqlcipher3.connect('{dbs}')\ns.execute(f\"PRAGMA key = '{{k}}'\")\nd = sqlcipher3.connect('{w}/tmp.db')\nd.execute(f\"PRAGMA key = '{{k}}'\")\ns.backup(d)\nd.close()\n"
+    );
+    let peer_backup = measure(Command::new("python3").args(["-c", &py]))?;
+    settle();
+    let peer_compress = measure(&mut sh(&format!(
+        "zstd -q -3 -T0 < '{w}/tmp.db' | age -r {recipient} > '{w}/peer.age'"
+    )))?;
+    let peer_size = fs::metadata(work.join("peer.age"))?.len();
+    fs::remove_file(work.join("tmp.db"))?;
+
+    let repo = work.join("repo");
+    let repos = repo.to_str().unwrap();
+    measure(sv(&["init", repos, "-r", &recipient]).stdout(Stdio::null()))?;
+    settle();
+    let full = measure(sv(&["backup", dbs, repos, "--db-key-file", kf, "--json"]).stdout(Stdio::piped()))?;
+    let full_j: Value = serde_json::from_str(&full.stdout)?;
+    let repo_full = dir_size(&repo);
+
+    let rows = sqlvault_testkit::update_random_keyed(&db, update_fraction, 99, Some(BENCH_DB_KEY))?;
+    settle();
+    let inc = measure(&mut sv(&["backup", dbs, repos, "--db-key-file", kf, "--json"]))?;
+    let inc_j: Value = serde_json::from_str(&inc.stdout)?;
+
+    let restored = work.join("restored.db");
+    settle();
+    let rest = measure(&mut sv(&[
+        "restore",
+        repos,
+        restored.to_str().unwrap(),
+        "-i",
+        keys,
+        "--db-key-file",
+        kf,
+        "--json",
+    ]))?;
+    fs::remove_file(&restored)?;
+    settle();
+    let ver = measure(&mut sv(&["verify", repos, "-i", keys, "--db-key-file", kf, "--json"]))?;
+    settle();
+    let peer_restore = measure(&mut sh(&format!(
+        "age -d -i '{keys}' '{w}/peer.age' | zstd -q -d -T0 > '{w}/peer.db'"
+    )))?;
+    fs::remove_file(work.join("peer.db"))?;
+    fs::remove_file(work.join("peer.age"))?;
+
+    // The same sqlvault steps on the plaintext original, for the cost of SQLCipher.
+    let plain = dir.join(format!("bench-{size_mib}m.plain-for-cipher.db"));
+    fs::copy(pristine, &plain)?;
+    let prepo = work.join("plain-repo");
+    let prepos = prepo.to_str().unwrap();
+    measure(sv(&["init", prepos, "-r", &recipient]).stdout(Stdio::null()))?;
+    settle();
+    let pfull = measure(&mut sv(&["backup", plain.to_str().unwrap(), prepos, "--json"]))?;
+    let prestored = work.join("prestored.db");
+    settle();
+    let prest = measure(&mut sv(&[
+        "restore",
+        prepos,
+        prestored.to_str().unwrap(),
+        "-i",
+        keys,
+        "--json",
+    ]))?;
+    fs::remove_file(&prestored)?;
+    fs::remove_file(&plain)?;
+    let _ = fs::remove_file(dir.join(format!("bench-{size_mib}m.plain-for-cipher.db-wal")));
+
+    Ok(json!({
+        "db_bytes": fs::metadata(&db)?.len(),
+        "peer": {"backup_wall": peer_backup.wall, "compress_encrypt_wall": peer_compress.wall, "wall": peer_backup.wall + peer_compress.wall, "cpu": peer_backup.cpu + peer_compress.cpu, "size": peer_size, "restore_wall": peer_restore.wall, "restore_cpu": peer_restore.cpu},
+        "full": {"wall": full.wall, "cpu": full.cpu, "rss_kib": full.rss_kib, "repo_bytes": repo_full, "report": full_j},
+        "incremental": {"rows_updated": rows, "wall": inc.wall, "cpu": inc.cpu, "rss_kib": inc.rss_kib, "bytes_new": inc_j["bytes_new"], "report": inc_j},
+        "restore": {"wall": rest.wall, "cpu": rest.cpu, "rss_kib": rest.rss_kib},
+        "verify": {"wall": ver.wall, "cpu": ver.cpu, "rss_kib": ver.rss_kib},
+        "plain": {"full_wall": pfull.wall, "full_cpu": pfull.cpu, "restore_wall": prest.wall, "restore_cpu": prest.cpu, "repo_bytes": dir_size(&prepo)},
+    }))
+}
+
+fn sqlcipher_report(runs: &[Value], size_mib: u64) -> Result<()> {
+    let m = |p: &str| median(at(runs, p));
+    let mib = |b: f64| b / 1048576.0;
+    println!("SQLCipher {size_mib} MiB database, medians of {} run(s):", runs.len());
+    println!();
+    println!(
+        "| step | sqlvault (encrypted DB) | sqlvault (same DB, plaintext) | peer: SQLCipher backup API + zstd -3 -T0 + age |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| full backup wall / CPU | {:.2} s / {:.2} s | {:.2} s / {:.2} s | {:.2} s / {:.2} s ({:.2}×) |",
+        m("/full/wall"),
+        m("/full/cpu"),
+        m("/plain/full_wall"),
+        m("/plain/full_cpu"),
+        m("/peer/wall"),
+        m("/peer/cpu"),
+        m("/full/wall") / m("/peer/wall")
+    );
+    println!(
+        "| stored bytes after full | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+        mib(m("/full/repo_bytes")),
+        mib(m("/plain/repo_bytes")),
+        mib(m("/peer/size"))
+    );
+    println!(
+        "| incremental after {} random row updates: wall / new bytes | {:.2} s / {:.1} MiB | — | a full copy again |",
+        m("/incremental/rows_updated"),
+        m("/incremental/wall"),
+        mib(m("/incremental/bytes_new"))
+    );
+    println!(
+        "| restore (verified; re-encrypted) wall / CPU | {:.2} s / {:.2} s | {:.2} s / {:.2} s | {:.2} s / {:.2} s (no check) |",
+        m("/restore/wall"),
+        m("/restore/cpu"),
+        m("/plain/restore_wall"),
+        m("/plain/restore_cpu"),
+        m("/peer/restore_wall"),
+        m("/peer/restore_cpu")
+    );
+    println!("| verify wall | {:.2} s | — | — |", m("/verify/wall"));
+    println!(
+        "| peak RSS full / incremental / restore | {} / {} / {} MiB | — | — |",
+        m("/full/rss_kib") as u64 / 1024,
+        m("/incremental/rss_kib") as u64 / 1024,
+        m("/restore/rss_kib") as u64 / 1024
     );
     Ok(())
 }

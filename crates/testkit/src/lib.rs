@@ -220,7 +220,15 @@ pub fn generate(path: &Path, opts: &GenOptions) -> rusqlite::Result<u64> {
 /// Updates `fraction` of the rows of `orders` (and the matching customers' notes) at
 /// random, in one transaction. Returns the number of rows changed.
 pub fn update_random(path: &Path, fraction: f64, seed: u64) -> rusqlite::Result<u64> {
+    update_random_keyed(path, fraction, seed, None)
+}
+
+/// [`update_random`] on a SQLCipher database opened with `key` (a passphrase).
+pub fn update_random_keyed(path: &Path, fraction: f64, seed: u64, key: Option<&str>) -> rusqlite::Result<u64> {
     let mut c = Connection::open(path)?;
+    if let Some(k) = key {
+        c.pragma_update(None, "key", k)?;
+    }
     let n: i64 = c.query_row("SELECT max(id) FROM orders", [], |r| r.get(0))?;
     let k = ((n as f64) * fraction).ceil() as u64;
     let mut rng = Rng::new(seed);
