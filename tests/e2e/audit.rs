@@ -270,6 +270,23 @@ fn audit_reports_fixes_permissions_idempotently_and_never_leaves_the_tree() {
         r.stdout
     );
 
+    // A database in a shared sticky directory (like /tmp): reported, and --fix leaves
+    // the directory alone.
+    let shared = w.path("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    chmod(&shared, 0o1777);
+    let loose = shared.join("loose.db");
+    Connection::open(&loose)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x);")
+        .unwrap();
+    chmod(&loose, 0o600);
+    let v = w
+        .run(&["audit", &loose.display().to_string(), "--fix", "--json"])
+        .json();
+    assert_eq!(has(&findings(&v), "perm.db-dir", &shared), Some(("high".into(), false)));
+    assert_eq!(mode(&shared), 0o1777, "--fix never closes a shared sticky directory");
+
     // A missing path is an error (exit 4), not a clean audit.
     w.run(&["audit", &w.s("nope")]).fails(4);
 }

@@ -452,7 +452,10 @@ impl Auditor {
             && dm.is_dir()
             && dm.mode() & 0o022 != 0
         {
-            let fixed = self.opts.fix && tighten(dir, &dm);
+            // A sticky shared directory (/tmp) is shared on purpose: closing it would
+            // break the system, so the fix is to move the database, never a chmod.
+            let shared = dm.mode() & 0o1000 != 0;
+            let fixed = !shared && self.opts.fix && tighten(dir, &dm);
             self.push(Finding {
                 severity: Severity::High,
                 code: "perm.db-dir",
@@ -462,7 +465,14 @@ impl Auditor {
                     path.file_name().unwrap_or_default().to_string_lossy(),
                     dm.mode() & 0o7777
                 ),
-                fix: format!("chmod 0700 {}", sh(dir)),
+                fix: if shared {
+                    format!(
+                        "move {} into a directory only its owner can write to (a shared sticky directory is never changed by --fix)",
+                        sh(path)
+                    )
+                } else {
+                    format!("chmod 0700 {}", sh(dir))
+                },
                 fixed,
             });
         }
