@@ -221,9 +221,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for r in 0..a.repeat.max(1) {
         eprintln!("bench: run {} of {}", r + 1, a.repeat.max(1));
         runs.push(if a.dump {
-            dump_scenario(&bin, &dir, &pristine, &db, a.size_mib, a.update_fraction)?
+            dump_scenario(&bin, &dir, &pristine, &db, a.update_fraction)?
         } else {
-            scenario(&bin, &dir, &pristine, &db, a.size_mib, a.update_fraction)?
+            scenario(&bin, &dir, &pristine, &db, a.update_fraction)?
         });
     }
     if a.dump {
@@ -246,10 +246,19 @@ fn new_identity(sv: &dyn Fn(&[&str]) -> Command, key: &Path) -> Result<String> {
     Ok(out.stdout.trim().to_string())
 }
 
-/// A fresh copy of the pristine database (no stale WAL) and an empty work directory.
-fn fresh(dir: &Path, pristine: &Path, db: &Path, size_mib: u64, work: &str) -> Result<PathBuf> {
+/// Copies `pristine` to `db` and removes a stale `-wal` of `db`, which SQLite would
+/// otherwise replay onto the copy.
+fn copy_db(pristine: &Path, db: &Path) -> Result<()> {
     fs::copy(pristine, db)?;
-    let _ = fs::remove_file(dir.join(format!("bench-{size_mib}m.db-wal")));
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let _ = fs::remove_file(wal);
+    Ok(())
+}
+
+/// A fresh copy of the pristine database (no stale WAL) and an empty work directory.
+fn fresh(dir: &Path, pristine: &Path, db: &Path, work: &str) -> Result<PathBuf> {
+    copy_db(pristine, db)?;
     let work = dir.join(work);
     if work.exists() {
         fs::remove_dir_all(&work)?;
@@ -258,8 +267,8 @@ fn fresh(dir: &Path, pristine: &Path, db: &Path, size_mib: u64, work: &str) -> R
     Ok(work)
 }
 
-fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, size_mib: u64, update_fraction: f64) -> Result<Value> {
-    let work = fresh(dir, pristine, db, size_mib, "work")?;
+fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction: f64) -> Result<Value> {
+    let work = fresh(dir, pristine, db, "work")?;
     let db_size = fs::metadata(db)?.len();
     let home = work.join("home");
     let sv = |args: &[&str]| {
@@ -339,15 +348,8 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, size_mib: u64, u
 
 /// Dump and load against the stock shell, on the same database and the same dump file,
 /// then two dump snapshots around the same random update as the physical scenario.
-fn dump_scenario(
-    bin: &Path,
-    dir: &Path,
-    pristine: &Path,
-    db: &Path,
-    size_mib: u64,
-    update_fraction: f64,
-) -> Result<Value> {
-    let work = fresh(dir, pristine, db, size_mib, "work-dump")?;
+fn dump_scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction: f64) -> Result<Value> {
+    let work = fresh(dir, pristine, db, "work-dump")?;
     let home = work.join("home");
     let sv = |args: &[&str]| {
         let mut c = Command::new(bin);
@@ -586,12 +588,7 @@ fn sqlcipher_scenario(bin: &Path, dir: &Path, pristine: &Path, size_mib: u64, up
         fs::rename(&tmp, &enc_pristine)?;
     }
     let db = dir.join(format!("bench-{size_mib}m.sqlcipher.db"));
-    let work = dir.join("work-sqlcipher");
-    if work.exists() {
-        fs::remove_dir_all(&work)?;
-    }
-    fs::create_dir_all(&work)?;
-    fs::copy(&enc_pristine, &db)?;
+    let work = fresh(dir, &enc_pristine, &db, "work-sqlcipher")?;
     let home = work.join("home");
     let sv = |args: &[&str]| {
         let mut c = Command::new(bin);
@@ -652,7 +649,7 @@ fn sqlcipher_scenario(bin: &Path, dir: &Path, pristine: &Path, size_mib: u64, up
 
     // The same sqlvault steps on the plaintext original, for the cost of SQLCipher.
     let plain = dir.join(format!("bench-{size_mib}m.plain-for-cipher.db"));
-    fs::copy(pristine, &plain)?;
+    copy_db(pristine, &plain)?;
     let prepo = work.join("plain-repo");
     let prepos = prepo.to_str().unwrap();
     measure(sv(&["init", prepos, "-r", &recipient]).stdout(Stdio::null()))?;
