@@ -679,16 +679,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 }
                 InitKeys::Passphrase(read_passphrase(true)?)
             } else {
-                let mut rs: Vec<Recipient> = Vec::new();
-                for r in &a.recipients {
-                    rs.push(
-                        r.parse()
-                            .map_err(|e: sqlvault_engine::crypt::CryptError| usage(e.to_string()))?,
-                    );
-                }
-                for f in &a.recipients_file {
-                    rs.extend(sqlvault_engine::crypt::read_recipients_file(f).map_err(|e| usage(e.to_string()))?);
-                }
+                let rs = parse_recipients(&a.recipients, &a.recipients_file)?;
                 if rs.is_empty() {
                     return Err(usage("init needs -r RECIPIENT, -R FILE or --passphrase"));
                 }
