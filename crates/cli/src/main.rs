@@ -702,7 +702,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Join(a) => {
             let acc = access(&a.keys, true)?.expect("required");
             let repo = Repo::open_read(store(&a.repo)?, acc).await?;
-            repo.save_write_key().await?;
+            repo.save_write_key()?;
             println!(
                 "this host can now back up into repository {} (fingerprint {})",
                 repo.id(),

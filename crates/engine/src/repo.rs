@@ -56,6 +56,9 @@ pub struct Repo {
     pub(crate) can_read_data: bool,
     /// Generation of `data_recipients`.
     pub(crate) generation: u64,
+    /// Hex public half of the admin key that signs recipient sets (from the config, or
+    /// pinned in the write key), which `join` pins in the new write key.
+    pub(crate) admin_pub: Option<String>,
 }
 
 pub(crate) fn unknown_kind(m: &Manifest, kind: &str) -> Error {
@@ -84,6 +87,14 @@ pub(crate) async fn get_or(store: &Store, key: &str, missing: impl FnOnce() -> E
         Err(e) if e.is_not_found() => Err(missing()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The recipient set a repository handle encrypts to, where it came from (the config
+/// or this host's write key).
+struct RecipientsInForce<'a> {
+    recipients: &'a [String],
+    generation: u64,
+    admin_pub: Option<String>,
 }
 
 fn decrypt_config(ids: &Identities, ct: &[u8]) -> Result<RepoConfig> {
@@ -254,14 +265,14 @@ impl Repo {
         store: Store,
         repo_id: String,
         secret: RepoSecret,
-        recipients: &[String],
+        set: RecipientsInForce<'_>,
         identities: Identities,
         can_read_data: bool,
-        generation: u64,
     ) -> Result<Repo> {
         let keys = secret.keys();
         let fingerprint = secret.fingerprint();
-        let data_recipients: Vec<Recipient> = recipients
+        let data_recipients: Vec<Recipient> = set
+            .recipients
             .iter()
             .map(|r| r.parse().map_err(|e| crypt_err("repository recipients", e)))
             .collect::<Result<_>>()?;
@@ -276,7 +287,8 @@ impl Repo {
             meta_recipient: Arc::new(meta_recipient),
             identities: Arc::new(identities),
             can_read_data,
-            generation,
+            generation: set.generation,
+            admin_pub: set.admin_pub,
         })
     }
 
@@ -303,10 +315,13 @@ impl Repo {
             store,
             marker.repo_id,
             secret,
-            &wk.recipients,
+            RecipientsInForce {
+                recipients: &wk.recipients,
+                generation: wk.generation,
+                admin_pub: wk.admin_pub.clone(),
+            },
             meta,
             false,
-            wk.generation,
         )
     }
 
@@ -394,10 +409,17 @@ impl Repo {
             store,
             marker.repo_id,
             secret,
-            &cfg.recipients,
+            RecipientsInForce {
+                recipients: &cfg.recipients,
+                generation: cfg.generation,
+                admin_pub: cfg
+                    .admin_key
+                    .as_deref()
+                    .and_then(AdminKey::from_hex)
+                    .map(|k| k.public_hex()),
+            },
             ids,
             true,
-            cfg.generation,
         )
     }
 
@@ -412,20 +434,17 @@ impl Repo {
     /// Writes this host's write key from a repository opened with an identity, so that
     /// this host can back up into it (`sqlvault join`). The write key holds the
     /// recipients and the repository secret, never the identity.
-    pub async fn save_write_key(&self) -> Result<()> {
+    pub fn save_write_key(&self) -> Result<()> {
+        // Everything comes from the config `open_read` just decrypted and checked; no
+        // second read (for a passphrase repository, a second scrypt).
         self.require_data_access("joining a repository")?;
-        let cfg = self.read_config().await?;
-        tracing::info!(repo = %self.repo_id, generation = cfg.generation, "saving this host's write key");
+        tracing::info!(repo = %self.repo_id, generation = self.generation, "saving this host's write key");
         WriteKey {
             repo_id: self.repo_id.clone(),
-            recipients: cfg.recipients.clone(),
+            recipients: self.recipients(),
             secret: self.secret.to_hex(),
-            admin_pub: cfg
-                .admin_key
-                .as_deref()
-                .and_then(AdminKey::from_hex)
-                .map(|k| k.public_hex()),
-            generation: cfg.generation,
+            admin_pub: self.admin_pub.clone(),
+            generation: self.generation,
         }
         .save()
     }
