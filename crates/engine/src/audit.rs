@@ -4,7 +4,7 @@
 //! verification of each database are.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlvault_format::layout;
@@ -182,15 +182,11 @@ async fn ages(
             Some(m) => {
                 let age = now - m.created_ms;
                 let stale = age > max_snapshot_age.as_millis() as i64;
-                report.findings.push(Finding {
-                    severity: if stale { Severity::Medium } else { Severity::Info },
-                    code: if stale {
-                        "repo.snapshot-stale"
-                    } else {
-                        "repo.snapshot-age"
-                    },
-                    path: where_.clone(),
-                    message: format!(
+                report.findings.push(age_finding(
+                    &where_,
+                    stale,
+                    ("repo.snapshot-stale", "repo.snapshot-age"),
+                    format!(
                         "newest snapshot of {name} ({}) is {:.1} h old{}",
                         &m.id.to_string()[..8],
                         hours(age),
@@ -200,13 +196,8 @@ async fn ages(
                             String::new()
                         }
                     ),
-                    fix: if stale {
-                        "check that scheduled backups run and succeed".into()
-                    } else {
-                        String::new()
-                    },
-                    fixed: false,
-                });
+                    "check that scheduled backups run and succeed".into(),
+                ));
             }
         }
         let verified = evidence
@@ -243,26 +234,33 @@ async fn ages(
             }),
             Some(v) => {
                 let age = now - v.at_ms;
-                let stale = age > max_verify_age.as_millis() as i64;
-                report.findings.push(Finding {
-                    severity: if stale { Severity::Medium } else { Severity::Info },
-                    code: if stale { "repo.verify-stale" } else { "repo.verify-age" },
-                    path: where_.clone(),
-                    message: format!(
+                report.findings.push(age_finding(
+                    &where_,
+                    age > max_verify_age.as_millis() as i64,
+                    ("repo.verify-stale", "repo.verify-age"),
+                    format!(
                         "newest successful verification of {name} (snapshot {}, taken {:.1} h before) was {:.1} h ago",
                         &v.snapshot_id[..8.min(v.snapshot_id.len())],
                         hours(v.at_ms - v.snapshot_created_ms),
                         hours(age)
                     ),
-                    fix: if stale {
-                        format!("sqlvault verify REPO -i KEY --name {name}, on a schedule")
-                    } else {
-                        String::new()
-                    },
-                    fixed: false,
-                });
+                    format!("sqlvault verify REPO -i KEY --name {name}, on a schedule"),
+                ));
             }
         }
     }
     Ok(())
+}
+
+/// How old something is: info while fresh; medium, with `fix`, once `stale`.
+/// `codes` is (stale, fresh).
+fn age_finding(path: &Path, stale: bool, codes: (&'static str, &'static str), message: String, fix: String) -> Finding {
+    Finding {
+        severity: if stale { Severity::Medium } else { Severity::Info },
+        code: if stale { codes.0 } else { codes.1 },
+        path: path.to_path_buf(),
+        message,
+        fix: if stale { fix } else { String::new() },
+        fixed: false,
+    }
 }
