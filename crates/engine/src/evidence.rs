@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sqlvault_format::{ObjectId, layout};
 
 use crate::error::{Result, corrupt};
-use crate::repo::{Repo, now_ms};
+use crate::repo::Repo;
 
 /// One verification of one snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -56,10 +56,7 @@ pub(crate) fn hostname() -> String {
 }
 
 /// Writes one evidence record; returns its object key.
-pub async fn record(repo: &Repo, mut e: Evidence) -> Result<String> {
-    if e.at_ms == 0 {
-        e.at_ms = now_ms();
-    }
+pub async fn record(repo: &Repo, e: Evidence) -> Result<String> {
     let body = serde_json::to_string(&e).expect("serialises");
     let sealed = Sealed {
         mac: hex::encode(repo.keys.mac(body.as_bytes())),

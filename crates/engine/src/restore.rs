@@ -730,7 +730,7 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
         if opts.evidence {
             let e = crate::evidence::Evidence {
                 kind: "verify".into(),
-                at_ms: 0,
+                at_ms: crate::repo::now_ms(),
                 snapshot_id: rep.snapshot_id.clone(),
                 name: rep.name.clone(),
                 snapshot_created_ms: m.created_ms,
