@@ -384,33 +384,19 @@ impl Auditor {
 
     fn secret_file(&mut self, path: &Path, meta: &Metadata) {
         self.report.stats.files += 1;
-        self.perm_finding(
-            path,
-            meta,
-            "key or identity file",
-            "perm.key-file",
-            Severity::High,
-            Severity::High,
-        );
+        self.perm_finding(path, meta, "key or identity file", "perm.key-file");
     }
 
     fn orphan_side(&mut self, path: &Path, meta: &Metadata) {
         self.report.stats.files += 1;
-        self.perm_finding(
-            path,
-            meta,
-            "database side file",
-            "perm.db-file",
-            Severity::High,
-            Severity::High,
-        );
+        self.perm_finding(path, meta, "database side file", "perm.db-file");
     }
 
     fn database(&mut self, path: &Path, meta: &Metadata) {
         self.report.stats.databases += 1;
         self.report.databases.push(path.to_path_buf());
         self.report.stats.files += 1;
-        self.perm_finding(path, meta, "database", "perm.db-file", Severity::High, Severity::High);
+        self.perm_finding(path, meta, "database", "perm.db-file");
         let mut present_sides = Vec::new();
         for s in SIDE_SUFFIXES {
             let side = side_path(path, s);
@@ -421,14 +407,7 @@ impl Auditor {
                 continue;
             }
             self.report.stats.files += 1;
-            self.perm_finding(
-                &side,
-                &m,
-                "database side file",
-                "perm.db-file",
-                Severity::High,
-                Severity::High,
-            );
+            self.perm_finding(&side, &m, "database side file", "perm.db-file");
             if m.uid() != meta.uid() {
                 self.push(Finding {
                     severity: Severity::Medium,
@@ -595,28 +574,22 @@ impl Auditor {
         }
     }
 
-    /// One finding for group/other bits on a file; fixes it when asked.
-    fn perm_finding(
-        &mut self,
-        path: &Path,
-        meta: &Metadata,
-        what: &str,
-        code: &'static str,
-        read_severity: Severity,
-        write_severity: Severity,
-    ) {
+    /// One finding for group/other bits on a database, side or key file (high when
+    /// readable or writable, low for execute bits alone); fixes it when asked.
+    fn perm_finding(&mut self, path: &Path, meta: &Metadata, what: &str, code: &'static str) {
         let mode = meta.mode() & 0o7777;
         let read = mode & 0o044 != 0;
         let write = mode & 0o022 != 0;
         if !read && !write && mode & 0o011 == 0 {
             return;
         }
-        let (severity, how) = match (read, write) {
-            (true, true) => (read_severity.max(write_severity), "readable and writable"),
-            (true, false) => (read_severity, "readable"),
-            (false, true) => (write_severity, "writable"),
-            (false, false) => (Severity::Low, "executable"),
+        let how = match (read, write) {
+            (true, true) => "readable and writable",
+            (true, false) => "readable",
+            (false, true) => "writable",
+            (false, false) => "executable",
         };
+        let severity = if read || write { Severity::High } else { Severity::Low };
         let fixed = self.opts.fix && tighten(path, meta);
         self.push(Finding {
             severity,
