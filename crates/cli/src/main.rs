@@ -1144,7 +1144,7 @@ async fn audit(a: AuditArgs) -> Result<u8, Error> {
             "worst": worst.map(|s| s.as_str()),
             "exit_code": code,
             "databases": rep.databases,
-            "stats": {"databases": rep.stats.databases, "files": rep.stats.files, "dirs": rep.stats.dirs},
+            "stats": {"databases": rep.databases.len(), "files": rep.stats.files, "dirs": rep.stats.dirs},
             "fixed": fixed,
             "findings": findings,
         }));
@@ -1164,7 +1164,7 @@ async fn audit(a: AuditArgs) -> Result<u8, Error> {
         }
         println!(
             "audit: {} databases, {} files, {} directories: {} high, {} medium, {} low{}",
-            rep.stats.databases,
+            rep.databases.len(),
             rep.stats.files,
             rep.stats.dirs,
             count(Severity::High),

@@ -62,11 +62,9 @@ pub struct Finding {
     pub fixed: bool,
 }
 
-/// What an audit looked at.
+/// What an audit looked at (databases: [`AuditReport::databases`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AuditStats {
-    /// Databases inspected.
-    pub databases: u64,
     /// Files looked at (databases, side files, keys, repository objects).
     pub files: u64,
     /// Directories walked.
@@ -393,7 +391,6 @@ impl Auditor {
     }
 
     fn database(&mut self, path: &Path, meta: &Metadata) {
-        self.report.stats.databases += 1;
         self.report.databases.push(path.to_path_buf());
         self.report.stats.files += 1;
         self.perm_finding(path, meta, "database", "perm.db-file");
