@@ -180,7 +180,7 @@ fn killed_backup_leaves_no_snapshot_and_the_next_one_succeeds() {
         !files(&packs).is_empty(),
         "the kill happened mid-way, after packs were written"
     );
-    let list = w.run(&["snapshots", &repo, "--json"]).ok().json();
+    let list = w.run(&["snapshots", &repo, "--json"]).ok().json()["snapshots"].clone();
     assert_eq!(
         list.as_array().unwrap().len(),
         0,

@@ -91,7 +91,7 @@ fn dump_snapshots_back_up_incrementally_and_restore_verify_and_check() {
     assert!(b * 100 <= a * 20, "second dump stored {b} of the first's {a} bytes");
     // A physical snapshot shares the repository.
     w.run(&["backup", &db, &repo]).ok();
-    let snaps = w.run(&["snapshots", &repo, "--json"]).ok().json();
+    let snaps = w.run(&["snapshots", &repo, "--json"]).ok().json()["snapshots"].clone();
     let kinds: Vec<&str> = snaps
         .as_array()
         .unwrap()

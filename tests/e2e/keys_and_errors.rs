@@ -28,7 +28,7 @@ fn a_write_only_host_backs_up_and_lists_but_cannot_read() {
     let moved = w.s("offline-key.txt");
     std::fs::rename(&key, &moved).unwrap();
     w.run(&["backup", &db, &repo, "--name", "orders"]).ok();
-    let list = w.run(&["snapshots", &repo, "--json"]).ok().json();
+    let list = w.run(&["snapshots", &repo, "--json"]).ok().json()["snapshots"].clone();
     assert_eq!(list[0]["name"], "orders");
     assert_eq!(
         list[0]["page_count"].as_u64().unwrap() * 4096,

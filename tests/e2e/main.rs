@@ -8,6 +8,7 @@ mod corruption;
 mod dumps;
 mod key_rotation;
 mod keys_and_errors;
+mod lifecycle;
 mod s3;
 mod sqlcipher;
 mod stock_tools;

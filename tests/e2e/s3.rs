@@ -26,7 +26,7 @@ fn round_trip(w: &World, repo: &str, env: &[(String, String)]) -> String {
     assert_eq!(second["map_kind"], "delta");
     assert_eq!(second["requests"]["list"], 0, "a backup never lists the bucket");
     assert!(second["chunks_new"].as_u64().unwrap() < first["chunks_new"].as_u64().unwrap() / 3);
-    let list = w.run_env(&["snapshots", repo, "--json"], &env).ok().json();
+    let list = w.run_env(&["snapshots", repo, "--json"], &env).ok().json()["snapshots"].clone();
     assert_eq!(list.as_array().unwrap().len(), 2);
     let out = w.s("out.db");
     w.run_env(&["restore", repo, &out, "-i", &key], &env).ok();

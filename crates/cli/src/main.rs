@@ -55,9 +55,92 @@ enum Cmd {
     /// SQLCipher at rest: encrypt, decrypt, rekey or migrate a database in place.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Remove snapshots by a retention policy (restic's --keep-* semantics), per
+    /// database name; the data they used is freed by `prune`.
+    Forget(ForgetArgs),
+    /// Delete data no snapshot references and repack mostly-unused packs, in two
+    /// phases: what one run marks, a later run deletes once the grace period has passed.
+    Prune(PruneArgs),
     /// Audit databases, their files and directories, keys and repositories; --fix
     /// tightens permissions. Exit code: 0 clean, 11 low, 12 medium, 13 high.
     Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+struct ForgetArgs {
+    /// Repository URL or path.
+    repo: String,
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours that have snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_hourly: u32,
+    /// … of each of the last N days (local time) that have snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_daily: u32,
+    /// … of each of the last N ISO weeks that have snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_weekly: u32,
+    /// … of each of the last N months that have snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_monthly: u32,
+    /// … of each of the last N years that have snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_yearly: u32,
+    /// Keep every snapshot made within this long before the newest one (e.g. 36h, 14d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within: Option<Duration>,
+    /// Only snapshots of this database name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Show the plan (keep/remove, and the rule that kept each) without removing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Allow a policy that removes every snapshot of a database name.
+    #[arg(long)]
+    remove_all: bool,
+    /// Run `prune` afterwards.
+    #[arg(long)]
+    prune: bool,
+    /// With --prune: grace period to record (see `prune --grace`).
+    #[arg(long, value_parser = parse_duration, requires = "prune")]
+    grace: Option<Duration>,
+    /// With --prune: see `prune --no-running-backups`.
+    #[arg(long, requires = "prune")]
+    no_running_backups: bool,
+    #[command(flatten)]
+    keys: ReadKeys,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct PruneArgs {
+    /// Repository URL or path.
+    repo: String,
+    /// Show what would be deleted, marked and repacked without changing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Grace period between marking and deleting, recorded in the repository (default:
+    /// the repository's, 24h at first). Backups that run longer than it fail instead of
+    /// committing; it must exceed your longest backup.
+    #[arg(long, value_parser = parse_duration)]
+    grace: Option<Duration>,
+    /// Repack packs whose referenced bytes are below this fraction (0 disables).
+    #[arg(long, default_value_t = 0.5)]
+    repack_below: f64,
+    /// Assert that no backup is running against the repository now, so that a lowered
+    /// --grace applies at once (otherwise marks keep the old grace until it has passed,
+    /// for backups that started under it).
+    #[arg(long)]
+    no_running_backups: bool,
+    #[command(flatten)]
+    keys: ReadKeys,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -421,6 +504,8 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Source => 7,
         ErrorKind::Exists => 8,
         ErrorKind::Io => 9,
+        ErrorKind::Partial => 10,
+        ErrorKind::Busy => 14,
         _ => 1,
     }
 }
@@ -540,8 +625,24 @@ fn access(keys: &ReadKeys, required: bool) -> Result<Option<Access>, Error> {
     }
 }
 
+/// Every store this command opened: `--json` output reports the requests the whole
+/// command made (opening included), by kind.
+static OPENED: std::sync::Mutex<Vec<Store>> = std::sync::Mutex::new(Vec::new());
+
 fn store(url: &str) -> Result<Store, Error> {
-    Ok(Store::from_url(url)?)
+    let s = Store::from_url(url)?;
+    OPENED.lock().unwrap_or_else(|e| e.into_inner()).push(s.clone());
+    Ok(s)
+}
+
+/// Requests made by this command so far, over every store it opened.
+fn command_requests() -> sqlvault_engine::store::RequestCounts {
+    OPENED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(Store::stats)
+        .sum()
 }
 
 fn time_str(ms: i64) -> String {
@@ -582,8 +683,14 @@ fn snapshot_json(m: &Manifest) -> serde_json::Value {
     })
 }
 
+/// Prints a command's JSON document, with the requests the command made (`requests`:
+/// GET, PUT, LIST, DELETE, HEAD and retries), replacing any per-operation count.
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("requests".into(), json!(command_requests()));
+    }
+    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
 }
 
 fn human(n: u64) -> String {
@@ -608,6 +715,18 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Load(a) => load(a),
         Cmd::Db(c) => db(c),
         Cmd::Audit(a) => audit(a).await,
+        Cmd::Forget(a) => forget(a).await,
+        Cmd::Prune(a) => {
+            let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
+            let opts = prune_options(a.dry_run, a.grace, a.repack_below)?.with_no_running_backups(a.no_running_backups);
+            let rep = sqlvault_engine::prune(&repo, &opts).await?;
+            if a.json {
+                print_json(&serde_json::to_value(&rep).expect("json"));
+            } else {
+                print_prune(&rep);
+            }
+            Ok(0)
+        }
         Cmd::Key(KeyCmd::Generate { output }) => {
             let r = sqlvault_engine::crypt::generate_identity_file(&output).map_err(|e| match e {
                 sqlvault_engine::crypt::CryptError::IdentityFile { .. } => Error::new(
@@ -749,7 +868,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 .filter(|m| a.name.as_ref().is_none_or(|n| &m.name == n))
                 .collect();
             if a.json {
-                print_json(&serde_json::Value::Array(snaps.iter().map(snapshot_json).collect()));
+                print_json(&json!({"snapshots": snaps.iter().map(snapshot_json).collect::<Vec<_>>()}));
             } else {
                 println!(
                     "{:<10} {:<21} {:<24} {:<6} {:>10} {:>12}",
@@ -1180,8 +1299,133 @@ async fn audit(a: AuditArgs) -> Result<u8, Error> {
     Ok(code)
 }
 
+fn prune_options(
+    dry_run: bool,
+    grace: Option<Duration>,
+    repack_below: f64,
+) -> Result<sqlvault_engine::PruneOptions, Error> {
+    if !(0.0..=1.0).contains(&repack_below) {
+        return Err(usage("--repack-below is a fraction between 0 and 1"));
+    }
+    Ok(sqlvault_engine::PruneOptions::default()
+        .with_dry_run(dry_run)
+        .with_grace(grace)
+        .with_repack_below(repack_below))
+}
+
+fn print_prune(r: &sqlvault_engine::PruneReport) {
+    let would = if r.dry_run { "would be " } else { "" };
+    println!(
+        "{} snapshots, {} packs ({}) in the repository",
+        r.snapshots,
+        r.packs,
+        human(r.pack_bytes)
+    );
+    let t = |t: &sqlvault_engine::Tally| {
+        format!(
+            "{} packs, {} maps, {} indexes ({})",
+            t.packs,
+            t.maps,
+            t.indexes,
+            human(t.bytes)
+        )
+    };
+    println!(
+        "deleted{}: {}",
+        if r.dry_run { " (would be)" } else { "" },
+        t(&r.deleted)
+    );
+    if r.repacked > 0 {
+        println!(
+            "repacked{}: {} mostly-unused packs ({} chunks into {} new packs)",
+            if r.dry_run { " (would be)" } else { "" },
+            r.repacked,
+            r.repacked_chunks,
+            r.repack_packs_written
+        );
+    }
+    if let Some(why) = &r.repack_skipped {
+        println!("repack skipped: {why}");
+    }
+    println!("{would}marked for deletion: {}", t(&r.marked));
+    if r.waiting.packs + r.waiting.maps + r.waiting.indexes > 0 {
+        println!("still waiting for the grace period: {}", t(&r.waiting));
+    }
+    if let Some(at) = r.next_deletion_ms {
+        println!(
+            "marked objects are deleted by a prune run after {} (grace {})",
+            time_str(at),
+            sqlvault_engine::retention::describe(Duration::from_secs(r.grace_seconds))
+        );
+    }
+}
+
+async fn forget(a: ForgetArgs) -> Result<u8, Error> {
+    let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
+    let policy = sqlvault_engine::retention::Policy::new()
+        .with_last(a.keep_last)
+        .with_hourly(a.keep_hourly)
+        .with_daily(a.keep_daily)
+        .with_weekly(a.keep_weekly)
+        .with_monthly(a.keep_monthly)
+        .with_yearly(a.keep_yearly)
+        .with_within(a.keep_within);
+    if policy.is_empty() && !a.remove_all {
+        return Err(usage(
+            "no policy given: use --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly/--keep-within (or --remove-all)",
+        ));
+    }
+    let opts = sqlvault_engine::ForgetOptions::new(policy)
+        .with_name(a.name.clone())
+        .with_dry_run(a.dry_run)
+        .with_allow_remove_all(a.remove_all);
+    let rep = sqlvault_engine::forget(&repo, &opts).await?;
+    let pruned = if a.prune {
+        let opts = prune_options(a.dry_run, a.grace, 0.5)?.with_no_running_backups(a.no_running_backups);
+        Some(sqlvault_engine::prune(&repo, &opts).await?)
+    } else {
+        None
+    };
+    if a.json {
+        let mut v = serde_json::to_value(&rep).expect("json");
+        if let Some(p) = &pruned {
+            v["prune"] = serde_json::to_value(p).expect("json");
+        }
+        print_json(&v);
+        return Ok(0);
+    }
+    for g in &rep.groups {
+        println!("{}: {} snapshots", g.name, g.snapshots.len());
+        for s in &g.snapshots {
+            println!(
+                "  {} {:<8} {}  {}",
+                if s.keep { "keep  " } else { "remove" },
+                &s.id[..8],
+                time_str(s.created_ms),
+                s.reasons.join(", ")
+            );
+        }
+    }
+    println!(
+        "{} kept, {} {}",
+        rep.kept,
+        rep.removed,
+        if rep.dry_run {
+            "would be removed (dry run)"
+        } else {
+            "removed"
+        }
+    );
+    if let Some(p) = &pruned {
+        print_prune(p);
+    }
+    Ok(0)
+}
+
 fn wants_json(cmd: &Cmd) -> bool {
     match cmd {
+        Cmd::Forget(a) => a.json,
+        Cmd::Prune(a) => a.json,
         Cmd::Key(KeyCmd::Add(a) | KeyCmd::Remove(a)) => a.json,
         Cmd::Key(KeyCmd::List(a) | KeyCmd::Rewrap(a)) => a.json,
         Cmd::Audit(a) => a.json,

@@ -413,6 +413,13 @@ enum Parent {
     Dump(SeqParent),
 }
 
+fn parent_maps(p: &Parent) -> Vec<ObjectId> {
+    match p {
+        Parent::Pages(p) => p.maps.iter().map(|m| m.id).collect(),
+        Parent::Dump(p) => p.maps.iter().map(|m| m.id).collect(),
+    }
+}
+
 impl Parent {
     fn snapshot(&self) -> ObjectId {
         match self {
@@ -451,25 +458,50 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "internal", "cache loader panicked").with_source(e))?
     };
+    // What prune has marked for deletion: never dedup against it. Read before any
+    // dedup decision; the commit must then land within the grace period (prune.rs).
+    let pending_read = Instant::now();
+    let (marked_packs, marked_maps, grace) = match crate::prune::load_state(repo).await {
+        Ok(st) => (st.marked_packs(), st.marked_maps(), st.grace()),
+        Err(e) if e.kind() == ErrorKind::Store => return Err(e),
+        Err(e) => {
+            // Without prune's state nothing stored can be trusted to stay: upload all.
+            tracing::warn!("prune state unreadable ({}); uploading everything", e.one_line());
+            known = KnownChunks::default();
+            (Default::default(), Default::default(), crate::prune::DEFAULT_GRACE)
+        }
+    };
+    let dropped = known.drop_packs(&marked_packs);
+    if dropped > 0 {
+        tracing::info!("{dropped} cached chunks are in packs prune has marked; they will be uploaded again if needed");
+    }
     if !known.packs.is_empty() {
-        let missing = futures::stream::iter(known.packs.clone().into_iter().map(|p| {
+        let heads = futures::stream::iter(known.packs.clone().into_iter().map(|p| {
             let store = repo.store.clone();
-            async move { store.head(&layout::pack(&p)).await.map(|s| s.is_none()) }
+            async move { store.head(&layout::pack(&p)).await.map(|s| (p, s.is_none())) }
         }))
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
-        let mut any_missing = false;
-        for m in missing {
-            any_missing |= m?;
+        let mut missing = std::collections::HashSet::new();
+        for h in heads {
+            let (p, gone) = h?;
+            if gone {
+                missing.insert(p);
+            }
         }
-        if any_missing {
-            tracing::warn!("local chunk cache names packs that are gone from the repository; uploading everything");
-            known = KnownChunks::default();
+        if !missing.is_empty() {
+            tracing::warn!(
+                "local chunk cache names {} packs that are gone from the repository; their chunks will be uploaded again",
+                missing.len()
+            );
+            known.drop_packs(&missing);
         }
     }
     let parent = match parent {
-        Some(p) if !known.ids.is_empty() => repo.store.head(&layout::snapshot(&p.snapshot())).await?.map(|_| p),
+        Some(p) if !known.is_empty() && !parent_maps(&p).iter().any(|m| marked_maps.contains(m)) => {
+            repo.store.head(&layout::snapshot(&p.snapshot())).await?.map(|_| p)
+        }
         _ => None,
     };
 
@@ -554,12 +586,14 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     // The new chunks join the in-memory known set (saved only after the commit).
     known.ids.reserve_exact(chunks_new as usize);
     for p in &packs {
-        decode_entries(&p.entries, |e| known.ids.push(e.id))
+        let mut ids = Vec::with_capacity(p.chunks as usize);
+        decode_entries(&p.entries, |e| ids.push(e.id))
             .map_err(|e| Error::new(ErrorKind::Internal, "internal", "pack entries do not decode").with_source(e))?;
+        known.add_pack(p.id, ids);
     }
     drop(packs);
-    // Sorts once, with the ids pushed above.
-    known.merge(pack_ids.iter().copied(), std::iter::empty());
+    // Sorts once, with the ids added above.
+    known.sort();
 
     let chunks_total = pages.len() as u64;
     let parent_id = parent.as_ref().map(Parent::snapshot);
@@ -648,6 +682,17 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     let probe = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
     manifest.stats.bytes_new = bytes_new + probe.len() as u64;
     let ct = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
+    if pending_read.elapsed() >= grace {
+        // A prune may have marked and then deleted a pack this snapshot dedups against.
+        return Err(Error::new(
+            ErrorKind::Busy,
+            "backup.outlived-grace",
+            format!(
+                "the backup took longer than the repository's prune grace period ({}): not committing it, as prune may have deleted data it relies on; run it again, or raise the grace with `prune --grace`",
+                crate::retention::describe(grace)
+            ),
+        ));
+    }
     // The commit point: create-if-absent, written last.
     repo.store
         .put_if_absent(&layout::snapshot(&snapshot_id), Bytes::from(ct))

@@ -20,6 +20,11 @@ pub enum ErrorKind {
     Store,
     /// Local filesystem failure.
     Io,
+    /// Concurrent maintenance: another prune holds the lock, or a backup ran longer
+    /// than the prune grace period and did not commit.
+    Busy,
+    /// Some destinations of a multi-destination command succeeded and others failed.
+    Partial,
     /// A bug: an invariant of sqlvault itself did not hold.
     Internal,
 }

@@ -43,12 +43,6 @@ pub struct Evidence {
     pub host: String,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Sealed {
-    body: String,
-    mac: String,
-}
-
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -57,12 +51,7 @@ pub(crate) fn hostname() -> String {
 
 /// Writes one evidence record; returns its object key.
 pub async fn record(repo: &Repo, e: Evidence) -> Result<String> {
-    let body = serde_json::to_string(&e).expect("serialises");
-    let sealed = Sealed {
-        mac: hex::encode(repo.keys.mac(body.as_bytes())),
-        body,
-    };
-    let ct = repo.encrypt_meta(&serde_json::to_vec(&sealed).expect("serialises"))?;
+    let ct = repo.seal_meta(&serde_json::to_string(&e).expect("serialises"))?;
     let key = layout::evidence(&ObjectId::random());
     repo.store.put_if_absent(&key, Bytes::from(ct)).await?;
     Ok(key)
@@ -75,13 +64,8 @@ pub async fn load_all(repo: &Repo) -> Result<Vec<Evidence>> {
     let mut out: Vec<Evidence> = futures::stream::iter(names.into_iter().map(|(n, _)| async move {
         let key = format!("{}/{n}", layout::EVIDENCE);
         let ct = repo.store.get(&key).await?;
-        let pt = repo.decrypt(&format!("evidence {n}"), &ct)?;
-        let sealed: Sealed = serde_json::from_slice(&pt).map_err(|e| corrupt(format!("evidence {n}"), e))?;
-        let mut mac = [0u8; 32];
-        if hex::decode_to_slice(&sealed.mac, &mut mac).is_err() || !repo.keys.verify_mac(sealed.body.as_bytes(), &mac) {
-            return Err(corrupt(format!("evidence {n}"), std::io::Error::other("MAC mismatch")));
-        }
-        serde_json::from_str::<Evidence>(&sealed.body).map_err(|e| corrupt(format!("evidence {n}"), e))
+        let body = repo.unseal_meta(&format!("evidence {n}"), &ct)?;
+        serde_json::from_str::<Evidence>(&body).map_err(|e| corrupt(format!("evidence {n}"), e))
     }))
     .buffer_unordered(16)
     .try_collect()

@@ -157,15 +157,16 @@ pub(crate) fn save_pin(repo_id: &str, fingerprint: &str) -> Result<()> {
     write_private(&repo_dir(repo_id).join("pin"), format!("{fingerprint}\n").as_bytes())
 }
 
-/// Chunks this host has stored, with the packs that hold them.
+/// Chunks this host has stored, with the pack that holds each: when prune marks a pack
+/// (or it is gone), exactly its chunks are forgotten.
 #[derive(Debug, Default)]
 pub(crate) struct KnownChunks {
     pub packs: Vec<ObjectId>,
-    /// Sorted, deduplicated.
-    pub ids: Vec<ChunkId>,
+    /// Sorted by id, unique: the chunk and the index in `packs` of its pack.
+    pub ids: Vec<(ChunkId, u32)>,
 }
 
-const KNOWN_MAGIC: &[u8; 8] = b"SQLVKNC1";
+const KNOWN_MAGIC: &[u8; 8] = b"SQLVKNC2";
 const PARENT_MAGIC: &[u8; 8] = b"SQLVPAR1";
 
 fn cache_dir(repo_id: &str) -> PathBuf {
@@ -174,7 +175,11 @@ fn cache_dir(repo_id: &str) -> PathBuf {
 
 impl KnownChunks {
     pub(crate) fn contains(&self, id: &ChunkId) -> bool {
-        self.ids.binary_search(id).is_ok()
+        self.ids.binary_search_by(|(c, _)| c.cmp(id)).is_ok()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 
     pub(crate) fn load(repo_id: &str) -> KnownChunks {
@@ -182,7 +187,7 @@ impl KnownChunks {
             return KnownChunks::default();
         };
         Self::decode(&b).unwrap_or_else(|| {
-            tracing::warn!("ignoring damaged chunk cache of repository {repo_id}");
+            tracing::warn!("ignoring damaged or outdated chunk cache of repository {repo_id}");
             KnownChunks::default()
         })
     }
@@ -193,16 +198,23 @@ impl KnownChunks {
         let rest = &rest[4..];
         let packs_bytes = rest.get(..np.checked_mul(16)?)?;
         let rest = &rest[np * 16..];
-        if rest.len() % 32 != 0 {
+        if rest.len() % 36 != 0 {
             return None;
         }
-        let packs = packs_bytes
+        let packs: Vec<ObjectId> = packs_bytes
             .chunks_exact(16)
             .map(|c| ObjectId(c.try_into().unwrap()))
             .collect();
-        let ids: Vec<ChunkId> = rest.chunks_exact(32).map(|c| ChunkId(c.try_into().unwrap())).collect();
-        ids.windows(2)
-            .all(|w| w[0] < w[1])
+        let ids: Vec<(ChunkId, u32)> = rest
+            .chunks_exact(36)
+            .map(|c| {
+                (
+                    ChunkId(c[..32].try_into().unwrap()),
+                    u32::from_le_bytes(c[32..].try_into().unwrap()),
+                )
+            })
+            .collect();
+        (ids.windows(2).all(|w| w[0].0 < w[1].0) && ids.iter().all(|(_, p)| (*p as usize) < packs.len()))
             .then_some(KnownChunks { packs, ids })
     }
 
@@ -213,20 +225,49 @@ impl KnownChunks {
             for p in &self.packs {
                 w.write_all(&p.0)?;
             }
-            for id in &self.ids {
+            for (id, p) in &self.ids {
                 w.write_all(&id.0)?;
+                w.write_all(&p.to_le_bytes())?;
             }
             Ok(())
         })
     }
 
-    /// Adds newly stored chunks and their packs, keeping ids sorted (in place: no
-    /// second copy of the set).
-    pub(crate) fn merge(&mut self, packs: impl IntoIterator<Item = ObjectId>, new: impl IntoIterator<Item = ChunkId>) {
-        self.packs.extend(packs);
-        self.ids.extend(new);
-        self.ids.sort_unstable();
-        self.ids.dedup();
+    /// Adds the chunks of a newly stored pack (call [`KnownChunks::sort`] after the
+    /// last one).
+    pub(crate) fn add_pack(&mut self, pack: ObjectId, ids: impl IntoIterator<Item = ChunkId>) {
+        let p = self.packs.len() as u32;
+        self.packs.push(pack);
+        self.ids.extend(ids.into_iter().map(|id| (id, p)));
+    }
+
+    /// Restores the order (in place: no second copy of the set); a chunk stored twice
+    /// keeps its first pack.
+    pub(crate) fn sort(&mut self) {
+        self.ids.sort_by_key(|a| a.0);
+        self.ids.dedup_by(|a, b| a.0 == b.0);
+    }
+
+    /// Forgets the packs in `gone` and every chunk they hold.
+    pub(crate) fn drop_packs(&mut self, gone: &std::collections::HashSet<ObjectId>) -> usize {
+        if !self.packs.iter().any(|p| gone.contains(p)) {
+            return 0;
+        }
+        let mut remap = vec![u32::MAX; self.packs.len()];
+        let mut kept = Vec::new();
+        for (i, p) in self.packs.iter().enumerate() {
+            if !gone.contains(p) {
+                remap[i] = kept.len() as u32;
+                kept.push(*p);
+            }
+        }
+        let before = self.ids.len();
+        self.ids.retain_mut(|(_, p)| {
+            *p = remap[*p as usize];
+            *p != u32::MAX
+        });
+        self.packs = kept;
+        before - self.ids.len()
     }
 }
 
@@ -405,21 +446,31 @@ mod tests {
     }
 
     #[test]
-    fn merge_keeps_sorted_unique() {
+    fn known_chunks_sort_round_trip_and_drop_packs() {
+        let (a, b) = (ObjectId([8; 16]), ObjectId([9; 16]));
         let mut k = KnownChunks::default();
-        k.merge([], vec![ChunkId([3; 32]), ChunkId([1; 32])]);
-        k.merge([ObjectId([9; 16])], vec![ChunkId([2; 32]), ChunkId([3; 32])]);
-        assert_eq!(k.ids, vec![ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32])]);
+        k.add_pack(a, [ChunkId([3; 32]), ChunkId([1; 32])]);
+        k.add_pack(b, [ChunkId([2; 32]), ChunkId([3; 32])]);
+        k.sort();
+        let ids: Vec<ChunkId> = k.ids.iter().map(|e| e.0).collect();
+        assert_eq!(ids, vec![ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32])]);
         assert!(k.contains(&ChunkId([2; 32])) && !k.contains(&ChunkId([4; 32])));
         let mut enc = Vec::new();
         enc.extend_from_slice(KNOWN_MAGIC);
-        enc.extend_from_slice(&1u32.to_le_bytes());
-        enc.extend_from_slice(&[9; 16]);
-        for id in &k.ids {
+        enc.extend_from_slice(&2u32.to_le_bytes());
+        enc.extend_from_slice(&a.0);
+        enc.extend_from_slice(&b.0);
+        for (id, p) in &k.ids {
             enc.extend_from_slice(&id.0);
+            enc.extend_from_slice(&p.to_le_bytes());
         }
-        let d = KnownChunks::decode(&enc).unwrap();
+        let mut d = KnownChunks::decode(&enc).unwrap();
         assert_eq!(d.ids, k.ids);
         assert!(KnownChunks::decode(&enc[..enc.len() - 1]).is_none());
+        // Chunk 3 was first stored in pack a: dropping a forgets 1 and 3, keeps 2.
+        assert_eq!(d.drop_packs(&[a].into_iter().collect()), 2);
+        assert_eq!(d.packs, vec![b]);
+        assert_eq!(d.ids, vec![(ChunkId([2; 32]), 0)]);
+        assert_eq!(d.drop_packs(&[a].into_iter().collect()), 0);
     }
 }

@@ -528,6 +528,30 @@ impl Repo {
         sqlvault_crypt::EncryptWriter::new(rs, Vec::with_capacity(capacity)).map_err(|e| crypt_err("metadata", e))
     }
 
+    /// Small metadata that must not be forged by a bucket writer (evidence, prune
+    /// state): age (to the recipients and the metadata key) of `{"body", "mac"}`, the
+    /// MAC under the repository key over exactly `body`.
+    pub(crate) fn seal_meta(&self, body: &str) -> Result<Vec<u8>> {
+        let sealed = serde_json::json!({"body": body, "mac": hex::encode(self.keys.mac(body.as_bytes()))});
+        self.encrypt_meta(&serde_json::to_vec(&sealed).expect("serialises"))
+    }
+
+    /// Decrypts and authenticates what [`Repo::seal_meta`] wrote; returns the body.
+    pub(crate) fn unseal_meta(&self, what: &str, ct: &[u8]) -> Result<String> {
+        #[derive(serde::Deserialize)]
+        struct Sealed {
+            body: String,
+            mac: String,
+        }
+        let pt = self.decrypt(what, ct)?;
+        let sealed: Sealed = serde_json::from_slice(&pt).map_err(|e| corrupt(what, e))?;
+        let mut mac = [0u8; 32];
+        if hex::decode_to_slice(&sealed.mac, &mut mac).is_err() || !self.keys.verify_mac(sealed.body.as_bytes(), &mac) {
+            return Err(corrupt(what, std::io::Error::other("MAC mismatch")));
+        }
+        Ok(sealed.body)
+    }
+
     pub(crate) fn decrypt(&self, what: &str, ct: &[u8]) -> Result<Vec<u8>> {
         sqlvault_crypt::decrypt_to_vec(&self.identities, ct).map_err(|e| crypt_err(what, e))
     }

@@ -449,9 +449,21 @@ async fn fetch_chunks(
     // Locate every unique chunk, one index object at a time.
     let mut by_pack: HashMap<ObjectId, Vec<Need>> = HashMap::new();
     let mut located = vec![false; uids.len()];
+    // Index entries of packs that are gone (a prune killed between deleting a pack and
+    // rewriting the index that lists it) are skipped: another pack holds the chunk.
+    let existing: std::collections::HashSet<ObjectId> = repo
+        .store
+        .list(sqlvault_format::layout::PACKS)
+        .await?
+        .into_iter()
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect();
     for name in repo.index_names().await? {
         let pt = repo.index_plaintext(&name).await?;
         IndexFile::decode_with(&pt, |pack, e| {
+            if !existing.contains(&pack) {
+                return;
+            }
             if let Ok(u) = uids.binary_search(&e.id)
                 && !located[u]
             {

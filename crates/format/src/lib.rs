@@ -55,6 +55,11 @@ pub mod layout {
     pub const EVIDENCE: &str = "evidence";
     /// The signed recipient set, newest generation (see `key add`/`key remove`).
     pub const RECIPIENTS: &str = "keys/recipients";
+    /// Prune's state: objects marked for deletion and when, and the grace period.
+    /// Backups read it (one GET) so as never to dedup against a marked pack.
+    pub const PRUNE_PENDING: &str = "prune/pending";
+    /// Held by a running prune (create-if-absent), refreshed while it runs.
+    pub const PRUNE_LOCK: &str = "prune/lock";
 
     /// `snapshots/<id>`
     pub fn snapshot(id: &ObjectId) -> String {

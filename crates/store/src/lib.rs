@@ -125,6 +125,26 @@ pub struct RequestCounts {
     pub retries: u64,
 }
 
+impl std::ops::Add for RequestCounts {
+    type Output = RequestCounts;
+    fn add(self, o: RequestCounts) -> RequestCounts {
+        RequestCounts {
+            get: self.get + o.get,
+            put: self.put + o.put,
+            list: self.list + o.list,
+            delete: self.delete + o.delete,
+            head: self.head + o.head,
+            retries: self.retries + o.retries,
+        }
+    }
+}
+
+impl std::iter::Sum for RequestCounts {
+    fn sum<I: Iterator<Item = RequestCounts>>(iter: I) -> RequestCounts {
+        iter.fold(RequestCounts::default(), |a, b| a + b)
+    }
+}
+
 impl RequestCounts {
     /// Requests made since `before` (an earlier snapshot of the same counters).
     pub fn since(&self, before: RequestCounts) -> RequestCounts {

@@ -1,5 +1,6 @@
 //! A fault-injecting [`ObjectStore`]: every `n`th request fails with a transient error,
-//! or every request fails with a permanent one. Proves the retry and crash claims
+//! or every request fails with a permanent one, or everything after the `n`th request
+//! fails (a crash at that point), or deletes are refused (append-only credentials). Proves the retry and crash claims
 //! against the real engine without a network.
 
 use std::fmt;
@@ -21,6 +22,9 @@ pub struct FlakyStore {
     calls: AtomicU64,
     injected: AtomicU64,
     permanent: AtomicBool,
+    /// Requests still allowed before every request fails (u64::MAX: no limit).
+    budget: AtomicU64,
+    deny_deletes: AtomicBool,
 }
 
 impl FlakyStore {
@@ -32,7 +36,20 @@ impl FlakyStore {
             calls: AtomicU64::new(0),
             injected: AtomicU64::new(0),
             permanent: AtomicBool::new(false),
+            budget: AtomicU64::new(u64::MAX),
+            deny_deletes: AtomicBool::new(false),
         }
+    }
+
+    /// Lets `n` more requests through, then fails every one permanently, as if the
+    /// process had been killed after its `n`th request (`None`: no limit).
+    pub fn crash_after(&self, n: Option<u64>) {
+        self.budget.store(n.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Refuses every delete with a permission error, like append-only credentials.
+    pub fn deny_deletes(&self, yes: bool) {
+        self.deny_deletes.store(yes, Ordering::SeqCst);
     }
 
     /// From now on every request fails with a permanent error (or not).
@@ -46,6 +63,16 @@ impl FlakyStore {
     }
 
     fn gate(&self) -> Result<()> {
+        let left = self.budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+            (b != u64::MAX && b > 0).then(|| b - 1)
+        });
+        if left == Err(0) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(object_store::Error::PermissionDenied {
+                path: "flaky".into(),
+                source: "injected crash: no request gets through any more".into(),
+            });
+        }
         if self.permanent.load(Ordering::SeqCst) {
             self.injected.fetch_add(1, Ordering::SeqCst);
             return Err(object_store::Error::PermissionDenied {
@@ -89,6 +116,16 @@ impl ObjectStore for FlakyStore {
     }
 
     fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+        if self.deny_deletes.load(Ordering::SeqCst) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return futures::stream::once(async {
+                Err(object_store::Error::PermissionDenied {
+                    path: "flaky".into(),
+                    source: "injected: these credentials cannot delete".into(),
+                })
+            })
+            .boxed();
+        }
         if let Err(e) = self.gate() {
             return futures::stream::once(async move { Err(e) }).boxed();
         }

@@ -1,0 +1,155 @@
+//! `forget`: removes snapshot manifests by a retention policy ([`crate::retention`]).
+//! Only manifests go; the data they referenced becomes garbage for `prune`.
+
+use serde::Serialize;
+use sqlvault_format::{Manifest, layout};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::Repo;
+use crate::retention::{self, Policy};
+
+/// Options for [`forget`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ForgetOptions {
+    /// The policy, applied to each database name separately.
+    pub policy: Policy,
+    /// Only snapshots of this database name.
+    pub name: Option<String>,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Allow a plan that removes every snapshot of a database name.
+    pub allow_remove_all: bool,
+}
+
+impl ForgetOptions {
+    /// Options with `policy`.
+    pub fn new(policy: Policy) -> Self {
+        ForgetOptions {
+            policy,
+            ..Default::default()
+        }
+    }
+    /// Restricts to one database name.
+    pub fn with_name(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
+    }
+    /// Plans without removing.
+    pub fn with_dry_run(mut self, yes: bool) -> Self {
+        self.dry_run = yes;
+        self
+    }
+    /// Allows removing every snapshot of a name.
+    pub fn with_allow_remove_all(mut self, yes: bool) -> Self {
+        self.allow_remove_all = yes;
+        self
+    }
+}
+
+/// One snapshot in a forget plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanEntry {
+    /// Snapshot id.
+    pub id: String,
+    /// Creation time recorded in the manifest (ms since the epoch).
+    pub created_ms: i64,
+    /// Whether it stays.
+    pub keep: bool,
+    /// The rules that kept it.
+    pub reasons: Vec<String>,
+}
+
+/// The plan for one database name, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupPlan {
+    /// Database name.
+    pub name: String,
+    /// Every snapshot of the name, newest first.
+    pub snapshots: Vec<PlanEntry>,
+}
+
+/// What [`forget`] did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct ForgetReport {
+    /// Nothing was removed.
+    pub dry_run: bool,
+    /// The policy applied.
+    pub policy: Policy,
+    /// Plans by database name.
+    pub groups: Vec<GroupPlan>,
+    /// Snapshots kept.
+    pub kept: usize,
+    /// Snapshots removed (or to remove).
+    pub removed: usize,
+}
+
+/// Applies the policy to the repository's snapshots, by database name, and deletes the
+/// manifests of the snapshots it does not keep. Refuses a plan that removes every
+/// snapshot of a name (an empty policy does) unless `allow_remove_all`.
+pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
+    let snaps = repo.snapshots().await?;
+    let mut names: Vec<String> = snaps
+        .iter()
+        .map(|m| m.name.clone())
+        .filter(|n| opts.name.as_ref().is_none_or(|w| w == n))
+        .collect();
+    names.sort();
+    names.dedup();
+    if let Some(n) = &opts.name
+        && names.is_empty()
+    {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "snapshot.not-found",
+            format!("no snapshot of {n} in {}", repo.store.describe()),
+        ));
+    }
+    let mut groups = Vec::new();
+    let mut doomed: Vec<&Manifest> = Vec::new();
+    for name in names {
+        let group: Vec<&Manifest> = snaps.iter().filter(|m| m.name == name).collect();
+        let times: Vec<i64> = group.iter().map(|m| m.created_ms).collect();
+        let verdicts = retention::apply(&times, &opts.policy, retention::local_civil);
+        if !verdicts.iter().any(|v| v.keep) && !opts.allow_remove_all {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "forget.would-remove-all",
+                format!(
+                    "the policy keeps none of the {} snapshots of {name}: refusing (give a --keep-* rule, or --remove-all to remove them all)",
+                    group.len()
+                ),
+            ));
+        }
+        doomed.extend(verdicts.iter().filter(|v| !v.keep).map(|v| group[v.index]));
+        groups.push(GroupPlan {
+            name,
+            snapshots: verdicts
+                .into_iter()
+                .map(|v| PlanEntry {
+                    id: group[v.index].id.to_string(),
+                    created_ms: group[v.index].created_ms,
+                    keep: v.keep,
+                    reasons: v.reasons,
+                })
+                .collect(),
+        });
+    }
+    let removed = doomed.len();
+    let kept = groups.iter().map(|g| g.snapshots.len()).sum::<usize>() - removed;
+    if !opts.dry_run {
+        // One manifest at a time: a kill leaves some forgotten and the rest intact, and
+        // running forget again applies the policy to what is left.
+        for m in &doomed {
+            tracing::info!(snapshot = %m.id, name = %m.name, "forgetting snapshot");
+            repo.store.delete(&layout::snapshot(&m.id)).await?;
+        }
+    }
+    Ok(ForgetReport {
+        dry_run: opts.dry_run,
+        policy: opts.policy,
+        groups,
+        kept,
+        removed,
+    })
+}

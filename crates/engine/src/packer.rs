@@ -1,0 +1,223 @@
+//! Reading chunks out of packs and writing chunks into new packs, one at a time: what
+//! `prune` (repacking) and `copy` share. Backup has its own multi-threaded pipeline.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use bytes::Bytes;
+use sqlvault_compress::{FrameCompressor, FrameDecompressor};
+use sqlvault_crypt::EncryptWriter;
+use sqlvault_format::{ChunkId, IndexEntry, ObjectId, PACK_MAGIC, encode_entries, layout, write_index};
+
+use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, io_err};
+use crate::repo::{Repo, get_or};
+
+/// Reads the chunks `wanted` (entries of pack `pack`, from an index) out of it: one GET,
+/// only the frames that hold them decrypted and decompressed, every chunk re-hashed
+/// against its id. Calls `f` for each, in frame order.
+pub(crate) async fn read_chunks(
+    repo: &Repo,
+    pack: &ObjectId,
+    wanted: &mut [IndexEntry],
+    mut f: impl FnMut(&IndexEntry, &[u8]) -> Result<()>,
+) -> Result<()> {
+    repo.require_data_access("reading packs")?;
+    let what = format!("pack {}", pack.short());
+    let ct = get_or(&repo.store, &layout::pack(pack), || {
+        Error::new(
+            ErrorKind::Integrity,
+            "repo.missing-object",
+            format!("{what} is missing from {}", repo.store.describe()),
+        )
+    })
+    .await?;
+    let mut r =
+        sqlvault_crypt::decrypt_reader(&repo.identities, std::io::Cursor::new(ct)).map_err(|e| crypt_err(&what, e))?;
+    let mut dec = FrameDecompressor::new().map_err(|e| io_err("zstd", e))?;
+    wanted.sort_by_key(|e| (e.frame_offset, e.offset));
+    let (mut frame, mut plain) = (Vec::new(), Vec::new());
+    let mut current = u64::MAX;
+    for e in wanted.iter() {
+        if e.frame_offset != current {
+            frame.resize(e.frame_len as usize, 0);
+            r.seek(SeekFrom::Start(e.frame_offset))
+                .map_err(|err| corrupt(&what, err))?;
+            r.read_exact(&mut frame).map_err(|err| corrupt(&what, err))?;
+            let bound = sqlvault_compress::frame_content_size(&frame)
+                .unwrap_or(16 << 20)
+                .min(64 << 20) as usize;
+            dec.decompress_into(&frame, &mut plain, bound)
+                .map_err(|err| corrupt(&what, err))?;
+            current = e.frame_offset;
+        }
+        let data = plain
+            .get(e.offset as usize..(e.offset as usize + e.len as usize))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Integrity,
+                    "repo.corrupt-object",
+                    format!("{what}: chunk lies outside its frame"),
+                )
+            })?;
+        if repo.keys.chunk_id(data) != e.id {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "repo.corrupt-object",
+                format!(
+                    "{what}: chunk {} does not match its id (tampered or corrupt)",
+                    &e.id.to_hex()[..16]
+                ),
+            ));
+        }
+        f(e, data)?;
+    }
+    Ok(())
+}
+
+/// A pack that was uploaded: its id and its entries in index encoding.
+pub(crate) struct Written {
+    pub id: ObjectId,
+    pub entries: Vec<u8>,
+}
+
+/// Writes chunks into new packs of `repo`: frames of up to `frame_bytes` of chunks,
+/// each compressed and checked by decompressing it before it is encrypted, packs sealed
+/// and uploaded at `pack_target`. Nothing is indexed until [`Packer::write_index`].
+pub(crate) struct Packer {
+    repo: Repo,
+    comp: FrameCompressor,
+    dec: FrameDecompressor,
+    frame: Vec<u8>,
+    frame_ids: Vec<(ChunkId, u32, u32)>,
+    frame_bytes: usize,
+    pack_target: usize,
+    pack: Option<Open>,
+    written: Vec<Written>,
+}
+
+struct Open {
+    id: ObjectId,
+    w: EncryptWriter<Vec<u8>>,
+    plain_len: u64,
+    entries: Vec<IndexEntry>,
+}
+
+impl Packer {
+    pub(crate) fn new(repo: &Repo, pack_target: usize) -> Result<Packer> {
+        Ok(Packer {
+            repo: repo.clone(),
+            comp: FrameCompressor::new(sqlvault_compress::DEFAULT_LEVEL).map_err(|e| io_err("zstd", e))?,
+            dec: FrameDecompressor::new().map_err(|e| io_err("zstd", e))?,
+            frame: Vec::new(),
+            frame_ids: Vec::new(),
+            frame_bytes: 1 << 20,
+            pack_target,
+            pack: None,
+            written: Vec::new(),
+        })
+    }
+
+    /// Adds one chunk; uploads a pack when it is full.
+    pub(crate) async fn add(&mut self, id: ChunkId, data: &[u8]) -> Result<()> {
+        self.frame_ids.push((id, self.frame.len() as u32, data.len() as u32));
+        self.frame.extend_from_slice(data);
+        if self.frame.len() >= self.frame_bytes {
+            self.flush_frame()?;
+            if self
+                .pack
+                .as_ref()
+                .is_some_and(|p| p.plain_len as usize >= self.pack_target)
+            {
+                self.seal().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_frame(&mut self) -> Result<()> {
+        if self.frame_ids.is_empty() {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        self.comp
+            .compress_into(&self.frame, &mut out)
+            .map_err(|e| io_err("zstd compression", e))?;
+        let mut check = Vec::new();
+        self.dec
+            .decompress_into(&out, &mut check, self.frame.len())
+            .map_err(|e| io_err("zstd self-check", e))?;
+        if check != self.frame {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "backup.compressor-mismatch",
+                "compressed frame does not decompress to its input; nothing was uploaded for it",
+            ));
+        }
+        if self.pack.is_none() {
+            self.pack = Some(Open {
+                id: ObjectId::random(),
+                w: EncryptWriter::new(
+                    self.repo.data_recipients.iter(),
+                    Vec::with_capacity(self.pack_target + 4096),
+                )
+                .map_err(|e| crypt_err("a pack", e))?,
+                plain_len: 0,
+                entries: Vec::new(),
+            });
+        }
+        let p = self.pack.as_mut().expect("just opened");
+        let frame_offset = p.plain_len;
+        p.w.write_all(&out).map_err(|e| io_err("encrypting pack", e))?;
+        p.plain_len += out.len() as u64;
+        for &(id, offset, len) in &self.frame_ids {
+            p.entries.push(IndexEntry {
+                id,
+                frame_offset,
+                frame_len: out.len() as u32,
+                offset,
+                len,
+            });
+        }
+        self.frame.clear();
+        self.frame_ids.clear();
+        Ok(())
+    }
+
+    async fn seal(&mut self) -> Result<()> {
+        let Some(mut p) = self.pack.take() else {
+            return Ok(());
+        };
+        let raw = encode_entries(&p.entries);
+        let e = |e| io_err("encrypting pack", e);
+        p.w.write_all(&raw).map_err(e)?;
+        p.w.write_all(&(raw.len() as u32).to_le_bytes()).map_err(e)?;
+        p.w.write_all(PACK_MAGIC).map_err(e)?;
+        let ct = p.w.finish().map_err(e)?;
+        self.repo.store.put(&layout::pack(&p.id), Bytes::from(ct)).await?;
+        self.written.push(Written { id: p.id, entries: raw });
+        Ok(())
+    }
+
+    /// Uploads what is pending and returns every pack written, not yet indexed.
+    pub(crate) async fn finish(mut self) -> Result<Vec<Written>> {
+        self.flush_frame()?;
+        self.seal().await?;
+        Ok(self.written)
+    }
+}
+
+/// Writes one index object for `packs` (packs before index: the crash contract).
+/// Returns its size.
+pub(crate) async fn write_index_for(repo: &Repo, packs: &[Written]) -> Result<u64> {
+    if packs.is_empty() {
+        return Ok(0);
+    }
+    let size: usize = packs.iter().map(|p| 16 + p.entries.len()).sum();
+    let mut w = repo.meta_writer(size + size / 64 + 1024)?;
+    write_index(&mut w, packs.iter().map(|p| (&p.id, &p.entries[..]))).map_err(|e| io_err("encrypting index", e))?;
+    let ct = w.finish().map_err(|e| io_err("encrypting index", e))?;
+    let n = ct.len() as u64;
+    repo.store
+        .put(&layout::index(&ObjectId::random()), Bytes::from(ct))
+        .await?;
+    Ok(n)
+}

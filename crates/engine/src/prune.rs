@@ -1,0 +1,804 @@
+//! `prune`: deletes what no snapshot references, repacks mostly-unused packs, and never
+//! deletes anything a concurrent backup may still be using.
+//!
+//! # Why two phases and a grace period, not locks
+//!
+//! Backups take no lock: a backup host may hold append-only credentials (it cannot
+//! delete a lock it made), a killed backup must not block the next one, and restic's
+//! history shows what stale locks cost people. Instead deletion is split in two:
+//!
+//! 1. **Mark.** A prune run computes what is unreferenced and records it, with the time,
+//!    in `prune/pending` (one object, sealed with the repository MAC). Nothing is deleted.
+//! 2. **Delete.** A later run deletes a marked object only when the mark is older than
+//!    the grace period (plus a tenth of it, at most 10 minutes, for clock differences
+//!    between prune hosts and the time the state PUT took) *and* the object is still unreferenced in
+//!    that run's fresh view of every snapshot.
+//!
+//! Every backup GETs `prune/pending` when it starts and never dedups against a marked
+//! pack (nor builds on a marked page map), and refuses to commit its manifest if more
+//! than the grace period (read from the same object) has passed since then. So a
+//! backup that started before a mark commits before the mark ripens, and the deleting
+//! run sees its snapshot; a backup that started after a mark does not use the marked
+//! object. Packs a running backup has uploaded but not yet referenced are marked like
+//! any garbage, and are referenced by the time the mark ripens. Lowering the grace
+//! period cannot shorten it for backups already running: marks made within the old
+//! period after the change keep the old one.
+//!
+//! Prune runs exclude each other with `prune/lock` (create-if-absent, refreshed while
+//! the run works): two prunes would overwrite each other's state. A lock is stale, and
+//! taken over, when it was not refreshed for 30 minutes, or at once when it names this
+//! host and a process that no longer exists (a killed prune does not block the next).
+//!
+//! # Crash safety
+//!
+//! Order inside a run: new packs (repack) → their index → consolidated index → delete
+//! ripe indexes → delete ripe packs and maps → write the new state. Killed anywhere,
+//! every snapshot still restores: a chunk is only ever deleted after another pack that
+//! holds it is indexed, and restore ignores index entries of packs that are gone.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use sqlvault_format::{ChunkId, IndexEntry, ObjectId, layout};
+use sqlvault_store::StoreError;
+
+use crate::error::{Error, ErrorKind, Result, corrupt};
+use crate::packer::{self, Packer};
+use crate::repo::{Repo, now_ms};
+
+/// Default grace period: longer than any backup of a SQLite database should take.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Added to the grace before a mark ripens, for clock differences between prune hosts
+/// and the time the state PUT takes: a tenth of the grace, at most 10 minutes.
+const SKEW_MS: i64 = 10 * 60 * 1000;
+
+fn ripens_at(m: &Mark) -> i64 {
+    m.at_ms + m.grace_ms + (m.grace_ms / 10).min(SKEW_MS)
+}
+/// A prune lock not refreshed for this long belongs to a dead prune.
+const LOCK_STALE_MS: i64 = 30 * 60 * 1000;
+
+/// One object marked for deletion.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Mark {
+    /// Object key (`packs/<id>`, `maps/<id>`, `index/<id>`).
+    pub key: String,
+    /// When it was marked (prune host's clock).
+    pub at_ms: i64,
+    /// The grace that applies to this mark.
+    pub grace_ms: i64,
+}
+
+/// `prune/pending`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PruneState {
+    pub version: u32,
+    /// The grace period backups must commit within.
+    pub grace_ms: i64,
+    /// A grace in force before the last change, and until when it still binds marks.
+    #[serde(default)]
+    pub prev_grace_ms: i64,
+    #[serde(default)]
+    pub prev_grace_until_ms: i64,
+    pub marks: Vec<Mark>,
+}
+
+impl Default for PruneState {
+    fn default() -> Self {
+        PruneState {
+            version: 1,
+            grace_ms: DEFAULT_GRACE.as_millis() as i64,
+            prev_grace_ms: 0,
+            prev_grace_until_ms: 0,
+            marks: Vec::new(),
+        }
+    }
+}
+
+impl PruneState {
+    /// Ids of the packs marked for deletion.
+    pub(crate) fn marked_packs(&self) -> HashSet<ObjectId> {
+        self.marked_ids(layout::PACKS)
+    }
+
+    /// Ids of the page maps marked for deletion.
+    pub(crate) fn marked_maps(&self) -> HashSet<ObjectId> {
+        self.marked_ids(layout::MAPS)
+    }
+
+    fn marked_ids(&self, dir: &str) -> HashSet<ObjectId> {
+        self.marks
+            .iter()
+            .filter_map(|m| m.key.strip_prefix(dir)?.strip_prefix('/')?.parse().ok())
+            .collect()
+    }
+
+    /// The grace as a duration.
+    pub(crate) fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms.max(0) as u64)
+    }
+}
+
+/// Reads `prune/pending` (the default state when no prune ever ran).
+pub(crate) async fn load_state(repo: &Repo) -> Result<PruneState> {
+    match repo.store.get(layout::PRUNE_PENDING).await {
+        Ok(ct) => {
+            let body = repo.unseal_meta("prune state", &ct)?;
+            let st: PruneState = serde_json::from_str(&body).map_err(|e| corrupt("prune state", e))?;
+            if st.version != 1 {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    "repo.unknown-version",
+                    format!("prune state version {} is not known to this sqlvault", st.version),
+                ));
+            }
+            Ok(st)
+        }
+        Err(e) if e.is_not_found() => Ok(PruneState::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn save_state(repo: &Repo, st: &PruneState) -> Result<()> {
+    let ct = repo.seal_meta(&serde_json::to_string(st).expect("serialises"))?;
+    repo.store.put(layout::PRUNE_PENDING, Bytes::from(ct)).await?;
+    Ok(())
+}
+
+/// Options for [`prune`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PruneOptions {
+    /// Plan only: no lock, no writes.
+    pub dry_run: bool,
+    /// Grace period to record (default: keep the repository's, 24 h at first).
+    pub grace: Option<Duration>,
+    /// Repack a pack when less than this fraction of its chunk bytes is referenced.
+    pub repack_below: f64,
+    /// Size of repacked packs.
+    pub pack_target: usize,
+    /// The caller asserts that no backup is running against the repository, so a
+    /// lowered grace binds at once instead of after the old grace has passed.
+    pub no_running_backups: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            dry_run: false,
+            grace: None,
+            repack_below: 0.5,
+            pack_target: 16 << 20,
+            no_running_backups: false,
+        }
+    }
+}
+
+impl PruneOptions {
+    /// Plans without changing anything.
+    pub fn with_dry_run(mut self, yes: bool) -> Self {
+        self.dry_run = yes;
+        self
+    }
+    /// Sets the grace period recorded in the repository.
+    pub fn with_grace(mut self, g: Option<Duration>) -> Self {
+        self.grace = g;
+        self
+    }
+    /// Asserts that no backup is running (see the field).
+    pub fn with_no_running_backups(mut self, yes: bool) -> Self {
+        self.no_running_backups = yes;
+        self
+    }
+    /// Sets the repack threshold (0 disables repacking).
+    pub fn with_repack_below(mut self, f: f64) -> Self {
+        self.repack_below = f;
+        self
+    }
+}
+
+/// Objects and bytes.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Tally {
+    /// Packs.
+    pub packs: usize,
+    /// Page maps and chunk sequences.
+    pub maps: usize,
+    /// Index objects.
+    pub indexes: usize,
+    /// Bytes stored in them.
+    pub bytes: u64,
+}
+
+/// What [`prune`] did (or would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// Snapshots whose references were kept.
+    pub snapshots: usize,
+    /// Packs in the repository before the run.
+    pub packs: usize,
+    /// Their bytes.
+    pub pack_bytes: u64,
+    /// Deleted now: marked by an earlier run at least the grace period ago and still
+    /// unreferenced.
+    pub deleted: Tally,
+    /// Newly marked for deletion by a later run.
+    pub marked: Tally,
+    /// Marked earlier and still waiting for the grace period.
+    pub waiting: Tally,
+    /// Marks dropped because the object is referenced again.
+    pub unmarked: usize,
+    /// Packs whose live chunks were rewritten into new packs (the old ones are marked).
+    pub repacked: usize,
+    /// Chunks rewritten.
+    pub repacked_chunks: usize,
+    /// New packs written by repacking.
+    pub repack_packs_written: usize,
+    /// Why repacking was skipped, if it was.
+    pub repack_skipped: Option<String>,
+    /// Consolidated index objects written.
+    pub indexes_written: usize,
+    /// The grace period, seconds.
+    pub grace_seconds: u64,
+    /// When the earliest waiting mark ripens (ms since the epoch).
+    pub next_deletion_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LockBody {
+    host: String,
+    pid: u32,
+    token: String,
+    started_ms: i64,
+    refreshed_ms: i64,
+}
+
+/// The lock names this host and a process that is not running.
+fn dead_here(h: &LockBody) -> bool {
+    if h.host != crate::evidence::hostname() || h.pid == 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(h.pid as libc::pid_t, 0) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+struct PruneLock {
+    repo: Repo,
+    body: LockBody,
+}
+
+impl PruneLock {
+    async fn acquire(repo: &Repo) -> Result<PruneLock> {
+        let now = now_ms();
+        let body = LockBody {
+            host: crate::evidence::hostname(),
+            pid: std::process::id(),
+            token: ObjectId::random().to_string(),
+            started_ms: now,
+            refreshed_ms: now,
+        };
+        let lock = PruneLock {
+            repo: repo.clone(),
+            body,
+        };
+        for attempt in 0..2 {
+            match repo.store.put_if_absent(layout::PRUNE_LOCK, lock.encode()?).await {
+                Ok(()) => return Ok(lock),
+                Err(StoreError::AlreadyExists { .. }) if attempt == 0 => {
+                    let held = match repo.store.get(layout::PRUNE_LOCK).await {
+                        Ok(ct) => repo
+                            .unseal_meta("prune lock", &ct)
+                            .ok()
+                            .and_then(|b| serde_json::from_str::<LockBody>(&b).ok()),
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    match held {
+                        Some(h) if now_ms() - h.refreshed_ms < LOCK_STALE_MS && !dead_here(&h) => {
+                            return Err(Error::new(
+                                ErrorKind::Busy,
+                                "prune.locked",
+                                format!(
+                                    "another prune holds {} (host {}, pid {}, started {} s ago); a lock not refreshed for 30 minutes is taken over",
+                                    repo.store.describe(),
+                                    h.host,
+                                    h.pid,
+                                    (now_ms() - h.started_ms) / 1000
+                                ),
+                            ));
+                        }
+                        Some(h) => tracing::warn!(
+                            "taking over the prune lock of {} left by host {} pid {} (process gone, or not refreshed for {} min)",
+                            repo.store.describe(),
+                            h.host,
+                            h.pid,
+                            (now_ms() - h.refreshed_ms) / 60_000
+                        ),
+                        None => tracing::warn!("replacing an unreadable prune lock in {}", repo.store.describe()),
+                    }
+                    repo.store.delete(layout::PRUNE_LOCK).await?;
+                }
+                Err(StoreError::AlreadyExists { .. }) => {
+                    return Err(Error::new(
+                        ErrorKind::Busy,
+                        "prune.locked",
+                        format!("another prune took the lock of {} first", repo.store.describe()),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    fn encode(&self) -> Result<Bytes> {
+        Ok(Bytes::from(
+            self.repo
+                .seal_meta(&serde_json::to_string(&self.body).expect("serialises"))?,
+        ))
+    }
+
+    /// Confirms the lock is still ours and extends it. A prune whose lock was taken
+    /// over (it stalled for 30 minutes) stops before changing anything else.
+    async fn refresh(&mut self) -> Result<()> {
+        let ct = self.repo.store.get(layout::PRUNE_LOCK).await;
+        let ours = match ct {
+            Ok(ct) => self
+                .repo
+                .unseal_meta("prune lock", &ct)
+                .ok()
+                .and_then(|b| serde_json::from_str::<LockBody>(&b).ok())
+                .is_some_and(|h| h.token == self.body.token),
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !ours {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "prune.lock-lost",
+                format!(
+                    "this prune's lock on {} was taken over by another prune; stopping",
+                    self.repo.store.describe()
+                ),
+            ));
+        }
+        self.body.refreshed_ms = now_ms();
+        self.repo.store.put(layout::PRUNE_LOCK, self.encode()?).await?;
+        Ok(())
+    }
+
+    async fn release(self) {
+        if let Err(e) = self.repo.store.delete(layout::PRUNE_LOCK).await {
+            tracing::warn!("could not release the prune lock: {e}");
+        }
+    }
+}
+
+/// Prunes the repository (see the module documentation for the protocol).
+/// Deleting and marking need only the write key (metadata); repacking needs an
+/// identity and is skipped, with the reason in the report, without one.
+pub async fn prune(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
+    if opts.dry_run {
+        return run(repo, opts, None).await;
+    }
+    let mut lock = PruneLock::acquire(repo).await?;
+    let r = run(repo, opts, Some(&mut lock)).await;
+    lock.release().await;
+    r
+}
+
+/// What the repository holds and what its snapshots reference, at one moment.
+struct View {
+    snapshots: usize,
+    referenced: HashSet<ChunkId>,
+    referenced_maps: HashSet<ObjectId>,
+    packs: HashMap<ObjectId, u64>,
+    maps: HashMap<ObjectId, u64>,
+    indexes: HashMap<String, u64>,
+    /// Entries of each pack that exists, from the first index that lists it.
+    entries: HashMap<ObjectId, Vec<IndexEntry>>,
+    /// Packs each index lists.
+    index_packs: HashMap<String, Vec<ObjectId>>,
+}
+
+fn ids_of(list: Vec<(String, u64)>) -> HashMap<ObjectId, u64> {
+    // Names that are not ids (strays) are never touched.
+    list.into_iter()
+        .filter_map(|(n, s)| n.parse().ok().map(|id| (id, s)))
+        .collect()
+}
+
+async fn view(repo: &Repo) -> Result<View> {
+    let snaps = repo
+        .snapshots()
+        .await
+        .map_err(|e| refuse("a snapshot cannot be read", e))?;
+    let mut referenced = HashSet::new();
+    let mut referenced_maps = HashSet::new();
+    for m in &snaps {
+        referenced_maps.extend(m.maps.iter().map(|r| r.id));
+        let ids = repo
+            .chunk_ids(m)
+            .await
+            .map_err(|e| refuse(&format!("snapshot {} cannot be read", m.id.short()), e))?;
+        referenced.extend(ids);
+    }
+    let packs = ids_of(repo.store.list(layout::PACKS).await?);
+    let maps = ids_of(repo.store.list(layout::MAPS).await?);
+    let indexes: HashMap<String, u64> = repo.store.list(layout::INDEX).await?.into_iter().collect();
+    let names: Vec<String> = indexes.keys().cloned().collect();
+    let loaded: Vec<(String, sqlvault_format::IndexFile)> =
+        futures::stream::iter(names.into_iter().map(|n| async move {
+            let idx = repo
+                .load_index(&n)
+                .await
+                .map_err(|e| refuse(&format!("index {n} cannot be read"), e))?;
+            Ok::<_, Error>((n, idx))
+        }))
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    let mut entries: HashMap<ObjectId, Vec<IndexEntry>> = HashMap::new();
+    let mut index_packs: HashMap<String, Vec<ObjectId>> = HashMap::new();
+    for (n, idx) in loaded {
+        let list = index_packs.entry(n).or_default();
+        for sec in idx.packs {
+            list.push(sec.pack);
+            if packs.contains_key(&sec.pack) {
+                entries.entry(sec.pack).or_insert(sec.entries);
+            }
+        }
+    }
+    Ok(View {
+        snapshots: snaps.len(),
+        referenced,
+        referenced_maps,
+        packs,
+        maps,
+        indexes,
+        entries,
+        index_packs,
+    })
+}
+
+/// Prune never deletes on partial knowledge: an unreadable snapshot or index stops it.
+fn refuse(what: &str, e: Error) -> Error {
+    if e.kind() == ErrorKind::Store {
+        return e;
+    }
+    Error::new(
+        e.kind(),
+        "prune.refused",
+        format!("prune refused: {what} (run `sqlvault check`): {}", e.one_line()),
+    )
+}
+
+async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>) -> Result<PruneReport> {
+    let mut st = load_state(repo).await?;
+    // "now" is taken before the view: a mark is ripe only if it was ripe before we
+    // looked, so every backup that could have used the object has committed by then.
+    let now = now_ms();
+    if let Some(g) = opts.grace {
+        let g = g.as_millis() as i64;
+        if opts.no_running_backups {
+            st.prev_grace_until_ms = 0;
+        } else if g < st.grace_ms && !opts.dry_run {
+            // Backups running now read the old grace: marks made within it keep it.
+            st.prev_grace_ms = st.grace_ms;
+            st.prev_grace_until_ms = now + st.grace_ms + SKEW_MS;
+        }
+        st.grace_ms = g;
+    }
+    let mark_grace = if now < st.prev_grace_until_ms {
+        st.grace_ms.max(st.prev_grace_ms)
+    } else {
+        st.grace_ms
+    };
+    let v = view(repo).await?;
+    let key_of = |dir: &str, id: &ObjectId| format!("{dir}/{id}");
+
+    // Marks of objects that are gone are dropped (an earlier run was killed after
+    // deleting them, or someone else did).
+    let exists = |key: &str| -> bool {
+        let (dir, name) = key.split_once('/').unwrap_or(("", ""));
+        match dir {
+            d if d == layout::PACKS => name.parse().is_ok_and(|id| v.packs.contains_key(&id)),
+            d if d == layout::MAPS => name.parse().is_ok_and(|id| v.maps.contains_key(&id)),
+            d if d == layout::INDEX => v.indexes.contains_key(name),
+            _ => false,
+        }
+    };
+    st.marks.retain(|m| exists(&m.key));
+    let ripe: HashSet<String> = st
+        .marks
+        .iter()
+        .filter(|m| now >= ripens_at(m))
+        .map(|m| m.key.clone())
+        .collect();
+
+    // Which packs may go: ripe, and every referenced chunk they hold is also held by
+    // a pack that stays.
+    let ripe_packs: HashSet<ObjectId> = v
+        .packs
+        .keys()
+        .filter(|p| ripe.contains(&key_of(layout::PACKS, p)))
+        .copied()
+        .collect();
+    let mut held_elsewhere: HashSet<ChunkId> = HashSet::new();
+    for (p, es) in &v.entries {
+        if !ripe_packs.contains(p) {
+            held_elsewhere.extend(es.iter().map(|e| e.id).filter(|id| v.referenced.contains(id)));
+        }
+    }
+    let delete_packs: Vec<ObjectId> = ripe_packs
+        .iter()
+        .filter(|p| {
+            v.entries.get(p).is_none_or(|es| {
+                es.iter()
+                    .all(|e| !v.referenced.contains(&e.id) || held_elsewhere.contains(&e.id))
+            })
+        })
+        .copied()
+        .collect();
+    let delete_maps: Vec<ObjectId> = v
+        .maps
+        .keys()
+        .filter(|m| ripe.contains(&key_of(layout::MAPS, m)) && !v.referenced_maps.contains(m))
+        .copied()
+        .collect();
+    let delete_indexes: Vec<String> = v
+        .indexes
+        .keys()
+        .filter(|n| ripe.contains(&key_of(layout::INDEX, &n.parse().unwrap_or(ObjectId([0; 16])))))
+        .cloned()
+        .collect();
+    let gone: HashSet<ObjectId> = delete_packs.iter().copied().collect();
+
+    let mut rep = PruneReport {
+        dry_run: opts.dry_run,
+        snapshots: v.snapshots,
+        packs: v.packs.len(),
+        pack_bytes: v.packs.values().sum(),
+        deleted: Tally {
+            packs: delete_packs.len(),
+            maps: delete_maps.len(),
+            indexes: delete_indexes.len(),
+            bytes: delete_packs.iter().map(|p| v.packs[p]).sum::<u64>()
+                + delete_maps.iter().map(|m| v.maps[m]).sum::<u64>()
+                + delete_indexes.iter().map(|n| v.indexes[n]).sum::<u64>(),
+        },
+        marked: Tally::default(),
+        waiting: Tally::default(),
+        unmarked: 0,
+        repacked: 0,
+        repacked_chunks: 0,
+        repack_packs_written: 0,
+        repack_skipped: None,
+        indexes_written: 0,
+        grace_seconds: (st.grace_ms / 1000) as u64,
+        next_deletion_ms: None,
+    };
+
+    // Phase 2 of earlier marks: consolidated index first, then deletions.
+    if !opts.dry_run {
+        if !delete_indexes.is_empty() {
+            // Every surviving pack that a doomed index lists goes into one new index.
+            let doomed: HashSet<&String> = delete_indexes.iter().collect();
+            let mut keep: Vec<(ObjectId, Vec<u8>)> = Vec::new();
+            let mut seen = HashSet::new();
+            for (n, ps) in &v.index_packs {
+                if !doomed.contains(n) {
+                    continue;
+                }
+                for p in ps {
+                    if !gone.contains(p)
+                        && seen.insert(*p)
+                        && let Some(es) = v.entries.get(p)
+                    {
+                        keep.push((*p, sqlvault_format::encode_entries(es)));
+                    }
+                }
+            }
+            if !keep.is_empty() {
+                let written: Vec<packer::Written> = keep
+                    .into_iter()
+                    .map(|(id, entries)| packer::Written { id, entries })
+                    .collect();
+                packer::write_index_for(repo, &written).await?;
+                rep.indexes_written += 1;
+            }
+            if let Some(l) = lock.as_deref_mut() {
+                l.refresh().await?;
+            }
+            for n in &delete_indexes {
+                repo.store.delete(&format!("{}/{n}", layout::INDEX)).await?;
+            }
+        }
+        if let Some(l) = lock.as_deref_mut() {
+            l.refresh().await?;
+        }
+        let keys: Vec<String> = delete_packs
+            .iter()
+            .map(|p| key_of(layout::PACKS, p))
+            .chain(delete_maps.iter().map(|m| key_of(layout::MAPS, m)))
+            .collect();
+        futures::stream::iter(keys.iter().map(|k| repo.store.delete(k)))
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await?;
+    }
+    let deleted_keys: HashSet<String> = delete_packs
+        .iter()
+        .map(|p| key_of(layout::PACKS, p))
+        .chain(delete_maps.iter().map(|m| key_of(layout::MAPS, m)))
+        .chain(delete_indexes.iter().map(|n| format!("{}/{n}", layout::INDEX)))
+        .collect();
+    st.marks.retain(|m| !deleted_keys.contains(&m.key));
+
+    // Ripe marks that could not be deleted are referenced again: unmark them.
+    let before = st.marks.len();
+    st.marks.retain(|m| !ripe.contains(&m.key));
+    rep.unmarked = before - st.marks.len();
+    let marked: HashSet<String> = st.marks.iter().map(|m| m.key.clone()).collect();
+
+    // Repack: live chunks of mostly-unused packs (not marked) into new packs.
+    let mut repacked: Vec<ObjectId> = Vec::new();
+    let live_fraction = |es: &Vec<IndexEntry>| -> (u64, u64) {
+        let total: u64 = es.iter().map(|e| e.len as u64).sum();
+        let live: u64 = es
+            .iter()
+            .filter(|e| v.referenced.contains(&e.id))
+            .map(|e| e.len as u64)
+            .sum();
+        (live, total)
+    };
+    let candidates: Vec<ObjectId> = v
+        .entries
+        .iter()
+        .filter(|(p, _)| !gone.contains(p) && !marked.contains(&key_of(layout::PACKS, p)))
+        .filter(|(_, es)| {
+            let (live, total) = live_fraction(es);
+            live > 0 && (live as f64) < opts.repack_below * total as f64
+        })
+        .map(|(p, _)| *p)
+        .collect();
+    if !candidates.is_empty() {
+        if !repo.can_read_data {
+            rep.repack_skipped = Some(format!(
+                "{} mostly-unused packs need an identity (-i) to be repacked",
+                candidates.len()
+            ));
+        } else if opts.dry_run {
+            rep.repacked = candidates.len();
+        } else {
+            // Chunks held by packs that stay need not be copied again.
+            let mut staying: HashSet<ChunkId> = HashSet::new();
+            let cand: HashSet<ObjectId> = candidates.iter().copied().collect();
+            for (p, es) in &v.entries {
+                if !gone.contains(p) && !cand.contains(p) && !marked.contains(&key_of(layout::PACKS, p)) {
+                    staying.extend(es.iter().map(|e| e.id));
+                }
+            }
+            let mut pk = Packer::new(repo, opts.pack_target)?;
+            for p in &candidates {
+                let mut wanted: Vec<IndexEntry> = v.entries[p]
+                    .iter()
+                    .filter(|e| v.referenced.contains(&e.id) && !staying.contains(&e.id))
+                    .copied()
+                    .collect();
+                let mut chunks: Vec<(ChunkId, Vec<u8>)> = Vec::with_capacity(wanted.len());
+                packer::read_chunks(repo, p, &mut wanted, |e, data| {
+                    chunks.push((e.id, data.to_vec()));
+                    Ok(())
+                })
+                .await?;
+                for (id, data) in chunks {
+                    if staying.insert(id) {
+                        pk.add(id, &data).await?;
+                        rep.repacked_chunks += 1;
+                    }
+                }
+                repacked.push(*p);
+                if let Some(l) = lock.as_deref_mut() {
+                    l.refresh().await?;
+                }
+            }
+            let written = pk.finish().await?;
+            // Index the new packs before the old ones are marked.
+            packer::write_index_for(repo, &written).await?;
+            rep.repack_packs_written = written.len();
+            rep.repacked = repacked.len();
+        }
+    }
+
+    // Phase 1: new marks.
+    let mark_at = now_ms();
+    let mut new_marks: Vec<Mark> = Vec::new();
+    let mut add = |key: String, size: u64, kind: &str, rep: &mut PruneReport| {
+        if marked.contains(&key) || deleted_keys.contains(&key) {
+            return;
+        }
+        match kind {
+            "pack" => rep.marked.packs += 1,
+            "map" => rep.marked.maps += 1,
+            _ => rep.marked.indexes += 1,
+        }
+        rep.marked.bytes += size;
+        new_marks.push(Mark {
+            key,
+            at_ms: mark_at,
+            grace_ms: mark_grace,
+        });
+    };
+    let repacked_set: HashSet<ObjectId> = repacked.iter().copied().collect();
+    let mut dead_packs: HashSet<ObjectId> = HashSet::new();
+    for (p, size) in &v.packs {
+        if gone.contains(p) {
+            continue;
+        }
+        let unused = match v.entries.get(p) {
+            // Not in any index: a backup still running, or one that died.
+            None => true,
+            Some(es) => !es.iter().any(|e| v.referenced.contains(&e.id)),
+        };
+        if unused || repacked_set.contains(p) {
+            dead_packs.insert(*p);
+            add(key_of(layout::PACKS, p), *size, "pack", &mut rep);
+        }
+    }
+    for (m, size) in &v.maps {
+        if !v.referenced_maps.contains(m) && !deleted_keys.contains(&key_of(layout::MAPS, m)) {
+            add(key_of(layout::MAPS, m), *size, "map", &mut rep);
+        }
+    }
+    // An index is consolidated (marked, then rewritten without its dead packs) when
+    // it lists a pack that is gone or marked, or when there are many small ones.
+    let many = v.indexes.len() > 32;
+    for (n, size) in &v.indexes {
+        if deleted_keys.contains(&format!("{}/{n}", layout::INDEX)) {
+            continue;
+        }
+        let dead = v.index_packs.get(n).is_some_and(|ps| {
+            ps.iter().any(|p| {
+                !v.packs.contains_key(p) || dead_packs.contains(p) || marked.contains(&key_of(layout::PACKS, p))
+            })
+        });
+        if dead || many {
+            add(format!("{}/{n}", layout::INDEX), *size, "index", &mut rep);
+        }
+    }
+    // Marks of earlier runs still waiting for their grace period.
+    for m in &st.marks {
+        match m.key.split('/').next() {
+            Some(d) if d == layout::PACKS => rep.waiting.packs += 1,
+            Some(d) if d == layout::MAPS => rep.waiting.maps += 1,
+            _ => rep.waiting.indexes += 1,
+        }
+        rep.waiting.bytes += object_size(&v, &m.key);
+    }
+    st.marks.extend(new_marks);
+    rep.next_deletion_ms = st.marks.iter().map(ripens_at).min();
+    if !opts.dry_run {
+        if let Some(l) = lock {
+            l.refresh().await?;
+        }
+        save_state(repo, &st).await?;
+    }
+    Ok(rep)
+}
+
+fn object_size(v: &View, key: &str) -> u64 {
+    let (dir, name) = key.split_once('/').unwrap_or(("", ""));
+    let id: Option<ObjectId> = name.parse().ok();
+    match dir {
+        d if d == layout::PACKS => id.and_then(|i| v.packs.get(&i).copied()).unwrap_or(0),
+        d if d == layout::MAPS => id.and_then(|i| v.maps.get(&i).copied()).unwrap_or(0),
+        _ => v.indexes.get(name).copied().unwrap_or(0),
+    }
+}

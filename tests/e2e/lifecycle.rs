@@ -1,0 +1,127 @@
+//! forget and prune through the CLI: plans, refusals, exit codes, request counts.
+
+use std::path::Path;
+
+use crate::support::{World, content, files, kit};
+
+fn snapshot_ids(w: &World, repo: &str) -> Vec<String> {
+    let v = w.run(&["snapshots", repo, "--json"]).ok().json();
+    v["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn forget_plans_by_policy_and_prune_frees_space_in_two_phases() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 1 << 20, true);
+    let mut contents = Vec::new();
+    for seed in 0..4 {
+        w.run(&["backup", &db, &repo]).ok();
+        contents.push(content(Path::new(&db)));
+        kit::update_random(Path::new(&db), 0.05, seed).unwrap();
+    }
+    let ids = snapshot_ids(&w, &repo);
+    assert_eq!(ids.len(), 4);
+
+    // No policy, or one that keeps nothing: refused, nothing removed.
+    let r = w.run(&["forget", &repo]).fails(2);
+    assert!(r.stderr.contains("no policy"), "{}", r.stderr);
+    let r = w.run(&["forget", &repo, "--keep-daily", "0"]).fails(2);
+    assert!(r.stderr.contains("no policy"), "{}", r.stderr);
+    let r = w.run(&["forget", &repo, "--keep-last", "1", "--name", "nope"]).fails(4);
+    assert!(r.stderr.contains("nope"), "{}", r.stderr);
+
+    // The plan: newest first, the rule that kept each; nothing removed by a dry run.
+    let plan = w
+        .run(&["forget", &repo, "--keep-last", "2", "--dry-run", "--json"])
+        .ok()
+        .json();
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!((plan["kept"].as_u64(), plan["removed"].as_u64()), (Some(2), Some(2)));
+    let group = &plan["groups"][0];
+    assert_eq!(group["name"], "app.db");
+    let snaps = group["snapshots"].as_array().unwrap();
+    assert_eq!(snaps[0]["id"].as_str().unwrap(), ids[3], "newest first");
+    assert_eq!(snaps[0]["reasons"][0], "last snapshot");
+    assert_eq!(snaps[2]["keep"], false);
+    assert!(plan["requests"]["list"].as_u64().unwrap() >= 1, "{plan}");
+    assert_eq!(plan["requests"]["delete"], 0);
+    let text = w.run(&["forget", &repo, "--keep-last", "2", "--dry-run"]).ok().stdout;
+    assert!(
+        text.contains("keep") && text.contains("remove") && text.contains("last snapshot"),
+        "{text}"
+    );
+    assert_eq!(snapshot_ids(&w, &repo).len(), 4);
+
+    // For real, with prune: the manifests go at once, the data is only marked.
+    let size = |dir: &str| -> u64 {
+        files(&w.path("repo").join(dir))
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum()
+    };
+    let before = size("packs");
+    let pack_files = files(&w.path("repo").join("packs"));
+    let f = w
+        .run(&[
+            "forget",
+            &repo,
+            "--keep-last",
+            "2",
+            "--prune",
+            "--grace",
+            "1s",
+            "--no-running-backups",
+            "-i",
+            &key,
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(f["removed"], 2);
+    assert_eq!(f["requests"]["delete"], 3, "two manifests and the prune lock: {f}");
+    assert_eq!(f["prune"]["deleted"]["packs"], 0);
+    assert_eq!(snapshot_ids(&w, &repo), ids[2..].to_vec());
+    assert!(pack_files.iter().all(|p| p.exists()), "marking deletes nothing");
+
+    // A backup host holds no identity: it can forget and prune (delete, mark) but not
+    // repack; the reason is reported.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let p = w.run(&["prune", &repo, "--json", "--repack-below", "0.99"]).ok().json();
+    assert!(
+        p["deleted"]["bytes"].as_u64().unwrap() > 0 || p["deleted"]["indexes"].as_u64().unwrap() > 0,
+        "{p}"
+    );
+    assert!(p["requests"]["delete"].as_u64().unwrap() > 0, "{p}");
+    let why = p["repack_skipped"].as_str().unwrap_or_else(|| panic!("{p}"));
+    assert!(why.contains("identity"), "{why}");
+
+    // Repack with an identity, then let the marks ripen and delete.
+    let p = w
+        .run(&["prune", &repo, "-i", &key, "--repack-below", "0.99", "--json"])
+        .ok()
+        .json();
+    assert!(p["repacked"].as_u64().unwrap() > 0, "{p}");
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let p = w.run(&["prune", &repo, "-i", &key]).ok().stdout;
+    assert!(p.contains("deleted"), "{p}");
+    assert!(size("packs") < before, "{} >= {before}", size("packs"));
+
+    // Both remaining snapshots restore to the content they were taken from.
+    for (i, id) in ids[2..].iter().enumerate() {
+        let out = w.s(&format!("out{i}.db"));
+        w.run(&["restore", &repo, &out, "-i", &key, "--snapshot", id]).ok();
+        assert_eq!(content(Path::new(&out)), contents[2 + i]);
+    }
+    let c = w
+        .run(&["check", &repo, "-i", &key, "--read-data", "--json"])
+        .ok()
+        .json();
+    assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
+    assert!(c["requests"]["get"].as_u64().unwrap() > 0);
+}
