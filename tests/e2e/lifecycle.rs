@@ -125,3 +125,66 @@ fn forget_plans_by_policy_and_prune_frees_space_in_two_phases() {
     assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
     assert!(c["requests"]["get"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn one_backup_writes_several_repositories_and_reports_partial_failure() {
+    let w = World::new();
+    let (r1, r2) = (w.s("r1"), w.s("r2"));
+    let (key1, db) = w.setup(&r1, 1 << 20, true);
+    // The second repository has a recipient of its own.
+    let key2 = w.s("key2.txt");
+    let rcpt2 = w.run(&["key", "generate", "-o", &key2]).ok().stdout.trim().to_string();
+    w.run(&["init", &r2, "-r", &rcpt2]).ok();
+    let missing = w.s("not-a-repo");
+
+    let j = w.run(&["backup", &db, &r1, &r2, "--json"]).ok().json();
+    assert_eq!((j["ok"].as_bool(), j["succeeded"].as_u64()), (Some(true), Some(2)));
+    let d = j["destinations"].as_array().unwrap();
+    assert_eq!(d[0]["repo"].as_str(), Some(r1.as_str()));
+    assert_eq!(d[1]["report"]["requests"]["list"], 0, "a backup never lists");
+    assert_eq!(d[0]["report"]["chunks_total"], d[1]["report"]["chunks_total"]);
+    // Same database state in both (read once), different keys.
+    let before = content(Path::new(&db));
+
+    kit::update_random(Path::new(&db), 0.02, 9).unwrap();
+    let r = w.run(&["backup", &db, &r1, &missing, &r2, "--json"]).fails(10);
+    let j = r.json();
+    assert_eq!((j["succeeded"].as_u64(), j["failed"].as_u64()), (Some(2), Some(1)));
+    let d = j["destinations"].as_array().unwrap();
+    assert_eq!(
+        (d[0]["ok"].as_bool(), d[1]["ok"].as_bool(), d[2]["ok"].as_bool()),
+        (Some(true), Some(false), Some(true))
+    );
+    assert_eq!(d[1]["error"]["code"], "repo.not-found");
+    assert!(
+        r.stderr.contains("partial backup") && r.stderr.contains("not-a-repo"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        d[2]["report"]["chunks_new"].as_u64().unwrap() < d[2]["report"]["chunks_total"].as_u64().unwrap() / 2,
+        "incremental in each repository"
+    );
+    let after = content(Path::new(&db));
+
+    // Total failure: the first destination's error and its exit code.
+    let r = w.run(&["backup", &db, &missing, &w.s("also-missing")]).fails(4);
+    assert!(r.stderr.contains("all 2 destinations"), "{}", r.stderr);
+    // A source that is not a database fails before any destination is touched.
+    let junk = w.s("junk.db");
+    std::fs::write(&junk, b"not a database at all, just bytes").unwrap();
+    w.run(&["backup", &junk, &r1, &r2]).fails(7);
+
+    for (repo, key) in [(&r1, &key1), (&r2, &key2)] {
+        let snaps = snapshot_ids(&w, repo);
+        assert_eq!(snaps.len(), 2, "{repo}");
+        for (id, want) in snaps.iter().zip([&before, &after]) {
+            let out = w.s("out.db");
+            w.run(&["restore", repo, &out, "-i", key, "--snapshot", id, "--force"])
+                .ok();
+            assert_eq!(&content(Path::new(&out)), want);
+        }
+    }
+    // Each repository's key opens only its own repository.
+    w.run(&["snapshots", &r2, "-i", &key1]).fails(5);
+}

@@ -338,8 +338,10 @@ struct JoinArgs {
 struct BackupArgs {
     /// The SQLite database to back up.
     db: PathBuf,
-    /// Repository URL or path.
-    repo: String,
+    /// Repository URL or path; several write one snapshot (the database is read once)
+    /// to each, in parallel. Exit 10 when some succeed and others fail.
+    #[arg(required = true, value_name = "REPO")]
+    repos: Vec<String>,
     /// Database name in the repository (default: the file name).
     #[arg(long)]
     name: Option<String>,
@@ -829,36 +831,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
             );
             Ok(0)
         }
-        Cmd::Backup(a) => {
-            let repo = Repo::open_write(store(&a.repo)?).await?;
-            let opts = sqlvault_engine::BackupOptions::default()
-                .with_name(a.name)
-                .with_level(a.level)
-                .with_pack_target(a.pack_size << 20)
-                .with_busy_timeout(busy(a.busy_timeout)?)
-                .with_kind(match a.kind {
-                    KindArg::Pages => sqlvault_engine::BackupKind::Pages,
-                    KindArg::Dump => sqlvault_engine::BackupKind::Dump,
-                })
-                .with_unlock(source_unlock(&a.db, &a.db_key)?);
-            let rep = sqlvault_engine::backup(&repo, &a.db, opts).await?;
-            if a.json {
-                print_json(&serde_json::to_value(&rep).expect("json"));
-            } else {
-                println!(
-                    "snapshot {} of {} saved ({}): {} chunks read ({}), {} new chunks, {} stored, {:.2}s",
-                    &rep.snapshot_id[..8],
-                    rep.name,
-                    rep.kind,
-                    rep.chunks_total,
-                    human(rep.bytes_read),
-                    rep.chunks_new,
-                    human(rep.bytes_new),
-                    rep.seconds
-                );
-            }
-            Ok(0)
-        }
+        Cmd::Backup(a) => backup(a).await,
         Cmd::Snapshots(a) => {
             let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
             let snaps: Vec<Manifest> = repo
@@ -1297,6 +1270,116 @@ async fn audit(a: AuditArgs) -> Result<u8, Error> {
         );
     }
     Ok(code)
+}
+
+async fn backup(a: BackupArgs) -> Result<u8, Error> {
+    let opts = sqlvault_engine::BackupOptions::default()
+        .with_name(a.name.clone())
+        .with_level(a.level)
+        .with_pack_target(a.pack_size << 20)
+        .with_busy_timeout(busy(a.busy_timeout)?)
+        .with_kind(match a.kind {
+            KindArg::Pages => sqlvault_engine::BackupKind::Pages,
+            KindArg::Dump => sqlvault_engine::BackupKind::Dump,
+        })
+        .with_unlock(source_unlock(&a.db, &a.db_key)?);
+    let summary = |rep: &sqlvault_engine::BackupReport, to: &str| {
+        format!(
+            "snapshot {} of {} saved to {to} ({}): {} chunks read ({}), {} new chunks, {} stored, {:.2}s",
+            &rep.snapshot_id[..8],
+            rep.name,
+            rep.kind,
+            rep.chunks_total,
+            human(rep.bytes_read),
+            rep.chunks_new,
+            human(rep.bytes_new),
+            rep.seconds
+        )
+    };
+    if a.repos.len() == 1 {
+        let repo = Repo::open_write(store(&a.repos[0])?).await?;
+        let rep = sqlvault_engine::backup(&repo, &a.db, opts).await?;
+        if a.json {
+            print_json(&serde_json::to_value(&rep).expect("json"));
+        } else {
+            println!("{}", summary(&rep, &a.repos[0]));
+        }
+        return Ok(0);
+    }
+    // Several destinations: each opened, written and reported on its own.
+    let opened = futures::future::join_all(a.repos.iter().map(|url| async move {
+        let s = store(url)?;
+        Repo::open_write(s).await
+    }))
+    .await;
+    let mut repos = Vec::new();
+    let mut results: Vec<Option<Result<sqlvault_engine::BackupReport, Error>>> = Vec::new();
+    for r in opened {
+        match r {
+            Ok(repo) => {
+                repos.push(repo);
+                results.push(None);
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    let mut written = sqlvault_engine::backup_to_all(&repos, &a.db, opts).await?.into_iter();
+    let results: Vec<Result<sqlvault_engine::BackupReport, Error>> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| written.next().expect("one result per opened repository")))
+        .collect();
+    let failed: Vec<(&String, &Error)> = a
+        .repos
+        .iter()
+        .zip(&results)
+        .filter_map(|(u, r)| r.as_ref().err().map(|e| (u, e)))
+        .collect();
+    if a.json {
+        let dests: Vec<serde_json::Value> = a
+            .repos
+            .iter()
+            .zip(&results)
+            .map(|(u, r)| match r {
+                Ok(rep) => json!({"repo": u, "ok": true, "report": rep}),
+                Err(e) => json!({"repo": u, "ok": false, "error": {"code": e.code(), "message": e.one_line()}}),
+            })
+            .collect();
+        print_json(&json!({
+            "ok": failed.is_empty(),
+            "succeeded": results.len() - failed.len(),
+            "failed": failed.len(),
+            "destinations": dests,
+        }));
+    } else {
+        for (u, r) in a.repos.iter().zip(&results) {
+            match r {
+                Ok(rep) => println!("{}", summary(rep, u)),
+                Err(e) => println!("{u}: FAILED: {}", e.one_line()),
+            }
+        }
+    }
+    match failed.as_slice() {
+        [] => Ok(0),
+        // Nothing written anywhere: the error of the first destination, its exit code.
+        [(_, e), ..] if failed.len() == results.len() => {
+            eprintln!(
+                "sqlvault: error: backup failed for all {} destinations; first: {}",
+                results.len(),
+                e.one_line()
+            );
+            Ok(exit_code(e.kind()))
+        }
+        _ => {
+            let names: Vec<String> = failed.iter().map(|(u, e)| format!("{u} ({})", e.code())).collect();
+            eprintln!(
+                "sqlvault: error: partial backup: {} of {} destinations written; failed: {}",
+                results.len() - failed.len(),
+                results.len(),
+                names.join(", ")
+            );
+            Ok(exit_code(ErrorKind::Partial))
+        }
+    }
 }
 
 fn prune_options(

@@ -186,27 +186,46 @@ struct WorkerOut {
     bytes_stored: u64,
 }
 
-struct Shared {
+/// One destination repository of a backup: its own keys, dedup state and page table.
+/// A destination that fails stops alone; the others go on.
+struct Dest {
     repo: Repo,
     known: KnownChunks,
     table: Mutex<Table>,
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+}
+
+struct Shared {
+    dests: Vec<Dest>,
     /// Batch buffers handed back by workers for the reader to refill: a steady set of
     /// large buffers keeps the allocator from fragmenting (peak RSS).
     free: Mutex<Vec<Vec<u8>>>,
+    /// Every destination has failed (or the reader did): stop reading.
     abort: AtomicBool,
-    error: Mutex<Option<Error>>,
     page_size: AtomicU64,
     opts: BackupOptions,
     rt: tokio::runtime::Handle,
 }
 
 impl Shared {
-    fn fail(&self, e: Error) {
-        self.abort.store(true, Ordering::SeqCst);
-        let mut slot = self.error.lock().unwrap();
-        if slot.is_none() {
-            *slot = Some(e);
+    fn fail(&self, d: usize, e: Error) {
+        let dest = &self.dests[d];
+        dest.failed.store(true, Ordering::SeqCst);
+        {
+            let mut slot = dest.error.lock().unwrap();
+            if slot.is_none() {
+                tracing::warn!("backup to {} failed: {}", dest.repo.store.describe(), e.one_line());
+                *slot = Some(e);
+            }
         }
+        if self.dests.iter().all(|d| d.failed.load(Ordering::SeqCst)) {
+            self.abort.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn live(&self, d: usize) -> bool {
+        !self.dests[d].failed.load(Ordering::Relaxed)
     }
 }
 
@@ -268,140 +287,199 @@ impl PackBuilder {
     }
 }
 
-fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> WorkerOut {
-    let mut out = WorkerOut {
-        packs: Vec::new(),
-        bytes_stored: 0,
-    };
-    let r = (|| -> Result<()> {
-        let opts = &shared.opts;
-        let mut comp = FrameCompressor::new(opts.level).map_err(|e| io_err("zstd", e))?;
-        let mut decomp = FrameDecompressor::new().map_err(|e| io_err("zstd", e))?;
-        let mut frame_in: Vec<u8> = Vec::new();
-        let mut frame_out: Vec<u8> = Vec::new();
-        let mut check: Vec<u8> = Vec::new();
-        let mut frame_ids: Vec<(ChunkId, u32, u32)> = Vec::new();
-        let mut ids: Vec<ChunkId> = Vec::new();
-        let mut spans: Vec<(usize, usize)> = Vec::new();
-        let mut fresh: Vec<usize> = Vec::new();
-        let mut pack: Option<PackBuilder> = None;
-        loop {
-            let batch = { rx.lock().unwrap().recv() };
-            let Ok(batch) = batch else { break };
-            if shared.abort.load(Ordering::Relaxed) {
-                continue; // drain so the reader never blocks on a full channel
-            }
-            let ps = shared.page_size.load(Ordering::Relaxed) as usize;
-            frame_in.clear();
-            frame_ids.clear();
-            ids.clear();
-            fresh.clear();
-            spans.clear();
-            if batch.lens.is_empty() {
-                spans.extend((0..batch.data.len() / ps).map(|i| (i * ps, ps)));
-            } else {
-                let mut off = 0;
-                for &l in &batch.lens {
-                    spans.push((off, l as usize));
-                    off += l as usize;
-                }
-            }
-            ids.extend(
-                spans
-                    .iter()
-                    .map(|&(o, l)| shared.repo.keys.chunk_id(&batch.data[o..o + l])),
-            );
-            {
-                let mut t = shared.table.lock().unwrap();
-                let first = batch.first_pgno as usize - 1;
-                if t.pages.len() < first + ids.len() {
-                    t.pages.resize(first + ids.len(), ChunkId([0; 32]));
-                }
-                t.pages[first..first + ids.len()].copy_from_slice(&ids);
-                if !batch.lens.is_empty() {
-                    if t.lens.len() < first + ids.len() {
-                        t.lens.resize(first + ids.len(), 0);
-                    }
-                    t.lens[first..first + ids.len()].copy_from_slice(&batch.lens);
-                }
-                for (i, id) in ids.iter().enumerate() {
-                    if shared.known.contains(id) {
-                        continue;
-                    }
-                    let Table { pages, seen, .. } = &mut *t;
-                    let h = id_hash(id);
-                    if seen.find(h, |&pg| pages[pg as usize - 1] == *id).is_some() {
-                        continue;
-                    }
-                    seen.insert_unique(h, batch.first_pgno + i as u32, |&pg| id_hash(&pages[pg as usize - 1]));
-                    fresh.push(i);
-                }
-            }
-            for &i in &fresh {
-                let (o, l) = spans[i];
-                frame_ids.push((ids[i], frame_in.len() as u32, l as u32));
-                frame_in.extend_from_slice(&batch.data[o..o + l]);
-            }
-            shared.free.lock().unwrap().push(batch.data);
-            if frame_ids.is_empty() {
-                continue;
-            }
-            frame_out.clear();
-            comp.compress_into(&frame_in, &mut frame_out)
-                .map_err(|e| io_err("zstd compression", e))?;
-            if opts.verify_frames {
-                decomp
-                    .decompress_into(&frame_out, &mut check, frame_in.len())
-                    .map_err(|e| io_err("zstd self-check", e))?;
-                if check != frame_in {
-                    return Err(Error::new(
-                        ErrorKind::Internal,
-                        "backup.compressor-mismatch",
-                        "compressed frame does not decompress to its input; nothing was uploaded for it",
-                    ));
-                }
-            }
-            let p = match pack.as_mut() {
-                Some(p) => p,
-                None => pack.insert(PackBuilder::new(&shared.repo, opts.pack_target)?),
-            };
-            let frame_offset = p.plain_len;
-            p.w.write_all(&frame_out).map_err(|e| io_err("encrypting pack", e))?;
-            p.plain_len += frame_out.len() as u64;
-            for &(id, offset, len) in &frame_ids {
-                p.entries.push(IndexEntry {
-                    id,
-                    frame_offset,
-                    frame_len: frame_out.len() as u32,
-                    offset,
-                    len,
-                });
-            }
-            if p.plain_len as usize >= opts.pack_target {
-                let sealed = pack.take().expect("present").seal()?;
-                upload_pack(shared, sealed, &mut out)?;
-            }
-        }
-        if let Some(p) = pack.take()
-            && !shared.abort.load(Ordering::Relaxed)
-        {
-            upload_pack(shared, p.seal()?, &mut out)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = r {
-        shared.fail(e);
-        // keep draining so the reader can finish and see the abort
-        while rx.lock().unwrap().recv().is_ok() {}
-    }
-    out
+/// A worker's reusable buffers.
+#[derive(Default)]
+struct Scratch {
+    frame_in: Vec<u8>,
+    frame_out: Vec<u8>,
+    check: Vec<u8>,
+    frame_ids: Vec<(ChunkId, u32, u32)>,
+    ids: Vec<ChunkId>,
+    spans: Vec<(usize, usize)>,
+    fresh: Vec<usize>,
+    /// The fresh chunks whose frame is in `frame_out`: destinations that need exactly
+    /// the same chunks share one compressed (and checked) frame.
+    compressed_for: Option<Vec<usize>>,
 }
 
-fn upload_pack(shared: &Shared, (ct, sealed): (Vec<u8>, SealedPack), out: &mut WorkerOut) -> Result<()> {
+fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> Vec<WorkerOut> {
+    let n = shared.dests.len();
+    let mut outs: Vec<WorkerOut> = (0..n)
+        .map(|_| WorkerOut {
+            packs: Vec::new(),
+            bytes_stored: 0,
+        })
+        .collect();
+    let opts = &shared.opts;
+    let codecs = FrameCompressor::new(opts.level)
+        .map_err(|e| io_err("zstd", e))
+        .and_then(|c| Ok((c, FrameDecompressor::new().map_err(|e| io_err("zstd", e))?)));
+    let (mut comp, mut decomp) = match codecs {
+        Ok(c) => c,
+        Err(e) => {
+            for d in 0..n {
+                shared.fail(d, Error::new(e.kind(), e.code(), e.one_line()));
+            }
+            while rx.lock().unwrap().recv().is_ok() {}
+            return outs;
+        }
+    };
+    let mut sc = Scratch::default();
+    let mut packs: Vec<Option<PackBuilder>> = (0..n).map(|_| None).collect();
+    loop {
+        let batch = { rx.lock().unwrap().recv() };
+        let Ok(batch) = batch else { break };
+        if shared.abort.load(Ordering::Relaxed) {
+            continue; // drain so the reader never blocks on a full channel
+        }
+        let ps = shared.page_size.load(Ordering::Relaxed) as usize;
+        sc.spans.clear();
+        if batch.lens.is_empty() {
+            sc.spans.extend((0..batch.data.len() / ps).map(|i| (i * ps, ps)));
+        } else {
+            let mut off = 0;
+            for &l in &batch.lens {
+                sc.spans.push((off, l as usize));
+                off += l as usize;
+            }
+        }
+        sc.compressed_for = None;
+        for (d, pack) in packs.iter_mut().enumerate() {
+            if !shared.live(d) {
+                continue;
+            }
+            if let Err(e) = dest_batch(shared, d, &batch, &mut sc, &mut comp, &mut decomp, pack, &mut outs[d]) {
+                *pack = None;
+                shared.fail(d, e);
+            }
+        }
+        shared.free.lock().unwrap().push(batch.data);
+    }
+    for (d, pack) in packs.iter_mut().enumerate() {
+        if let Some(p) = pack.take()
+            && shared.live(d)
+            && let Err(e) = p.seal().and_then(|sealed| upload_pack(shared, d, sealed, &mut outs[d]))
+        {
+            shared.fail(d, e);
+        }
+    }
+    outs
+}
+
+/// One batch for one destination: hash with its key, dedup against its state,
+/// compress the new chunks into a frame (shared with the previous destination when
+/// the new chunks are the same), append to its pack, upload a full pack.
+#[allow(clippy::too_many_arguments)]
+fn dest_batch(
+    shared: &Shared,
+    d: usize,
+    batch: &Batch,
+    sc: &mut Scratch,
+    comp: &mut FrameCompressor,
+    decomp: &mut FrameDecompressor,
+    pack: &mut Option<PackBuilder>,
+    out: &mut WorkerOut,
+) -> Result<()> {
+    let dest = &shared.dests[d];
+    let opts = &shared.opts;
+    sc.ids.clear();
+    sc.fresh.clear();
+    sc.ids.extend(
+        sc.spans
+            .iter()
+            .map(|&(o, l)| dest.repo.keys.chunk_id(&batch.data[o..o + l])),
+    );
+    {
+        let mut t = dest.table.lock().unwrap();
+        let first = batch.first_pgno as usize - 1;
+        let ids = &sc.ids;
+        if t.pages.len() < first + ids.len() {
+            t.pages.resize(first + ids.len(), ChunkId([0; 32]));
+        }
+        t.pages[first..first + ids.len()].copy_from_slice(ids);
+        if !batch.lens.is_empty() {
+            if t.lens.len() < first + ids.len() {
+                t.lens.resize(first + ids.len(), 0);
+            }
+            t.lens[first..first + ids.len()].copy_from_slice(&batch.lens);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            if dest.known.contains(id) {
+                continue;
+            }
+            let Table { pages, seen, .. } = &mut *t;
+            let h = id_hash(id);
+            if seen.find(h, |&pg| pages[pg as usize - 1] == *id).is_some() {
+                continue;
+            }
+            seen.insert_unique(h, batch.first_pgno + i as u32, |&pg| id_hash(&pages[pg as usize - 1]));
+            sc.fresh.push(i);
+        }
+    }
+    if sc.fresh.is_empty() {
+        return Ok(());
+    }
+    if sc.compressed_for.as_ref() != Some(&sc.fresh) {
+        sc.frame_in.clear();
+        sc.frame_ids.clear();
+        for &i in &sc.fresh {
+            let (o, l) = sc.spans[i];
+            sc.frame_ids
+                .push((ChunkId([0; 32]), sc.frame_in.len() as u32, l as u32));
+            sc.frame_in.extend_from_slice(&batch.data[o..o + l]);
+        }
+        sc.frame_out.clear();
+        comp.compress_into(&sc.frame_in, &mut sc.frame_out)
+            .map_err(|e| io_err("zstd compression", e))?;
+        if opts.verify_frames {
+            decomp
+                .decompress_into(&sc.frame_out, &mut sc.check, sc.frame_in.len())
+                .map_err(|e| io_err("zstd self-check", e))?;
+            if sc.check != sc.frame_in {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    "backup.compressor-mismatch",
+                    "compressed frame does not decompress to its input; nothing was uploaded for it",
+                ));
+            }
+        }
+        sc.compressed_for = Some(sc.fresh.clone());
+    }
+    // This destination's ids for the frame's chunks (offsets are the same for all).
+    for (slot, &i) in sc.frame_ids.iter_mut().zip(&sc.fresh) {
+        slot.0 = sc.ids[i];
+    }
+    let p = match pack.as_mut() {
+        Some(p) => p,
+        None => pack.insert(PackBuilder::new(&dest.repo, opts.pack_target)?),
+    };
+    let frame_offset = p.plain_len;
+    p.w.write_all(&sc.frame_out).map_err(|e| io_err("encrypting pack", e))?;
+    p.plain_len += sc.frame_out.len() as u64;
+    for &(id, offset, len) in &sc.frame_ids {
+        p.entries.push(IndexEntry {
+            id,
+            frame_offset,
+            frame_len: sc.frame_out.len() as u32,
+            offset,
+            len,
+        });
+    }
+    if p.plain_len as usize >= opts.pack_target {
+        let sealed = pack.take().expect("present").seal()?;
+        upload_pack(shared, d, sealed, out)?;
+    }
+    Ok(())
+}
+
+fn upload_pack(shared: &Shared, d: usize, (ct, sealed): (Vec<u8>, SealedPack), out: &mut WorkerOut) -> Result<()> {
     let len = ct.len() as u64;
-    shared
-        .rt
-        .block_on(shared.repo.store.put(&layout::pack(&sealed.id), Bytes::from(ct)))?;
+    shared.rt.block_on(
+        shared.dests[d]
+            .repo
+            .store
+            .put(&layout::pack(&sealed.id), Bytes::from(ct)),
+    )?;
     out.bytes_stored += len;
     out.packs.push(sealed);
     Ok(())
@@ -431,8 +509,17 @@ impl Parent {
 
 /// Backs up the database at `db` into `repo`.
 pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<BackupReport> {
+    let mut all = backup_to_all(std::slice::from_ref(repo), db, opts).await?;
+    all.pop().expect("one destination, one result")
+}
+
+/// Backs up the database at `db` into every repository of `repos`: the database is
+/// read once (one snapshot, one logical checksum), and each repository is written
+/// independently and in parallel with its own keys and dedup state. A destination that
+/// fails does not stop the others. Returns one result per repository, in order; the
+/// outer error is for failures that concern every destination (the source database).
+pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Result<Vec<Result<BackupReport>>> {
     let started = Instant::now();
-    let before = repo.store.stats();
     let db: PathBuf = db.to_path_buf();
     // Fails early, naming the file: missing, not a database, encrypted without a key,
     // a wrong key, or a key for a plaintext file.
@@ -444,10 +531,140 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
     });
     let kind = opts.kind;
 
-    // Local dedup state, checked against the repository before it is trusted.
+    let befores: Vec<RequestCounts> = repos.iter().map(|r| r.store.stats()).collect();
+    let preps = futures::future::join_all(repos.iter().map(|r| prepare(r, &name, kind))).await;
+    let mut results: Vec<Option<Result<BackupReport>>> = (0..repos.len()).map(|_| None).collect();
+    let mut live: Vec<(usize, Prep)> = Vec::new();
+    for (i, p) in preps.into_iter().enumerate() {
+        match p {
+            Ok(p) => live.push((i, p)),
+            Err(e) => {
+                tracing::warn!("backup to {} failed: {}", repos[i].store.describe(), e.one_line());
+                results[i] = Some(Err(e));
+            }
+        }
+    }
+    if live.is_empty() {
+        return Ok(results
+            .into_iter()
+            .map(|r| r.expect("every destination failed"))
+            .collect());
+    }
+
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    let mut rest: Vec<(usize, Option<Parent>, Instant, Duration)> = Vec::new();
+    let mut dests = Vec::new();
+    for (i, p) in live {
+        dests.push(Dest {
+            repo: repos[i].clone(),
+            known: p.known,
+            table: Mutex::new(Table::default()),
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+        });
+        rest.push((i, p.parent, p.pending_read, p.grace));
+    }
+    let shared = Arc::new(Shared {
+        dests,
+        free: Mutex::new(Vec::new()),
+        abort: AtomicBool::new(false),
+        page_size: AtomicU64::new(0),
+        opts: opts.clone(),
+        rt: tokio::runtime::Handle::current(),
+    });
+
+    let pipeline = {
+        let shared = shared.clone();
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || run_pipeline(shared, &db, threads))
+    };
+    let (snap, per_worker) = pipeline
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "backup pipeline panicked").with_source(e))?;
+    let Shared { dests, .. } =
+        Arc::try_unwrap(shared).map_err(|_| Error::new(ErrorKind::Internal, "internal", "pipeline still running"))?;
+    let all_failed = dests.iter().all(|d| d.failed.load(Ordering::SeqCst));
+    let snap = match snap {
+        Ok(s) => s,
+        // The reader stopped because every destination had failed: report theirs.
+        Err(_) if all_failed => {
+            for ((i, ..), d) in rest.iter().zip(dests) {
+                let e = d
+                    .error
+                    .into_inner()
+                    .unwrap()
+                    .expect("a failed destination has an error");
+                results[*i] = Some(Err(e));
+            }
+            return Ok(results.into_iter().map(|r| r.expect("filled")).collect());
+        }
+        Err(e) => return Err(e),
+    };
+    // Each worker's output, by destination.
+    let mut outs: Vec<Vec<WorkerOut>> = (0..dests.len()).map(|_| Vec::new()).collect();
+    for w in per_worker {
+        for (d, o) in w.into_iter().enumerate() {
+            outs[d].push(o);
+        }
+    }
+    let snap = Arc::new(snap);
+    let finishes = dests
+        .into_iter()
+        .zip(outs)
+        .zip(rest)
+        .map(|((dest, outs), (i, parent, pending_read, grace))| {
+            let (snap, opts, db, name) = (snap.clone(), opts.clone(), db.clone(), name.clone());
+            let before = befores[i];
+            async move {
+                let r = match dest.error.into_inner().unwrap() {
+                    Some(e) => Err(e),
+                    None => {
+                        let ctx = Finish {
+                            repo: &dest.repo,
+                            known: dest.known,
+                            table: dest.table.into_inner().unwrap(),
+                            outs,
+                            parent,
+                            pending_read,
+                            grace,
+                            snap: &snap,
+                            opts: &opts,
+                            db: &db,
+                            name,
+                            started,
+                            before,
+                        };
+                        finish_dest(ctx).await
+                    }
+                };
+                if let Err(e) = &r {
+                    tracing::warn!("backup to {} failed: {}", dest.repo.store.describe(), e.one_line());
+                }
+                (i, r)
+            }
+        });
+    for (i, r) in futures::future::join_all(finishes).await {
+        results[i] = Some(r);
+    }
+    Ok(results.into_iter().map(|r| r.expect("filled")).collect())
+}
+
+/// One destination's dedup state, checked against the repository before it is trusted.
+struct Prep {
+    known: KnownChunks,
+    parent: Option<Parent>,
+    pending_read: Instant,
+    grace: Duration,
+}
+
+async fn prepare(repo: &Repo, name: &str, kind: BackupKind) -> Result<Prep> {
     let repo_id = repo.repo_id.clone();
     let (mut known, parent) = {
-        let (rid, n) = (repo_id.clone(), name.clone());
+        let (rid, n) = (repo_id.clone(), name.to_string());
         tokio::task::spawn_blocking(move || {
             let parent = match kind {
                 BackupKind::Pages => ParentCache::load(&rid, &n).map(Parent::Pages),
@@ -504,49 +721,64 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
         }
         _ => None,
     };
-
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
-    } else {
-        opts.threads
-    };
-    let shared = Arc::new(Shared {
-        repo: repo.clone(),
+    Ok(Prep {
         known,
-        table: Mutex::new(Table::default()),
-        free: Mutex::new(Vec::new()),
-        abort: AtomicBool::new(false),
-        error: Mutex::new(None),
-        page_size: AtomicU64::new(0),
-        opts: opts.clone(),
-        rt: tokio::runtime::Handle::current(),
-    });
+        parent,
+        pending_read,
+        grace,
+    })
+}
 
-    let pipeline = {
-        let shared = shared.clone();
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || run_pipeline(shared, &db, threads))
-    };
-    let PipelineOut {
-        snap:
-            SnapOut {
-                info,
-                checksum,
-                method,
-                dump_bytes,
-                cipher,
-            },
+/// What one destination needs to commit its snapshot.
+struct Finish<'a> {
+    repo: &'a Repo,
+    known: KnownChunks,
+    table: Table,
+    outs: Vec<WorkerOut>,
+    parent: Option<Parent>,
+    pending_read: Instant,
+    grace: Duration,
+    snap: &'a SnapOut,
+    opts: &'a BackupOptions,
+    db: &'a Path,
+    name: String,
+    started: Instant,
+    before: RequestCounts,
+}
+
+/// Index → page map → manifest (the commit) → local caches, for one destination.
+async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
+    let Finish {
+        repo,
+        mut known,
+        table,
         outs,
-    } = pipeline
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "backup pipeline panicked").with_source(e))??;
-
-    let Shared { known, table, .. } =
-        Arc::try_unwrap(shared).map_err(|_| Error::new(ErrorKind::Internal, "internal", "pipeline still running"))?;
-    let mut known = known;
+        parent,
+        pending_read,
+        grace,
+        snap,
+        opts,
+        db,
+        name,
+        started,
+        before,
+    } = ctx;
+    let SnapOut {
+        info,
+        checksum,
+        method,
+        dump_bytes,
+        cipher,
+    } = snap;
+    let (info, checksum, method, dump_bytes) = (info.clone(), *checksum, *method, *dump_bytes);
+    let cipher = cipher.clone();
+    let opts = opts.clone();
+    let db = db.to_path_buf();
+    let kind = opts.kind;
+    let repo_id = repo.repo_id.clone();
 
     // Assemble the page map (or chunk sequence).
-    let Table { pages, seen, lens } = table.into_inner().unwrap();
+    let Table { pages, seen, lens } = table;
     drop(seen);
     let filled = pages.len();
     let mut packs = Vec::new();
@@ -823,11 +1055,6 @@ async fn page_map_object(
     })
 }
 
-struct PipelineOut {
-    snap: SnapOut,
-    outs: Vec<WorkerOut>,
-}
-
 /// What the reader learned about the source while snapshotting it.
 struct SnapOut {
     info: sqlvault_sqlite::DbInfo,
@@ -839,7 +1066,9 @@ struct SnapOut {
     cipher: Option<sqlvault_sqlite::CipherSettings>,
 }
 
-fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<PipelineOut> {
+/// Runs the reader and the workers; returns what the reader learned (or why it
+/// stopped) and each worker's output by destination.
+fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> (Result<SnapOut>, Vec<Vec<WorkerOut>>) {
     let (tx, rx) = mpsc::sync_channel::<Batch>(threads * 2);
     let rx = Arc::new(Mutex::new(rx));
     let handles: Vec<_> = (0..threads)
@@ -862,14 +1091,11 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> Result<Pipeli
         BackupKind::Dump => read_dump(&shared, db, src_opts, &tx),
     };
     drop(tx);
-    let outs: Vec<WorkerOut> = handles
+    let outs: Vec<Vec<WorkerOut>> = handles
         .into_iter()
         .map(|h| h.join().expect("worker panicked"))
         .collect();
-    if let Some(e) = shared.error.lock().unwrap().take() {
-        return Err(e);
-    }
-    Ok(PipelineOut { snap: snap?, outs })
+    (snap, outs)
 }
 
 fn read_pages(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::SyncSender<Batch>) -> Result<SnapOut> {

@@ -25,7 +25,7 @@ mod restore;
 pub mod retention;
 
 pub use audit::{AuditRequest, audit};
-pub use backup::{BackupKind, BackupOptions, BackupReport, Requests, backup};
+pub use backup::{BackupKind, BackupOptions, BackupReport, Requests, backup, backup_to_all};
 pub use check::{CheckOptions, CheckReport, Problem, check};
 pub use error::{Error, ErrorKind, Result};
 pub use forget::{ForgetOptions, ForgetReport, GroupPlan, PlanEntry, forget};

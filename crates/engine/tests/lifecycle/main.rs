@@ -191,6 +191,48 @@ async fn prune_and_backups_keep_every_snapshot_restorable_under_crashes() {
     assert_eq!(e.kind(), ErrorKind::Busy, "{}", e.one_line());
     assert_eq!(e.code(), "prune.locked");
     assert_eq!(checksum(&db), checksum(&original));
+
+    // Several destinations from one read: one with 20% transient failures succeeds
+    // through retries, one whose store dies mid-backup fails alone, and the database
+    // is not read again for either.
+    let flaky = |every| {
+        let f = Arc::new(FlakyStore::new(Arc::new(object_store::memory::InMemory::new()), every));
+        let s = Store::new(f.clone(), Default::default(), format!("flaky://dest-{every}")).with_retry(
+            RetryPolicy::default()
+                .with_attempts(6)
+                .with_base(Duration::from_millis(1)),
+        );
+        (f, s)
+    };
+    let (_f1, s1) = flaky(5);
+    let (f2, s2) = flaky(0);
+    let (_, pk) = generate_x25519();
+    for s in [&s1, &s2] {
+        Repo::init(s, InitKeys::Recipients(vec![pk.parse().unwrap()]))
+            .await
+            .unwrap();
+    }
+    let (w1, w2) = (
+        Repo::open_write(s1.clone()).await.unwrap(),
+        Repo::open_write(s2.clone()).await.unwrap(),
+    );
+    // The prune state GET and the first pack PUT get through; the second pack fails.
+    f2.crash_after(Some(2));
+    let all = sqlvault_engine::backup_to_all(&[w1.clone(), w2.clone()], &db, opts())
+        .await
+        .unwrap();
+    f2.crash_after(None);
+    let ok = all[0].as_ref().unwrap();
+    assert!(ok.requests.retries > 0, "{:?}", ok.requests);
+    let e = all[1].as_ref().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Store, "{}", e.one_line());
+    assert!(e.one_line().contains("flaky://dest-0"), "{}", e.one_line());
+    assert_eq!(w1.snapshots().await.unwrap().len(), 1);
+    assert_eq!(
+        w2.snapshots().await.unwrap().len(),
+        0,
+        "nothing committed where it failed"
+    );
 }
 
 fn checksum(p: &Path) -> [u8; 32] {
