@@ -124,6 +124,18 @@ fn forget_plans_by_policy_and_prune_frees_space_in_two_phases() {
         .json();
     assert_eq!(c["problems"].as_array().unwrap().len(), 0, "{c}");
     assert!(c["requests"]["get"].as_u64().unwrap() > 0);
+
+    // After the keys change, prune's state (written for the old set, and not part of
+    // `key rewrap`) is still readable by the new key.
+    let old = w.run(&["key", "list", &repo, "--json"]).ok().json()["recipients"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key3 = w.s("key3.txt");
+    let rcpt3 = w.run(&["key", "generate", "-o", &key3]).ok().stdout.trim().to_string();
+    w.run(&["key", "add", &repo, "-r", &rcpt3, "-i", &key]).ok();
+    w.run(&["key", "remove", &repo, "-r", &old, "-i", &key3]).ok();
+    w.run(&["prune", &repo, "-i", &key3, "--dry-run"]).ok();
 }
 
 #[test]

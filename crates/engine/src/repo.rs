@@ -405,6 +405,10 @@ impl Repo {
             let sid = SecretString::from(d.clone());
             ids.extend(Identities::from_secret_string(&sid).map_err(|e| crypt_err("repository data identity", e))?);
         }
+        // The metadata key too (derived from the secret this reader now holds): metadata
+        // written for an older recipient set that `key rewrap` does not re-encrypt
+        // (prune's state and lock) stays readable after the user's keys change.
+        ids.extend(Identities::from_x25519_bytes(&secret.keys().metadata_identity_bytes()));
         Repo::assemble(
             store,
             marker.repo_id,
