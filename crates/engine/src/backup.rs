@@ -11,17 +11,16 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 use sqlvault_compress::{FrameCompressor, FrameDecompressor};
-use sqlvault_crypt::EncryptWriter;
 use sqlvault_format::{
-    ChunkId, ChunkSeq, CipherFacts, DUMP_CHUNKER, DumpFacts, FORMAT_VERSION, IndexEntry, Manifest, MapRef, ObjectId,
-    PACK_MAGIC, PageMap, SnapshotStats, decode_entries, encode_entries, encode_manifest, kind as format_kind, layout,
-    write_index,
+    ChunkId, ChunkSeq, CipherFacts, DUMP_CHUNKER, DumpFacts, FORMAT_VERSION, Manifest, MapRef, ObjectId, PageMap,
+    SnapshotStats, decode_entries, encode_manifest, kind as format_kind, layout,
 };
 use sqlvault_sqlite::{SnapshotError, SnapshotMethod, Source, SourceOptions};
 use sqlvault_store::RequestCounts;
 
-use crate::error::{Error, ErrorKind, Result, crypt_err, io_err};
+use crate::error::{Error, ErrorKind, Result, io_err};
 use crate::local::{KnownChunks, ParentCache, SeqParent};
+use crate::packer::{PackBuilder, SealedPack, compress_checked, write_index_for};
 use crate::repo::{Repo, now_ms};
 
 /// Options for [`backup`].
@@ -174,13 +173,6 @@ struct Batch {
     lens: Vec<u32>,
 }
 
-/// A pack that was uploaded, with its entries kept encoded (~32 bytes a chunk).
-struct SealedPack {
-    id: ObjectId,
-    entries: Vec<u8>,
-    chunks: u64,
-}
-
 struct WorkerOut {
     packs: Vec<SealedPack>,
     bytes_stored: u64,
@@ -245,46 +237,6 @@ struct Table {
 
 fn id_hash(id: &ChunkId) -> u64 {
     u64::from_le_bytes(id.0[..8].try_into().unwrap())
-}
-
-/// A pack being filled by one worker: frames are encrypted as they are appended, so
-/// a pack never exists in memory as plaintext and ciphertext at once.
-struct PackBuilder {
-    id: ObjectId,
-    w: EncryptWriter<Vec<u8>>,
-    plain_len: u64,
-    entries: Vec<IndexEntry>,
-}
-
-impl PackBuilder {
-    fn new(repo: &Repo, cap: usize) -> Result<PackBuilder> {
-        Ok(PackBuilder {
-            id: ObjectId::random(),
-            w: EncryptWriter::new(repo.data_recipients.iter(), Vec::with_capacity(cap + cap / 8))
-                .map_err(|e| crypt_err("a pack", e))?,
-            plain_len: 0,
-            entries: Vec::new(),
-        })
-    }
-
-    /// Writes the trailer and ends the age stream. Returns the ciphertext and the
-    /// pack's entries in their encoded form (what the index will hold).
-    fn seal(mut self) -> Result<(Vec<u8>, SealedPack)> {
-        let raw = encode_entries(&self.entries);
-        let e = |e| io_err("encrypting pack", e);
-        self.w.write_all(&raw).map_err(e)?;
-        self.w.write_all(&(raw.len() as u32).to_le_bytes()).map_err(e)?;
-        self.w.write_all(PACK_MAGIC).map_err(e)?;
-        let ct = self.w.finish().map_err(e)?;
-        Ok((
-            ct,
-            SealedPack {
-                id: self.id,
-                entries: raw,
-                chunks: self.entries.len() as u64,
-            },
-        ))
-    }
 }
 
 /// A worker's reusable buffers.
@@ -428,21 +380,14 @@ fn dest_batch(
                 .push((ChunkId([0; 32]), sc.frame_in.len() as u32, l as u32));
             sc.frame_in.extend_from_slice(&batch.data[o..o + l]);
         }
-        sc.frame_out.clear();
-        comp.compress_into(&sc.frame_in, &mut sc.frame_out)
-            .map_err(|e| io_err("zstd compression", e))?;
-        if opts.verify_frames {
-            decomp
-                .decompress_into(&sc.frame_out, &mut sc.check, sc.frame_in.len())
-                .map_err(|e| io_err("zstd self-check", e))?;
-            if sc.check != sc.frame_in {
-                return Err(Error::new(
-                    ErrorKind::Internal,
-                    "backup.compressor-mismatch",
-                    "compressed frame does not decompress to its input; nothing was uploaded for it",
-                ));
-            }
-        }
+        compress_checked(
+            comp,
+            decomp,
+            &sc.frame_in,
+            &mut sc.frame_out,
+            &mut sc.check,
+            opts.verify_frames,
+        )?;
         sc.compressed_for = Some(sc.fresh.clone());
     }
     // This destination's ids for the frame's chunks (offsets are the same for all).
@@ -453,18 +398,7 @@ fn dest_batch(
         Some(p) => p,
         None => pack.insert(PackBuilder::new(&dest.repo, opts.pack_target)?),
     };
-    let frame_offset = p.plain_len;
-    p.w.write_all(&sc.frame_out).map_err(|e| io_err("encrypting pack", e))?;
-    p.plain_len += sc.frame_out.len() as u64;
-    for &(id, offset, len) in &sc.frame_ids {
-        p.entries.push(IndexEntry {
-            id,
-            frame_offset,
-            frame_len: sc.frame_out.len() as u32,
-            offset,
-            len,
-        });
-    }
+    p.append_frame(&sc.frame_out, &sc.frame_ids)?;
     if p.plain_len as usize >= opts.pack_target {
         let sealed = pack.take().expect("present").seal()?;
         upload_pack(shared, d, sealed, out)?;
@@ -802,19 +736,8 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
     // The index of the packs this backup wrote, then the known set.
     let pack_ids: Vec<ObjectId> = packs.iter().map(|p| p.id).collect();
     let chunks_new = packs.iter().map(|p| p.chunks).sum::<u64>();
-    if !packs.is_empty() {
-        // Streamed into the encryptor: the index never exists in plaintext as a whole,
-        // and its ciphertext is gone before the known set grows.
-        let size: usize = packs.iter().map(|p| 16 + p.entries.len()).sum();
-        let mut w = repo.meta_writer(size + size / 64 + 1024)?;
-        write_index(&mut w, packs.iter().map(|p| (&p.id, &p.entries[..])))
-            .map_err(|e| io_err("encrypting index", e))?;
-        let ct = w.finish().map_err(|e| io_err("encrypting index", e))?;
-        bytes_new += ct.len() as u64;
-        repo.store
-            .put(&layout::index(&ObjectId::random()), Bytes::from(ct))
-            .await?;
-    }
+    // Its ciphertext is gone before the known set grows.
+    bytes_new += write_index_for(repo, &packs).await?;
     // The new chunks join the in-memory known set (saved only after the commit).
     known.ids.reserve_exact(chunks_new as usize);
     for p in &packs {

@@ -1,5 +1,7 @@
-//! Reading chunks out of packs and writing chunks into new packs, one at a time: what
-//! `prune` (repacking) and `copy` share. Backup has its own multi-threaded pipeline.
+//! Packs: building them frame by frame (backup's workers and [`Packer`] share
+//! [`PackBuilder`] and [`compress_checked`]), indexing them, and reading chunks back
+//! out. [`Packer`] writes chunks one at a time, for repacking; backup has its own
+//! multi-threaded pipeline around the same pieces.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -73,32 +75,114 @@ pub(crate) async fn read_chunks(
     Ok(())
 }
 
-/// A pack that was uploaded: its id and its entries in index encoding.
-pub(crate) struct Written {
+/// A pack that was sealed (and, once the caller PUTs it, uploaded), with its entries
+/// kept encoded (~32 bytes a chunk): what its index section will hold.
+pub(crate) struct SealedPack {
     pub id: ObjectId,
     pub entries: Vec<u8>,
+    pub chunks: u64,
+}
+
+/// A pack being filled: frames are encrypted as they are appended, so a pack never
+/// exists in memory as plaintext and ciphertext at once.
+pub(crate) struct PackBuilder {
+    id: ObjectId,
+    w: EncryptWriter<Vec<u8>>,
+    /// Plaintext bytes appended so far (the pack is sealed at a target size).
+    pub plain_len: u64,
+    entries: Vec<IndexEntry>,
+}
+
+impl PackBuilder {
+    pub(crate) fn new(repo: &Repo, cap: usize) -> Result<PackBuilder> {
+        Ok(PackBuilder {
+            id: ObjectId::random(),
+            w: EncryptWriter::new(repo.data_recipients.iter(), Vec::with_capacity(cap + cap / 8))
+                .map_err(|e| crypt_err("a pack", e))?,
+            plain_len: 0,
+            entries: Vec::new(),
+        })
+    }
+
+    /// Appends one compressed frame holding `chunks` as (id, offset, length) in its
+    /// decompressed content.
+    pub(crate) fn append_frame(&mut self, frame: &[u8], chunks: &[(ChunkId, u32, u32)]) -> Result<()> {
+        let frame_offset = self.plain_len;
+        self.w.write_all(frame).map_err(|e| io_err("encrypting pack", e))?;
+        self.plain_len += frame.len() as u64;
+        self.entries.extend(chunks.iter().map(|&(id, offset, len)| IndexEntry {
+            id,
+            frame_offset,
+            frame_len: frame.len() as u32,
+            offset,
+            len,
+        }));
+        Ok(())
+    }
+
+    /// Writes the trailer and ends the age stream. Returns the ciphertext and the
+    /// pack's entries in their encoded form (what the index will hold).
+    pub(crate) fn seal(mut self) -> Result<(Vec<u8>, SealedPack)> {
+        let raw = encode_entries(&self.entries);
+        let e = |e| io_err("encrypting pack", e);
+        self.w.write_all(&raw).map_err(e)?;
+        self.w.write_all(&(raw.len() as u32).to_le_bytes()).map_err(e)?;
+        self.w.write_all(PACK_MAGIC).map_err(e)?;
+        let ct = self.w.finish().map_err(e)?;
+        Ok((
+            ct,
+            SealedPack {
+                id: self.id,
+                entries: raw,
+                chunks: self.entries.len() as u64,
+            },
+        ))
+    }
+}
+
+/// Compresses `input` into `out` as one zstd frame and, when `verify`, decompresses it
+/// into `check` and compares (restic's lesson: a compressor bug must not reach the
+/// bucket).
+pub(crate) fn compress_checked(
+    comp: &mut FrameCompressor,
+    dec: &mut FrameDecompressor,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    check: &mut Vec<u8>,
+    verify: bool,
+) -> Result<()> {
+    out.clear();
+    comp.compress_into(input, out)
+        .map_err(|e| io_err("zstd compression", e))?;
+    if verify {
+        dec.decompress_into(out, check, input.len())
+            .map_err(|e| io_err("zstd self-check", e))?;
+        if check[..] != input[..] {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "backup.compressor-mismatch",
+                "compressed frame does not decompress to its input; nothing was uploaded for it",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes chunks into new packs of `repo`: frames of up to `frame_bytes` of chunks,
 /// each compressed and checked by decompressing it before it is encrypted, packs sealed
-/// and uploaded at `pack_target`. Nothing is indexed until [`Packer::write_index`].
+/// and uploaded at `pack_target`. Nothing is indexed until [`write_index_for`].
 pub(crate) struct Packer {
     repo: Repo,
     comp: FrameCompressor,
     dec: FrameDecompressor,
     frame: Vec<u8>,
     frame_ids: Vec<(ChunkId, u32, u32)>,
+    out: Vec<u8>,
+    check: Vec<u8>,
     frame_bytes: usize,
     pack_target: usize,
-    pack: Option<Open>,
-    written: Vec<Written>,
-}
-
-struct Open {
-    id: ObjectId,
-    w: EncryptWriter<Vec<u8>>,
-    plain_len: u64,
-    entries: Vec<IndexEntry>,
+    pack: Option<PackBuilder>,
+    written: Vec<SealedPack>,
 }
 
 impl Packer {
@@ -109,6 +193,8 @@ impl Packer {
             dec: FrameDecompressor::new().map_err(|e| io_err("zstd", e))?,
             frame: Vec::new(),
             frame_ids: Vec::new(),
+            out: Vec::new(),
+            check: Vec::new(),
             frame_bytes: 1 << 20,
             pack_target,
             pack: None,
@@ -137,77 +223,46 @@ impl Packer {
         if self.frame_ids.is_empty() {
             return Ok(());
         }
-        let mut out = Vec::new();
-        self.comp
-            .compress_into(&self.frame, &mut out)
-            .map_err(|e| io_err("zstd compression", e))?;
-        let mut check = Vec::new();
-        self.dec
-            .decompress_into(&out, &mut check, self.frame.len())
-            .map_err(|e| io_err("zstd self-check", e))?;
-        if check != self.frame {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                "backup.compressor-mismatch",
-                "compressed frame does not decompress to its input; nothing was uploaded for it",
-            ));
-        }
-        if self.pack.is_none() {
-            self.pack = Some(Open {
-                id: ObjectId::random(),
-                w: EncryptWriter::new(
-                    self.repo.data_recipients.iter(),
-                    Vec::with_capacity(self.pack_target + 4096),
-                )
-                .map_err(|e| crypt_err("a pack", e))?,
-                plain_len: 0,
-                entries: Vec::new(),
-            });
-        }
-        let p = self.pack.as_mut().expect("just opened");
-        let frame_offset = p.plain_len;
-        p.w.write_all(&out).map_err(|e| io_err("encrypting pack", e))?;
-        p.plain_len += out.len() as u64;
-        for &(id, offset, len) in &self.frame_ids {
-            p.entries.push(IndexEntry {
-                id,
-                frame_offset,
-                frame_len: out.len() as u32,
-                offset,
-                len,
-            });
-        }
+        compress_checked(
+            &mut self.comp,
+            &mut self.dec,
+            &self.frame,
+            &mut self.out,
+            &mut self.check,
+            true,
+        )?;
+        let p = match self.pack.as_mut() {
+            Some(p) => p,
+            None => self.pack.insert(PackBuilder::new(&self.repo, self.pack_target)?),
+        };
+        p.append_frame(&self.out, &self.frame_ids)?;
         self.frame.clear();
         self.frame_ids.clear();
         Ok(())
     }
 
     async fn seal(&mut self) -> Result<()> {
-        let Some(mut p) = self.pack.take() else {
+        let Some(p) = self.pack.take() else {
             return Ok(());
         };
-        let raw = encode_entries(&p.entries);
-        let e = |e| io_err("encrypting pack", e);
-        p.w.write_all(&raw).map_err(e)?;
-        p.w.write_all(&(raw.len() as u32).to_le_bytes()).map_err(e)?;
-        p.w.write_all(PACK_MAGIC).map_err(e)?;
-        let ct = p.w.finish().map_err(e)?;
-        self.repo.store.put(&layout::pack(&p.id), Bytes::from(ct)).await?;
-        self.written.push(Written { id: p.id, entries: raw });
+        let (ct, sealed) = p.seal()?;
+        self.repo.store.put(&layout::pack(&sealed.id), Bytes::from(ct)).await?;
+        self.written.push(sealed);
         Ok(())
     }
 
     /// Uploads what is pending and returns every pack written, not yet indexed.
-    pub(crate) async fn finish(mut self) -> Result<Vec<Written>> {
+    pub(crate) async fn finish(mut self) -> Result<Vec<SealedPack>> {
         self.flush_frame()?;
         self.seal().await?;
         Ok(self.written)
     }
 }
 
-/// Writes one index object for `packs` (packs before index: the crash contract).
+/// Writes one index object for `packs` (packs before index: the crash contract),
+/// streamed into the encryptor so the index never exists in plaintext as a whole.
 /// Returns its size.
-pub(crate) async fn write_index_for(repo: &Repo, packs: &[Written]) -> Result<u64> {
+pub(crate) async fn write_index_for(repo: &Repo, packs: &[SealedPack]) -> Result<u64> {
     if packs.is_empty() {
         return Ok(0);
     }

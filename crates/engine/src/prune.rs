@@ -590,7 +590,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
         if !delete_indexes.is_empty() {
             // Every surviving pack that a doomed index lists goes into one new index.
             let doomed: HashSet<&String> = delete_indexes.iter().collect();
-            let mut keep: Vec<(ObjectId, Vec<u8>)> = Vec::new();
+            let mut keep: Vec<packer::SealedPack> = Vec::new();
             let mut seen = HashSet::new();
             for (n, ps) in &v.index_packs {
                 if !doomed.contains(n) {
@@ -601,16 +601,16 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
                         && seen.insert(*p)
                         && let Some(es) = v.entries.get(p)
                     {
-                        keep.push((*p, sqlvault_format::encode_entries(es)));
+                        keep.push(packer::SealedPack {
+                            id: *p,
+                            entries: sqlvault_format::encode_entries(es),
+                            chunks: es.len() as u64,
+                        });
                     }
                 }
             }
             if !keep.is_empty() {
-                let written: Vec<packer::Written> = keep
-                    .into_iter()
-                    .map(|(id, entries)| packer::Written { id, entries })
-                    .collect();
-                packer::write_index_for(repo, &written).await?;
+                packer::write_index_for(repo, &keep).await?;
                 rep.indexes_written += 1;
             }
             if let Some(l) = lock.as_deref_mut() {
