@@ -372,6 +372,9 @@ fn dest_batch(
         return Ok(());
     }
     if sc.compressed_for.as_ref() != Some(&sc.fresh) {
+        // Until the new frame is complete, `frame_out` belongs to no set of chunks: a
+        // failed compression must not leave it reusable by the next destination.
+        sc.compressed_for = None;
         sc.frame_in.clear();
         sc.frame_ids.clear();
         for &i in &sc.fresh {
