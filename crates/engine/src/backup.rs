@@ -204,13 +204,7 @@ impl Shared {
     fn fail(&self, d: usize, e: Error) {
         let dest = &self.dests[d];
         dest.failed.store(true, Ordering::SeqCst);
-        {
-            let mut slot = dest.error.lock().unwrap();
-            if slot.is_none() {
-                tracing::warn!("backup to {} failed: {}", dest.repo.store.describe(), e.one_line());
-                *slot = Some(e);
-            }
-        }
+        dest.error.lock().unwrap().get_or_insert(e);
         if self.dests.iter().all(|d| d.failed.load(Ordering::SeqCst)) {
             self.abort.store(true, Ordering::SeqCst);
         }
@@ -428,14 +422,14 @@ enum Parent {
     Dump(SeqParent),
 }
 
-fn parent_maps(p: &Parent) -> Vec<ObjectId> {
-    match p {
-        Parent::Pages(p) => p.maps.iter().map(|m| m.id).collect(),
-        Parent::Dump(p) => p.maps.iter().map(|m| m.id).collect(),
-    }
-}
-
 impl Parent {
+    fn maps(&self) -> &[MapRef] {
+        match self {
+            Parent::Pages(p) => &p.maps,
+            Parent::Dump(p) => &p.maps,
+        }
+    }
+
     fn snapshot(&self) -> ObjectId {
         match self {
             Parent::Pages(p) => p.snapshot,
@@ -475,17 +469,11 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
     for (i, p) in preps.into_iter().enumerate() {
         match p {
             Ok(p) => live.push((i, p)),
-            Err(e) => {
-                tracing::warn!("backup to {} failed: {}", repos[i].store.describe(), e.one_line());
-                results[i] = Some(Err(e));
-            }
+            Err(e) => results[i] = Some(Err(e)),
         }
     }
     if live.is_empty() {
-        return Ok(results
-            .into_iter()
-            .map(|r| r.expect("every destination failed"))
-            .collect());
+        return Ok(settle(repos, results));
     }
 
     let threads = if opts.threads == 0 {
@@ -537,7 +525,7 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
                     .expect("a failed destination has an error");
                 results[*i] = Some(Err(e));
             }
-            return Ok(results.into_iter().map(|r| r.expect("filled")).collect());
+            return Ok(settle(repos, results));
         }
         Err(e) => return Err(e),
     };
@@ -548,14 +536,13 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
             outs[d].push(o);
         }
     }
-    let snap = Arc::new(snap);
+    let (snap, opts, db) = (&snap, &opts, &db);
     let finishes = dests
         .into_iter()
         .zip(outs)
         .zip(rest)
         .map(|((dest, outs), (i, parent, pending_read, grace))| {
-            let (snap, opts, db, name) = (snap.clone(), opts.clone(), db.clone(), name.clone());
-            let before = befores[i];
+            let (name, before) = (name.clone(), befores[i]);
             async move {
                 let r = match dest.error.into_inner().unwrap() {
                     Some(e) => Err(e),
@@ -568,9 +555,9 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
                             parent,
                             pending_read,
                             grace,
-                            snap: &snap,
-                            opts: &opts,
-                            db: &db,
+                            snap,
+                            opts,
+                            db,
                             name,
                             started,
                             before,
@@ -578,16 +565,28 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
                         finish_dest(ctx).await
                     }
                 };
-                if let Err(e) = &r {
-                    tracing::warn!("backup to {} failed: {}", dest.repo.store.describe(), e.one_line());
-                }
                 (i, r)
             }
         });
     for (i, r) in futures::future::join_all(finishes).await {
         results[i] = Some(r);
     }
-    Ok(results.into_iter().map(|r| r.expect("filled")).collect())
+    Ok(settle(repos, results))
+}
+
+/// Every destination's result, in order, each failure logged once.
+fn settle(repos: &[Repo], results: Vec<Option<Result<BackupReport>>>) -> Vec<Result<BackupReport>> {
+    repos
+        .iter()
+        .zip(results)
+        .map(|(repo, r)| {
+            let r = r.expect("every destination has a result");
+            if let Err(e) = &r {
+                tracing::warn!("backup to {} failed: {}", repo.store.describe(), e.one_line());
+            }
+            r
+        })
+        .collect()
 }
 
 /// One destination's dedup state, checked against the repository before it is trusted.
@@ -653,7 +652,7 @@ async fn prepare(repo: &Repo, name: &str, kind: BackupKind) -> Result<Prep> {
         }
     }
     let parent = match parent {
-        Some(p) if !known.is_empty() && !parent_maps(&p).iter().any(|m| marked_maps.contains(m)) => {
+        Some(p) if !known.is_empty() && !p.maps().iter().any(|m| marked_maps.contains(&m.id)) => {
             repo.store.head(&layout::snapshot(&p.snapshot())).await?.map(|_| p)
         }
         _ => None,
