@@ -213,6 +213,18 @@ pub struct Tally {
     pub bytes: u64,
 }
 
+impl Tally {
+    /// Counts one object by its key (`packs/…`, `maps/…`, `index/…`).
+    fn count(&mut self, key: &str, size: u64) {
+        match key.split('/').next() {
+            Some(d) if d == layout::PACKS => self.packs += 1,
+            Some(d) if d == layout::MAPS => self.maps += 1,
+            _ => self.indexes += 1,
+        }
+        self.bytes += size;
+    }
+}
+
 /// What [`prune`] did (or would do).
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneReport {
@@ -258,6 +270,13 @@ struct LockBody {
     refreshed_ms: i64,
 }
 
+/// A lock object's body; `None` when it does not decrypt, authenticate or parse (a
+/// lock nobody can read is treated as stale).
+fn decode_lock(repo: &Repo, ct: &[u8]) -> Option<LockBody> {
+    let body = repo.unseal_meta("prune lock", ct).ok()?;
+    serde_json::from_str(&body).ok()
+}
+
 /// The lock names this host and a process that is not running.
 fn dead_here(h: &LockBody) -> bool {
     if h.host != crate::evidence::hostname() || h.pid == 0 {
@@ -292,10 +311,7 @@ impl PruneLock {
                 Ok(()) => return Ok(lock),
                 Err(StoreError::AlreadyExists { .. }) if attempt == 0 => {
                     let held = match repo.store.get(layout::PRUNE_LOCK).await {
-                        Ok(ct) => repo
-                            .unseal_meta("prune lock", &ct)
-                            .ok()
-                            .and_then(|b| serde_json::from_str::<LockBody>(&b).ok()),
+                        Ok(ct) => decode_lock(repo, &ct),
                         Err(e) if e.is_not_found() => continue,
                         Err(e) => return Err(e.into()),
                     };
@@ -349,12 +365,7 @@ impl PruneLock {
     async fn refresh(&mut self) -> Result<()> {
         let ct = self.repo.store.get(layout::PRUNE_LOCK).await;
         let ours = match ct {
-            Ok(ct) => self
-                .repo
-                .unseal_meta("prune lock", &ct)
-                .ok()
-                .and_then(|b| serde_json::from_str::<LockBody>(&b).ok())
-                .is_some_and(|h| h.token == self.body.token),
+            Ok(ct) => decode_lock(&self.repo, &ct).is_some_and(|h| h.token == self.body.token),
             Err(e) if e.is_not_found() => false,
             Err(e) => return Err(e.into()),
         };
@@ -501,20 +512,10 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
         st.grace_ms
     };
     let v = view(repo).await?;
-    let key_of = |dir: &str, id: &ObjectId| format!("{dir}/{id}");
 
     // Marks of objects that are gone are dropped (an earlier run was killed after
     // deleting them, or someone else did).
-    let exists = |key: &str| -> bool {
-        let (dir, name) = key.split_once('/').unwrap_or(("", ""));
-        match dir {
-            d if d == layout::PACKS => name.parse().is_ok_and(|id| v.packs.contains_key(&id)),
-            d if d == layout::MAPS => name.parse().is_ok_and(|id| v.maps.contains_key(&id)),
-            d if d == layout::INDEX => v.indexes.contains_key(name),
-            _ => false,
-        }
-    };
-    st.marks.retain(|m| exists(&m.key));
+    st.marks.retain(|m| object_size(&v, &m.key).is_some());
     let ripe: HashSet<String> = st
         .marks
         .iter()
@@ -527,7 +528,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     let ripe_packs: HashSet<ObjectId> = v
         .packs
         .keys()
-        .filter(|p| ripe.contains(&key_of(layout::PACKS, p)))
+        .filter(|p| ripe.contains(&key(layout::PACKS, p)))
         .copied()
         .collect();
     let mut held_elsewhere: HashSet<ChunkId> = HashSet::new();
@@ -549,30 +550,38 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     let delete_maps: Vec<ObjectId> = v
         .maps
         .keys()
-        .filter(|m| ripe.contains(&key_of(layout::MAPS, m)) && !v.referenced_maps.contains(m))
+        .filter(|m| ripe.contains(&key(layout::MAPS, m)) && !v.referenced_maps.contains(m))
         .copied()
         .collect();
     let delete_indexes: Vec<String> = v
         .indexes
         .keys()
-        .filter(|n| ripe.contains(&key_of(layout::INDEX, &n.parse().unwrap_or(ObjectId([0; 16])))))
+        .filter(|n| ripe.contains(&key(layout::INDEX, n)))
         .cloned()
         .collect();
     let gone: HashSet<ObjectId> = delete_packs.iter().copied().collect();
+    // Packs and maps go after the indexes (which need a consolidated index first).
+    let doomed: Vec<String> = delete_packs
+        .iter()
+        .map(|p| key(layout::PACKS, p))
+        .chain(delete_maps.iter().map(|m| key(layout::MAPS, m)))
+        .collect();
+    let deleted_keys: HashSet<String> = doomed
+        .iter()
+        .cloned()
+        .chain(delete_indexes.iter().map(|n| key(layout::INDEX, n)))
+        .collect();
+    let mut deleted = Tally::default();
+    for k in &deleted_keys {
+        deleted.count(k, object_size(&v, k).unwrap_or(0));
+    }
 
     let mut rep = PruneReport {
         dry_run: opts.dry_run,
         snapshots: v.snapshots,
         packs: v.packs.len(),
         pack_bytes: v.packs.values().sum(),
-        deleted: Tally {
-            packs: delete_packs.len(),
-            maps: delete_maps.len(),
-            indexes: delete_indexes.len(),
-            bytes: delete_packs.iter().map(|p| v.packs[p]).sum::<u64>()
-                + delete_maps.iter().map(|m| v.maps[m]).sum::<u64>()
-                + delete_indexes.iter().map(|n| v.indexes[n]).sum::<u64>(),
-        },
+        deleted,
         marked: Tally::default(),
         waiting: Tally::default(),
         unmarked: 0,
@@ -617,34 +626,20 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
                 l.refresh().await?;
             }
             for n in &delete_indexes {
-                repo.store.delete(&format!("{}/{n}", layout::INDEX)).await?;
+                repo.store.delete(&key(layout::INDEX, n)).await?;
             }
         }
         if let Some(l) = lock.as_deref_mut() {
             l.refresh().await?;
         }
-        let keys: Vec<String> = delete_packs
-            .iter()
-            .map(|p| key_of(layout::PACKS, p))
-            .chain(delete_maps.iter().map(|m| key_of(layout::MAPS, m)))
-            .collect();
-        futures::stream::iter(keys.iter().map(|k| repo.store.delete(k)))
+        futures::stream::iter(doomed.iter().map(|k| repo.store.delete(k)))
             .buffer_unordered(8)
             .try_collect::<Vec<()>>()
             .await?;
     }
-    let deleted_keys: HashSet<String> = delete_packs
-        .iter()
-        .map(|p| key_of(layout::PACKS, p))
-        .chain(delete_maps.iter().map(|m| key_of(layout::MAPS, m)))
-        .chain(delete_indexes.iter().map(|n| format!("{}/{n}", layout::INDEX)))
-        .collect();
-    st.marks.retain(|m| !deleted_keys.contains(&m.key));
-
-    // Ripe marks that could not be deleted are referenced again: unmark them.
-    let before = st.marks.len();
+    // Every ripe mark goes: deleted, or referenced again (unmarked; deleted ⊆ ripe).
     st.marks.retain(|m| !ripe.contains(&m.key));
-    rep.unmarked = before - st.marks.len();
+    rep.unmarked = ripe.len() - deleted_keys.len();
     let marked: HashSet<String> = st.marks.iter().map(|m| m.key.clone()).collect();
 
     // Repack: live chunks of mostly-unused packs (not marked) into new packs.
@@ -661,7 +656,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     let candidates: Vec<ObjectId> = v
         .entries
         .iter()
-        .filter(|(p, _)| !gone.contains(p) && !marked.contains(&key_of(layout::PACKS, p)))
+        .filter(|(p, _)| !gone.contains(p) && !marked.contains(&key(layout::PACKS, p)))
         .filter(|(_, es)| {
             let (live, total) = live_fraction(es);
             live > 0 && (live as f64) < opts.repack_below * total as f64
@@ -681,7 +676,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
             let mut staying: HashSet<ChunkId> = HashSet::new();
             let cand: HashSet<ObjectId> = candidates.iter().copied().collect();
             for (p, es) in &v.entries {
-                if !gone.contains(p) && !cand.contains(p) && !marked.contains(&key_of(layout::PACKS, p)) {
+                if !gone.contains(p) && !cand.contains(p) && !marked.contains(&key(layout::PACKS, p)) {
                     staying.extend(es.iter().map(|e| e.id));
                 }
             }
@@ -720,16 +715,11 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     // Phase 1: new marks.
     let mark_at = now_ms();
     let mut new_marks: Vec<Mark> = Vec::new();
-    let mut add = |key: String, size: u64, kind: &str, rep: &mut PruneReport| {
+    let mut add = |key: String, size: u64, rep: &mut PruneReport| {
         if marked.contains(&key) || deleted_keys.contains(&key) {
             return;
         }
-        match kind {
-            "pack" => rep.marked.packs += 1,
-            "map" => rep.marked.maps += 1,
-            _ => rep.marked.indexes += 1,
-        }
-        rep.marked.bytes += size;
+        rep.marked.count(&key, size);
         new_marks.push(Mark {
             key,
             at_ms: mark_at,
@@ -749,38 +739,29 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
         };
         if unused || repacked_set.contains(p) {
             dead_packs.insert(*p);
-            add(key_of(layout::PACKS, p), *size, "pack", &mut rep);
+            add(key(layout::PACKS, p), *size, &mut rep);
         }
     }
     for (m, size) in &v.maps {
-        if !v.referenced_maps.contains(m) && !deleted_keys.contains(&key_of(layout::MAPS, m)) {
-            add(key_of(layout::MAPS, m), *size, "map", &mut rep);
+        if !v.referenced_maps.contains(m) {
+            add(key(layout::MAPS, m), *size, &mut rep);
         }
     }
     // An index is consolidated (marked, then rewritten without its dead packs) when
     // it lists a pack that is gone or marked, or when there are many small ones.
     let many = v.indexes.len() > 32;
     for (n, size) in &v.indexes {
-        if deleted_keys.contains(&format!("{}/{n}", layout::INDEX)) {
-            continue;
-        }
         let dead = v.index_packs.get(n).is_some_and(|ps| {
-            ps.iter().any(|p| {
-                !v.packs.contains_key(p) || dead_packs.contains(p) || marked.contains(&key_of(layout::PACKS, p))
-            })
+            ps.iter()
+                .any(|p| !v.packs.contains_key(p) || dead_packs.contains(p) || marked.contains(&key(layout::PACKS, p)))
         });
         if dead || many {
-            add(format!("{}/{n}", layout::INDEX), *size, "index", &mut rep);
+            add(key(layout::INDEX, n), *size, &mut rep);
         }
     }
     // Marks of earlier runs still waiting for their grace period.
     for m in &st.marks {
-        match m.key.split('/').next() {
-            Some(d) if d == layout::PACKS => rep.waiting.packs += 1,
-            Some(d) if d == layout::MAPS => rep.waiting.maps += 1,
-            _ => rep.waiting.indexes += 1,
-        }
-        rep.waiting.bytes += object_size(&v, &m.key);
+        rep.waiting.count(&m.key, object_size(&v, &m.key).unwrap_or(0));
     }
     st.marks.extend(new_marks);
     rep.next_deletion_ms = st.marks.iter().map(ripens_at).min();
@@ -793,12 +774,18 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     Ok(rep)
 }
 
-fn object_size(v: &View, key: &str) -> u64 {
-    let (dir, name) = key.split_once('/').unwrap_or(("", ""));
-    let id: Option<ObjectId> = name.parse().ok();
+/// An object key under the repository prefix: `packs/<id>`, `maps/<id>`, `index/<name>`.
+fn key(dir: &str, name: impl std::fmt::Display) -> String {
+    format!("{dir}/{name}")
+}
+
+/// The size of the object `key` names in the view, `None` when it does not exist.
+fn object_size(v: &View, key: &str) -> Option<u64> {
+    let (dir, name) = key.split_once('/')?;
     match dir {
-        d if d == layout::PACKS => id.and_then(|i| v.packs.get(&i).copied()).unwrap_or(0),
-        d if d == layout::MAPS => id.and_then(|i| v.maps.get(&i).copied()).unwrap_or(0),
-        _ => v.indexes.get(name).copied().unwrap_or(0),
+        d if d == layout::PACKS => v.packs.get(&name.parse().ok()?).copied(),
+        d if d == layout::MAPS => v.maps.get(&name.parse().ok()?).copied(),
+        d if d == layout::INDEX => v.indexes.get(name).copied(),
+        _ => None,
     }
 }
