@@ -649,21 +649,17 @@ fn command_requests() -> sqlvault_engine::store::RequestCounts {
 
 fn time_str(ms: i64) -> String {
     // UTC, RFC 3339, without pulling a date crate into the binary.
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // civil_from_days (Howard Hinnant)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if mo <= 2 { y + 1 } else { y };
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+    let c = sqlvault_engine::retention::utc_civil(ms);
+    let secs = ms.div_euclid(1000).rem_euclid(60 * 60);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        secs / 60,
+        secs % 60
+    )
 }
 
 fn snapshot_json(m: &Manifest) -> serde_json::Value {
@@ -720,7 +716,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Forget(a) => forget(a).await,
         Cmd::Prune(a) => {
             let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
-            let opts = prune_options(a.dry_run, a.grace, a.repack_below)?.with_no_running_backups(a.no_running_backups);
+            let opts = prune_options(a.dry_run, a.grace, a.repack_below, a.no_running_backups)?;
             let rep = sqlvault_engine::prune(&repo, &opts).await?;
             if a.json {
                 print_json(&serde_json::to_value(&rep).expect("json"));
@@ -1386,6 +1382,7 @@ fn prune_options(
     dry_run: bool,
     grace: Option<Duration>,
     repack_below: f64,
+    no_running_backups: bool,
 ) -> Result<sqlvault_engine::PruneOptions, Error> {
     if !(0.0..=1.0).contains(&repack_below) {
         return Err(usage("--repack-below is a fraction between 0 and 1"));
@@ -1393,11 +1390,16 @@ fn prune_options(
     Ok(sqlvault_engine::PruneOptions::default()
         .with_dry_run(dry_run)
         .with_grace(grace)
-        .with_repack_below(repack_below))
+        .with_repack_below(repack_below)
+        .with_no_running_backups(no_running_backups))
 }
 
 fn print_prune(r: &sqlvault_engine::PruneReport) {
-    let would = if r.dry_run { "would be " } else { "" };
+    let (would, would_paren) = if r.dry_run {
+        ("would be ", " (would be)")
+    } else {
+        ("", "")
+    };
     println!(
         "{} snapshots, {} packs ({}) in the repository",
         r.snapshots,
@@ -1413,18 +1415,11 @@ fn print_prune(r: &sqlvault_engine::PruneReport) {
             human(t.bytes)
         )
     };
-    println!(
-        "deleted{}: {}",
-        if r.dry_run { " (would be)" } else { "" },
-        t(&r.deleted)
-    );
+    println!("deleted{would_paren}: {}", t(&r.deleted));
     if r.repacked > 0 {
         println!(
-            "repacked{}: {} mostly-unused packs ({} chunks into {} new packs)",
-            if r.dry_run { " (would be)" } else { "" },
-            r.repacked,
-            r.repacked_chunks,
-            r.repack_packs_written
+            "repacked{would_paren}: {} mostly-unused packs ({} chunks into {} new packs)",
+            r.repacked, r.repacked_chunks, r.repack_packs_written
         );
     }
     if let Some(why) = &r.repack_skipped {
@@ -1464,7 +1459,7 @@ async fn forget(a: ForgetArgs) -> Result<u8, Error> {
         .with_allow_remove_all(a.remove_all);
     let rep = sqlvault_engine::forget(&repo, &opts).await?;
     let pruned = if a.prune {
-        let opts = prune_options(a.dry_run, a.grace, 0.5)?.with_no_running_backups(a.no_running_backups);
+        let opts = prune_options(a.dry_run, a.grace, 0.5, a.no_running_backups)?;
         Some(sqlvault_engine::prune(&repo, &opts).await?)
     } else {
         None
