@@ -55,6 +55,9 @@ enum Cmd {
     /// SQLCipher at rest: encrypt, decrypt, rekey or migrate a database in place.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Copy snapshots into another repository, re-encrypted to its recipients, sending
+    /// only the data it lacks; interrupted, a rerun resumes.
+    Copy(CopyArgs),
     /// Remove snapshots by a retention policy (restic's --keep-* semantics), per
     /// database name; the data they used is freed by `prune`.
     Forget(ForgetArgs),
@@ -369,6 +372,26 @@ struct BackupArgs {
 enum KindArg {
     Pages,
     Dump,
+}
+
+#[derive(Args, Debug)]
+struct CopyArgs {
+    /// Source repository URL or path (read with -i or --passphrase).
+    src: String,
+    /// Destination repository URL or path (written with this host's write key: run
+    /// `sqlvault init` or `sqlvault join` for it here first).
+    dst: String,
+    /// Snapshot id or unique prefix to copy; repeatable (default: every snapshot).
+    #[arg(long = "snapshot", value_name = "ID")]
+    snapshots: Vec<String>,
+    /// Only snapshots of this database name.
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    keys: ReadKeys,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -714,6 +737,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Db(c) => db(c),
         Cmd::Audit(a) => audit(a).await,
         Cmd::Forget(a) => forget(a).await,
+        Cmd::Copy(a) => copy(a).await,
         Cmd::Prune(a) => {
             let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
             let opts = prune_options(a.dry_run, a.grace, a.repack_below, a.no_running_backups)?;
@@ -1436,6 +1460,38 @@ fn print_prune(r: &sqlvault_engine::PruneReport) {
             sqlvault_engine::retention::describe(Duration::from_secs(r.grace_seconds))
         );
     }
+}
+
+async fn copy(a: CopyArgs) -> Result<u8, Error> {
+    let acc = access(&a.keys, true)?.expect("required");
+    let src = Repo::open_read(store(&a.src)?, acc).await?;
+    let dst = Repo::open_write(store(&a.dst)?).await?;
+    let opts = sqlvault_engine::CopyOptions::default()
+        .with_snapshots(a.snapshots)
+        .with_name(a.name);
+    let rep = sqlvault_engine::copy(&src, &dst, &opts).await?;
+    if a.json {
+        print_json(&serde_json::to_value(&rep).expect("json"));
+        return Ok(0);
+    }
+    for c in &rep.copied {
+        println!(
+            "copied snapshot {} of {}: {} chunks, {} read from the source, {} sent ({})",
+            &c.id[..8],
+            c.name,
+            c.chunks_total,
+            c.chunks_read,
+            c.chunks_sent,
+            human(c.bytes_sent)
+        );
+    }
+    println!(
+        "{} snapshots copied, {} already in {}",
+        rep.copied.len(),
+        rep.already_present.len(),
+        a.dst
+    );
+    Ok(0)
 }
 
 async fn forget(a: ForgetArgs) -> Result<u8, Error> {

@@ -962,22 +962,27 @@ async fn page_map_object(
             )
         }
         _ => {
-            // A full map is 32 bytes a page: stream it through the MAC and the
-            // encryptor rather than building it.
-            let mut mac = repo.keys.mac_hasher();
-            let mut w = repo.meta_writer(pages.len() * 32 + 1024)?;
-            let header = PageMap::full_header(pages.len() as u32);
-            mac.update(&header);
-            w.write_all(&header).map_err(|e| io_err("encrypting page map", e))?;
-            for chunk in pages.chunks(4096) {
-                let bytes: Vec<u8> = chunk.iter().flat_map(|id| id.0).collect();
-                mac.update(&bytes);
-                w.write_all(&bytes).map_err(|e| io_err("encrypting page map", e))?;
-            }
-            let ct = w.finish().map_err(|e| io_err("encrypting page map", e))?;
-            (ct, *mac.finalize().as_bytes(), Vec::new(), "full", pages)
+            let (ct, mac) = full_map_object(repo, &pages)?;
+            (ct, mac, Vec::new(), "full", pages)
         }
     })
+}
+
+/// A full page map's ciphertext and MAC. At 32 bytes a page it is streamed through the
+/// MAC and the encryptor rather than built.
+pub(crate) fn full_map_object(repo: &Repo, pages: &[ChunkId]) -> Result<(Vec<u8>, [u8; 32])> {
+    let mut mac = repo.keys.mac_hasher();
+    let mut w = repo.meta_writer(pages.len() * 32 + 1024)?;
+    let header = PageMap::full_header(pages.len() as u32);
+    mac.update(&header);
+    w.write_all(&header).map_err(|e| io_err("encrypting page map", e))?;
+    for chunk in pages.chunks(4096) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|id| id.0).collect();
+        mac.update(&bytes);
+        w.write_all(&bytes).map_err(|e| io_err("encrypting page map", e))?;
+    }
+    let ct = w.finish().map_err(|e| io_err("encrypting page map", e))?;
+    Ok((ct, *mac.finalize().as_bytes()))
 }
 
 /// What the reader learned about the source while snapshotting it.

@@ -12,6 +12,7 @@
 mod audit;
 mod backup;
 mod check;
+mod copy;
 mod error;
 pub mod evidence;
 mod forget;
@@ -27,6 +28,7 @@ pub mod retention;
 pub use audit::{AuditRequest, audit};
 pub use backup::{BackupKind, BackupOptions, BackupReport, Requests, backup, backup_to_all};
 pub use check::{CheckOptions, CheckReport, Problem, check};
+pub use copy::{CopiedSnapshot, CopyOptions, CopyReport, copy};
 pub use error::{Error, ErrorKind, Result};
 pub use forget::{ForgetOptions, ForgetReport, GroupPlan, PlanEntry, forget};
 pub use keys::{KeyChange, RewrapReport, change_recipients, rewrap};

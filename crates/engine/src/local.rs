@@ -409,6 +409,90 @@ impl SeqParent {
     }
 }
 
+/// What `copy` learned about chunk ids between two repositories: the destination's id
+/// of each source chunk it has read. Ids are keyed hashes under each repository's own
+/// secret, so without this map a later copy would fetch and re-hash every chunk again
+/// just to learn its destination id. The file is MACed under the destination's key: a
+/// damaged map would point snapshots at the wrong data, so it is used whole or not at all.
+#[derive(Debug, Default)]
+pub(crate) struct CopyMap {
+    pub map: std::collections::HashMap<ChunkId, ChunkId>,
+    /// Entries when last loaded or saved (to save only after real growth).
+    pub saved: usize,
+}
+
+const COPY_MAGIC: &[u8; 8] = b"SQLVCPM1";
+
+fn copy_map_path(dst_id: &str, src_id: &str) -> PathBuf {
+    cache_dir(dst_id).join(format!("copy-from-{src_id}"))
+}
+
+impl CopyMap {
+    pub(crate) fn load(dst_id: &str, src_id: &str, keys: &sqlvault_format::RepoKeys) -> CopyMap {
+        Self::load_from(&copy_map_path(dst_id, src_id), keys)
+    }
+
+    fn load_from(path: &Path, keys: &sqlvault_format::RepoKeys) -> CopyMap {
+        let Ok(b) = fs::read(path) else {
+            return CopyMap::default();
+        };
+        let decoded = (|| {
+            let (body, mac) = b.split_at_checked(b.len().checked_sub(32)?)?;
+            if !keys.verify_mac(body, mac.try_into().ok()?) {
+                return None;
+            }
+            let rest = body.strip_prefix(COPY_MAGIC)?;
+            let n = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?) as usize;
+            let pairs = rest.get(8..)?;
+            if pairs.len() != n.checked_mul(64)? {
+                return None;
+            }
+            Some(
+                pairs
+                    .chunks_exact(64)
+                    .map(|c| {
+                        (
+                            ChunkId(c[..32].try_into().unwrap()),
+                            ChunkId(c[32..].try_into().unwrap()),
+                        )
+                    })
+                    .collect::<std::collections::HashMap<_, _>>(),
+            )
+        })();
+        match decoded {
+            Some(map) => CopyMap { saved: map.len(), map },
+            None => {
+                tracing::warn!("ignoring damaged copy map {}", path.display());
+                CopyMap::default()
+            }
+        }
+    }
+
+    /// Saves the map (sorted, so the file is deterministic), MACed under `keys`.
+    pub(crate) fn save(&mut self, dst_id: &str, src_id: &str, keys: &sqlvault_format::RepoKeys) -> Result<()> {
+        self.save_to(&copy_map_path(dst_id, src_id), keys)
+    }
+
+    fn save_to(&mut self, path: &Path, keys: &sqlvault_format::RepoKeys) -> Result<()> {
+        let mut pairs: Vec<(&ChunkId, &ChunkId)> = self.map.iter().collect();
+        pairs.sort_unstable();
+        let mut body = Vec::with_capacity(16 + pairs.len() * 64);
+        body.extend_from_slice(COPY_MAGIC);
+        body.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
+        for (s, d) in pairs {
+            body.extend_from_slice(&s.0);
+            body.extend_from_slice(&d.0);
+        }
+        let mac = keys.mac(&body);
+        write_private_with(path, |w| {
+            w.write_all(&body)?;
+            w.write_all(&mac)
+        })?;
+        self.saved = self.map.len();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,5 +556,33 @@ mod tests {
         assert_eq!(d.packs, vec![b]);
         assert_eq!(d.ids, vec![(ChunkId([2; 32]), 0)]);
         assert_eq!(d.drop_packs(&[a].into_iter().collect()), 0);
+    }
+
+    #[test]
+    fn copy_map_round_trips_and_is_dropped_whole_when_damaged() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache").join("copy-from-x");
+        let keys = sqlvault_format::RepoSecret::generate().keys();
+        let mut m = CopyMap::default();
+        for i in 0..50u8 {
+            m.map.insert(ChunkId([i; 32]), ChunkId([i.wrapping_mul(7); 32]));
+        }
+        m.save_to(&path, &keys).unwrap();
+        assert_eq!(m.saved, 50);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let back = CopyMap::load_from(&path, &keys);
+        assert_eq!((back.map, back.saved), (m.map.clone(), 50));
+        // Another repository's key, one flipped bit, a truncation: nothing is used.
+        let other = sqlvault_format::RepoSecret::generate().keys();
+        assert!(CopyMap::load_from(&path, &other).map.is_empty());
+        let mut b = fs::read(&path).unwrap();
+        b[20] ^= 1;
+        fs::write(&path, &b).unwrap();
+        assert!(CopyMap::load_from(&path, &keys).map.is_empty());
+        b[20] ^= 1;
+        fs::write(&path, &b[..b.len() - 1]).unwrap();
+        assert!(CopyMap::load_from(&path, &keys).map.is_empty());
+        assert!(CopyMap::load_from(&dir.path().join("absent"), &keys).map.is_empty());
     }
 }

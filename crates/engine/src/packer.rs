@@ -1,6 +1,6 @@
 //! Packs: building them frame by frame (backup's workers and [`Packer`] share
 //! [`PackBuilder`] and [`compress_checked`]), indexing them, and reading chunks back
-//! out. [`Packer`] writes chunks one at a time, for repacking; backup has its own
+//! out. [`Packer`] writes chunks one at a time, for repacking and copy; backup has its own
 //! multi-threaded pipeline around the same pieces.
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -81,6 +81,8 @@ pub(crate) struct SealedPack {
     pub id: ObjectId,
     pub entries: Vec<u8>,
     pub chunks: u64,
+    /// Ciphertext bytes.
+    pub size: u64,
 }
 
 /// A pack being filled: frames are encrypted as they are appended, so a pack never
@@ -129,12 +131,14 @@ impl PackBuilder {
         self.w.write_all(&(raw.len() as u32).to_le_bytes()).map_err(e)?;
         self.w.write_all(PACK_MAGIC).map_err(e)?;
         let ct = self.w.finish().map_err(e)?;
+        let size = ct.len() as u64;
         Ok((
             ct,
             SealedPack {
                 id: self.id,
                 entries: raw,
                 chunks: self.entries.len() as u64,
+                size,
             },
         ))
     }
@@ -251,10 +255,21 @@ impl Packer {
         Ok(())
     }
 
+    /// Seals and uploads the pack being filled, however small.
+    pub(crate) async fn flush(&mut self) -> Result<()> {
+        self.flush_frame()?;
+        self.seal().await
+    }
+
+    /// The packs uploaded since the last call, not yet indexed: a caller that indexes
+    /// them at once bounds what a crash can orphan to the pack being filled.
+    pub(crate) fn take_sealed(&mut self) -> Vec<SealedPack> {
+        std::mem::take(&mut self.written)
+    }
+
     /// Uploads what is pending and returns every pack written, not yet indexed.
     pub(crate) async fn finish(mut self) -> Result<Vec<SealedPack>> {
-        self.flush_frame()?;
-        self.seal().await?;
+        self.flush().await?;
         Ok(self.written)
     }
 }

@@ -614,6 +614,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
                             id: *p,
                             entries: sqlvault_format::encode_entries(es),
                             chunks: es.len() as u64,
+                            size: object_size(&v, &key(layout::PACKS, p)).unwrap_or(0),
                         });
                     }
                 }

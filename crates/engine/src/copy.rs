@@ -1,0 +1,595 @@
+//! `copy`: snapshots from one repository into another, possibly with other recipients
+//! and always with another secret, sending only the chunks the destination lacks.
+//!
+//! Chunk ids are keyed hashes under each repository's secret, so a chunk's id in the
+//! destination is only known by reading it from the source and hashing it again. What
+//! copy learns is kept in a local map (source id → destination id, see
+//! [`CopyMap`]): a later copy of a slowly changing database reads from the source only
+//! the chunks it has never seen.
+//!
+//! A copied snapshot keeps its id, name, creation time and logical checksum; its page
+//! map (or chunk sequence) is written anew, in full, under the destination's key. Its
+//! manifest is the commit point, created if absent, as for a backup.
+//!
+//! # Resuming
+//!
+//! Every pack is indexed as soon as it is uploaded, and the destination's indexes are
+//! what copy dedups against: a copy killed at any point and run again re-uploads at
+//! most the one pack whose index it did not write. Snapshots whose manifest already
+//! exists in the destination are skipped with one HEAD each.
+//!
+//! # Prune in the destination
+//!
+//! Copy follows the backup rule (prune.rs): before each snapshot it reads the
+//! destination's `prune/pending`, never dedups against a marked pack, and does not
+//! commit once the grace period has passed since that read.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use sqlvault_format::{
+    ChunkId, ChunkSeq, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, decode_entries, encode_manifest, kind, layout,
+};
+use sqlvault_store::RequestCounts;
+
+use crate::error::{Error, ErrorKind, Result, corrupt};
+use crate::local::CopyMap;
+use crate::packer::{Packer, read_chunks, write_index_for};
+use crate::repo::{Repo, unknown_kind};
+
+/// Options for [`copy`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CopyOptions {
+    /// Snapshot ids (or unique prefixes) to copy; empty: every snapshot.
+    pub snapshots: Vec<String>,
+    /// Only snapshots of this database name.
+    pub name: Option<String>,
+    /// Target size of a pack before compression and encryption.
+    pub pack_target: usize,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            snapshots: Vec::new(),
+            name: None,
+            pack_target: 16 << 20,
+        }
+    }
+}
+
+impl CopyOptions {
+    /// Copies only these snapshots (ids or unique prefixes).
+    pub fn with_snapshots(mut self, ids: Vec<String>) -> Self {
+        self.snapshots = ids;
+        self
+    }
+
+    /// Copies only snapshots of this database name.
+    pub fn with_name(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Pack target size in bytes.
+    pub fn with_pack_target(mut self, bytes: usize) -> Self {
+        self.pack_target = bytes;
+        self
+    }
+}
+
+/// One snapshot written into the destination.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopiedSnapshot {
+    /// Snapshot id (the same in both repositories).
+    pub id: String,
+    /// Database name.
+    pub name: String,
+    /// `pages` or `dump`.
+    pub kind: String,
+    /// Chunks the snapshot references.
+    pub chunks_total: u64,
+    /// Chunks read from the source (the rest came from the local copy map).
+    pub chunks_read: u64,
+    /// Chunks the destination lacked and was sent.
+    pub chunks_sent: u64,
+    /// Bytes written to the destination for it (packs, indexes, map, manifest).
+    pub bytes_sent: u64,
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyReport {
+    /// Snapshots copied, oldest first.
+    pub copied: Vec<CopiedSnapshot>,
+    /// Ids of selected snapshots the destination already had.
+    pub already_present: Vec<String>,
+    /// Packs uploaded to the destination.
+    pub packs_written: u64,
+    /// Index objects written to the destination (one per pack: see the module docs).
+    pub indexes_written: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Requests to the source.
+    pub source_requests: RequestCounts,
+    /// Requests to the destination.
+    pub destination_requests: RequestCounts,
+}
+
+/// Copies the snapshots `opts` selects from `src` (opened with an identity or the
+/// passphrase: chunks are decrypted) into `dst` (a write key is enough: the data is
+/// encrypted to the destination's recipients).
+pub async fn copy(src: &Repo, dst: &Repo, opts: &CopyOptions) -> Result<CopyReport> {
+    src.require_data_access("copying snapshots")?;
+    if src.repo_id == dst.repo_id {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "copy.same-repository",
+            format!(
+                "{} and {} are the same repository ({})",
+                src.store.describe(),
+                dst.store.describe(),
+                src.repo_id
+            ),
+        ));
+    }
+    let t0 = Instant::now();
+    let (src_before, dst_before) = (src.store.stats(), dst.store.stats());
+    let chosen = select(src, opts).await?;
+
+    let mut todo = Vec::new();
+    let mut already_present = Vec::new();
+    for m in chosen {
+        if dst.store.head(&layout::snapshot(&m.id)).await?.is_some() {
+            already_present.push(m.id.to_string());
+        } else {
+            todo.push(m);
+        }
+    }
+    let mut run = Run {
+        src,
+        dst,
+        map: if todo.is_empty() {
+            CopyMap::default()
+        } else {
+            load_map(dst, src).await?
+        },
+        have: DstChunks::default(),
+        locator: None,
+        packer: Packer::new(dst, opts.pack_target)?,
+        packs_written: 0,
+        bytes_sent: 0,
+    };
+    if !todo.is_empty() {
+        run.have = DstChunks::load(dst).await?;
+    }
+    let mut copied = Vec::new();
+    for m in &todo {
+        let r = run.snapshot(m).await;
+        // What was learned is true whatever happened next: keep it for the rerun,
+        // after every snapshot once the map has grown by half.
+        let grown = run.map.map.len() > run.map.saved + run.map.saved / 2;
+        if r.is_err() || grown || std::ptr::eq(m, todo.last().expect("non-empty")) {
+            save_map(&mut run.map, dst, src).await;
+        }
+        match r? {
+            Some(c) => copied.push(c),
+            None => already_present.push(m.id.to_string()),
+        }
+    }
+    Ok(CopyReport {
+        copied,
+        already_present,
+        packs_written: run.packs_written,
+        indexes_written: run.packs_written,
+        seconds: t0.elapsed().as_secs_f64(),
+        source_requests: src.store.stats().since(src_before),
+        destination_requests: dst.store.stats().since(dst_before),
+    })
+}
+
+/// The snapshots to copy, oldest first: every one (of `name`), or those `opts`
+/// names, each id prefix matching exactly one.
+async fn select(src: &Repo, opts: &CopyOptions) -> Result<Vec<Manifest>> {
+    let all: Vec<Manifest> = src
+        .snapshots()
+        .await?
+        .into_iter()
+        .filter(|m| opts.name.as_ref().is_none_or(|n| &m.name == n))
+        .collect();
+    if opts.snapshots.is_empty() {
+        if all.is_empty() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "snapshot.not-found",
+                match &opts.name {
+                    Some(n) => format!("no snapshot of {n} in {}", src.store.describe()),
+                    None => format!("no snapshots in {}", src.store.describe()),
+                },
+            ));
+        }
+        return Ok(all);
+    }
+    let mut picked: Vec<ObjectId> = Vec::new();
+    for want in &opts.snapshots {
+        let p = want.to_lowercase();
+        let hits: Vec<&Manifest> = all.iter().filter(|m| m.id.to_string().starts_with(&p)).collect();
+        match hits.len() {
+            0 => {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    "snapshot.not-found",
+                    format!("snapshot {want} not found in {}", src.store.describe()),
+                ));
+            }
+            1 => picked.push(hits[0].id),
+            n => {
+                return Err(Error::new(
+                    ErrorKind::Usage,
+                    "snapshot.ambiguous",
+                    format!("snapshot id prefix {want} matches {n} snapshots"),
+                ));
+            }
+        }
+    }
+    Ok(all.into_iter().filter(|m| picked.contains(&m.id)).collect())
+}
+
+async fn load_map(dst: &Repo, src: &Repo) -> Result<CopyMap> {
+    let (d, s, keys) = (dst.repo_id.clone(), src.repo_id.clone(), dst.keys.clone());
+    tokio::task::spawn_blocking(move || CopyMap::load(&d, &s, &keys))
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "copy map loader panicked").with_source(e))
+}
+
+/// Best effort: a map that cannot be saved only costs the next copy reads.
+async fn save_map(map: &mut CopyMap, dst: &Repo, src: &Repo) {
+    let mut owned = std::mem::take(map);
+    let (d, s, keys) = (dst.repo_id.clone(), src.repo_id.clone(), dst.keys.clone());
+    let r = tokio::task::spawn_blocking(move || {
+        let r = owned.save(&d, &s, &keys);
+        (owned, r)
+    })
+    .await;
+    match r {
+        Ok((owned, r)) => {
+            *map = owned;
+            if let Err(e) = r {
+                tracing::warn!("copy map not saved: {}", e.one_line());
+            }
+        }
+        Err(_) => tracing::warn!("copy map writer panicked; the map was not saved"),
+    }
+}
+
+/// The chunks the destination holds in indexed, existing packs, with the pack of each
+/// (so that the chunks of packs prune marks are forgotten).
+#[derive(Default)]
+struct DstChunks {
+    packs: Vec<ObjectId>,
+    ids: HashMap<ChunkId, u32>,
+}
+
+impl DstChunks {
+    async fn load(dst: &Repo) -> Result<DstChunks> {
+        let existing: HashSet<ObjectId> = dst
+            .store
+            .list(layout::PACKS)
+            .await?
+            .into_iter()
+            .filter_map(|(n, _)| n.parse().ok())
+            .collect();
+        let names = dst.index_names().await?;
+        let plaintexts: Vec<(String, Vec<u8>)> = futures::stream::iter(names.into_iter().map(|n| async move {
+            let pt = dst.index_plaintext(&n).await?;
+            Ok::<_, Error>((n, pt))
+        }))
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+        let mut have = DstChunks::default();
+        let mut slot: HashMap<ObjectId, u32> = HashMap::new();
+        for (name, pt) in plaintexts {
+            IndexFile::decode_with(&pt, |pack, e| {
+                if existing.contains(&pack) {
+                    let p = *slot.entry(pack).or_insert_with(|| {
+                        have.packs.push(pack);
+                        have.packs.len() as u32 - 1
+                    });
+                    have.ids.entry(e.id).or_insert(p);
+                }
+            })
+            .map_err(|e| corrupt(format!("index {name} of {}", dst.store.describe()), e))?;
+        }
+        tracing::debug!(
+            chunks = have.ids.len(),
+            packs = have.packs.len(),
+            "destination chunks loaded"
+        );
+        Ok(have)
+    }
+
+    fn contains(&self, id: &ChunkId) -> bool {
+        self.ids.contains_key(id)
+    }
+
+    fn add_pack(&mut self, pack: ObjectId, entries: &[u8]) -> Result<()> {
+        let p = self.packs.len() as u32;
+        self.packs.push(pack);
+        decode_entries(entries, |e| {
+            self.ids.entry(e.id).or_insert(p);
+        })
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "pack entries do not decode").with_source(e))
+    }
+
+    /// Forgets every chunk of the packs in `marked`.
+    fn drop_packs(&mut self, marked: &HashSet<ObjectId>) -> usize {
+        let gone: HashSet<u32> = self
+            .packs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| marked.contains(p))
+            .map(|(i, _)| i as u32)
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        let before = self.ids.len();
+        self.ids.retain(|_, p| !gone.contains(p));
+        before - self.ids.len()
+    }
+}
+
+/// Where each source chunk is: index entries of existing packs, sorted by chunk id.
+struct Locator {
+    packs: Vec<ObjectId>,
+    entries: Vec<(u32, IndexEntry)>,
+}
+
+impl Locator {
+    async fn load(src: &Repo) -> Result<Locator> {
+        let existing: HashSet<ObjectId> = src
+            .store
+            .list(layout::PACKS)
+            .await?
+            .into_iter()
+            .filter_map(|(n, _)| n.parse().ok())
+            .collect();
+        let mut packs = Vec::new();
+        let mut slot: HashMap<ObjectId, u32> = HashMap::new();
+        let mut entries = Vec::new();
+        for name in src.index_names().await? {
+            let pt = src.index_plaintext(&name).await?;
+            IndexFile::decode_with(&pt, |pack, e| {
+                if existing.contains(&pack) {
+                    let p = *slot.entry(pack).or_insert_with(|| {
+                        packs.push(pack);
+                        packs.len() as u32 - 1
+                    });
+                    entries.push((p, e));
+                }
+            })
+            .map_err(|e| corrupt(format!("index {name} of {}", src.store.describe()), e))?;
+        }
+        entries.sort_by_key(|a| a.1.id);
+        entries.dedup_by(|a, b| a.1.id == b.1.id);
+        Ok(Locator { packs, entries })
+    }
+
+    fn find(&self, id: &ChunkId) -> Option<(ObjectId, IndexEntry)> {
+        let i = self.entries.binary_search_by(|(_, e)| e.id.cmp(id)).ok()?;
+        let (p, e) = self.entries[i];
+        Some((self.packs[p as usize], e))
+    }
+}
+
+struct Run<'a> {
+    src: &'a Repo,
+    dst: &'a Repo,
+    map: CopyMap,
+    have: DstChunks,
+    /// Loaded on first need: a copy the map fully resolves reads no source index.
+    locator: Option<Locator>,
+    packer: Packer,
+    packs_written: u64,
+    /// Pack and index bytes uploaded.
+    bytes_sent: u64,
+}
+
+/// Packs of the source fetched at once.
+const FETCH_AHEAD: usize = 4;
+
+impl Run<'_> {
+    /// Copies one snapshot; `None` when another copy committed it first.
+    async fn snapshot(&mut self, m: &Manifest) -> Result<Option<CopiedSnapshot>> {
+        let (src, dst) = (self.src, self.dst);
+        // Dedup decisions start here; the commit must land within the grace.
+        let pending_read = Instant::now();
+        let grace = match crate::prune::load_state(dst).await {
+            Ok(st) => {
+                let dropped = self.have.drop_packs(&st.marked_packs());
+                if dropped > 0 {
+                    tracing::info!(
+                        "{dropped} chunks of the destination are in packs prune has marked; not reusing them"
+                    );
+                }
+                st.grace()
+            }
+            Err(e) if e.kind() == ErrorKind::Store => return Err(e),
+            Err(e) => {
+                tracing::warn!(
+                    "prune state of {} unreadable ({}); sending every chunk",
+                    dst.store.describe(),
+                    e.one_line()
+                );
+                self.have = DstChunks::default();
+                crate::prune::DEFAULT_GRACE
+            }
+        };
+
+        let (ids, lens) = match m.kind.as_str() {
+            kind::PAGES => (src.page_map(m).await?, None),
+            kind::DUMP => {
+                let seq = src.chunk_seq(m).await?;
+                (seq.ids, Some(seq.lens))
+            }
+            other => return Err(unknown_kind(m, other)),
+        };
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        let to_read: Vec<ChunkId> = unique
+            .iter()
+            .filter(|s| self.map.map.get(s).is_none_or(|d| !self.have.contains(d)))
+            .copied()
+            .collect();
+        drop(unique);
+
+        let mut chunks_sent = 0u64;
+        let bytes_before = self.bytes_sent;
+        if !to_read.is_empty() {
+            if self.locator.is_none() {
+                self.locator = Some(Locator::load(src).await?);
+            }
+            let loc = self.locator.as_ref().expect("loaded");
+            let mut by_pack: HashMap<ObjectId, Vec<IndexEntry>> = HashMap::new();
+            for id in &to_read {
+                let (pack, e) = loc.find(id).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Integrity,
+                        "repo.missing-chunk",
+                        format!(
+                            "snapshot {} of {} needs chunk {} which no index lists (missing index or pack)",
+                            m.id.short(),
+                            src.store.describe(),
+                            &id.to_hex()[..16]
+                        ),
+                    )
+                })?;
+                by_pack.entry(pack).or_default().push(e);
+            }
+            // Packs are fetched a few at a time while their chunks are re-packed in
+            // order; the chunks of a pack are held until they are handed on.
+            let mut fetched = futures::stream::iter(by_pack.into_iter().map(|(pack, mut wanted)| async move {
+                let mut out: Vec<(ChunkId, Vec<u8>)> = Vec::with_capacity(wanted.len());
+                read_chunks(src, &pack, &mut wanted, |e, data| {
+                    out.push((e.id, data.to_vec()));
+                    Ok(())
+                })
+                .await?;
+                Ok::<_, Error>(out)
+            }))
+            .buffer_unordered(FETCH_AHEAD);
+            let mut in_packer: HashSet<ChunkId> = HashSet::new();
+            while let Some(chunks) = fetched.try_next().await? {
+                for (sid, data) in chunks {
+                    let did = dst.keys.chunk_id(&data);
+                    self.map.map.insert(sid, did);
+                    if !self.have.contains(&did) && in_packer.insert(did) {
+                        self.packer.add(did, &data).await?;
+                        chunks_sent += 1;
+                        if self.index_sealed().await? {
+                            in_packer.clear();
+                        }
+                    }
+                }
+            }
+            self.packer.flush().await?;
+            self.index_sealed().await?;
+        }
+
+        // The snapshot's chunks under the destination's ids, in its own map.
+        let dst_ids: Vec<ChunkId> = ids
+            .iter()
+            .map(|s| {
+                self.map.map.get(s).copied().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Internal,
+                        "copy.unmapped-chunk",
+                        format!("chunk {} was not read from the source", &s.to_hex()[..16]),
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        drop(ids);
+        let (map_ct, map_mac) = match lens {
+            None => crate::backup::full_map_object(dst, &dst_ids)?,
+            Some(lens) => {
+                let pt = ChunkSeq { ids: dst_ids, lens }.encode_full();
+                (dst.encrypt_meta(&pt)?, dst.keys.mac(&pt))
+            }
+        };
+        let map_id = ObjectId::random();
+        let map_len = map_ct.len() as u64;
+        dst.store.put(&layout::map(&map_id), Bytes::from(map_ct)).await?;
+
+        let mut manifest = m.clone();
+        manifest.maps = vec![MapRef {
+            id: map_id,
+            mac: hex::encode(map_mac),
+        }];
+        manifest.parent = None;
+        manifest.stats.chunks_new = chunks_sent;
+        let sent_so_far = self.bytes_sent - bytes_before + map_len;
+        let probe = dst.encrypt_meta(&encode_manifest(&dst.keys, &manifest))?;
+        manifest.stats.bytes_new = sent_so_far + probe.len() as u64;
+        let ct = dst.encrypt_meta(&encode_manifest(&dst.keys, &manifest))?;
+        check_grace(pending_read, grace)?;
+        match dst.store.put_if_absent(&layout::snapshot(&m.id), Bytes::from(ct)).await {
+            Ok(()) => {}
+            Err(sqlvault_store::StoreError::AlreadyExists { .. }) => {
+                tracing::info!("snapshot {} was copied by another run meanwhile", m.id.short());
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(
+            snapshot = %m.id.short(),
+            chunks = manifest.stats.chunks_total,
+            sent = chunks_sent,
+            "snapshot copied"
+        );
+        Ok(Some(CopiedSnapshot {
+            id: m.id.to_string(),
+            name: m.name.clone(),
+            kind: m.kind.clone(),
+            chunks_total: manifest.stats.chunks_total,
+            chunks_read: to_read.len() as u64,
+            chunks_sent,
+            bytes_sent: manifest.stats.bytes_new,
+        }))
+    }
+
+    /// Indexes the packs uploaded since the last call, one index each, and adds their
+    /// chunks to the destination's set. Returns whether there were any.
+    async fn index_sealed(&mut self) -> Result<bool> {
+        let sealed = self.packer.take_sealed();
+        if sealed.is_empty() {
+            return Ok(false);
+        }
+        for p in &sealed {
+            self.bytes_sent += p.size + write_index_for(self.dst, std::slice::from_ref(p)).await?;
+            self.have.add_pack(p.id, &p.entries)?;
+            self.packs_written += 1;
+        }
+        Ok(true)
+    }
+}
+
+fn check_grace(pending_read: Instant, grace: Duration) -> Result<()> {
+    if pending_read.elapsed() >= grace {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            "copy.outlived-grace",
+            format!(
+                "copying the snapshot took longer than the destination's prune grace period ({}): not committing it, as prune may have deleted data it relies on; run the copy again, or raise the grace with `prune --grace`",
+                crate::retention::describe(grace)
+            ),
+        ));
+    }
+    Ok(())
+}
