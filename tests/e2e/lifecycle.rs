@@ -200,3 +200,119 @@ fn one_backup_writes_several_repositories_and_reports_partial_failure() {
     // Each repository's key opens only its own repository.
     w.run(&["snapshots", &r2, "-i", &key1]).fails(5);
 }
+
+#[test]
+fn copy_moves_snapshots_to_a_repository_with_other_keys() {
+    let w = World::new();
+    let (r1, r2) = (w.s("r1"), w.s("r2"));
+    let (key1, db) = w.setup(&r1, 1 << 20, true);
+    let key2 = w.s("key2.txt");
+    let rcpt2 = w.run(&["key", "generate", "-o", &key2]).ok().stdout.trim().to_string();
+    w.run(&["init", &r2, "-r", &rcpt2]).ok();
+    let mut contents = Vec::new();
+    for seed in 0..2 {
+        w.run(&["backup", &db, &r1]).ok();
+        contents.push(content(Path::new(&db)));
+        kit::update_random(Path::new(&db), 0.05, seed).unwrap();
+    }
+    let ids = snapshot_ids(&w, &r1);
+
+    // Reading the source needs its identity; the wrong one is refused.
+    w.run(&["copy", &r1, &r2]).fails(5);
+    w.run(&["copy", &r1, &r2, "-i", &key2]).fails(5);
+    let r = w
+        .run(&["copy", &r1, &r2, "-i", &key1, "--snapshot", "ffffffff"])
+        .fails(4);
+    assert!(r.stderr.contains("ffffffff"), "{}", r.stderr);
+    // A host without the destination's write key is told how to get one.
+    let other = World::new();
+    let r = other.run(&["copy", &r1, &r2, "-i", &key1]).fails(5);
+    assert!(r.stderr.contains("join"), "{}", r.stderr);
+
+    let j = w.run(&["copy", &r1, &r2, "-i", &key1, "--json"]).ok().json();
+    let copied = j["copied"].as_array().unwrap();
+    assert_eq!(copied.len(), 2, "{j}");
+    assert!(
+        copied[1]["chunks_sent"].as_u64().unwrap() < copied[1]["chunks_total"].as_u64().unwrap() / 2,
+        "the second snapshot sends only what changed: {j}"
+    );
+    assert!(j["requests"]["put"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(snapshot_ids(&w, &r2), ids, "same ids, same order");
+    for (id, want) in ids.iter().zip(&contents) {
+        let out = w.s("out.db");
+        w.run(&["restore", &r2, &out, "-i", &key2, "--snapshot", id, "--force"])
+            .ok();
+        assert_eq!(&content(Path::new(&out)), want);
+    }
+    // The destination's key cannot read the source, and the other way round.
+    w.run(&["snapshots", &r1, "-i", &key2]).fails(5);
+    w.run(&["restore", &r2, &w.s("x.db"), "-i", &key1]).fails(5);
+
+    // Run again: nothing to send.
+    let j = w.run(&["copy", &r1, &r2, "-i", &key1, "--json"]).ok().json();
+    assert_eq!(j["copied"].as_array().unwrap().len(), 0, "{j}");
+    assert_eq!(j["already_present"].as_array().unwrap().len(), 2, "{j}");
+    assert_eq!(j["requests"]["put"], 0, "{j}");
+    let text = w.run(&["copy", &r1, &r2, "-i", &key1]).ok().stdout;
+    assert!(text.contains("0 snapshots copied, 2 already in"), "{text}");
+    w.run(&["check", &r2, "-i", &key2, "--read-data"]).ok();
+}
+
+#[test]
+fn two_backups_of_one_database_at_once_both_commit_valid_snapshots() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 6 << 20, true);
+    w.run(&["backup", &db, &repo]).ok();
+    kit::update_random(Path::new(&db), 0.1, 3).unwrap();
+    // Two processes, same database name, same repository, same host caches.
+    let spawn = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sqlvault"));
+        c.args(["backup", &db, &repo, "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in &w.env {
+            c.env(k, v);
+        }
+        c.spawn().unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let mut committed = 0;
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        if out.status.success() {
+            committed += 1;
+        } else {
+            // Failing is allowed only cleanly: one error line.
+            assert_eq!(
+                stderr.lines().filter(|l| l.starts_with("sqlvault: error:")).count(),
+                1,
+                "{stderr}"
+            );
+        }
+    }
+    assert!(committed >= 1);
+    let ids = snapshot_ids(&w, &repo);
+    assert_eq!(ids.len(), 1 + committed);
+    // Every snapshot restores to the content it was taken of; the next backup (whose
+    // parent cache one of the two wrote) too.
+    let now = content(Path::new(&db));
+    kit::update_random(Path::new(&db), 0.02, 4).unwrap();
+    w.run(&["backup", &db, &repo]).ok();
+    let last = content(Path::new(&db));
+    let ids = snapshot_ids(&w, &repo);
+    for (i, id) in ids.iter().enumerate() {
+        let out = w.s("out.db");
+        w.run(&["restore", &repo, &out, "-i", &key, "--snapshot", id, "--force"])
+            .ok();
+        if i > 0 && i < ids.len() - 1 {
+            assert_eq!(content(Path::new(&out)), now);
+        }
+    }
+    let out = w.s("out.db");
+    w.run(&["restore", &repo, &out, "-i", &key, "--force"]).ok();
+    assert_eq!(content(Path::new(&out)), last);
+    w.run(&["check", &repo, "-i", &key, "--read-data"]).ok();
+}
