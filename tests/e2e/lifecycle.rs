@@ -256,6 +256,12 @@ fn copy_moves_snapshots_to_a_repository_with_other_keys() {
     let text = w.run(&["copy", &r1, &r2, "-i", &key1]).ok().stdout;
     assert!(text.contains("0 snapshots copied, 2 already in"), "{text}");
     w.run(&["check", &r2, "-i", &key2, "--read-data"]).ok();
+
+    // The other host joins the destination and can copy into it too.
+    let j = other.run(&["join", &r2, "-i", &key2, "--json"]).ok().json();
+    assert!(j["requests"]["get"].as_u64().unwrap() >= 2, "{j}");
+    let j = other.run(&["copy", &r1, &r2, "-i", &key1, "--json"]).ok().json();
+    assert_eq!(j["already_present"].as_array().unwrap().len(), 2, "{j}");
 }
 
 #[test]

@@ -335,6 +335,9 @@ struct JoinArgs {
     repo: String,
     #[command(flatten)]
     keys: ReadKeys,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -844,11 +847,15 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
             let acc = access(&a.keys, true)?.expect("required");
             let repo = Repo::open_read(store(&a.repo)?, acc).await?;
             repo.save_write_key()?;
-            println!(
-                "this host can now back up into repository {} (fingerprint {})",
-                repo.id(),
-                repo.fingerprint()
-            );
+            if a.json {
+                print_json(&json!({"repo_id": repo.id(), "fingerprint": repo.fingerprint()}));
+            } else {
+                println!(
+                    "this host can now back up into repository {} (fingerprint {})",
+                    repo.id(),
+                    repo.fingerprint()
+                );
+            }
             Ok(0)
         }
         Cmd::Backup(a) => backup(a).await,
