@@ -5,6 +5,7 @@ mod support;
 mod audit;
 mod backup_restore;
 mod corruption;
+mod drill;
 mod dumps;
 mod key_rotation;
 mod keys_and_errors;

@@ -1,0 +1,259 @@
+//! Restore drills for users' servers: the newest snapshot of each database restored into
+//! a scratch directory and verified (integrity_check and the logical checksum, plus
+//! cipher_integrity_check for SQLCipher sources), timed, and written down.
+//!
+//! Every outcome, failure included, becomes one JSON line appended to a local log (so a
+//! scheduler's history survives a repository that cannot be reached) and, when asked, an
+//! evidence object in the repository (so an auditor with the repository sees it). A
+//! record carries the snapshot's age at that moment (the RPO a disaster then would have
+//! meant) and the restore time (the RTO measured).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sqlvault_format::Manifest;
+use sqlvault_sqlite::DbKey;
+
+use crate::error::{Error, ErrorKind, Result, io_err};
+use crate::evidence::{Evidence, hostname};
+use crate::repo::{Repo, now_ms};
+use crate::restore::{RestoreOptions, checks_of, restore_snapshot};
+
+/// Options for [`drill`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct DrillOptions {
+    /// Only this database name (default: every name in the repository).
+    pub name: Option<String>,
+    /// Key of snapshots of SQLCipher databases.
+    pub db_key: Option<DbKey>,
+    /// Also record each result as an evidence object in the repository.
+    pub record_in_repo: bool,
+    /// Where restores go (default: the system's temporary directory). It needs room
+    /// for the largest database.
+    pub scratch: Option<PathBuf>,
+    /// JSON-lines log to append to (default: `drill.jsonl` in the state directory).
+    pub log: Option<PathBuf>,
+}
+
+impl DrillOptions {
+    /// Drills only this database name.
+    pub fn with_name(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
+    }
+    /// Database key for SQLCipher snapshots.
+    pub fn with_db_key(mut self, k: Option<DbKey>) -> Self {
+        self.db_key = k;
+        self
+    }
+    /// Records results in the repository too.
+    pub fn with_record_in_repo(mut self, yes: bool) -> Self {
+        self.record_in_repo = yes;
+        self
+    }
+    /// Scratch directory for the restores.
+    pub fn with_scratch(mut self, dir: Option<PathBuf>) -> Self {
+        self.scratch = dir;
+        self
+    }
+    /// Log file.
+    pub fn with_log(mut self, path: Option<PathBuf>) -> Self {
+        self.log = path;
+        self
+    }
+
+    /// The log this drill appends to.
+    pub fn log_path(&self) -> PathBuf {
+        self.log
+            .clone()
+            .unwrap_or_else(|| crate::local::home().join("drill.jsonl"))
+    }
+}
+
+/// One drill of one snapshot: a line of the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillRecord {
+    /// The evidence (kind `drill`): snapshot, its time, checks, result, timings, host.
+    #[serde(flatten)]
+    pub evidence: Evidence,
+    /// The repository, as given.
+    pub repo: String,
+    /// Age of the snapshot when drilled: the data a disaster at that moment would lose.
+    pub rpo_seconds: f64,
+    /// Size of the restored database.
+    pub bytes: u64,
+    /// What failed, when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The evidence object written into the repository, if asked and written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence_object: Option<String>,
+}
+
+/// What a drill did.
+#[derive(Debug, Serialize)]
+pub struct DrillReport {
+    /// Whether every snapshot restored and verified.
+    pub ok: bool,
+    /// One record per database name, in name order.
+    pub records: Vec<DrillRecord>,
+    /// The log appended to.
+    pub log: String,
+    /// The first failure, for the exit code.
+    #[serde(skip)]
+    pub failure: Option<Error>,
+}
+
+/// Drills the newest snapshot of each database name (or of `opts.name`).
+pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
+    repo.require_data_access("a restore drill")?;
+    let log = opts.log_path();
+    let snaps = match repo.snapshots().await {
+        Ok(s) => s,
+        Err(e) => {
+            append_failure(&log, repo.store.describe(), &e);
+            return Err(e);
+        }
+    };
+    let newest = newest_per_name(snaps, opts.name.as_deref());
+    if newest.is_empty() {
+        let e = Error::new(
+            ErrorKind::NotFound,
+            "snapshot.not-found",
+            match &opts.name {
+                Some(n) => format!("no snapshot of {n} in {}", repo.store.describe()),
+                None => format!("no snapshots in {}", repo.store.describe()),
+            },
+        );
+        append_failure(&log, repo.store.describe(), &e);
+        return Err(e);
+    }
+    let scratch = opts.scratch.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("sqlvault-drill-")
+        .tempdir_in(&scratch)
+        .map_err(|e| io_err(format!("cannot create a scratch directory in {}", scratch.display()), e))?;
+    let mut records = Vec::new();
+    let mut failure: Option<Error> = None;
+    for m in &newest {
+        let (mut rec, err) = drill_one(repo, m, dir.path(), opts).await;
+        if opts.record_in_repo {
+            match crate::evidence::record(repo, rec.evidence.clone()).await {
+                Ok(k) => rec.evidence_object = Some(k),
+                Err(e) => tracing::warn!("could not record drill evidence in the repository: {}", e.one_line()),
+            }
+        }
+        append(&log, &rec)?;
+        if let Some(e) = err {
+            tracing::error!("drill of {} failed: {}", m.name, e.one_line());
+            failure.get_or_insert(e);
+        }
+        records.push(rec);
+    }
+    Ok(DrillReport {
+        ok: failure.is_none(),
+        records,
+        log: log.display().to_string(),
+        failure,
+    })
+}
+
+/// The newest snapshot of each name (by the creation time in the manifest), by name.
+fn newest_per_name(snaps: Vec<Manifest>, only: Option<&str>) -> Vec<Manifest> {
+    let mut by_name: std::collections::BTreeMap<String, Manifest> = std::collections::BTreeMap::new();
+    for m in snaps {
+        if only.is_some_and(|n| n != m.name) {
+            continue;
+        }
+        match by_name.get(&m.name) {
+            Some(have) if (have.created_ms, have.id) >= (m.created_ms, m.id) => {}
+            _ => {
+                by_name.insert(m.name.clone(), m);
+            }
+        }
+    }
+    by_name.into_values().collect()
+}
+
+async fn drill_one(repo: &Repo, m: &Manifest, dir: &Path, opts: &DrillOptions) -> (DrillRecord, Option<Error>) {
+    let dest = dir.join(format!("{}.db", m.id));
+    let one = RestoreOptions::default().with_db_key(opts.db_key.clone());
+    let started = now_ms();
+    let r = restore_snapshot(repo, m, &dest, &one).await;
+    let _ = std::fs::remove_file(&dest);
+    let (ok, restore_seconds, check_seconds, bytes, err) = match r {
+        Ok(rep) => (true, rep.restore_seconds, rep.check_seconds, rep.bytes, None),
+        Err(e) => (false, 0.0, 0.0, 0, Some(e)),
+    };
+    let rec = DrillRecord {
+        evidence: Evidence {
+            kind: "drill".into(),
+            at_ms: now_ms(),
+            snapshot_id: m.id.to_string(),
+            name: m.name.clone(),
+            snapshot_created_ms: m.created_ms,
+            ok,
+            checks: checks_of(m),
+            code: err.as_ref().map(|e| e.code().to_string()),
+            restore_seconds,
+            check_seconds,
+            host: hostname(),
+        },
+        repo: repo.store.describe().to_string(),
+        rpo_seconds: ((started - m.created_ms).max(0) as f64) / 1000.0,
+        bytes,
+        error: err.as_ref().map(Error::one_line),
+        evidence_object: None,
+    };
+    (rec, err)
+}
+
+/// Appends one line to the log, creating it 0600 (records name databases and hosts).
+fn append(log: &Path, rec: &impl Serialize) -> Result<()> {
+    if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::local::mkdir_private(dir)?;
+    }
+    let mut line = serde_json::to_vec(rec).expect("serialises");
+    line.push(b'\n');
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(log)
+        .map_err(|e| io_err(format!("cannot open drill log {}", log.display()), e))?;
+    // One write of a whole line: concurrent drills appending to one log do not interleave.
+    f.write_all(&line)
+        .and_then(|()| f.sync_data())
+        .map_err(|e| io_err(format!("cannot append to drill log {}", log.display()), e))
+}
+
+/// A drill that failed before any snapshot was restored (the repository could not be
+/// opened or listed) still leaves its line in the log: the missing line would be the
+/// only sign otherwise.
+pub fn append_failure(log: &Path, repo: &str, e: &Error) {
+    #[derive(Serialize)]
+    struct Failed<'a> {
+        kind: &'static str,
+        at_ms: i64,
+        repo: String,
+        ok: bool,
+        code: &'a str,
+        error: String,
+        host: String,
+    }
+    let line = Failed {
+        kind: "drill",
+        at_ms: now_ms(),
+        repo: repo.to_string(),
+        ok: false,
+        code: e.code(),
+        error: e.one_line(),
+        host: hostname(),
+    };
+    if let Err(err) = append(log, &line) {
+        tracing::warn!("{}", err.one_line());
+    }
+}
