@@ -1,4 +1,4 @@
-//! `cargo xtask ci | demo | bench | gen` — project automation. Drives the real
+//! `cargo xtask ci | demo | bench | drill | gen` — project automation. Drives the real
 //! `sqlvault` binary the way a user would.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod drill;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -19,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Formatting, lints and the whole test suite (what .ci/run calls). Installs the
+    /// Formatting, lints, the whole test suite and the quick drill matrix (what
+    /// .ci/run calls). Installs the
     /// test prerequisites (moto, azurite, age, zstd, sqlite3, sqlcipher, sqlcipher3)
     /// when they are missing.
     Ci,
@@ -33,6 +35,11 @@ enum Cmd {
     },
     /// Benchmarks against the sqlite3 .backup + zstd + age pipeline.
     Bench(bench::BenchArgs),
+    /// The restore-drill matrix against the built binary: database sizes and journal
+    /// modes, a concurrent writer, local disk, S3 (moto) and Azure (azurite), kill -9
+    /// during backup, copy and prune, damaged objects, a wrong identity, a store failing
+    /// 20% of requests. Writes a JSON report; exit non-zero on any failed scenario.
+    Drill(drill::DrillArgs),
     /// Generate a realistic test database.
     Gen {
         /// Output path.
@@ -54,6 +61,7 @@ fn main() -> Result<()> {
         Cmd::Ci => ci(),
         Cmd::Demo { size_mib } => demo(size_mib),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Drill(a) => drill::run(a),
         Cmd::Gen {
             path,
             size_mib,
@@ -190,7 +198,9 @@ fn ci() -> Result<()> {
     if !status.success() {
         bail!("cargo test failed with {status}");
     }
-    Ok(())
+    // The drill matrix against the built binary, every backend, a fresh seed each run
+    // (printed, and in target/drill/report.json, to reproduce a failure).
+    drill::run(drill::DrillArgs::quick())
 }
 
 pub(crate) fn build_release() -> Result<PathBuf> {

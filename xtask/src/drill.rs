@@ -1,0 +1,911 @@
+//! `cargo xtask drill`: the scenario matrix, run against the built `sqlvault` binary as
+//! a user would run it, on every backend (local disk, S3 on moto, Azure on azurite, each
+//! started on 127.0.0.1 and stopped by pid).
+//!
+//! Every scenario either restores and verifies — integrity_check and the logical
+//! checksum, and for backups taken under a concurrent writer, content equal to a state
+//! the source had committed — or fails with the exit code expected. Anything else (a
+//! silent success with wrong data, a wrong code, a panic) fails the drill. The seed makes
+//! every kill moment, damaged byte and injected fault reproducible.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use sqlvault_testkit::Rng;
+
+#[derive(clap::Args)]
+pub struct DrillArgs {
+    /// The CI matrix: small databases, three kill points per command (a few minutes).
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+    /// Larger databases (up to 256 MiB), ten kill points per command, release binary.
+    #[arg(long)]
+    full: bool,
+    /// Seed for kill moments, damaged bytes, injected faults and data (default: from
+    /// the clock; printed, so any failure can be rerun exactly).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Backends to drill (default: all).
+    #[arg(long, value_delimiter = ',', value_parser = ["local", "s3", "azure"])]
+    backends: Vec<String>,
+    /// Where the JSON report goes (default: target/drill/report.json).
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+impl DrillArgs {
+    /// What `cargo xtask ci` runs.
+    pub fn quick() -> DrillArgs {
+        DrillArgs {
+            quick: true,
+            full: false,
+            seed: None,
+            backends: Vec::new(),
+            report: None,
+        }
+    }
+}
+
+/// A database shape of the matrix.
+struct DbSpec {
+    label: &'static str,
+    mib: u64,
+    wal: bool,
+}
+
+struct Backend {
+    name: &'static str,
+    /// `{prefix}` → repository URL.
+    base: String,
+    /// Environment of every sqlvault run against it.
+    env: Vec<(String, String)>,
+    /// The same through a proxy that fails 20% of requests (not for local disk).
+    faulty_env: Option<Vec<(String, String)>>,
+    /// Requests that proxy failed so far.
+    injected: Option<Arc<AtomicU64>>,
+}
+
+impl Backend {
+    fn url(&self, prefix: &str) -> String {
+        format!("{}/{prefix}", self.base)
+    }
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    secs: f64,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or(Value::Null)
+    }
+}
+
+struct Drill {
+    bin: PathBuf,
+    dir: PathBuf,
+    rng: Rng,
+    key: String,
+    rcpt: String,
+    other_key: String,
+    kills: usize,
+    outcomes: Vec<Value>,
+    rt: tokio::runtime::Runtime,
+}
+
+pub fn run(a: DrillArgs) -> Result<()> {
+    let full = a.full;
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    println!("drill: seed {seed} (rerun with --seed {seed})");
+    let bin = if full {
+        crate::build_release()?
+    } else {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        crate::sh(
+            Command::new(cargo)
+                .current_dir(crate::root())
+                .args(["build", "--quiet", "--workspace", "--bins"]),
+        )?;
+        crate::root().join("target/debug/sqlvault")
+    };
+    let dir = crate::root().join("target/drill/work");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let dbs: Vec<DbSpec> = if full {
+        vec![
+            DbSpec {
+                label: "wal-16m",
+                mib: 16,
+                wal: true,
+            },
+            DbSpec {
+                label: "rollback-16m",
+                mib: 16,
+                wal: false,
+            },
+            DbSpec {
+                label: "wal-256m",
+                mib: 256,
+                wal: true,
+            },
+        ]
+    } else {
+        vec![
+            DbSpec {
+                label: "wal-3m",
+                mib: 3,
+                wal: true,
+            },
+            DbSpec {
+                label: "rollback-2m",
+                mib: 2,
+                wal: false,
+            },
+        ]
+    };
+    let wanted = |b: &str| a.backends.is_empty() || a.backends.iter().any(|x| x == b);
+
+    // Servers first, while this process has no other thread: the in-process store
+    // (used to damage objects) reads its settings from the environment.
+    let moto = if wanted("s3") {
+        let m = sqlvault_testkit::MotoServer::start().map_err(anyhow::Error::msg)?;
+        m.create_bucket("drill").map_err(anyhow::Error::msg)?;
+        Some(m)
+    } else {
+        None
+    };
+    let azurite = if wanted("azure") {
+        let z = sqlvault_testkit::AzuriteServer::start().map_err(anyhow::Error::msg)?;
+        z.create_container("drill").map_err(anyhow::Error::msg)?;
+        Some(z)
+    } else {
+        None
+    };
+    for (k, v) in moto
+        .iter()
+        .flat_map(|m| m.env())
+        .chain(azurite.iter().flat_map(|z| z.env()))
+    {
+        // SAFETY: no other thread exists yet in this process.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let mut proxies = Vec::new();
+    let mut backends = Vec::new();
+    if wanted("local") {
+        backends.push(Backend {
+            name: "local",
+            base: dir.join("repos").display().to_string(),
+            env: Vec::new(),
+            faulty_env: None,
+            injected: None,
+        });
+    }
+    if let Some(m) = &moto {
+        let p = FaultProxy::start(m.port, 0.2, seed)?;
+        let faulty = m
+            .env()
+            .into_iter()
+            .map(|(k, v)| match k.as_str() {
+                "AWS_ENDPOINT" => (k, format!("http://127.0.0.1:{}", p.port)),
+                _ => (k, v),
+            })
+            .collect();
+        proxies.push(p);
+        backends.push(Backend {
+            name: "s3",
+            base: "s3://drill".into(),
+            env: m.env(),
+            faulty_env: Some(faulty),
+            injected: Some(
+                proxies
+                    .last()
+                    .map(|p: &FaultProxy| p.injected.clone())
+                    .expect("started"),
+            ),
+        });
+    }
+    if let Some(z) = &azurite {
+        let p = FaultProxy::start(z.port, 0.2, seed ^ 0x5a5a)?;
+        let faulty = z
+            .env()
+            .into_iter()
+            .map(|(k, v)| match k.as_str() {
+                "AZURITE_BLOB_STORAGE_URL" => (k, format!("http://127.0.0.1:{}", p.port)),
+                _ => (k, v),
+            })
+            .collect();
+        proxies.push(p);
+        backends.push(Backend {
+            name: "azure",
+            base: "az://drill".into(),
+            env: z.env(),
+            faulty_env: Some(faulty),
+            injected: Some(
+                proxies
+                    .last()
+                    .map(|p: &FaultProxy| p.injected.clone())
+                    .expect("started"),
+            ),
+        });
+    }
+
+    let mut d = Drill {
+        bin,
+        rng: Rng::new(seed),
+        key: dir.join("key.txt").display().to_string(),
+        other_key: dir.join("other.txt").display().to_string(),
+        rcpt: String::new(),
+        dir,
+        kills: if full { 10 } else { 3 },
+        outcomes: Vec::new(),
+        rt: tokio::runtime::Runtime::new()?,
+    };
+    let home_env: Vec<(String, String)> = Vec::new();
+    let g = d.sv(&["key", "generate", "-o", &d.key.clone()], &home_env)?;
+    ensure!(g.code == 0, "key generate failed: {}", g.stderr);
+    d.rcpt = g.stdout.trim().to_string();
+    let g = d.sv(&["key", "generate", "-o", &d.other_key.clone()], &home_env)?;
+    ensure!(g.code == 0, "key generate failed: {}", g.stderr);
+
+    let t0 = Instant::now();
+    for b in &backends {
+        for (i, spec) in dbs.iter().enumerate() {
+            d.matrix(b, spec, seed.wrapping_add(i as u64))?;
+        }
+        d.damage(b)?;
+    }
+    drop(proxies);
+    drop(moto);
+    drop(azurite);
+
+    let failed: Vec<&Value> = d.outcomes.iter().filter(|o| o["outcome"] != "pass").collect();
+    let report = json!({
+        "seed": seed,
+        "mode": if full { "full" } else { "quick" },
+        "seconds": t0.elapsed().as_secs_f64(),
+        "passed": d.outcomes.len() - failed.len(),
+        "failed": failed.len(),
+        "scenarios": d.outcomes,
+    });
+    let path = a
+        .report
+        .unwrap_or_else(|| crate::root().join("target/drill/report.json"));
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!();
+    println!(
+        "{:<8} {:<14} {:<34} {:<5} {:>8}  detail",
+        "BACKEND", "DATABASE", "SCENARIO", "OK", "SECONDS"
+    );
+    for o in report["scenarios"].as_array().expect("array") {
+        println!(
+            "{:<8} {:<14} {:<34} {:<5} {:>8.2}  {}",
+            o["backend"].as_str().unwrap_or(""),
+            o["db"].as_str().unwrap_or(""),
+            o["scenario"].as_str().unwrap_or(""),
+            if o["outcome"] == "pass" { "pass" } else { "FAIL" },
+            o["seconds"].as_f64().unwrap_or(0.0),
+            o["detail"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "drill: {} passed, {} failed in {:.0}s (seed {seed}); report: {}",
+        report["passed"],
+        report["failed"],
+        t0.elapsed().as_secs_f64(),
+        path.display()
+    );
+    if !failed.is_empty() {
+        bail!("{} drill scenarios failed (seed {seed})", failed.len());
+    }
+    Ok(())
+}
+
+impl Drill {
+    /// Runs sqlvault with this drill's home and `env`.
+    fn sv(&self, args: &[&str], env: &[(String, String)]) -> Result<Out> {
+        let t = Instant::now();
+        let o = self
+            .cmd(args, env)
+            .output()
+            .with_context(|| format!("cannot run sqlvault {args:?}"))?;
+        Ok(Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            secs: t.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn cmd(&self, args: &[&str], env: &[(String, String)]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .env("SQLVAULT_HOME", self.dir.join("home"))
+            .env_remove("SQLVAULT_IDENTITY_FILE")
+            .env_remove("SQLVAULT_PASSPHRASE")
+            .env_remove("SQLVAULT_LOG")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs `args`, which must succeed.
+    fn ok(&self, args: &[&str], env: &[(String, String)]) -> Result<Out> {
+        let o = self.sv(args, env)?;
+        ensure!(
+            o.code == 0,
+            "sqlvault {} exited {}: {}",
+            args.first().unwrap_or(&""),
+            o.code,
+            o.stderr.trim()
+        );
+        Ok(o)
+    }
+
+    /// Runs `args`, which must fail with `code` and one error line, and no panic.
+    fn fails(&self, args: &[&str], env: &[(String, String)], code: i32) -> Result<Out> {
+        let o = self.sv(args, env)?;
+        ensure!(
+            o.code == code,
+            "sqlvault {} exited {} instead of {code}: {}",
+            args.first().unwrap_or(&""),
+            o.code,
+            o.stderr.trim()
+        );
+        ensure!(!o.stderr.contains("panicked"), "panic: {}", o.stderr);
+        let lines = o.stderr.lines().filter(|l| l.starts_with("sqlvault: error:")).count();
+        ensure!(lines == 1, "expected one error line, got {lines}: {}", o.stderr);
+        Ok(o)
+    }
+
+    fn record(&mut self, backend: &str, db: &str, scenario: &str, t: Instant, r: Result<Value>) {
+        let secs = t.elapsed().as_secs_f64();
+        let o = match r {
+            Ok(mut v) => {
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("outcome".into(), json!("pass"));
+                }
+                v
+            }
+            Err(e) => json!({"outcome": "fail", "detail": format!("{e:#}")}),
+        };
+        let mut o = o;
+        let m = o.as_object_mut().expect("object");
+        m.insert("backend".into(), json!(backend));
+        m.insert("db".into(), json!(db));
+        m.insert("scenario".into(), json!(scenario));
+        m.insert("seconds".into(), json!(secs));
+        if m.get("outcome") != Some(&json!("pass")) {
+            eprintln!("drill: FAIL {backend} {db} {scenario}: {}", m["detail"]);
+        }
+        self.outcomes.push(o);
+    }
+
+    /// Every snapshot of `repo` restores and verifies (none at all is fine too).
+    fn verify_all(&self, repo: &str, env: &[(String, String)], key: &str) -> Result<usize> {
+        let s = self.ok(&["snapshots", repo, "--json"], env)?.json();
+        let n = s["snapshots"].as_array().map(Vec::len).unwrap_or(0);
+        if n > 0 {
+            let v = self.ok(&["verify", repo, "-i", key, "--all", "--no-evidence", "--json"], env)?;
+            ensure!(v.json()["ok"] == true, "verify --all: {}", v.stdout);
+        }
+        Ok(n)
+    }
+
+    /// Restores the newest snapshot of `repo` to a file and returns its path and the
+    /// restore report.
+    fn restore_newest(&self, repo: &str, env: &[(String, String)], out: &Path) -> Result<Value> {
+        let o = self.ok(
+            &[
+                "restore",
+                repo,
+                out.to_str().unwrap(),
+                "-i",
+                &self.key,
+                "--force",
+                "--json",
+            ],
+            env,
+        )?;
+        Ok(o.json())
+    }
+
+    /// Starts `args` and kills it (SIGKILL) after a random moment within `window`.
+    /// Returns whether it was still running when killed.
+    fn kill_during(&mut self, args: &[&str], env: &[(String, String)], window: f64) -> Result<bool> {
+        let delay = Duration::from_millis(self.rng.below((window * 1000.0) as u64 + 1));
+        let mut child = self
+            .cmd(args, env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn")?;
+        std::thread::sleep(delay);
+        let running = child.try_wait()?.is_none();
+        if running {
+            child.kill()?;
+        }
+        child.wait()?;
+        Ok(running)
+    }
+
+    /// The matrix for one backend and database shape.
+    fn matrix(&mut self, b: &Backend, spec: &DbSpec, seed: u64) -> Result<()> {
+        let tag = format!("{}-{}", b.name, spec.label);
+        let repo = b.url(&tag);
+        let copy_dst = b.url(&format!("{tag}-copy"));
+        let env = b.env.clone();
+        let db = self.dir.join(format!("{tag}.db"));
+        sqlvault_testkit::generate(
+            &db,
+            &sqlvault_testkit::GenOptions {
+                target_bytes: spec.mib << 20,
+                seed,
+                wal: spec.wal,
+            },
+        )?;
+        {
+            let c = rusqlite::Connection::open(&db)?;
+            c.execute_batch("CREATE TABLE drill_writes(n INTEGER PRIMARY KEY, at INTEGER NOT NULL);")?;
+        }
+        let dbs = db.display().to_string();
+        let out = self.dir.join(format!("{tag}.restored.db"));
+        let rcpt = self.rcpt.clone();
+        let key = self.key.clone();
+        let label = spec.label;
+
+        let t = Instant::now();
+        let r = (|| {
+            self.ok(&["init", &repo, "-r", &rcpt], &env)?;
+            self.ok(&["init", &copy_dst, "-r", &rcpt], &env)?;
+            Ok(json!({}))
+        })();
+        let failed = r.is_err();
+        self.record(b.name, label, "init", t, r);
+        if failed {
+            return Ok(());
+        }
+
+        // Full, then incremental, backups while a writer commits at a fixed rate; each
+        // restores to a state the source committed.
+        let mut backup_secs = 1.0;
+        for (scenario, fraction) in [("backup-under-writes", 0.0), ("incremental-under-writes", 0.01)] {
+            let t = Instant::now();
+            if fraction > 0.0 {
+                sqlvault_testkit::update_random(&db, fraction, seed)?;
+            }
+            let r = (|| {
+                let w = Writer::start(&db, 200)?;
+                let o = self.sv(&["backup", &dbs, &repo, "--json"], &env);
+                let written = w.stop()?;
+                let o = o?;
+                ensure!(o.code == 0, "backup exited {}: {}", o.code, o.stderr.trim());
+                backup_secs = o.secs;
+                let rep = o.json();
+                let restored = self.restore_newest(&repo, &env, &out)?;
+                let k = committed_state(&out, &db, &self.dir.join("expected.db"))?;
+                Ok(json!({
+                    "detail": format!("restored the state after write {k} of {written}"),
+                    "db_bytes": rep["bytes_read"],
+                    "bytes_new": rep["bytes_new"],
+                    "chunks_new": rep["chunks_new"],
+                    "backup_seconds": o.secs,
+                    "restore_seconds": restored["restore_seconds"],
+                    "requests": {"backup": rep["requests"], "restore": restored["requests"]},
+                }))
+            })();
+            self.record(b.name, label, scenario, t, r);
+        }
+
+        // kill -9 during a backup: every listed snapshot still restores; a rerun works.
+        let t = Instant::now();
+        let r = (|| {
+            let mut interrupted = 0;
+            for i in 0..self.kills {
+                sqlvault_testkit::update_random(&db, 0.02, seed + 100 + i as u64)?;
+                if self.kill_during(&["backup", &dbs, &repo], &env, backup_secs * 1.5)? {
+                    interrupted += 1;
+                }
+                self.verify_all(&repo, &env, &key)?;
+            }
+            self.ok(&["backup", &dbs, &repo], &env)?;
+            self.restore_newest(&repo, &env, &out)?;
+            same_content(&out, &db)?;
+            Ok(json!({"detail": format!("{interrupted} of {} runs killed mid-way; all snapshots restore", self.kills)}))
+        })();
+        self.record(b.name, label, "kill-9-during-backup", t, r);
+
+        // kill -9 during copy into another repository (same recipients here; copy
+        // between keys is covered by the test suite): each attempt copies into a fresh
+        // destination and is killed within the time a whole copy takes; the destination
+        // stays valid, and a rerun completes it.
+        let t = Instant::now();
+        let r = (|| {
+            let whole = self.ok(&["copy", &repo, &copy_dst, "-i", &key, "--json"], &env)?;
+            let n = self.verify_all(&copy_dst, &env, &key)?;
+            ensure!(n == self.verify_all(&repo, &env, &key)?, "copy left out snapshots");
+            let mut interrupted = 0;
+            for i in 0..self.kills {
+                let dst = b.url(&format!("{tag}-copy-{i}"));
+                self.ok(&["init", &dst, "-r", &rcpt], &env)?;
+                if self.kill_during(&["copy", &repo, &dst, "-i", &key], &env, whole.secs * 0.9)? {
+                    interrupted += 1;
+                }
+                self.verify_all(&dst, &env, &key)?;
+                self.ok(&["copy", &repo, &dst, "-i", &key], &env)?;
+                ensure!(
+                    self.verify_all(&dst, &env, &key)? == n,
+                    "a resumed copy left out snapshots"
+                );
+            }
+            Ok(json!({
+                "detail": format!("{interrupted} of {} copies killed mid-way and resumed; {n} snapshots each", self.kills),
+                "requests": whole.json()["requests"],
+            }))
+        })();
+        self.record(b.name, label, "kill-9-during-copy", t, r);
+
+        // kill -9 during prune: before each attempt a new backup and forget make fresh
+        // garbage; the repository stays valid, and the next prune takes over the dead
+        // run's lock and finishes.
+        let t = Instant::now();
+        let r = (|| {
+            let prune = [
+                "prune",
+                &repo,
+                "-i",
+                &key,
+                "--grace",
+                "0",
+                "--no-running-backups",
+                "--repack-below",
+                "0.9",
+            ];
+            let mut interrupted = 0;
+            for i in 0..self.kills {
+                sqlvault_testkit::update_random(&db, 0.05, seed + 200 + i as u64)?;
+                self.ok(&["backup", &dbs, &repo], &env)?;
+                self.ok(&["forget", &repo, "--keep-last", "2"], &env)?;
+                let dry = self.ok(&["prune", &repo, "-i", &key, "--dry-run"], &env)?;
+                if self.kill_during(&prune, &env, dry.secs * 2.0)? {
+                    interrupted += 1;
+                }
+                self.verify_all(&repo, &env, &key)?;
+            }
+            let o = self.ok(&[&prune[..], &["--json"]].concat(), &env)?.json();
+            let n = self.verify_all(&repo, &env, &key)?;
+            ensure!(n == 2, "{n} snapshots after forget --keep-last 2");
+            self.restore_newest(&repo, &env, &out)?;
+            same_content(&out, &db)?;
+            Ok(
+                json!({"detail": format!("{interrupted} of {} runs killed; {n} snapshots restore", self.kills), "requests": o["requests"]}),
+            )
+        })();
+        self.record(b.name, label, "kill-9-during-prune", t, r);
+
+        // A wrong identity: refused with exit 5, nothing written.
+        let t = Instant::now();
+        let r = (|| {
+            let wrong = self.dir.join("wrong.db");
+            let o = self.fails(
+                &["restore", &repo, wrong.to_str().unwrap(), "-i", &self.other_key.clone()],
+                &env,
+                5,
+            )?;
+            ensure!(!wrong.exists(), "a refused restore left {}", wrong.display());
+            Ok(json!({"detail": o.stderr.trim().to_string()}))
+        })();
+        self.record(b.name, label, "wrong-identity", t, r);
+
+        // 20% of requests fail at a proxy: backup, restore and verify get through.
+        if let Some(fenv) = b.faulty_env.clone() {
+            let t = Instant::now();
+            let injected = || b.injected.as_ref().map(|i| i.load(Ordering::SeqCst)).unwrap_or(0);
+            let before = injected();
+            let r = (|| {
+                let frepo = b.url(&format!("{tag}-faulty"));
+                self.ok(&["init", &frepo, "-r", &rcpt], &fenv)?;
+                let bk = self.ok(&["backup", &dbs, &frepo, "--json"], &fenv)?.json();
+                let rs = self.restore_newest(&frepo, &fenv, &out)?;
+                same_content(&out, &db)?;
+                self.verify_all(&frepo, &fenv, &key)?;
+                let retries =
+                    bk["requests"]["retries"].as_u64().unwrap_or(0) + rs["requests"]["retries"].as_u64().unwrap_or(0);
+                let failed = injected() - before;
+                ensure!(failed > 0, "the proxy failed no request");
+                Ok(json!({
+                    "detail": format!("{failed} requests failed at the proxy, retried by the client ({retries} by sqlvault's own layer)"),
+                    "requests": {"backup": bk["requests"], "restore": rs["requests"]},
+                    "restore_seconds": rs["restore_seconds"],
+                }))
+            })();
+            self.record(b.name, label, "20%-failing-store", t, r);
+        }
+        let _ = std::fs::remove_file(&out);
+        Ok(())
+    }
+
+    /// One flipped byte and one truncation in each kind of stored object, and a
+    /// deleted pack: each refused with exit 6 by verify and check; the repository
+    /// verifies again once the object is put back.
+    fn damage(&mut self, b: &Backend) -> Result<()> {
+        let tag = format!("{}-damage", b.name);
+        let repo = b.url(&tag);
+        let env = b.env.clone();
+        let key = self.key.clone();
+        let rcpt = self.rcpt.clone();
+        let db = self.dir.join(format!("{tag}.db"));
+        sqlvault_testkit::generate(
+            &db,
+            &sqlvault_testkit::GenOptions {
+                target_bytes: 1 << 20,
+                seed: 3,
+                wal: true,
+            },
+        )?;
+        let dbs = db.display().to_string();
+        let t = Instant::now();
+        let setup = (|| {
+            self.ok(&["init", &repo, "-r", &rcpt], &env)?;
+            self.ok(&["backup", &dbs, &repo], &env)?;
+            sqlvault_testkit::update_random(&db, 0.05, 4)?;
+            self.ok(&["backup", &dbs, &repo], &env)?;
+            self.ok(&["backup", &dbs, &repo, "--kind", "dump", "--name", "app.sql"], &env)?;
+            Ok(json!({}))
+        })();
+        let failed = setup.is_err();
+        self.record(b.name, "1m", "damage-setup", t, setup);
+        if failed {
+            return Ok(());
+        }
+        let store = sqlvault_store::Store::from_url(&repo)?;
+        for dir in ["snapshots", "maps", "index", "packs"] {
+            for how in ["flip", "truncate", "delete"] {
+                if how == "delete" && dir != "packs" {
+                    continue;
+                }
+                let t = Instant::now();
+                let r = (|| {
+                    // The largest object of its kind: referenced by some snapshot.
+                    let list = self.rt.block_on(store.list(dir))?;
+                    let (name, _) = list
+                        .iter()
+                        .max_by_key(|(n, s)| (*s, n.clone()))
+                        .with_context(|| format!("no {dir} objects"))?
+                        .clone();
+                    let k = format!("{dir}/{name}");
+                    let original = self.rt.block_on(store.get(&k))?;
+                    let mut bad = original.to_vec();
+                    match how {
+                        "flip" => {
+                            let i = self.rng.below(bad.len() as u64) as usize;
+                            bad[i] ^= 1 << self.rng.below(8);
+                        }
+                        "truncate" => bad.truncate(self.rng.below(bad.len() as u64) as usize),
+                        _ => {}
+                    }
+                    if how == "delete" {
+                        self.rt.block_on(store.delete(&k))?;
+                    } else {
+                        self.rt.block_on(store.put(&k, bad.into()))?;
+                    }
+                    let v = self.fails(
+                        &["verify", &repo, "-i", &key, "--all", "--no-evidence", "--json"],
+                        &env,
+                        6,
+                    );
+                    let c = self.fails(&["check", &repo, "-i", &key, "--read-data"], &env, 6);
+                    self.rt.block_on(store.put(&k, original))?;
+                    let v = v?;
+                    c?;
+                    self.verify_all(&repo, &env, &key)?;
+                    let code = v.json()["snapshots"]
+                        .as_array()
+                        .and_then(|s| s.iter().find_map(|x| x["code"].as_str().map(String::from)))
+                        .or_else(|| v.json()["error"]["code"].as_str().map(String::from))
+                        .unwrap_or_default();
+                    Ok(json!({"detail": format!("exit 6 ({code})"), "error_code": code}))
+                })();
+                self.record(b.name, "1m", &format!("{how}-{dir}"), t, r);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A writer committing one row at a time into `drill_writes` (n = 1, 2, …) at a fixed
+/// rate, on its own connection, until stopped.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Result<i64>>,
+}
+
+impl Writer {
+    fn start(db: &Path, per_second: u64) -> Result<Writer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let db = db.to_path_buf();
+        let handle = std::thread::spawn(move || -> Result<i64> {
+            let c = rusqlite::Connection::open(&db)?;
+            c.busy_timeout(Duration::from_secs(30))?;
+            let mut n: i64 = c.query_row("SELECT coalesce(max(n), 0) FROM drill_writes", [], |r| r.get(0))?;
+            let every = Duration::from_micros(1_000_000 / per_second.max(1));
+            while !s.load(Ordering::SeqCst) {
+                n += 1;
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                c.execute(
+                    "INSERT INTO drill_writes(n, at) VALUES (?1, ?2)",
+                    rusqlite::params![n, at],
+                )?;
+                std::thread::sleep(every);
+            }
+            Ok(n)
+        });
+        Ok(Writer { stop, handle })
+    }
+
+    fn stop(self) -> Result<i64> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().map_err(|_| anyhow::anyhow!("writer panicked"))?
+    }
+}
+
+fn checksum(p: &Path) -> Result<[u8; 32]> {
+    let r = sqlvault_sqlite::verify_file(p)?;
+    ensure!(r.problems.is_empty(), "{}: {:?}", p.display(), r.problems);
+    Ok(r.logical_checksum)
+}
+
+/// The restored database equals the source as it was after its writer's k-th commit,
+/// for the k it holds: rows 1..=k and nothing after, every other table as now.
+fn committed_state(restored: &Path, source: &Path, scratch: &Path) -> Result<i64> {
+    let (count, k): (i64, i64) = rusqlite::Connection::open(restored)?.query_row(
+        "SELECT count(*), coalesce(max(n), 0) FROM drill_writes",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    ensure!(count == k, "restored writes are not a prefix: {count} rows, last {k}");
+    let _ = std::fs::remove_file(scratch);
+    {
+        let src = rusqlite::Connection::open(source)?;
+        src.execute("VACUUM INTO ?1", [scratch.to_str().unwrap()])?;
+    }
+    let c = rusqlite::Connection::open(scratch)?;
+    c.execute("DELETE FROM drill_writes WHERE n > ?1", [k])?;
+    drop(c);
+    ensure!(
+        checksum(scratch)? == checksum(restored)?,
+        "restored content is no committed state of the source (writes 1..={k})"
+    );
+    Ok(k)
+}
+
+fn same_content(restored: &Path, source: &Path) -> Result<()> {
+    ensure!(
+        checksum(restored)? == checksum(source)?,
+        "restored content differs from the source"
+    );
+    Ok(())
+}
+
+/// An HTTP/1.1 proxy on 127.0.0.1 that answers a fraction of requests itself with
+/// 503 and forwards the rest, one request per connection (it asks both sides to close).
+struct FaultProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    injected: Arc<AtomicU64>,
+}
+
+impl FaultProxy {
+    fn start(upstream: u16, rate: f64, seed: u64) -> Result<FaultProxy> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        l.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let injected = Arc::new(AtomicU64::new(0));
+        let (s, inj) = (stop.clone(), injected.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(seed);
+            while !s.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let fail = (rng.below(1_000_000) as f64) < rate * 1_000_000.0;
+                        if fail {
+                            inj.fetch_add(1, Ordering::SeqCst);
+                        }
+                        std::thread::spawn(move || {
+                            let _ = proxy_one(c, upstream, fail);
+                        });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Ok(FaultProxy { port, stop, injected })
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn proxy_one(mut c: TcpStream, upstream: u16, fail: bool) -> std::io::Result<()> {
+    c.set_nonblocking(false)?;
+    c.set_read_timeout(Some(Duration::from_secs(60)))?;
+    // The request head, byte by byte up to the blank line (heads are small).
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if c.read(&mut b)? == 0 {
+            return Ok(());
+        }
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    let len: u64 = lines
+        .iter()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    if fail {
+        std::io::copy(&mut (&mut c).take(len), &mut std::io::sink())?;
+        c.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        return Ok(());
+    }
+    lines.retain(|l| !l.to_ascii_lowercase().starts_with("connection:"));
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    let mut fwd = lines.join("\r\n");
+    fwd.push_str("\r\nConnection: close\r\n\r\n");
+    up.write_all(fwd.as_bytes())?;
+    std::io::copy(&mut (&mut c).take(len), &mut up)?;
+    // The response, up to the server closing, told to the client as the last on this
+    // connection (so its pool does not reuse a connection the proxy closes).
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp)?;
+    let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return c.write_all(&resp);
+    };
+    let head = String::from_utf8_lossy(&resp[..end]).into_owned();
+    let mut out: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    out.push("Connection: close");
+    c.write_all(out.join("\r\n").as_bytes())?;
+    c.write_all(b"\r\n\r\n")?;
+    c.write_all(&resp[end + 4..])
+}
