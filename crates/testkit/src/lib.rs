@@ -217,6 +217,47 @@ pub fn generate(path: &Path, opts: &GenOptions) -> rusqlite::Result<u64> {
     Ok(orders)
 }
 
+/// Appends new orders (`fraction` of the existing count) with their events, in one
+/// transaction: the append-only workload (logs, ledgers), whose changes land in new
+/// pages at the end of the tables and indexes. Returns the rows added to `orders`.
+pub fn append_rows(path: &Path, fraction: f64, seed: u64) -> rusqlite::Result<u64> {
+    let mut c = Connection::open(path)?;
+    let (n, customers): (i64, i64) =
+        c.query_row("SELECT max(id), (SELECT max(id) FROM customers) FROM orders", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let k = ((n as f64) * fraction).ceil() as u64;
+    let mut rng = Rng::new(seed);
+    let tx = c.transaction()?;
+    {
+        let mut io =
+            tx.prepare("INSERT INTO orders(customer_id, amount, status, created, note) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+        let mut ie = tx.prepare("INSERT INTO events(order_id, kind, payload, digest) VALUES (?1, ?2, ?3, ?4)")?;
+        for _ in 0..k {
+            io.execute(params![
+                1 + rng.below(customers as u64) as i64,
+                (rng.below(100_000) as f64) / 100.0,
+                "pending",
+                1_700_000_000 + rng.below(100_000_000) as i64,
+                {
+                    let n = 4 + rng.below(12) as usize;
+                    sentence(&mut rng, n)
+                },
+            ])?;
+            let oid = tx.last_insert_rowid();
+            let digest: Vec<u8> = (0..16).map(|_| rng.next_u64() as u8).collect();
+            ie.execute(params![
+                oid,
+                "created",
+                format!("{{\"by\":\"append\",\"text\":\"{}\"}}", sentence(&mut rng, 6)),
+                digest
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(k)
+}
+
 /// Updates `fraction` of the rows of `orders` (and the matching customers' notes) at
 /// random, in one transaction. Returns the number of rows changed.
 pub fn update_random(path: &Path, fraction: f64, seed: u64) -> rusqlite::Result<u64> {
