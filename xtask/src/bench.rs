@@ -11,6 +11,17 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+/// `writeln!` into a report string (reports are printed and written into the docs).
+macro_rules! out {
+    ($o:expr) => {
+        $o.push('\n')
+    };
+    ($o:expr, $($t:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($o, $($t)*);
+    }};
+}
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Size of the generated database in MiB (the headline rows use ≥ 1024).
@@ -184,6 +195,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
             );
         }
     }
+    let command = format!(
+        "cargo xtask bench --size-mib {} --repeat {}{}{}",
+        a.size_mib,
+        a.repeat,
+        if a.dump { " --dump" } else { "" },
+        if a.sqlcipher { " --sqlcipher" } else { "" }
+    );
     let bin = crate::build_release()?;
     let dir = a.dir.unwrap_or_else(|| crate::root().join("target/bench"));
     fs::create_dir_all(&dir)?;
@@ -218,7 +236,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             dir.join(format!("results-sqlcipher-{}m.json", a.size_mib)),
             serde_json::to_vec_pretty(&runs)?,
         )?;
-        return sqlcipher_report(&runs, a.size_mib);
+        let mut o = String::new();
+        sqlcipher_report(&mut o, &runs, a.size_mib)?;
+        return publish(&format!("sqlcipher-{}m", a.size_mib), &command, &o);
     }
     let mut runs = Vec::new();
     for r in 0..a.repeat.max(1) {
@@ -234,13 +254,63 @@ pub fn run(a: BenchArgs) -> Result<()> {
             dir.join(format!("results-dump-{}m.json", a.size_mib)),
             serde_json::to_vec_pretty(&runs)?,
         )?;
-        return dump_report(&runs, a.size_mib);
+        let mut o = String::new();
+        dump_report(&mut o, &runs, a.size_mib)?;
+        return publish(&format!("dump-{}m", a.size_mib), &command, &o);
     }
     fs::write(
         dir.join(format!("results-{}m.json", a.size_mib)),
         serde_json::to_vec_pretty(&runs)?,
     )?;
-    report(&runs, a.size_mib)
+    let mut o = String::new();
+    report(&mut o, &runs, a.size_mib)?;
+    publish(&format!("main-{}m", a.size_mib), &command, &o)
+}
+
+/// Prints a report and writes it into docs/benchmarks.md between the markers of its
+/// section (appended when new), with the command and the machine it ran on, so every
+/// figure there can be traced to a run anyone can repeat.
+fn publish(section: &str, command: &str, body: &str) -> Result<()> {
+    print!("{body}");
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_gib = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .map(|kb| kb / 1048576.0)
+        .unwrap_or(0.0);
+    let (begin, end) = (
+        format!("<!-- bench:{section} begin (written by cargo xtask bench) -->"),
+        format!("<!-- bench:{section} end -->"),
+    );
+    let block =
+        format!("{begin}\n`{command}` on {cores} vCPUs ({cpu}), {mem_gib:.0} GiB RAM, release build:\n\n{body}{end}");
+    let path = crate::root().join("docs/benchmarks.md");
+    let doc = fs::read_to_string(&path).unwrap_or_default();
+    let doc = match (doc.find(&begin), doc.find(&end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{block}{}", &doc[..b], &doc[e + end.len()..]),
+        _ => format!("{}\n{block}\n", doc.trim_end()),
+    };
+    fs::write(&path, doc)?;
+    eprintln!("bench: wrote the {section} section of {}", path.display());
+    Ok(())
 }
 
 /// Generates an age identity at `key` with the run's `sqlvault`; returns its recipient.
@@ -376,6 +446,9 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
     ]))?;
     let rest_j: Value = serde_json::from_str(&rest.stdout)?;
     settle();
+    // verify: the newest snapshot restored to a temporary file, checked, deleted.
+    let ver = measure(&mut sv(&["verify", repos, "-i", keys, "--no-evidence", "--json"]))?;
+    settle();
     let peer_restore = measure(&mut sh(&format!(
         "age -d -i '{keys}' '{w}/peer.age' | zstd -q -d -T0 > '{w}/peer.db'"
     )))?;
@@ -404,6 +477,7 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
         "full": {"wall": full.wall, "cpu": full.cpu, "rss_kib": full.rss_kib, "repo_bytes": repo_size, "report": full_j},
         "incremental": {"rows_updated": rows, "pages_changed": changed, "pages_total": total_pages, "changed_zstd_bytes": changed_zstd, "budget_bytes": inc_budget, "bytes_new": inc_new, "wall": inc.wall, "cpu": inc.cpu, "rss_kib": inc.rss_kib, "report": inc_j},
         "restore": {"wall": rest.wall, "cpu": rest.cpu, "rss_kib": rest.rss_kib, "restore_seconds": restore_s, "check_seconds": check_s},
+        "verify": {"wall": ver.wall, "cpu": ver.cpu, "rss_kib": ver.rss_kib},
         "append": {"rows_added": appended, "wall": app.wall, "cpu": app.cpu, "rss_kib": app.rss_kib, "bytes_new": app_j["bytes_new"], "stored": app_j["bytes_new"]},
         "restic": {
             "full": peer_json(&restic_full, restic_full_size),
@@ -510,7 +584,7 @@ fn at(runs: &[Value], path: &str) -> Vec<f64> {
         .collect()
 }
 
-fn dump_report(runs: &[Value], size_mib: u64) -> Result<()> {
+fn dump_report(o: &mut String, runs: &[Value], size_mib: u64) -> Result<()> {
     let f = |path: &str| median(at(runs, path));
     let max = |path: &str| at(runs, path).into_iter().fold(0.0, f64::max);
     let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
@@ -522,32 +596,37 @@ fn dump_report(runs: &[Value], size_mib: u64) -> Result<()> {
         f("/peer_load/wall"),
     );
     let (a, b) = (f("/first/bytes_new"), f("/second/bytes_new"));
-    println!(
+    out!(
+        o,
         "## SQL dumps, {size_mib} MiB WAL-mode database ({}); medians of {} runs\n",
         mb(f("/db_bytes")),
         runs.len()
     );
-    println!("| measure | sqlvault | peer | ratio | target |");
-    println!("|---|---|---|---|---|");
-    println!(
+    out!(o, "| measure | sqlvault | peer | ratio | target |");
+    out!(o, "|---|---|---|---|---|");
+    out!(
+        o,
         "| dump to a file (stdout) | {d:.2} s, {} | `sqlite3 DB .dump` {pd:.2} s, {} | {:.2}× | ≤ 1.0× ({}) |",
         mb(f("/dump/bytes")),
         mb(f("/peer_dump/bytes")),
         d / pd,
         verdict(d <= pd)
     );
-    println!(
+    out!(
+        o,
         "| load the same dump (incl. integrity_check + checksum {:.2} s) | {l:.2} s | `sqlite3 new.db < dump.sql` {pl:.2} s | {:.2}× | ≤ 1.0× ({}) |",
         f("/load/report/check_seconds"),
         l / pl,
         verdict(l <= pl)
     );
-    println!(
+    out!(
+        o,
         "| dump snapshot, first | {} stored, {:.2} s | | | |",
         mb(a),
         f("/first/wall")
     );
-    println!(
+    out!(
+        o,
         "| dump snapshot after {} rows updated | {} stored, {:.2} s | | {:.3}× of the first | ≤ 0.10× ({}) |",
         f("/second/rows_updated"),
         mb(b),
@@ -556,13 +635,15 @@ fn dump_report(runs: &[Value], size_mib: u64) -> Result<()> {
         verdict(b <= 0.1 * a)
     );
     let rss = [max("/dump/rss_kib"), max("/load/rss_kib")];
-    println!(
+    out!(
+        o,
         "| peak RSS dump / load (max of runs) | {:.0} / {:.0} MiB | | | ≤ 64 MiB ({}) |",
         rss[0] / 1024.0,
         rss[1] / 1024.0,
         verdict(rss.iter().all(|&r| r <= 64.0 * 1024.0))
     );
-    println!(
+    out!(
+        o,
         "| peak RSS dump backup first / second (max of runs) | {:.0} / {:.0} MiB | | | |",
         max("/first/rss_kib") / 1024.0,
         max("/second/rss_kib") / 1024.0
@@ -570,7 +651,7 @@ fn dump_report(runs: &[Value], size_mib: u64) -> Result<()> {
     Ok(())
 }
 
-fn report(runs: &[Value], size_mib: u64) -> Result<()> {
+fn report(o: &mut String, runs: &[Value], size_mib: u64) -> Result<()> {
     let f = |path: &str| median(at(runs, path));
     let max = |path: &str| at(runs, path).into_iter().fold(0.0, f64::max);
     let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
@@ -589,35 +670,40 @@ fn report(runs: &[Value], size_mib: u64) -> Result<()> {
         max("/restore/rss_kib"),
     ];
     let mb = |b: f64| format!("{:.1} MiB", b / 1048576.0);
-    println!(
+    out!(
+        o,
         "## {} MiB WAL-mode database, {} pages; medians of {} runs\n",
         size_mib,
         f("/incremental/pages_total"),
         runs.len()
     );
-    println!("| measure | sqlvault | peer | ratio | target |");
-    println!("|---|---|---|---|---|");
-    println!(
+    out!(o, "| measure | sqlvault | peer | ratio | target |");
+    out!(o, "|---|---|---|---|---|");
+    out!(
+        o,
         "| full backup wall | {full:.2} s | {peer:.2} s (.backup {:.2} s + zstd\\|age {:.2} s) | {:.2}× | ≤ 0.70× ({}) |",
         f("/peer/backup_wall"),
         f("/peer/compress_encrypt_wall"),
         full / peer,
         verdict(full <= 0.7 * peer)
     );
-    println!(
+    out!(
+        o,
         "| full backup CPU | {:.2} s | {:.2} s | {:.2}× | |",
         f("/full/cpu"),
         f("/peer/cpu"),
         f("/full/cpu") / f("/peer/cpu")
     );
-    println!(
+    out!(
+        o,
         "| stored size | {} | {} | {:.3}× | within 10% ({}) |",
         mb(repo),
         mb(peer_size),
         repo / peer_size,
         verdict(repo <= 1.1 * peer_size)
     );
-    println!(
+    out!(
+        o,
         "| incremental stored ({} rows updated, {} of {} pages changed) | {} | changed pages, zstd -3: {} | {:.2}× | ≤ 1.25× + 1 MiB = {} ({}) |",
         f("/incremental/rows_updated"),
         f("/incremental/pages_changed"),
@@ -628,34 +714,45 @@ fn report(runs: &[Value], size_mib: u64) -> Result<()> {
         mb(budget),
         verdict(inc_new <= budget)
     );
-    println!(
+    out!(
+        o,
         "| incremental wall | {inc:.2} s | full backup {full:.2} s | {:.2}× | ≤ 0.50× ({}) |",
         inc / full,
         verdict(inc <= 0.5 * full)
     );
-    println!(
+    out!(
+        o,
         "| restore (fetch, decrypt, decompress, write, fsync) | {rest:.2} s | age -d \\| zstd -d {peer_rest:.2} s | {:.2}× | ≤ 1.0× ({}) |",
         rest / peer_rest,
         verdict(rest <= peer_rest)
     );
-    println!(
+    out!(
+        o,
         "| restore: integrity_check + logical checksum | {:.2} s | | | timed separately |",
         f("/restore/check_seconds")
     );
-    println!(
+    out!(
+        o,
+        "| verify (restore to a temporary file, both checks, delete) | {:.2} s wall, {:.2} s CPU, {:.0} MiB peak RSS | | | |",
+        f("/verify/wall"),
+        f("/verify/cpu"),
+        max("/verify/rss_kib") / 1024.0
+    );
+    out!(
+        o,
         "| peak RSS backup / incremental / restore (max of runs) | {:.0} / {:.0} / {:.0} MiB | | | ≤ 128 MiB ({}) |",
         rss[0] / 1024.0,
         rss[1] / 1024.0,
         rss[2] / 1024.0,
         verdict(rss.iter().all(|&r| r <= 128.0 * 1024.0))
     );
-    peers_report(runs);
+    peers_report(o, runs);
     Ok(())
 }
 
 /// sqlvault beside every peer, step by step, from the same runs: wall time, CPU time,
 /// peak RSS and bytes stored, each peer's cell with sqlvault's ratio to it.
-fn peers_report(runs: &[Value]) {
+fn peers_report(o: &mut String, runs: &[Value]) {
     let f = |path: &str| median(at(runs, path));
     let max = |path: &str| at(runs, path).into_iter().fold(0.0, f64::max);
     let mb = |b: f64| format!("{:.1} MiB", b / 1048576.0);
@@ -668,16 +765,18 @@ fn peers_report(runs: &[Value]) {
     };
     let secs = |v: f64| format!("{v:.2} s");
     let mib_rss = |v: f64| format!("{:.0} MiB", v / 1024.0);
-    println!();
-    println!(
+    out!(o);
+    out!(
+        o,
         "### Side by side with restic and Litestream (same runs; sqlvault ÷ peer in parentheses; {} rows updated, then {} rows appended)\n",
         f("/incremental/rows_updated"),
         f("/append/rows_added")
     );
-    println!(
+    out!(
+        o,
         "| step | measure | sqlvault | .backup + zstd + age | restic (of a .backup copy) | Litestream (file replica) |"
     );
-    println!("|---|---|---|---|---|---|");
+    out!(o, "|---|---|---|---|---|---|");
     /// One row group: sqlvault's figures under `ours`, the pipeline's (if it has
     /// the step) and the key of the step in the restic and Litestream results.
     struct Step {
@@ -729,21 +828,24 @@ fn peers_report(runs: &[Value]) {
         let peer = |p: &str| if p.is_empty() { f64::NAN } else { f(p) };
         let (r, l) = (format!("/restic/{key}"), format!("/litestream/{key}"));
         let (w, c, m) = (f(&wall), f(&cpu), max(&rss));
-        println!(
+        out!(
+            o,
             "| {step} | wall | {} | {} | {} | {} |",
             secs(w),
             cell(w, peer(pw), &secs),
             cell(w, f(&format!("{r}/wall")), &secs),
             cell(w, f(&format!("{l}/wall")), &secs)
         );
-        println!(
+        out!(
+            o,
             "| | CPU | {} | {} | {} | {} |",
             secs(c),
             cell(c, peer(pc), &secs),
             cell(c, f(&format!("{r}/cpu")), &secs),
             cell(c, f(&format!("{l}/cpu")), &secs)
         );
-        println!(
+        out!(
+            o,
             "| | peak RSS | {} | — | {} | {} |",
             mib_rss(m),
             cell(m, max(&format!("{r}/rss_kib")), &mib_rss),
@@ -751,7 +853,8 @@ fn peers_report(runs: &[Value]) {
         );
         if let Some(st) = stored {
             let s = f(st);
-            println!(
+            out!(
+                o,
                 "| | stored | {} | {} | {} | {} |",
                 mb(s),
                 ps.map(|p| cell(s, f(p), &mb)).unwrap_or_else(|| "—".into()),
@@ -760,8 +863,9 @@ fn peers_report(runs: &[Value]) {
             );
         }
     }
-    println!();
-    println!(
+    out!(o);
+    out!(
+        o,
         "Encryption: sqlvault and the pipeline encrypt with age, restic with its own AES-256 repository key; Litestream's file replica is not encrypted. sqlvault's restore includes integrity_check and the logical checksum; the peers' restores check nothing."
     );
 }
@@ -885,16 +989,22 @@ fn sqlcipher_scenario(bin: &Path, dir: &Path, pristine: &Path, size_mib: u64, up
     }))
 }
 
-fn sqlcipher_report(runs: &[Value], size_mib: u64) -> Result<()> {
+fn sqlcipher_report(o: &mut String, runs: &[Value], size_mib: u64) -> Result<()> {
     let m = |p: &str| median(at(runs, p));
     let mib = |b: f64| b / 1048576.0;
-    println!("SQLCipher {size_mib} MiB database, medians of {} run(s):", runs.len());
-    println!();
-    println!(
+    out!(
+        o,
+        "SQLCipher {size_mib} MiB database, medians of {} run(s):",
+        runs.len()
+    );
+    out!(o);
+    out!(
+        o,
         "| step | sqlvault (encrypted DB) | sqlvault (same DB, plaintext) | peer: SQLCipher backup API + zstd -3 -T0 + age |"
     );
-    println!("|---|---|---|---|");
-    println!(
+    out!(o, "|---|---|---|---|");
+    out!(
+        o,
         "| full backup wall / CPU | {:.2} s / {:.2} s | {:.2} s / {:.2} s | {:.2} s / {:.2} s ({:.2}×) |",
         m("/full/wall"),
         m("/full/cpu"),
@@ -904,19 +1014,22 @@ fn sqlcipher_report(runs: &[Value], size_mib: u64) -> Result<()> {
         m("/peer/cpu"),
         m("/full/wall") / m("/peer/wall")
     );
-    println!(
+    out!(
+        o,
         "| stored bytes after full | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
         mib(m("/full/repo_bytes")),
         mib(m("/plain/repo_bytes")),
         mib(m("/peer/size"))
     );
-    println!(
+    out!(
+        o,
         "| incremental after {} random row updates: wall / new bytes | {:.2} s / {:.1} MiB | — | a full copy again |",
         m("/incremental/rows_updated"),
         m("/incremental/wall"),
         mib(m("/incremental/bytes_new"))
     );
-    println!(
+    out!(
+        o,
         "| restore (verified; re-encrypted) wall / CPU | {:.2} s / {:.2} s | {:.2} s / {:.2} s | {:.2} s / {:.2} s (no check) |",
         m("/restore/wall"),
         m("/restore/cpu"),
@@ -925,8 +1038,9 @@ fn sqlcipher_report(runs: &[Value], size_mib: u64) -> Result<()> {
         m("/peer/restore_wall"),
         m("/peer/restore_cpu")
     );
-    println!("| verify wall | {:.2} s | — | — |", m("/verify/wall"));
-    println!(
+    out!(o, "| verify wall | {:.2} s | — | — |", m("/verify/wall"));
+    out!(
+        o,
         "| peak RSS full / incremental / restore | {} / {} / {} MiB | — | — |",
         m("/full/rss_kib") as u64 / 1024,
         m("/incremental/rss_kib") as u64 / 1024,

@@ -646,9 +646,10 @@ impl Drill {
         Ok(())
     }
 
-    /// One flipped byte and one truncation in each kind of stored object, and a
-    /// deleted pack: each refused with exit 6 by verify and check; the repository
-    /// verifies again once the object is put back.
+    /// One flipped bit and one truncation in each kind of stored object (marker,
+    /// config, manifests, maps, indexes, packs), and a deleted pack: each refused with
+    /// exit 6 by verify and check; the repository verifies again once the object is put
+    /// back.
     fn damage(&mut self, b: &Backend) -> Result<()> {
         let tag = format!("{}-damage", b.name);
         let repo = b.url(&tag);
@@ -680,21 +681,26 @@ impl Drill {
             return Ok(());
         }
         let store = sqlvault_store::Store::from_url(&repo)?;
-        for dir in ["snapshots", "maps", "index", "packs"] {
+        for dir in ["sqlvault.json", "config", "snapshots", "maps", "index", "packs"] {
             for how in ["flip", "truncate", "delete"] {
                 if how == "delete" && dir != "packs" {
                     continue;
                 }
                 let t = Instant::now();
                 let r = (|| {
-                    // The largest object of its kind: referenced by some snapshot.
-                    let list = self.rt.block_on(store.list(dir))?;
-                    let (name, _) = list
-                        .iter()
-                        .max_by_key(|(n, s)| (*s, n.clone()))
-                        .with_context(|| format!("no {dir} objects"))?
-                        .clone();
-                    let k = format!("{dir}/{name}");
+                    // The marker and config are single objects; of the others, the
+                    // largest of its kind (referenced by some snapshot).
+                    let k = if dir.contains('.') || dir == "config" {
+                        dir.to_string()
+                    } else {
+                        let list = self.rt.block_on(store.list(dir))?;
+                        let (name, _) = list
+                            .iter()
+                            .max_by_key(|(n, s)| (*s, n.clone()))
+                            .with_context(|| format!("no {dir} objects"))?
+                            .clone();
+                        format!("{dir}/{name}")
+                    };
                     let original = self.rt.block_on(store.get(&k))?;
                     let mut bad = original.to_vec();
                     match how {
@@ -727,7 +733,8 @@ impl Drill {
                         .unwrap_or_default();
                     Ok(json!({"detail": format!("exit 6 ({code})"), "error_code": code}))
                 })();
-                self.record(b.name, "1m", &format!("{how}-{dir}"), t, r);
+                let kind = if dir == "sqlvault.json" { "marker" } else { dir };
+                self.record(b.name, "1m", &format!("{how}-{kind}"), t, r);
             }
         }
         Ok(())
