@@ -320,12 +320,15 @@ fn new_identity(sv: &dyn Fn(&[&str]) -> Command, key: &Path) -> Result<String> {
 }
 
 /// Copies `pristine` to `db` and removes a stale `-wal` of `db`, which SQLite would
-/// otherwise replay onto the copy.
+/// otherwise replay onto the copy, and Litestream's local state of an earlier run
+/// (`.<name>-litestream`), which it would otherwise ship into the new replica.
 fn copy_db(pristine: &Path, db: &Path) -> Result<()> {
     fs::copy(pristine, db)?;
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
     let _ = fs::remove_file(wal);
+    let name = db.file_name().expect("a file").to_string_lossy();
+    let _ = fs::remove_dir_all(db.with_file_name(format!(".{name}-litestream")));
     Ok(())
 }
 
