@@ -197,53 +197,44 @@ pub fn run(a: DrillArgs) -> Result<()> {
             injected: None,
         });
     }
+    // A remote backend: its environment, and the same with its endpoint variable
+    // pointing at a proxy that fails 20% of requests.
+    let mut remote =
+        |name: &'static str, base: &str, env: Vec<(String, String)>, endpoint: &str, port: u16, seed: u64| {
+            let p = FaultProxy::start(port, 0.2, seed)?;
+            let faulty = env
+                .iter()
+                .map(|(k, v)| {
+                    let v = if k == endpoint {
+                        format!("http://127.0.0.1:{}", p.port)
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            backends.push(Backend {
+                name,
+                base: base.into(),
+                env,
+                faulty_env: Some(faulty),
+                injected: Some(p.injected.clone()),
+            });
+            proxies.push(p);
+            anyhow::Ok(())
+        };
     if let Some(m) = &moto {
-        let p = FaultProxy::start(m.port, 0.2, seed)?;
-        let faulty = m
-            .env()
-            .into_iter()
-            .map(|(k, v)| match k.as_str() {
-                "AWS_ENDPOINT" => (k, format!("http://127.0.0.1:{}", p.port)),
-                _ => (k, v),
-            })
-            .collect();
-        proxies.push(p);
-        backends.push(Backend {
-            name: "s3",
-            base: "s3://drill".into(),
-            env: m.env(),
-            faulty_env: Some(faulty),
-            injected: Some(
-                proxies
-                    .last()
-                    .map(|p: &FaultProxy| p.injected.clone())
-                    .expect("started"),
-            ),
-        });
+        remote("s3", "s3://drill", m.env(), "AWS_ENDPOINT", m.port, seed)?;
     }
     if let Some(z) = &azurite {
-        let p = FaultProxy::start(z.port, 0.2, seed ^ 0x5a5a)?;
-        let faulty = z
-            .env()
-            .into_iter()
-            .map(|(k, v)| match k.as_str() {
-                "AZURITE_BLOB_STORAGE_URL" => (k, format!("http://127.0.0.1:{}", p.port)),
-                _ => (k, v),
-            })
-            .collect();
-        proxies.push(p);
-        backends.push(Backend {
-            name: "azure",
-            base: "az://drill".into(),
-            env: z.env(),
-            faulty_env: Some(faulty),
-            injected: Some(
-                proxies
-                    .last()
-                    .map(|p: &FaultProxy| p.injected.clone())
-                    .expect("started"),
-            ),
-        });
+        remote(
+            "azure",
+            "az://drill",
+            z.env(),
+            "AZURITE_BLOB_STORAGE_URL",
+            z.port,
+            seed ^ 0x5a5a,
+        )?;
     }
 
     let mut d = Drill {

@@ -276,41 +276,13 @@ struct DstChunks {
 
 impl DstChunks {
     async fn load(dst: &Repo) -> Result<DstChunks> {
-        let existing: HashSet<ObjectId> = dst
-            .store
-            .list(layout::PACKS)
-            .await?
-            .into_iter()
-            .filter_map(|(n, _)| n.parse().ok())
-            .collect();
-        let names = dst.index_names().await?;
-        let plaintexts: Vec<(String, Vec<u8>)> = futures::stream::iter(names.into_iter().map(|n| async move {
-            let pt = dst.index_plaintext(&n).await?;
-            Ok::<_, Error>((n, pt))
-        }))
-        .buffer_unordered(8)
-        .try_collect()
+        let mut ids = HashMap::new();
+        let packs = live_entries(dst, |p, e| {
+            ids.entry(e.id).or_insert(p);
+        })
         .await?;
-        let mut have = DstChunks::default();
-        let mut slot: HashMap<ObjectId, u32> = HashMap::new();
-        for (name, pt) in plaintexts {
-            IndexFile::decode_with(&pt, |pack, e| {
-                if existing.contains(&pack) {
-                    let p = *slot.entry(pack).or_insert_with(|| {
-                        have.packs.push(pack);
-                        have.packs.len() as u32 - 1
-                    });
-                    have.ids.entry(e.id).or_insert(p);
-                }
-            })
-            .map_err(|e| corrupt(format!("index {name} of {}", dst.store.describe()), e))?;
-        }
-        tracing::debug!(
-            chunks = have.ids.len(),
-            packs = have.packs.len(),
-            "destination chunks loaded"
-        );
-        Ok(have)
+        tracing::debug!(chunks = ids.len(), packs = packs.len(), "destination chunks loaded");
+        Ok(DstChunks { packs, ids })
     }
 
     fn contains(&self, id: &ChunkId) -> bool {
@@ -352,29 +324,8 @@ struct Locator {
 
 impl Locator {
     async fn load(src: &Repo) -> Result<Locator> {
-        let existing: HashSet<ObjectId> = src
-            .store
-            .list(layout::PACKS)
-            .await?
-            .into_iter()
-            .filter_map(|(n, _)| n.parse().ok())
-            .collect();
-        let mut packs = Vec::new();
-        let mut slot: HashMap<ObjectId, u32> = HashMap::new();
         let mut entries = Vec::new();
-        for name in src.index_names().await? {
-            let pt = src.index_plaintext(&name).await?;
-            IndexFile::decode_with(&pt, |pack, e| {
-                if existing.contains(&pack) {
-                    let p = *slot.entry(pack).or_insert_with(|| {
-                        packs.push(pack);
-                        packs.len() as u32 - 1
-                    });
-                    entries.push((p, e));
-                }
-            })
-            .map_err(|e| corrupt(format!("index {name} of {}", src.store.describe()), e))?;
-        }
+        let packs = live_entries(src, |p, e| entries.push((p, e))).await?;
         entries.sort_by_key(|a| a.1.id);
         entries.dedup_by(|a, b| a.1.id == b.1.id);
         Ok(Locator { packs, entries })
@@ -385,6 +336,34 @@ impl Locator {
         let (p, e) = self.entries[i];
         Some((self.packs[p as usize], e))
     }
+}
+
+/// Hands every index entry of a pack that exists to `f`, with the pack's place in the
+/// returned list (an index can outlive a pack that a killed prune deleted; restore skips
+/// such entries too). Indexes are fetched a few at a time and decoded one by one.
+async fn live_entries(repo: &Repo, mut f: impl FnMut(u32, IndexEntry)) -> Result<Vec<ObjectId>> {
+    let existing = repo.pack_ids().await?;
+    let names = repo.index_names().await?;
+    let mut loaded = futures::stream::iter(names.into_iter().map(|n| async move {
+        let pt = repo.index_plaintext(&n).await?;
+        Ok::<_, Error>((n, pt))
+    }))
+    .buffer_unordered(8);
+    let mut packs = Vec::new();
+    let mut slot: HashMap<ObjectId, u32> = HashMap::new();
+    while let Some((name, pt)) = loaded.try_next().await? {
+        IndexFile::decode_with(&pt, |pack, e| {
+            if existing.contains(&pack) {
+                let p = *slot.entry(pack).or_insert_with(|| {
+                    packs.push(pack);
+                    packs.len() as u32 - 1
+                });
+                f(p, e);
+            }
+        })
+        .map_err(|e| corrupt(format!("index {name} of {}", repo.store.describe()), e))?;
+    }
+    Ok(packs)
 }
 
 struct Run<'a> {

@@ -712,6 +712,17 @@ impl Repo {
         }
     }
 
+    /// Ids of the packs that exist (one LIST).
+    pub(crate) async fn pack_ids(&self) -> Result<std::collections::HashSet<ObjectId>> {
+        Ok(self
+            .store
+            .list(layout::PACKS)
+            .await?
+            .into_iter()
+            .filter_map(|(n, _)| n.parse().ok())
+            .collect())
+    }
+
     /// Names of the index objects.
     pub async fn index_names(&self) -> Result<Vec<String>> {
         Ok(self

@@ -451,13 +451,7 @@ async fn fetch_chunks(
     let mut located = vec![false; uids.len()];
     // Index entries of packs that are gone (a prune killed between deleting a pack and
     // rewriting the index that lists it) are skipped: another pack holds the chunk.
-    let existing: std::collections::HashSet<ObjectId> = repo
-        .store
-        .list(sqlvault_format::layout::PACKS)
-        .await?
-        .into_iter()
-        .filter_map(|(n, _)| n.parse().ok())
-        .collect();
+    let existing = repo.pack_ids().await?;
     for name in repo.index_names().await? {
         let pt = repo.index_plaintext(&name).await?;
         IndexFile::decode_with(&pt, |pack, e| {
