@@ -107,8 +107,20 @@ fn drill_restores_the_newest_snapshot_of_each_database_and_logs_every_outcome() 
     let other = w.s("other.txt");
     w.run(&["key", "generate", "-o", &other]).ok();
     w.run(&["drill", &repo, "-i", &other, "--log", &log]).fails(5);
+    w.run(&[
+        "drill",
+        &repo,
+        "-i",
+        &key,
+        "--log",
+        &log,
+        "--scratch",
+        &w.s("no/such/dir"),
+    ])
+    .fails(9);
     let lines = log_lines(&log);
-    assert_eq!(lines.len(), 5);
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[5]["code"], "io", "{}", lines[5]);
     assert_eq!(
         (lines[3]["ok"].as_bool(), lines[3]["code"].as_str()),
         (Some(false), Some("snapshot.not-found"))

@@ -132,10 +132,14 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
         return Err(e);
     }
     let scratch = opts.scratch.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::Builder::new()
-        .prefix("sqlvault-drill-")
-        .tempdir_in(&scratch)
-        .map_err(|e| io_err(format!("cannot create a scratch directory in {}", scratch.display()), e))?;
+    let dir = match tempfile::Builder::new().prefix("sqlvault-drill-").tempdir_in(&scratch) {
+        Ok(d) => d,
+        Err(e) => {
+            let e = io_err(format!("cannot create a scratch directory in {}", scratch.display()), e);
+            append_failure(&log, repo.store.describe(), &e);
+            return Err(e);
+        }
+    };
     let mut records = Vec::new();
     let mut failure: Option<Error> = None;
     for m in &newest {
