@@ -795,7 +795,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         }
         .into(),
         created_ms: now_ms(),
-        host: hostname(),
+        host: crate::evidence::hostname(),
         source_path: db.canonicalize().unwrap_or(db.clone()).display().to_string(),
         page_size: info.page_size,
         page_count: info.page_count,
@@ -1171,15 +1171,4 @@ fn read_dump(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Syn
         tracing::debug!("dump stopped after a worker failure: {}", e.one_line());
     }
     r
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if r != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
