@@ -159,14 +159,12 @@ pub async fn copy(src: &Repo, dst: &Repo, opts: &CopyOptions) -> Result<CopyRepo
             load_map(dst, src).await?
         },
         have: DstChunks::default(),
+        have_epoch: None,
         locator: None,
         packer: Packer::new(dst, opts.pack_target)?,
         packs_written: 0,
         bytes_sent: 0,
     };
-    if !todo.is_empty() {
-        run.have = DstChunks::load(dst).await?;
-    }
     let mut copied = Vec::new();
     for m in &todo {
         let r = run.snapshot(m).await;
@@ -371,6 +369,9 @@ struct Run<'a> {
     dst: &'a Repo,
     map: CopyMap,
     have: DstChunks,
+    /// When the prune state was read right before `have` was listed: no pack in it
+    /// that was unmarked then is deleted before this plus the grace period.
+    have_epoch: Option<Instant>,
     /// Loaded on first need: a copy the map fully resolves reads no source index.
     locator: Option<Locator>,
     packer: Packer,
@@ -386,18 +387,13 @@ impl Run<'_> {
     /// Copies one snapshot; `None` when another copy committed it first.
     async fn snapshot(&mut self, m: &Manifest) -> Result<Option<CopiedSnapshot>> {
         let (src, dst) = (self.src, self.dst);
-        // Dedup decisions start here; the commit must land within the grace.
+        // The backup rule (prune.rs), with the destination's chunk set listed after a
+        // read of the prune state: a pack unmarked at that read is not deleted before
+        // the read plus the grace, so the commit must land by then. A set older than
+        // half the grace is listed again, after this snapshot's read.
         let pending_read = Instant::now();
-        let grace = match crate::prune::load_state(dst).await {
-            Ok(st) => {
-                let dropped = self.have.drop_packs(&st.marked_packs());
-                if dropped > 0 {
-                    tracing::info!(
-                        "{dropped} chunks of the destination are in packs prune has marked; not reusing them"
-                    );
-                }
-                st.grace()
-            }
+        let state = match crate::prune::load_state(dst).await {
+            Ok(st) => Some(st),
             Err(e) if e.kind() == ErrorKind::Store => return Err(e),
             Err(e) => {
                 tracing::warn!(
@@ -405,10 +401,29 @@ impl Run<'_> {
                     dst.store.describe(),
                     e.one_line()
                 );
-                self.have = DstChunks::default();
-                crate::prune::DEFAULT_GRACE
+                None
             }
         };
+        let grace = state.as_ref().map_or(crate::prune::DEFAULT_GRACE, |st| st.grace());
+        match &state {
+            None => {
+                self.have = DstChunks::default();
+                self.have_epoch = Some(pending_read);
+            }
+            Some(st) => {
+                if self.have.ids.is_empty() || self.have_epoch.is_none_or(|e| e.elapsed() >= grace / 2) {
+                    self.have = DstChunks::load(dst).await?;
+                    self.have_epoch = Some(pending_read);
+                }
+                let dropped = self.have.drop_packs(&st.marked_packs());
+                if dropped > 0 {
+                    tracing::info!(
+                        "{dropped} chunks of the destination are in packs prune has marked; not reusing them"
+                    );
+                }
+            }
+        }
+        let epoch = self.have_epoch.expect("set above");
 
         let (ids, lens) = match m.kind.as_str() {
             kind::PAGES => (src.page_map(m).await?, None),
@@ -517,7 +532,7 @@ impl Run<'_> {
         let probe = dst.encrypt_meta(&encode_manifest(&dst.keys, &manifest))?;
         manifest.stats.bytes_new = sent_so_far + probe.len() as u64;
         let ct = dst.encrypt_meta(&encode_manifest(&dst.keys, &manifest))?;
-        check_grace(pending_read, grace)?;
+        check_grace(epoch, grace)?;
         match dst.store.put_if_absent(&layout::snapshot(&m.id), Bytes::from(ct)).await {
             Ok(()) => {}
             Err(sqlvault_store::StoreError::AlreadyExists { .. }) => {
@@ -559,8 +574,10 @@ impl Run<'_> {
     }
 }
 
-fn check_grace(pending_read: Instant, grace: Duration) -> Result<()> {
-    if pending_read.elapsed() >= grace {
+/// Whether a commit is still safe: less than the grace since `epoch`, the prune-state
+/// read that the chunks reused were checked against.
+fn check_grace(epoch: Instant, grace: Duration) -> Result<()> {
+    if epoch.elapsed() >= grace {
         return Err(Error::new(
             ErrorKind::Busy,
             "copy.outlived-grace",
