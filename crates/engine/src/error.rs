@@ -156,7 +156,9 @@ pub(crate) fn crypt_err(what: impl fmt::Display, e: sqlvault_crypt::CryptError) 
         C::NoMatchingIdentity => Error::new(
             ErrorKind::Auth,
             "crypt.no-matching-identity",
-            format!("cannot decrypt {what}: the identity does not match this repository (wrong key or passphrase)"),
+            format!(
+                "cannot decrypt {what}: no identity given matches it (wrong key or passphrase, or its recipient header is damaged)"
+            ),
         ),
         C::Corrupt => corrupt(what, e),
         C::IdentityFile { .. } | C::InvalidRecipient { .. } => {
