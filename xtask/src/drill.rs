@@ -568,30 +568,43 @@ impl Drill {
                 "-i",
                 &key,
                 "--grace",
-                "0",
+                "2s",
                 "--no-running-backups",
                 "--repack-below",
                 "0.9",
             ];
             let mut interrupted = 0;
+            // A 2 s grace: backups still commit within it. Each attempt: new garbage,
+            // one whole prune that marks it, the wait for the marks to ripen (2.2 s),
+            // then the killed prune, which has them to delete.
+            let ripen = Duration::from_millis(2300);
+            let mut ripe = 0;
             for i in 0..self.kills {
                 sqlvault_testkit::update_random(&db, 0.05, seed + 200 + i as u64)?;
                 self.ok(&["backup", &dbs, &repo], &env)?;
                 self.ok(&["forget", &repo, "--keep-last", "2"], &env)?;
-                let dry = self.ok(&["prune", &repo, "-i", &key, "--dry-run"], &env)?;
+                self.ok(&prune, &env)?;
+                std::thread::sleep(ripen);
+                let dry = self.ok(&["prune", &repo, "-i", &key, "--dry-run", "--json"], &env)?;
+                ripe += dry.json()["deleted"]["packs"].as_u64().unwrap_or(0);
                 if self.kill_during(&prune, &env, dry.secs * 2.0)? {
                     interrupted += 1;
                 }
                 self.verify_all(&repo, &env, &key)?;
             }
+            ensure!(ripe > 0, "no killed prune had anything to delete");
             let o = self.ok(&[&prune[..], &["--json"]].concat(), &env)?.json();
             let n = self.verify_all(&repo, &env, &key)?;
             ensure!(n == 2, "{n} snapshots after forget --keep-last 2");
             self.restore_newest(&repo, &env, &out)?;
             same_content(&out, &db)?;
-            Ok(
-                json!({"detail": format!("{interrupted} of {} runs killed; {n} snapshots restore", self.kills), "requests": o["requests"]}),
-            )
+            Ok(json!({
+                "detail": format!(
+                    "{interrupted} of {} runs killed, with {ripe} packs ripe for deletion between them; {n} snapshots restore",
+                    self.kills
+                ),
+                "requests": o["requests"],
+            }))
         })();
         self.record(b.name, label, "kill-9-during-prune", t, r);
 
