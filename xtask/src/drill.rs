@@ -248,11 +248,11 @@ pub fn run(a: DrillArgs) -> Result<()> {
         outcomes: Vec::new(),
         rt: tokio::runtime::Runtime::new()?,
     };
-    let home_env: Vec<(String, String)> = Vec::new();
-    let g = d.sv(&["key", "generate", "-o", &d.key.clone()], &home_env)?;
+    let no_extra_env: Vec<(String, String)> = Vec::new();
+    let g = d.sv(&["key", "generate", "-o", &d.key.clone()], &no_extra_env)?;
     ensure!(g.code == 0, "key generate failed: {}", g.stderr);
     d.rcpt = g.stdout.trim().to_string();
-    let g = d.sv(&["key", "generate", "-o", &d.other_key.clone()], &home_env)?;
+    let g = d.sv(&["key", "generate", "-o", &d.other_key.clone()], &no_extra_env)?;
     ensure!(g.code == 0, "key generate failed: {}", g.stderr);
 
     let t0 = Instant::now();
