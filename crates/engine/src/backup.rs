@@ -614,12 +614,9 @@ async fn prepare(repo: &Repo, name: &str, kind: BackupKind) -> Result<Prep> {
     // What prune has marked for deletion: never dedup against it. Read before any
     // dedup decision; the commit must then land within the grace period (prune.rs).
     let pending_read = Instant::now();
-    let (marked_packs, marked_maps, grace) = match crate::prune::load_state(repo).await {
-        Ok(st) => (st.marked_packs(), st.marked_maps(), st.grace()),
-        Err(e) if e.kind() == ErrorKind::Store => return Err(e),
-        Err(e) => {
-            // Without prune's state nothing stored can be trusted to stay: upload all.
-            tracing::warn!("prune state unreadable ({}); uploading everything", e.one_line());
+    let (marked_packs, marked_maps, grace) = match crate::prune::state_for_dedup(repo).await? {
+        Some(st) => (st.marked_packs(), st.marked_maps(), st.grace()),
+        None => {
             known = KnownChunks::default();
             (Default::default(), Default::default(), crate::prune::DEFAULT_GRACE)
         }
@@ -839,17 +836,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
     let probe = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
     manifest.stats.bytes_new = bytes_new + probe.len() as u64;
     let ct = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
-    if pending_read.elapsed() >= grace {
-        // A prune may have marked and then deleted a pack this snapshot dedups against.
-        return Err(Error::new(
-            ErrorKind::Busy,
-            "backup.outlived-grace",
-            format!(
-                "the backup took longer than the repository's prune grace period ({}): not committing it, as prune may have deleted data it relies on; run it again, or raise the grace with `prune --grace`",
-                crate::retention::describe(grace)
-            ),
-        ));
-    }
+    crate::prune::within_grace(repo, pending_read, grace, "backup.outlived-grace", "the backup")?;
     // The commit point: create-if-absent, written last.
     repo.store
         .put_if_absent(&layout::snapshot(&snapshot_id), Bytes::from(ct))

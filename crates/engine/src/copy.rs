@@ -25,7 +25,7 @@
 //! commit once the grace period has passed since that read.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -392,18 +392,7 @@ impl Run<'_> {
         // the read plus the grace, so the commit must land by then. A set older than
         // half the grace is listed again, after this snapshot's read.
         let pending_read = Instant::now();
-        let state = match crate::prune::load_state(dst).await {
-            Ok(st) => Some(st),
-            Err(e) if e.kind() == ErrorKind::Store => return Err(e),
-            Err(e) => {
-                tracing::warn!(
-                    "prune state of {} unreadable ({}); sending every chunk",
-                    dst.store.describe(),
-                    e.one_line()
-                );
-                None
-            }
-        };
+        let state = crate::prune::state_for_dedup(dst).await?;
         let grace = state.as_ref().map_or(crate::prune::DEFAULT_GRACE, |st| st.grace());
         match &state {
             None => {
@@ -532,7 +521,7 @@ impl Run<'_> {
         let probe = dst.encrypt_meta(&encode_manifest(&dst.keys, &manifest))?;
         manifest.stats.bytes_new = sent_so_far + probe.len() as u64;
         let ct = dst.encrypt_meta(&encode_manifest(&dst.keys, &manifest))?;
-        check_grace(epoch, grace)?;
+        crate::prune::within_grace(dst, epoch, grace, "copy.outlived-grace", "copying the snapshot")?;
         match dst.store.put_if_absent(&layout::snapshot(&m.id), Bytes::from(ct)).await {
             Ok(()) => {}
             Err(sqlvault_store::StoreError::AlreadyExists { .. }) => {
@@ -572,20 +561,4 @@ impl Run<'_> {
         }
         Ok(true)
     }
-}
-
-/// Whether a commit is still safe: less than the grace since `epoch`, the prune-state
-/// read that the chunks reused were checked against.
-fn check_grace(epoch: Instant, grace: Duration) -> Result<()> {
-    if epoch.elapsed() >= grace {
-        return Err(Error::new(
-            ErrorKind::Busy,
-            "copy.outlived-grace",
-            format!(
-                "copying the snapshot took longer than the destination's prune grace period ({}): not committing it, as prune may have deleted data it relies on; run the copy again, or raise the grace with `prune --grace`",
-                crate::retention::describe(grace)
-            ),
-        ));
-    }
-    Ok(())
 }

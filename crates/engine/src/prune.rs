@@ -37,7 +37,7 @@
 //! holds it is indexed, and restore ignores index entries of packs that are gone.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -140,6 +140,48 @@ pub(crate) async fn load_state(repo: &Repo) -> Result<PruneState> {
         Err(e) if e.is_not_found() => Ok(PruneState::default()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The prune state a backup or copy dedups against, read before any dedup decision.
+/// `None` (after a warning) when it cannot be read for another reason than the store:
+/// then nothing stored can be trusted to stay, and everything is uploaded.
+pub(crate) async fn state_for_dedup(repo: &Repo) -> Result<Option<PruneState>> {
+    match load_state(repo).await {
+        Ok(st) => Ok(Some(st)),
+        Err(e) if e.kind() == ErrorKind::Store => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                "prune state of {} unreadable ({}); uploading everything",
+                repo.store.describe(),
+                e.one_line()
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The commit rule of backups and copies: refused (`code`, exit 14) once `grace` has
+/// passed since `read`, the prune-state read its dedup decisions were checked against,
+/// as a prune may since have marked and deleted a pack the snapshot relies on.
+pub(crate) fn within_grace(
+    repo: &Repo,
+    read: Instant,
+    grace: Duration,
+    code: &'static str,
+    subject: &str,
+) -> Result<()> {
+    if read.elapsed() >= grace {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            code,
+            format!(
+                "{subject} took longer than the prune grace period of {} ({}): not committing it, as prune may have deleted data it relies on; run it again, or raise the grace with `prune --grace`",
+                repo.store.describe(),
+                crate::retention::describe(grace)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn save_state(repo: &Repo, st: &PruneState) -> Result<()> {
