@@ -193,47 +193,21 @@ pub async fn copy(src: &Repo, dst: &Repo, opts: &CopyOptions) -> Result<CopyRepo
 /// The snapshots to copy, oldest first: every one (of `name`), or those `opts`
 /// names, each id prefix matching exactly one.
 async fn select(src: &Repo, opts: &CopyOptions) -> Result<Vec<Manifest>> {
-    let all: Vec<Manifest> = src
-        .snapshots()
-        .await?
-        .into_iter()
-        .filter(|m| opts.name.as_ref().is_none_or(|n| &m.name == n))
-        .collect();
-    if opts.snapshots.is_empty() {
-        if all.is_empty() {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                "snapshot.not-found",
-                match &opts.name {
-                    Some(n) => format!("no snapshot of {n} in {}", src.store.describe()),
-                    None => format!("no snapshots in {}", src.store.describe()),
-                },
-            ));
-        }
-        return Ok(all);
-    }
-    let mut picked: Vec<ObjectId> = Vec::new();
-    for want in &opts.snapshots {
-        let p = want.to_lowercase();
-        let hits: Vec<&Manifest> = all.iter().filter(|m| m.id.to_string().starts_with(&p)).collect();
-        match hits.len() {
-            0 => {
-                return Err(Error::new(
-                    ErrorKind::NotFound,
-                    "snapshot.not-found",
-                    format!("snapshot {want} not found in {}", src.store.describe()),
-                ));
-            }
-            1 => picked.push(hits[0].id),
-            n => {
-                return Err(Error::new(
-                    ErrorKind::Usage,
-                    "snapshot.ambiguous",
-                    format!("snapshot id prefix {want} matches {n} snapshots"),
-                ));
-            }
-        }
-    }
+    let all = src.snapshots().await?;
+    let name = opts.name.as_deref();
+    let picked: HashSet<ObjectId> = if opts.snapshots.is_empty() {
+        // Fails as `find_snapshot` does when there is none.
+        src.pick_snapshot(&all, None, name)?;
+        all.iter()
+            .filter(|m| name.is_none_or(|n| m.name == n))
+            .map(|m| m.id)
+            .collect()
+    } else {
+        opts.snapshots
+            .iter()
+            .map(|want| src.pick_snapshot(&all, Some(want), name).map(|m| m.id))
+            .collect::<Result<_>>()?
+    };
     Ok(all.into_iter().filter(|m| picked.contains(&m.id)).collect())
 }
 

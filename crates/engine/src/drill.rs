@@ -165,19 +165,12 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
     })
 }
 
-/// The newest snapshot of each name (by the creation time in the manifest), by name.
+/// The newest snapshot of each name, by name: `snaps` comes oldest first (by the
+/// creation time in the manifest), so the last of each name wins.
 fn newest_per_name(snaps: Vec<Manifest>, only: Option<&str>) -> Vec<Manifest> {
-    let mut by_name: std::collections::BTreeMap<String, Manifest> = std::collections::BTreeMap::new();
-    for m in snaps {
-        if only.is_some_and(|n| n != m.name) {
-            continue;
-        }
-        match by_name.get(&m.name) {
-            Some(have) if (have.created_ms, have.id) >= (m.created_ms, m.id) => {}
-            _ => {
-                by_name.insert(m.name.clone(), m);
-            }
-        }
+    let mut by_name = std::collections::BTreeMap::new();
+    for m in snaps.into_iter().filter(|m| only.is_none_or(|n| n == m.name)) {
+        by_name.insert(m.name.clone(), m);
     }
     by_name.into_values().collect()
 }

@@ -594,8 +594,19 @@ impl Repo {
     /// Finds a snapshot by id prefix, or the newest one (of `name`, if given).
     pub async fn find_snapshot(&self, id: Option<&str>, name: Option<&str>) -> Result<Manifest> {
         let all = self.snapshots().await?;
-        let mut matching: Vec<Manifest> = all
-            .into_iter()
+        self.pick_snapshot(&all, id, name).cloned()
+    }
+
+    /// [`Repo::find_snapshot`] over snapshots already listed (oldest first): the one a
+    /// unique id prefix names, or the newest, among those of `name` if given.
+    pub(crate) fn pick_snapshot<'a>(
+        &self,
+        all: &'a [Manifest],
+        id: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<&'a Manifest> {
+        let matching: Vec<&Manifest> = all
+            .iter()
             .filter(|m| name.is_none_or(|n| m.name == n))
             .filter(|m| id.is_none_or(|p| m.id.to_string().starts_with(&p.to_lowercase())))
             .collect();
@@ -614,7 +625,7 @@ impl Repo {
                 "snapshot.ambiguous",
                 format!("snapshot id prefix {i} matches {n} snapshots"),
             )),
-            _ => Ok(matching.pop().expect("non-empty")),
+            _ => Ok(matching[matching.len() - 1]),
         }
     }
 
