@@ -31,11 +31,11 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sqlvault_format::{
-    ChunkId, ChunkSeq, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, decode_entries, encode_manifest, kind, layout,
+    ChunkId, ChunkSeq, IndexEntry, Manifest, MapRef, ObjectId, decode_entries, encode_manifest, kind, layout,
 };
 use sqlvault_store::RequestCounts;
 
-use crate::error::{Error, ErrorKind, Result, corrupt};
+use crate::error::{Error, ErrorKind, Result};
 use crate::local::CopyMap;
 use crate::packer::{Packer, read_chunks, write_index_for};
 use crate::repo::{Repo, unknown_kind};
@@ -310,31 +310,19 @@ impl Locator {
     }
 }
 
-/// Hands every index entry of a pack that exists to `f`, with the pack's place in the
-/// returned list (an index can outlive a pack that a killed prune deleted; restore skips
-/// such entries too). Indexes are fetched a few at a time and decoded one by one.
+/// [`Repo::each_live_index_entry`], with each pack numbered by its place in the returned
+/// list (a `u32` per entry instead of a 16-byte id).
 async fn live_entries(repo: &Repo, mut f: impl FnMut(u32, IndexEntry)) -> Result<Vec<ObjectId>> {
-    let existing = repo.pack_ids().await?;
-    let names = repo.index_names().await?;
-    let mut loaded = futures::stream::iter(names.into_iter().map(|n| async move {
-        let pt = repo.index_plaintext(&n).await?;
-        Ok::<_, Error>((n, pt))
-    }))
-    .buffer_unordered(8);
     let mut packs = Vec::new();
     let mut slot: HashMap<ObjectId, u32> = HashMap::new();
-    while let Some((name, pt)) = loaded.try_next().await? {
-        IndexFile::decode_with(&pt, |pack, e| {
-            if existing.contains(&pack) {
-                let p = *slot.entry(pack).or_insert_with(|| {
-                    packs.push(pack);
-                    packs.len() as u32 - 1
-                });
-                f(p, e);
-            }
-        })
-        .map_err(|e| corrupt(format!("index {name} of {}", repo.store.describe()), e))?;
-    }
+    repo.each_live_index_entry(|pack, e| {
+        let p = *slot.entry(pack).or_insert_with(|| {
+            packs.push(pack);
+            packs.len() as u32 - 1
+        });
+        f(p, e);
+    })
+    .await?;
     Ok(packs)
 }
 

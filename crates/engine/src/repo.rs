@@ -5,8 +5,8 @@ use futures::{StreamExt, TryStreamExt};
 use sqlvault_crypt::secrecy::SecretString;
 use sqlvault_crypt::{Identities, Recipient};
 use sqlvault_format::{
-    AdminKey, ChunkId, ChunkSeq, FORMAT_VERSION, IndexFile, Manifest, MapRef, ObjectId, PageMap, RecipientSet,
-    RepoConfig, RepoKeys, RepoMarker, RepoSecret, decode_manifest, kind, layout,
+    AdminKey, ChunkId, ChunkSeq, FORMAT_VERSION, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, PageMap,
+    RecipientSet, RepoConfig, RepoKeys, RepoMarker, RepoSecret, decode_manifest, kind, layout,
 };
 use sqlvault_store::Store;
 
@@ -732,6 +732,29 @@ impl Repo {
             .into_iter()
             .filter_map(|(n, _)| n.parse().ok())
             .collect())
+    }
+
+    /// Hands every index entry of a pack that exists to `f`, index by index in listing
+    /// order (fetched a few at a time). Entries of packs that are gone are skipped: an
+    /// index can outlive a pack a killed prune deleted, and another pack then holds the
+    /// chunk.
+    pub(crate) async fn each_live_index_entry(&self, mut f: impl FnMut(ObjectId, IndexEntry)) -> Result<()> {
+        let existing = self.pack_ids().await?;
+        let names = self.index_names().await?;
+        let mut loaded = futures::stream::iter(names.into_iter().map(|n| async move {
+            let pt = self.index_plaintext(&n).await?;
+            Ok::<_, Error>((n, pt))
+        }))
+        .buffered(8);
+        while let Some((name, pt)) = loaded.try_next().await? {
+            IndexFile::decode_with(&pt, |pack, e| {
+                if existing.contains(&pack) {
+                    f(pack, e);
+                }
+            })
+            .map_err(|e| corrupt(format!("index {name} of {}", self.store.describe()), e))?;
+        }
+        Ok(())
     }
 
     /// Names of the index objects.

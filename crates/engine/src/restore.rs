@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use sqlvault_compress::FrameDecompressor;
-use sqlvault_format::{ChunkId, IndexFile, Manifest, ObjectId, kind, layout};
+use sqlvault_format::{ChunkId, Manifest, ObjectId, kind, layout};
 
 use crate::backup::Requests;
 use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, io_err};
@@ -446,33 +446,24 @@ async fn fetch_chunks(
         (uids, starts, pgnos)
     };
 
-    // Locate every unique chunk, one index object at a time.
+    // Locate every unique chunk in the indexes (of packs that exist).
     let mut by_pack: HashMap<ObjectId, Vec<Need>> = HashMap::new();
     let mut located = vec![false; uids.len()];
-    // Index entries of packs that are gone (a prune killed between deleting a pack and
-    // rewriting the index that lists it) are skipped: another pack holds the chunk.
-    let existing = repo.pack_ids().await?;
-    for name in repo.index_names().await? {
-        let pt = repo.index_plaintext(&name).await?;
-        IndexFile::decode_with(&pt, |pack, e| {
-            if !existing.contains(&pack) {
-                return;
-            }
-            if let Ok(u) = uids.binary_search(&e.id)
-                && !located[u]
-            {
-                located[u] = true;
-                by_pack.entry(pack).or_default().push(Need {
-                    frame_offset: e.frame_offset,
-                    frame_len: e.frame_len,
-                    offset: e.offset,
-                    len: e.len,
-                    uidx: u as u32,
-                });
-            }
-        })
-        .map_err(|e| corrupt(format!("index {name}"), e))?;
-    }
+    repo.each_live_index_entry(|pack, e| {
+        if let Ok(u) = uids.binary_search(&e.id)
+            && !located[u]
+        {
+            located[u] = true;
+            by_pack.entry(pack).or_default().push(Need {
+                frame_offset: e.frame_offset,
+                frame_len: e.frame_len,
+                offset: e.offset,
+                len: e.len,
+                uidx: u as u32,
+            });
+        }
+    })
+    .await?;
     if let Some(u) = located.iter().position(|l| !l) {
         return Err(Error::new(
             ErrorKind::Integrity,
