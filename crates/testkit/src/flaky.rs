@@ -27,6 +27,19 @@ pub struct FlakyStore {
     deny_deletes: AtomicBool,
 }
 
+/// An in-memory store failing every `every`th request (0: never), as a sqlvault
+/// `Store` named `flaky://{name}` that retries `attempts` times with a 1 ms base delay;
+/// the handle sets further faults.
+pub fn flaky_store(name: &str, every: u64, attempts: u32) -> (Arc<FlakyStore>, sqlvault_store::Store) {
+    let flaky = Arc::new(FlakyStore::new(Arc::new(object_store::memory::InMemory::new()), every));
+    let store = sqlvault_store::Store::new(flaky.clone(), Default::default(), format!("flaky://{name}")).with_retry(
+        sqlvault_store::RetryPolicy::default()
+            .with_attempts(attempts)
+            .with_base(std::time::Duration::from_millis(1)),
+    );
+    (flaky, store)
+}
+
 impl FlakyStore {
     /// Fails every `every`th request (0 = never) with a transient error.
     pub fn new(inner: Arc<dyn ObjectStore>, every: u64) -> Self {

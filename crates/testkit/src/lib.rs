@@ -12,7 +12,7 @@ use rusqlite::{Connection, params};
 
 mod flaky;
 mod tricky;
-pub use flaky::FlakyStore;
+pub use flaky::{FlakyStore, flaky_store};
 pub use tricky::{TRICKY_REALS, TrickyOptions, tricky};
 
 /// SplitMix64: tiny, seeded, good enough for test data.

@@ -10,12 +10,12 @@ use std::time::Duration;
 use sqlvault_engine::crypt::{Identities, generate_x25519};
 use sqlvault_engine::format::Manifest;
 use sqlvault_engine::retention::Policy;
-use sqlvault_engine::store::{RetryPolicy, Store};
+use sqlvault_engine::store::Store;
 use sqlvault_engine::{
     Access, BackupKind, BackupOptions, CheckOptions, CopyOptions, ErrorKind, ForgetOptions, InitKeys, PruneOptions,
     Repo, RestoreOptions,
 };
-use sqlvault_testkit::FlakyStore;
+use sqlvault_testkit::{FlakyStore, flaky_store};
 
 /// A repository over a fault-injecting in-memory store, with its own key: its write
 /// handle (this host's write key) and a reader.
@@ -27,12 +27,7 @@ struct Side {
 }
 
 async fn side(name: &str, every: u64) -> Side {
-    let flaky = Arc::new(FlakyStore::new(Arc::new(object_store::memory::InMemory::new()), every));
-    let store = Store::new(flaky.clone(), Default::default(), format!("flaky://{name}")).with_retry(
-        RetryPolicy::default()
-            .with_attempts(6)
-            .with_base(Duration::from_millis(1)),
-    );
+    let (flaky, store) = flaky_store(name, every, 6);
     let (sk, pk) = generate_x25519();
     Repo::init(&store, InitKeys::Recipients(vec![pk.parse().unwrap()]))
         .await

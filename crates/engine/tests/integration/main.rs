@@ -1,12 +1,8 @@
 //! Engine integration tests against a fault-injecting store.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use sqlvault_engine::crypt::{Identities, Recipient, generate_x25519};
-use sqlvault_engine::store::{RetryPolicy, Store};
 use sqlvault_engine::{Access, BackupOptions, CheckOptions, ErrorKind, InitKeys, Repo, RestoreOptions};
-use sqlvault_testkit::FlakyStore;
+use sqlvault_testkit::flaky_store;
 
 /// One test per process: it points SQLVAULT_HOME at a private directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,12 +22,7 @@ async fn transient_failures_are_retried_and_permanent_ones_end_cleanly() {
     .unwrap();
 
     // Every 5th request fails: 20% transient failures.
-    let flaky = Arc::new(FlakyStore::new(Arc::new(object_store::memory::InMemory::new()), 5));
-    let store = Store::new(flaky.clone(), Default::default(), "flaky://test".into()).with_retry(
-        RetryPolicy::default()
-            .with_attempts(6)
-            .with_base(Duration::from_millis(1)),
-    );
+    let (flaky, store) = flaky_store("test", 5, 6);
     let (sk, pk) = generate_x25519();
     let rcpt: Recipient = pk.parse().unwrap();
     Repo::init(&store, InitKeys::Recipients(vec![rcpt])).await.unwrap();

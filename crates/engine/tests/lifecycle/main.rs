@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use sqlvault_engine::crypt::{Identities, Recipient, generate_x25519};
 use sqlvault_engine::retention::Policy;
-use sqlvault_engine::store::{RetryPolicy, Store};
+use sqlvault_engine::store::Store;
 use sqlvault_engine::{
     Access, BackupOptions, CheckOptions, ErrorKind, ForgetOptions, InitKeys, PruneOptions, Repo, RestoreOptions,
 };
-use sqlvault_testkit::FlakyStore;
+use sqlvault_testkit::{FlakyStore, flaky_store};
 
 struct Bench {
     dir: tempfile::TempDir,
@@ -27,12 +27,7 @@ async fn bench() -> Bench {
     // SAFETY: set before any other thread of this test binary reads the environment
     // (one test per binary).
     unsafe { std::env::set_var("SQLVAULT_HOME", dir.path().join("home")) };
-    let flaky = Arc::new(FlakyStore::new(Arc::new(object_store::memory::InMemory::new()), 0));
-    let store = Store::new(flaky.clone(), Default::default(), "flaky://lifecycle".into()).with_retry(
-        RetryPolicy::default()
-            .with_attempts(3)
-            .with_base(Duration::from_millis(1)),
-    );
+    let (flaky, store) = flaky_store("lifecycle", 0, 3);
     let (sk, pk) = generate_x25519();
     let rcpt: Recipient = pk.parse().unwrap();
     Repo::init(&store, InitKeys::Recipients(vec![rcpt])).await.unwrap();
@@ -195,17 +190,8 @@ async fn prune_and_backups_keep_every_snapshot_restorable_under_crashes() {
     // Several destinations from one read: one with 20% transient failures succeeds
     // through retries, one whose store dies mid-backup fails alone, and the database
     // is not read again for either.
-    let flaky = |every| {
-        let f = Arc::new(FlakyStore::new(Arc::new(object_store::memory::InMemory::new()), every));
-        let s = Store::new(f.clone(), Default::default(), format!("flaky://dest-{every}")).with_retry(
-            RetryPolicy::default()
-                .with_attempts(6)
-                .with_base(Duration::from_millis(1)),
-        );
-        (f, s)
-    };
-    let (_f1, s1) = flaky(5);
-    let (f2, s2) = flaky(0);
+    let (_f1, s1) = flaky_store("dest-5", 5, 6);
+    let (f2, s2) = flaky_store("dest-0", 0, 6);
     let (_, pk) = generate_x25519();
     for s in [&s1, &s2] {
         Repo::init(s, InitKeys::Recipients(vec![pk.parse().unwrap()]))
