@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: sqlvault against its peers on a generated WAL-mode database, in
-//! one run: the `sqlite3 .backup` + `zstd -3 -T0` + `age` pipeline, restic (of a
-//! `.backup` copy) and Litestream (`replicate -once` to a file replica, `restore`).
+//! one run: the `sqlite3 .backup` + `zstd -3 -T0` + `age` pipeline (and `sqlite3 .dump`
+//! through the same for the SQL dump kind), restic (of a `.backup` copy) and Litestream
+//! (initial `replicate -once` to a file replica, then its daemon shipping each change,
+//! and `restore`).
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
@@ -135,6 +137,142 @@ fn sh(script: &str) -> Command {
     let mut c = Command::new("sh");
     c.args(["-c", script]);
     c
+}
+
+/// Number of files under `p` (what a peer writing a local repository would have PUT to
+/// an object store: one object per file).
+fn file_count(p: &Path) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd.flatten() {
+            n += if e.path().is_dir() { file_count(&e.path()) } else { 1 };
+        }
+    }
+    n
+}
+
+/// A consistent copy of a live database with the same page numbers (SQLite's backup
+/// API), untimed: the before/after images the changed-page count compares. The
+/// database is not checkpointed for this because Litestream's daemon owns the WAL then.
+fn image(db: &Path, to: &Path) -> Result<()> {
+    let _ = fs::remove_file(to);
+    let src = rusqlite::Connection::open(db)?;
+    let mut dst = rusqlite::Connection::open(to)?;
+    rusqlite::backup::Backup::new(&src, &mut dst)?.run_to_completion(4096, std::time::Duration::ZERO, None)?;
+    Ok(())
+}
+
+/// Litestream as it is meant to run: a daemon that ships committed WAL frames to the
+/// replica about once a second. One sync cannot be timed from outside, so a step is
+/// measured from the commit to the moment the replica stopped changing (polled every
+/// 100 ms, then quiet for 3 s: three of its sync intervals): its replication lag.
+/// CPU is the daemon's own over the step (from `/proc`), peak RSS its high-water mark.
+struct LitestreamDaemon {
+    child: std::process::Child,
+    replica: PathBuf,
+}
+
+/// One step of the daemon: the lag, its CPU, bytes and files it added to the replica.
+struct DaemonStep {
+    lag: f64,
+    cpu: f64,
+    stored: u64,
+    files: u64,
+}
+
+impl LitestreamDaemon {
+    fn start(db: &Path, url: &str, replica: &Path) -> Result<LitestreamDaemon> {
+        // `exec` keeps the pid: a pyenv shim execs its way to the binary too.
+        let child = sh(&format!(
+            "exec litestream replicate -log-level warn '{}' '{url}'",
+            db.display()
+        ))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot start the Litestream daemon")?;
+        let d = LitestreamDaemon {
+            child,
+            replica: replica.to_path_buf(),
+        };
+        // It may compact or resync what `-once` left before it idles.
+        d.quiet(Instant::now(), false)?;
+        Ok(d)
+    }
+
+    fn proc(&self, file: &str) -> Result<String> {
+        Ok(fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))?)
+    }
+
+    /// User + system CPU seconds of the daemon so far.
+    fn cpu(&self) -> Result<f64> {
+        let stat = self.proc("stat")?;
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = &stat[stat.rfind(')').context("odd /proc stat")? + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(ticks as f64 / hz)
+    }
+
+    /// Peak RSS of the daemon so far, KiB.
+    fn hwm_kib(&self) -> Result<u64> {
+        let status = self.proc("status")?;
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .context("no VmHWM")?;
+        Ok(line.trim().trim_end_matches("kB").trim().parse()?)
+    }
+
+    /// Waits until the replica has been unchanged for 3 s (after changing at least once
+    /// if `expect_change`); returns the seconds from `since` to its last change.
+    fn quiet(&self, since: Instant, expect_change: bool) -> Result<f64> {
+        let look = || (dir_size(&self.replica), file_count(&self.replica));
+        let mut last = look();
+        let (mut changed_at, mut changed) = (Instant::now(), false);
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let now = look();
+            if now != last {
+                (last, changed_at, changed) = (now, Instant::now(), true);
+            }
+            if (changed || !expect_change) && changed_at.elapsed().as_secs_f64() >= 3.0 {
+                return Ok(if changed {
+                    changed_at.duration_since(since).as_secs_f64()
+                } else {
+                    0.0
+                });
+            }
+            if since.elapsed().as_secs() > 600 {
+                bail!("Litestream's replica did not change within 10 minutes of a commit");
+            }
+        }
+    }
+
+    /// Runs `change` (which commits to the database) and measures the daemon catching up.
+    fn step(&self, change: impl FnOnce() -> Result<u64>) -> Result<(u64, DaemonStep)> {
+        let (size0, files0, cpu0) = (dir_size(&self.replica), file_count(&self.replica), self.cpu()?);
+        let rows = change()?;
+        let lag = self.quiet(Instant::now(), true)?;
+        Ok((
+            rows,
+            DaemonStep {
+                lag,
+                cpu: self.cpu()? - cpu0,
+                stored: dir_size(&self.replica).saturating_sub(size0),
+                files: file_count(&self.replica).saturating_sub(files0),
+            },
+        ))
+    }
+}
+
+impl Drop for LitestreamDaemon {
+    fn drop(&mut self) {
+        // SAFETY: the pid is our child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }
 
 fn checkpoint(db: &Path) -> Result<()> {
@@ -383,58 +521,56 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
     let rr = restic_repo.to_str().unwrap();
     measure(restic(&format!("restic -q -r '{rr}' init")).stdout(Stdio::null()))?;
     settle();
-    let restic_full = measure(&mut restic(&format!(
-        "sqlite3 '{dbs}' \".backup '{w}/rs.db'\" && restic -q -r '{rr}' backup '{w}/rs.db'"
-    )))?;
-    let restic_full_size = dir_size(&restic_repo);
-    let ls_url = format!("file://{w}/litestream");
+    let restic_backup = || {
+        measure(&mut restic(&format!(
+            "sqlite3 '{dbs}' \".backup '{w}/rs.db'\" && restic -q -r '{rr}' backup '{w}/rs.db'"
+        )))
+    };
+    let (rs0, rf0) = (dir_size(&restic_repo), file_count(&restic_repo));
+    let restic_full = restic_backup()?;
+    let (rs1, rf1) = (dir_size(&restic_repo), file_count(&restic_repo));
+    let ls_dir = work.join("litestream");
+    let ls_url = format!("file://{}", ls_dir.display());
     settle();
     let ls_full = measure(&mut litestream(&format!(
         "litestream replicate -once '{dbs}' '{ls_url}'"
     )))?;
-    let ls_full_size = dir_size(&work.join("litestream"));
 
+    // From here Litestream runs as its daemon, shipping each change as it commits.
+    // What its replica holds once the daemon has idled (it compacts what `-once` left)
+    // is the full replica's size.
+    let daemon = LitestreamDaemon::start(db, &ls_url, &ls_dir)?;
+    let (ls_full_size, ls_full_files) = (dir_size(&ls_dir), file_count(&ls_dir));
     // 1% of rows updated at random; the pages that really changed, compressed.
-    fs::copy(db, work.join("before.db"))?;
-    let rows = sqlvault_testkit::update_random(db, update_fraction, 99)?;
-    // Litestream ships the WAL frames before they are checkpointed away (its design).
+    image(db, &work.join("before.db"))?;
     settle();
-    let ls_inc = measure(&mut litestream(&format!(
-        "litestream replicate -once '{dbs}' '{ls_url}'"
-    )))?;
-    let ls_inc_size = dir_size(&work.join("litestream")) - ls_full_size;
-    checkpoint(db)?;
-    let (changed, total_pages, changed_zstd) = changed_pages(&work.join("before.db"), db, page_size)?;
+    let (rows, ls_inc) = daemon.step(|| Ok(sqlvault_testkit::update_random(db, update_fraction, 99)?))?;
+    image(db, &work.join("after.db"))?;
+    let (changed, total_pages, changed_zstd) =
+        changed_pages(&work.join("before.db"), &work.join("after.db"), page_size)?;
     fs::remove_file(work.join("before.db"))?;
+    fs::remove_file(work.join("after.db"))?;
     settle();
     let inc = measure(&mut sv(&["backup", dbs, repos, "--json"]))?;
     let inc_j: Value = serde_json::from_str(&inc.stdout)?;
     let inc_new = inc_j["bytes_new"].as_u64().unwrap_or(0);
     let inc_budget = (changed_zstd as f64 * 1.25) as u64 + (1 << 20);
     settle();
-    let restic_inc = measure(&mut restic(&format!(
-        "sqlite3 '{dbs}' \".backup '{w}/rs.db'\" && restic -q -r '{rr}' backup '{w}/rs.db'"
-    )))?;
-    let restic_inc_size = dir_size(&restic_repo) - restic_full_size;
+    let restic_inc = restic_backup()?;
+    let (rs2, rf2) = (dir_size(&restic_repo), file_count(&restic_repo));
 
     // Append-only: the same share of new rows, every tool again.
-    let appended = sqlvault_testkit::append_rows(db, update_fraction, 7)?;
     settle();
-    let ls_app = measure(&mut litestream(&format!(
-        "litestream replicate -once '{dbs}' '{ls_url}'"
-    )))?;
-    let ls_app_size = dir_size(&work.join("litestream")) - ls_full_size - ls_inc_size;
-    checkpoint(db)?;
+    let (appended, ls_app) = daemon.step(|| Ok(sqlvault_testkit::append_rows(db, update_fraction, 7)?))?;
     settle();
     let app = measure(&mut sv(&["backup", dbs, repos, "--json"]))?;
     let app_j: Value = serde_json::from_str(&app.stdout)?;
-    let before_app = dir_size(&restic_repo);
     settle();
-    let restic_app = measure(&mut restic(&format!(
-        "sqlite3 '{dbs}' \".backup '{w}/rs.db'\" && restic -q -r '{rr}' backup '{w}/rs.db'"
-    )))?;
-    let restic_app_size = dir_size(&restic_repo) - before_app;
+    let restic_app = restic_backup()?;
+    let (rs3, rf3) = (dir_size(&restic_repo), file_count(&restic_repo));
     fs::remove_file(work.join("rs.db"))?;
+    let ls_rss = daemon.hwm_kib()?;
+    drop(daemon);
 
     // Restore: sqlvault against age -d | zstd -d of the pipeline's output.
     let restored = work.join("restored.db");
@@ -451,6 +587,7 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
     settle();
     // verify: the newest snapshot restored to a temporary file, checked, deleted.
     let ver = measure(&mut sv(&["verify", repos, "-i", keys, "--no-evidence", "--json"]))?;
+    let ver_j: Value = serde_json::from_str(&ver.stdout)?;
     settle();
     let peer_restore = measure(&mut sh(&format!(
         "age -d -i '{keys}' '{w}/peer.age' | zstd -q -d -T0 > '{w}/peer.db'"
@@ -468,31 +605,48 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
         "litestream restore -o '{w}/ls.db' '{ls_url}'"
     )))?;
     fs::remove_file(work.join("ls.db"))?;
-    let peer_json =
-        |m: &Measured, stored: u64| json!({"wall": m.wall, "cpu": m.cpu, "rss_kib": m.rss_kib, "stored": stored});
+
+    // The SQL dump kind, last (a restore picks the newest snapshot): sqlvault's dump
+    // snapshot against `sqlite3 .dump` through the same zstd | age.
+    settle();
+    let dump_b = measure(&mut sv(&["backup", dbs, repos, "--kind", "dump", "--json"]))?;
+    let dump_j: Value = serde_json::from_str(&dump_b.stdout)?;
+    settle();
+    let peer_dump = measure(&mut sh(&format!(
+        "sqlite3 '{dbs}' .dump | zstd -q -3 -T0 | age -r {recipient} > '{w}/dump.age'"
+    )))?;
+    let peer_dump_size = fs::metadata(work.join("dump.age"))?.len();
+    fs::remove_file(work.join("dump.age"))?;
+
+    let peer_json = |m: &Measured, stored: u64, files: u64| json!({"wall": m.wall, "cpu": m.cpu, "rss_kib": m.rss_kib, "stored": stored, "files": files});
+    let daemon_json =
+        |d: &DaemonStep| json!({"wall": d.lag, "cpu": d.cpu, "rss_kib": ls_rss, "stored": d.stored, "files": d.files});
+    let ours = |m: &Measured, j: &Value, stored: Value| json!({"wall": m.wall, "cpu": m.cpu, "rss_kib": m.rss_kib, "stored": stored, "requests": j["requests"]});
 
     let restore_s = rest_j["restore_seconds"].as_f64().unwrap_or(f64::NAN);
     let check_s = rest_j["check_seconds"].as_f64().unwrap_or(f64::NAN);
     Ok(json!({
         "db_bytes": db_size,
         "page_size": page_size,
-        "peer": {"backup_wall": peer_backup.wall, "compress_encrypt_wall": peer_compress.wall, "wall": peer_wall, "cpu": peer_cpu, "size": peer_size, "restore_wall": peer_restore.wall, "restore_cpu": peer_restore.cpu},
-        "full": {"wall": full.wall, "cpu": full.cpu, "rss_kib": full.rss_kib, "repo_bytes": repo_size, "report": full_j},
-        "incremental": {"rows_updated": rows, "pages_changed": changed, "pages_total": total_pages, "changed_zstd_bytes": changed_zstd, "budget_bytes": inc_budget, "bytes_new": inc_new, "wall": inc.wall, "cpu": inc.cpu, "rss_kib": inc.rss_kib, "report": inc_j},
-        "restore": {"wall": rest.wall, "cpu": rest.cpu, "rss_kib": rest.rss_kib, "restore_seconds": restore_s, "check_seconds": check_s},
-        "verify": {"wall": ver.wall, "cpu": ver.cpu, "rss_kib": ver.rss_kib},
-        "append": {"rows_added": appended, "wall": app.wall, "cpu": app.cpu, "rss_kib": app.rss_kib, "bytes_new": app_j["bytes_new"], "stored": app_j["bytes_new"]},
+        "peer": {"backup_wall": peer_backup.wall, "compress_encrypt_wall": peer_compress.wall, "wall": peer_wall, "cpu": peer_cpu, "rss_kib": peer_backup.rss_kib.max(peer_compress.rss_kib), "size": peer_size, "restore_wall": peer_restore.wall, "restore_cpu": peer_restore.cpu, "restore_rss_kib": peer_restore.rss_kib},
+        "full": {"wall": full.wall, "cpu": full.cpu, "rss_kib": full.rss_kib, "repo_bytes": repo_size, "requests": full_j["requests"], "report": full_j},
+        "incremental": {"rows_updated": rows, "pages_changed": changed, "pages_total": total_pages, "changed_zstd_bytes": changed_zstd, "budget_bytes": inc_budget, "bytes_new": inc_new, "wall": inc.wall, "cpu": inc.cpu, "rss_kib": inc.rss_kib, "requests": inc_j["requests"], "report": inc_j},
+        "restore": {"wall": rest.wall, "cpu": rest.cpu, "rss_kib": rest.rss_kib, "restore_seconds": restore_s, "check_seconds": check_s, "requests": rest_j["requests"]},
+        "verify": ours(&ver, &ver_j, Value::Null),
+        "append": {"rows_added": appended, "wall": app.wall, "cpu": app.cpu, "rss_kib": app.rss_kib, "bytes_new": app_j["bytes_new"], "requests": app_j["requests"]},
+        "dump": ours(&dump_b, &dump_j, dump_j["bytes_new"].clone()),
+        "peer_dump": {"wall": peer_dump.wall, "cpu": peer_dump.cpu, "rss_kib": peer_dump.rss_kib, "stored": peer_dump_size},
         "restic": {
-            "full": peer_json(&restic_full, restic_full_size),
-            "incremental": peer_json(&restic_inc, restic_inc_size),
-            "append": peer_json(&restic_app, restic_app_size),
-            "restore": peer_json(&restic_rest, 0),
+            "full": peer_json(&restic_full, rs1 - rs0, rf1 - rf0),
+            "incremental": peer_json(&restic_inc, rs2 - rs1, rf2 - rf1),
+            "append": peer_json(&restic_app, rs3 - rs2, rf3 - rf2),
+            "restore": peer_json(&restic_rest, 0, 0),
         },
         "litestream": {
-            "full": peer_json(&ls_full, ls_full_size),
-            "incremental": peer_json(&ls_inc, ls_inc_size),
-            "append": peer_json(&ls_app, ls_app_size),
-            "restore": peer_json(&ls_rest, 0),
+            "full": peer_json(&ls_full, ls_full_size, ls_full_files),
+            "incremental": daemon_json(&ls_inc),
+            "append": daemon_json(&ls_app),
+            "restore": peer_json(&ls_rest, 0, 0),
         },
     }))
 }
@@ -754,10 +908,16 @@ fn report(o: &mut String, runs: &[Value], size_mib: u64) -> Result<()> {
 }
 
 /// sqlvault beside every peer, step by step, from the same runs: wall time, CPU time,
-/// peak RSS and bytes stored, each peer's cell with sqlvault's ratio to it.
+/// peak RSS, bytes stored and requests, each peer's cell with sqlvault's ratio to it.
 fn peers_report(o: &mut String, runs: &[Value]) {
     let f = |path: &str| median(at(runs, path));
-    let max = |path: &str| at(runs, path).into_iter().fold(0.0, f64::max);
+    // The largest of the runs; NaN when no run has the figure.
+    let max = |path: &str| {
+        at(runs, path)
+            .into_iter()
+            .filter(|v| !v.is_nan())
+            .fold(f64::NAN, f64::max)
+    };
     let mb = |b: f64| format!("{:.1} MiB", b / 1048576.0);
     let cell = |ours: f64, theirs: f64, show: &dyn Fn(f64) -> String| {
         if theirs.is_nan() {
@@ -777,25 +937,28 @@ fn peers_report(o: &mut String, runs: &[Value]) {
     );
     out!(
         o,
-        "| step | measure | sqlvault | .backup + zstd + age | restic (of a .backup copy) | Litestream (file replica) |"
+        "| step | measure | sqlvault | .backup (or .dump) + zstd + age | restic (of a .backup copy) | Litestream (file replica) |"
     );
     out!(o, "|---|---|---|---|---|---|");
-    /// One row group: sqlvault's figures under `ours`, the pipeline's (if it has
-    /// the step) and the key of the step in the restic and Litestream results.
+    /// One row group: where sqlvault's figures are, the pipeline's (if it has the
+    /// step: wall, CPU, peak RSS, stored), the key of the step in the restic and
+    /// Litestream results, and what the pipeline wrote.
     struct Step {
         name: &'static str,
         ours: &'static str,
         stored: Option<&'static str>,
-        pipeline: Option<(&'static str, &'static str, Option<&'static str>)>,
+        pipeline: Option<[&'static str; 4]>,
         key: &'static str,
+        pipeline_files: &'static str,
     }
     let steps = [
         Step {
             name: "full backup",
             ours: "/full",
             stored: Some("/full/repo_bytes"),
-            pipeline: Some(("/peer/wall", "/peer/cpu", Some("/peer/size"))),
+            pipeline: Some(["/peer/wall", "/peer/cpu", "/peer/rss_kib", "/peer/size"]),
             key: "full",
+            pipeline_files: "1 file",
         },
         Step {
             name: "incremental, 1% rows updated",
@@ -803,6 +966,7 @@ fn peers_report(o: &mut String, runs: &[Value]) {
             stored: Some("/incremental/bytes_new"),
             pipeline: None,
             key: "incremental",
+            pipeline_files: "—",
         },
         Step {
             name: "incremental, rows appended",
@@ -810,32 +974,53 @@ fn peers_report(o: &mut String, runs: &[Value]) {
             stored: Some("/append/bytes_new"),
             pipeline: None,
             key: "append",
+            pipeline_files: "—",
         },
         Step {
             name: "restore",
             ours: "/restore",
             stored: None,
-            pipeline: Some(("/peer/restore_wall", "/peer/restore_cpu", None)),
+            pipeline: Some(["/peer/restore_wall", "/peer/restore_cpu", "/peer/restore_rss_kib", ""]),
             key: "restore",
+            pipeline_files: "1 file read",
+        },
+        Step {
+            name: "verify (restore to a temporary file, check, delete)",
+            ours: "/verify",
+            stored: None,
+            pipeline: None,
+            key: "verify",
+            pipeline_files: "—",
+        },
+        Step {
+            name: "SQL dump backup (after the append)",
+            ours: "/dump",
+            stored: Some("/dump/stored"),
+            pipeline: Some([
+                "/peer_dump/wall",
+                "/peer_dump/cpu",
+                "/peer_dump/rss_kib",
+                "/peer_dump/stored",
+            ]),
+            key: "dump",
+            pipeline_files: "1 file",
         },
     ];
+    let nan = |p: &str| if p.is_empty() { f64::NAN } else { f(p) };
     for st in steps {
         let (step, key) = (st.name, st.key);
-        let (wall, cpu, rss) = (
-            format!("{}/wall", st.ours),
-            format!("{}/cpu", st.ours),
-            format!("{}/rss_kib", st.ours),
-        );
-        let (pw, pc, ps) = st.pipeline.unwrap_or(("", "", None));
-        let stored = st.stored;
-        let peer = |p: &str| if p.is_empty() { f64::NAN } else { f(p) };
+        let [pw, pc, pr, ps] = st.pipeline.unwrap_or(["", "", "", ""]);
         let (r, l) = (format!("/restic/{key}"), format!("/litestream/{key}"));
-        let (w, c, m) = (f(&wall), f(&cpu), max(&rss));
+        let (w, c, m) = (
+            f(&format!("{}/wall", st.ours)),
+            f(&format!("{}/cpu", st.ours)),
+            max(&format!("{}/rss_kib", st.ours)),
+        );
         out!(
             o,
             "| {step} | wall | {} | {} | {} | {} |",
             secs(w),
-            cell(w, peer(pw), &secs),
+            cell(w, nan(pw), &secs),
             cell(w, f(&format!("{r}/wall")), &secs),
             cell(w, f(&format!("{l}/wall")), &secs)
         );
@@ -843,33 +1028,59 @@ fn peers_report(o: &mut String, runs: &[Value]) {
             o,
             "| | CPU | {} | {} | {} | {} |",
             secs(c),
-            cell(c, peer(pc), &secs),
+            cell(c, nan(pc), &secs),
             cell(c, f(&format!("{r}/cpu")), &secs),
             cell(c, f(&format!("{l}/cpu")), &secs)
         );
         out!(
             o,
-            "| | peak RSS | {} | — | {} | {} |",
+            "| | peak RSS | {} | {} | {} | {} |",
             mib_rss(m),
+            cell(m, if pr.is_empty() { f64::NAN } else { max(pr) }, &mib_rss),
             cell(m, max(&format!("{r}/rss_kib")), &mib_rss),
             cell(m, max(&format!("{l}/rss_kib")), &mib_rss)
         );
-        if let Some(st) = stored {
-            let s = f(st);
+        if let Some(stp) = st.stored {
+            let s = f(stp);
             out!(
                 o,
                 "| | stored | {} | {} | {} | {} |",
                 mb(s),
-                ps.map(|p| cell(s, f(p), &mb)).unwrap_or_else(|| "—".into()),
+                cell(s, nan(ps), &mb),
                 cell(s, f(&format!("{r}/stored")), &mb),
                 cell(s, f(&format!("{l}/stored")), &mb)
             );
         }
+        // sqlvault counts its requests; a peer writing a local directory is counted in
+        // files it added (the objects it would PUT to an object store).
+        let req = |k: &str| f(&format!("{}/requests/{k}", st.ours));
+        let ours_req = ["get", "put", "head", "list", "delete"]
+            .iter()
+            .filter(|k| req(k) > 0.0)
+            .map(|k| format!("{:.0} {}", req(k), k.to_uppercase()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let files = |p: String| {
+            let n = f(&p);
+            if n.is_nan() || (key == "restore") {
+                "—".to_string()
+            } else {
+                format!("{n:.0} file{} written", if n == 1.0 { "" } else { "s" })
+            }
+        };
+        out!(
+            o,
+            "| | requests | {} | {} | {} | {} |",
+            if ours_req.is_empty() { "—".into() } else { ours_req },
+            st.pipeline_files,
+            files(format!("{r}/files")),
+            files(format!("{l}/files"))
+        );
     }
     out!(o);
     out!(
         o,
-        "Encryption: sqlvault and the pipeline encrypt with age, restic with its own AES-256 repository key; Litestream's file replica is not encrypted. sqlvault's restore includes integrity_check and the logical checksum; the peers' restores check nothing."
+        "Encryption: sqlvault and the pipeline encrypt with age, restic with its own AES-256 repository key; Litestream's file replica is not encrypted. sqlvault's restore includes integrity_check and the logical checksum; the peers' restores check nothing. Litestream's full backup is `replicate -once` (stored: its replica once the daemon has idled); its incremental rows are its daemon, and their wall time is the lag from the commit to the replica's last change (polled every 100 ms), CPU and peak RSS the daemon's own."
     );
 }
 
