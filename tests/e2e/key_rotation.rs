@@ -182,6 +182,22 @@ fn a_forged_recipient_set_is_refused_and_an_old_write_key_must_rejoin() {
     let (_, b) = new_key(&w, "b.key");
     w.run(&["key", "add", &repo, "-r", &b, "-i", &key]).ok();
     w.run(&["backup", &db, &repo]).ok();
+    // Damage to the set this host already adopted is still refused, wherever it lands:
+    // in a field the host would not otherwise compare, or making it look older.
+    let good = std::fs::read(w.path("repo/keys/recipients")).unwrap();
+    let set: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    for (field, value) in [
+        ("created_ms", serde_json::json!(2)),
+        ("generation", serde_json::json!(0)),
+    ] {
+        let mut bad = set.clone();
+        bad[field] = value;
+        std::fs::write(w.path("repo/keys/recipients"), serde_json::to_vec(&bad).unwrap()).unwrap();
+        let r = w.run(&["backup", &db, &repo]).fails(6);
+        assert!(r.stderr.contains("not signed"), "{field}: {}", r.stderr);
+    }
+    std::fs::write(w.path("repo/keys/recipients"), &good).unwrap();
+    w.run(&["backup", &db, &repo]).ok();
 
     // A write key from before signed sets (no admin key pinned) must not adopt
     // anything: it fails with a clear instruction instead.

@@ -38,6 +38,10 @@ pub struct DrillArgs {
     /// Where the JSON report goes (default: target/drill/report.json).
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Working directory for databases and local repositories, emptied first (default:
+    /// target/drill/work).
+    #[arg(long)]
+    work: Option<PathBuf>,
 }
 
 impl DrillArgs {
@@ -49,6 +53,7 @@ impl DrillArgs {
             seed: None,
             backends: Vec::new(),
             report: None,
+            work: None,
         }
     }
 }
@@ -98,6 +103,7 @@ struct Drill {
     key: String,
     rcpt: String,
     other_key: String,
+    other_rcpt: String,
     kills: usize,
     outcomes: Vec<Value>,
     rt: tokio::runtime::Runtime,
@@ -123,7 +129,10 @@ pub fn run(a: DrillArgs) -> Result<()> {
         )?;
         crate::root().join("target/debug/sqlvault")
     };
-    let dir = crate::root().join("target/drill/work");
+    let dir = a
+        .work
+        .clone()
+        .unwrap_or_else(|| crate::root().join("target/drill/work"));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
@@ -242,6 +251,7 @@ pub fn run(a: DrillArgs) -> Result<()> {
         rng: Rng::new(seed),
         key: dir.join("key.txt").display().to_string(),
         other_key: dir.join("other.txt").display().to_string(),
+        other_rcpt: String::new(),
         rcpt: String::new(),
         dir,
         kills: if full { 10 } else { 3 },
@@ -254,6 +264,7 @@ pub fn run(a: DrillArgs) -> Result<()> {
     d.rcpt = g.stdout.trim().to_string();
     let g = d.sv(&["key", "generate", "-o", &d.other_key.clone()], &no_extra_env)?;
     ensure!(g.code == 0, "key generate failed: {}", g.stderr);
+    d.other_rcpt = g.stdout.trim().to_string();
 
     let t0 = Instant::now();
     for b in &backends {
@@ -387,8 +398,11 @@ impl Drill {
         m.insert("db".into(), json!(db));
         m.insert("scenario".into(), json!(scenario));
         m.insert("seconds".into(), json!(secs));
+        // A line per scenario as it ends: a --full run takes the better part of an hour.
         if m.get("outcome") != Some(&json!("pass")) {
             eprintln!("drill: FAIL {backend} {db} {scenario}: {}", m["detail"]);
+        } else {
+            eprintln!("drill: pass {backend} {db} {scenario} ({secs:.1} s)");
         }
         self.outcomes.push(o);
     }
@@ -650,16 +664,25 @@ impl Drill {
         Ok(())
     }
 
-    /// One flipped bit and one truncation in each kind of stored object (marker,
-    /// config, manifests, maps, indexes, packs), and a deleted pack: each refused with
-    /// exit 6 by verify and check; the repository verifies again once the object is put
-    /// back.
+    /// One flipped bit and one truncation in each kind of stored object, and a deleted
+    /// pack, each met by the command that reads that kind:
+    /// - marker, config, manifests, maps, indexes, packs: verify and check refuse with
+    ///   exit 6;
+    /// - the signed recipient set (`keys/recipients`): backup refuses to encrypt to it
+    ///   (exit 6);
+    /// - prune's state (`prune/pending`): backup warns and uploads everything (exit 0,
+    ///   and its snapshot verifies); prune refuses (exit 6);
+    /// - prune's lock (`prune/lock`): prune replaces an unreadable lock (exit 0);
+    /// - evidence records: `audit --repo` refuses (exit 6).
+    ///
+    /// The repository verifies again once the object is put back.
     fn damage(&mut self, b: &Backend) -> Result<()> {
         let tag = format!("{}-damage", b.name);
         let repo = b.url(&tag);
         let env = b.env.clone();
         let key = self.key.clone();
         let rcpt = self.rcpt.clone();
+        let other = self.other_rcpt.clone();
         let db = self.dir.join(format!("{tag}.db"));
         sqlvault_testkit::generate(
             &db,
@@ -677,6 +700,11 @@ impl Drill {
             sqlvault_testkit::update_random(&db, 0.05, 4)?;
             self.ok(&["backup", &dbs, &repo], &env)?;
             self.ok(&["backup", &dbs, &repo, "--kind", "dump", "--name", "app.sql"], &env)?;
+            // One object of each remaining kind: a signed recipient set, evidence of
+            // a verification, and prune's state.
+            self.ok(&["key", "add", &repo, "-i", &key, "-r", &other], &env)?;
+            self.ok(&["verify", &repo, "-i", &key], &env)?;
+            self.ok(&["prune", &repo, "-i", &key], &env)?;
             Ok(json!({}))
         })();
         let failed = setup.is_err();
@@ -685,16 +713,29 @@ impl Drill {
             return Ok(());
         }
         let store = sqlvault_store::Store::from_url(&repo)?;
-        for dir in ["sqlvault.json", "config", "snapshots", "maps", "index", "packs"] {
+        let kinds = [
+            "sqlvault.json",
+            "config",
+            "snapshots",
+            "maps",
+            "index",
+            "packs",
+            "keys/recipients",
+            "prune/pending",
+            "prune/lock",
+            "evidence",
+        ];
+        for dir in kinds {
             for how in ["flip", "truncate", "delete"] {
                 if how == "delete" && dir != "packs" {
                     continue;
                 }
                 let t = Instant::now();
                 let r = (|| {
-                    // The marker and config are single objects; of the others, the
-                    // largest of its kind (referenced by some snapshot).
-                    let k = if dir.contains('.') || dir == "config" {
+                    // Single objects by name; of the others, the largest of its kind
+                    // (referenced by some snapshot).
+                    let single = !matches!(dir, "snapshots" | "maps" | "index" | "packs" | "evidence");
+                    let k = if single {
                         dir.to_string()
                     } else {
                         let list = self.rt.block_on(store.list(dir))?;
@@ -705,7 +746,10 @@ impl Drill {
                             .clone();
                         format!("{dir}/{name}")
                     };
-                    let original = self.rt.block_on(store.get(&k))?;
+                    // A lock exists only while a prune runs: its stand-in is another
+                    // object sealed the same way (prune's state), damaged below.
+                    let source = if dir == "prune/lock" { "prune/pending" } else { &k };
+                    let original = self.rt.block_on(store.get(source))?;
                     let mut bad = original.to_vec();
                     let mut in_stanza = false;
                     match how {
@@ -726,24 +770,58 @@ impl Drill {
                     // no other stanza opens (the config and packs are encrypted to the
                     // user's recipients alone): a flip there may say either.
                     let codes: &[i32] = if in_stanza { &[5, 6] } else { &[6] };
-                    let v = self.fails(
-                        &["verify", &repo, "-i", &key, "--all", "--no-evidence", "--json"],
-                        &env,
-                        codes,
-                    );
-                    let c = self.fails(&["check", &repo, "-i", &key, "--read-data"], &env, codes);
-                    self.rt.block_on(store.put(&k, original))?;
-                    let v = v?;
-                    c?;
+                    let refused = match dir {
+                        "keys/recipients" => self.fails(&["backup", &dbs, &repo], &env, codes),
+                        "prune/pending" => {
+                            let b = self.ok(&["backup", &dbs, &repo], &env);
+                            let p = self.fails(&["prune", &repo, "-i", &key], &env, codes);
+                            b.and(p)
+                        }
+                        "prune/lock" => self.ok(&["prune", &repo, "-i", &key], &env),
+                        "evidence" => self.fails(&["audit", &dbs, "--repo", &repo, "-i", &key], &env, codes),
+                        _ => {
+                            let v = self.fails(
+                                &["verify", &repo, "-i", &key, "--all", "--no-evidence", "--json"],
+                                &env,
+                                codes,
+                            );
+                            let c = self.fails(&["check", &repo, "-i", &key, "--read-data"], &env, codes);
+                            v.and_then(|v| c.map(|_| v))
+                        }
+                    };
+                    if dir == "prune/lock" {
+                        // The prune replaced the stand-in and removed its own lock; a
+                        // failed one leaves it, which the next scenarios must not meet.
+                        let left = !self.rt.block_on(store.get(&k)).is_err_and(|e| e.is_not_found());
+                        if left {
+                            self.rt.block_on(store.delete(&k))?;
+                        }
+                        ensure!(refused.is_err() || !left, "prune left {k} behind");
+                    } else {
+                        self.rt.block_on(store.put(&k, original))?;
+                    }
+                    let o = refused?;
                     self.verify_all(&repo, &env, &key)?;
-                    let code = v.json()["snapshots"]
+                    let code = o.json()["snapshots"]
                         .as_array()
                         .and_then(|s| s.iter().find_map(|x| x["code"].as_str().map(String::from)))
-                        .or_else(|| v.json()["error"]["code"].as_str().map(String::from))
+                        .or_else(|| o.json()["error"]["code"].as_str().map(String::from))
+                        .or_else(|| {
+                            o.stderr
+                                .lines()
+                                .find(|l| l.starts_with("sqlvault: error:"))
+                                .map(String::from)
+                        })
                         .unwrap_or_default();
-                    Ok(json!({"detail": format!("exit {} ({code})", v.code), "error_code": code}))
+                    Ok(json!({"detail": format!("exit {} ({code})", o.code), "error_code": code}))
                 })();
-                let kind = if dir == "sqlvault.json" { "marker" } else { dir };
+                let kind = match dir {
+                    "sqlvault.json" => "marker",
+                    "keys/recipients" => "recipient-set",
+                    "prune/pending" => "prune-state",
+                    "prune/lock" => "prune-lock",
+                    d => d,
+                };
                 self.record(b.name, "1m", &format!("{how}-{kind}"), t, r);
             }
         }

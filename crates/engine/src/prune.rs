@@ -126,8 +126,11 @@ impl PruneState {
 pub(crate) async fn load_state(repo: &Repo) -> Result<PruneState> {
     match repo.store.get(layout::PRUNE_PENDING).await {
         Ok(ct) => {
-            let body = repo.unseal_meta("prune state", &ct)?;
-            let st: PruneState = serde_json::from_str(&body).map_err(|e| corrupt("prune state", e))?;
+            // Named with its key and repository: a damaged state stops every prune of
+            // that repository, so the error must say where to look.
+            let what = format!("prune state ({} of {})", layout::PRUNE_PENDING, repo.store.describe());
+            let body = repo.unseal_meta(&what, &ct)?;
+            let st: PruneState = serde_json::from_str(&body).map_err(|e| corrupt(what, e))?;
             if st.version != 1 {
                 return Err(Error::new(
                     ErrorKind::Integrity,

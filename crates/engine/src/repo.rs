@@ -128,6 +128,14 @@ async fn adopt_recipient_set(store: &Store, mut wk: WriteKey) -> Result<WriteKey
     if set.repo_id != wk.repo_id {
         return Err(forged());
     }
+    // The signature is checked on every backup, even of a set this host already has or
+    // will not adopt: a damaged or forged set is reported when it appears, not at the
+    // next key change (an Ed25519 verification is microseconds).
+    if let Some(public) = wk.admin_pub.as_deref()
+        && !set.verify(public)
+    {
+        return Err(forged());
+    }
     if set.generation < wk.generation {
         tracing::warn!(
             "recipient set of {} is generation {}, older than this host's {}: keeping this host's",
@@ -151,6 +159,7 @@ async fn adopt_recipient_set(store: &Store, mut wk: WriteKey) -> Result<WriteKey
             ),
         ));
     };
+    // Signed, but a different set under the same generation: equivocation.
     if !set.verify(public) || set.generation == wk.generation {
         return Err(forged());
     }

@@ -146,6 +146,11 @@ impl fmt::Debug for AdminKey {
 
 /// Checks a hex Ed25519 signature over `msg` by the hex public key `public`.
 pub fn verify_admin_signature(public: &str, msg: &[u8], signature: &str) -> bool {
+    // Only the lowercase spelling `sign` writes: hex decoding accepts either case, and a
+    // flipped case bit in a stored set must read as damage, not as the same signature.
+    if !signature.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return false;
+    }
     let (mut pk, mut sig) = ([0u8; 32], [0u8; 64]);
     if hex::decode_to_slice(public, &mut pk).is_err() || hex::decode_to_slice(signature, &mut sig).is_err() {
         return false;

@@ -368,6 +368,11 @@ mod recipient_set_tests {
         let mut t = s.clone();
         t.repo_id = "r2".into();
         assert!(!t.verify(&k.public_hex()));
+        // The same signature bytes in another spelling are refused too: a flipped
+        // case bit in the stored object is damage, not an equivalent set.
+        let mut t = s.clone();
+        t.signature = t.signature.to_uppercase();
+        assert!(!t.verify(&k.public_hex()));
         let mut t = s;
         t.signature = "00".repeat(64);
         assert!(!t.verify(&k.public_hex()));
