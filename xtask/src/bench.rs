@@ -187,10 +187,11 @@ impl LitestreamDaemon {
             "exec litestream replicate -log-level warn '{}' '{url}'",
             db.display()
         ))
+        .env_remove("AWS_CA_BUNDLE")
         .stdout(Stdio::null())
         .spawn()
         .context("cannot start the Litestream daemon")?;
-        let d = LitestreamDaemon {
+        let mut d = LitestreamDaemon {
             child,
             replica: replica.to_path_buf(),
         };
@@ -227,12 +228,17 @@ impl LitestreamDaemon {
 
     /// Waits until the replica has been unchanged for 3 s (after changing at least once
     /// if `expect_change`); returns the seconds from `since` to its last change.
-    fn quiet(&self, since: Instant, expect_change: bool) -> Result<f64> {
-        let look = || (dir_size(&self.replica), file_count(&self.replica));
+    fn quiet(&mut self, since: Instant, expect_change: bool) -> Result<f64> {
+        let replica = self.replica.clone();
+        let look = || (dir_size(&replica), file_count(&replica));
         let mut last = look();
         let (mut changed_at, mut changed) = (Instant::now(), false);
         loop {
             std::thread::sleep(std::time::Duration::from_millis(100));
+            // A daemon that died would look like one that has caught up.
+            if let Some(st) = self.child.try_wait()? {
+                bail!("the Litestream daemon exited ({st}) while the bench waited on it");
+            }
             let now = look();
             if now != last {
                 (last, changed_at, changed) = (now, Instant::now(), true);
@@ -251,7 +257,7 @@ impl LitestreamDaemon {
     }
 
     /// Runs `change` (which commits to the database) and measures the daemon catching up.
-    fn step(&self, change: impl FnOnce() -> Result<u64>) -> Result<(u64, DaemonStep)> {
+    fn step(&mut self, change: impl FnOnce() -> Result<u64>) -> Result<(u64, DaemonStep)> {
         let (size0, files0, cpu0) = (dir_size(&self.replica), file_count(&self.replica), self.cpu()?);
         let rows = change()?;
         let lag = self.quiet(Instant::now(), true)?;
@@ -539,7 +545,7 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
     // From here Litestream runs as its daemon, shipping each change as it commits.
     // What its replica holds once the daemon has idled (it compacts what `-once` left)
     // is the full replica's size.
-    let daemon = LitestreamDaemon::start(db, &ls_url, &ls_dir)?;
+    let mut daemon = LitestreamDaemon::start(db, &ls_url, &ls_dir)?;
     let (ls_full_size, ls_full_files) = (dir_size(&ls_dir), file_count(&ls_dir));
     // 1% of rows updated at random; the pages that really changed, compressed.
     image(db, &work.join("before.db"))?;
@@ -659,12 +665,12 @@ fn restic(script: &str) -> Command {
     c
 }
 
-/// A shell command for Litestream, without a config file (it would read
-/// /etc/litestream.yml) and quiet below warnings.
+/// A shell command for Litestream, quiet below warnings.
 fn litestream(script: &str) -> Command {
     let script = script.replacen(" replicate ", " replicate -log-level warn ", 1);
     let mut c = sh(&script);
-    c.stdout(Stdio::null());
+    // This machine's AWS_CA_BUNDLE makes Litestream's S3 client die at start-up (GUIDE §5).
+    c.stdout(Stdio::null()).env_remove("AWS_CA_BUNDLE");
     c
 }
 
