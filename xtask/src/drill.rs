@@ -38,8 +38,8 @@ pub struct DrillArgs {
     /// Where the JSON report goes (default: target/drill/report.json).
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Working directory for databases and local repositories, emptied first (default:
-    /// target/drill/work).
+    /// Working directory for databases and local repositories, emptied first; one given
+    /// here must be new, empty or made by an earlier drill (default: target/drill/work).
     #[arg(long)]
     work: Option<PathBuf>,
 }
@@ -133,10 +133,24 @@ pub fn run(a: DrillArgs) -> Result<()> {
         .work
         .clone()
         .unwrap_or_else(|| crate::root().join("target/drill/work"));
+    // A directory given by hand is emptied only if a drill made it (or it is empty):
+    // `--work ~` must not cost anyone their home directory.
+    const MADE_BY_DRILL: &str = ".sqlvault-drill-work";
+    if a.work.is_some()
+        && dir.exists()
+        && !dir.join(MADE_BY_DRILL).exists()
+        && std::fs::read_dir(&dir)?.next().is_some()
+    {
+        bail!(
+            "{} is not empty and was not made by a drill: give an empty or new directory",
+            dir.display()
+        );
+    }
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(MADE_BY_DRILL), b"")?;
     let dbs: Vec<DbSpec> = if full {
         vec![
             DbSpec {
