@@ -827,7 +827,12 @@ impl Drill {
                                 .map(String::from)
                         })
                         .unwrap_or_default();
-                    Ok(json!({"detail": format!("exit {} ({code})", o.code), "error_code": code}))
+                    let detail = if code.is_empty() {
+                        format!("exit {}", o.code)
+                    } else {
+                        format!("exit {} ({code})", o.code)
+                    };
+                    Ok(json!({"detail": detail, "error_code": code}))
                 })();
                 let kind = match dir {
                     "sqlvault.json" => "marker",
