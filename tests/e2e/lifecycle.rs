@@ -322,3 +322,57 @@ fn two_backups_of_one_database_at_once_both_commit_valid_snapshots() {
     assert_eq!(content(Path::new(&out)), last);
     w.run(&["check", &repo, "-i", &key, "--read-data"]).ok();
 }
+
+#[test]
+fn a_damaged_prune_state_stops_prune_until_reset_while_backups_go_on() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 256 << 10, true);
+    for seed in 0..2 {
+        w.run(&["backup", &db, &repo]).ok();
+        kit::update_random(Path::new(&db), 0.3, seed).unwrap();
+    }
+    // Forget one snapshot and repack what it leaves half-used: the old packs are marked.
+    w.run(&["forget", &repo, "--keep-last", "1"]).ok();
+    let f = w
+        .run(&["prune", &repo, "-i", &key, "--repack-below", "0.99", "--json"])
+        .ok()
+        .json();
+    let marked = f["marked"].clone();
+    assert!(marked["packs"].as_u64().unwrap() > 0, "{f}");
+
+    let state = w.path("repo/prune/pending");
+    let good = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &good[..good.len() / 2]).unwrap();
+    let r = w.run(&["prune", &repo, "-i", &key]).fails(6);
+    assert!(
+        r.stderr.contains("prune/pending") && r.stderr.contains("--reset-damaged-state"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        good[..good.len() / 2],
+        "refused, unchanged"
+    );
+
+    // Backups go on, trusting none of the stored data while they cannot read the marks.
+    w.run(&["backup", &db, &repo]).ok();
+
+    // Reset: a new state replaces the damaged one and nothing is deleted (the marks,
+    // and with them any ripeness, are gone); prune works again without the flag.
+    let p = w
+        .run(&["prune", &repo, "-i", &key, "--reset-damaged-state", "--json"])
+        .ok()
+        .json();
+    assert_eq!(p["deleted"]["packs"], 0, "{p} (marked before: {marked})");
+    assert_ne!(
+        std::fs::read(&state).unwrap(),
+        good[..good.len() / 2],
+        "state rewritten"
+    );
+    let p = w.run(&["prune", &repo, "-i", &key, "--json"]).ok().json();
+    assert_eq!(p["deleted"]["packs"], 0, "{p}");
+    w.run(&["verify", &repo, "-i", &key, "--all"]).ok();
+    w.run(&["check", &repo, "-i", &key, "--read-data"]).ok();
+}

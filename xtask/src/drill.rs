@@ -685,7 +685,8 @@ impl Drill {
     /// - the signed recipient set (`keys/recipients`): backup refuses to encrypt to it
     ///   (exit 6);
     /// - prune's state (`prune/pending`): backup warns and uploads everything (exit 0,
-    ///   and its snapshot verifies); prune refuses (exit 6);
+    ///   and its snapshot verifies); prune refuses (exit 6) until run with
+    ///   `--reset-damaged-state`;
     /// - prune's lock (`prune/lock`): prune replaces an unreadable lock (exit 0);
     /// - evidence records: `audit --repo` refuses (exit 6).
     ///
@@ -789,7 +790,9 @@ impl Drill {
                         "prune/pending" => {
                             let b = self.ok(&["backup", &dbs, &repo], &env);
                             let p = self.fails(&["prune", &repo, "-i", &key], &env, codes);
-                            b.and(p)
+                            // The way out the refusal names.
+                            let r = self.ok(&["prune", &repo, "-i", &key, "--reset-damaged-state"], &env);
+                            b.and(r).and(p)
                         }
                         "prune/lock" => self.ok(&["prune", &repo, "-i", &key], &env),
                         "evidence" => self.fails(&["audit", &dbs, "--repo", &repo, "-i", &key], &env, codes),

@@ -143,6 +143,12 @@ struct PruneArgs {
     /// for backups that started under it).
     #[arg(long)]
     no_running_backups: bool,
+    /// Replace prune's stored state when it cannot be read (exit 6 otherwise). Its marks
+    /// are lost: unreferenced objects are marked again and wait a new grace period, but
+    /// packs an earlier repack had made redundant are not reclaimed. Give --grace again
+    /// if you had raised it.
+    #[arg(long)]
+    reset_damaged_state: bool,
     #[command(flatten)]
     keys: ReadKeys,
     /// Print JSON.
@@ -778,7 +784,8 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Drill(a) => drill(a).await,
         Cmd::Prune(a) => {
             let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
-            let opts = prune_options(a.dry_run, a.grace, a.repack_below, a.no_running_backups)?;
+            let opts = prune_options(a.dry_run, a.grace, a.repack_below, a.no_running_backups)?
+                .with_reset_damaged_state(a.reset_damaged_state);
             let rep = sqlvault_engine::prune(&repo, &opts).await?;
             if a.json {
                 print_json(&serde_json::to_value(&rep).expect("json"));

@@ -208,6 +208,12 @@ pub struct PruneOptions {
     /// The caller asserts that no backup is running against the repository, so a
     /// lowered grace binds at once instead of after the old grace has passed.
     pub no_running_backups: bool,
+    /// Start afresh when the stored state cannot be read (damaged, or sealed by another
+    /// key), instead of refusing. Its marks are lost: unreferenced objects are marked
+    /// again and wait a new grace period, packs an earlier repack made redundant (their
+    /// chunks are held by the new packs too) stay unreclaimed, and a grace once raised
+    /// above this run's must be given again.
+    pub reset_damaged_state: bool,
 }
 
 impl Default for PruneOptions {
@@ -218,6 +224,7 @@ impl Default for PruneOptions {
             repack_below: 0.5,
             pack_target: 16 << 20,
             no_running_backups: false,
+            reset_damaged_state: false,
         }
     }
 }
@@ -236,6 +243,11 @@ impl PruneOptions {
     /// Asserts that no backup is running (see the field).
     pub fn with_no_running_backups(mut self, yes: bool) -> Self {
         self.no_running_backups = yes;
+        self
+    }
+    /// Replaces a state that cannot be read (see the field).
+    pub fn with_reset_damaged_state(mut self, yes: bool) -> Self {
+        self.reset_damaged_state = yes;
         self
     }
     /// Sets the repack threshold (0 disables repacking).
@@ -536,7 +548,34 @@ fn refuse(what: &str, e: Error) -> Error {
 }
 
 async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>) -> Result<PruneReport> {
-    let mut st = load_state(repo).await?;
+    // A state that cannot be read stops prune (it may hold marks about to ripen) until
+    // the operator says to start afresh. Forgetting marks is safe: an unreferenced
+    // object is marked again and waits a whole new grace period (a pack a repack made
+    // redundant is not: it stays, costing space, not data), and backups that met the
+    // damaged state trusted no stored data meanwhile. The state of a newer sqlvault and
+    // the store's own errors are never replaced.
+    let mut st = match load_state(repo).await {
+        Ok(st) => st,
+        Err(e) if matches!(e.kind(), ErrorKind::Integrity | ErrorKind::Auth) && e.code() != "repo.unknown-version" => {
+            if !opts.reset_damaged_state {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    e.code(),
+                    format!(
+                        "{}; `sqlvault prune --reset-damaged-state` starts it afresh (its marks are lost: docs/format.md#prune)",
+                        e.one_line()
+                    ),
+                ));
+            }
+            tracing::warn!(
+                "replacing the unreadable prune state of {} ({}): marks restart their grace period",
+                repo.store.describe(),
+                e.one_line()
+            );
+            PruneState::default()
+        }
+        Err(e) => return Err(e),
+    };
     // "now" is taken before the view: a mark is ripe only if it was ripe before we
     // looked, so every backup that could have used the object has committed by then.
     let now = now_ms();
