@@ -114,15 +114,22 @@ fn measure(cmd: &mut Command) -> Result<Measured> {
     })
 }
 
-fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
+/// Bytes and number of files under `p`, in one walk. The file count is what a peer
+/// writing a local repository would have PUT to an object store: one object per file.
+fn tree(p: &Path) -> (u64, u64) {
+    let (mut bytes, mut files) = (0, 0);
     if let Ok(rd) = fs::read_dir(p) {
         for e in rd.flatten() {
             let m = e.metadata().unwrap();
-            total += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+            let (b, f) = if m.is_dir() { tree(&e.path()) } else { (m.len(), 1) };
+            (bytes, files) = (bytes + b, files + f);
         }
     }
-    total
+    (bytes, files)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    tree(p).0
 }
 
 /// A writer that only counts.
@@ -142,18 +149,6 @@ fn sh(script: &str) -> Command {
     let mut c = Command::new("sh");
     c.args(["-c", script]);
     c
-}
-
-/// Number of files under `p` (what a peer writing a local repository would have PUT to
-/// an object store: one object per file).
-fn file_count(p: &Path) -> u64 {
-    let mut n = 0;
-    if let Ok(rd) = fs::read_dir(p) {
-        for e in rd.flatten() {
-            n += if e.path().is_dir() { file_count(&e.path()) } else { 1 };
-        }
-    }
-    n
 }
 
 /// A consistent copy of a live database with the same page numbers (SQLite's backup
@@ -232,7 +227,7 @@ impl LitestreamDaemon {
         };
         // It compacts what `-once` left before it idles.
         let replica = d.replica.clone();
-        d.quiet(Instant::now(), false, || (dir_size(&replica), file_count(&replica)))?;
+        d.quiet(Instant::now(), false, || tree(&replica))?;
         Ok(d)
     }
 
@@ -295,7 +290,7 @@ impl LitestreamDaemon {
         let replica = self.replica.clone();
         let before = ltx_files(&replica);
         let newest = before.iter().map(|f| f.2).max().unwrap_or(0);
-        let (size0, files0, cpu0) = (dir_size(&replica), file_count(&replica), self.cpu()?);
+        let ((size0, files0), cpu0) = (tree(&replica), self.cpu()?);
         let rows = change()?;
         // The step's own level-0 files: transactions after everything shipped before.
         let own = || {
@@ -307,15 +302,15 @@ impl LitestreamDaemon {
         };
         let lag = self.quiet(Instant::now(), true, own)?;
         let stored = own().1;
-        let grown = dir_size(&replica).saturating_sub(size0);
+        let (size1, files1) = tree(&replica);
         Ok((
             rows,
             DaemonStep {
                 lag,
                 cpu: self.cpu()? - cpu0,
                 stored,
-                background: grown.saturating_sub(stored),
-                files: file_count(&replica).saturating_sub(files0),
+                background: size1.saturating_sub(size0).saturating_sub(stored),
+                files: files1.saturating_sub(files0),
             },
         ))
     }
@@ -580,9 +575,9 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
             "sqlite3 '{dbs}' \".backup '{w}/rs.db'\" && restic -q -r '{rr}' backup '{w}/rs.db'"
         )))
     };
-    let (rs0, rf0) = (dir_size(&restic_repo), file_count(&restic_repo));
+    let (rs0, rf0) = tree(&restic_repo);
     let restic_full = restic_backup()?;
-    let (rs1, rf1) = (dir_size(&restic_repo), file_count(&restic_repo));
+    let (rs1, rf1) = tree(&restic_repo);
     let ls_dir = work.join("litestream");
     let ls_url = format!("file://{}", ls_dir.display());
     settle();
@@ -596,7 +591,7 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
     // What its replica holds once the daemon has idled (it compacts what `-once` left)
     // is the full replica's size.
     let mut daemon = LitestreamDaemon::start(db, &ls_url, &ls_dir)?;
-    let (ls_full_size, ls_full_files) = (dir_size(&ls_dir), file_count(&ls_dir));
+    let (ls_full_size, ls_full_files) = tree(&ls_dir);
     // 1% of rows updated at random; the pages that really changed, compressed.
     image(db, &work.join("before.db"))?;
     settle();
@@ -613,7 +608,7 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
     let inc_budget = (changed_zstd as f64 * 1.25) as u64 + (1 << 20);
     settle();
     let restic_inc = restic_backup()?;
-    let (rs2, rf2) = (dir_size(&restic_repo), file_count(&restic_repo));
+    let (rs2, rf2) = tree(&restic_repo);
 
     // Append-only: the same share of new rows, every tool again.
     settle();
@@ -623,7 +618,7 @@ fn scenario(bin: &Path, dir: &Path, pristine: &Path, db: &Path, update_fraction:
     let app_j: Value = serde_json::from_str(&app.stdout)?;
     settle();
     let restic_app = restic_backup()?;
-    let (rs3, rf3) = (dir_size(&restic_repo), file_count(&restic_repo));
+    let (rs3, rf3) = tree(&restic_repo);
     fs::remove_file(work.join("rs.db"))?;
     let ls_rss = daemon.hwm_kib()?;
     drop(daemon);
