@@ -87,13 +87,21 @@ def main():
         assert len(pages) == page_count, "page maps do not cover the database"
         order = [pages[p] for p in range(1, page_count + 1)]
 
-    # 3. Indexes: "SQLVIDX1", packs u32, per pack: id[16], frames u32, per frame:
-    #    frame_off u64, frame_len u32, chunk_len u32, n u32, then n x id[32] when
-    #    chunk_len > 0 (chunk i at i*chunk_len) else n x (id[32], off u32, len u32).
+    # 3. Indexes: "SQLVIDX2" (or "SQLVIDX1"), packs u32, per pack: id[16], frames u32,
+    #    per frame: frame_off u64, frame_len u32, chunk_len u32, n u32, then n x id[32]
+    #    when chunk_len > 0 (chunk i at i*chunk_len) else n x (id[32], off u32, len u32);
+    #    a SQLVIDX2 index ends with a 32-byte MAC (it needs the secret: not checked).
+    #    An index that does not decrypt is skipped: a bucket writer may have left it.
     where = {}
     for name in os.listdir(os.path.join(repo, "index")):
-        b = age_decrypt(os.path.join(repo, "index", name), identity)
-        assert b[:8] == b"SQLVIDX1", "not an index"
+        try:
+            b = age_decrypt(os.path.join(repo, "index", name), identity)
+        except subprocess.CalledProcessError:
+            continue
+        if b[:8] == b"SQLVIDX2":
+            b = b[:-32]
+        elif b[:8] != b"SQLVIDX1":
+            continue
         (npacks,), pos = struct.unpack_from("<I", b, 8), 12
         for _ in range(npacks):
             pack = b[pos:pos + 16].hex()

@@ -34,7 +34,10 @@ fn add_remove_rewrap_revoke_a_key_and_backup_hosts_follow() {
     let (b_key, b_rcpt) = new_key(&w, "b.key");
     let repo = w.s("repo");
     let repo_p = w.path("repo");
-    w.run(&["init", &repo, "-r", &a_rcpt]).ok();
+    let fp = w.run(&["init", &repo, "-r", &a_rcpt, "--json"]).ok().json()["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let db = w.s("app.db");
     kit::generate(
         Path::new(&db),
@@ -48,7 +51,13 @@ fn add_remove_rewrap_revoke_a_key_and_backup_hosts_follow() {
     // A second backup host, joined while A was the only recipient.
     let host2 = w.s("host2");
     let h2 = [("SQLVAULT_HOME", host2.as_str())];
-    w.run_env(&["join", &repo, "-i", &a_key], &h2).ok();
+    // A host that never used the repository joins with the fingerprint init printed.
+    w.run_env(&["join", &repo, "-i", &a_key], &h2).fails(5);
+    w.run_env(
+        &["join", &repo, "-i", &a_key],
+        &[("SQLVAULT_HOME", host2.as_str()), ("SQLVAULT_REPO_FINGERPRINT", &fp)],
+    )
+    .ok();
     w.run_env(&["backup", &db, &repo, "--name", "app"], &h2).ok();
 
     // Add B: generation 1. Existing data is still A's alone until rewrap.
@@ -163,12 +172,14 @@ fn a_forged_recipient_set_is_refused_and_an_old_write_key_must_rejoin() {
             serde_json::from_slice(&std::fs::read(w.path("repo/sqlvault.json")).unwrap()).unwrap();
         m["repo_id"].as_str().unwrap().to_string()
     };
-    // Someone who can write to the bucket publishes a set with their own key.
+    // Someone who can write to the bucket publishes a set with their own key, as the
+    // next generation.
+    let set1 = "repo/keys/recipients-00000000000000000001";
     std::fs::create_dir_all(w.path("repo/keys")).unwrap();
     std::fs::write(
-        w.path("repo/keys/recipients"),
+        w.path(set1),
         serde_json::to_vec(&serde_json::json!({
-            "repo_id": repo_id, "generation": 7, "recipients": [rcpt, evil], "created_ms": 1,
+            "repo_id": repo_id, "generation": 1, "recipients": [rcpt, evil], "created_ms": 1,
             "signature": "ab".repeat(64),
         }))
         .unwrap(),
@@ -178,13 +189,13 @@ fn a_forged_recipient_set_is_refused_and_an_old_write_key_must_rejoin() {
     assert!(r.stderr.contains("not signed"), "{}", r.stderr);
     assert!(std::fs::read_dir(w.path("repo/snapshots")).map_or(true, |d| d.count() == 0));
     // The real set, published by an identity holder, is adopted.
-    std::fs::remove_file(w.path("repo/keys/recipients")).unwrap();
+    std::fs::remove_file(w.path(set1)).unwrap();
     let (_, b) = new_key(&w, "b.key");
     w.run(&["key", "add", &repo, "-r", &b, "-i", &key]).ok();
     w.run(&["backup", &db, &repo]).ok();
     // Damage to the set this host already adopted is still refused, wherever it lands:
     // in a field the host would not otherwise compare, or making it look older.
-    let good = std::fs::read(w.path("repo/keys/recipients")).unwrap();
+    let good = std::fs::read(w.path(set1)).unwrap();
     let set: serde_json::Value = serde_json::from_slice(&good).unwrap();
     for (field, value) in [
         ("created_ms", serde_json::json!(2)),
@@ -192,11 +203,11 @@ fn a_forged_recipient_set_is_refused_and_an_old_write_key_must_rejoin() {
     ] {
         let mut bad = set.clone();
         bad[field] = value;
-        std::fs::write(w.path("repo/keys/recipients"), serde_json::to_vec(&bad).unwrap()).unwrap();
+        std::fs::write(w.path(set1), serde_json::to_vec(&bad).unwrap()).unwrap();
         let r = w.run(&["backup", &db, &repo]).fails(6);
         assert!(r.stderr.contains("not signed"), "{field}: {}", r.stderr);
     }
-    std::fs::write(w.path("repo/keys/recipients"), &good).unwrap();
+    std::fs::write(w.path(set1), &good).unwrap();
     w.run(&["backup", &db, &repo]).ok();
 
     // A write key from before signed sets (no admin key pinned) must not adopt

@@ -208,7 +208,10 @@ fn copy_moves_snapshots_to_a_repository_with_other_keys() {
     let (key1, db) = w.setup(&r1, 1 << 20, true);
     let key2 = w.s("key2.txt");
     let rcpt2 = w.run(&["key", "generate", "-o", &key2]).ok().stdout.trim().to_string();
-    w.run(&["init", &r2, "-r", &rcpt2]).ok();
+    let fp2 = w.run(&["init", &r2, "-r", &rcpt2, "--json"]).ok().json()["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut contents = Vec::new();
     for seed in 0..2 {
         w.run(&["backup", &db, &r1]).ok();
@@ -258,7 +261,13 @@ fn copy_moves_snapshots_to_a_repository_with_other_keys() {
     w.run(&["check", &r2, "-i", &key2, "--read-data"]).ok();
 
     // The other host joins the destination and can copy into it too.
-    let j = other.run(&["join", &r2, "-i", &key2, "--json"]).ok().json();
+    let j = other
+        .run_env(
+            &["join", &r2, "-i", &key2, "--json"],
+            &[("SQLVAULT_REPO_FINGERPRINT", &fp2)],
+        )
+        .ok()
+        .json();
     assert!(j["requests"]["get"].as_u64().unwrap() >= 2, "{j}");
     let j = other.run(&["copy", &r1, &r2, "-i", &key1, "--json"]).ok().json();
     assert_eq!(j["already_present"].as_array().unwrap().len(), 2, "{j}");

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod attacks_bucket;
 mod audit;
 mod backup_restore;
 mod corruption;

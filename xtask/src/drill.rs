@@ -20,6 +20,9 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use sqlvault_testkit::Rng;
 
+/// The signed recipient set the damage scenario's `key add` publishes (generation 1).
+const RECIPIENT_SET: &str = "keys/recipients-00000000000000000001";
+
 #[derive(clap::Args)]
 pub struct DrillArgs {
     /// The CI matrix: small databases, three kill points per command (a few minutes).
@@ -682,13 +685,14 @@ impl Drill {
     /// pack, each met by the command that reads that kind:
     /// - marker, config, manifests, maps, indexes, packs: verify and check refuse with
     ///   exit 6;
-    /// - the signed recipient set (`keys/recipients`): backup refuses to encrypt to it
-    ///   (exit 6);
+    /// - the signed recipient set (`keys/recipients-<generation>`): backup refuses to
+    ///   encrypt to it (exit 6);
     /// - prune's state (`prune/pending`): backup warns and uploads everything (exit 0,
     ///   and its snapshot verifies); prune refuses (exit 6) until run with
     ///   `--reset-damaged-state`;
     /// - prune's lock (`prune/lock`): prune replaces an unreadable lock (exit 0);
-    /// - evidence records: `audit --repo` refuses (exit 6).
+    /// - evidence records: `audit --repo` ignores the record and reports it as a high
+    ///   finding (exit 13).
     ///
     /// The repository verifies again once the object is put back.
     fn damage(&mut self, b: &Backend) -> Result<()> {
@@ -735,7 +739,7 @@ impl Drill {
             "maps",
             "index",
             "packs",
-            "keys/recipients",
+            RECIPIENT_SET,
             "prune/pending",
             "prune/lock",
             "evidence",
@@ -767,13 +771,22 @@ impl Drill {
                     let original = self.rt.block_on(store.get(source))?;
                     let mut bad = original.to_vec();
                     let mut in_stanza = false;
+                    // Damage inside the age header of a snapshot manifest makes it
+                    // indistinguishable from junk a bucket writer left (the metadata
+                    // key no longer opens it): readers go around it, `check` reports it.
+                    let mut in_header = false;
                     match how {
                         "flip" => {
                             let i = self.rng.below(bad.len() as u64) as usize;
                             bad[i] ^= 1 << self.rng.below(8);
                             in_stanza = i < age_stanzas_end(&original);
+                            in_header = i < age_header_end(&original);
                         }
-                        "truncate" => bad.truncate(self.rng.below(bad.len() as u64) as usize),
+                        "truncate" => {
+                            let cut = self.rng.below(bad.len() as u64) as usize;
+                            bad.truncate(cut);
+                            in_header = cut < age_header_end(&original);
+                        }
                         _ => {}
                     }
                     if how == "delete" {
@@ -786,7 +799,7 @@ impl Drill {
                     // user's recipients alone): a flip there may say either.
                     let codes: &[i32] = if in_stanza { &[5, 6] } else { &[6] };
                     let refused = match dir {
-                        "keys/recipients" => self.fails(&["backup", &dbs, &repo], &env, codes),
+                        RECIPIENT_SET => self.fails(&["backup", &dbs, &repo], &env, codes),
                         "prune/pending" => {
                             let b = self.ok(&["backup", &dbs, &repo], &env);
                             let p = self.fails(&["prune", &repo, "-i", &key], &env, codes);
@@ -795,13 +808,24 @@ impl Drill {
                             b.and(r).and(p)
                         }
                         "prune/lock" => self.ok(&["prune", &repo, "-i", &key], &env),
-                        "evidence" => self.fails(&["audit", &dbs, "--repo", &repo, "-i", &key], &env, codes),
+                        // An evidence record that does not authenticate is ignored
+                        // and reported as a high finding (exit 13), not a stop.
+                        "evidence" => self.fails(&["audit", &dbs, "--repo", &repo, "-i", &key], &env, &[13]),
                         _ => {
-                            let v = self.fails(
-                                &["verify", &repo, "-i", &key, "--all", "--no-evidence", "--json"],
-                                &env,
-                                codes,
-                            );
+                            let verify = ["verify", &repo, "-i", &key, "--all", "--no-evidence", "--json"];
+                            let v = if dir == "snapshots" && in_header {
+                                self.sv(&verify, &env).and_then(|o| {
+                                    ensure!(
+                                        [0, 5, 6].contains(&o.code) && !o.stderr.contains("panicked"),
+                                        "verify exited {}: {}",
+                                        o.code,
+                                        o.stderr.trim()
+                                    );
+                                    Ok(o)
+                                })
+                            } else {
+                                self.fails(&verify, &env, codes)
+                            };
                             let c = self.fails(&["check", &repo, "-i", &key, "--read-data"], &env, codes);
                             v.and_then(|v| c.map(|_| v))
                         }
@@ -839,7 +863,7 @@ impl Drill {
                 })();
                 let kind = match dir {
                     "sqlvault.json" => "marker",
-                    "keys/recipients" => "recipient-set",
+                    RECIPIENT_SET => "recipient-set",
                     "prune/pending" => "prune-state",
                     "prune/lock" => "prune-lock",
                     d => d,
@@ -855,6 +879,15 @@ impl Drill {
 /// before it may make the object undecryptable with any key rather than corrupt.
 fn age_stanzas_end(obj: &[u8]) -> usize {
     obj.windows(5).position(|w| w == b"\n--- ").unwrap_or(0)
+}
+
+/// Where the payload of an age object starts: after the `--- <header MAC>` line.
+fn age_header_end(obj: &[u8]) -> usize {
+    let mac_line = age_stanzas_end(obj) + 1;
+    obj[mac_line..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(0, |n| mac_line + n + 1)
 }
 
 /// A writer committing one row at a time into `drill_writes` (n = 1, 2, …) at a fixed

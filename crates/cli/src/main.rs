@@ -13,7 +13,7 @@ use sqlvault_engine::crypt::{Identities, Recipient};
 use sqlvault_engine::format::Manifest;
 use sqlvault_engine::sqlite::{AtRest, CipherSettings, ConvertOptions, DbKey, Unlock};
 use sqlvault_engine::store::Store;
-use sqlvault_engine::{Access, Error, ErrorKind, InitKeys, Repo};
+use sqlvault_engine::{Access, Error, ErrorKind, InitKeys, Repo, Trust};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -698,9 +698,18 @@ fn access(keys: &ReadKeys, required: bool) -> Result<Option<Access>, Error> {
 static OPENED: std::sync::Mutex<Vec<Store>> = std::sync::Mutex::new(Vec::new());
 
 fn store(url: &str) -> Result<Store, Error> {
-    let s = Store::from_url(url)?;
+    opened(Store::from_url(url)?)
+}
+
+fn opened(s: Store) -> Result<Store, Error> {
     OPENED.lock().unwrap_or_else(|e| e.into_inner()).push(s.clone());
     Ok(s)
+}
+
+/// Opens `url` for an operation that hands out the repository's keys or re-encrypts
+/// its data: refused on a location this host never pinned, without the fingerprint.
+async fn open_pinned(url: &str, acc: Access) -> Result<Repo, Error> {
+    Repo::open_read_trusting(store(url)?, acc, Trust::from_env().with_require_pinned(true)).await
 }
 
 /// Requests made by this command so far, over every store it opened.
@@ -828,7 +837,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         }
         Cmd::Key(KeyCmd::Rewrap(a)) => {
             let acc = access(&a.keys, true)?.expect("required");
-            let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            let repo = open_pinned(&a.repo, acc).await?;
             let quiet = a.json || !std::io::stderr().is_terminal();
             let rep = sqlvault_engine::rewrap(&repo, |done, total| {
                 if !quiet {
@@ -858,7 +867,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
             Ok(0)
         }
         Cmd::Init(a) => {
-            let s = store(&a.repo)?;
+            let s = opened(Store::create_url(&a.repo)?)?;
             let keys = if a.passphrase {
                 if !a.recipients.is_empty() || !a.recipients_file.is_empty() {
                     return Err(usage("--passphrase cannot be combined with recipients"));
@@ -887,7 +896,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         }
         Cmd::Join(a) => {
             let acc = access(&a.keys, true)?.expect("required");
-            let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            let repo = open_pinned(&a.repo, acc).await?;
             repo.save_write_key()?;
             if a.json {
                 print_json(&json!({"repo_id": repo.id(), "fingerprint": repo.fingerprint()}));
@@ -963,14 +972,23 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Verify(a) => {
             let acc = access(&a.keys, true)?.expect("required");
             let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            // With --all, a manifest the repository wrote that is damaged fails the
+            // verification (after the others are verified); junk is only warned about.
+            let mut damage = None;
             let snaps = if a.all {
-                let all: Vec<Manifest> = repo
-                    .snapshots()
-                    .await?
+                let (all, skipped) = repo.snapshots_checked().await?;
+                for s in &skipped {
+                    tracing::warn!("skipping {}: {}", s.key, s.message);
+                }
+                damage = sqlvault_engine::Skipped::damage(&skipped);
+                let all: Vec<Manifest> = all
                     .into_iter()
                     .filter(|m| a.name.as_ref().is_none_or(|n| &m.name == n))
                     .collect();
                 if all.is_empty() {
+                    if let Some(e) = damage {
+                        return Err(e);
+                    }
                     return Err(Error::new(
                         ErrorKind::NotFound,
                         "snapshot.not-found",
@@ -997,7 +1015,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
             .await?;
             let failed: Vec<_> = reports.iter().filter(|r| !r.ok).collect();
             if a.json {
-                print_json(&json!({"ok": failed.is_empty(), "snapshots": reports}));
+                print_json(&json!({"ok": failed.is_empty() && damage.is_none(), "snapshots": reports}));
             } else {
                 for r in &reports {
                     if r.ok {
@@ -1025,6 +1043,9 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                     f.error.as_deref().unwrap_or("")
                 );
                 return Ok(6);
+            }
+            if let Some(e) = damage {
+                return Err(e);
             }
             Ok(0)
         }
@@ -1217,7 +1238,7 @@ async fn key_change(a: KeyChangeArgs, add: bool) -> Result<u8, Error> {
         return Err(usage("give the recipients with -r RECIPIENT or -R FILE"));
     }
     let acc = access(&a.keys, true)?.expect("required");
-    let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+    let repo = open_pinned(&a.repo, acc).await?;
     let ch = if add {
         let rs = parse_recipients(&a.recipients, &a.recipients_file)?;
         sqlvault_engine::change_recipients(&repo, &rs, &[]).await?
@@ -1497,6 +1518,15 @@ fn print_prune(r: &sqlvault_engine::PruneReport) {
     }
     if let Some(why) = &r.repack_skipped {
         println!("repack skipped: {why}");
+    }
+    if r.kept_in_doubt > 0 {
+        println!(
+            "kept: {} packs due for deletion, because no pack trailer proved their referenced chunks are held elsewhere (prune with -i to check), or an index could not be read",
+            r.kept_in_doubt
+        );
+    }
+    for s in &r.skipped {
+        println!("skipped {}: {}", s.key, s.message);
     }
     println!("{would}marked for deletion: {}", t(&r.marked));
     if r.waiting.packs + r.waiting.maps + r.waiting.indexes > 0 {

@@ -143,8 +143,21 @@ async fn ages(
     report: &mut AuditReport,
 ) -> Result<()> {
     repo.require_data_access("checking verification evidence")?;
-    let snaps = repo.snapshots().await?;
-    let evidence = crate::evidence::load_all(repo).await?;
+    let (snaps, skipped_snaps) = repo.snapshots_checked().await?;
+    let (evidence, skipped_evidence) = crate::evidence::load_all(repo).await?;
+    let where_ = PathBuf::from(repo.store.describe());
+    // What cannot be authenticated is not trusted, and is a finding of its own: someone
+    // without the repository's secret wrote into it, or an object was damaged.
+    for s in skipped_snaps.iter().chain(&skipped_evidence) {
+        report.findings.push(Finding {
+            severity: Severity::High,
+            code: "repo.unauthenticated-object",
+            path: where_.clone(),
+            message: format!("{} cannot be authenticated and was ignored: {}", s.key, s.message),
+            fix: "sqlvault check REPO -i KEY; remove the object once you know who wrote it".into(),
+            fixed: false,
+        });
+    }
     let names: Vec<String> = if names.is_empty() {
         snaps
             .iter()
@@ -156,7 +169,6 @@ async fn ages(
         names.to_vec()
     };
     let now = now_ms();
-    let where_ = PathBuf::from(repo.store.describe());
     let hours = |ms: i64| ms as f64 / 3_600_000.0;
     if names.is_empty() {
         report.findings.push(Finding {

@@ -79,7 +79,7 @@ pub async fn check(repo: &Repo, opts: CheckOptions) -> Result<CheckReport> {
             Err(_) => {
                 problems.push(Problem {
                     code: "repo.stray-object".into(),
-                    message: format!("snapshots/{n} is not a snapshot name"),
+                    message: format!("snapshots/{} is not a snapshot name", crate::repo::escape_name(n)),
                 });
                 continue;
             }
@@ -101,18 +101,17 @@ pub async fn check(repo: &Repo, opts: CheckOptions) -> Result<CheckReport> {
     }
 
     // Indexes and packs.
-    let indexes = match repo.load_indexes().await {
-        Ok(i) => i,
-        Err(e) if e.kind() == ErrorKind::Store => return Err(e),
-        Err(e) => {
-            problems.push(problem(&e));
-            Vec::new()
-        }
-    };
+    // Every index that cannot be read or authenticated is reported, and the rest
+    // still checked.
+    let (indexes, skipped) = repo.load_indexes_checked().await?;
+    problems.extend(skipped.into_iter().map(|s| Problem {
+        code: s.code.to_string(),
+        message: s.message,
+    }));
     let packs: HashMap<String, u64> = repo.store.list(layout::PACKS).await?.into_iter().collect();
     let mut located: HashSet<ChunkId> = HashSet::new();
     let mut by_pack: HashMap<ObjectId, Vec<IndexEntry>> = HashMap::new();
-    for idx in indexes {
+    for (_, idx) in indexes {
         for sec in idx.packs {
             if !packs.contains_key(&sec.pack.to_string()) {
                 if sec.entries.iter().any(|e| referenced.contains(&e.id)) {
@@ -177,7 +176,7 @@ async fn read_pack(
     indexed: Option<&Vec<IndexEntry>>,
     dec: &mut FrameDecompressor,
 ) -> Result<()> {
-    let what = format!("pack {}", &name[..name.len().min(8)]);
+    let what = format!("pack {}", crate::repo::escape_name(name.get(..8).unwrap_or(name)));
     let bad = |detail: String| Error::new(ErrorKind::Integrity, "repo.corrupt-object", format!("{what}: {detail}"));
     let ct = repo.store.get(&format!("{}/{name}", layout::PACKS)).await?;
     let mut r =
@@ -200,13 +199,14 @@ async fn read_pack(
     sorted.sort_by_key(|e| (e.frame_offset, e.offset));
     for e in &sorted {
         if e.frame_offset != last_frame {
+            // decode_pack_trailer checked that the frame lies inside the pack.
             let f = &pt[e.frame_offset as usize..(e.frame_offset + e.frame_len as u64) as usize];
             dec.decompress_into(f, &mut plain, 64 << 20)
                 .map_err(|err| crate::error::corrupt(&what, err))?;
             last_frame = e.frame_offset;
         }
         let data = plain
-            .get(e.offset as usize..(e.offset + e.len) as usize)
+            .get(e.offset as usize..e.offset as usize + e.len as usize)
             .ok_or_else(|| bad("chunk outside its frame".into()))?;
         if repo.keys.chunk_id(data) != e.id {
             return Err(bad(format!("chunk {} does not match its id", &e.id.to_hex()[..16])));

@@ -18,7 +18,7 @@ use sqlvault_sqlite::DbKey;
 
 use crate::error::{Error, ErrorKind, Result, io_err};
 use crate::evidence::{Evidence, hostname};
-use crate::repo::{Repo, now_ms};
+use crate::repo::{Repo, Skipped, now_ms};
 use crate::restore::{RestoreOptions, checks_of, restore_snapshot};
 
 /// Options for [`drill`].
@@ -111,14 +111,27 @@ pub struct DrillReport {
 pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
     repo.require_data_access("a restore drill")?;
     let log = opts.log_path();
-    let snaps = match repo.snapshots().await {
+    let (snaps, skipped) = match repo.snapshots_checked().await {
         Ok(s) => s,
         Err(e) => {
             append_failure(&log, repo.store.describe(), &e);
             return Err(e);
         }
     };
+    for s in &skipped {
+        tracing::warn!("skipping {}: {}", s.key, s.message);
+    }
+    // A damaged manifest may be the newest of a database: the drill cannot vouch for
+    // it, so it fails (after drilling the rest). Junk a bucket writer left is not a
+    // snapshot and is only warned about.
+    let mut damage = Skipped::damage(&skipped);
     let newest = newest_per_name(snaps, opts.name.as_deref());
+    if newest.is_empty()
+        && let Some(e) = damage.take()
+    {
+        append_failure(&log, repo.store.describe(), &e);
+        return Err(e);
+    }
     if newest.is_empty() {
         let e = Error::new(
             ErrorKind::NotFound,
@@ -156,6 +169,10 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
             failure.get_or_insert(e);
         }
         records.push(rec);
+    }
+    if let Some(e) = damage {
+        append_failure(&log, repo.store.describe(), &e);
+        failure.get_or_insert(e);
     }
     Ok(DrillReport {
         ok: failure.is_none(),

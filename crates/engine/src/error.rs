@@ -104,6 +104,7 @@ impl From<sqlvault_store::StoreError> for Error {
             S::NotFound { .. } => (ErrorKind::NotFound, "store.not-found"),
             S::AlreadyExists { .. } => (ErrorKind::Store, "store.already-exists"),
             S::InvalidUrl { .. } => (ErrorKind::Usage, "store.invalid-url"),
+            S::MissingDirectory { .. } => (ErrorKind::NotFound, "repo.not-found"),
             _ => (ErrorKind::Store, "store.unavailable"),
         };
         let msg = e.to_string();

@@ -8,12 +8,12 @@
 //! successful verification. Records are ordered by the time written inside them.
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlvault_format::{ObjectId, layout};
 
-use crate::error::{Result, corrupt};
-use crate::repo::Repo;
+use crate::error::{ErrorKind, Result, corrupt};
+use crate::repo::{Repo, Skipped, escape_name};
 
 /// One verification of one snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,19 +63,35 @@ pub async fn record(repo: &Repo, e: Evidence) -> Result<String> {
     Ok(key)
 }
 
-/// Every evidence record, oldest first by the time recorded inside. A record that
-/// fails authentication is an error: someone wrote into the repository who should not.
-pub async fn load_all(repo: &Repo) -> Result<Vec<Evidence>> {
+/// Every evidence record that authenticates, oldest first by the time recorded
+/// inside, and the objects under `evidence/` that do not (junk a bucket writer left,
+/// or damage): reported by the caller, never trusted, and never a reason to stop.
+pub async fn load_all(repo: &Repo) -> Result<(Vec<Evidence>, Vec<Skipped>)> {
     let names = repo.store.list(layout::EVIDENCE).await?;
-    let mut out: Vec<Evidence> = futures::stream::iter(names.into_iter().map(|(n, _)| async move {
+    let results: Vec<(String, Result<Evidence>)> = futures::stream::iter(names.into_iter().map(|(n, _)| async move {
         let key = format!("{}/{n}", layout::EVIDENCE);
-        let ct = repo.store.get(&key).await?;
-        let body = repo.unseal_meta(&format!("evidence {n}"), &ct)?;
-        serde_json::from_str::<Evidence>(&body).map_err(|e| corrupt(format!("evidence {n}"), e))
+        let what = format!("evidence {}", escape_name(&n));
+        let r = async {
+            let ct = repo.store.get(&key).await?;
+            let body = repo.unseal_meta(&what, &ct)?;
+            serde_json::from_str::<Evidence>(&body).map_err(|e| corrupt(&what, e))
+        }
+        .await;
+        (n, r)
     }))
     .buffer_unordered(16)
-    .try_collect()
-    .await?;
+    .collect()
+    .await;
+    let (mut out, mut skipped) = (Vec::new(), Vec::new());
+    for (n, r) in results {
+        match r {
+            Ok(e) => out.push(e),
+            Err(e) if e.code() == "store.not-found" => {}
+            Err(e) if e.kind() == ErrorKind::Store => return Err(e),
+            Err(e) => skipped.push(Skipped::new(format!("{}/{}", layout::EVIDENCE, escape_name(&n)), &e)),
+        }
+    }
     out.sort_by_key(|e| e.at_ms);
-    Ok(out)
+    skipped.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok((out, skipped))
 }

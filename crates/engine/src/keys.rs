@@ -40,6 +40,7 @@ fn same_recipient(a: &str, b: &str) -> bool {
 /// again after an interruption, it finishes the publication.
 pub async fn change_recipients(repo: &Repo, add: &[Recipient], remove: &[String]) -> Result<KeyChange> {
     repo.require_data_access("changing the recipients")?;
+    repo.require_pinned("change the recipients")?;
     let cfg = repo.read_config().await?;
     if cfg.data_identity.is_some() {
         // The config of a passphrase repository is sealed with the passphrase, which
@@ -94,16 +95,33 @@ pub async fn change_recipients(repo: &Repo, add: &[Recipient], remove: &[String]
         generation = cfg.generation,
         "changing the recipient set"
     );
-    let admin = match cfg.admin_key.as_deref().and_then(AdminKey::from_hex) {
-        Some(k) => k,
-        None => AdminKey::generate(),
+    let old_admin = cfg.admin_key.as_deref().and_then(AdminKey::from_hex);
+    // The key that signed the set of `generation` (for this host's write key).
+    let signer_pub = if changed {
+        old_admin.as_ref().map(AdminKey::public_hex)
+    } else {
+        WriteKey::load(&repo.repo_id)?.and_then(|wk| wk.set_signer)
     };
     let generation = if changed { cfg.generation + 1 } else { cfg.generation };
-    if changed || cfg.admin_key.is_none() {
+    // Every change rotates the admin key: whoever could open the config until now (a
+    // recipient removed now among them) knows the old one, and hosts that adopt this
+    // set trust only the new one. The set is signed by the old key, which hosts trust,
+    // and kept in the config, so an interrupted publication is finished by a rerun.
+    let (admin, published) = if let (false, Some(admin)) = (changed, &old_admin) {
+        // Nothing to change: finish a publication an earlier run may not have made.
+        let published = cfg.published_set.clone().filter(|s| s.generation == cfg.generation);
+        (admin.clone(), published)
+    } else {
+        let next = AdminKey::generate();
+        let published = changed.then(|| {
+            let signer = old_admin.as_ref().unwrap_or(&next);
+            RecipientSet::signed(&repo.repo_id, generation, set.clone(), now_ms(), signer, Some(&next))
+        });
         let new_cfg = RepoConfig {
             recipients: set.clone(),
-            admin_key: Some(admin.to_hex()),
+            admin_key: Some(next.to_hex()),
             generation,
+            published_set: published.clone(),
             ..cfg.clone()
         };
         let pt = zeroize::Zeroizing::new(serde_json::to_vec(&new_cfg).expect("serialises"));
@@ -115,19 +133,25 @@ pub async fn change_recipients(repo: &Repo, add: &[Recipient], remove: &[String]
         // Config first: from here on a removed key cannot open the repository. If the
         // publication below is interrupted, running the command again publishes.
         repo.store.put(layout::CONFIG, Bytes::from(ct)).await?;
+        (next, published)
+    };
+    if let Some(signed) = &published {
+        publish_set(repo, signed).await?;
     }
-    let signed = RecipientSet::signed(&repo.repo_id, generation, set.clone(), now_ms(), &admin);
-    repo.store
-        .put(
-            layout::RECIPIENTS,
-            Bytes::from(serde_json::to_vec_pretty(&signed).expect("serialises")),
-        )
-        .await?;
     if let Some(mut wk) = WriteKey::load(&repo.repo_id)? {
         wk.recipients = set.clone();
         wk.generation = generation;
         wk.admin_pub = Some(admin.public_hex());
+        wk.set_signer = signer_pub;
         wk.save()?;
+    }
+    if let Some(pin) = local::LocationPin::load(repo.store.location())? {
+        local::LocationPin {
+            generation,
+            admin_pub: Some(admin.public_hex()),
+            ..pin
+        }
+        .save()?;
     }
     Ok(KeyChange {
         generation,
@@ -135,6 +159,33 @@ pub async fn change_recipients(repo: &Repo, add: &[Recipient], remove: &[String]
         added,
         removed,
     })
+}
+
+/// Publishes the signed set of one generation, once: create-if-absent, so a bucket
+/// writer with create-only credentials cannot replace it. An identical object already
+/// there is a rerun's; another one is a conflicting change (two administrators, or a
+/// forgery racing this one) and is reported.
+async fn publish_set(repo: &Repo, set: &RecipientSet) -> Result<()> {
+    let key = layout::recipient_set(set.generation);
+    let bytes = serde_json::to_vec_pretty(set).expect("serialises");
+    match repo.store.put_if_absent(&key, Bytes::from(bytes)).await {
+        Ok(()) => Ok(()),
+        Err(sqlvault_store::StoreError::AlreadyExists { .. }) => {
+            match crate::repo::read_set(&repo.store, set.generation).await? {
+                Some(there) if &there == set => Ok(()),
+                _ => Err(Error::new(
+                    ErrorKind::Integrity,
+                    "key.conflicting-set",
+                    format!(
+                        "another recipient set of generation {} is already published in {}: check `sqlvault key list`, then change the keys again",
+                        set.generation,
+                        repo.store.describe()
+                    ),
+                )),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What a rewrap did.
@@ -161,6 +212,7 @@ pub struct RewrapReport {
 /// among the recipients.
 pub async fn rewrap(repo: &Repo, mut progress: impl FnMut(usize, usize)) -> Result<RewrapReport> {
     repo.require_data_access("rewrap")?;
+    repo.require_pinned("re-encrypt the repository")?;
     let cfg = repo.read_config().await?;
     if cfg.generation != repo.generation {
         return Err(Error::new(

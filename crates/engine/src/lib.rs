@@ -37,7 +37,7 @@ pub use keys::{KeyChange, RewrapReport, change_recipients, rewrap};
 pub use local::{WriteKey, home as state_dir};
 pub use logical::{DumpOptions, DumpSummary, LoadSummary, dump_to_file, dump_to_writer, load_file};
 pub use prune::{DEFAULT_GRACE, PruneOptions, PruneReport, Tally, prune};
-pub use repo::{Access, InitKeys, InitReport, Repo};
+pub use repo::{Access, InitKeys, InitReport, Repo, Skipped, Trust, escape_name};
 pub use restore::{RestoreOptions, RestoreReport, VerifyReport, restore, restore_snapshot, verify};
 pub use sqlvault_crypt as crypt;
 pub use sqlvault_format as format;

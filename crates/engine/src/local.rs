@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! repos/<repo-id>/write-key.json   recipients + repository secret (0600): lets this host back up
-//! repos/<repo-id>/pin              fingerprint of the repository secret seen first (restore hosts)
+//! repos/<repo-id>/pin              fingerprint of the repository secret seen first (older hosts)
+//! locations/<hash of location>     per repository location: its id and fingerprint (pins)
 //! repos/<repo-id>/cache/known      chunk ids this host knows are stored, and their packs
 //! repos/<repo-id>/cache/parent-<h> last snapshot of each database name: its page map
 //! repos/<repo-id>/cache/seq-<h>    last dump snapshot of each database name: its chunks
@@ -96,6 +97,10 @@ pub struct WriteKey {
     /// Generation of `recipients`.
     #[serde(default)]
     pub generation: u64,
+    /// Hex public key that signed the set of `generation` (checked again at each
+    /// backup); absent for generation 0 and in write keys made before rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_signer: Option<String>,
 }
 
 impl std::fmt::Debug for WriteKey {
@@ -115,18 +120,25 @@ impl WriteKey {
 
     pub(crate) fn load(repo_id: &str) -> Result<Option<WriteKey>> {
         let p = Self::path(repo_id);
-        match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                Error::new(
-                    ErrorKind::Io,
-                    "local.bad-write-key",
-                    format!("write key {} is unreadable", p.display()),
-                )
-                .with_source(e)
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(format!("cannot read {}", p.display()), e)),
+        let Some(b) = read_own_private(&p)? else {
+            return Ok(None);
+        };
+        let wk: WriteKey = serde_json::from_slice(&b).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                "local.bad-write-key",
+                format!("write key {} is unreadable", p.display()),
+            )
+            .with_source(e)
+        })?;
+        if wk.repo_id != repo_id {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "local.bad-write-key",
+                format!("write key {} belongs to another repository", p.display()),
+            ));
         }
+        Ok(Some(wk))
     }
 
     pub(crate) fn save(&self) -> Result<()> {
@@ -145,6 +157,103 @@ impl WriteKey {
             )
         })
     }
+}
+
+/// What a host knows about the repository at one location: the identity it presented
+/// when this host first used it (or when `init`/`join` made it known). A bucket writer
+/// can replace the cleartext marker and the config with those of a repository of their
+/// own; the location keeps its identity here, so that swap is refused instead of
+/// trusted on first use again under the new id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct LocationPin {
+    /// [`sqlvault_store::Store::location`].
+    pub location: String,
+    /// The repository id.
+    pub repo_id: String,
+    /// Fingerprint of the repository secret.
+    pub fingerprint: String,
+    /// Generation of the recipient set seen last, and the admin key trusted after it:
+    /// a config of another generation must be reached from here along the signed sets
+    /// (a removed recipient knows the secret, so the fingerprint alone cannot tell
+    /// their config from the owner's).
+    #[serde(default)]
+    pub generation: u64,
+    /// See `generation`; absent for repositories without an admin key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_pub: Option<String>,
+}
+
+/// Where the pin of `location` is kept.
+pub(crate) fn location_pin_path(location: &str) -> PathBuf {
+    location_path(location)
+}
+
+fn location_path(location: &str) -> PathBuf {
+    let h = blake3::hash(location.as_bytes());
+    home().join("locations").join(&h.to_hex()[..32])
+}
+
+impl LocationPin {
+    /// The pin of `location`, if this host has one.
+    pub(crate) fn load(location: &str) -> Result<Option<LocationPin>> {
+        let p = location_path(location);
+        let bytes = match read_own_private(&p)? {
+            Some(b) => b,
+            None => return Ok(None),
+        };
+        let pin: LocationPin = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                "local.bad-pin",
+                format!(
+                    "location pin {} is unreadable (delete it to trust {location} anew)",
+                    p.display()
+                ),
+            )
+            .with_source(e)
+        })?;
+        if pin.location != location || !sqlvault_format::is_repo_id(&pin.repo_id) {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "local.bad-pin",
+                format!("location pin {} does not describe {location}", p.display()),
+            ));
+        }
+        Ok(Some(pin))
+    }
+
+    pub(crate) fn save(&self) -> Result<()> {
+        write_private(
+            &location_path(&self.location),
+            &serde_json::to_vec_pretty(self).expect("serialises"),
+        )
+    }
+}
+
+/// Reads a state file this user owns and nobody else can write; `None` if absent. A
+/// file another local user could have planted or changed is refused, not trusted.
+fn read_own_private(p: &Path) -> Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(format!("cannot read {}", p.display()), e)),
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(Error::new(
+            ErrorKind::Io,
+            "local.untrusted-state",
+            format!(
+                "{} is not a regular file of this user that only this user can write: refusing to trust it",
+                p.display()
+            ),
+        ));
+    }
+    fs::read(p)
+        .map(Some)
+        .map_err(|e| io_err(format!("cannot read {}", p.display()), e))
 }
 
 pub(crate) fn load_pin(repo_id: &str) -> Option<String> {

@@ -32,6 +32,7 @@ pub(crate) async fn read_chunks(
         )
     })
     .await?;
+    let ct_len = ct.len() as u64;
     let mut r =
         sqlvault_crypt::decrypt_reader(&repo.identities, std::io::Cursor::new(ct)).map_err(|e| crypt_err(&what, e))?;
     let mut dec = FrameDecompressor::new().map_err(|e| io_err("zstd", e))?;
@@ -40,6 +41,15 @@ pub(crate) async fn read_chunks(
     let mut current = u64::MAX;
     for e in wanted.iter() {
         if e.frame_offset != current {
+            // The plaintext is shorter than the object: a frame that does not fit in it
+            // is refused before anything is allocated for it.
+            if e.frame_offset.saturating_add(e.frame_len as u64) > ct_len {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    "repo.corrupt-object",
+                    format!("{what}: an index entry points past the end of the pack"),
+                ));
+            }
             frame.resize(e.frame_len as usize, 0);
             r.seek(SeekFrom::Start(e.frame_offset))
                 .map_err(|err| corrupt(&what, err))?;
@@ -73,6 +83,50 @@ pub(crate) async fn read_chunks(
         f(e, data)?;
     }
     Ok(())
+}
+
+/// The entries a pack's own trailer lists: what it really holds, whatever an index
+/// says. One GET; only the end of the plaintext is decrypted.
+pub(crate) async fn read_trailer(repo: &Repo, pack: &ObjectId) -> Result<Vec<IndexEntry>> {
+    repo.require_data_access("reading packs")?;
+    let what = format!("pack {}", pack.short());
+    let ct = get_or(&repo.store, &layout::pack(pack), || {
+        Error::new(
+            ErrorKind::Integrity,
+            "repo.missing-object",
+            format!("{what} is missing from {}", repo.store.describe()),
+        )
+    })
+    .await?;
+    let ct_len = ct.len() as u64;
+    let mut r =
+        sqlvault_crypt::decrypt_reader(&repo.identities, std::io::Cursor::new(ct)).map_err(|e| crypt_err(&what, e))?;
+    let end = r.seek(SeekFrom::End(0)).map_err(|e| corrupt(&what, e))?;
+    let mut tail = [0u8; 12];
+    if end < 12 {
+        return Err(corrupt(&what, std::io::Error::other("too short for a trailer")));
+    }
+    r.seek(SeekFrom::Start(end - 12)).map_err(|e| corrupt(&what, e))?;
+    r.read_exact(&mut tail).map_err(|e| corrupt(&what, e))?;
+    let tlen = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64;
+    if &tail[4..] != PACK_MAGIC || tlen > end - 12 || tlen > ct_len {
+        return Err(corrupt(&what, std::io::Error::other("bad trailer")));
+    }
+    let start = end - 12 - tlen;
+    let mut buf = vec![0u8; tlen as usize + 12];
+    r.seek(SeekFrom::Start(start)).map_err(|e| corrupt(&what, e))?;
+    r.read_exact(&mut buf).map_err(|e| corrupt(&what, e))?;
+    // Every frame lies before the trailer (what decode_pack_trailer checks, which
+    // would need the whole plaintext).
+    let mut entries = Vec::new();
+    sqlvault_format::decode_entries(&buf[..tlen as usize], |e| entries.push(e)).map_err(|e| corrupt(&what, e))?;
+    if entries
+        .iter()
+        .any(|e| e.frame_offset.checked_add(e.frame_len as u64).is_none_or(|x| x > start))
+    {
+        return Err(corrupt(&what, std::io::Error::other("frame outside pack")));
+    }
+    Ok(entries)
 }
 
 /// A pack that was sealed (and, once the caller PUTs it, uploaded), with its entries
@@ -283,7 +337,8 @@ pub(crate) async fn write_index_for(repo: &Repo, packs: &[SealedPack]) -> Result
     }
     let size: usize = packs.iter().map(|p| 16 + p.entries.len()).sum();
     let mut w = repo.meta_writer(size + size / 64 + 1024)?;
-    write_index(&mut w, packs.iter().map(|p| (&p.id, &p.entries[..]))).map_err(|e| io_err("encrypting index", e))?;
+    write_index(&mut w, &repo.keys, packs.iter().map(|p| (&p.id, &p.entries[..])))
+        .map_err(|e| io_err("encrypting index", e))?;
     let ct = w.finish().map_err(|e| io_err("encrypting index", e))?;
     let n = ct.len() as u64;
     repo.store

@@ -47,7 +47,7 @@ use sqlvault_store::StoreError;
 
 use crate::error::{Error, ErrorKind, Result, corrupt};
 use crate::packer::{self, Packer};
-use crate::repo::{Repo, now_ms};
+use crate::repo::{Repo, Skipped, now_ms};
 
 /// Default grace period: longer than any backup of a SQLite database should take.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -285,6 +285,12 @@ impl Tally {
 /// What [`prune`] did (or would do).
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneReport {
+    /// Ripe packs kept because nothing proved their referenced chunks are held by a
+    /// pack that stays (no identity to read pack trailers, a trailer that disagrees
+    /// with the indexes), or because an index could not be read.
+    pub kept_in_doubt: usize,
+    /// Objects that are not sealed by this repository, skipped (never deleted).
+    pub skipped: Vec<Skipped>,
     /// Nothing was changed.
     pub dry_run: bool,
     /// Snapshots whose references were kept.
@@ -469,10 +475,15 @@ struct View {
     packs: HashMap<ObjectId, u64>,
     maps: HashMap<ObjectId, u64>,
     indexes: HashMap<String, u64>,
-    /// Entries of each pack that exists, from the first index that lists it.
+    /// Entries of each pack that exists: the union over every index that lists it (a
+    /// chunk any index places in a pack counts as held there for keeping it, so an
+    /// index that omits or misplaces chunks cannot make a pack look unused).
     entries: HashMap<ObjectId, Vec<IndexEntry>>,
     /// Packs each index lists.
     index_packs: HashMap<String, Vec<ObjectId>>,
+    /// Objects under `snapshots/` and `index/` not sealed with the repository's
+    /// secret: skipped, reported, never deleted.
+    skipped: Vec<Skipped>,
 }
 
 fn ids_of(list: Vec<(String, u64)>) -> HashMap<ObjectId, u64> {
@@ -482,11 +493,26 @@ fn ids_of(list: Vec<(String, u64)>) -> HashMap<ObjectId, u64> {
         .collect()
 }
 
+/// Whether prune may go on without this object: one the repository's metadata key
+/// cannot open was written by someone without the secret (a bucket writer's junk) and
+/// references nothing a reader would restore. Anything else unreadable (damage to an
+/// object sealed by the repository) stops prune: never delete on partial knowledge.
+fn foreign(e: &Error) -> bool {
+    e.code() == "repo.foreign-object"
+}
+
 async fn view(repo: &Repo) -> Result<View> {
-    let snaps = repo
-        .snapshots()
-        .await
-        .map_err(|e| refuse("a snapshot cannot be read", e))?;
+    let (snaps, mut skipped) = repo.snapshots_checked().await?;
+    if let Some(s) = skipped.iter().find(|s| s.code != "repo.foreign-object") {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "prune.refused",
+            format!(
+                "prune refused: snapshot object {} cannot be read (run `sqlvault check`): {}",
+                s.key, s.message
+            ),
+        ));
+    }
     let mut referenced = HashSet::new();
     let mut referenced_maps = HashSet::new();
     for m in &snaps {
@@ -501,13 +527,16 @@ async fn view(repo: &Repo) -> Result<View> {
     let maps = ids_of(repo.store.list(layout::MAPS).await?);
     let indexes: HashMap<String, u64> = repo.store.list(layout::INDEX).await?.into_iter().collect();
     let names: Vec<String> = indexes.keys().cloned().collect();
-    let loaded: Vec<(String, sqlvault_format::IndexFile)> =
+    let loaded: Vec<(String, Option<sqlvault_format::IndexFile>)> =
         futures::stream::iter(names.into_iter().map(|n| async move {
-            let idx = repo
-                .load_index(&n)
-                .await
-                .map_err(|e| refuse(&format!("index {n} cannot be read"), e))?;
-            Ok::<_, Error>((n, idx))
+            match repo.load_index(&n).await {
+                Ok((idx, _)) => Ok((n, Some(idx))),
+                Err(e) if foreign(&e) => Ok((n, None)),
+                Err(e) => Err(refuse(
+                    &format!("index {} cannot be read", crate::repo::escape_name(&n)),
+                    e,
+                )),
+            }
         }))
         .buffer_unordered(8)
         .try_collect()
@@ -515,13 +544,28 @@ async fn view(repo: &Repo) -> Result<View> {
     let mut entries: HashMap<ObjectId, Vec<IndexEntry>> = HashMap::new();
     let mut index_packs: HashMap<String, Vec<ObjectId>> = HashMap::new();
     for (n, idx) in loaded {
+        let Some(idx) = idx else {
+            skipped.push(Skipped {
+                key: format!("{}/{}", layout::INDEX, crate::repo::escape_name(&n)),
+                code: "repo.foreign-object",
+                message: "not sealed by this repository".into(),
+            });
+            continue;
+        };
         let list = index_packs.entry(n).or_default();
         for sec in idx.packs {
             list.push(sec.pack);
             if packs.contains_key(&sec.pack) {
-                entries.entry(sec.pack).or_insert(sec.entries);
+                entries.entry(sec.pack).or_default().extend(sec.entries);
             }
         }
+    }
+    for es in entries.values_mut() {
+        es.sort_by_key(|e| (e.frame_offset, e.offset, e.id));
+        es.dedup();
+    }
+    for s in &skipped {
+        tracing::warn!("prune skips {}: {}", s.key, s.message);
     }
     Ok(View {
         snapshots: snaps.len(),
@@ -532,6 +576,7 @@ async fn view(repo: &Repo) -> Result<View> {
         indexes,
         entries,
         index_packs,
+        skipped,
     })
 }
 
@@ -607,30 +652,69 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
         .map(|m| m.key.clone())
         .collect();
 
-    // Which packs may go: ripe, and every referenced chunk they hold is also held by
-    // a pack that stays.
-    let ripe_packs: HashSet<ObjectId> = v
+    // Which packs may go: ripe, and every referenced chunk they hold — by any index,
+    // and by their own trailer when this run can read packs — is in the trailer of a
+    // pack that stays. An index alone is never proof that data lives elsewhere: a
+    // pack that holds a referenced chunk is kept when this run cannot read trailers
+    // (no identity), and a pack no index lists is kept while an index is unreadable.
+    let index_doubt = v.skipped.iter().any(|s| s.key.starts_with(layout::INDEX));
+    let mut ripe_packs: Vec<ObjectId> = v
         .packs
         .keys()
         .filter(|p| ripe.contains(&key(layout::PACKS, p)))
         .copied()
         .collect();
-    let mut held_elsewhere: HashSet<ChunkId> = HashSet::new();
+    ripe_packs.sort();
+    let ripe_set: HashSet<ObjectId> = ripe_packs.iter().copied().collect();
+    let mut holders: HashMap<ChunkId, Vec<ObjectId>> = HashMap::new();
     for (p, es) in &v.entries {
-        if !ripe_packs.contains(p) {
-            held_elsewhere.extend(es.iter().map(|e| e.id).filter(|id| v.referenced.contains(id)));
+        if !ripe_set.contains(p) {
+            for e in es.iter().filter(|e| v.referenced.contains(&e.id)) {
+                holders.entry(e.id).or_default().push(*p);
+            }
         }
     }
-    let delete_packs: Vec<ObjectId> = ripe_packs
-        .iter()
-        .filter(|p| {
-            v.entries.get(p).is_none_or(|es| {
-                es.iter()
-                    .all(|e| !v.referenced.contains(&e.id) || held_elsewhere.contains(&e.id))
-            })
-        })
-        .copied()
-        .collect();
+    let mut trailers = Trailers::default();
+    let mut delete_packs: Vec<ObjectId> = Vec::new();
+    let mut kept_in_doubt = 0usize;
+    for p in &ripe_packs {
+        let listed = v.entries.get(p);
+        if listed.is_none() && index_doubt {
+            kept_in_doubt += 1;
+            continue;
+        }
+        let mut needed: Vec<ChunkId> = listed
+            .into_iter()
+            .flatten()
+            .map(|e| e.id)
+            .filter(|id| v.referenced.contains(id))
+            .collect();
+        if repo.can_read_data
+            && let Some(own) = trailers.get(repo, p).await?
+        {
+            needed.extend(own.iter().filter(|id| v.referenced.contains(id)));
+        }
+        needed.sort();
+        needed.dedup();
+        let mut proven = repo.can_read_data || needed.is_empty();
+        for c in &needed {
+            if !proven {
+                break;
+            }
+            proven = false;
+            for z in holders.get(c).into_iter().flatten() {
+                if trailers.get(repo, z).await?.is_some_and(|t| t.contains(c)) {
+                    proven = true;
+                    break;
+                }
+            }
+        }
+        if proven {
+            delete_packs.push(*p);
+        } else {
+            kept_in_doubt += 1;
+        }
+    }
     let delete_maps: Vec<ObjectId> = v
         .maps
         .keys()
@@ -661,6 +745,8 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     }
 
     let mut rep = PruneReport {
+        kept_in_doubt,
+        skipped: v.skipped.clone(),
         dry_run: opts.dry_run,
         snapshots: v.snapshots,
         packs: v.packs.len(),
@@ -773,11 +859,21 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
                     .copied()
                     .collect();
                 let mut chunks: Vec<(ChunkId, Vec<u8>)> = Vec::with_capacity(wanted.len());
-                packer::read_chunks(repo, p, &mut wanted, |e, data| {
+                let read = packer::read_chunks(repo, p, &mut wanted, |e, data| {
                     chunks.push((e.id, data.to_vec()));
                     Ok(())
                 })
-                .await?;
+                .await;
+                match read {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::Store => return Err(e),
+                    // An index entry that does not match the pack (damage, or an index
+                    // written with a stolen write key): the pack stays as it is.
+                    Err(e) => {
+                        tracing::warn!("not repacking pack {}: {}", p.short(), e.one_line());
+                        continue;
+                    }
+                }
                 for (id, data) in chunks {
                     if staying.insert(id) {
                         pk.add(id, &data).await?;
@@ -818,8 +914,9 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
             continue;
         }
         let unused = match v.entries.get(p) {
-            // Not in any index: a backup still running, or one that died.
-            None => true,
+            // Not in any index: a backup still running, or one that died — unless an
+            // index could not be read, which may be the one that lists it.
+            None => !index_doubt,
             Some(es) => !es.iter().any(|e| v.referenced.contains(&e.id)),
         };
         if unused || repacked_set.contains(p) {
@@ -857,6 +954,32 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
         save_state(repo, &st).await?;
     }
     Ok(rep)
+}
+
+/// The chunk ids packs' own trailers list, read once per pack and run.
+#[derive(Default)]
+struct Trailers(HashMap<ObjectId, Option<HashSet<ChunkId>>>);
+
+impl Trailers {
+    /// `None` when the pack cannot be read (damaged, or not ours): it proves nothing.
+    async fn get(&mut self, repo: &Repo, pack: &ObjectId) -> Result<Option<&HashSet<ChunkId>>> {
+        if !self.0.contains_key(pack) {
+            let t = match packer::read_trailer(repo, pack).await {
+                Ok(es) => Some(es.into_iter().map(|e| e.id).collect()),
+                Err(e) if e.kind() == ErrorKind::Store => return Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        "prune cannot read the trailer of pack {}: {}",
+                        pack.short(),
+                        e.one_line()
+                    );
+                    None
+                }
+            };
+            self.0.insert(*pack, t);
+        }
+        Ok(self.0[pack].as_ref())
+    }
 }
 
 /// An object key under the repository prefix: `packs/<id>`, `maps/<id>`, `index/<name>`.

@@ -1,11 +1,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use sqlvault_crypt::secrecy::SecretString;
 use sqlvault_crypt::{Identities, Recipient};
 use sqlvault_format::{
-    AdminKey, ChunkId, ChunkSeq, FORMAT_VERSION, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, PageMap,
+    AdminKey, ChunkId, ChunkSeq, FORMAT_VERSION, IndexAuth, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, PageMap,
     RecipientSet, RepoConfig, RepoKeys, RepoMarker, RepoSecret, decode_manifest, kind, layout,
 };
 use sqlvault_store::Store;
@@ -20,6 +20,48 @@ pub enum Access {
     Identities(Identities),
     /// The repository passphrase.
     Passphrase(SecretString),
+}
+
+/// How a reader decides to trust the identity a repository location presents.
+///
+/// A restore host pins each location (URL → repository id and secret fingerprint) the
+/// first time it opens it, or when `init`/`join` run there; a known location that
+/// presents another identity is refused (`repo.identity-changed`, exit 6).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Trust {
+    /// The fingerprint `init` printed: required to match, and makes a first use safe.
+    pub fingerprint: Option<String>,
+    /// Refuse a location this host has not pinned unless `fingerprint` is given: for
+    /// operations that hand out keys or re-encrypt data (`join`, `key add`, `key
+    /// remove`, `key rewrap`), trusting a bucket on first use would let its writer
+    /// choose who can read the owner's data.
+    pub require_pinned: bool,
+}
+
+impl Trust {
+    /// The fingerprint from `SQLVAULT_REPO_FINGERPRINT`, if set.
+    pub fn from_env() -> Trust {
+        Trust {
+            fingerprint: std::env::var("SQLVAULT_REPO_FINGERPRINT")
+                .ok()
+                .map(|s| s.trim().to_lowercase())
+                .filter(|s| !s.is_empty()),
+            require_pinned: false,
+        }
+    }
+
+    /// Sets [`Trust::require_pinned`].
+    pub fn with_require_pinned(mut self, yes: bool) -> Trust {
+        self.require_pinned = yes;
+        self
+    }
+
+    /// Sets [`Trust::fingerprint`].
+    pub fn with_fingerprint(mut self, fp: Option<String>) -> Trust {
+        self.fingerprint = fp;
+        self
+    }
 }
 
 /// Keys given to `init`.
@@ -53,12 +95,68 @@ pub struct Repo {
     pub(crate) data_recipients: Arc<Vec<Recipient>>,
     pub(crate) meta_recipient: Arc<Recipient>,
     pub(crate) identities: Arc<Identities>,
+    /// The metadata identity alone: every object sqlvault writes as metadata is sealed
+    /// to it, and only holders of the repository secret can seal to it (its public key
+    /// is derived from the secret and never stored). Metadata is opened with this
+    /// identity only, so an object a bucket writer made with the public recipients is
+    /// recognised as foreign instead of being read.
+    pub(crate) meta_identities: Arc<Identities>,
     pub(crate) can_read_data: bool,
     /// Generation of `data_recipients`.
     pub(crate) generation: u64,
     /// Hex public half of the admin key that signs recipient sets (from the config, or
     /// pinned in the write key), which `join` pins in the new write key.
     pub(crate) admin_pub: Option<String>,
+    /// Whether this host knew the repository's identity before this open (a pin, a
+    /// write key, or a fingerprint given), rather than trusting it on first use.
+    pub(crate) pinned: bool,
+}
+
+/// A stored object a reader could not authenticate or decode, and went on without.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct Skipped {
+    /// Its key under the repository prefix (escaped).
+    pub key: String,
+    /// The error code: `repo.foreign-object` (not sealed with the repository's secret),
+    /// `repo.corrupt-object` (sealed, but damaged), …
+    pub code: &'static str,
+    /// Why, one line.
+    pub message: String,
+}
+
+impl Skipped {
+    pub(crate) fn new(key: String, e: &Error) -> Skipped {
+        Skipped {
+            key,
+            code: e.code(),
+            message: e.one_line(),
+        }
+    }
+
+    /// Whether a bucket writer without the secret could have made it (the metadata key
+    /// does not open it): junk to go around. Anything else skipped is damage to an
+    /// object the repository wrote.
+    pub fn is_foreign(&self) -> bool {
+        self.code == "repo.foreign-object"
+    }
+
+    /// The first damaged object among `skipped` (not foreign junk), as an error.
+    pub fn damage(skipped: &[Skipped]) -> Option<Error> {
+        skipped
+            .iter()
+            .find(|s| !s.is_foreign())
+            .map(|s| Error::new(ErrorKind::Integrity, "repo.corrupt-object", s.message.clone()))
+    }
+}
+
+/// `s` with control characters and other non-printing characters escaped, for names
+/// read from a repository that end up in messages or on a terminal.
+pub fn escape_name(s: &str) -> String {
+    if s.chars().all(|c| !c.is_control() && c != '\\') {
+        return s.to_string();
+    }
+    s.chars().flat_map(char::escape_debug).collect()
 }
 
 pub(crate) fn unknown_kind(m: &Manifest, kind: &str) -> Error {
@@ -104,80 +202,233 @@ fn decrypt_config(ids: &Identities, ct: &[u8]) -> Result<RepoConfig> {
     serde_json::from_slice(&pt).map_err(|e| corrupt("repository config", e))
 }
 
-/// Before a backup: adopts a newer recipient set published by `key add`/`key remove`,
-/// if its signature checks against the admin key pinned in the write key; returns the
-/// write key to use (saved when it changed).
-async fn adopt_recipient_set(store: &Store, mut wk: WriteKey) -> Result<WriteKey> {
-    let bytes = match store.get(layout::RECIPIENTS).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok(wk),
-        Err(e) => return Err(e.into()),
-    };
-    let set: RecipientSet = serde_json::from_slice(&bytes).map_err(|e| corrupt("recipient set", e))?;
-    let forged = || {
-        Error::new(
-            ErrorKind::Integrity,
-            "repo.forged-recipients",
-            format!(
-                "the recipient set of {} (generation {}) is not signed by the repository's admin key: refusing to encrypt to it",
-                store.describe(),
-                set.generation
-            ),
-        )
-    };
-    if set.repo_id != wk.repo_id {
-        return Err(forged());
+fn forged_set(store: &Store, generation: u64) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        "repo.forged-recipients",
+        format!(
+            "the recipient set of {} (generation {generation}) is not signed by the repository's admin key: refusing to use it",
+            store.describe()
+        ),
+    )
+}
+
+/// The signed recipient set of `generation`, `None` if it was never published.
+pub(crate) async fn read_set(store: &Store, generation: u64) -> Result<Option<RecipientSet>> {
+    match store.get(&layout::recipient_set(generation)).await {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| forged_set(store, generation).with_source(e)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    // The signature is checked on every backup, even of a set this host already has or
-    // will not adopt: a damaged or forged set is reported when it appears, not at the
-    // next key change (an Ed25519 verification is microseconds).
-    if let Some(public) = wk.admin_pub.as_deref()
-        && !set.verify(public)
-    {
-        return Err(forged());
-    }
-    if set.generation < wk.generation {
-        tracing::warn!(
-            "recipient set of {} is generation {}, older than this host's {}: keeping this host's",
-            store.describe(),
-            set.generation,
-            wk.generation
-        );
-        return Ok(wk);
-    }
-    if set.generation == wk.generation && set.recipients == wk.recipients {
-        return Ok(wk);
-    }
-    // Without the admin key the signature (checked above when there is one) cannot be.
-    if wk.admin_pub.is_none() {
-        return Err(Error::new(
-            ErrorKind::Auth,
-            "repo.write-key-outdated",
-            format!(
-                "the recipients of {} changed (generation {}), and this host's write key predates signed recipient sets: run `sqlvault join` here again",
-                store.describe(),
-                set.generation
-            ),
-        ));
-    }
-    // Signed, but a different set under the same generation: equivocation.
-    if set.generation == wk.generation {
-        return Err(forged());
+}
+
+/// Checks that `set` is generation `generation` of `repo_id`, signed by the admin key
+/// `signer`, and names usable recipients.
+fn check_set(store: &Store, set: &RecipientSet, repo_id: &str, generation: u64, signer: &str) -> Result<()> {
+    if set.repo_id != repo_id || set.generation != generation || !set.verify(signer) {
+        return Err(forged_set(store, generation));
     }
     for r in &set.recipients {
         r.parse::<Recipient>()
             .map_err(|e| crypt_err("the signed recipient set", e))?;
     }
+    Ok(())
+}
+
+/// Where a walk along the signed recipient sets ended.
+pub(crate) struct ChainEnd {
+    pub generation: u64,
+    pub recipients: Vec<String>,
+    /// The admin key trusted from here on (named by the last set).
+    pub admin_pub: String,
+    /// The key that signed the last set.
+    pub signer: String,
+}
+
+/// Follows the signed sets published after `generation`: each must be signed by the
+/// admin key the one before handed on (`admin` for the first). `None` when nothing
+/// newer was published. Only holders of the current admin key can extend the chain,
+/// and every change rotates that key, so a removed recipient cannot.
+pub(crate) async fn follow_chain(
+    store: &Store,
+    repo_id: &str,
+    mut generation: u64,
+    mut admin: String,
+    first: Option<RecipientSet>,
+) -> Result<Option<ChainEnd>> {
+    let mut end = None;
+    let mut next = first;
+    loop {
+        let set = match next.take() {
+            Some(s) => s,
+            None => match read_set(store, generation + 1).await? {
+                Some(s) => s,
+                None => return Ok(end),
+            },
+        };
+        generation += 1;
+        check_set(store, &set, repo_id, generation, &admin)?;
+        let next_admin = set.admin_after(&admin).to_string();
+        let signer = std::mem::replace(&mut admin, next_admin);
+        end = Some(ChainEnd {
+            generation,
+            recipients: set.recipients,
+            admin_pub: admin.clone(),
+            signer,
+        });
+    }
+}
+
+/// Before a backup: adopts the newer recipient sets published by `key add`/`key
+/// remove`, each signed by the admin key the host trusts (pinned at `init`/`join`,
+/// rotated by every change); returns the write key to use (saved when it changed).
+/// The set this host adopted last is read and checked again too, so damage or a
+/// forgery is reported when it appears. Two GETs, issued together.
+async fn adopt_recipient_set(store: &Store, mut wk: WriteKey) -> Result<WriteKey> {
+    let (current, next) = futures::try_join!(
+        async {
+            match (&wk.set_signer, wk.generation) {
+                (Some(_), g) if g > 0 => read_set(store, g).await,
+                _ => Ok(None),
+            }
+        },
+        read_set(store, wk.generation + 1)
+    )?;
+    let Some(admin) = wk.admin_pub.clone() else {
+        // A write key from before signed sets cannot check any change.
+        if next.is_some() {
+            return Err(Error::new(
+                ErrorKind::Auth,
+                "repo.write-key-outdated",
+                format!(
+                    "the recipients of {} changed (generation {}), and this host's write key predates signed recipient sets: run `sqlvault join` here again",
+                    store.describe(),
+                    wk.generation + 1
+                ),
+            ));
+        }
+        return Ok(wk);
+    };
+    if let Some(signer) = &wk.set_signer
+        && wk.generation > 0
+    {
+        let ok = current.is_some_and(|set| {
+            check_set(store, &set, &wk.repo_id, wk.generation, signer).is_ok()
+                && set.recipients == wk.recipients
+                && set.admin_after(signer) == admin
+        });
+        if !ok {
+            return Err(forged_set(store, wk.generation));
+        }
+    }
+    let Some(end) = follow_chain(store, &wk.repo_id, wk.generation, admin, next).await? else {
+        return Ok(wk);
+    };
     tracing::info!(
         "adopting recipient set generation {} of {} ({} recipients)",
-        set.generation,
+        end.generation,
         store.describe(),
-        set.recipients.len()
+        end.recipients.len()
     );
-    wk.recipients = set.recipients;
-    wk.generation = set.generation;
+    wk.recipients = end.recipients;
+    wk.generation = end.generation;
+    wk.admin_pub = Some(end.admin_pub);
+    wk.set_signer = Some(end.signer);
     wk.save()?;
     Ok(wk)
+}
+
+/// Checks a config against what this host saw of the location before: the same
+/// generation with the same admin key, or a newer one reached along the signed
+/// recipient sets from the pinned admin key (the config's own `published_set` counts
+/// as the last step when its publication was interrupted). A removed recipient knows
+/// the repository secret and could seal a config of their own; they cannot sign a step
+/// of the chain after their removal. Returns whether the config is newer than the pin.
+async fn check_config_chain(
+    store: &Store,
+    repo_id: &str,
+    pin: &local::LocationPin,
+    cfg: &RepoConfig,
+    cfg_admin: &str,
+) -> Result<bool> {
+    let Some(pinned_admin) = pin.admin_pub.clone() else {
+        return Ok(true);
+    };
+    let forged = |why: &str| {
+        Error::new(
+            ErrorKind::Integrity,
+            "repo.forged-config",
+            format!(
+                "the config of {} {why}: it was not written by a holder of the repository's admin key (this host last saw generation {})",
+                store.describe(),
+                pin.generation
+            ),
+        )
+    };
+    if cfg.generation < pin.generation {
+        return Err(forged(&format!(
+            "is of generation {}, older than this host saw",
+            cfg.generation
+        )));
+    }
+    if cfg.generation == pin.generation {
+        return if cfg_admin == pinned_admin {
+            Ok(false)
+        } else {
+            Err(forged("names another admin key under the same generation"))
+        };
+    }
+    let end = follow_chain(store, repo_id, pin.generation, pinned_admin.clone(), None).await?;
+    let (generation, admin) = end.as_ref().map_or((pin.generation, pinned_admin.as_str()), |e| {
+        (e.generation, e.admin_pub.as_str())
+    });
+    let end = match (&cfg.published_set, generation + 1 == cfg.generation) {
+        // The last step is in the config only: its publication was interrupted.
+        (Some(set), true) => {
+            check_set(store, set, repo_id, cfg.generation, admin)?;
+            Some(ChainEnd {
+                generation: cfg.generation,
+                recipients: set.recipients.clone(),
+                admin_pub: set.admin_after(admin).to_string(),
+                signer: admin.to_string(),
+            })
+        }
+        _ => end,
+    };
+    match end {
+        Some(e) if e.generation == cfg.generation && e.recipients == cfg.recipients && e.admin_pub == cfg_admin => {
+            Ok(true)
+        }
+        _ => Err(forged(&format!(
+            "(generation {}) is not reached by the signed recipient sets",
+            cfg.generation
+        ))),
+    }
+}
+
+/// The marker, checked against this host's pin of the location: a location that
+/// presented another repository before is refused.
+async fn read_pinned_marker(store: &Store) -> Result<(RepoMarker, Option<local::LocationPin>)> {
+    let marker = read_marker(store).await?;
+    let pin = local::LocationPin::load(store.location())?;
+    if let Some(p) = &pin
+        && p.repo_id != marker.repo_id
+    {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "repo.identity-changed",
+            format!(
+                "{} was repository {} when this host pinned it and now presents repository {}: its marker was replaced (if the repository was really recreated, delete {})",
+                store.describe(),
+                p.repo_id,
+                marker.repo_id,
+                local::location_pin_path(store.location()).display()
+            ),
+        ));
+    }
+    Ok((marker, pin))
 }
 
 async fn read_marker(store: &Store) -> Result<RepoMarker> {
@@ -224,6 +475,7 @@ impl Repo {
                     data_identity: None,
                     admin_key: Some(admin.to_hex()),
                     generation: 0,
+                    published_set: None,
                 };
                 let pt = serde_json::to_vec(&cfg).expect("serialises");
                 let ct =
@@ -241,6 +493,7 @@ impl Repo {
                     data_identity: Some(sqlvault_crypt::secrecy::ExposeSecret::expose_secret(&sk).to_string()),
                     admin_key: Some(admin.to_hex()),
                     generation: 0,
+                    published_set: None,
                 };
                 let pt = serde_json::to_vec(&cfg).expect("serialises");
                 let mut w = sqlvault_crypt::EncryptWriter::with_passphrase(pass, Vec::new())
@@ -260,9 +513,18 @@ impl Repo {
             secret: secret.to_hex(),
             admin_pub: Some(admin.public_hex()),
             generation: 0,
+            set_signer: None,
         };
         wk.save()?;
         local::save_pin(&repo_id, &secret.fingerprint())?;
+        local::LocationPin {
+            location: store.location().to_string(),
+            repo_id: repo_id.clone(),
+            fingerprint: secret.fingerprint(),
+            generation: 0,
+            admin_pub: Some(admin.public_hex()),
+        }
+        .save()?;
         tracing::info!(repo = %repo_id, recipients = recipients.len(), "repository initialised; write key saved");
         Ok(InitReport {
             repo_id,
@@ -287,6 +549,7 @@ impl Repo {
             .map(|r| r.parse().map_err(|e| crypt_err("repository recipients", e)))
             .collect::<Result<_>>()?;
         let meta_recipient = sqlvault_crypt::x25519_recipient_from_bytes(&keys.metadata_identity_bytes());
+        let meta_identities = Identities::from_x25519_bytes(&keys.metadata_identity_bytes());
         Ok(Repo {
             store,
             repo_id,
@@ -296,16 +559,18 @@ impl Repo {
             data_recipients: Arc::new(data_recipients),
             meta_recipient: Arc::new(meta_recipient),
             identities: Arc::new(identities),
+            meta_identities: Arc::new(meta_identities),
             can_read_data,
             generation: set.generation,
             admin_pub: set.admin_pub,
+            pinned: true,
         })
     }
 
     /// Opens for backup with this host's write key: can write snapshots and read
     /// metadata (names, times, sizes), cannot decrypt any data.
     pub async fn open_write(store: Store) -> Result<Repo> {
-        let marker = read_marker(&store).await?;
+        let (marker, pin) = read_pinned_marker(&store).await?;
         let wk = WriteKey::load(&marker.repo_id)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::Auth,
@@ -320,6 +585,18 @@ impl Repo {
         tracing::debug!(repo = %marker.repo_id, generation = wk.generation, recipients = wk.recipients.len(), "opening repository with this host's write key");
         let wk = adopt_recipient_set(&store, wk).await?;
         let secret = wk.secret()?;
+        if pin.is_none() {
+            // A write key made before locations were pinned: this location is where it
+            // is used, from now on.
+            local::LocationPin {
+                location: store.location().to_string(),
+                repo_id: marker.repo_id.clone(),
+                fingerprint: secret.fingerprint(),
+                generation: wk.generation,
+                admin_pub: wk.admin_pub.clone(),
+            }
+            .save()?;
+        }
         let meta = Identities::from_x25519_bytes(&secret.keys().metadata_identity_bytes());
         Repo::assemble(
             store,
@@ -335,12 +612,19 @@ impl Repo {
         )
     }
 
-    /// Opens for reading with an identity or passphrase. Checks the repository secret
-    /// against this host's write key or pin (trust on first use otherwise, or against
-    /// `SQLVAULT_REPO_FINGERPRINT` when set), so that a bucket writer cannot swap in a
-    /// config of their own.
+    /// Opens for reading with an identity or passphrase, trusting as
+    /// [`Trust::from_env`] says (see [`Repo::open_read_trusting`]).
     pub async fn open_read(store: Store, access: Access) -> Result<Repo> {
-        let marker = read_marker(&store).await?;
+        Repo::open_read_trusting(store, access, Trust::from_env()).await
+    }
+
+    /// Opens for reading with an identity or passphrase. Checks the repository's id and
+    /// secret against this host's pin of the location, its write key or an older pin
+    /// (trust on first use otherwise, unless `trust` requires a pin or gives the
+    /// fingerprint), so that a bucket writer cannot swap in a marker and config of
+    /// their own.
+    pub async fn open_read_trusting(store: Store, access: Access, trust: Trust) -> Result<Repo> {
+        let (marker, loc_pin) = read_pinned_marker(&store).await?;
         let ct = get_or(&store, layout::CONFIG, || {
             Error::new(
                 ErrorKind::Integrity,
@@ -386,13 +670,22 @@ impl Repo {
             )
         })?;
         let fp = secret.fingerprint();
-        let expected = std::env::var("SQLVAULT_REPO_FINGERPRINT")
-            .ok()
-            .filter(|s| !s.is_empty());
-        let pinned = match WriteKey::load(&marker.repo_id)? {
-            Some(wk) => Some(wk.secret()?.fingerprint()),
-            None => local::load_pin(&marker.repo_id),
+        let expected = trust.fingerprint.clone();
+        let pinned = match (&loc_pin, WriteKey::load(&marker.repo_id)?) {
+            (Some(p), _) => Some(p.fingerprint.clone()),
+            (None, Some(wk)) => Some(wk.secret()?.fingerprint()),
+            (None, None) => local::load_pin(&marker.repo_id),
         };
+        if pinned.is_none() && expected.is_none() && trust.require_pinned {
+            return Err(Error::new(
+                ErrorKind::Auth,
+                "repo.unpinned",
+                format!(
+                    "this host has never used the repository at {} and cannot tell it from a forgery: give the fingerprint `init` printed in SQLVAULT_REPO_FINGERPRINT",
+                    store.describe()
+                ),
+            ));
+        }
         for want in expected.iter().chain(pinned.iter()) {
             if want != &fp {
                 return Err(Error::new(
@@ -405,9 +698,44 @@ impl Repo {
                 ));
             }
         }
-        if pinned.is_none() {
-            // Trust on first use; best effort, a read-only home must not block restores.
-            if let Err(e) = local::save_pin(&marker.repo_id, &fp) {
+        let known = pinned.is_some() || expected.is_some();
+        let cfg_admin = cfg
+            .admin_key
+            .as_deref()
+            .and_then(AdminKey::from_hex)
+            .map(|k| k.public_hex());
+        let advanced = match (&loc_pin, &cfg_admin) {
+            (Some(p), Some(admin)) => check_config_chain(&store, &marker.repo_id, p, &cfg, admin).await?,
+            _ => false,
+        };
+        if let (Some(p), true) = (&loc_pin, advanced) {
+            let pin = local::LocationPin {
+                generation: cfg.generation,
+                admin_pub: cfg_admin.clone(),
+                ..p.clone()
+            };
+            if let Err(e) = pin.save() {
+                tracing::warn!("could not update the pin of {}: {}", store.describe(), e.one_line());
+            }
+        }
+        if loc_pin.is_none() {
+            // Trust on first use (or on the fingerprint given); best effort, a
+            // read-only home must not block restores.
+            if !known {
+                tracing::warn!(
+                    "first use of {}: trusting repository {} with fingerprint {fp} (compare it with what `init` printed)",
+                    store.describe(),
+                    marker.repo_id
+                );
+            }
+            let pin = local::LocationPin {
+                location: store.location().to_string(),
+                repo_id: marker.repo_id.clone(),
+                fingerprint: fp.clone(),
+                generation: cfg.generation,
+                admin_pub: cfg_admin.clone(),
+            };
+            if let Err(e) = pin.save() {
                 tracing::warn!("could not pin repository fingerprint: {}", e.one_line());
             }
         }
@@ -426,15 +754,15 @@ impl Repo {
             RecipientsInForce {
                 recipients: &cfg.recipients,
                 generation: cfg.generation,
-                admin_pub: cfg
-                    .admin_key
-                    .as_deref()
-                    .and_then(AdminKey::from_hex)
-                    .map(|k| k.public_hex()),
+                admin_pub: cfg_admin,
             },
             ids,
             true,
         )
+        .map(|mut r| {
+            r.pinned = known;
+            r
+        })
     }
 
     /// [`Repo::open_read`] with `access`, else [`Repo::open_write`].
@@ -452,6 +780,7 @@ impl Repo {
         // Everything comes from the config `open_read` just decrypted and checked; no
         // second read (for a passphrase repository, a second scrypt).
         self.require_data_access("joining a repository")?;
+        self.require_pinned("join")?;
         tracing::info!(repo = %self.repo_id, generation = self.generation, "saving this host's write key");
         WriteKey {
             repo_id: self.repo_id.clone(),
@@ -459,6 +788,7 @@ impl Repo {
             secret: self.secret.to_hex(),
             admin_pub: self.admin_pub.clone(),
             generation: self.generation,
+            set_signer: None,
         }
         .save()
     }
@@ -512,6 +842,23 @@ impl Repo {
         &self.fingerprint
     }
 
+    /// Refuses `what` on a repository this host trusted on first use in this very open:
+    /// handing out its keys or re-encrypting to its recipients would let whoever wrote
+    /// the bucket choose them.
+    pub(crate) fn require_pinned(&self, what: &str) -> Result<()> {
+        if self.pinned {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Auth,
+            "repo.unpinned",
+            format!(
+                "refusing to {what}: this host had never used the repository at {} and cannot tell it from a forgery; give the fingerprint `init` printed in SQLVAULT_REPO_FINGERPRINT",
+                self.store.describe()
+            ),
+        ))
+    }
+
     pub(crate) fn require_data_access(&self, what: &str) -> Result<()> {
         if self.can_read_data {
             Ok(())
@@ -557,7 +904,7 @@ impl Repo {
             body: String,
             mac: String,
         }
-        let pt = self.decrypt(what, ct)?;
+        let pt = self.decrypt_meta(what, ct)?;
         let sealed: Sealed = serde_json::from_slice(&pt).map_err(|e| corrupt(what, e))?;
         let mut mac = [0u8; 32];
         if hex::decode_to_slice(&sealed.mac, &mut mac).is_err() || !self.keys.verify_mac(sealed.body.as_bytes(), &mac) {
@@ -570,20 +917,80 @@ impl Repo {
         sqlvault_crypt::decrypt_to_vec(&self.identities, ct).map_err(|e| crypt_err(what, e))
     }
 
-    /// Every snapshot, oldest first (by the creation time recorded in the manifest).
-    pub async fn snapshots(&self) -> Result<Vec<Manifest>> {
-        let names = self.store.list(layout::SNAPSHOTS).await?;
-        let mut out: Vec<Manifest> = futures::stream::iter(names.into_iter().map(|(n, _)| async move {
-            let id: ObjectId = n
-                .parse()
-                .map_err(|e| corrupt(format!("snapshot object name {n:?}"), e))?;
-            self.load_manifest(&id).await
-        }))
-        .buffer_unordered(8)
-        .try_collect()
-        .await?;
-        out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
+    /// Decrypts a metadata object (manifest, map, index, evidence, prune state) with
+    /// the metadata identity only. One that identity cannot open was not written by a
+    /// holder of the repository secret: `repo.foreign-object`.
+    pub(crate) fn decrypt_meta(&self, what: &str, ct: &[u8]) -> Result<Vec<u8>> {
+        use std::io::Read;
+        // A header the metadata key does not open (not an age object at all, sealed to
+        // other keys, or a damaged header) is foreign; a payload that fails after the
+        // header opened is damage to an object the repository wrote.
+        let mut r = sqlvault_crypt::decrypt_reader(&self.meta_identities, ct).map_err(|e| {
+            Error::new(
+                ErrorKind::Integrity,
+                "repo.foreign-object",
+                format!(
+                    "{what} of {} is forged or its header is damaged: this repository's key does not open it",
+                    self.store.describe()
+                ),
+            )
+            .with_source(e)
+        })?;
+        let mut out = Vec::with_capacity(ct.len());
+        r.read_to_end(&mut out).map_err(|e| corrupt(what, e))?;
         Ok(out)
+    }
+
+    /// Every snapshot, oldest first (by the creation time recorded in the manifest).
+    /// Objects under `snapshots/` that are not authentic manifests are skipped with a
+    /// warning (see [`Repo::snapshots_checked`]): one junk object must not hide the
+    /// real snapshots.
+    pub async fn snapshots(&self) -> Result<Vec<Manifest>> {
+        let (out, skipped) = self.snapshots_checked().await?;
+        for s in &skipped {
+            tracing::warn!("skipping {}: {}", s.key, s.message);
+        }
+        Ok(out)
+    }
+
+    /// Every authentic snapshot, oldest first, and the objects under `snapshots/`
+    /// that are not (foreign, damaged, or misnamed). Store failures are errors: a
+    /// listing that could not be read is not a list of snapshots.
+    pub async fn snapshots_checked(&self) -> Result<(Vec<Manifest>, Vec<Skipped>)> {
+        let names = self.store.list(layout::SNAPSHOTS).await?;
+        let results: Vec<(String, Result<Manifest>)> =
+            futures::stream::iter(names.into_iter().map(|(n, _)| async move {
+                let r = match n.parse::<ObjectId>() {
+                    Ok(id) => self.load_manifest(&id).await,
+                    Err(e) => Err(Error::new(
+                        ErrorKind::Integrity,
+                        "repo.foreign-object",
+                        format!(
+                            "{} holds {}, which is not a snapshot name",
+                            self.store.describe(),
+                            escape_name(&n)
+                        ),
+                    )
+                    .with_source(e)),
+                };
+                (n, r)
+            }))
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let (mut out, mut skipped) = (Vec::new(), Vec::new());
+        for (n, r) in results {
+            match r {
+                Ok(m) => out.push(m),
+                Err(e) if e.kind() == ErrorKind::Store => return Err(e),
+                // Deleted by a forget between the listing and the read.
+                Err(e) if e.code() == "snapshot.not-found" => {}
+                Err(e) => skipped.push(Skipped::new(format!("{}/{}", layout::SNAPSHOTS, escape_name(&n)), &e)),
+            }
+        }
+        out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
+        skipped.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok((out, skipped))
     }
 
     /// Loads and authenticates one manifest.
@@ -597,14 +1004,34 @@ impl Repo {
             )
         })
         .await?;
-        let pt = self.decrypt(&format!("snapshot {}", id.short()), &ct)?;
+        let pt = self.decrypt_meta(&format!("snapshot {}", id.short()), &ct)?;
         decode_manifest(&self.keys, &pt, id).map_err(|e| corrupt(format!("snapshot {}", id.short()), e))
     }
 
-    /// Finds a snapshot by id prefix, or the newest one (of `name`, if given).
+    /// Finds a snapshot by id prefix, or the newest one (of `name`, if given). Junk
+    /// under `snapshots/` is gone around; when nothing matches and a manifest the
+    /// repository wrote is damaged, that damage is the error (it may be the one asked
+    /// for).
     pub async fn find_snapshot(&self, id: Option<&str>, name: Option<&str>) -> Result<Manifest> {
-        let all = self.snapshots().await?;
-        self.pick_snapshot(&all, id, name).cloned()
+        let (all, skipped) = self.snapshots_checked().await?;
+        for s in &skipped {
+            tracing::warn!("skipping {}: {}", s.key, s.message);
+        }
+        match self.pick_snapshot(&all, id, name) {
+            Ok(m) => Ok(m.clone()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // The object asked for by id exists but is not an authentic snapshot.
+                let named = id.and_then(|p| {
+                    let key = format!("{}/{}", layout::SNAPSHOTS, p.to_lowercase());
+                    skipped.iter().find(|s| s.key.starts_with(&key))
+                });
+                Err(match named {
+                    Some(s) => Error::new(ErrorKind::Integrity, s.code, s.message.clone()),
+                    None => Skipped::damage(&skipped).unwrap_or(e),
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// [`Repo::find_snapshot`] over snapshots already listed (oldest first): the one a
@@ -651,7 +1078,7 @@ impl Repo {
                 )
             })
             .await?;
-            let pt = self.decrypt(&format!("page map {}", r.id.short()), &ct)?;
+            let pt = self.decrypt_meta(&format!("page map {}", r.id.short()), &ct)?;
             drop(ct);
             let mut mac = [0u8; 32];
             if hex::decode_to_slice(&r.mac, &mut mac).is_err() || !self.keys.verify_mac(&pt, &mac) {
@@ -747,22 +1174,42 @@ impl Repo {
     /// Hands every index entry of a pack that exists to `f`, index by index in listing
     /// order (fetched a few at a time). Entries of packs that are gone are skipped: an
     /// index can outlive a pack a killed prune deleted, and another pack then holds the
-    /// chunk.
+    /// chunk. Index objects that cannot be authenticated are skipped with a warning:
+    /// every chunk read through an entry is re-hashed against its id, so an index is
+    /// only ever a hint, and one junk object must not stop a restore.
     pub(crate) async fn each_live_index_entry(&self, mut f: impl FnMut(ObjectId, IndexEntry)) -> Result<()> {
         let existing = self.pack_ids().await?;
         let names = self.index_names().await?;
         let mut loaded = futures::stream::iter(names.into_iter().map(|n| async move {
-            let pt = self.index_plaintext(&n).await?;
-            Ok::<_, Error>((n, pt))
+            let pt = self.index_plaintext(&n).await;
+            (n, pt)
         }))
         .buffered(8);
-        while let Some((name, pt)) = loaded.try_next().await? {
-            IndexFile::decode_with(&pt, |pack, e| {
-                if existing.contains(&pack) {
-                    f(pack, e);
+        while let Some((name, pt)) = loaded.next().await {
+            let pt = match pt {
+                Ok(pt) => pt,
+                Err(e) if e.kind() == ErrorKind::Store => return Err(e),
+                Err(e) => {
+                    tracing::warn!("skipping index {}: {}", escape_name(&name), e.one_line());
+                    continue;
                 }
-            })
-            .map_err(|e| corrupt(format!("index {name} of {}", self.store.describe()), e))?;
+            };
+            // Decoded into a buffer first: a damaged index contributes nothing, not
+            // the entries before its damage.
+            let mut entries = Vec::new();
+            match IndexFile::decode_with(&pt, &self.keys, |pack, e| {
+                if existing.contains(&pack) {
+                    entries.push((pack, e));
+                }
+            }) {
+                Ok(_) => entries.into_iter().for_each(|(p, e)| f(p, e)),
+                Err(e) => tracing::warn!(
+                    "skipping index {} of {}: {}",
+                    escape_name(&name),
+                    self.store.describe(),
+                    corrupt("it", e).one_line()
+                ),
+            }
         }
         Ok(())
     }
@@ -778,25 +1225,40 @@ impl Repo {
             .collect())
     }
 
-    /// One index object, decrypted but not decoded.
+    /// One index object, decrypted with the metadata key but not decoded.
     pub async fn index_plaintext(&self, name: &str) -> Result<Vec<u8>> {
         let key = format!("{}/{name}", layout::INDEX);
         let ct = self.store.get(&key).await?;
-        self.decrypt(&format!("index {name}"), &ct)
+        self.decrypt_meta(&format!("index {}", escape_name(name)), &ct)
     }
 
-    /// One index object, decoded.
-    pub async fn load_index(&self, name: &str) -> Result<IndexFile> {
+    /// One index object, decoded and (format 2) authenticated.
+    pub async fn load_index(&self, name: &str) -> Result<(IndexFile, IndexAuth)> {
         let pt = self.index_plaintext(name).await?;
-        IndexFile::decode(&pt).map_err(|e| corrupt(format!("index {name}"), e))
+        IndexFile::decode(&pt, &self.keys).map_err(|e| corrupt(format!("index {}", escape_name(name)), e))
     }
 
-    /// Every index object, decoded.
-    pub async fn load_indexes(&self) -> Result<Vec<IndexFile>> {
+    /// Every index object that can be read, by name, and those that cannot.
+    pub async fn load_indexes_checked(&self) -> Result<(Vec<(String, IndexFile)>, Vec<Skipped>)> {
         let names = self.index_names().await?;
-        futures::stream::iter(names.iter().map(|n| self.load_index(n)))
+        let results: Vec<(String, Result<(IndexFile, IndexAuth)>)> =
+            futures::stream::iter(names.into_iter().map(|n| async move {
+                let r = self.load_index(&n).await;
+                (n, r)
+            }))
             .buffer_unordered(8)
-            .try_collect()
-            .await
+            .collect()
+            .await;
+        let (mut ok, mut skipped) = (Vec::new(), Vec::new());
+        for (n, r) in results {
+            match r {
+                Ok((idx, _)) => ok.push((n, idx)),
+                // Deleted by a prune between the listing and the read.
+                Err(e) if e.code() == "store.not-found" => {}
+                Err(e) if e.kind() == ErrorKind::Store => return Err(e),
+                Err(e) => skipped.push(Skipped::new(format!("{}/{}", layout::INDEX, escape_name(&n)), &e)),
+            }
+        }
+        Ok((ok, skipped))
     }
 }

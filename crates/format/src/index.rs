@@ -1,6 +1,20 @@
-use crate::{ChunkId, FormatError, ObjectId};
+use crate::{ChunkId, FormatError, ObjectId, RepoKeys};
 
-const INDEX_MAGIC: &[u8; 8] = b"SQLVIDX1";
+/// Format-1 indexes: no MAC, so anyone holding a recipient could have written one.
+const INDEX_MAGIC_V1: &[u8; 8] = b"SQLVIDX1";
+/// Format-2 indexes: the body is followed by the repository MAC of everything before it.
+const INDEX_MAGIC: &[u8; 8] = b"SQLVIDX2";
+
+/// Whether a decoded index proved that a holder of the repository secret wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexAuth {
+    /// A format-2 index whose MAC checked: written by a backup host, copy or prune.
+    Authenticated,
+    /// A format-1 index (no MAC): a bucket writer with the public recipients could have
+    /// made it. Good for finding chunks (each is re-hashed against its id when read),
+    /// never for deciding what may be deleted.
+    Legacy,
+}
 /// Last 8 bytes of every pack's plaintext.
 pub const PACK_MAGIC: &[u8; 8] = b"SQLVPAK1";
 
@@ -135,37 +149,59 @@ impl<'a> Cursor<'a> {
 }
 
 impl IndexFile {
-    /// Serialises the index.
-    pub fn encode(&self) -> Vec<u8> {
+    /// Serialises the index (format 2: MAC'd under `keys`).
+    pub fn encode(&self, keys: &RepoKeys) -> Vec<u8> {
+        let sections: Vec<(ObjectId, Vec<u8>)> = self
+            .packs
+            .iter()
+            .map(|p| (p.pack, encode_entries(&p.entries)))
+            .collect();
         let mut out = Vec::new();
-        out.extend_from_slice(INDEX_MAGIC);
-        out.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
-        for p in &self.packs {
-            out.extend_from_slice(&p.pack.0);
-            put_entries(&mut out, &p.entries);
-        }
+        write_index(&mut out, keys, sections.iter().map(|(p, e)| (p, &e[..]))).expect("writing to a Vec cannot fail");
         out
     }
 
-    /// Parses an index.
-    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+    /// Parses an index, authenticating it first when it is of format 2.
+    pub fn decode(bytes: &[u8], keys: &RepoKeys) -> Result<(Self, IndexAuth), FormatError> {
         let mut packs: Vec<PackSection> = Vec::new();
-        Self::decode_with(bytes, |pack, e| match packs.last_mut() {
+        let auth = Self::decode_with(bytes, keys, |pack, e| match packs.last_mut() {
             Some(p) if p.pack == pack => p.entries.push(e),
             _ => packs.push(PackSection { pack, entries: vec![e] }),
         })?;
-        Ok(IndexFile { packs })
+        Ok((IndexFile { packs }, auth))
     }
 
     /// Validates an index and hands each `(pack, entry)` to `f` without building lists
-    /// (an index of a 4 GiB backup holds a million entries).
-    pub fn decode_with(bytes: &[u8], mut f: impl FnMut(ObjectId, IndexEntry)) -> Result<(), FormatError> {
-        if bytes.len() < 12 || &bytes[..8] != INDEX_MAGIC {
-            return Err(FormatError::BadMagic { kind: "index" });
+    /// (an index of a 4 GiB backup holds a million entries). A format-2 index is
+    /// authenticated before `f` sees any entry; a format-1 index is decoded and
+    /// reported as [`IndexAuth::Legacy`].
+    pub fn decode_with(
+        bytes: &[u8],
+        keys: &RepoKeys,
+        mut f: impl FnMut(ObjectId, IndexEntry),
+    ) -> Result<IndexAuth, FormatError> {
+        let (body, auth) = match bytes.get(..8) {
+            Some(m) if m == INDEX_MAGIC => {
+                let split = bytes
+                    .len()
+                    .checked_sub(32)
+                    .filter(|&n| n >= 12)
+                    .ok_or_else(|| FormatError::malformed("index", "ends early"))?;
+                let (body, mac) = bytes.split_at(split);
+                if !keys.verify_mac(body, mac.try_into().expect("32 bytes")) {
+                    return Err(FormatError::Unauthentic { kind: "index" });
+                }
+                (body, IndexAuth::Authenticated)
+            }
+            Some(m) if m == INDEX_MAGIC_V1 => (bytes, IndexAuth::Legacy),
+            _ => return Err(FormatError::BadMagic { kind: "index" }),
+        };
+        if body.len() < 12 {
+            return Err(FormatError::malformed("index", "ends early"));
         }
         let mut c = Cursor {
             kind: "index",
-            bytes: &bytes[8..],
+            bytes: &body[8..],
         };
         let n = c.u32()? as usize;
         for _ in 0..n {
@@ -175,7 +211,7 @@ impl IndexFile {
         if !c.bytes.is_empty() {
             return Err(FormatError::malformed("index", "trailing bytes"));
         }
-        Ok(())
+        Ok(auth)
     }
 }
 
@@ -200,19 +236,27 @@ pub fn decode_entries(bytes: &[u8], f: impl FnMut(IndexEntry)) -> Result<(), For
     Ok(())
 }
 
-/// Writes an index from already encoded sections (`(pack, encode_entries(..))`),
-/// byte for byte what [`IndexFile::encode`] gives for the same entries.
+/// Writes a format-2 index from already encoded sections (`(pack,
+/// encode_entries(..))`), byte for byte what [`IndexFile::encode`] gives for the same
+/// entries: magic, sections, then the MAC under `keys` of all of that, computed as it
+/// streams.
 pub fn write_index<'a>(
     w: &mut impl std::io::Write,
+    keys: &RepoKeys,
     sections: impl ExactSizeIterator<Item = (&'a ObjectId, &'a [u8])>,
 ) -> std::io::Result<()> {
-    w.write_all(INDEX_MAGIC)?;
-    w.write_all(&(sections.len() as u32).to_le_bytes())?;
+    let mut mac = keys.mac_hasher();
+    let mut put = |w: &mut dyn std::io::Write, b: &[u8]| {
+        mac.update(b);
+        w.write_all(b)
+    };
+    put(w, INDEX_MAGIC)?;
+    put(w, &(sections.len() as u32).to_le_bytes())?;
     for (pack, entries) in sections {
-        w.write_all(&pack.0)?;
-        w.write_all(entries)?;
+        put(w, &pack.0)?;
+        put(w, entries)?;
     }
-    Ok(())
+    w.write_all(mac.finalize().as_bytes())
 }
 
 /// The trailer appended to a pack's plaintext after its frames, so that a pack can be
@@ -251,7 +295,11 @@ pub fn decode_pack_trailer(plaintext: &[u8]) -> Result<(Vec<IndexEntry>, usize),
         return Err(FormatError::malformed(kind, "trailing bytes in trailer"));
     }
     for e in &entries {
-        if e.frame_offset + e.frame_len as u64 > start as u64 {
+        if e.frame_offset
+            .checked_add(e.frame_len as u64)
+            .is_none_or(|end| end > start as u64)
+            || e.offset.checked_add(e.len).is_none()
+        {
             return Err(FormatError::malformed(kind, "frame outside pack"));
         }
     }
@@ -280,9 +328,49 @@ mod tests {
                 entries: vec![entry(1, 0), entry(2, 0), entry(3, 10)],
             }],
         };
-        let enc = idx.encode();
-        assert_eq!(IndexFile::decode(&enc).unwrap(), idx);
-        assert!(IndexFile::decode(&enc[..enc.len() - 3]).is_err());
+        let keys = crate::RepoSecret::generate().keys();
+        let enc = idx.encode(&keys);
+        assert_eq!(
+            IndexFile::decode(&enc, &keys).unwrap(),
+            (idx.clone(), IndexAuth::Authenticated)
+        );
+        assert!(IndexFile::decode(&enc[..enc.len() - 3], &keys).is_err());
+    }
+
+    #[test]
+    fn an_index_without_the_secret_is_never_authenticated() {
+        let keys = crate::RepoSecret::generate().keys();
+        let idx = IndexFile {
+            packs: vec![PackSection {
+                pack: ObjectId([7; 16]),
+                entries: vec![entry(1, 0), entry(2, 0)],
+            }],
+        };
+        // Another repository's key (what a bucket writer can make), one flipped bit.
+        let forged = idx.encode(&crate::RepoSecret::generate().keys());
+        assert!(matches!(
+            IndexFile::decode(&forged, &keys),
+            Err(FormatError::Unauthentic { .. })
+        ));
+        let mut flipped = idx.encode(&keys);
+        flipped[30] ^= 1;
+        assert!(matches!(
+            IndexFile::decode(&flipped, &keys),
+            Err(FormatError::Unauthentic { .. })
+        ));
+        // A format-1 index (no MAC) still decodes, as legacy.
+        let mut v1 = idx.encode(&keys);
+        v1.truncate(v1.len() - 32);
+        v1[..8].copy_from_slice(INDEX_MAGIC_V1);
+        assert_eq!(IndexFile::decode(&v1, &keys).unwrap(), (idx, IndexAuth::Legacy));
+        for junk in [
+            &b""[..],
+            b"SQLVIDX2",
+            b"SQLVIDX1\xff\xff\xff\xff",
+            b"garbage garbage garbage garbage garbage",
+        ] {
+            assert!(IndexFile::decode(junk, &keys).is_err());
+        }
     }
 
     #[test]
@@ -325,9 +413,10 @@ mod tests {
             }],
         };
         let raw = encode_entries(&entries);
+        let keys = crate::RepoSecret::generate().keys();
         let mut out = Vec::new();
-        write_index(&mut out, [(&ObjectId([7; 16]), &raw[..])].into_iter()).unwrap();
-        assert_eq!(out, idx.encode());
+        write_index(&mut out, &keys, [(&ObjectId([7; 16]), &raw[..])].into_iter()).unwrap();
+        assert_eq!(out, idx.encode(&keys));
         let mut seen = Vec::new();
         decode_entries(&raw, |e| seen.push(e)).unwrap();
         assert_eq!(seen, entries);
@@ -345,5 +434,22 @@ mod tests {
         let mut bad = vec![0u8; 5];
         bad.extend(encode_pack_trailer(&entries));
         assert!(decode_pack_trailer(&bad).is_err());
+        // Offsets that overflow when added are refused, not wrapped.
+        let mut huge = vec![0u8; 20];
+        huge.extend(encode_pack_trailer(&[IndexEntry {
+            frame_offset: u64::MAX - 1,
+            ..entry(1, 0)
+        }]));
+        assert!(decode_pack_trailer(&huge).is_err());
+        let mut huge = vec![0u8; 20];
+        huge.extend(encode_pack_trailer(&[
+            IndexEntry {
+                offset: u32::MAX,
+                len: 2,
+                ..entry(1, 0)
+            },
+            entry(2, 10),
+        ]));
+        assert!(decode_pack_trailer(&huge).is_err());
     }
 }

@@ -21,13 +21,13 @@ pub use chunkseq::{ChunkSeq, SeqOp};
 pub use error::FormatError;
 pub use ids::{ChunkId, ObjectId};
 pub use index::{
-    IndexEntry, IndexFile, PACK_MAGIC, PackSection, decode_entries, decode_pack_trailer, encode_entries,
+    IndexAuth, IndexEntry, IndexFile, PACK_MAGIC, PackSection, decode_entries, decode_pack_trailer, encode_entries,
     encode_pack_trailer, write_index,
 };
 pub use keys::{AdminKey, RepoKeys, RepoSecret, verify_admin_signature};
 pub use manifest::{
     CipherFacts, DumpFacts, Manifest, MapRef, RecipientSet, RepoConfig, RepoMarker, SnapshotStats, decode_manifest,
-    encode_manifest, kind,
+    encode_manifest, is_repo_id, kind,
 };
 pub use pagemap::{PageMap, PageMapKind};
 
@@ -53,8 +53,16 @@ pub mod layout {
     pub const PACKS: &str = "packs";
     /// Directory of evidence records (verifications, drills): small MAC'd objects.
     pub const EVIDENCE: &str = "evidence";
-    /// The signed recipient set, newest generation (see `key add`/`key remove`).
+    /// The signed recipient set of format 1 (one object, rewritten by every change):
+    /// no longer written nor read, see [`recipient_set`].
     pub const RECIPIENTS: &str = "keys/recipients";
+
+    /// `keys/recipients-<generation, 20 digits>`: the signed recipient set of one
+    /// generation, created once (create-if-absent) by `key add`/`key remove` and never
+    /// rewritten, so a bucket writer with create-only credentials cannot replace one.
+    pub fn recipient_set(generation: u64) -> String {
+        format!("{RECIPIENTS}-{generation:020}")
+    }
     /// Prune's state: objects marked for deletion and when, and the grace period.
     /// Backups read it (one GET) so as never to dedup against a marked pack.
     pub const PRUNE_PENDING: &str = "prune/pending";

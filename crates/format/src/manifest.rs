@@ -42,8 +42,22 @@ impl RepoMarker {
                 version: m.version,
             });
         }
+        if !is_repo_id(&m.repo_id) {
+            // The id names this host's local state directory: `"../.."` or `"/abs"`
+            // must never reach a path.
+            return Err(FormatError::malformed(
+                "repository marker",
+                "repo_id is not 32 lowercase hex digits",
+            ));
+        }
         Ok(m)
     }
+}
+
+/// Whether `s` is a repository id as `init` makes them: 32 lowercase hex digits. Ids
+/// become local directory names, so nothing else may pass.
+pub fn is_repo_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The repository config, stored as the `config` object encrypted to the recipients
@@ -71,6 +85,11 @@ pub struct RepoConfig {
     /// Generation of `recipients`: 0 at init, +1 per `key add`/`key remove`.
     #[serde(default)]
     pub generation: u64,
+    /// The signed set of `generation` (signed by the previous admin key, naming
+    /// `admin_key`'s public half as the next signer), kept here so that a change
+    /// interrupted before its publication can be published by running it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_set: Option<RecipientSet>,
 }
 
 /// The `keys/recipients` object: the current recipient set, signed with the admin key,
@@ -87,6 +106,12 @@ pub struct RecipientSet {
     pub recipients: Vec<String>,
     /// When signed, unix milliseconds.
     pub created_ms: i64,
+    /// Hex public key of the admin key that signs the *next* generation. Every change
+    /// of the set rotates the admin key: a recipient removed now knew the old admin key
+    /// (it is in the config they could read), so hosts that adopt this set stop
+    /// trusting it. Absent in sets written before rotation: the same key signs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_admin: Option<String>,
     /// Hex Ed25519 signature over [`RecipientSet::signed_bytes`].
     pub signature: String,
 }
@@ -94,29 +119,40 @@ pub struct RecipientSet {
 impl RecipientSet {
     /// The bytes the signature covers: every field but the signature, unambiguously.
     pub fn signed_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({
+        let mut v = serde_json::json!({
             "context": "sqlvault v1 recipient set",
             "repo_id": self.repo_id,
             "generation": self.generation,
             "recipients": self.recipients,
             "created_ms": self.created_ms,
-        }))
-        .expect("serialises")
+        });
+        if let Some(next) = &self.next_admin {
+            v["next_admin"] = serde_json::Value::String(next.clone());
+        }
+        serde_json::to_vec(&v).expect("serialises")
     }
 
-    /// Builds and signs a set.
+    /// The admin public key that hosts adopting this set trust from now on: the one
+    /// it names, else the one that signed it.
+    pub fn admin_after<'a>(&'a self, signer: &'a str) -> &'a str {
+        self.next_admin.as_deref().unwrap_or(signer)
+    }
+
+    /// Builds and signs a set with `key`, handing the next generation to `next`.
     pub fn signed(
         repo_id: &str,
         generation: u64,
         recipients: Vec<String>,
         created_ms: i64,
         key: &crate::AdminKey,
+        next: Option<&crate::AdminKey>,
     ) -> Self {
         let mut s = RecipientSet {
             repo_id: repo_id.to_string(),
             generation,
             recipients,
             created_ms,
+            next_admin: next.map(|k| k.public_hex()),
             signature: String::new(),
         };
         s.signature = key.sign(&s.signed_bytes());
@@ -347,6 +383,24 @@ mod tests {
         // A valid manifest renamed to another snapshot id is rejected too.
         assert!(decode_manifest(&keys, &enc, &ObjectId([2; 16])).is_err());
     }
+
+    #[test]
+    fn marker_ids_that_would_escape_a_directory_are_refused() {
+        let ok = serde_json::to_vec(&RepoMarker::new("0123456789abcdef0123456789abcdef".into())).unwrap();
+        assert!(RepoMarker::decode(&ok).is_ok());
+        for bad in [
+            "../..",
+            "/abs",
+            "",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123456789abcdef0123456789abcdef/x",
+            "..",
+            "a",
+        ] {
+            let b = serde_json::to_vec(&RepoMarker::new(bad.into())).unwrap();
+            assert!(RepoMarker::decode(&b).is_err(), "{bad:?} accepted");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -356,7 +410,7 @@ mod recipient_set_tests {
     #[test]
     fn signed_sets_verify_and_any_change_breaks_them() {
         let k = crate::AdminKey::generate();
-        let s = RecipientSet::signed("r1", 3, vec!["age1a".into(), "age1b".into()], 42, &k);
+        let s = RecipientSet::signed("r1", 3, vec!["age1a".into(), "age1b".into()], 42, &k, None);
         assert!(s.verify(&k.public_hex()));
         assert!(!s.verify(&crate::AdminKey::generate().public_hex()));
         let mut t = s.clone();
@@ -375,6 +429,24 @@ mod recipient_set_tests {
         assert!(!t.verify(&k.public_hex()));
         let mut t = s;
         t.signature = "00".repeat(64);
+        assert!(!t.verify(&k.public_hex()));
+    }
+
+    #[test]
+    fn the_next_admin_key_is_signed_and_cannot_be_swapped() {
+        let (k, next, evil) = (
+            crate::AdminKey::generate(),
+            crate::AdminKey::generate(),
+            crate::AdminKey::generate(),
+        );
+        let s = RecipientSet::signed("r1", 4, vec!["age1a".into()], 42, &k, Some(&next));
+        assert!(s.verify(&k.public_hex()));
+        assert_eq!(s.admin_after(&k.public_hex()), next.public_hex());
+        let mut t = s.clone();
+        t.next_admin = Some(evil.public_hex());
+        assert!(!t.verify(&k.public_hex()));
+        let mut t = s;
+        t.next_admin = None;
         assert!(!t.verify(&k.public_hex()));
     }
 }

@@ -43,6 +43,13 @@ pub enum StoreError {
         /// Repository description.
         repo: String,
     },
+    /// A local repository directory that does not exist (only `init` creates one:
+    /// a mistyped path must not leave directories behind).
+    #[error("no sqlvault repository at {}: no such directory", path.display())]
+    MissingDirectory {
+        /// The directory.
+        path: std::path::PathBuf,
+    },
     /// A create-if-absent put found an object already there.
     #[error("object {key} already exists in {repo}")]
     AlreadyExists {
@@ -222,9 +229,35 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     prefix: ObjPath,
     repo: String,
+    location: String,
     stats: Arc<RequestStats>,
     retry: RetryPolicy,
     local: Option<std::path::PathBuf>,
+}
+
+/// `scheme://bucket/prefix`, with the endpoint or account the environment selects: a
+/// bucket name alone does not say which service holds it.
+fn cloud_location(scheme: &str, bucket: &str, prefix: &str) -> String {
+    let env = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+    };
+    let service = match scheme {
+        "s3" => env(&["AWS_ENDPOINT", "AWS_ENDPOINT_URL"]).map(|e| e.trim_end_matches('/').to_string()),
+        "az" => env(&["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT"]).map(|a| {
+            if env(&["AZURE_STORAGE_USE_EMULATOR"]).is_some_and(|v| v == "true" || v == "1") {
+                format!("{a}@emulator")
+            } else {
+                a
+            }
+        }),
+        _ => None,
+    };
+    match service {
+        Some(s) => format!("{scheme}://{bucket}/{prefix}?service={s}"),
+        None => format!("{scheme}://{bucket}/{prefix}"),
+    }
 }
 
 impl fmt::Debug for Store {
@@ -248,15 +281,28 @@ fn client_retry() -> object_store::RetryConfig {
 }
 
 impl Store {
-    /// Opens the repository at `url`.
+    /// Opens the repository at `url`. A local directory must exist (see
+    /// [`Store::create_url`]).
     pub fn from_url(url: &str) -> Result<Store, StoreError> {
+        Self::open_url(url, false)
+    }
+
+    /// Like [`Store::from_url`], creating a local directory that does not exist yet
+    /// (for `init`).
+    pub fn create_url(url: &str) -> Result<Store, StoreError> {
+        Self::open_url(url, true)
+    }
+
+    fn open_url(url: &str, create: bool) -> Result<Store, StoreError> {
         let invalid = |reason: String| StoreError::InvalidUrl {
             url: url.to_string(),
             reason,
         };
         let mut local = None;
+        let location;
         let (inner, prefix): (Arc<dyn ObjectStore>, ObjPath) = if let Some(rest) = url.strip_prefix("memory://") {
             let _ = rest;
+            location = url.to_string();
             (Arc::new(object_store::memory::InMemory::new()), ObjPath::default())
         } else if url.starts_with("s3://") || url.starts_with("gs://") || url.starts_with("az://") {
             let parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
@@ -265,6 +311,7 @@ impl Store {
                 return Err(invalid("missing bucket or container name".into()));
             }
             let prefix = ObjPath::from(parsed.path().trim_matches('/'));
+            location = cloud_location(parsed.scheme(), bucket, prefix.as_ref());
             let store: Arc<dyn ObjectStore> = match parsed.scheme() {
                 "s3" => Arc::new(
                     object_store::aws::AmazonS3Builder::from_env()
@@ -296,7 +343,13 @@ impl Store {
                 None if url.contains("://") => return Err(invalid("unknown scheme".into())),
                 None => std::path::PathBuf::from(url),
             };
-            std::fs::create_dir_all(&path).map_err(|e| invalid(format!("cannot create directory: {e}")))?;
+            if create {
+                std::fs::create_dir_all(&path).map_err(|e| invalid(format!("cannot create directory: {e}")))?;
+            } else if !path.is_dir() {
+                return Err(StoreError::MissingDirectory { path });
+            }
+            let canonical = std::fs::canonicalize(&path).map_err(|e| invalid(e.to_string()))?;
+            location = format!("file://{}", canonical.display());
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)
                 .map_err(|e| invalid(e.to_string()))?
                 .with_automatic_cleanup(true);
@@ -305,6 +358,7 @@ impl Store {
         };
         let mut store = Store::new(inner, prefix, url.to_string());
         store.local = local;
+        store.location = location;
         Ok(store)
     }
 
@@ -313,6 +367,7 @@ impl Store {
         Store {
             inner,
             prefix,
+            location: description.clone(),
             repo: description,
             stats: Arc::new(RequestStats::default()),
             retry: RetryPolicy::default(),
@@ -330,6 +385,14 @@ impl Store {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// The canonical name of this location: what a restore host pins a repository's
+    /// identity to. Two spellings of one place give one name (a relative and an
+    /// absolute path, a trailing slash), and the same bucket name on another endpoint
+    /// or account gives another.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// What this store is, for messages.
@@ -524,8 +587,31 @@ mod tests {
     async fn local_store_contract() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().join("repo").display());
-        contract(&Store::from_url(&url).unwrap()).await;
-        contract(&Store::from_url(dir.path().join("plain").to_str().unwrap()).unwrap()).await;
+        contract(&Store::create_url(&url).unwrap()).await;
+        contract(&Store::create_url(dir.path().join("plain").to_str().unwrap()).unwrap()).await;
+    }
+
+    #[test]
+    fn opening_a_missing_local_directory_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = dir.path().join("reop").join("deeper");
+        let e = Store::from_url(typo.to_str().unwrap()).unwrap_err();
+        assert!(matches!(e, StoreError::MissingDirectory { .. }), "{e}");
+        assert!(!dir.path().join("reop").exists(), "a read must not create the path");
+    }
+
+    #[test]
+    fn one_place_has_one_location_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let abs = dir.path().join("repo");
+        let a = Store::create_url(abs.to_str().unwrap()).unwrap();
+        let b = Store::from_url(&format!("file://{}/", abs.display())).unwrap();
+        let c = Store::from_url(&format!("{}/../repo", abs.display())).unwrap();
+        assert_eq!(a.location(), b.location());
+        assert_eq!(a.location(), c.location());
+        let other = Store::create_url(dir.path().join("other").to_str().unwrap()).unwrap();
+        assert_ne!(a.location(), other.location());
+        assert_eq!(cloud_location("gs", "b", "p/q"), "gs://b/p/q");
     }
 
     #[test]

@@ -80,7 +80,9 @@ async fn duplicates_and_orphans(s: &Side) -> (usize, usize) {
     let mut seen = HashSet::new();
     let mut indexed = HashSet::new();
     let mut dup = 0;
-    for idx in s.reader.load_indexes().await.unwrap() {
+    let (indexes, skipped) = s.reader.load_indexes_checked().await.unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    for (_, idx) in indexes {
         for sec in idx.packs {
             let name = sec.pack.to_string();
             if !packs.contains(&name) || !indexed.insert(name) {
