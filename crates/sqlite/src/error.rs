@@ -72,6 +72,22 @@ pub enum SqliteError {
         #[source]
         source: rusqlite::Error,
     },
+    /// A statement of a dump or SQL file was refused before or while it ran: it reaches
+    /// beyond the one database a load builds (another schema or file, a function or
+    /// pragma a dump never uses, a write to the schema outside the shapes a dump
+    /// writes), or it needed more work or text than a dump of its size ever does.
+    /// Nothing of the load is kept.
+    #[error("{path} line {line}: refused {statement}: {why}")]
+    Refused {
+        /// The dump.
+        path: PathBuf,
+        /// First line of the statement.
+        line: u64,
+        /// The statement, shortened.
+        statement: String,
+        /// Why it was refused.
+        why: String,
+    },
     /// The input is not a complete sqlvault or SQL dump.
     #[error("{path}: {what}")]
     BadDump {

@@ -14,6 +14,7 @@ mod checksum;
 mod cipher;
 mod dump;
 mod error;
+mod guard;
 mod literal;
 mod load;
 mod snapshot;

@@ -11,6 +11,49 @@
 //! pragmas, any expression the fast path does not know) goes through SQLite as text,
 //! statement by statement (`sqlite3_complete`). Both paths apply the same column
 //! affinities, so the result is the same.
+//!
+//! # Untrusted input
+//!
+//! The SQL is untrusted: `sqlvault load` takes any file, and a dump snapshot's SQL was
+//! written on a backup host, which may be compromised. Checking the result afterwards
+//! cannot undo what a statement did while it ran (write another file, rewrite another
+//! database, run forever), so the input can only build the one database in the temporary
+//! file, and every statement is bounded. What is accepted:
+//!
+//! - DDL and DML on schema `main` only, on tables the input created (CREATE TABLE /
+//!   INDEX / VIEW / TRIGGER, INSERT, UPDATE, DELETE, SELECT, transactions); the pragmas a
+//!   dump writes (`page_size`, `auto_vacuum`, `encoding`, `foreign_keys`, `user_version`,
+//!   `application_id`, `journal_mode`); deterministic built-in functions (the list is in
+//!   `guard.rs`). Refused, with [`SqliteError::Refused`] naming the statement and the
+//!   reason: ATTACH/DETACH, VACUUM (it writes through an ATTACH), `temp`, any other pragma
+//!   or function (`load_extension`, `zeroblob`, …), CREATE VIRTUAL TABLE, DROP, ALTER,
+//!   ANALYZE and recursive CTEs. This is an authorizer: it runs when a statement
+//!   is prepared, so the fast path's cached INSERTs pay nothing per row, and a trigger's
+//!   body is held to the same rules when a statement that fires it is prepared.
+//! - SQLite's defensive mode is on, the schema is untrusted and extension loading off,
+//!   so that a gap in that list still could not write `sqlite_schema` or shadow tables.
+//! - `writable_schema`: a dump needs it for two things the SQL language cannot say —
+//!   creating `sqlite_sequence`/`sqlite_stat1`/`sqlite_stat4` exactly as the source had
+//!   them, and recording virtual tables as `sqlite_schema` rows so that no module code
+//!   runs during the load. Turned on by the input's text it would let the input rewrite
+//!   the schema into anything (an integrity bomb for whoever opens the file next). So
+//!   the input's `PRAGMA writable_schema=ON;` turns nothing on: it opens a section in
+//!   which the loader accepts only those two statement shapes, checks their values (the
+//!   internal table's CREATE is SQLite's own text; a virtual table's row has type
+//!   `table`, name = tbl_name, rootpage 0, a `CREATE VIRTUAL TABLE <name> USING
+//!   <module>` whose module this SQLite has, and a name not yet used), and runs a
+//!   constant statement of its own with those values, writable_schema on and defensive
+//!   mode off for that statement only. Anything else in the section is refused.
+//! - Work: a progress handler stops any statement whose work exceeds 10^8 VM steps plus
+//!   64 per byte of input read so far. Genuine dumps do work in proportion to their
+//!   size (the costliest statement, a CREATE INDEX over a big table, was measured at
+//!   0.2 steps per byte of the dump, see [`LoadReport::peak_steps`]); a recursive or
+//!   runaway query does not.
+//! - Size: a line may be up to 2 GB (the largest row SQLite can hold, as hex), and a
+//!   statement that goes to SQLite as text up to 10^9 bytes (SQLite's own limit);
+//!   [`LoadOptions::max_statement_bytes`] lowers both.
+//!
+//! A refusal, like any failure, leaves nothing behind: the temporary file is removed.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -24,6 +67,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use crate::cipher::{Unlock, apply_key};
 use crate::dump::{DUMP_HEADER, DUMP_TRAILER};
+use crate::guard::{BASE_STEPS, Guard, INTERNAL_CREATES, STEPS_PER_BYTE};
 use crate::{DbInfo, SqliteError, verify_file_with};
 
 /// Options for [`load`].
@@ -40,6 +84,9 @@ pub struct LoadOptions {
     /// given) instead of a plaintext one. The dump's `PRAGMA page_size` is then not
     /// applied: the settings' `page_size` is the database's.
     pub encrypt: Option<Unlock>,
+    /// The longest line and statement accepted, in bytes, if lower than the defaults
+    /// (see the module docs): a bound on the memory a load takes.
+    pub max_statement_bytes: Option<usize>,
 }
 
 impl LoadOptions {
@@ -51,6 +98,11 @@ impl LoadOptions {
     /// Sets `force`.
     pub fn with_force(mut self, yes: bool) -> Self {
         self.force = yes;
+        self
+    }
+    /// Sets the longest line and statement accepted.
+    pub fn with_max_statement_bytes(mut self, max: Option<usize>) -> Self {
+        self.max_statement_bytes = max;
         self
     }
     /// Sets the key and settings of an encrypted result.
@@ -80,6 +132,9 @@ pub struct LoadReport {
     pub load_seconds: f64,
     /// Seconds spent in integrity_check and the checksum.
     pub check_seconds: f64,
+    /// The most work one statement needed, in SQLite VM steps (counted in units of
+    /// 10,000), against the budget that stops a runaway statement: see the module docs.
+    pub peak_steps: u64,
 }
 
 /// Builds the database `dest` from the SQL read from `input` (`name` is used in
@@ -150,7 +205,7 @@ pub(crate) fn load_temp<R: BufRead>(
 
     let t0 = Instant::now();
     let run = (|| {
-        let conn = Connection::open(tmp.path()).map_err(|source| SqliteError::Sqlite {
+        let mut conn = Connection::open(tmp.path()).map_err(|source| SqliteError::Sqlite {
             path: tmp.path().to_path_buf(),
             source,
         })?;
@@ -173,10 +228,18 @@ pub(crate) fn load_temp<R: BufRead>(
             source,
         })?;
         conn.set_prepared_statement_cache_capacity(64);
-        let mut l = Loader::new(&conn, name);
+        let guard = Guard::install(&mut conn).map_err(|source| SqliteError::Sqlite {
+            path: tmp.path().to_path_buf(),
+            source,
+        })?;
+        let mut l = Loader::new(&conn, &guard, name);
         l.keep_cipher_page_size = encrypt.is_some();
+        if let Some(max) = opts.max_statement_bytes {
+            l.max_line = l.max_line.min(max);
+            l.max_sql = l.max_sql.min(max);
+        }
         l.run(input)?;
-        let out = (l.statements, l.fast_rows, l.header, l.trailer);
+        let out = (l.statements, l.fast_rows, l.header, l.trailer, guard.peak_steps());
         drop(l);
         conn.close().map_err(|(_, source)| SqliteError::Sqlite {
             path: tmp.path().to_path_buf(),
@@ -184,7 +247,7 @@ pub(crate) fn load_temp<R: BufRead>(
         })?;
         Ok::<_, SqliteError>(out)
     })();
-    let (statements, fast_rows, header, trailer) = run?;
+    let (statements, fast_rows, header, trailer, peak_steps) = run?;
     if header && trailer.is_none() {
         return Err(SqliteError::BadDump {
             path: name.to_path_buf(),
@@ -235,6 +298,7 @@ pub(crate) fn load_temp<R: BufRead>(
             fast_rows,
             load_seconds,
             check_seconds,
+            peak_steps,
         },
     ))
 }
@@ -288,10 +352,25 @@ enum Val {
     Blob(usize, usize),
 }
 
+/// The longest line read: a row of the largest size SQLite allows (`SQLITE_MAX_LENGTH`,
+/// 10^9 bytes) written as one hex BLOB, plus room for its table's column names.
+const MAX_LINE: usize = 2_000_000_000 + (64 << 20);
+/// The longest statement handed to SQLite as text: its own limit (`SQLITE_MAX_SQL_LENGTH`).
+const MAX_SQL: usize = 1_000_000_000;
+const WRITABLE_ON: &str = "PRAGMA writable_schema=ON;";
+const WRITABLE_OFF: &str = "PRAGMA writable_schema=OFF;";
+
 struct Loader<'c> {
     conn: &'c Connection,
+    guard: &'c Guard,
     name: &'c Path,
     line: u64,
+    /// Bytes of input read so far.
+    read: u64,
+    /// Inside a dump's `PRAGMA writable_schema=ON` … `OFF` section.
+    writable: bool,
+    max_line: usize,
+    max_sql: usize,
     pending: String,
     pending_line: u64,
     header: bool,
@@ -307,21 +386,50 @@ struct Loader<'c> {
     keep_cipher_page_size: bool,
 }
 
+/// The statement on one line, cut after 120 characters; reads no more of `s` than that
+/// needs (a statement may be a gigabyte long).
 fn shorten(s: &str) -> String {
-    let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() > 120 {
-        format!("{}…", one_line.chars().take(120).collect::<String>())
-    } else {
-        one_line
+    let mut out = String::new();
+    let mut n = 0;
+    let mut space = false;
+    for c in s.trim().chars() {
+        if c.is_whitespace() {
+            space = true;
+            continue;
+        }
+        if n == 120 {
+            out.push('…');
+            break;
+        }
+        if std::mem::take(&mut space) {
+            out.push(' ');
+            n += 1;
+            if n == 120 {
+                out.push('…');
+                break;
+            }
+        }
+        out.push(c);
+        n += 1;
     }
+    out
+}
+
+fn shorten_bytes(b: &[u8]) -> String {
+    shorten(&String::from_utf8_lossy(&b[..b.len().min(1024)]))
 }
 
 impl<'c> Loader<'c> {
-    fn new(conn: &'c Connection, name: &'c Path) -> Self {
+    fn new(conn: &'c Connection, guard: &'c Guard, name: &'c Path) -> Self {
         Loader {
             conn,
+            guard,
             name,
             line: 0,
+            read: 0,
+            writable: false,
+            max_line: MAX_LINE,
+            max_sql: MAX_SQL,
             pending: String::new(),
             pending_line: 0,
             header: false,
@@ -343,18 +451,55 @@ impl<'c> Loader<'c> {
         }
     }
 
+    fn refuse(&self, line: u64, statement: String, why: String) -> SqliteError {
+        SqliteError::Refused {
+            path: self.name.to_path_buf(),
+            line,
+            statement,
+            why,
+        }
+    }
+
+    /// The work the next statement may do: it grows with the input read so far.
+    fn budget(&self) -> u64 {
+        BASE_STEPS.saturating_add(STEPS_PER_BYTE.saturating_mul(self.read))
+    }
+
+    /// The error for a statement SQLite failed: a refusal if the guard stopped it.
+    fn failed(&self, line: u64, statement: String, source: rusqlite::Error) -> SqliteError {
+        match self.guard.refusal() {
+            Some(why) => self.refuse(line, statement, why),
+            None => SqliteError::Load {
+                path: self.name.to_path_buf(),
+                line,
+                statement,
+                source,
+            },
+        }
+    }
+
     fn run<R: BufRead>(&mut self, mut input: R) -> Result<(), SqliteError> {
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
             buf.clear();
-            let n = input.read_until(b'\n', &mut buf).map_err(|source| SqliteError::Io {
-                path: self.name.to_path_buf(),
-                source,
-            })?;
+            let n = std::io::Read::take(&mut input, self.max_line as u64 + 1)
+                .read_until(b'\n', &mut buf)
+                .map_err(|source| SqliteError::Io {
+                    path: self.name.to_path_buf(),
+                    source,
+                })?;
             if n == 0 {
                 break;
             }
             self.line += 1;
+            self.read += n as u64;
+            if buf.len() > self.max_line {
+                return Err(self.refuse(
+                    self.line,
+                    shorten_bytes(&buf),
+                    format!("the line is longer than the {} bytes a load accepts", self.max_line),
+                ));
+            }
             if self.trailer.is_some() && !buf.trim_ascii().is_empty() {
                 return Err(self.bad(format!("line {}: content after the dump's trailer", self.line)));
             }
@@ -367,7 +512,7 @@ impl<'c> Loader<'c> {
                     self.comment(text)?;
                     continue;
                 }
-                if self.fast_insert(&buf)? {
+                if !self.writable && self.fast_insert(&buf)? {
                     continue;
                 }
                 self.pending_line = self.line;
@@ -378,6 +523,15 @@ impl<'c> Loader<'c> {
                     self.line
                 ))
             })?;
+            if self.pending.len() + s.len() > self.max_sql {
+                let line = self.pending_line;
+                let text = if self.pending.is_empty() { s } else { &self.pending };
+                return Err(self.refuse(
+                    line,
+                    shorten(text),
+                    format!("the statement is longer than the {} bytes a load accepts", self.max_sql),
+                ));
+            }
             self.pending.push_str(s);
             if complete(&self.pending) {
                 self.exec_pending()?;
@@ -406,23 +560,115 @@ impl<'c> Loader<'c> {
     }
 
     fn exec_pending(&mut self) -> Result<(), SqliteError> {
-        if self.keep_cipher_page_size && self.header && self.pending.trim_start().starts_with("PRAGMA page_size=") {
-            self.statements += 1;
-            self.pending.clear();
-            return Ok(());
-        }
-        let r = self.conn.execute_batch(&self.pending);
         self.statements += 1;
-        if let Err(source) = r {
-            return Err(SqliteError::Load {
-                path: self.name.to_path_buf(),
-                line: self.pending_line,
-                statement: shorten(&self.pending),
-                source,
-            });
+        let text = self.pending.trim();
+        let on = text == WRITABLE_ON;
+        let skip = self.keep_cipher_page_size && self.header && text.starts_with("PRAGMA page_size=");
+        if self.writable {
+            self.schema_statement()?;
+        } else if on {
+            // Nothing is made writable here: the section's statements are checked and
+            // run one by one (schema_statement).
+            self.writable = true;
+        } else if skip {
+            // Left out on purpose (see keep_cipher_page_size).
+        } else {
+            self.guard.start(self.budget());
+            if let Err(source) = self.conn.execute_batch(&self.pending) {
+                return Err(self.failed(self.pending_line, shorten(&self.pending), source));
+            }
         }
         self.pending.clear();
         Ok(())
+    }
+
+    /// A statement between `PRAGMA writable_schema=ON;` and `OFF;`. A dump writes only
+    /// two shapes there: the CREATE TABLE of an internal table, and a virtual table's
+    /// `sqlite_schema` row. Each is recognised, its values checked, and then a constant
+    /// statement of this crate runs with those values, with writable_schema on and
+    /// defensive mode off for just that statement. The input's text itself never runs
+    /// with the schema writable.
+    fn schema_statement(&mut self) -> Result<(), SqliteError> {
+        let text = self.pending.trim();
+        let line = self.pending_line;
+        if text == WRITABLE_OFF {
+            self.writable = false;
+            return Ok(());
+        }
+        let sq = |source| SqliteError::Load {
+            path: self.name.to_path_buf(),
+            line,
+            statement: shorten(text),
+            source,
+        };
+        if let Some(create) = text
+            .strip_suffix(';')
+            .and_then(|body| INTERNAL_CREATES.iter().find(|c| **c == body))
+        {
+            return self
+                .guard
+                .trusted(self.conn, true, || {
+                    self.conn.execute_batch("PRAGMA writable_schema=ON")?;
+                    let r = self.conn.execute_batch(create);
+                    let off = self.conn.execute_batch("PRAGMA writable_schema=OFF");
+                    r.and(off)
+                })
+                .map_err(sq);
+        }
+        let Some((name, sql)) = parse_vtab_row(text) else {
+            return Err(self.refuse(
+                line,
+                shorten(text),
+                "while writable_schema is on, a load runs only what a dump writes there: the CREATE TABLE \
+                 of sqlite_sequence or sqlite_stat1/3/4, or INSERT INTO sqlite_schema(type,name,tbl_name,\
+                 rootpage,sql) VALUES('table',…) of a virtual table"
+                    .into(),
+            ));
+        };
+        let why = match vtab_module(&sql, &name) {
+            _ if name.len() >= 7 && name[..7].eq_ignore_ascii_case("sqlite_") => {
+                Some(format!("virtual table name {name:?} is reserved to SQLite"))
+            }
+            None => Some(format!(
+                "the schema row of {name:?} is not a CREATE VIRTUAL TABLE {name} USING … statement"
+            )),
+            Some(module) => {
+                let (known, taken): (bool, bool) = self
+                    .guard
+                    .trusted(self.conn, false, || {
+                        self.conn.query_row(
+                            "SELECT EXISTS(SELECT 1 FROM pragma_module_list WHERE name = ?1 COLLATE NOCASE),
+                                    EXISTS(SELECT 1 FROM sqlite_schema WHERE name = ?2 COLLATE NOCASE)",
+                            [&module, &name],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                    })
+                    .map_err(sq)?;
+                if !known {
+                    Some(format!(
+                        "virtual table {name:?} needs module {module:?}, which this SQLite lacks"
+                    ))
+                } else if taken {
+                    Some(format!("the schema already holds an object named {name:?}"))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(why) = why {
+            return Err(self.refuse(line, shorten(text), why));
+        }
+        self.guard
+            .trusted(self.conn, true, || {
+                self.conn.execute_batch("PRAGMA writable_schema=ON")?;
+                let r = self.conn.execute(
+                    "INSERT INTO sqlite_schema(type,name,tbl_name,rootpage,sql) VALUES('table',?1,?1,0,?2)",
+                    [&name, &sql],
+                );
+                let off = self.conn.execute_batch("PRAGMA writable_schema=OFF");
+                r.and(off)
+            })
+            .map_err(sq)
     }
 
     /// Runs `line` through the fast path if it is a one-line INSERT of plain literals.
@@ -455,6 +701,7 @@ impl<'c> Loader<'c> {
             self.sql.push_str(if i == 0 { "?" } else { ",?" });
         }
         self.sql.push(')');
+        self.guard.start(self.budget());
         let r = (|| {
             let mut stmt = self.conn.prepare_cached(&self.sql)?;
             for (i, v) in self.vals.iter().enumerate() {
@@ -473,12 +720,7 @@ impl<'c> Loader<'c> {
         self.fast_rows += 1;
         match r {
             Ok(_) => Ok(true),
-            Err(source) => Err(SqliteError::Load {
-                path: self.name.to_path_buf(),
-                line: self.line,
-                statement: shorten(&String::from_utf8_lossy(line)),
-                source,
-            }),
+            Err(source) => Err(self.failed(self.line, shorten_bytes(line), source)),
         }
     }
 }
@@ -528,6 +770,88 @@ fn parse_insert(line: &[u8], vals: &mut Vec<Val>, scratch: &mut Vec<u8>) -> Opti
     }
     p.lit(b";")?;
     (p.i == line.len()).then_some(prefix)
+}
+
+/// Parses a virtual table's schema row as a dump writes it (the stock shell's spelling,
+/// without the space before VALUES, too): `INSERT INTO sqlite_schema(type,name,tbl_name,
+/// rootpage,sql) VALUES('table',<name>,<name>,0,<sql>);`. Returns the name and the SQL.
+fn parse_vtab_row(text: &str) -> Option<(String, String)> {
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+    };
+    p.lit(b"INSERT INTO sqlite_schema(type,name,tbl_name,rootpage,sql)")?;
+    if p.peek() == Some(b' ') {
+        p.i += 1;
+    }
+    p.lit(b"VALUES(")?;
+    let mut sc = Vec::new();
+    let mut text_val = |p: &mut Parser<'_>| -> Option<String> {
+        sc.clear();
+        match p.value(&mut sc)? {
+            Val::Text(a, b) => String::from_utf8(sc[a..b].to_vec()).ok(),
+            _ => None,
+        }
+    };
+    let ty = text_val(&mut p)?;
+    p.lit(b",")?;
+    let name = text_val(&mut p)?;
+    p.lit(b",")?;
+    let tbl = text_val(&mut p)?;
+    p.lit(b",0,")?;
+    let sql = text_val(&mut p)?;
+    p.lit(b");")?;
+    (p.i == p.s.len() && ty == "table" && name == tbl && !sql.contains('\0')).then_some((name, sql))
+}
+
+/// The module of `sql` if it is `CREATE VIRTUAL TABLE <name> USING <module>…`, as SQLite
+/// stores every virtual table (its own prefix, then the statement from the name on).
+fn vtab_module(sql: &str, name: &str) -> Option<String> {
+    let prefix = "CREATE VIRTUAL TABLE ";
+    if sql.len() < prefix.len() || !sql[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let (ident, rest) = sql_ident(sql[prefix.len()..].trim_start())?;
+    if !ident.eq_ignore_ascii_case(name) {
+        return None;
+    }
+    let rest = rest.trim_start();
+    if rest.len() < 6 || !rest[..5].eq_ignore_ascii_case("USING") || !rest[5..].starts_with(char::is_whitespace) {
+        return None;
+    }
+    sql_ident(rest[5..].trim_start()).map(|(m, _)| m)
+}
+
+/// An SQL identifier at the start of `s` (bare, or quoted with `"`, `` ` ``, `[…]` or
+/// `'`), dequoted, and the rest of `s`.
+fn sql_ident(s: &str) -> Option<(String, &str)> {
+    let close = match s.chars().next()? {
+        '"' => '"',
+        '`' => '`',
+        '\'' => '\'',
+        '[' => ']',
+        c if c.is_alphanumeric() || c == '_' || !c.is_ascii() => {
+            let end = s
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$' || !c.is_ascii()))
+                .unwrap_or(s.len());
+            return Some((s[..end].to_string(), &s[end..]));
+        }
+        _ => return None,
+    };
+    let mut out = String::new();
+    let mut chars = s[1..].char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == close {
+            if close != ']' && s[1 + i + 1..].starts_with(close) {
+                out.push(close);
+                chars.next();
+                continue;
+            }
+            return Some((out, &s[1 + i + 1..]));
+        }
+        out.push(c);
+    }
+    None
 }
 
 struct Parser<'a> {

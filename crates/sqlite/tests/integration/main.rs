@@ -2,3 +2,4 @@
 
 mod cipher;
 mod dump;
+mod hostile;
