@@ -123,6 +123,7 @@ impl From<sqlvault_sqlite::SqliteError> for Error {
             S::Unreproducible { .. } => (ErrorKind::Source, "dump.unreproducible"),
             S::Output { .. } => (ErrorKind::Io, "dump.write-failed"),
             S::Load { .. } => (ErrorKind::Integrity, "load.statement-failed"),
+            S::Refused { .. } => (ErrorKind::Integrity, "load.statement-refused"),
             S::BadDump { .. } => (ErrorKind::Integrity, "load.bad-dump"),
             S::Verify { .. } => (ErrorKind::Integrity, "load.verify-failed"),
             S::Exists { .. } => (ErrorKind::Exists, "load.destination-exists"),
