@@ -2,6 +2,7 @@
 
 mod support;
 
+mod attacks;
 mod audit;
 mod backup_restore;
 mod corruption;
