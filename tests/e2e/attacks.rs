@@ -1,10 +1,75 @@
-//! Attacks from the trust model (docs/security.md), each played as the attacker would: a
-//! local user planting files beside a restore destination.
+//! Attacks from the trust model (docs/security.md), each played as the attacker would:
+//! a local user planting files beside a restore destination, and a backup host that
+//! uses its write key to commit snapshots made to mislead restore and retention.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sqlvault_engine::crypt::{Identities, Recipient, decrypt_to_vec, encrypt_to_vec, x25519_recipient_from_bytes};
+use sqlvault_engine::format::{Manifest, ObjectId, RepoSecret, decode_manifest, encode_manifest};
+
 use crate::support::{World, assert_no_leftovers, content};
+
+const YEAR_MS: i64 = 365 * 24 * 3_600_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Commits a new snapshot as a backup host holding the write key can: it takes the
+/// manifest of snapshot `from` (an id prefix), lets `edit` change it, gives it a fresh
+/// id, MACs it with the repository secret from the write key in SQLVAULT_HOME, encrypts
+/// it to the write key's recipients and the metadata key, and stores it under
+/// `snapshots/` of the local repository `repo`. Returns the new snapshot's id.
+fn forge_snapshot(w: &World, repo: &Path, from: &str, edit: impl FnOnce(&mut Manifest)) -> String {
+    let keys_dir = w.path("home/repos");
+    let repo_dirs: Vec<PathBuf> = std::fs::read_dir(&keys_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(repo_dirs.len(), 1, "one repository known to this host");
+    let wk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo_dirs[0].join("write-key.json")).unwrap()).unwrap();
+    let keys = RepoSecret::from_hex(wk["secret"].as_str().unwrap()).unwrap().keys();
+    let meta = keys.metadata_identity_bytes();
+    let meta_id = Identities::from_x25519_bytes(&meta);
+
+    let snaps = repo.join("snapshots");
+    let src: PathBuf = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(from))
+        .unwrap_or_else(|| panic!("no snapshot {from}"));
+    let id: ObjectId = src.file_name().unwrap().to_string_lossy().parse().unwrap();
+    let pt = decrypt_to_vec(&meta_id, &std::fs::read(&src).unwrap()).unwrap();
+    let mut m = decode_manifest(&keys, &pt, &id).unwrap();
+    edit(&mut m);
+    m.id = ObjectId::random();
+
+    let mut rs: Vec<Recipient> = wk["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().parse().unwrap())
+        .collect();
+    rs.push(x25519_recipient_from_bytes(&meta));
+    let ct = encrypt_to_vec(rs.iter(), &encode_manifest(&keys, &m)).unwrap();
+    std::fs::write(snaps.join(m.id.to_string()), ct).unwrap();
+    m.id.to_string()
+}
+
+fn snapshot_ids(w: &World, repo: &str) -> Vec<String> {
+    let j = w.run(&["snapshots", repo, "--json"]).ok().json();
+    j["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
 
 /// Names of the files in `dir`, sorted: what `ls` shows.
 fn ls(dir: &Path) -> Vec<String> {
@@ -154,4 +219,91 @@ fn attack_stale_side_files_beside_dump_restore_and_load_are_refused() {
     assert!(!journal.exists());
     assert_eq!(content(&loaded), content(Path::new(&db)));
     assert_no_leftovers(w.dir.path(), "dump restore and load");
+}
+
+/// Backup-host attacker: a snapshot dated five years ahead (of an old state) would be
+/// the newest for restore, verify and drill, and would fill `--keep-last` and every
+/// calendar bucket so forget removes the real snapshots. It is flagged, never the
+/// default choice, kept by no rule and not deleted by forget either; named by id it
+/// still restores.
+#[test]
+fn attack_future_dated_snapshot_is_never_the_newest_nor_fills_retention() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 1 << 20, true);
+    let old = w.run(&["backup", &db, &repo, "--json"]).ok().json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sqlvault_testkit::update_random(Path::new(&db), 0.05, 1).unwrap();
+    let real = w.run(&["backup", &db, &repo, "--json"]).ok().json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forged = forge_snapshot(&w, Path::new(&repo), &old, |m| m.created_ms = now_ms() + 5 * YEAR_MS);
+
+    let dest = w.s("restored.db");
+    let r = w.run(&["restore", &repo, &dest, "-i", &key, "--json"]).ok().json();
+    assert_eq!(
+        r["snapshot_id"],
+        real.as_str(),
+        "restore picks the newest real snapshot"
+    );
+    assert_eq!(content(Path::new(&dest)), content(Path::new(&db)));
+    let v = w.run(&["verify", &repo, "-i", &key, "--json"]).ok().json();
+    assert_eq!(v["snapshots"][0]["snapshot_id"], real.as_str());
+    let d = w
+        .run(&["drill", &repo, "-i", &key, "--log", &w.s("drill.jsonl"), "--json"])
+        .ok()
+        .json();
+    assert_eq!(d["records"].as_array().unwrap().len(), 1, "{d}");
+    assert_eq!(d["records"][0]["snapshot_id"], real.as_str(), "{d}");
+    let audit = w.run(&["audit", &db, "--repo", &repo, "-i", &key, "--json"]).stdout;
+    assert!(audit.contains("repo.future-dated-snapshot"), "{audit}");
+
+    let list = w.run(&["snapshots", &repo, "--json"]).ok().json();
+    for s in list["snapshots"].as_array().unwrap() {
+        assert_eq!(s["future_dated"], s["id"] == forged.as_str(), "{s}");
+    }
+    let text = w.run(&["snapshots", &repo]).ok().stdout;
+    let flagged: Vec<&str> = text.lines().filter(|l| l.contains("FUTURE-DATED")).collect();
+    assert_eq!(flagged.len(), 1, "{text}");
+    assert!(flagged[0].starts_with(&forged[..8]), "{text}");
+
+    // Retention: the forged snapshot would be the one --keep-last 1 and --keep-daily 1
+    // keep. It keeps nothing; the real newest is kept, the old one goes, and the forged
+    // one stays, marked, for an operator.
+    let plan = w
+        .run(&["forget", &repo, "--keep-last", "1", "--keep-daily", "1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(plan["future_dated"], 1, "{plan}");
+    let entries = plan["groups"][0]["snapshots"].as_array().unwrap();
+    let of = |id: &str| entries.iter().find(|e| e["id"] == id).unwrap().clone();
+    assert_eq!(of(&forged)["keep"], true);
+    assert_eq!(of(&forged)["future_dated"], true);
+    assert_eq!(of(&forged)["reasons"], serde_json::json!(["future-dated"]));
+    assert_eq!(of(&real)["keep"], true);
+    assert_eq!(
+        of(&real)["reasons"],
+        serde_json::json!(["last snapshot", "daily snapshot"])
+    );
+    assert_eq!(of(&old)["keep"], false);
+    let mut left = snapshot_ids(&w, &repo);
+    left.sort();
+    let mut want = vec![real.clone(), forged.clone()];
+    want.sort();
+    assert_eq!(left, want);
+
+    // --keep-within counts back from the newest real snapshot, not from the forgery.
+    w.run(&["forget", &repo, "--keep-within", "1h"]).ok();
+    assert_eq!(snapshot_ids(&w, &repo).len(), 2);
+
+    // Named explicitly, the forged snapshot still restores (to its own, old, state).
+    let explicit = w.s("explicit.db");
+    let r = w
+        .run(&["restore", &repo, &explicit, "-i", &key, "--snapshot", &forged, "--json"])
+        .ok()
+        .json();
+    assert_eq!(r["snapshot_id"], forged.as_str());
 }

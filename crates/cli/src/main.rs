@@ -728,8 +728,18 @@ fn time_str(ms: i64) -> String {
     )
 }
 
+/// Whether `m` is dated beyond this host's clock and [`sqlvault_engine::retention::CLOCK_SKEW`].
+fn future_dated(m: &Manifest) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    sqlvault_engine::retention::is_future_dated(m.created_ms, now)
+}
+
 fn snapshot_json(m: &Manifest) -> serde_json::Value {
     json!({
+        "future_dated": future_dated(m),
         "id": m.id.to_string(),
         "short_id": m.id.short(),
         "name": m.name,
@@ -918,16 +928,24 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 );
                 for m in &snaps {
                     println!(
-                        "{:<10} {:<21} {:<24} {:<6} {:>10} {:>12}",
+                        "{:<10} {:<21} {:<24} {:<6} {:>10} {:>12}{}",
                         m.id.short(),
                         time_str(m.created_ms),
                         m.name,
                         m.kind,
                         m.page_count,
-                        human(m.db_size())
+                        human(m.db_size()),
+                        if future_dated(m) { "  FUTURE-DATED" } else { "" }
                     );
                 }
                 println!("{} snapshots", snaps.len());
+                let future = snaps.iter().filter(|m| future_dated(m)).count();
+                if future > 0 {
+                    println!(
+                        "{future} future-dated (more than {} ahead of this host's clock): never picked as the newest, kept by no retention rule; see README, Retention",
+                        sqlvault_engine::retention::describe(sqlvault_engine::retention::CLOCK_SKEW)
+                    );
+                }
             }
             Ok(0)
         }
@@ -1649,6 +1667,12 @@ async fn forget(a: ForgetArgs) -> Result<u8, Error> {
             "removed"
         }
     );
+    if rep.future_dated > 0 {
+        println!(
+            "{} future-dated snapshot(s) kept by no rule and not removed: look at them (README, Retention)",
+            rep.future_dated
+        );
+    }
     if let Some(p) = &pruned {
         print_prune(p);
     }
