@@ -1,6 +1,7 @@
 //! Attacks from the trust model (docs/security.md), each played as the attacker would:
 //! a local user planting files beside a restore destination, and a backup host that
-//! uses its write key to commit snapshots made to mislead restore and retention.
+//! uses its write key to commit snapshots made to mislead restore, retention and the
+//! terminal of whoever lists them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -306,4 +307,71 @@ fn attack_future_dated_snapshot_is_never_the_newest_nor_fills_retention() {
         .ok()
         .json();
     assert_eq!(r["snapshot_id"], forged.as_str());
+}
+
+/// Backup-host attacker: a database name chosen to drive the terminal of whoever lists
+/// snapshots (set the title, clear the screen) or to forge output lines. Every text
+/// output prints it escaped; no raw ESC or BEL reaches stdout or stderr.
+#[test]
+fn attack_terminal_escapes_in_snapshot_names_are_printed_escaped() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 1 << 20, true);
+    let real = w.run(&["backup", &db, &repo, "--json"]).ok().json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let evil = "app\x1b]0;pwned\x07\x1b[2J\nFORGED LINE\r\u{202e}";
+    let forged = forge_snapshot(&w, Path::new(&repo), &real, |m| {
+        m.name = evil.into();
+        m.host = "host\x1b[31m".into();
+        m.source_path = "/srv/\x1b[2J.db".into();
+    });
+    let log = w.s("drill.jsonl");
+    let runs = [
+        w.run(&["snapshots", &repo]).ok(),
+        w.run(&["drill", &repo, "-i", &key, "--log", &log]).ok(),
+        w.run(&["restore", &repo, &w.s("a.db"), "-i", &key, "--snapshot", &forged])
+            .ok(),
+        w.run(&["restore", &repo, &w.s("b.db"), "-i", &key, "--name", evil])
+            .ok(),
+        w.run(&["verify", &repo, "-i", &key, "--all"]).ok(),
+        w.run(&["forget", &repo, "--keep-last", "1", "--dry-run"]).ok(),
+        w.run(&["audit", &db, "--repo", &repo, "-i", &key]),
+        // Error messages quote names too.
+        w.run(&[
+            "restore",
+            &repo,
+            &w.s("c.db"),
+            "-i",
+            &key,
+            "--name",
+            &format!("{evil}x"),
+        ])
+        .fails(4),
+    ];
+    for r in &runs {
+        for out in [&r.stdout, &r.stderr] {
+            assert!(
+                !out.contains(['\x1b', '\x07', '\r', '\u{202e}']),
+                "raw control character in output: {out:?}"
+            );
+            assert!(!out.lines().any(|l| l.starts_with("FORGED LINE")), "{out:?}");
+        }
+    }
+    let listing = &runs[0].stdout;
+    assert!(
+        listing.contains("app\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{a}FORGED LINE"),
+        "{listing}"
+    );
+    // JSON keeps the name exactly, escaped by JSON's own rules.
+    let j = w.run(&["snapshots", &repo, "--json"]).ok();
+    assert!(!j.stdout.contains(['\x1b', '\x07', '\u{202e}']), "{:?}", j.stdout);
+    let names: Vec<String> = j.json()["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&evil.to_string()), "{names:?}");
 }
