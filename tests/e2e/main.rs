@@ -2,6 +2,7 @@
 
 mod support;
 
+mod attacks;
 mod attacks_bucket;
 mod audit;
 mod backup_restore;

@@ -15,6 +15,48 @@ use sqlvault_engine::sqlite::{AtRest, CipherSettings, ConvertOptions, DbKey, Unl
 use sqlvault_engine::store::Store;
 use sqlvault_engine::{Access, Error, ErrorKind, InitKeys, Repo, Trust};
 
+// Text output. Names, paths and messages printed here come from repositories (a write
+// key chooses a snapshot's database name, host and source path), from databases and
+// from error messages that quote them: every line goes through [`terminal_safe`], so
+// none can carry a terminal escape sequence or break the line it is printed in. These
+// shadow std's macros in this file; JSON goes through `print_json`.
+macro_rules! println {
+    () => { ::std::println!() };
+    ($($arg:tt)*) => { ::std::println!("{}", $crate::terminal_safe(&::std::format!($($arg)*))) };
+}
+macro_rules! eprintln {
+    () => { ::std::eprintln!() };
+    ($($arg:tt)*) => { ::std::eprintln!("{}", $crate::terminal_safe(&::std::format!($($arg)*))) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { ::std::eprint!("{}", $crate::terminal_safe(&::std::format!($($arg)*))) };
+}
+
+/// Whether `c` must not reach a terminal raw: control characters (C0, DEL, C1: ESC
+/// starts escape sequences, CR and LF break lines) and the bidirectional controls that
+/// reorder what is displayed.
+fn unsafe_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every character [`unsafe_on_terminal`] written as `\u{..}`, as
+/// `escape_debug` writes it: one printed line, and what it shows is what it holds.
+fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(unsafe_on_terminal) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_on_terminal(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "sqlvault",
@@ -737,8 +779,18 @@ fn time_str(ms: i64) -> String {
     )
 }
 
+/// Whether `m` is dated beyond this host's clock and [`sqlvault_engine::retention::CLOCK_SKEW`].
+fn future_dated(m: &Manifest) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    sqlvault_engine::retention::is_future_dated(m.created_ms, now)
+}
+
 fn snapshot_json(m: &Manifest) -> serde_json::Value {
     json!({
+        "future_dated": future_dated(m),
         "id": m.id.to_string(),
         "short_id": m.id.short(),
         "name": m.name,
@@ -763,7 +815,18 @@ fn print_json(v: &serde_json::Value) {
     if let Some(o) = v.as_object_mut() {
         o.insert("requests".into(), json!(command_requests()));
     }
-    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    let text = serde_json::to_string_pretty(&v).expect("json");
+    // serde_json escapes C0 controls; the others (DEL, C1, bidi) can only occur inside
+    // strings, where `\uXXXX` means the same character.
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c != '\n' && unsafe_on_terminal(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    ::std::println!("{out}");
 }
 
 fn human(n: u64) -> String {
@@ -841,7 +904,8 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
             let quiet = a.json || !std::io::stderr().is_terminal();
             let rep = sqlvault_engine::rewrap(&repo, |done, total| {
                 if !quiet {
-                    eprint!("\rrewrapped {done}/{total}");
+                    ::std::eprint!("\r");
+                    eprint!("rewrapped {done}/{total}");
                 }
             })
             .await?;
@@ -927,16 +991,24 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 );
                 for m in &snaps {
                     println!(
-                        "{:<10} {:<21} {:<24} {:<6} {:>10} {:>12}",
+                        "{:<10} {:<21} {:<24} {:<6} {:>10} {:>12}{}",
                         m.id.short(),
                         time_str(m.created_ms),
                         m.name,
                         m.kind,
                         m.page_count,
-                        human(m.db_size())
+                        human(m.db_size()),
+                        if future_dated(m) { "  FUTURE-DATED" } else { "" }
                     );
                 }
                 println!("{} snapshots", snaps.len());
+                let future = snaps.iter().filter(|m| future_dated(m)).count();
+                if future > 0 {
+                    println!(
+                        "{future} future-dated (more than {} ahead of this host's clock): never picked as the newest, kept by no retention rule; see README, Retention",
+                        sqlvault_engine::retention::describe(sqlvault_engine::retention::CLOCK_SKEW)
+                    );
+                }
             }
             Ok(0)
         }
@@ -1679,6 +1751,12 @@ async fn forget(a: ForgetArgs) -> Result<u8, Error> {
             "removed"
         }
     );
+    if rep.future_dated > 0 {
+        println!(
+            "{} future-dated snapshot(s) kept by no rule and not removed: look at them (README, Retention)",
+            rep.future_dated
+        );
+    }
     if let Some(p) = &pruned {
         print_prune(p);
     }

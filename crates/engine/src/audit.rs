@@ -181,7 +181,29 @@ async fn ages(
         });
     }
     for name in names {
-        let newest = snaps.iter().filter(|m| m.name == name).max_by_key(|m| m.created_ms);
+        // A future-dated snapshot would look fresh for years: it is a finding of its
+        // own, and never the newest.
+        for m in snaps
+            .iter()
+            .filter(|m| m.name == name && crate::retention::is_future_dated(m.created_ms, now))
+        {
+            report.findings.push(Finding {
+                severity: Severity::High,
+                code: "repo.future-dated-snapshot",
+                path: where_.clone(),
+                message: format!(
+                    "snapshot {} of {name} is dated {:.1} h ahead of this host's clock: restore, drill and retention ignore it",
+                    &m.id.to_string()[..8],
+                    hours(m.created_ms - now)
+                ),
+                fix: "check the clock of the host that made it (or who holds its write key); sqlvault snapshots REPO shows it".into(),
+                fixed: false,
+            });
+        }
+        let newest = snaps
+            .iter()
+            .filter(|m| m.name == name && !crate::retention::is_future_dated(m.created_ms, now))
+            .max_by_key(|m| m.created_ms);
         match newest {
             None => report.findings.push(Finding {
                 severity: Severity::High,

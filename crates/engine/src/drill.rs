@@ -183,10 +183,21 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
 }
 
 /// The newest snapshot of each name, by name: `snaps` comes oldest first (by the
-/// creation time in the manifest), so the last of each name wins.
+/// creation time in the manifest), so the last of each name wins. Future-dated
+/// snapshots ([`crate::retention::is_future_dated`]) never win: a drill proves the
+/// snapshots restore would pick, and restore does not pick them.
 fn newest_per_name(snaps: Vec<Manifest>, only: Option<&str>) -> Vec<Manifest> {
+    let now = now_ms();
     let mut by_name = std::collections::BTreeMap::new();
     for m in snaps.into_iter().filter(|m| only.is_none_or(|n| n == m.name)) {
+        if crate::retention::is_future_dated(m.created_ms, now) {
+            tracing::warn!(
+                "skipping snapshot {}: dated more than {} ahead of this host's clock",
+                m.id.short(),
+                crate::retention::describe(crate::retention::CLOCK_SKEW)
+            );
+            continue;
+        }
         by_name.insert(m.name.clone(), m);
     }
     by_name.into_values().collect()

@@ -127,6 +127,7 @@ impl From<sqlvault_sqlite::SqliteError> for Error {
             S::BadDump { .. } => (ErrorKind::Integrity, "load.bad-dump"),
             S::Verify { .. } => (ErrorKind::Integrity, "load.verify-failed"),
             S::Exists { .. } => (ErrorKind::Exists, "load.destination-exists"),
+            S::StaleSideFile { .. } => (ErrorKind::Exists, "load.stale-side-files"),
             S::Encrypted { .. } => (ErrorKind::Auth, "source.key-required"),
             S::WrongKey { .. } => (ErrorKind::Auth, "source.wrong-key"),
             S::NotEncrypted { .. } => (ErrorKind::Usage, "source.not-encrypted"),

@@ -1,11 +1,13 @@
 //! `forget`: removes snapshot manifests by a retention policy ([`crate::retention`]).
 //! Only manifests go; the data they referenced becomes garbage for `prune`.
+//! Future-dated snapshots ([`retention::is_future_dated`]) take part in no rule and are
+//! kept, marked `future-dated` in the plan: removing one is an operator's decision.
 
 use serde::Serialize;
 use sqlvault_format::{Manifest, layout};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::Repo;
+use crate::repo::{Repo, now_ms};
 use crate::retention::{self, Policy};
 
 /// Options for [`forget`].
@@ -56,8 +58,11 @@ pub struct PlanEntry {
     pub created_ms: i64,
     /// Whether it stays.
     pub keep: bool,
-    /// The rules that kept it.
+    /// The rules that kept it (`"future-dated"` for a future-dated snapshot).
     pub reasons: Vec<String>,
+    /// Its creation time is more than [`retention::CLOCK_SKEW`] ahead of this host's
+    /// clock: kept, by no rule, for an operator to look at.
+    pub future_dated: bool,
 }
 
 /// The plan for one database name, newest first.
@@ -82,6 +87,8 @@ pub struct ForgetReport {
     pub kept: usize,
     /// Snapshots removed (or to remove).
     pub removed: usize,
+    /// Future-dated snapshots (counted in `kept`).
+    pub future_dated: usize,
 }
 
 /// Applies the policy to the repository's snapshots, by database name, and deletes the
@@ -105,19 +112,25 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
             format!("no snapshot of {n} in {}", repo.store.describe()),
         ));
     }
+    let now = now_ms();
     let mut groups = Vec::new();
     let mut doomed: Vec<&Manifest> = Vec::new();
     for name in names {
         let group: Vec<&Manifest> = snaps.iter().filter(|m| m.name == name).collect();
         let times: Vec<i64> = group.iter().map(|m| m.created_ms).collect();
-        let verdicts = retention::apply(&times, &opts.policy, retention::local_civil);
-        if !verdicts.iter().any(|v| v.keep) && !opts.allow_remove_all {
+        let verdicts = retention::apply(&times, now, &opts.policy, retention::local_civil);
+        // Future-dated snapshots are kept by no rule: they do not make a policy that
+        // removes every real snapshot of the name acceptable.
+        if verdicts.iter().any(|v| !v.future_dated)
+            && !verdicts.iter().any(|v| v.keep && !v.future_dated)
+            && !opts.allow_remove_all
+        {
             return Err(Error::new(
                 ErrorKind::Usage,
                 "forget.would-remove-all",
                 format!(
                     "the policy keeps none of the {} snapshots of {name}: refusing (give a --keep-* rule, or --remove-all to remove them all)",
-                    group.len()
+                    verdicts.iter().filter(|v| !v.future_dated).count()
                 ),
             ));
         }
@@ -131,12 +144,24 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
                     created_ms: group[v.index].created_ms,
                     keep: v.keep,
                     reasons: v.reasons,
+                    future_dated: v.future_dated,
                 })
                 .collect(),
         });
     }
     let removed = doomed.len();
     let kept = groups.iter().map(|g| g.snapshots.len()).sum::<usize>() - removed;
+    let future_dated = groups
+        .iter()
+        .flat_map(|g| &g.snapshots)
+        .filter(|e| e.future_dated)
+        .count();
+    if future_dated > 0 {
+        tracing::warn!(
+            "{future_dated} snapshot(s) are dated more than {} ahead of this host's clock: kept by no rule and not removed; see README, Retention",
+            retention::describe(retention::CLOCK_SKEW)
+        );
+    }
     if !opts.dry_run {
         // One manifest at a time: a kill leaves some forgotten and the rest intact, and
         // running forget again applies the policy to what is left.
@@ -151,5 +176,6 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
         groups,
         kept,
         removed,
+        future_dated,
     })
 }

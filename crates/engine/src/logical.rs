@@ -171,6 +171,7 @@ pub struct LoadSummary {
 /// [`sqlvault_sqlite::load`] for the guarantees.
 pub fn load_file(input: &Path, dest: &Path, force: bool) -> Result<LoadSummary> {
     existing_dir(dest, "load.no-directory", "destination")?;
+    crate::restore::stale_side_files(dest, force, "load.stale-side-files")?;
     let opts = LoadOptions::default().with_force(force);
     let r = if input == Path::new("-") {
         sqlvault_sqlite::load(std::io::stdin().lock(), Path::new("<stdin>"), dest, &opts)?

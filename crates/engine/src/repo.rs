@@ -1035,19 +1035,33 @@ impl Repo {
     }
 
     /// [`Repo::find_snapshot`] over snapshots already listed (oldest first): the one a
-    /// unique id prefix names, or the newest, among those of `name` if given.
+    /// unique id prefix names, or the newest, among those of `name` if given. The newest
+    /// is never a future-dated snapshot ([`crate::retention::is_future_dated`]): one
+    /// dated years ahead would otherwise be restored in place of every real one. Named
+    /// by id, a future-dated snapshot is found like any other.
     pub(crate) fn pick_snapshot<'a>(
         &self,
         all: &'a [Manifest],
         id: Option<&str>,
         name: Option<&str>,
     ) -> Result<&'a Manifest> {
-        let matching: Vec<&Manifest> = all
+        let now = now_ms();
+        let (matching, future): (Vec<&Manifest>, Vec<&Manifest>) = all
             .iter()
             .filter(|m| name.is_none_or(|n| m.name == n))
             .filter(|m| id.is_none_or(|p| m.id.to_string().starts_with(&p.to_lowercase())))
-            .collect();
+            .partition(|m| id.is_some() || !crate::retention::is_future_dated(m.created_ms, now));
         match (id, matching.len()) {
+            (None, 0) if !future.is_empty() => Err(Error::new(
+                ErrorKind::NotFound,
+                "snapshot.only-future-dated",
+                format!(
+                    "the only snapshots{} in {} are future-dated (more than {} ahead of this host's clock); name one with --snapshot if you trust it",
+                    name.map(|n| format!(" of {n}")).unwrap_or_default(),
+                    self.store.describe(),
+                    crate::retention::describe(crate::retention::CLOCK_SKEW)
+                ),
+            )),
             (_, 0) => Err(Error::new(
                 ErrorKind::NotFound,
                 "snapshot.not-found",

@@ -205,6 +205,7 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
             format!("{} exists; pass --force to replace it", dest.display()),
         ));
     }
+    stale_side_files(&dest, opts.force, "restore.stale-side-files")?;
 
     let unlock = db_unlock(m, opts.db_key.as_ref())?;
     match m.kind.as_str() {
@@ -284,6 +285,9 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
                 dest.display()
             ),
         ),
+        sqlvault_sqlite::SqliteError::StaleSideFile { path } => {
+            side_file_error(&[path], &dest, "restore.stale-side-files")
+        }
         sqlvault_sqlite::SqliteError::Io { path, source } => {
             io_err(format!("cannot install the restore at {}", path.display()), source)
         }
@@ -371,6 +375,51 @@ async fn restore_dump(
         encrypted,
         requests: repo.store.stats().since(before),
     })
+}
+
+/// Checks for the files SQLite keeps beside a database (`-wal`, `-shm`, `-journal`)
+/// next to the destination `dest` of a restore or load, before anything is written:
+/// SQLite would apply a stale WAL or hot journal to the new file on its first open,
+/// replacing verified content with whatever database wrote them.
+///
+/// Without `force` they are refused ([`ErrorKind::Exists`], `code`, naming them). With
+/// `force`, when `dest` exists they are removed with it, just before the verified file
+/// is renamed into place ([`sqlvault_sqlite::install`]); when it does not they belong
+/// to no database, and go now (a load installs a new destination without replacing).
+pub(crate) fn stale_side_files(dest: &Path, force: bool, code: &'static str) -> Result<()> {
+    let sides =
+        sqlvault_sqlite::side_files(dest).map_err(|e| io_err(format!("cannot look beside {}", dest.display()), e))?;
+    if sides.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        return Err(side_file_error(&sides, dest, code));
+    }
+    if std::fs::symlink_metadata(dest).is_err() {
+        for side in sides {
+            tracing::info!(file = %side.display(), "removing a stale side file of the destination");
+            match std::fs::remove_file(&side) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(format!("cannot remove {}", side.display()), e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn side_file_error(sides: &[PathBuf], dest: &Path, code: &'static str) -> Error {
+    let names: Vec<String> = sides.iter().map(|p| p.display().to_string()).collect();
+    let it = if sides.len() == 1 { "it" } else { "them" };
+    Error::new(
+        ErrorKind::Exists,
+        code,
+        format!(
+            "stale {} beside {}: SQLite would apply {it} to the new database when it first opens it (remove {it}, or pass --force)",
+            names.join(", "),
+            dest.display(),
+        ),
+    )
 }
 
 /// Where each chunk of a snapshot goes in the file being rebuilt.

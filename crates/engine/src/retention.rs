@@ -12,10 +12,29 @@
 //! a young repository keeps its whole history. `--keep-last n` keeps the `n` newest,
 //! `--keep-within d` every snapshot no older than `d` before the newest one (not before
 //! now: a host that stopped backing up does not lose its last snapshots to the clock).
+//!
+//! A snapshot whose recorded creation time is more than [`CLOCK_SKEW`] ahead of this
+//! host's clock is *future-dated*: a backup host's clock far off, or a write-key holder
+//! dating snapshots years ahead so that they would fill every bucket and push the real
+//! ones out. A future-dated snapshot takes part in no rule — it is kept by none, uses up
+//! no bucket and is not the newest `--keep-within` counts from — and is kept, marked
+//! `future-dated`, for an operator to look at: forget never deletes it on its own.
 
 use std::time::Duration;
 
 use serde::Serialize;
+
+/// How far ahead of this host's clock a snapshot's recorded creation time may be before
+/// it is future-dated ([`is_future_dated`]): the one place this bound is set. Ten
+/// minutes absorbs ordinary clock drift between backup hosts and this one.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(10 * 60);
+
+/// Whether a snapshot created at `created_ms` is future-dated at `now_ms`: more than
+/// [`CLOCK_SKEW`] ahead. Such a snapshot is never chosen as "the newest" by default
+/// (restore, verify, drill), keeps no retention bucket, and is flagged where listed.
+pub fn is_future_dated(created_ms: i64, now_ms: i64) -> bool {
+    created_ms > now_ms.saturating_add(CLOCK_SKEW.as_millis() as i64)
+}
 
 /// How many snapshots to keep, by rule. All zero (and no `within`) is the empty policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -115,17 +134,23 @@ pub struct Verdict {
     /// Whether it stays.
     pub keep: bool,
     /// The rules that kept it (`"last snapshot"`, `"daily snapshot"`, `"oldest weekly
-    /// snapshot"`, `"within 7d"` …); empty when removed.
+    /// snapshot"`, `"within 7d"` …, or `"future-dated"`); empty when removed.
     pub reasons: Vec<String>,
+    /// Its creation time is future-dated ([`is_future_dated`]): kept, by no rule.
+    pub future_dated: bool,
 }
 
 /// Applies `policy` to snapshots given by creation time (ms since the epoch), in any
-/// order; returns one verdict per input, newest first. `civil` maps an instant to its
-/// calendar position ([`local_civil`] for the local time zone, as restic does).
-pub fn apply(created_ms: &[i64], policy: &Policy, civil: impl Fn(i64) -> Civil) -> Vec<Verdict> {
+/// order, at `now_ms`; returns one verdict per input, newest first. `civil` maps an
+/// instant to its calendar position ([`local_civil`] for the local time zone, as restic
+/// does). Future-dated snapshots ([`is_future_dated`]) come first, kept with the reason
+/// `"future-dated"`; the rules apply to the others only.
+pub fn apply(created_ms: &[i64], now_ms: i64, policy: &Policy, civil: impl Fn(i64) -> Civil) -> Vec<Verdict> {
     let mut order: Vec<usize> = (0..created_ms.len()).collect();
     // Newest first; equal times fall back to input order for a stable plan.
     order.sort_by(|&a, &b| created_ms[b].cmp(&created_ms[a]).then(a.cmp(&b)));
+    let (future, order): (Vec<usize>, Vec<usize>) =
+        order.into_iter().partition(|&i| is_future_dated(created_ms[i], now_ms));
     let newest = order.first().map(|&i| created_ms[i]);
 
     type Bucket = fn(&Civil, usize) -> i64;
@@ -148,42 +173,46 @@ pub fn apply(created_ms: &[i64], policy: &Policy, civil: impl Fn(i64) -> Civil) 
         (policy.yearly, |c, _| c.year as i64, "yearly", None),
     ];
     let count = order.len();
-    order
-        .iter()
-        .enumerate()
-        .map(|(nr, &i)| {
-            let t = created_ms[i];
-            let cv = civil(t);
-            let mut reasons = Vec::new();
-            for (left, bucket, what, last) in rules.iter_mut() {
-                if *left == 0 {
-                    continue;
-                }
-                let val = bucket(&cv, nr);
-                let oldest = nr == count - 1;
-                if Some(val) != *last || oldest {
-                    let reason = if Some(val) == *last {
-                        format!("oldest {what} snapshot")
-                    } else {
-                        format!("{what} snapshot")
-                    };
-                    reasons.push(reason);
-                    *last = Some(val);
-                    *left -= 1;
-                }
+    let future = future.into_iter().map(|i| Verdict {
+        index: i,
+        keep: true,
+        reasons: vec!["future-dated".into()],
+        future_dated: true,
+    });
+    let ruled = order.iter().enumerate().map(|(nr, &i)| {
+        let t = created_ms[i];
+        let cv = civil(t);
+        let mut reasons = Vec::new();
+        for (left, bucket, what, last) in rules.iter_mut() {
+            if *left == 0 {
+                continue;
             }
-            if let (Some(d), Some(newest)) = (policy.within, newest)
-                && t >= newest.saturating_sub(d.as_millis() as i64)
-            {
-                reasons.push(format!("within {}", describe(d)));
+            let val = bucket(&cv, nr);
+            let oldest = nr == count - 1;
+            if Some(val) != *last || oldest {
+                let reason = if Some(val) == *last {
+                    format!("oldest {what} snapshot")
+                } else {
+                    format!("{what} snapshot")
+                };
+                reasons.push(reason);
+                *last = Some(val);
+                *left -= 1;
             }
-            Verdict {
-                index: i,
-                keep: !reasons.is_empty(),
-                reasons,
-            }
-        })
-        .collect()
+        }
+        if let (Some(d), Some(newest)) = (policy.within, newest)
+            && t >= newest.saturating_sub(d.as_millis() as i64)
+        {
+            reasons.push(format!("within {}", describe(d)));
+        }
+        Verdict {
+            index: i,
+            keep: !reasons.is_empty(),
+            reasons,
+            future_dated: false,
+        }
+    });
+    future.chain(ruled).collect()
 }
 
 fn day_key(c: &Civil) -> i64 {
@@ -277,8 +306,11 @@ mod tests {
         (days_from_civil(y, m, d) * 86_400 + h as i64 * 3600) * 1000
     }
 
+    /// A clock after every test date: nothing in these tests is future-dated.
+    const NOW: i64 = i64::MAX / 2;
+
     fn kept(times: &[i64], p: Policy) -> Vec<i64> {
-        let mut v: Vec<i64> = apply(times, &p, utc_civil)
+        let mut v: Vec<i64> = apply(times, NOW, &p, utc_civil)
             .into_iter()
             .filter(|v| v.keep)
             .map(|v| times[v.index])
@@ -341,7 +373,7 @@ mod tests {
         let base = ms(2026, 1, 5, 0); // a Monday
         let times: Vec<i64> = (0..60).map(|i| base + i * D + 12 * H).collect();
         let p = Policy::new().with_last(2).with_daily(3).with_weekly(2).with_monthly(2);
-        let v = apply(&times, &p, utc_civil);
+        let v = apply(&times, NOW, &p, utc_civil);
         let newest = &v[0];
         assert_eq!(times[newest.index], base + 59 * D + 12 * H);
         assert_eq!(
@@ -366,7 +398,7 @@ mod tests {
         let p = Policy::new().with_within(Some(Duration::from_secs(2 * 86_400)));
         // Years before now, yet the last two days before the newest are kept.
         assert_eq!(kept(&times, p), vec![old + 5 * D, old + 6 * D]);
-        let v = apply(&times, &p, utc_civil);
+        let v = apply(&times, NOW, &p, utc_civil);
         assert_eq!(v[0].reasons, vec!["within 2d"]);
     }
 
@@ -375,7 +407,7 @@ mod tests {
         let times = [1, 2, 3];
         assert!(Policy::new().is_empty());
         assert!(kept(&times, Policy::new()).is_empty());
-        assert!(apply(&[], &Policy::new().with_last(3), utc_civil).is_empty());
+        assert!(apply(&[], NOW, &Policy::new().with_last(3), utc_civil).is_empty());
     }
 
     #[test]
@@ -383,5 +415,65 @@ mod tests {
         assert_eq!(describe(Duration::from_secs(7 * 86_400)), "1w");
         assert_eq!(describe(Duration::from_secs(36 * 3600)), "36h");
         assert_eq!(describe(Duration::from_secs(90)), "90s");
+    }
+
+    /// A write-key holder dates snapshots years ahead: were they ordered with the real
+    /// ones they would be the newest of every bucket and `--keep-last`, and the
+    /// `--keep-within` reference, and every real snapshot would go.
+    #[test]
+    fn future_dated_snapshots_keep_no_bucket_and_are_kept_marked() {
+        let now = ms(2026, 3, 10, 12);
+        let real: Vec<i64> = (0..10).map(|i| now - (9 - i) * D).collect(); // 10 days, one a day
+        let mut times = real.clone();
+        // One per day for 5 days, five years ahead, and one per year beyond.
+        times.extend((0..5).map(|i| now + 5 * 365 * D + i * D));
+        times.extend((6..9).map(|y| now + y * 365 * D));
+        let p = Policy::new()
+            .with_last(3)
+            .with_daily(3)
+            .with_yearly(2)
+            .with_within(Some(Duration::from_secs(2 * 86_400)));
+        let v = apply(&times, now, &p, utc_civil);
+        assert_eq!(v.len(), times.len());
+        // Every future-dated one is kept, flagged, and by no rule.
+        let forged: Vec<&Verdict> = v.iter().filter(|v| times[v.index] > now).collect();
+        assert_eq!(forged.len(), 8);
+        for f in &forged {
+            assert!(f.keep && f.future_dated, "{f:?}");
+            assert_eq!(f.reasons, vec!["future-dated"]);
+        }
+        // The real ones get exactly what they would get with no forgery present.
+        let alone = apply(&real, now, &p, utc_civil);
+        let by_time = |vs: &[Verdict], ts: &[i64]| {
+            let mut out: Vec<(i64, bool, Vec<String>)> = vs
+                .iter()
+                .filter(|v| !v.future_dated)
+                .map(|v| (ts[v.index], v.keep, v.reasons.clone()))
+                .collect();
+            out.sort();
+            out
+        };
+        assert_eq!(by_time(&v, &times), by_time(&alone, &real));
+        // In particular the newest real snapshot holds its buckets and the within window.
+        let newest = v.iter().find(|v| times[v.index] == now).unwrap();
+        assert_eq!(
+            newest.reasons,
+            vec!["last snapshot", "daily snapshot", "yearly snapshot", "within 2d"]
+        );
+        assert_eq!(kept(&real, p).len(), alone.iter().filter(|v| v.keep).count());
+    }
+
+    #[test]
+    fn the_skew_bound_is_exclusive_and_relative_to_now() {
+        let now = ms(2026, 3, 10, 12);
+        let skew = CLOCK_SKEW.as_millis() as i64;
+        assert!(!is_future_dated(now + skew, now));
+        assert!(is_future_dated(now + skew + 1, now));
+        assert!(!is_future_dated(now - 365 * D, now));
+        assert!(!is_future_dated(i64::MAX, i64::MAX));
+        // A snapshot just inside the skew is an ordinary snapshot, and the newest.
+        let v = apply(&[now - D, now + skew], now, &Policy::new().with_last(1), utc_civil);
+        assert_eq!((v[0].index, v[0].keep, v[0].future_dated), (1, true, false));
+        assert!(!v[1].keep);
     }
 }

@@ -102,6 +102,15 @@ pub enum SqliteError {
         /// The destination.
         path: PathBuf,
     },
+    /// A file SQLite would replay onto a new database (`-wal`, `-shm`, `-journal`) lies
+    /// beside the destination, and replacing was not asked for.
+    #[error(
+        "{path} lies beside the destination and SQLite would apply it to the new database; remove it, or pass --force to have it removed"
+    )]
+    StaleSideFile {
+        /// The side file.
+        path: PathBuf,
+    },
     /// A loaded database failed `integrity_check` or its logical checksum differs from
     /// the one the dump recorded.
     #[error("{path}: {what}")]

@@ -38,6 +38,29 @@ pub use snapshot::{
 };
 pub use tempfile;
 
+/// Suffixes of the files SQLite keeps beside a database: its WAL, the WAL index and a
+/// rollback journal. SQLite applies a `-wal` or a hot `-journal` it finds beside a
+/// database when it next opens that database, whichever database wrote them.
+pub const SIDE_FILE_SUFFIXES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// The side files ([`SIDE_FILE_SUFFIXES`]) that exist beside `db` (a dangling symlink
+/// counts: SQLite would create through it). A restore or load into `db` must refuse
+/// them or remove them, never leave them to be replayed onto the new file.
+pub fn side_files(db: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for suffix in SIDE_FILE_SUFFIXES {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        match std::fs::symlink_metadata(&p) {
+            Ok(_) => out.push(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 /// Version of the SQLite library linked into this build.
 pub fn sqlite_version() -> &'static str {
     rusqlite::version()

@@ -307,16 +307,17 @@ pub(crate) fn load_temp<R: BufRead>(
 ///
 /// With `replace`, an existing `dest` is replaced and its `-wal`, `-shm` and `-journal`
 /// are removed first: SQLite would replay a stale WAL onto the new file. Without it, a
-/// `dest` that appeared meanwhile is never clobbered ([`SqliteError::Exists`]). The
-/// directory is synced so the rename survives a crash.
+/// `dest` that appeared meanwhile is never clobbered ([`SqliteError::Exists`]), and a
+/// side file beside it is refused ([`SqliteError::StaleSideFile`]), not left to be
+/// replayed. The directory is synced so the rename survives a crash.
 pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Result<(), SqliteError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SqliteError::Io { path, source }
     };
+    let sides = crate::side_files(dest).map_err(io(dest))?;
     if replace {
-        for suffix in ["-wal", "-shm", "-journal"] {
-            let side = PathBuf::from(format!("{}{suffix}", dest.display()));
+        for side in sides {
             match std::fs::remove_file(&side) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -325,6 +326,9 @@ pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Resu
         }
         tmp.persist(dest)
     } else {
+        if let Some(side) = sides.into_iter().next() {
+            return Err(SqliteError::StaleSideFile { path: side });
+        }
         tmp.persist_noclobber(dest)
     }
     .map_err(|e| {
