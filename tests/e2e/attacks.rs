@@ -6,10 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sqlvault_engine::crypt::{Identities, Recipient, decrypt_to_vec, encrypt_to_vec, x25519_recipient_from_bytes};
-use sqlvault_engine::format::{Manifest, ObjectId, RepoSecret, decode_manifest, encode_manifest};
+use sqlvault_engine::format::{Manifest, ObjectId, decode_manifest, encode_manifest};
 
-use crate::support::{World, assert_no_leftovers, content};
+use crate::support::{World, WriteKeyView, assert_no_leftovers, content};
 
 const YEAR_MS: i64 = 365 * 24 * 3_600_000;
 
@@ -25,19 +24,8 @@ fn now_ms() -> i64 {
 /// id, MACs it with the repository secret from the write key in SQLVAULT_HOME, encrypts
 /// it to the write key's recipients and the metadata key, and stores it under
 /// `snapshots/` of the local repository `repo`. Returns the new snapshot's id.
-fn forge_snapshot(w: &World, repo: &Path, from: &str, edit: impl FnOnce(&mut Manifest)) -> String {
-    let keys_dir = w.path("home/repos");
-    let repo_dirs: Vec<PathBuf> = std::fs::read_dir(&keys_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(repo_dirs.len(), 1, "one repository known to this host");
-    let wk: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(repo_dirs[0].join("write-key.json")).unwrap()).unwrap();
-    let keys = RepoSecret::from_hex(wk["secret"].as_str().unwrap()).unwrap().keys();
-    let meta = keys.metadata_identity_bytes();
-    let meta_id = Identities::from_x25519_bytes(&meta);
-
+pub(crate) fn forge_snapshot(w: &World, repo: &Path, from: &str, edit: impl FnOnce(&mut Manifest)) -> String {
+    let wk = WriteKeyView::of(w);
     let snaps = repo.join("snapshots");
     let src: PathBuf = std::fs::read_dir(&snaps)
         .unwrap()
@@ -45,20 +33,10 @@ fn forge_snapshot(w: &World, repo: &Path, from: &str, edit: impl FnOnce(&mut Man
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(from))
         .unwrap_or_else(|| panic!("no snapshot {from}"));
     let id: ObjectId = src.file_name().unwrap().to_string_lossy().parse().unwrap();
-    let pt = decrypt_to_vec(&meta_id, &std::fs::read(&src).unwrap()).unwrap();
-    let mut m = decode_manifest(&keys, &pt, &id).unwrap();
+    let mut m = decode_manifest(&wk.keys, &wk.open(&src), &id).unwrap();
     edit(&mut m);
     m.id = ObjectId::random();
-
-    let mut rs: Vec<Recipient> = wk["recipients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().parse().unwrap())
-        .collect();
-    rs.push(x25519_recipient_from_bytes(&meta));
-    let ct = encrypt_to_vec(rs.iter(), &encode_manifest(&keys, &m)).unwrap();
-    std::fs::write(snaps.join(m.id.to_string()), ct).unwrap();
+    std::fs::write(snaps.join(m.id.to_string()), wk.seal(&encode_manifest(&wk.keys, &m))).unwrap();
     m.id.to_string()
 }
 

@@ -174,3 +174,51 @@ pub fn assert_no_secret(r: &Run, secrets: &[&str]) {
         );
     }
 }
+
+/// What a backup host's write key gives whoever holds it (the WK attacker): the
+/// repository keys, the metadata identity that opens manifests, maps and indexes, and
+/// the recipients new objects are sealed to.
+pub struct WriteKeyView {
+    pub keys: sqlvault_engine::format::RepoKeys,
+    pub meta: sqlvault_engine::crypt::Identities,
+    pub recipients: Vec<sqlvault_engine::crypt::Recipient>,
+}
+
+impl WriteKeyView {
+    /// The write key of the one repository this world's host knows.
+    pub fn of(w: &World) -> WriteKeyView {
+        let dirs: Vec<PathBuf> = std::fs::read_dir(w.path("home/repos"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(dirs.len(), 1, "one repository known to this host");
+        let wk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dirs[0].join("write-key.json")).unwrap()).unwrap();
+        let keys = sqlvault_engine::format::RepoSecret::from_hex(wk["secret"].as_str().unwrap())
+            .unwrap()
+            .keys();
+        let meta_bytes = keys.metadata_identity_bytes();
+        let mut recipients: Vec<sqlvault_engine::crypt::Recipient> = wk["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().parse().unwrap())
+            .collect();
+        recipients.push(sqlvault_engine::crypt::x25519_recipient_from_bytes(&meta_bytes));
+        WriteKeyView {
+            meta: sqlvault_engine::crypt::Identities::from_x25519_bytes(&meta_bytes),
+            keys,
+            recipients,
+        }
+    }
+
+    /// Opens a metadata object.
+    pub fn open(&self, path: &Path) -> Vec<u8> {
+        sqlvault_engine::crypt::decrypt_to_vec(&self.meta, &std::fs::read(path).unwrap()).unwrap()
+    }
+
+    /// Seals metadata as the repository does (recipients and the metadata key).
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        sqlvault_engine::crypt::encrypt_to_vec(self.recipients.iter(), plaintext).unwrap()
+    }
+}

@@ -18,7 +18,7 @@ use sqlvault_format::{
 use sqlvault_sqlite::{SnapshotError, SnapshotMethod, Source, SourceOptions};
 use sqlvault_store::RequestCounts;
 
-use crate::error::{Error, ErrorKind, Result, io_err};
+use crate::error::{Error, ErrorKind, Result, crypt_err, io_err};
 use crate::local::{KnownChunks, ParentCache, SeqParent};
 use crate::packer::{PackBuilder, SealedPack, compress_checked, write_index_for};
 use crate::repo::{Repo, now_ms};
@@ -813,7 +813,14 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         },
         cipher: match (cipher, &opts.unlock) {
             (Some(s), Some(u)) => {
+                // The check value is sealed to the recipients alone: a holder of a write
+                // key (which opens manifests) must not be able to test guesses of the
+                // database key offline.
                 let salt: [u8; 16] = ObjectId::random().0;
+                let mut check = zeroize::Zeroizing::new(salt.to_vec());
+                check.extend_from_slice(&u.key.check_value(&salt));
+                let sealed = sqlvault_crypt::encrypt_to_vec(repo.data_recipients.iter(), &check)
+                    .map_err(|e| crypt_err("the database-key check", e))?;
                 Some(CipherFacts {
                     compatibility: s.compatibility,
                     page_size: s.page_size,
@@ -821,8 +828,9 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
                     hmac_algorithm: s.hmac_algorithm,
                     kdf_algorithm: s.kdf_algorithm,
                     sqlcipher_version: sqlvault_sqlite::sqlcipher_version(),
-                    key_check_salt: hex::encode(salt),
-                    key_check: hex::encode(u.key.check_value(&salt)),
+                    key_check_salt: String::new(),
+                    key_check: String::new(),
+                    key_check_sealed: Some(hex::encode(sealed)),
                 })
             }
             _ => None,

@@ -112,6 +112,26 @@ pub struct Repo {
     pub(crate) pinned: bool,
 }
 
+/// A map (page map or chunk sequence: both carry their resulting count as a u32 at
+/// byte 9) may not describe more than its manifest: checked before anything is
+/// allocated for it.
+fn check_declared_count(pt: &[u8], most: u64, what: &str, r: &MapRef) -> Result<()> {
+    let declared = pt
+        .get(9..13)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    match declared {
+        Some(n) if n as u64 > most => Err(Error::new(
+            ErrorKind::Integrity,
+            "repo.corrupt-object",
+            format!(
+                "{what} {} claims {n} entries, more than its snapshot's {most}",
+                r.id.short()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A stored object a reader could not authenticate or decode, and went on without.
 #[derive(Debug, Clone, serde::Serialize)]
 #[non_exhaustive]
@@ -1118,6 +1138,7 @@ impl Repo {
         let mut pages: Vec<ChunkId> = Vec::new();
         let mut mapped: Vec<bool> = Vec::new();
         self.each_map(m, |r, pt| {
+            check_declared_count(pt, m.page_count as u64, "page map", r)?;
             PageMap::apply_encoded(pt, &mut pages, &mut mapped)
                 .map_err(|e| corrupt(format!("page map {}", r.id.short()), e))
         })
@@ -1148,6 +1169,7 @@ impl Repo {
     pub async fn chunk_seq(&self, m: &Manifest) -> Result<ChunkSeq> {
         let mut seq = ChunkSeq::default();
         self.each_map(m, |r, pt| {
+            check_declared_count(pt, m.stats.chunks_total, "chunk sequence", r)?;
             seq.apply_encoded(pt)
                 .map_err(|e| corrupt(format!("chunk sequence {}", r.id.short()), e))
         })

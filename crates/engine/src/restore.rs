@@ -71,7 +71,7 @@ impl RestoreOptions {
 /// The key and settings a snapshot of a SQLCipher database is restored with, after
 /// proving the key is the one the snapshot was taken with. `None` for a snapshot of a
 /// plaintext database.
-fn db_unlock(m: &Manifest, key: Option<&DbKey>) -> Result<Option<Unlock>> {
+fn db_unlock(repo: &Repo, m: &Manifest, key: Option<&DbKey>) -> Result<Option<Unlock>> {
     let Some(c) = &m.cipher else {
         return Ok(None);
     };
@@ -87,9 +87,40 @@ fn db_unlock(m: &Manifest, key: Option<&DbKey>) -> Result<Option<Unlock>> {
     };
     let mut salt = [0u8; 16];
     let mut check = [0u8; 32];
-    if hex::decode_to_slice(&c.key_check_salt, &mut salt).is_err()
-        || hex::decode_to_slice(&c.key_check, &mut check).is_err()
-    {
+    let malformed = match &c.key_check_sealed {
+        Some(sealed) => {
+            let Ok(ct) = hex::decode(sealed) else {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    "repo.corrupt-object",
+                    format!("snapshot {} records a malformed database-key check", m.id.short()),
+                ));
+            };
+            match sqlvault_crypt::decrypt_to_vec(&repo.identities, &ct).map(zeroize::Zeroizing::new) {
+                Ok(b) if b.len() == 48 => {
+                    salt.copy_from_slice(&b[..16]);
+                    check.copy_from_slice(&b[16..]);
+                    false
+                }
+                // Sealed to recipients this identity is not among (added by `key add`
+                // after the snapshot; `rewrap` does not reach inside manifests): the
+                // key cannot be checked up front, only by the restore's own checks.
+                Err(sqlvault_crypt::CryptError::NoMatchingIdentity) => {
+                    tracing::warn!(
+                        "snapshot {} was taken before this identity could read it: the database key given cannot be checked against it in advance",
+                        m.id.short()
+                    );
+                    return Ok(Some(unlock_with(key, c)));
+                }
+                _ => true,
+            }
+        }
+        None => {
+            hex::decode_to_slice(&c.key_check_salt, &mut salt).is_err()
+                || hex::decode_to_slice(&c.key_check, &mut check).is_err()
+        }
+    };
+    if malformed {
         return Err(Error::new(
             ErrorKind::Integrity,
             "repo.corrupt-object",
@@ -107,7 +138,11 @@ fn db_unlock(m: &Manifest, key: Option<&DbKey>) -> Result<Option<Unlock>> {
             ),
         ));
     }
-    Ok(Some(Unlock {
+    Ok(Some(unlock_with(key, c)))
+}
+
+fn unlock_with(key: &DbKey, c: &sqlvault_format::CipherFacts) -> Unlock {
+    Unlock {
         key: key.clone(),
         settings: Some(CipherSettings {
             compatibility: c.compatibility,
@@ -116,7 +151,7 @@ fn db_unlock(m: &Manifest, key: Option<&DbKey>) -> Result<Option<Unlock>> {
             hmac_algorithm: c.hmac_algorithm.clone(),
             kdf_algorithm: c.kdf_algorithm.clone(),
         }),
-    }))
+    }
 }
 
 /// What a restore did.
@@ -162,7 +197,7 @@ pub struct VerifyReport {
 }
 
 /// One chunk to fetch: where it is and which unique chunk it is (24 bytes).
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Need {
     frame_offset: u64,
     frame_len: u32,
@@ -207,7 +242,7 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
     }
     stale_side_files(&dest, opts.force, "restore.stale-side-files")?;
 
-    let unlock = db_unlock(m, opts.db_key.as_ref())?;
+    let unlock = db_unlock(repo, m, opts.db_key.as_ref())?;
     match m.kind.as_str() {
         kind::PAGES => {}
         kind::DUMP => return restore_dump(repo, m, &dest, &dir, opts, unlock, before, t0).await,
@@ -496,23 +531,37 @@ async fn fetch_chunks(
     };
 
     // Locate every unique chunk in the indexes (of packs that exist).
+    // The first entry of each chunk is used; other, different entries are kept as
+    // alternates, tried if the first does not give the chunk back (an index entry that
+    // is damaged, or written with a stolen write key to point elsewhere, must not make
+    // a sound snapshot unrestorable).
     let mut by_pack: HashMap<ObjectId, Vec<Need>> = HashMap::new();
     let mut located = vec![false; uids.len()];
+    let mut first: HashMap<u32, (ObjectId, Need)> = HashMap::new();
+    let mut alternates: HashMap<u32, Vec<(ObjectId, Need)>> = HashMap::new();
     repo.each_live_index_entry(|pack, e| {
-        if let Ok(u) = uids.binary_search(&e.id)
-            && !located[u]
-        {
-            located[u] = true;
-            by_pack.entry(pack).or_default().push(Need {
+        if let Ok(u) = uids.binary_search(&e.id) {
+            let need = Need {
                 frame_offset: e.frame_offset,
                 frame_len: e.frame_len,
                 offset: e.offset,
                 len: e.len,
                 uidx: u as u32,
-            });
+            };
+            if !located[u] {
+                located[u] = true;
+                first.insert(u as u32, (pack, need));
+                by_pack.entry(pack).or_default().push(need);
+            } else if first.get(&(u as u32)) != Some(&(pack, need)) {
+                let alts = alternates.entry(u as u32).or_default();
+                if !alts.contains(&(pack, need)) {
+                    alts.push((pack, need));
+                }
+            }
         }
     })
     .await?;
+    drop(first);
     if let Some(u) = located.iter().position(|l| !l) {
         return Err(Error::new(
             ErrorKind::Integrity,
@@ -531,11 +580,10 @@ async fn fetch_chunks(
     } else {
         threads
     };
-    let work: Vec<(ObjectId, Vec<Need>)> = by_pack.into_iter().collect();
     let ctx = Arc::new(FetchCtx {
         repo: repo.clone(),
         file: file.try_clone().map_err(|e| io_err("dup", e))?,
-        queue: Mutex::new(work),
+        queue: Mutex::new(by_pack.into_iter().collect()),
         uids,
         starts,
         pgnos,
@@ -543,24 +591,48 @@ async fn fetch_chunks(
         written: AtomicUsize::new(0),
         abort: AtomicBool::new(false),
         error: Mutex::new(None),
+        failed: Mutex::new(Vec::new()),
         rt: tokio::runtime::Handle::current(),
     });
-    let c2 = ctx.clone();
-    tokio::task::spawn_blocking(move || {
-        let hs: Vec<_> = (0..threads)
-            .map(|_| {
-                let c = c2.clone();
-                std::thread::spawn(move || fetch_worker(&c))
-            })
-            .collect();
-        for h in hs {
-            let _ = h.join();
+    // Rounds: the first fetches every chunk from its first entry; each later one only
+    // the chunks that failed, from their next alternate. A chunk with no alternate left
+    // fails the restore with its last error.
+    loop {
+        let c2 = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| {
+                    let c = c2.clone();
+                    std::thread::spawn(move || fetch_worker(&c))
+                })
+                .collect();
+            for h in hs {
+                let _ = h.join();
+            }
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "restore workers panicked").with_source(e))?;
+        if let Some(e) = ctx.error.lock().unwrap().take() {
+            return Err(e);
         }
-    })
-    .await
-    .map_err(|e| Error::new(ErrorKind::Internal, "internal", "restore workers panicked").with_source(e))?;
-    if let Some(e) = ctx.error.lock().unwrap().take() {
-        return Err(e);
+        let failed = std::mem::take(&mut *ctx.failed.lock().unwrap());
+        if failed.is_empty() {
+            break;
+        }
+        let mut next: HashMap<ObjectId, Vec<Need>> = HashMap::new();
+        for (u, e) in failed {
+            match alternates
+                .get_mut(&u)
+                .and_then(|a| (!a.is_empty()).then(|| a.remove(0)))
+            {
+                Some((pack, need)) => {
+                    tracing::warn!("{}; trying another index entry for the chunk", e.one_line());
+                    next.entry(pack).or_default().push(need);
+                }
+                None => return Err(e),
+            }
+        }
+        *ctx.queue.lock().unwrap() = next.into_iter().collect();
     }
     if ctx.written.load(Ordering::SeqCst) != ctx.uids.len() {
         return Err(Error::new(
@@ -590,7 +662,10 @@ struct FetchCtx {
     layout: Layout,
     written: AtomicUsize,
     abort: AtomicBool,
+    /// A failure that stops the restore (the store, the local file).
     error: Mutex<Option<Error>>,
+    /// Chunks an entry did not give back (damaged or misleading), for another round.
+    failed: Mutex<Vec<(u32, Error)>>,
     rt: tokio::runtime::Handle,
 }
 
@@ -626,6 +701,10 @@ fn fail(c: &FetchCtx, e: Error) {
     }
 }
 
+/// Fetches one pack and writes the chunks `needs` asks of it. What the pack or an
+/// entry gets wrong (a missing or damaged pack, a frame outside it, a chunk that does
+/// not hash to its id) fails only the chunks concerned, recorded in `c.failed` for
+/// another round; only the store and the local file stop the restore.
 fn restore_pack(
     c: &FetchCtx,
     pack: &ObjectId,
@@ -636,15 +715,41 @@ fn restore_pack(
 ) -> Result<()> {
     let key = layout::pack(pack);
     let what = format!("pack {}", pack.short());
-    let ct = c.rt.block_on(get_or(&c.repo.store, &key, || {
+    let soft = |needs: &[Need], e: Error| {
+        let mut f = c.failed.lock().unwrap();
+        f.extend(
+            needs
+                .iter()
+                .map(|n| (n.uidx, Error::new(e.kind(), e.code(), e.one_line()))),
+        );
+    };
+    let ct = match c.rt.block_on(get_or(&c.repo.store, &key, || {
         Error::new(
             ErrorKind::Integrity,
             "repo.missing-object",
             format!("{what} is missing from the repository"),
         )
-    }))?;
-    let mut r = sqlvault_crypt::decrypt_reader(&c.repo.identities, std::io::Cursor::new(ct))
-        .map_err(|e| crypt_err(&what, e))?;
+    })) {
+        Ok(ct) => ct,
+        Err(e) if e.kind() == ErrorKind::Integrity => {
+            soft(needs, e);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let ct_len = ct.len() as u64;
+    let mut r = match sqlvault_crypt::decrypt_reader(&c.repo.identities, std::io::Cursor::new(ct)) {
+        Ok(r) => r,
+        Err(e) => {
+            let e = crypt_err(&what, e);
+            if e.kind() == ErrorKind::Auth {
+                // A wrong identity is the caller's problem, not the entry's.
+                return Err(e);
+            }
+            soft(needs, e);
+            return Ok(());
+        }
+    };
     needs.sort_by_key(|n| (n.frame_offset, n.offset));
     // (file offset, offset in the decompressed frame, length)
     let mut runs: Vec<(u64, u32, u32)> = Vec::new();
@@ -655,47 +760,71 @@ fn restore_pack(
         let mut j = i;
         let mut max_end = 0usize;
         while j < needs.len() && needs[j].frame_offset == e.frame_offset {
-            max_end = max_end.max((needs[j].offset + needs[j].len) as usize);
+            max_end = max_end.max(needs[j].offset as usize + needs[j].len as usize);
             j += 1;
+        }
+        let group = &needs[i..j];
+        i = j;
+        // The plaintext is shorter than the object: a frame that does not fit in it is
+        // refused before anything is allocated for it.
+        if e.frame_offset.saturating_add(e.frame_len as u64) > ct_len {
+            soft(
+                group,
+                Error::new(
+                    ErrorKind::Integrity,
+                    "repo.corrupt-object",
+                    format!("{what}: an index entry points past the end of the pack"),
+                ),
+            );
+            continue;
         }
         frame.resize(e.frame_len as usize, 0);
         // Frames are visited in order: seek only over frames this restore does not
         // need (a seek drops age's decrypted chunk and decrypts it again).
-        if pos != e.frame_offset {
-            r.seek(SeekFrom::Start(e.frame_offset))
-                .map_err(|err| corrupt(&what, err))?;
+        let read = (|| {
+            if pos != e.frame_offset {
+                r.seek(SeekFrom::Start(e.frame_offset))?;
+            }
+            r.read_exact(frame)
+        })();
+        if let Err(err) = read {
+            pos = u64::MAX;
+            soft(group, corrupt(&what, err));
+            continue;
         }
-        r.read_exact(frame).map_err(|err| corrupt(&what, err))?;
         pos = e.frame_offset + e.frame_len as u64;
         // Bound what a (possibly forged) frame may expand to: its declared size, at
         // most 64 MiB, and at least the furthest chunk we need.
         let bound = sqlvault_compress::frame_content_size(frame)
             .unwrap_or(16 << 20)
             .min(64 << 20)
-            .max(max_end as u64) as usize;
-        dec.decompress_into(frame, plain, bound)
-            .map_err(|err| corrupt(&what, err))?;
+            .max(max_end as u64)
+            .min(64 << 20) as usize;
+        if let Err(err) = dec.decompress_into(frame, plain, bound) {
+            soft(group, corrupt(&what, err));
+            continue;
+        }
         runs.clear();
-        for n in &needs[i..j] {
+        for n in group {
             let (off, len) = (n.offset as usize, n.len as usize);
-            let data = plain.get(off..off + len).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Integrity,
-                    "repo.corrupt-object",
-                    format!("{what}: chunk lies outside its frame"),
-                )
-            })?;
             let u = n.uidx as usize;
             let first = c.pgnos[c.starts[u] as usize];
-            if c.repo.keys.chunk_id(data) != c.uids[u] || len as u64 != c.layout.len(first) {
-                return Err(Error::new(
-                    ErrorKind::Integrity,
-                    "repo.corrupt-object",
-                    format!(
-                        "{what}: chunk {} does not match its id (tampered or corrupt)",
-                        &c.uids[u].to_hex()[..16]
+            let sound = plain
+                .get(off..off.saturating_add(len))
+                .is_some_and(|d| c.repo.keys.chunk_id(d) == c.uids[u] && len as u64 == c.layout.len(first));
+            if !sound {
+                soft(
+                    std::slice::from_ref(n),
+                    Error::new(
+                        ErrorKind::Integrity,
+                        "repo.corrupt-object",
+                        format!(
+                            "{what}: chunk {} is not where its index entry says, or does not match its id (tampered or corrupt)",
+                            &c.uids[u].to_hex()[..16]
+                        ),
                     ),
-                ));
+                );
+                continue;
             }
             for &pgno in &c.pgnos[c.starts[u] as usize..c.starts[u + 1] as usize] {
                 runs.push((c.layout.offset(pgno), off as u32, len as u32));
@@ -722,7 +851,6 @@ fn restore_pack(
                 .map_err(|e| io_err("cannot write a restored chunk", e))?;
             k = end;
         }
-        i = j;
     }
     Ok(())
 }

@@ -154,9 +154,18 @@ impl ChunkSeq {
             body = t;
             Ok(h)
         };
+        // Memory follows what the bytes describe, never the declared count alone: a
+        // full sequence lists every chunk (36 bytes each); an edit grows only as its
+        // operations run, and never past its count (which the caller bounds by the
+        // manifest: an edit may legitimately copy a repeated run of its base many times).
+        let listed = (bytes.len() - 25) / 36;
+        if kind == 0 && count > listed {
+            return Err(bad("chunk count exceeds what the sequence lists"));
+        }
+        let reserve = count.min(listed + self.len());
         let mut out = ChunkSeq {
-            ids: Vec::with_capacity(count.min(1 << 24)),
-            lens: Vec::with_capacity(count.min(1 << 24)),
+            ids: Vec::with_capacity(reserve),
+            lens: Vec::with_capacity(reserve),
         };
         match kind {
             0 => {
@@ -180,11 +189,17 @@ impl ChunkSeq {
                             let Some(end) = end else {
                                 return Err(bad("copy outside the base sequence"));
                             };
+                            if out.len() + n > count {
+                                return Err(bad("an edit copies more than its count"));
+                            }
                             out.ids.extend_from_slice(&self.ids[start..end]);
                             out.lens.extend_from_slice(&self.lens[start..end]);
                         }
                         1 => {
                             let n = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
+                            if out.len() + n > count {
+                                return Err(bad("an edit adds more than its count"));
+                            }
                             for _ in 0..n {
                                 let r = take(36)?;
                                 out.ids.push(ChunkId(r[..32].try_into().expect("32")));
@@ -227,6 +242,32 @@ mod tests {
             ids: ids.iter().map(|&b| ChunkId([b; 32])).collect(),
             lens: ids.iter().map(|&b| 100 + b as u32).collect(),
         }
+    }
+
+    fn header(kind: u8, count: u32, ops: u32) -> Vec<u8> {
+        let mut b = Vec::from(*MAGIC);
+        b.push(kind);
+        b.extend_from_slice(&count.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&ops.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn a_few_bytes_cannot_claim_a_huge_sequence() {
+        // A full sequence claiming 2^32-1 chunks it does not list.
+        let mut s = ChunkSeq::default();
+        assert!(s.apply_encoded(&header(0, u32::MAX, u32::MAX)).is_err());
+        // An edit copying its whole base over and over, past the count it declares.
+        let mut base = seq(&[1, 2, 3]);
+        let mut edit = header(1, 3, 1000);
+        for _ in 0..1000 {
+            edit.push(0);
+            edit.extend_from_slice(&0u32.to_le_bytes());
+            edit.extend_from_slice(&3u32.to_le_bytes());
+        }
+        assert!(base.apply_encoded(&edit).is_err());
+        assert_eq!(base, seq(&[1, 2, 3]));
     }
 
     #[test]

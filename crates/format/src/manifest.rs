@@ -266,10 +266,19 @@ pub struct CipherFacts {
     pub kdf_algorithm: String,
     /// SQLCipher version that read the database.
     pub sqlcipher_version: String,
-    /// Hex of 16 random bytes.
+    /// Hex of 16 random bytes (format 1; empty when `key_check_sealed` is used).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_check_salt: String,
-    /// Hex of the key's check value under that salt.
+    /// Hex of the key's check value under that salt (format 1). In the manifest, which
+    /// the metadata key opens, it let a write-key holder test guesses of the database
+    /// key offline at one hash each; new manifests seal it instead.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_check: String,
+    /// Hex of an age object sealed to the repository's recipients only (not the metadata
+    /// key) holding the 16-byte salt and the 32-byte check value: only an identity holder
+    /// can test a database key against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check_sealed: Option<String>,
 }
 
 /// What a dump snapshot's manifest records about its SQL stream beyond `stats`
@@ -330,6 +339,13 @@ pub fn decode_manifest(keys: &RepoKeys, bytes: &[u8], expected_id: &ObjectId) ->
     }
     if &m.id != expected_id {
         return Err(FormatError::Unauthentic { kind });
+    }
+    // A restore sizes its file by page_size × page_count: only SQLite's page sizes.
+    if m.kind == self::kind::PAGES && !(m.page_size.is_power_of_two() && (512..=65536).contains(&m.page_size)) {
+        return Err(FormatError::malformed(
+            kind,
+            format!("page size {} is not SQLite's", m.page_size),
+        ));
     }
     Ok(m)
 }

@@ -101,9 +101,19 @@ impl PageMap {
 
     /// Applies an encoded map on top of `pages`/`mapped` (index = pgno − 1): a full map
     /// replaces them, a delta sets its pages and truncates or extends to its page count.
+    ///
+    /// The table never grows beyond what the bytes can fill: a full map must list every
+    /// page, and a delta may add at most the pages it lists (a new page must be listed),
+    /// checked before anything is allocated, so a few crafted bytes cannot claim
+    /// gigabytes.
     pub fn apply_encoded(bytes: &[u8], pages: &mut Vec<ChunkId>, mapped: &mut Vec<bool>) -> Result<(), FormatError> {
         if bytes.len() >= 17 && bytes[..8] == MAGIC[..] {
             let page_count = u32::from_le_bytes(bytes[9..13].try_into().unwrap()) as usize;
+            let entries = u32::from_le_bytes(bytes[13..17].try_into().unwrap()) as usize;
+            let (rec, base) = if bytes[8] == 0 { (32, 0) } else { (36, pages.len()) };
+            if entries.checked_mul(rec) != Some(bytes.len() - 17) || page_count > base.saturating_add(entries) {
+                return Err(FormatError::malformed(KIND, "page count exceeds what the map lists"));
+            }
             if bytes[8] == 0 {
                 mapped.clear();
             }
@@ -200,6 +210,27 @@ mod tests {
         PageMap::apply_encoded(&PageMap::delta(&base, &current).encode(), &mut direct, &mut mapped).unwrap();
         assert_eq!(direct, current);
         assert!(mapped.iter().all(|m| *m));
+    }
+
+    #[test]
+    fn a_few_bytes_cannot_claim_a_huge_table() {
+        // A 17-byte delta claiming 2^32-1 pages, and a full map that lists fewer pages
+        // than it claims: refused before the table grows.
+        let mut delta = Vec::from(*MAGIC);
+        delta.push(1);
+        delta.extend_from_slice(&u32::MAX.to_le_bytes());
+        delta.extend_from_slice(&0u32.to_le_bytes());
+        let (mut pages, mut mapped) = (vec![id(1)], vec![true]);
+        assert!(PageMap::apply_encoded(&delta, &mut pages, &mut mapped).is_err());
+        assert_eq!(pages.len(), 1);
+        let mut full = PageMap::encode_full(&[id(1), id(2)]);
+        full[9..13].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        assert!(PageMap::apply_encoded(&full, &mut pages, &mut mapped).is_err());
+        assert!(pages.capacity() < 1024);
+        // A delta may add exactly the pages it lists.
+        let grow = PageMap::delta(&[id(1)], &[id(1), id(2), id(3)]).encode();
+        PageMap::apply_encoded(&grow, &mut pages, &mut mapped).unwrap();
+        assert_eq!(pages, vec![id(1), id(2), id(3)]);
     }
 
     #[test]
