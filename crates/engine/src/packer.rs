@@ -47,7 +47,7 @@ pub(crate) async fn read_chunks(
                 return Err(Error::new(
                     ErrorKind::Integrity,
                     "repo.corrupt-object",
-                    format!("{what}: an index entry points past the end of the pack"),
+                    format!("{what} is truncated or corrupt: an index entry points past its end"),
                 ));
             }
             frame.resize(e.frame_len as usize, 0);

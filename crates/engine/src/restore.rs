@@ -773,7 +773,7 @@ fn restore_pack(
                 Error::new(
                     ErrorKind::Integrity,
                     "repo.corrupt-object",
-                    format!("{what}: an index entry points past the end of the pack"),
+                    format!("{what} is truncated or corrupt: an index entry points past its end"),
                 ),
             );
             continue;
