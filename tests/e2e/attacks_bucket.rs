@@ -258,6 +258,9 @@ fn attack_bwc_junk_objects_do_not_deny_service() {
         .unwrap();
     }
     std::fs::write(w.path("repo/snapshots/not-an-id"), b"x").unwrap();
+    // And one far larger than any manifest: never read into memory.
+    let big = std::fs::File::create(w.path(&format!("repo/snapshots/{}", random_name()))).unwrap();
+    big.set_len(64 << 20).unwrap();
 
     let snaps = w.run(&["snapshots", &repo, "--json"]).ok().json();
     assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 1, "{snaps}");
@@ -278,7 +281,7 @@ fn attack_bwc_junk_objects_do_not_deny_service() {
         .iter()
         .filter(|f| f["code"] == "repo.unauthenticated-object")
         .count();
-    assert_eq!(junk, 5, "{a}");
+    assert_eq!(junk, 6, "{a}");
     // check reports every one of them.
     let c = w.run(&["check", &repo, "-i", &key, "--json"]).fails(6).json();
     let text = c["problems"].to_string();
@@ -312,6 +315,7 @@ fn attack_rk_a_removed_key_cannot_sign_itself_back_in() {
         serde_json::from_slice(&decrypt_to_vec(&b_ids, &std::fs::read(w.path("repo/config")).unwrap()).unwrap())
             .unwrap();
     let old_admin = AdminKey::from_hex(cfg["admin_key"].as_str().unwrap()).unwrap();
+    let old_cfg_ct = std::fs::read(w.path("repo/config")).unwrap();
     let repo_id = cfg["repo_id"].as_str().unwrap().to_string();
 
     // The owner removes B; the backup host adopts the new set.
@@ -364,7 +368,14 @@ fn attack_rk_a_removed_key_cannot_sign_itself_back_in() {
     let r = w.run(&["key", "rewrap", &repo, "-i", &a_key]).fails(6);
     assert!(r.stderr.contains("admin key"), "{}", r.stderr);
     w.run(&["restore", &repo, &w.s("x.db"), "-i", &a_key]).fails(6);
-    std::fs::write(w.path("repo/config"), good_cfg).unwrap();
+    std::fs::write(w.path("repo/config"), &good_cfg).unwrap();
+
+    // Nor does the owner's own config from before the removal, put back by someone who
+    // kept a copy of its ciphertext.
+    std::fs::write(w.path("repo/config"), &old_cfg_ct).unwrap();
+    let r = w.run(&["key", "rewrap", &repo, "-i", &a_key]).fails(6);
+    assert!(r.stderr.contains("older"), "{}", r.stderr);
+    std::fs::write(w.path("repo/config"), &good_cfg).unwrap();
 
     // What hosts adopt is the owner's set, and B reads nothing new.
     let list = w.run(&["key", "list", &repo, "--json"]).ok().json();

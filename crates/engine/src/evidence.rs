@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sqlvault_format::{ObjectId, layout};
 
 use crate::error::{ErrorKind, Result, corrupt};
-use crate::repo::{Repo, Skipped, escape_name};
+use crate::repo::{MAX_SMALL_OBJECT, Repo, Skipped, escape_name, too_large};
 
 /// One verification of one snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,20 +68,24 @@ pub async fn record(repo: &Repo, e: Evidence) -> Result<String> {
 /// or damage): reported by the caller, never trusted, and never a reason to stop.
 pub async fn load_all(repo: &Repo) -> Result<(Vec<Evidence>, Vec<Skipped>)> {
     let names = repo.store.list(layout::EVIDENCE).await?;
-    let results: Vec<(String, Result<Evidence>)> = futures::stream::iter(names.into_iter().map(|(n, _)| async move {
-        let key = format!("{}/{n}", layout::EVIDENCE);
-        let what = format!("evidence {}", escape_name(&n));
-        let r = async {
-            let ct = repo.store.get(&key).await?;
-            let body = repo.unseal_meta(&what, &ct)?;
-            serde_json::from_str::<Evidence>(&body).map_err(|e| corrupt(&what, e))
-        }
+    let results: Vec<(String, Result<Evidence>)> =
+        futures::stream::iter(names.into_iter().map(|(n, size)| async move {
+            let key = format!("{}/{n}", layout::EVIDENCE);
+            let what = format!("evidence {}", escape_name(&n));
+            let r = async {
+                if size > MAX_SMALL_OBJECT {
+                    return Err(too_large(&repo.store, layout::EVIDENCE, &n, size));
+                }
+                let ct = repo.store.get(&key).await?;
+                let body = repo.unseal_meta(&what, &ct)?;
+                serde_json::from_str::<Evidence>(&body).map_err(|e| corrupt(&what, e))
+            }
+            .await;
+            (n, r)
+        }))
+        .buffer_unordered(16)
+        .collect()
         .await;
-        (n, r)
-    }))
-    .buffer_unordered(16)
-    .collect()
-    .await;
     let (mut out, mut skipped) = (Vec::new(), Vec::new());
     for (n, r) in results {
         match r {

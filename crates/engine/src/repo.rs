@@ -131,6 +131,22 @@ fn check_declared_count(pt: &[u8], most: u64, what: &str, r: &MapRef) -> Result<
     }
 }
 
+/// The largest manifest or evidence record a reader will fetch (they are a few KiB).
+pub(crate) const MAX_SMALL_OBJECT: u64 = 16 << 20;
+
+/// An object listed where only small ones belong: a bucket writer's junk.
+pub(crate) fn too_large(store: &Store, dir: &str, name: &str, size: u64) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        "repo.foreign-object",
+        format!(
+            "{dir}/{} in {} is {size} bytes, far larger than any object sqlvault writes there: not read",
+            escape_name(name),
+            store.describe()
+        ),
+    )
+}
+
 /// A stored object a reader could not authenticate or decode, and went on without.
 #[derive(Debug, Clone, serde::Serialize)]
 #[non_exhaustive]
@@ -978,8 +994,11 @@ impl Repo {
     pub async fn snapshots_checked(&self) -> Result<(Vec<Manifest>, Vec<Skipped>)> {
         let names = self.store.list(layout::SNAPSHOTS).await?;
         let results: Vec<(String, Result<Manifest>)> =
-            futures::stream::iter(names.into_iter().map(|(n, _)| async move {
+            futures::stream::iter(names.into_iter().map(|(n, size)| async move {
                 let r = match n.parse::<ObjectId>() {
+                    // A manifest is a few KiB (its maps are separate objects): anything
+                    // far larger is not one, and is not read into memory.
+                    Ok(_) if size > MAX_SMALL_OBJECT => Err(too_large(&self.store, "snapshots", &n, size)),
                     Ok(id) => self.load_manifest(&id).await,
                     Err(e) => Err(Error::new(
                         ErrorKind::Integrity,
