@@ -386,3 +386,33 @@ fn attack_rk_a_removed_key_cannot_sign_itself_back_in() {
         assert!(decrypt_to_vec(&b_ids, &std::fs::read(f).unwrap()).is_err());
     }
 }
+
+#[test]
+fn attack_local_state_files_others_could_have_written_are_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, _, db, _) = owner(&w, &repo);
+    let wk = files(&w.path("home/repos"))
+        .into_iter()
+        .find(|p| p.ends_with("write-key.json"))
+        .unwrap();
+    // Writable by others: someone could have swapped in their own recipients.
+    std::fs::set_permissions(&wk, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = w.run(&["backup", &db, &repo]).fails(9);
+    assert!(r.stderr.contains("refusing to trust"), "{}", r.stderr);
+    // A symbolic link in its place is not followed either.
+    std::fs::set_permissions(&wk, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let real = w.path("elsewhere.json");
+    std::fs::rename(&wk, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &wk).unwrap();
+    w.run(&["backup", &db, &repo]).fails(9);
+    std::fs::remove_file(&wk).unwrap();
+    std::fs::rename(&real, &wk).unwrap();
+    w.run(&["backup", &db, &repo]).ok();
+    // The same for a location pin.
+    let pin = files(&w.path("home/locations")).pop().unwrap();
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o646)).unwrap();
+    w.run(&["restore", &repo, &w.s("x.db"), "-i", &key]).fails(9);
+    assert!(!w.path("x.db").exists());
+}
