@@ -810,7 +810,17 @@ impl Drill {
                         "prune/lock" => self.ok(&["prune", &repo, "-i", &key], &env),
                         // An evidence record that does not authenticate is ignored
                         // and reported as a high finding (exit 13), not a stop.
-                        "evidence" => self.fails(&["audit", &dbs, "--repo", &repo, "-i", &key], &env, &[13]),
+                        "evidence" => self
+                            .sv(&["audit", &dbs, "--repo", &repo, "-i", &key, "--json"], &env)
+                            .and_then(|o| {
+                                ensure!(
+                                    o.code == 13 && o.stdout.contains("repo.unauthenticated-object"),
+                                    "audit exited {} without reporting the damaged record: {}",
+                                    o.code,
+                                    o.stderr.trim()
+                                );
+                                Ok(o)
+                            }),
                         _ => {
                             let verify = ["verify", &repo, "-i", &key, "--all", "--no-evidence", "--json"];
                             let v = if dir == "snapshots" && in_header {
