@@ -891,13 +891,14 @@ fn age_stanzas_end(obj: &[u8]) -> usize {
     obj.windows(5).position(|w| w == b"\n--- ").unwrap_or(0)
 }
 
-/// Where the payload of an age object starts: after the `--- <header MAC>` line.
+/// Where the encrypted payload of an age object starts: after the `--- <header MAC>`
+/// line and the 16-byte payload nonce (without which the header cannot be used either).
 fn age_header_end(obj: &[u8]) -> usize {
     let mac_line = age_stanzas_end(obj) + 1;
     obj[mac_line..]
         .iter()
         .position(|&b| b == b'\n')
-        .map_or(0, |n| mac_line + n + 1)
+        .map_or(0, |n| mac_line + n + 1 + 16)
 }
 
 /// A writer committing one row at a time into `drill_writes` (n = 1, 2, …) at a fixed
