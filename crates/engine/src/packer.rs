@@ -13,15 +13,12 @@ use sqlvault_format::{ChunkId, IndexEntry, ObjectId, PACK_MAGIC, encode_entries,
 use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, io_err};
 use crate::repo::{Repo, get_or};
 
-/// Reads the chunks `wanted` (entries of pack `pack`, from an index) out of it: one GET,
-/// only the frames that hold them decrypted and decompressed, every chunk re-hashed
-/// against its id. Calls `f` for each, in frame order.
-pub(crate) async fn read_chunks(
+/// A decrypting reader over one pack (one GET), its name for messages and the size of
+/// its ciphertext (which bounds every offset into its plaintext).
+async fn open_pack(
     repo: &Repo,
     pack: &ObjectId,
-    wanted: &mut [IndexEntry],
-    mut f: impl FnMut(&IndexEntry, &[u8]) -> Result<()>,
-) -> Result<()> {
+) -> Result<(String, u64, sqlvault_crypt::age::stream::StreamReader<std::io::Cursor<Bytes>>)> {
     repo.require_data_access("reading packs")?;
     let what = format!("pack {}", pack.short());
     let ct = get_or(&repo.store, &layout::pack(pack), || {
@@ -33,8 +30,21 @@ pub(crate) async fn read_chunks(
     })
     .await?;
     let ct_len = ct.len() as u64;
-    let mut r =
+    let r =
         sqlvault_crypt::decrypt_reader(&repo.identities, std::io::Cursor::new(ct)).map_err(|e| crypt_err(&what, e))?;
+    Ok((what, ct_len, r))
+}
+
+/// Reads the chunks `wanted` (entries of pack `pack`, from an index) out of it: one GET,
+/// only the frames that hold them decrypted and decompressed, every chunk re-hashed
+/// against its id. Calls `f` for each, in frame order.
+pub(crate) async fn read_chunks(
+    repo: &Repo,
+    pack: &ObjectId,
+    wanted: &mut [IndexEntry],
+    mut f: impl FnMut(&IndexEntry, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let (what, ct_len, mut r) = open_pack(repo, pack).await?;
     let mut dec = FrameDecompressor::new().map_err(|e| io_err("zstd", e))?;
     wanted.sort_by_key(|e| (e.frame_offset, e.offset));
     let (mut frame, mut plain) = (Vec::new(), Vec::new());
@@ -88,19 +98,7 @@ pub(crate) async fn read_chunks(
 /// The entries a pack's own trailer lists: what it really holds, whatever an index
 /// says. One GET; only the end of the plaintext is decrypted.
 pub(crate) async fn read_trailer(repo: &Repo, pack: &ObjectId) -> Result<Vec<IndexEntry>> {
-    repo.require_data_access("reading packs")?;
-    let what = format!("pack {}", pack.short());
-    let ct = get_or(&repo.store, &layout::pack(pack), || {
-        Error::new(
-            ErrorKind::Integrity,
-            "repo.missing-object",
-            format!("{what} is missing from {}", repo.store.describe()),
-        )
-    })
-    .await?;
-    let ct_len = ct.len() as u64;
-    let mut r =
-        sqlvault_crypt::decrypt_reader(&repo.identities, std::io::Cursor::new(ct)).map_err(|e| crypt_err(&what, e))?;
+    let (what, ct_len, mut r) = open_pack(repo, pack).await?;
     let end = r.seek(SeekFrom::End(0)).map_err(|e| corrupt(&what, e))?;
     let mut tail = [0u8; 12];
     if end < 12 {
