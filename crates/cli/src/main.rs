@@ -1318,8 +1318,13 @@ async fn key_change(a: KeyChangeArgs, add: bool) -> Result<u8, Error> {
         // Removal matches text, so a recipient that no longer parses can still go.
         let mut names = a.recipients.clone();
         for f in &a.recipients_file {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| usage(format!("cannot read recipients file {}: {e}", f.display())))?;
+            let mut text = String::new();
+            sqlvault_engine::sqlite::open_regular(f, true)
+                .map_err(|e| usage(format!("cannot read recipients file: {e}")))
+                .and_then(|mut r| {
+                    std::io::Read::read_to_string(&mut r, &mut text)
+                        .map_err(|e| usage(format!("cannot read recipients file {}: {e}", f.display())))
+                })?;
             names.extend(
                 text.lines()
                     .map(str::trim)

@@ -82,9 +82,15 @@ impl DbKey {
 
     /// Reads a key file (the whole file, one trailing newline removed).
     pub fn from_file(path: &Path) -> Result<DbKey, SqliteError> {
-        let mut f = File::open(path).map_err(|source| SqliteError::Io {
-            path: path.to_path_buf(),
-            source,
+        // A FIFO or device would block the read: only a regular file is a key file.
+        let mut f = crate::open_regular(path, true).map_err(|e| match e {
+            SqliteError::NotRegular { path, kind } => SqliteError::BadKey {
+                what: format!(
+                    "the database key file {} is a {kind}, not a regular file",
+                    path.display()
+                ),
+            },
+            other => other,
         })?;
         let mut buf = Zeroizing::new(Vec::new());
         f.read_to_end(&mut buf).map_err(|source| SqliteError::Io {
@@ -201,6 +207,7 @@ pub fn sqlcipher_version() -> String {
 /// SQLCipher logs failed page decryptions (every wrong-key attempt) to stderr by
 /// default; sqlvault reports those itself, as one line naming the file.
 pub(crate) fn quiet_sqlcipher() {
+    crate::guard_sqlite_opens();
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if let Ok(c) = Connection::open_in_memory() {
@@ -223,10 +230,12 @@ pub(crate) enum Head {
 }
 
 /// Reads the start of `path` to tell a plaintext database from a possibly encrypted
-/// one. An encrypted file is whole pages of at least 512 bytes.
+/// one. An encrypted file is whole pages of at least 512 bytes. Anything but a regular
+/// file (a FIFO, socket or device) is [`SqliteError::NotRegular`], found without
+/// blocking.
 pub(crate) fn head(path: &Path) -> Result<Head, SqliteError> {
     let io = |source| SqliteError::io_at(path, source);
-    let mut f = File::open(path).map_err(io)?;
+    let mut f = crate::open_regular(path, true)?;
     let len = f.metadata().map_err(io)?.len();
     if len == 0 {
         return Ok(Head::Empty);

@@ -17,6 +17,16 @@ pub enum SqliteError {
         /// The file.
         path: PathBuf,
     },
+    /// The path names a FIFO, socket, device (or, where links are not followed, a
+    /// symbolic link): sqlvault reads only regular files, as opening or reading the
+    /// others can block forever.
+    #[error("{path} is a {kind}, not a regular file: refused")]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
     /// Another connection held a lock longer than the busy timeout.
     #[error("database {path} stayed locked for more than {timeout:?}")]
     Busy {

@@ -191,6 +191,7 @@ pub(crate) fn load_temp<R: BufRead>(
         },
         None => None,
     };
+    crate::guard_sqlite_opens();
     let tmp = tempfile::Builder::new()
         .prefix(&format!(
             ".{}.sqlvault-",
