@@ -1,15 +1,18 @@
 //! Attacks of a local user (docs/security.md, "Local user / stale files"), played as
 //! the attacker would: FIFOs, sockets and devices planted where a database, side file
-//! or key is expected (a command must refuse them or report them, never hang).
+//! or key is expected (a command must refuse them or report them, never hang);
+//! signals in the middle of a command that writes plaintext temporary files, and
+//! `kill -9` leftovers.
 //!
 //! Termination is proven by the command returning: each run is a child process waited
 //! for with a generous bound, killed and failed if it is still running then.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Run, World, kit};
+use crate::support::{Run, World, assert_no_leftovers, files, kit};
 
 /// A bound no honest run here comes near; a hang hits it.
 const HANG: Duration = Duration::from_secs(120);
@@ -72,6 +75,38 @@ fn finish(mut child: Child, out: &Path, err: &Path, what: &str) -> Run {
 fn bounded(w: &World, args: &[&str]) -> Run {
     let (c, o, e) = spawn(w, args, &[], Stdio::null());
     finish(c, &o, &e, &args.join(" "))
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: signals our own child, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+/// Polls until a file or directory whose name contains `needle` exists under `dir`
+/// (or the child exits). Returns whether it appeared while the child ran.
+fn wait_for_temp(child: &mut Child, dir: &Path, needle: &str) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < HANG {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().contains(needle)))
+            .unwrap_or(false)
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+/// A pid that ran and is gone (pids are not reused this quickly).
+fn dead_pid() -> u32 {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
 }
 
 fn findings(r: &Run, code: &str) -> Vec<String> {
@@ -182,4 +217,188 @@ fn attack_fifo_given_as_database_dump_or_key_is_refused_not_waited_on() {
     let r = bounded(&w, &["backup", &db, &repo]);
     assert_ne!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("app.db"), "{}", r.stderr);
+}
+
+#[test]
+fn attack_signal_mid_load_removes_the_plaintext_temporary() {
+    let w = World::new();
+    let db = w.s("src.db");
+    kit::generate(
+        Path::new(&db),
+        &kit::GenOptions {
+            target_bytes: 2 << 20,
+            seed: 3,
+            wal: false,
+        },
+    )
+    .unwrap();
+    let sql = w.s("src.sql");
+    w.run(&["dump", &db, "-o", &sql]).ok();
+    let text = std::fs::read(&sql).unwrap();
+    let out = w.path("out");
+    std::fs::create_dir(&out).unwrap();
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130), (libc::SIGHUP, 129)] {
+        let dest = out.join("new.db").display().to_string();
+        let (mut child, o, e) = spawn(&w, &["load", "-", &dest], &[], Stdio::piped());
+        // Half the dump, then the pipe stays open: the load holds its temporary file
+        // (the rows so far, in plaintext) and waits for more.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&text[..text.len() / 2]).unwrap();
+        stdin.flush().unwrap();
+        assert!(
+            wait_for_temp(&mut child, &out, ".sqlvault-"),
+            "the load made its temporary file"
+        );
+        signal(&child, sig);
+        let r = finish(child, &o, &e, "load");
+        drop(stdin);
+        assert_eq!(r.code, code, "signal {sig}: {}", r.stderr);
+        assert!(r.stderr.contains("interrupted by"), "{}", r.stderr);
+        assert_no_leftovers(&out, "a signalled load");
+        assert!(files(&out).is_empty(), "{:?}", files(&out));
+    }
+}
+
+#[test]
+fn attack_sigterm_mid_restore_and_verify_removes_every_temporary() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 24 << 20, false);
+    w.run(&["backup", &db, &repo]).ok();
+    let out = w.path("out");
+    std::fs::create_dir(&out).unwrap();
+    let dest = out.join("restored.db").display().to_string();
+
+    // The restore is signalled once its plaintext temporary exists (a fast machine may
+    // finish first: try again, a few times).
+    let mut signalled = false;
+    for _ in 0..5 {
+        let (mut child, o, e) = spawn(&w, &["restore", &repo, &dest, "-i", &key], &[], Stdio::null());
+        let seen = wait_for_temp(&mut child, &out, ".sqlvault-");
+        if seen {
+            signal(&child, libc::SIGTERM);
+        }
+        let r = finish(child, &o, &e, "restore");
+        if r.code == 0 {
+            std::fs::remove_file(&dest).unwrap();
+            continue;
+        }
+        assert_eq!(r.code, 143, "{}", r.stderr);
+        signalled = true;
+        break;
+    }
+    assert!(signalled, "the restore was never caught mid-way");
+    assert!(files(&out).is_empty(), "nothing is left: {:?}", files(&out));
+
+    // verify restores into a scratch directory under TMPDIR: gone with its content.
+    let tmp = w.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let tmps = tmp.display().to_string();
+    let mut signalled = false;
+    for _ in 0..5 {
+        let (mut child, o, e) = spawn(
+            &w,
+            &["verify", &repo, "-i", &key, "--all", "--no-evidence"],
+            &[("TMPDIR", &tmps)],
+            Stdio::null(),
+        );
+        // The directory first, then a file in it: signal once the plaintext is there.
+        let t = Instant::now();
+        let mut seen = false;
+        while t.elapsed() < HANG && child.try_wait().unwrap().is_none() {
+            if files(&tmp).iter().any(|p| p.to_string_lossy().contains(".sqlvault-")) {
+                seen = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if seen {
+            signal(&child, libc::SIGTERM);
+        }
+        let r = finish(child, &o, &e, "verify");
+        if r.code == 0 {
+            continue;
+        }
+        assert_eq!(r.code, 143, "{}", r.stderr);
+        signalled = true;
+        break;
+    }
+    assert!(signalled, "the verify was never caught mid-way");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "nothing is left in TMPDIR: {left:?}");
+}
+
+#[test]
+fn attack_kill9_leftovers_are_swept_but_a_live_process_files_are_not() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 16 << 20, false);
+    w.run(&["backup", &db, &repo]).ok();
+    let out = w.path("out");
+    std::fs::create_dir(&out).unwrap();
+    let dest = out.join("r.db").display().to_string();
+
+    // A real kill -9 mid-restore leaves its plaintext temporary behind.
+    let mut left_behind = None;
+    for _ in 0..5 {
+        let (mut child, o, e) = spawn(&w, &["restore", &repo, &dest, "-i", &key], &[], Stdio::null());
+        if wait_for_temp(&mut child, &out, ".sqlvault-") {
+            signal(&child, libc::SIGKILL);
+        }
+        let r = finish(child, &o, &e, "restore");
+        if r.code == 0 {
+            std::fs::remove_file(&dest).unwrap();
+            continue;
+        }
+        assert_eq!(r.code, 128 + libc::SIGKILL, "{}", r.stderr);
+        left_behind = Some(files(&out));
+        break;
+    }
+    let left_behind = left_behind.expect("the restore was never caught mid-way");
+    assert!(
+        !left_behind.is_empty(),
+        "kill -9 leaves the temporary (nothing can remove it)"
+    );
+
+    // More leftovers, as a dead pid would leave them; a live process's; a link; files
+    // that only look alike.
+    let dead = dead_pid();
+    let live = std::process::id();
+    let dead_tmp = out.join(format!(".r.db.sqlvault-{dead}-AbCdEf.tmp"));
+    let dead_journal = out.join(format!(".r.db.sqlvault-{dead}-AbCdEf.tmp-journal"));
+    let dead_sql = out.join(format!(".other.db.sqlvault-{dead}-QwErTy.sql.tmp"));
+    let live_tmp = out.join(format!(".r.db.sqlvault-{live}-GhIjKl.tmp"));
+    let not_ours = [
+        out.join(format!("r.db.sqlvault-{dead}-AbCdEf.tmp")),
+        out.join(format!(".r.db.sqlvault-{dead}-AbCdEf.bak")),
+        out.join(".r.db.tmp"),
+    ];
+    for p in [&dead_tmp, &dead_journal, &dead_sql, &live_tmp]
+        .into_iter()
+        .chain(not_ours.iter())
+    {
+        std::fs::write(p, b"CREATE TABLE secrets(x); -- plaintext").unwrap();
+    }
+    let target = w.path("precious.db");
+    std::fs::write(&target, b"precious").unwrap();
+    let dead_link = out.join(format!(".r.db.sqlvault-{dead}-LiNkEd.tmp"));
+    std::os::unix::fs::symlink(&target, &dead_link).unwrap();
+
+    // The next restore into the directory sweeps what dead processes left.
+    w.run(&["restore", &repo, &dest, "-i", &key]).ok();
+    for p in &left_behind {
+        assert!(!p.exists(), "the kill -9 leftover {} is swept", p.display());
+    }
+    for p in [&dead_tmp, &dead_journal, &dead_sql] {
+        assert!(!p.exists(), "{} is swept", p.display());
+    }
+    assert!(live_tmp.exists(), "a live process's temporary is never touched");
+    for p in &not_ours {
+        assert!(p.exists(), "{} is not a sqlvault temporary", p.display());
+    }
+    assert!(
+        std::fs::symlink_metadata(&dead_link).is_ok(),
+        "a symbolic link is never swept"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
 }

@@ -1788,6 +1788,61 @@ fn wants_json(cmd: &Cmd) -> bool {
     }
 }
 
+/// SIGINT, SIGTERM and SIGHUP: every temporary file and directory this process made
+/// (restores, loads, dumps, conversions, verify and drill scratch: plaintext) is
+/// removed, then the process exits with 128 + the signal number: 130, 143, 129.
+///
+/// The signals are blocked in this thread before any other thread exists, so every
+/// thread inherits the mask and only the `signals` thread takes them, with `sigwait`:
+/// the cleanup runs in an ordinary thread, not in a signal handler. It holds the
+/// temporary-file registry until `_exit`, so no new temporary appears after it.
+fn handle_signals(json: bool) {
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    // SAFETY: sigset functions on a local, zero-initialised set; pthread_sigmask
+    // changes only this thread's mask (and, through inheritance, its future threads').
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a valid signal set and `sig` a valid out-parameter.
+        while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+        let removed = sqlvault_engine::sqlite::remove_all_for_exit();
+        let name = match sig {
+            libc::SIGINT => "SIGINT",
+            libc::SIGTERM => "SIGTERM",
+            _ => "SIGHUP",
+        };
+        let line = format!("interrupted by {name}; removed {removed} temporary file(s) this run had made");
+        let out = json!({"error": {"code": "interrupted", "message": line}}).to_string() + "\n";
+        let err = format!("sqlvault: error: {line}\n");
+        // Raw writes: another thread may hold the std handles' locks, and nothing
+        // else of this process runs to completion after this point.
+        // SAFETY: writes of valid buffers to the standard descriptors, then _exit,
+        // which ends every thread without unwinding or running destructors.
+        unsafe {
+            if json {
+                libc::write(1, out.as_ptr().cast(), out.len());
+            }
+            libc::write(2, err.as_ptr().cast(), err.len());
+            libc::_exit(128 + sig);
+        }
+    });
+    if spawned.is_err() {
+        // No thread to take them: back to the default actions.
+        // SAFETY: as above.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // Everything sqlvault creates (state, caches, restored files, local repository
     // objects) is private to the user.
@@ -1827,6 +1882,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     let json = wants_json(&cli.cmd);
+    handle_signals(json);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

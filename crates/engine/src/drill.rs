@@ -145,7 +145,7 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
         return Err(e);
     }
     let scratch = opts.scratch.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = match tempfile::Builder::new().prefix("sqlvault-drill-").tempdir_in(&scratch) {
+    let dir = match sqlvault_sqlite::scratch_dir(&scratch, "drill") {
         Ok(d) => d,
         Err(e) => {
             let e = io_err(format!("cannot create a scratch directory in {}", scratch.display()), e);

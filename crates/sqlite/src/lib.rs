@@ -11,6 +11,8 @@
 //! - Only regular files are read ([`open_regular`]); SQLite in this process opens only
 //!   regular files and directories ([`guard_sqlite_opens`]): a FIFO or device named
 //!   like a database or side file is refused, never waited on.
+//! - Temporary files and directories are named, registered and swept in one place
+//!   ([`scratch_file`], [`scratch_dir`], [`remove_all_for_exit`], [`sweep`]).
 
 mod audit;
 mod checksum;
@@ -21,6 +23,7 @@ mod guard;
 mod literal;
 mod load;
 mod regular;
+mod scratch;
 mod snapshot;
 
 pub use audit::{
@@ -37,6 +40,10 @@ pub use error::SqliteError;
 pub use load::{LoadOptions, LoadReport, install, load};
 pub use regular::{file_kind, guard_sqlite_opens, open_regular};
 pub use rusqlite;
+pub use scratch::{
+    LEGACY_MIN_AGE, SCRATCH_TAG, ScratchOwner, parse_scratch_name, remove_all_for_exit, scratch_dir, scratch_file,
+    sweep,
+};
 pub use snapshot::{
     DbInfo, SnapshotError, SnapshotMethod, Source, SourceOptions, VerifyReport, check_header, verify_file,
     verify_file_with,
