@@ -2,7 +2,8 @@
 //! the attacker would: FIFOs, sockets and devices planted where a database, side file
 //! or key is expected (a command must refuse them or report them, never hang);
 //! signals in the middle of a command that writes plaintext temporary files, and
-//! `kill -9` leftovers.
+//! `kill -9` leftovers; a hard link that keeps a database's plaintext after `db
+//! encrypt`.
 //!
 //! Termination is proven by the command returning: each run is a child process waited
 //! for with a generous bound, killed and failed if it is still running then.
@@ -401,4 +402,66 @@ fn attack_kill9_leftovers_are_swept_but_a_live_process_files_are_not() {
         "a symbolic link is never swept"
     );
     assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+}
+
+#[test]
+fn attack_hard_link_keeps_the_plaintext_after_db_encrypt() {
+    let w = World::new();
+    let db = w.s("app.db");
+    kit::generate(
+        Path::new(&db),
+        &kit::GenOptions {
+            target_bytes: 256 << 10,
+            seed: 5,
+            wal: false,
+        },
+    )
+    .unwrap();
+    let kf = w.s("db.key");
+    std::fs::write(&kf, "correct horse battery staple\n").unwrap();
+    // The attacker (or an old backup script) made a second name for the file.
+    let alias = w.path("alias.db");
+    std::fs::hard_link(&db, &alias).unwrap();
+    let before = std::fs::read(&db).unwrap();
+
+    // Refused: the plaintext would stay readable through the other name.
+    let r = w.run(&["db", "encrypt", &db, "--key-file", &kf]).fails(8);
+    assert!(
+        r.stderr.contains("1 other hard link") && r.stderr.contains("plaintext"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(&db).unwrap(), before, "unchanged");
+
+    // With --force it converts, says so on stderr and in the report.
+    let r = w
+        .run(&["db", "encrypt", &db, "--key-file", &kf, "--force", "--json"])
+        .ok();
+    assert_eq!(r.json()["other_links"], 1, "{}", r.stdout);
+    let warning: Vec<&str> = r.stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warning.len(), 1, "{}", r.stderr);
+    assert!(
+        warning[0].contains(&db) && warning[0].contains("1 other hard link") && warning[0].contains("plaintext"),
+        "{}",
+        r.stderr
+    );
+    // What the warning says is true: the other name still holds the plaintext.
+    assert!(std::fs::read(&alias).unwrap().starts_with(b"SQLite format 3\0"));
+    assert!(!std::fs::read(&db).unwrap().starts_with(b"SQLite format 3\0"));
+
+    // One name only now: no warning, other_links 0.
+    let r = w.run(&["db", "decrypt", &db, "--key-file", &kf, "--json"]).ok();
+    assert_eq!(r.json()["other_links"], 0);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+
+    // rekey refuses a linked file too (the old key would still open the other name).
+    std::fs::remove_file(&alias).unwrap();
+    w.run(&["db", "encrypt", &db, "--key-file", &kf]).ok();
+    std::fs::hard_link(&db, &alias).unwrap();
+    let nk = w.s("new.key");
+    std::fs::write(&nk, "another passphrase\n").unwrap();
+    let r = w
+        .run(&["db", "rekey", &db, "--key-file", &kf, "--new-key-file", &nk])
+        .fails(8);
+    assert!(r.stderr.contains("old key"), "{}", r.stderr);
 }

@@ -298,6 +298,10 @@ struct DbConvertArgs {
     /// Longest wait for another connection's lock, in seconds.
     #[arg(long, default_value_t = 10.0)]
     busy_timeout: f64,
+    /// Convert even when the file has other hard links: they keep the old bytes (after
+    /// encrypt, the plaintext) and stop being the same database (exit 8 otherwise).
+    #[arg(long)]
+    force: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -1220,7 +1224,9 @@ fn db(c: DbCmd) -> Result<u8, Error> {
         DbCmd::Rekey(a) => ("rekeyed", a),
         DbCmd::Migrate(a) => ("migrated", a),
     };
-    let opts = ConvertOptions::default().with_busy_timeout(busy(a.busy_timeout)?);
+    let opts = ConvertOptions::default()
+        .with_busy_timeout(busy(a.busy_timeout)?)
+        .with_allow_other_links(a.force);
     let need = |k: Option<DbKey>, what: &str, var: &str, flag: &str| {
         k.ok_or_else(|| {
             Error::new(
@@ -1259,6 +1265,18 @@ fn db(c: DbCmd) -> Result<u8, Error> {
         }
         DbCmd::Migrate(a) => sqlvault_engine::sqlite::migrate(&a.db, &current(a)?, &opts)?,
     };
+    if rep.other_links > 0 {
+        let old = match &c {
+            DbCmd::Encrypt(_) => "the old plaintext bytes",
+            DbCmd::Rekey(_) => "the old bytes, readable with the old key",
+            _ => "the old bytes",
+        };
+        eprintln!(
+            "sqlvault: warning: {} has {} other hard link(s): those names still hold {old}; only this name was {verb}",
+            terminal_safe(&rep.path.display().to_string()),
+            rep.other_links
+        );
+    }
     let describe = |s: &Option<CipherSettings>| match s {
         None => "plaintext".to_string(),
         Some(s) => format!("SQLCipher {} settings", s.compatibility),
@@ -1277,6 +1295,7 @@ fn db(c: DbCmd) -> Result<u8, Error> {
             "logical_checksum": hex::encode(rep.logical_checksum),
             "page_count": rep.page_count,
             "seconds": rep.seconds,
+            "other_links": rep.other_links,
         }));
     } else {
         println!(

@@ -428,17 +428,26 @@ pub enum Target {
 pub struct ConvertOptions {
     /// Longest wait for another connection's lock.
     pub busy_timeout: Duration,
+    /// Convert a file that has other hard links ([`SqliteError::OtherLinks`]
+    /// otherwise); the other names keep the old bytes ([`ConvertReport::other_links`]).
+    pub allow_other_links: bool,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
         ConvertOptions {
             busy_timeout: Duration::from_secs(10),
+            allow_other_links: false,
         }
     }
 }
 
 impl ConvertOptions {
+    /// Allows converting a file with other hard links.
+    pub fn with_allow_other_links(mut self, yes: bool) -> Self {
+        self.allow_other_links = yes;
+        self
+    }
     /// Sets the busy timeout.
     pub fn with_busy_timeout(mut self, t: Duration) -> Self {
         self.busy_timeout = t;
@@ -461,6 +470,9 @@ pub struct ConvertReport {
     pub page_count: u32,
     /// Seconds in all.
     pub seconds: f64,
+    /// Other hard links of the original, counted after the rename: names that still
+    /// hold the old bytes (the plaintext, after `encrypt`). 0 normally.
+    pub other_links: u64,
 }
 
 /// Encrypts a plaintext database in place (see the module docs for the guarantees).
@@ -566,16 +578,33 @@ pub fn convert(
         path: path.to_path_buf(),
         detail,
     };
+    // The original, held for its link count after the rename. Opened before the
+    // connection so that it is closed after it: closing a descriptor of a file drops
+    // this process's POSIX locks on it, SQLite's included.
+    let original = crate::open_regular(path, true)?;
     let pids = other_openers(path);
     if !pids.is_empty() {
         return Err(in_use(format!(
             "held open by process {pids:?}; stop the application first"
         )));
     }
-    let meta = std::fs::metadata(path).map_err(|source| SqliteError::Io {
+    let meta = original.metadata().map_err(|source| SqliteError::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    // Another name of the same file keeps the old bytes after the rename, and stops
+    // being the same database: never without being told.
+    if meta.nlink() > 1 && !opts.allow_other_links {
+        return Err(SqliteError::OtherLinks {
+            path: path.to_path_buf(),
+            links: meta.nlink() - 1,
+            what: match (&target, from) {
+                (Target::Encrypted { .. }, None) => ", the plaintext,",
+                (Target::Encrypted { .. }, Some(_)) => " (readable with the old key and settings)",
+                (Target::Plaintext, _) => "",
+            },
+        });
+    }
     let (conn, before) = open_db(
         path,
         from,
@@ -609,7 +638,11 @@ pub fn convert(
     }
     let (after, sum, page_count) = r?;
     drop(conn);
+    // The original's inode now has only its other names.
+    let other_links = original.metadata().map(|m| m.nlink()).unwrap_or(meta.nlink() - 1);
+    drop(original);
     Ok(ConvertReport {
+        other_links,
         path: path.to_path_buf(),
         before,
         after,

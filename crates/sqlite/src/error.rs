@@ -164,6 +164,20 @@ pub enum SqliteError {
         /// Who holds it.
         detail: String,
     },
+    /// A conversion of a file that has other hard links: the other names would keep the
+    /// old bytes (the plaintext, for `encrypt`) and the application would see two
+    /// databases. Refused unless allowed.
+    #[error(
+        "{path} has {links} other hard link(s): they would keep the old bytes{what} and stop being the same database; remove them first, or allow it (--force)"
+    )]
+    OtherLinks {
+        /// The file.
+        path: PathBuf,
+        /// Names besides this one.
+        links: u64,
+        /// What the old bytes are, for the message (", the plaintext" for encrypt).
+        what: &'static str,
+    },
     /// Filesystem error.
     #[error("io error on {path}")]
     Io {
