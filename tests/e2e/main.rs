@@ -4,6 +4,7 @@ mod support;
 
 mod attacks;
 mod attacks_bucket;
+mod attacks_local;
 mod attacks_writekey;
 mod audit;
 mod backup_restore;

@@ -298,6 +298,10 @@ struct DbConvertArgs {
     /// Longest wait for another connection's lock, in seconds.
     #[arg(long, default_value_t = 10.0)]
     busy_timeout: f64,
+    /// Convert even when the file has other hard links: they keep the old bytes (after
+    /// encrypt, the plaintext) and stop being the same database (exit 8 otherwise).
+    #[arg(long)]
+    force: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -1220,7 +1224,9 @@ fn db(c: DbCmd) -> Result<u8, Error> {
         DbCmd::Rekey(a) => ("rekeyed", a),
         DbCmd::Migrate(a) => ("migrated", a),
     };
-    let opts = ConvertOptions::default().with_busy_timeout(busy(a.busy_timeout)?);
+    let opts = ConvertOptions::default()
+        .with_busy_timeout(busy(a.busy_timeout)?)
+        .with_allow_other_links(a.force);
     let need = |k: Option<DbKey>, what: &str, var: &str, flag: &str| {
         k.ok_or_else(|| {
             Error::new(
@@ -1259,6 +1265,18 @@ fn db(c: DbCmd) -> Result<u8, Error> {
         }
         DbCmd::Migrate(a) => sqlvault_engine::sqlite::migrate(&a.db, &current(a)?, &opts)?,
     };
+    if rep.other_links > 0 {
+        let old = match &c {
+            DbCmd::Encrypt(_) => "the old plaintext bytes",
+            DbCmd::Rekey(_) => "the old bytes, readable with the old key",
+            _ => "the old bytes",
+        };
+        eprintln!(
+            "sqlvault: warning: {} has {} other hard link(s): those names still hold {old}; only this name was {verb}",
+            terminal_safe(&rep.path.display().to_string()),
+            rep.other_links
+        );
+    }
     let describe = |s: &Option<CipherSettings>| match s {
         None => "plaintext".to_string(),
         Some(s) => format!("SQLCipher {} settings", s.compatibility),
@@ -1277,6 +1295,7 @@ fn db(c: DbCmd) -> Result<u8, Error> {
             "logical_checksum": hex::encode(rep.logical_checksum),
             "page_count": rep.page_count,
             "seconds": rep.seconds,
+            "other_links": rep.other_links,
         }));
     } else {
         println!(
@@ -1318,8 +1337,13 @@ async fn key_change(a: KeyChangeArgs, add: bool) -> Result<u8, Error> {
         // Removal matches text, so a recipient that no longer parses can still go.
         let mut names = a.recipients.clone();
         for f in &a.recipients_file {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| usage(format!("cannot read recipients file {}: {e}", f.display())))?;
+            let mut text = String::new();
+            sqlvault_engine::sqlite::open_regular(f, true)
+                .map_err(|e| usage(format!("cannot read recipients file: {e}")))
+                .and_then(|mut r| {
+                    std::io::Read::read_to_string(&mut r, &mut text)
+                        .map_err(|e| usage(format!("cannot read recipients file {}: {e}", f.display())))
+                })?;
             names.extend(
                 text.lines()
                     .map(str::trim)
@@ -1783,6 +1807,61 @@ fn wants_json(cmd: &Cmd) -> bool {
     }
 }
 
+/// SIGINT, SIGTERM and SIGHUP: every temporary file and directory this process made
+/// (restores, loads, dumps, conversions, verify and drill scratch: plaintext) is
+/// removed, then the process exits with 128 + the signal number: 130, 143, 129.
+///
+/// The signals are blocked in this thread before any other thread exists, so every
+/// thread inherits the mask and only the `signals` thread takes them, with `sigwait`:
+/// the cleanup runs in an ordinary thread, not in a signal handler. It holds the
+/// temporary-file registry until `_exit`, so no new temporary appears after it.
+fn handle_signals(json: bool) {
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    // SAFETY: sigset functions on a local, zero-initialised set; pthread_sigmask
+    // changes only this thread's mask (and, through inheritance, its future threads').
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a valid signal set and `sig` a valid out-parameter.
+        while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+        let removed = sqlvault_engine::sqlite::remove_all_for_exit();
+        let name = match sig {
+            libc::SIGINT => "SIGINT",
+            libc::SIGTERM => "SIGTERM",
+            _ => "SIGHUP",
+        };
+        let line = format!("interrupted by {name}; removed {removed} temporary file(s) this run had made");
+        let out = json!({"error": {"code": "interrupted", "message": line}}).to_string() + "\n";
+        let err = format!("sqlvault: error: {line}\n");
+        // Raw writes: another thread may hold the std handles' locks, and nothing
+        // else of this process runs to completion after this point.
+        // SAFETY: writes of valid buffers to the standard descriptors, then _exit,
+        // which ends every thread without unwinding or running destructors.
+        unsafe {
+            if json {
+                libc::write(1, out.as_ptr().cast(), out.len());
+            }
+            libc::write(2, err.as_ptr().cast(), err.len());
+            libc::_exit(128 + sig);
+        }
+    });
+    if spawned.is_err() {
+        // No thread to take them: back to the default actions.
+        // SAFETY: as above.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // Everything sqlvault creates (state, caches, restored files, local repository
     // objects) is private to the user.
@@ -1822,6 +1901,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     let json = wants_json(&cli.cmd);
+    handle_signals(json);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -127,9 +127,49 @@ impl FromStr for Recipient {
     }
 }
 
+/// Opens a key, identity or recipients file for reading only if it is a regular file,
+/// without blocking: `O_NONBLOCK` (a FIFO without a writer would block `open(2)`
+/// forever), then the type of the opened descriptor. The file is returned in blocking
+/// mode. (The same check as `sqlvault_sqlite::open_regular`, which this leaf crate
+/// cannot depend on.)
+fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let ft = f.metadata()?.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is {kind}, not a regular file"),
+        ));
+    }
+    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL have no memory effects.
+    unsafe {
+        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(f)
+}
+
 /// Reads a recipients file: one recipient per line, `#` comments and blank lines ignored.
 pub fn read_recipients_file(path: &Path) -> Result<Vec<Recipient>, CryptError> {
-    let f = std::fs::File::open(path).map_err(|e| CryptError::IdentityFile {
+    let f = open_regular(path).map_err(|e| CryptError::IdentityFile {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
@@ -166,9 +206,12 @@ impl Identities {
             reason,
         };
         let mut buf = Vec::new();
-        std::fs::File::open(path)
+        open_regular(path)
             .and_then(|mut f| f.read_to_end(&mut buf))
-            .map_err(|e| err(e.kind().to_string()))?;
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidInput => err(e.to_string()),
+                k => err(k.to_string()),
+            })?;
         let result = if buf.starts_with(b"-----BEGIN") {
             match age::ssh::Identity::from_buffer(&buf[..], Some(path.display().to_string())) {
                 Ok(id @ age::ssh::Identity::Unencrypted(_)) => Ok(Identities {

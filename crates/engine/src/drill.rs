@@ -145,7 +145,7 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
         return Err(e);
     }
     let scratch = opts.scratch.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = match tempfile::Builder::new().prefix("sqlvault-drill-").tempdir_in(&scratch) {
+    let dir = match sqlvault_sqlite::scratch_dir(&scratch, "drill") {
         Ok(d) => d,
         Err(e) => {
             let e = io_err(format!("cannot create a scratch directory in {}", scratch.display()), e);
@@ -243,12 +243,39 @@ fn append(log: &Path, rec: &impl Serialize) -> Result<()> {
     }
     let mut line = serde_json::to_vec(rec).expect("serialises");
     line.push(b'\n');
+    // Anything but a regular file is refused: by name first, then (a FIFO swapped in
+    // meanwhile) by the opened descriptor, opened with O_NONBLOCK so that a FIFO opens
+    // or fails at once instead of waiting for a reader.
+    let not_regular = |ft: std::fs::FileType| {
+        Error::new(
+            ErrorKind::Usage,
+            "drill.log-not-regular",
+            format!(
+                "drill log {} is a {}, not a regular file: refused",
+                log.display(),
+                sqlvault_sqlite::file_kind(ft)
+            ),
+        )
+    };
+    if let Ok(m) = std::fs::metadata(log)
+        && !m.is_file()
+    {
+        return Err(not_regular(m.file_type()));
+    }
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(log)
         .map_err(|e| io_err(format!("cannot open drill log {}", log.display()), e))?;
+    let ft = f
+        .metadata()
+        .map_err(|e| io_err(format!("cannot open drill log {}", log.display()), e))?
+        .file_type();
+    if !ft.is_file() {
+        return Err(not_regular(ft));
+    }
     // One write of a whole line: concurrent drills appending to one log do not interleave.
     f.write_all(&line)
         .and_then(|()| f.sync_data())

@@ -133,6 +133,8 @@ impl From<sqlvault_sqlite::SqliteError> for Error {
             S::NotEncrypted { .. } => (ErrorKind::Usage, "source.not-encrypted"),
             S::BadKey { .. } => (ErrorKind::Usage, "source.bad-key"),
             S::InUse { .. } => (ErrorKind::Source, "db.in-use"),
+            S::OtherLinks { .. } => (ErrorKind::Exists, "db.other-links"),
+            S::NotRegular { .. } => (ErrorKind::Source, "source.not-regular"),
             _ => (ErrorKind::Source, "source.sqlite"),
         };
         let msg = e.to_string();

@@ -13,9 +13,9 @@
 //! The caches are an optimisation only: deleting them costs a full upload, never a
 //! wrong snapshot, and they are checked against the repository before use.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -59,22 +59,18 @@ pub(crate) fn write_private_with(path: &Path, fill: impl FnOnce(&mut dyn Write) 
     let dir = path.parent().expect("state files live in a directory");
     mkdir_private(dir)?;
     let name = path.file_name().unwrap().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // A 0600 temporary named with this pid, removed on any error (drop) and on a
+    // signal; leftovers of killed runs are swept.
     let r = (|| {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let tmp = sqlvault_sqlite::scratch_file(dir, &name, ".tmp")?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
         fill(&mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        w.flush()?;
+        drop(w);
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map(|_| ()).map_err(|e| e.error)
     })();
     if let Err(e) = r {
-        let _ = fs::remove_file(&tmp);
         return Err(io_err(format!("cannot write {}", path.display()), e));
     }
     Ok(())

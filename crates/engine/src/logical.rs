@@ -176,16 +176,20 @@ pub fn load_file(input: &Path, dest: &Path, force: bool) -> Result<LoadSummary> 
     let r = if input == Path::new("-") {
         sqlvault_sqlite::load(std::io::stdin().lock(), Path::new("<stdin>"), dest, &opts)?
     } else {
-        let f = File::open(input).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(
-                    ErrorKind::NotFound,
-                    "load.input-missing",
-                    format!("dump {} does not exist", input.display()),
-                )
-            } else {
-                io_err(format!("cannot read {}", input.display()), e)
-            }
+        // Only a regular file, checked without blocking (a FIFO would hang the
+        // open); a stream comes through standard input (`-`).
+        let f = sqlvault_sqlite::open_regular(input, true).map_err(|e| match e {
+            sqlvault_sqlite::SqliteError::Missing { .. } => Error::new(
+                ErrorKind::NotFound,
+                "load.input-missing",
+                format!("dump {} does not exist", input.display()),
+            ),
+            sqlvault_sqlite::SqliteError::NotRegular { .. } => Error::new(
+                ErrorKind::Source,
+                "load.input-not-regular",
+                format!("{e} (to load from a pipe, give - and pipe it to standard input)"),
+            ),
+            other => Error::from(other),
         })?;
         sqlvault_sqlite::load(BufReader::with_capacity(1 << 20, f), input, dest, &opts)?
     };

@@ -480,15 +480,10 @@ impl Layout {
     }
 }
 
-/// A private 0600 temporary file next to `dest`, removed on drop.
+/// A private 0600 temporary file next to `dest`, removed on drop and on a signal, named
+/// with this pid (see [`sqlvault_sqlite::scratch_file`]).
 pub(crate) fn temp_in(dir: &Path, dest: &Path, suffix: &str) -> Result<tempfile::NamedTempFile> {
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.sqlvault-",
-            dest.file_name().unwrap_or_default().to_string_lossy()
-        ))
-        .suffix(suffix)
-        .tempfile_in(dir)
+    let tmp = sqlvault_sqlite::scratch_file(dir, &dest.file_name().unwrap_or_default().to_string_lossy(), suffix)
         .map_err(|e| io_err(format!("cannot create a temporary file in {}", dir.display()), e))?;
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o600))
@@ -862,9 +857,7 @@ fn restore_pack(
 /// `opts` apply.
 pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions) -> Result<Vec<VerifyReport>> {
     repo.require_data_access("verify")?;
-    let dir = tempfile::Builder::new()
-        .prefix("sqlvault-verify-")
-        .tempdir()
+    let dir = sqlvault_sqlite::scratch_dir(&std::env::temp_dir(), "verify")
         .map_err(|e| io_err("cannot create a temporary directory", e))?;
     let mut out = Vec::new();
     for m in snapshots {

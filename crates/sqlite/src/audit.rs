@@ -9,7 +9,7 @@
 //! ownership. Symbolic links are never followed: a link inside a scanned tree is
 //! skipped (and reported when it leads out of the tree and looks like a database).
 
-use std::fs::{File, Metadata};
+use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -241,6 +241,9 @@ impl Auditor {
                 // Named explicitly and not a database: the user says it is a key.
                 Kind::Secret | Kind::Other => self.secret_file(path, &meta),
             }
+        } else {
+            // Named explicitly: whatever its name, it was meant to be a file.
+            self.special_file(path, &meta, "a database, side or key file");
         }
         Ok(())
     }
@@ -280,6 +283,16 @@ impl Auditor {
                     Kind::Secret => self.secret_file(&p, &m),
                     Kind::Side => sides.push((p, m)),
                     Kind::Other => {}
+                }
+            } else {
+                // A FIFO, socket or device. Named like a database, or like a side file
+                // of no database here (a database's own side files are judged with it).
+                let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
+                let side = SIDE_SUFFIXES.iter().any(|s| name.ends_with(s));
+                if db_like_name(&name) && !side {
+                    self.special_file(&p, &m, "a database");
+                } else if side && !main_of_side(&p).is_some_and(|db| db.is_file()) {
+                    self.special_file(&p, &m, "a database side file");
                 }
             }
         }
@@ -395,12 +408,17 @@ impl Auditor {
         self.report.stats.files += 1;
         self.perm_finding(path, meta, "database", "perm.db-file");
         let mut present_sides = Vec::new();
+        let mut special_side = false;
         for s in SIDE_SUFFIXES {
             let side = side_path(path, s);
             let Ok(m) = std::fs::symlink_metadata(&side) else {
                 continue;
             };
             if !m.is_file() {
+                if !m.file_type().is_symlink() && !m.is_dir() {
+                    self.special_file(&side, &m, "a database side file");
+                    special_side = true;
+                }
                 continue;
             }
             self.report.stats.files += 1;
@@ -470,7 +488,37 @@ impl Auditor {
             });
             return;
         }
+        if special_side {
+            self.push(Finding {
+                severity: Severity::Info,
+                code: "db.not-checked",
+                path: path.to_path_buf(),
+                message: "content not checked: a side file beside it is not a regular file (see its finding)".into(),
+                fix: String::new(),
+                fixed: false,
+            });
+            return;
+        }
         self.content(path);
+    }
+
+    /// A FIFO, socket or device where SQLite (the application's, or sqlvault's) expects
+    /// a file: opening a FIFO blocks until someone writes to it, a device or socket
+    /// cannot be a database. Never opened here.
+    fn special_file(&mut self, path: &Path, meta: &Metadata, expected: &str) {
+        self.report.stats.files += 1;
+        let kind = crate::regular::file_kind(meta.file_type());
+        self.push(Finding {
+            severity: Severity::High,
+            code: "file.not-regular",
+            path: path.to_path_buf(),
+            message: format!(
+                "is a {kind} (owner uid {}) where {expected} is expected: SQLite blocks or fails opening it, the application's SQLite included; someone may have planted it",
+                meta.uid()
+            ),
+            fix: format!("find out who made it and why; if nobody should have: rm {}", sh(path)),
+            fixed: false,
+        });
     }
 
     fn content(&mut self, path: &Path) {
@@ -724,7 +772,8 @@ fn free_pages_with_data(p1: &[u8], page_count: u64, page: &dyn Fn(u64) -> rusqli
 /// the database open (a live writer's journal is not hot, only busy).
 fn hot_journal(db: &Path, journal: &Path) -> bool {
     let mut magic = [0u8; 8];
-    let ok = File::open(journal).and_then(|mut f| f.read_exact(&mut magic)).is_ok();
+    // Never through a link, never blocking on a FIFO swapped in since it was judged.
+    let ok = crate::open_regular(journal, false).is_ok_and(|mut f| f.read_exact(&mut magic).is_ok());
     ok && magic == JOURNAL_MAGIC && crate::cipher::other_openers(db).is_empty()
 }
 
@@ -753,10 +802,7 @@ fn classify(path: &Path, meta: &Metadata) -> Kind {
     }
     if meta.len() <= 64 * 1024 {
         let mut buf = Vec::new();
-        if File::open(path)
-            .and_then(|f| f.take(64 * 1024).read_to_end(&mut buf))
-            .is_ok()
-        {
+        if crate::open_regular(path, false).is_ok_and(|f| f.take(64 * 1024).read_to_end(&mut buf).is_ok()) {
             let text = String::from_utf8_lossy(&buf);
             if text.contains("AGE-SECRET-KEY-1") || text.contains("PRIVATE KEY-----") {
                 return Kind::Secret;

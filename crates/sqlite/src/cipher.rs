@@ -82,9 +82,15 @@ impl DbKey {
 
     /// Reads a key file (the whole file, one trailing newline removed).
     pub fn from_file(path: &Path) -> Result<DbKey, SqliteError> {
-        let mut f = File::open(path).map_err(|source| SqliteError::Io {
-            path: path.to_path_buf(),
-            source,
+        // A FIFO or device would block the read: only a regular file is a key file.
+        let mut f = crate::open_regular(path, true).map_err(|e| match e {
+            SqliteError::NotRegular { path, kind } => SqliteError::BadKey {
+                what: format!(
+                    "the database key file {} is a {kind}, not a regular file",
+                    path.display()
+                ),
+            },
+            other => other,
         })?;
         let mut buf = Zeroizing::new(Vec::new());
         f.read_to_end(&mut buf).map_err(|source| SqliteError::Io {
@@ -201,6 +207,7 @@ pub fn sqlcipher_version() -> String {
 /// SQLCipher logs failed page decryptions (every wrong-key attempt) to stderr by
 /// default; sqlvault reports those itself, as one line naming the file.
 pub(crate) fn quiet_sqlcipher() {
+    crate::guard_sqlite_opens();
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if let Ok(c) = Connection::open_in_memory() {
@@ -223,10 +230,12 @@ pub(crate) enum Head {
 }
 
 /// Reads the start of `path` to tell a plaintext database from a possibly encrypted
-/// one. An encrypted file is whole pages of at least 512 bytes.
+/// one. An encrypted file is whole pages of at least 512 bytes. Anything but a regular
+/// file (a FIFO, socket or device) is [`SqliteError::NotRegular`], found without
+/// blocking.
 pub(crate) fn head(path: &Path) -> Result<Head, SqliteError> {
     let io = |source| SqliteError::io_at(path, source);
-    let mut f = File::open(path).map_err(io)?;
+    let mut f = crate::open_regular(path, true)?;
     let len = f.metadata().map_err(io)?.len();
     if len == 0 {
         return Ok(Head::Empty);
@@ -419,17 +428,26 @@ pub enum Target {
 pub struct ConvertOptions {
     /// Longest wait for another connection's lock.
     pub busy_timeout: Duration,
+    /// Convert a file that has other hard links ([`SqliteError::OtherLinks`]
+    /// otherwise); the other names keep the old bytes ([`ConvertReport::other_links`]).
+    pub allow_other_links: bool,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
         ConvertOptions {
             busy_timeout: Duration::from_secs(10),
+            allow_other_links: false,
         }
     }
 }
 
 impl ConvertOptions {
+    /// Allows converting a file with other hard links.
+    pub fn with_allow_other_links(mut self, yes: bool) -> Self {
+        self.allow_other_links = yes;
+        self
+    }
     /// Sets the busy timeout.
     pub fn with_busy_timeout(mut self, t: Duration) -> Self {
         self.busy_timeout = t;
@@ -452,6 +470,9 @@ pub struct ConvertReport {
     pub page_count: u32,
     /// Seconds in all.
     pub seconds: f64,
+    /// Other hard links of the original, counted after the rename: names that still
+    /// hold the old bytes (the plaintext, after `encrypt`). 0 normally.
+    pub other_links: u64,
 }
 
 /// Encrypts a plaintext database in place (see the module docs for the guarantees).
@@ -557,16 +578,33 @@ pub fn convert(
         path: path.to_path_buf(),
         detail,
     };
+    // The original, held for its link count after the rename. Opened before the
+    // connection so that it is closed after it: closing a descriptor of a file drops
+    // this process's POSIX locks on it, SQLite's included.
+    let original = crate::open_regular(path, true)?;
     let pids = other_openers(path);
     if !pids.is_empty() {
         return Err(in_use(format!(
             "held open by process {pids:?}; stop the application first"
         )));
     }
-    let meta = std::fs::metadata(path).map_err(|source| SqliteError::Io {
+    let meta = original.metadata().map_err(|source| SqliteError::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    // Another name of the same file keeps the old bytes after the rename, and stops
+    // being the same database: never without being told.
+    if meta.nlink() > 1 && !opts.allow_other_links {
+        return Err(SqliteError::OtherLinks {
+            path: path.to_path_buf(),
+            links: meta.nlink() - 1,
+            what: match (&target, from) {
+                (Target::Encrypted { .. }, None) => ", the plaintext,",
+                (Target::Encrypted { .. }, Some(_)) => " (readable with the old key and settings)",
+                (Target::Plaintext, _) => "",
+            },
+        });
+    }
     let (conn, before) = open_db(
         path,
         from,
@@ -600,7 +638,11 @@ pub fn convert(
     }
     let (after, sum, page_count) = r?;
     drop(conn);
+    // The original's inode now has only its other names.
+    let other_links = original.metadata().map(|m| m.nlink()).unwrap_or(meta.nlink() - 1);
+    drop(original);
     Ok(ConvertReport {
+        other_links,
         path: path.to_path_buf(),
         before,
         after,

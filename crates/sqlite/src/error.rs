@@ -17,6 +17,16 @@ pub enum SqliteError {
         /// The file.
         path: PathBuf,
     },
+    /// The path names a FIFO, socket, device (or, where links are not followed, a
+    /// symbolic link): sqlvault reads only regular files, as opening or reading the
+    /// others can block forever.
+    #[error("{path} is a {kind}, not a regular file: refused")]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
     /// Another connection held a lock longer than the busy timeout.
     #[error("database {path} stayed locked for more than {timeout:?}")]
     Busy {
@@ -153,6 +163,20 @@ pub enum SqliteError {
         path: PathBuf,
         /// Who holds it.
         detail: String,
+    },
+    /// A conversion of a file that has other hard links: the other names would keep the
+    /// old bytes (the plaintext, for `encrypt`) and the application would see two
+    /// databases. Refused unless allowed.
+    #[error(
+        "{path} has {links} other hard link(s): they would keep the old bytes{what} and stop being the same database; remove them first, or allow it (--force)"
+    )]
+    OtherLinks {
+        /// The file.
+        path: PathBuf,
+        /// Names besides this one.
+        links: u64,
+        /// What the old bytes are, for the message (", the plaintext" for encrypt).
+        what: &'static str,
     },
     /// Filesystem error.
     #[error("io error on {path}")]

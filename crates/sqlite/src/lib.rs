@@ -8,6 +8,11 @@
 //! - [`verify_file`] checks a restored file: `PRAGMA integrity_check` plus the checksum.
 //! - [`Source::dump`] writes a lossless SQL dump in one read pass that also computes the
 //!   checksum; [`load`] builds a database from one and proves it equal.
+//! - Only regular files are read ([`open_regular`]); SQLite in this process opens only
+//!   regular files and directories ([`guard_sqlite_opens`]): a FIFO or device named
+//!   like a database or side file is refused, never waited on.
+//! - Temporary files and directories are named, registered and swept in one place
+//!   ([`scratch_file`], [`scratch_dir`], [`remove_all_for_exit`], [`sweep`]).
 
 mod audit;
 mod checksum;
@@ -17,6 +22,8 @@ mod error;
 mod guard;
 mod literal;
 mod load;
+mod regular;
+mod scratch;
 mod snapshot;
 
 pub use audit::{
@@ -31,7 +38,12 @@ pub use cipher::{
 pub use dump::{DUMP_HEADER, DUMP_TRAILER, DumpReport};
 pub use error::SqliteError;
 pub use load::{LoadOptions, LoadReport, install, load};
+pub use regular::{file_kind, guard_sqlite_opens, open_regular};
 pub use rusqlite;
+pub use scratch::{
+    LEGACY_MIN_AGE, SCRATCH_TAG, ScratchOwner, parse_scratch_name, remove_all_for_exit, scratch_dir, scratch_file,
+    sweep,
+};
 pub use snapshot::{
     DbInfo, SnapshotError, SnapshotMethod, Source, SourceOptions, VerifyReport, check_header, verify_file,
     verify_file_with,

@@ -58,7 +58,6 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::BufRead;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -191,17 +190,11 @@ pub(crate) fn load_temp<R: BufRead>(
         },
         None => None,
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.sqlvault-",
-            dest.file_name().unwrap_or_default().to_string_lossy()
-        ))
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(io(&dir))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io(tmp.path()))?;
+    crate::guard_sqlite_opens();
+    // Named with this process's pid, registered for removal on a signal; the first
+    // temporary in `dir` sweeps leftovers of killed runs.
+    let tmp =
+        crate::scratch_file(&dir, &dest.file_name().unwrap_or_default().to_string_lossy(), ".tmp").map_err(io(&dir))?;
 
     let t0 = Instant::now();
     let run = (|| {

@@ -468,14 +468,11 @@ impl Source {
     /// the source's own 100-byte header too, where it is authoritative.
     pub(crate) fn private_copy(&self) -> Result<(tempfile::NamedTempFile, Option<[u8; 100]>), SqliteError> {
         let dir = self.opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
-        // tempfile creates the file 0600 and removes it on drop, on every path.
-        let tmp = tempfile::Builder::new()
-            .prefix(".sqlvault-snapshot-")
-            .tempfile_in(&dir)
-            .map_err(|source| SqliteError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+        // Created 0600, removed on drop on every path, and on a signal (registered).
+        let tmp = crate::scratch_file(&dir, "snapshot", ".tmp").map_err(|source| SqliteError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         // Hold a read transaction across the copy so that the source header we read
         // belongs to exactly the state the backup API copies.
         self.conn
