@@ -18,7 +18,11 @@ use crate::repo::{Repo, get_or};
 async fn open_pack(
     repo: &Repo,
     pack: &ObjectId,
-) -> Result<(String, u64, sqlvault_crypt::age::stream::StreamReader<std::io::Cursor<Bytes>>)> {
+) -> Result<(
+    String,
+    u64,
+    sqlvault_crypt::age::stream::StreamReader<std::io::Cursor<Bytes>>,
+)> {
     repo.require_data_access("reading packs")?;
     let what = format!("pack {}", pack.short());
     let ct = get_or(&repo.store, &layout::pack(pack), || {
