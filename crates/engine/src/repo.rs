@@ -1255,15 +1255,16 @@ impl Repo {
                     continue;
                 }
             };
-            // Decoded into a buffer first: a damaged index contributes nothing, not
-            // the entries before its damage.
-            let mut entries = Vec::new();
+            // Streamed, not buffered (an index of a large backup holds a million
+            // entries): a format-2 index is authenticated before any entry is handed
+            // on, and entries are only hints anyway (every chunk read through one is
+            // re-hashed, and a bad one falls back to another entry).
             match IndexFile::decode_with(&pt, &self.keys, |pack, e| {
                 if existing.contains(&pack) {
-                    entries.push((pack, e));
+                    f(pack, e);
                 }
             }) {
-                Ok(_) => entries.into_iter().for_each(|(p, e)| f(p, e)),
+                Ok(_) => {}
                 Err(e) => tracing::warn!(
                     "skipping index {} of {}: {}",
                     escape_name(&name),
