@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use sqlvault_engine::sqlite::{LoadOptions, load};
+use sqlvault_sqlite::{LoadOptions, load};
 
 fn sandbox() -> &'static Path {
     static S: OnceLock<PathBuf> = OnceLock::new();
