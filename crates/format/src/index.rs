@@ -70,10 +70,12 @@ fn put_entries(out: &mut Vec<u8>, entries: &[IndexEntry]) {
     out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
     for f in frames {
         let len = f[0].len;
+        // Uniform only if the decoder's `i × chunk_len` (checked) gives every offset back:
+        // a wrapped product must not pass for one.
         let uniform = len > 0
             && f.iter()
                 .enumerate()
-                .all(|(i, e)| e.len == len && e.offset == i as u32 * len);
+                .all(|(i, e)| e.len == len && u32::try_from(i).ok().and_then(|i| i.checked_mul(len)) == Some(e.offset));
         out.extend_from_slice(&f[0].frame_offset.to_le_bytes());
         out.extend_from_slice(&f[0].frame_len.to_le_bytes());
         out.extend_from_slice(&(if uniform { len } else { 0 }).to_le_bytes());
@@ -563,6 +565,38 @@ mod fuzz_regressions {
             IndexFile::decode(&bad, &keys),
             Err(FormatError::Malformed { .. })
         ));
+    }
+
+    /// Minimized from fuzz/artifacts/entries/crash-7c49a0ed…: one frame of explicit
+    /// chunks, each `0x8000_0001` bytes long, at offsets 0, `0x8000_0001` and 2 — what
+    /// `i × len` gives when it wraps. The encoder's uniformity test overflowed (a panic
+    /// with overflow checks, else a "uniform" frame that the decoder then refuses).
+    const OFFSETS_THAT_WRAP: &[u8] = &[
+        1, 0, 0, 0, // frame_count 1
+        // frame at offset 0, 9 bytes long; chunk_len 0 (explicit chunks); 3 chunks
+        0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, //
+        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, // id
+        0, 0, 0, 0, 1, 0, 0, 0x80, // offset 0, len 0x8000_0001
+        2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, // id
+        1, 0, 0, 0x80, 1, 0, 0, 0x80, // offset 0x8000_0001, len 0x8000_0001
+        3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, // id
+        2, 0, 0, 0, 1, 0, 0, 0x80, // offset 2 (= 2 × 0x8000_0001 wrapped), len 0x8000_0001
+    ];
+
+    #[test]
+    fn entries_whose_offsets_wrap_re_encode_without_overflow() {
+        let entries = entries_of(OFFSETS_THAT_WRAP).unwrap();
+        assert_eq!(entries.len(), 3);
+        let enc = encode_entries(&entries);
+        assert_eq!(enc, OFFSETS_THAT_WRAP, "not a uniform frame: written as it came");
+        assert_eq!(entries_of(&enc).unwrap(), entries);
+        let mut pack = vec![0; 9];
+        pack.extend_from_slice(&encode_pack_trailer(&entries));
+        assert_eq!(
+            decode_pack_trailer(&pack).map(|(e, _)| e).ok(),
+            None,
+            "chunk ends overflow"
+        );
     }
 
     #[test]
