@@ -1,4 +1,4 @@
-//! `cargo xtask ci | demo | bench | drill | gen` — project automation. Drives the real
+//! `cargo xtask ci | demo | bench | drill | fuzz | gen` — project automation. Drives the real
 //! `sqlvault` binary the way a user would.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod drill;
+mod fuzz;
+mod fuzz_seeds;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -40,6 +42,10 @@ enum Cmd {
     /// during backup, copy and prune, damaged objects, a wrong identity, a store failing
     /// 20% of requests. Writes a JSON report; exit non-zero on any failed scenario.
     Drill(drill::DrillArgs),
+    /// Every fuzz target in fuzz/ (each decoder of stored or user-supplied bytes) for
+    /// `--seconds` each, then a table of executions, exec/s, coverage and corpus.
+    /// Exit non-zero on any crash, naming its input. Not part of `ci`.
+    Fuzz(fuzz::FuzzArgs),
     /// Generate a realistic test database.
     Gen {
         /// Output path.
@@ -62,6 +68,7 @@ fn main() -> Result<()> {
         Cmd::Demo { size_mib } => demo(size_mib),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Drill(a) => drill::run(a),
+        Cmd::Fuzz(a) => fuzz::run(a),
         Cmd::Gen {
             path,
             size_mib,

@@ -70,10 +70,12 @@ fn put_entries(out: &mut Vec<u8>, entries: &[IndexEntry]) {
     out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
     for f in frames {
         let len = f[0].len;
+        // Uniform only if the decoder's `i × chunk_len` (checked) gives every offset back:
+        // a wrapped product must not pass for one.
         let uniform = len > 0
             && f.iter()
                 .enumerate()
-                .all(|(i, e)| e.len == len && e.offset == i as u32 * len);
+                .all(|(i, e)| e.len == len && u32::try_from(i).ok().and_then(|i| i.checked_mul(len)) == Some(e.offset));
         out.extend_from_slice(&f[0].frame_offset.to_le_bytes());
         out.extend_from_slice(&f[0].frame_len.to_le_bytes());
         out.extend_from_slice(&(if uniform { len } else { 0 }).to_le_bytes());
@@ -114,13 +116,29 @@ impl<'a> Cursor<'a> {
         Ok(v)
     }
 
+    /// Only what [`put_entries`] writes is accepted: it groups every run of entries at
+    /// one frame offset into one frame, so two frames in a row at the same offset (one
+    /// frame with two lengths) and a frame with no chunks are malformed. Accepting them
+    /// would let a re-encoding (prune rewrites index sections from decoded entries)
+    /// silently give one frame's chunks the other frame's length.
     fn entries_with(&mut self, mut f: impl FnMut(IndexEntry)) -> Result<(), FormatError> {
         let frames = self.u32()? as usize;
+        let mut previous: Option<u64> = None;
         for _ in 0..frames {
             let frame_offset = self.u64()?;
             let frame_len = self.u32()?;
             let chunk_len = self.u32()?;
             let n = self.u32()? as usize;
+            if n == 0 {
+                return Err(FormatError::malformed(self.kind, "a frame with no chunks"));
+            }
+            if previous == Some(frame_offset) {
+                return Err(FormatError::malformed(
+                    self.kind,
+                    "two frames in a row at the same offset",
+                ));
+            }
+            previous = Some(frame_offset);
             let rec = if chunk_len > 0 { 32 } else { 40 };
             if self.bytes.len() < n.saturating_mul(rec) {
                 return Err(FormatError::malformed(self.kind, "chunk count exceeds length"));
@@ -204,8 +222,15 @@ impl IndexFile {
             bytes: &body[8..],
         };
         let n = c.u32()? as usize;
+        let mut previous = None;
         for _ in 0..n {
             let pack = ObjectId(c.take(16)?.try_into().unwrap());
+            // Writers list each pack once; the same pack twice in a row would be read as
+            // one section, whose frames the checks above never saw side by side.
+            if previous == Some(pack) {
+                return Err(FormatError::malformed("index", "the same pack twice in a row"));
+            }
+            previous = Some(pack);
             c.entries_with(|e| f(pack, e))?;
         }
         if !c.bytes.is_empty() {
@@ -451,5 +476,149 @@ mod tests {
             entry(2, 10),
         ]));
         assert!(decode_pack_trailer(&huge).is_err());
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    //! Inputs found by `cargo xtask fuzz` (targets entries, pack_trailer, index),
+    //! minimized. Each decoded, and re-encoding it changed an entry: `put_entries` merges
+    //! a run of entries at one frame offset into one frame, so the chunks of the second
+    //! frame took the first frame's length.
+    use super::*;
+
+    /// Two frames in a row at offset 0, of lengths 9 and 3.
+    const TWO_LENGTHS_AT_ONE_OFFSET: &[u8] = &[
+        2, 0, 0, 0, // frame_count 2
+        // frame at offset 0, 9 bytes long; chunk_len 0 (explicit chunks); 1 chunk
+        0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, // id
+        0, 0, 0, 0, 100, 0, 0, 0, // offset 0, len 100
+        // frame at offset 0 again, 3 bytes long: one frame, two lengths
+        0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+        3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, // id
+        0, 0, 0, 0, 232, 3, 0, 0, // offset 0, len 1000
+    ];
+
+    fn entries_of(bytes: &[u8]) -> Result<Vec<IndexEntry>, FormatError> {
+        let mut v = Vec::new();
+        decode_entries(bytes, |e| v.push(e))?;
+        Ok(v)
+    }
+
+    #[test]
+    fn entries_with_two_lengths_for_one_frame_are_malformed() {
+        assert_eq!(TWO_LENGTHS_AT_ONE_OFFSET.len(), 4 + 2 * (20 + 40));
+        assert!(matches!(
+            entries_of(TWO_LENGTHS_AT_ONE_OFFSET),
+            Err(FormatError::Malformed { .. })
+        ));
+        // The same two frames at distinct offsets are fine, and round-trip.
+        let mut ok = TWO_LENGTHS_AT_ONE_OFFSET.to_vec();
+        ok[64] = 9;
+        let entries = entries_of(&ok).unwrap();
+        assert_eq!(entries[1].frame_offset, 9);
+        assert_eq!(entries_of(&encode_entries(&entries)).unwrap(), entries);
+    }
+
+    #[test]
+    fn entries_with_an_empty_frame_are_malformed() {
+        // Frames at 0, 5 (no chunks) and 0 again: without the empty one in between they
+        // are the case above.
+        let mut b = vec![3, 0, 0, 0];
+        b.extend_from_slice(&TWO_LENGTHS_AT_ONE_OFFSET[4..64]);
+        b.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        b.extend_from_slice(&TWO_LENGTHS_AT_ONE_OFFSET[64..]);
+        assert!(matches!(entries_of(&b), Err(FormatError::Malformed { .. })));
+        // A list of no frames at all is what encoding no entries gives.
+        assert_eq!(entries_of(&encode_entries(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn pack_trailer_with_two_lengths_for_one_frame_is_malformed() {
+        // 12 bytes of frames, the entries, trailer_len, magic.
+        let mut pack = vec![0x28; 12];
+        pack.extend_from_slice(TWO_LENGTHS_AT_ONE_OFFSET);
+        pack.extend_from_slice(&(TWO_LENGTHS_AT_ONE_OFFSET.len() as u32).to_le_bytes());
+        pack.extend_from_slice(PACK_MAGIC);
+        assert!(matches!(decode_pack_trailer(&pack), Err(FormatError::Malformed { .. })));
+    }
+
+    fn index_of(sections: &[(u8, &[u8])], keys: &RepoKeys) -> Vec<u8> {
+        let mut b = INDEX_MAGIC.to_vec();
+        b.extend_from_slice(&(sections.len() as u32).to_le_bytes());
+        for (pack, entries) in sections {
+            b.extend_from_slice(&[*pack; 16]);
+            b.extend_from_slice(entries);
+        }
+        let mac = keys.mac(&b);
+        b.extend_from_slice(&mac);
+        b
+    }
+
+    #[test]
+    fn authenticated_index_with_two_lengths_for_one_frame_is_malformed() {
+        // The MAC is right (a backup host's key): the body must still be refused.
+        let keys = crate::RepoSecret::from_bytes([7; 32]).keys();
+        let bad = index_of(&[(7, TWO_LENGTHS_AT_ONE_OFFSET)], &keys);
+        assert!(matches!(
+            IndexFile::decode(&bad, &keys),
+            Err(FormatError::Malformed { .. })
+        ));
+    }
+
+    /// Minimized from fuzz/artifacts/entries/crash-7c49a0ed…: one frame of explicit
+    /// chunks, each `0x8000_0001` bytes long, at offsets 0, `0x8000_0001` and 2 — what
+    /// `i × len` gives when it wraps. The encoder's uniformity test overflowed (a panic
+    /// with overflow checks, else a "uniform" frame that the decoder then refuses).
+    const OFFSETS_THAT_WRAP: &[u8] = &[
+        1, 0, 0, 0, // frame_count 1
+        // frame at offset 0, 9 bytes long; chunk_len 0 (explicit chunks); 3 chunks
+        0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, //
+        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, // id
+        0, 0, 0, 0, 1, 0, 0, 0x80, // offset 0, len 0x8000_0001
+        2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, // id
+        1, 0, 0, 0x80, 1, 0, 0, 0x80, // offset 0x8000_0001, len 0x8000_0001
+        3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, // id
+        2, 0, 0, 0, 1, 0, 0, 0x80, // offset 2 (= 2 × 0x8000_0001 wrapped), len 0x8000_0001
+    ];
+
+    #[test]
+    fn entries_whose_offsets_wrap_re_encode_without_overflow() {
+        let entries = entries_of(OFFSETS_THAT_WRAP).unwrap();
+        assert_eq!(entries.len(), 3);
+        let enc = encode_entries(&entries);
+        assert_eq!(enc, OFFSETS_THAT_WRAP, "not a uniform frame: written as it came");
+        assert_eq!(entries_of(&enc).unwrap(), entries);
+        let mut pack = vec![0; 9];
+        pack.extend_from_slice(&encode_pack_trailer(&entries));
+        assert_eq!(
+            decode_pack_trailer(&pack).map(|(e, _)| e).ok(),
+            None,
+            "chunk ends overflow"
+        );
+    }
+
+    #[test]
+    fn index_listing_one_pack_twice_in_a_row_is_malformed() {
+        // Each section alone is one valid frame; read as one pack they are the case above.
+        let keys = crate::RepoSecret::from_bytes([7; 32]).keys();
+        let mut first = vec![1, 0, 0, 0];
+        first.extend_from_slice(&TWO_LENGTHS_AT_ONE_OFFSET[4..64]);
+        let mut second = vec![1, 0, 0, 0];
+        second.extend_from_slice(&TWO_LENGTHS_AT_ONE_OFFSET[64..]);
+        let bad = index_of(&[(7, &first), (7, &second)], &keys);
+        assert!(matches!(
+            IndexFile::decode(&bad, &keys),
+            Err(FormatError::Malformed { .. })
+        ));
+        // Two packs, or the same pack with another in between, decode and round-trip.
+        for order in [[7, 8, 7], [7, 8, 9]] {
+            let ok = index_of(&[(order[0], &first), (order[1], &second), (order[2], &first)], &keys);
+            let (idx, auth) = IndexFile::decode(&ok, &keys).unwrap();
+            assert_eq!(auth, IndexAuth::Authenticated);
+            assert_eq!(idx.packs.len(), 3);
+            assert_eq!(IndexFile::decode(&idx.encode(&keys), &keys).unwrap().0, idx);
+        }
     }
 }
