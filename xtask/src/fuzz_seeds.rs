@@ -84,6 +84,7 @@ fn manifest(kind: &str) -> Manifest {
             sqlcipher_version: "4.6.1".into(),
             key_check_salt: "00".repeat(16),
             key_check: "11".repeat(32),
+            key_check_sealed: Some("22".repeat(200)),
         }),
     }
 }

@@ -11,7 +11,7 @@ use sqlvault_format::layout;
 use sqlvault_sqlite::{AuditOptions, AuditReport, Auditor, Finding, Severity, Unlock};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::{Repo, now_ms};
+use crate::repo::{Repo, escape_name, now_ms};
 
 /// What to audit.
 #[derive(Debug)]
@@ -214,7 +214,7 @@ async fn ages(
                 fixed: false,
             }),
             Some(m) => {
-                let age = now - m.created_ms;
+                let age = now.saturating_sub(m.created_ms);
                 let stale = age > max_snapshot_age.as_millis() as i64;
                 report.findings.push(age_finding(
                     &where_,
@@ -249,8 +249,8 @@ async fn ages(
                 path: where_.clone(),
                 message: format!(
                     "the latest verification of {name} (snapshot {}, {:.1} h ago) FAILED: {}",
-                    &f.snapshot_id[..8.min(f.snapshot_id.len())],
-                    hours(now - f.at_ms),
+                    escape_name(f.snapshot_id.get(..8).unwrap_or(&f.snapshot_id)),
+                    hours(now.saturating_sub(f.at_ms)),
                     f.code.as_deref().unwrap_or("unknown")
                 ),
                 fix: "sqlvault check --read-data REPO, then back up again".into(),
@@ -267,15 +267,15 @@ async fn ages(
                 fixed: false,
             }),
             Some(v) => {
-                let age = now - v.at_ms;
+                let age = now.saturating_sub(v.at_ms);
                 report.findings.push(age_finding(
                     &where_,
                     age > max_verify_age.as_millis() as i64,
                     ("repo.verify-stale", "repo.verify-age"),
                     format!(
                         "newest successful verification of {name} (snapshot {}, taken {:.1} h before) was {:.1} h ago",
-                        &v.snapshot_id[..8.min(v.snapshot_id.len())],
-                        hours(v.at_ms - v.snapshot_created_ms),
+                        escape_name(v.snapshot_id.get(..8).unwrap_or(&v.snapshot_id)),
+                        hours(v.at_ms.saturating_sub(v.snapshot_created_ms)),
                         hours(age)
                     ),
                     format!("sqlvault verify REPO -i KEY --name {name}, on a schedule"),
