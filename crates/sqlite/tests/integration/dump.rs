@@ -68,7 +68,7 @@ fn layouts() -> Vec<TrickyOptions> {
     ]
 }
 
-fn no_leftovers(dir: &Path) {
+pub(crate) fn no_leftovers(dir: &Path) {
     let left: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

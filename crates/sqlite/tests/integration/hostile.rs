@@ -14,12 +14,7 @@ fn load_sql(sql: &str, dest: &Path) -> Result<LoadReport, SqliteError> {
 /// Nothing of a failed load is left in `dir`: no destination, no temporary file.
 fn nothing_left(dir: &Path, dest: &Path) {
     assert!(!dest.exists(), "{} was created", dest.display());
-    let left: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains(".sqlvault-"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    crate::dump::no_leftovers(dir);
 }
 
 /// Loads `sql` and expects a refusal whose reason mentions `why`.
