@@ -514,6 +514,11 @@ struct RestoreArgs {
     /// Replace an existing destination and remove its stale -wal/-shm.
     #[arg(long)]
     force: bool,
+    /// Install the database even though it fails integrity_check, when the snapshot
+    /// is proven intact (every page hash and the logical checksum match): the source
+    /// was already damaged when it was backed up (exit 15 without this flag).
+    #[arg(long)]
+    accept_damaged_source: bool,
     /// File holding the database key of a snapshot of a SQLCipher database
     /// (otherwise SQLVAULT_DB_KEY, or a prompt on a terminal).
     #[arg(long = "db-key-file", value_name = "FILE")]
@@ -594,6 +599,11 @@ struct LoadArgs {
     /// Replace a destination that exists and is not empty.
     #[arg(long)]
     force: bool,
+    /// Keep a result that fails integrity_check when its content is proven to be
+    /// exactly what was dumped (the dumped database was already damaged; exit 15
+    /// without this flag).
+    #[arg(long)]
+    accept_damaged_source: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -620,7 +630,20 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Io => 9,
         ErrorKind::Partial => 10,
         ErrorKind::Busy => 14,
+        ErrorKind::SourceDamaged => 15,
         _ => 1,
+    }
+}
+
+/// One warning line for a database installed with `--accept-damaged-source` that
+/// fails integrity_check, as its source did.
+fn damaged_source_warning(what: &str, problems: &[String]) {
+    if let Some(first) = problems.first() {
+        tracing::warn!(
+            "{what} is exactly what was backed up and fails integrity_check as its source did ({} lines; first: {})",
+            problems.len(),
+            first.replace('\n', " ")
+        );
     }
 }
 
@@ -1028,20 +1051,30 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
             )?;
             let opts = sqlvault_engine::RestoreOptions::default()
                 .with_force(a.force)
-                .with_db_key(db_key);
+                .with_db_key(db_key)
+                .with_accept_damaged_source(a.accept_damaged_source);
             let rep = sqlvault_engine::restore_snapshot(&repo, &m, &a.dest, &opts).await?;
+            damaged_source_warning(&format!("snapshot {}", &rep.snapshot_id[..8]), &rep.source_problems);
             if a.json {
                 print_json(&serde_json::to_value(&rep).expect("json"));
             } else {
                 println!(
-                    "restored snapshot {} of {} to {} ({}) in {:.2}s; integrity_check ok and checksum verified in {:.2}s",
+                    "restored snapshot {} of {} to {} ({}) in {:.2}s; {} and checksum verified in {:.2}s",
                     &rep.snapshot_id[..8],
                     rep.name,
                     rep.path,
                     human(rep.bytes),
                     rep.restore_seconds,
+                    if rep.source_problems.is_empty() {
+                        "integrity_check ok"
+                    } else {
+                        "integrity_check FAILED as the source's did"
+                    },
                     rep.check_seconds
                 );
+                for l in &rep.not_checked {
+                    println!("  note: {l}");
+                }
             }
             Ok(0)
         }
@@ -1102,6 +1135,9 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                             r.restore_seconds,
                             r.check_seconds
                         );
+                        for l in &r.not_checked {
+                            println!("  note: {l}");
+                        }
                     } else {
                         println!(
                             "snapshot {} of {}: FAILED: {}",
@@ -1118,7 +1154,16 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                     &f.snapshot_id[..8],
                     f.error.as_deref().unwrap_or("")
                 );
-                return Ok(6);
+                // A snapshot proven intact whose source was already damaged is not a
+                // damaged backup: it has its own exit code, unless a backup failed too.
+                let only_sources = failed
+                    .iter()
+                    .all(|r| r.code.as_deref() == Some("restore.source-damaged"));
+                return Ok(if only_sources {
+                    exit_code(ErrorKind::SourceDamaged)
+                } else {
+                    exit_code(ErrorKind::Integrity)
+                });
             }
             if let Some(e) = damage {
                 return Err(e);
@@ -1196,7 +1241,8 @@ fn dump(a: DumpArgs) -> Result<u8, Error> {
 }
 
 fn load(a: LoadArgs) -> Result<u8, Error> {
-    let s = sqlvault_engine::load_file(&a.input, &a.db, a.force)?;
+    let s = sqlvault_engine::load_file(&a.input, &a.db, a.force, a.accept_damaged_source)?;
+    damaged_source_warning("the loaded database", &s.source_problems);
     if a.json {
         print_json(&serde_json::to_value(&s).expect("json"));
     } else {
@@ -1670,6 +1716,9 @@ async fn drill(a: DrillArgs) -> Result<u8, Error> {
                     e.checks.join(", "),
                     e.check_seconds
                 );
+                for l in &r.not_checked {
+                    println!("  note: {l}");
+                }
             } else {
                 println!(
                     "{}: snapshot {}: FAILED: {}",

@@ -513,11 +513,19 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
     let Shared { dests, .. } =
         Arc::try_unwrap(shared).map_err(|_| Error::new(ErrorKind::Internal, "internal", "pipeline still running"))?;
     let all_failed = dests.iter().all(|d| d.failed.load(Ordering::SeqCst));
+    // Each worker's output, by destination.
+    let mut outs: Vec<Vec<WorkerOut>> = (0..dests.len()).map(|_| Vec::new()).collect();
+    for w in per_worker {
+        for (d, o) in w.into_iter().enumerate() {
+            outs[d].push(o);
+        }
+    }
     let snap = match snap {
         Ok(s) => s,
         // The reader stopped because every destination had failed: report theirs.
         Err(_) if all_failed => {
-            for ((i, ..), d) in rest.iter().zip(dests) {
+            for (((i, ..), d), o) in rest.iter().zip(dests).zip(&outs) {
+                discard_uploads(&d.repo, o).await;
                 let e = d
                     .error
                     .into_inner()
@@ -527,15 +535,13 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
             }
             return Ok(settle(repos, results));
         }
-        Err(e) => return Err(e),
-    };
-    // Each worker's output, by destination.
-    let mut outs: Vec<Vec<WorkerOut>> = (0..dests.len()).map(|_| Vec::new()).collect();
-    for w in per_worker {
-        for (d, o) in w.into_iter().enumerate() {
-            outs[d].push(o);
+        Err(e) => {
+            for (d, o) in dests.iter().zip(&outs) {
+                discard_uploads(&d.repo, o).await;
+            }
+            return Err(e);
         }
-    }
+    };
     let (snap, opts, db) = (&snap, &opts, &db);
     let finishes = dests
         .into_iter()
@@ -545,7 +551,10 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
             let (name, before) = (name.clone(), befores[i]);
             async move {
                 let r = match dest.error.into_inner().unwrap() {
-                    Some(e) => Err(e),
+                    Some(e) => {
+                        discard_uploads(&dest.repo, &outs).await;
+                        Err(e)
+                    }
                     None => {
                         let ctx = Finish {
                             repo: &dest.repo,
@@ -572,6 +581,37 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
         results[i] = Some(r);
     }
     Ok(settle(repos, results))
+}
+
+/// Deletes the packs a backup that failed before writing its index uploaded to
+/// `repo`: no index names them, so no other backup can have deduplicated against them
+/// and nothing else can reference them — they would only be garbage until a prune (a
+/// cron job retrying a failing backup would grow the repository every run). Best
+/// effort: a store that refuses the deletes (a write-only bucket policy) leaves them
+/// to prune, which says so. Never call this once the backup's index is written:
+/// another host may have read it and deduplicated against these packs.
+async fn discard_uploads(repo: &Repo, outs: &[WorkerOut]) {
+    let keys: Vec<String> = outs
+        .iter()
+        .flat_map(|o| o.packs.iter().map(|p| layout::pack(&p.id)))
+        .collect();
+    if keys.is_empty() {
+        return;
+    }
+    let left = futures::stream::iter(keys.iter())
+        .map(|k| async move { repo.store.delete(k).await.is_err() })
+        .buffer_unordered(8)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    if left == 0 {
+        tracing::info!("removed the {} packs this failed backup had uploaded", keys.len());
+    } else {
+        tracing::warn!(
+            "{left} of the {} packs this failed backup uploaded could not be removed; prune will",
+            keys.len()
+        );
+    }
 }
 
 /// Every destination's result, in order, each failure logged once.

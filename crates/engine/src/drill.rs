@@ -91,6 +91,10 @@ pub struct DrillRecord {
     /// The evidence object written into the repository, if asked and written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence_object: Option<String>,
+    /// Checks that could not run, naming each index and why (indexes ordered by a
+    /// collation only the application has).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_checked: Vec<String>,
 }
 
 /// What a drill did.
@@ -166,13 +170,13 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
         append(&log, &rec)?;
         if let Some(e) = err {
             tracing::error!("drill of {} failed: {}", m.name, e.one_line());
-            failure.get_or_insert(e);
+            keep_worst(&mut failure, e);
         }
         records.push(rec);
     }
     if let Some(e) = damage {
         append_failure(&log, repo.store.describe(), &e);
-        failure.get_or_insert(e);
+        keep_worst(&mut failure, e);
     }
     Ok(DrillReport {
         ok: failure.is_none(),
@@ -180,6 +184,18 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
         log: log.display().to_string(),
         failure,
     })
+}
+
+/// Keeps the first failure, unless it only says a source was already damaged (an
+/// intact snapshot) and `e` is worse: a damaged backup decides the exit code.
+fn keep_worst(failure: &mut Option<Error>, e: Error) {
+    let replace = match failure {
+        None => true,
+        Some(f) => f.kind() == ErrorKind::SourceDamaged && e.kind() != ErrorKind::SourceDamaged,
+    };
+    if replace {
+        *failure = Some(e);
+    }
 }
 
 /// The newest snapshot of each name, by name: `snaps` comes oldest first (by the
@@ -209,9 +225,16 @@ async fn drill_one(repo: &Repo, m: &Manifest, dir: &Path, opts: &DrillOptions) -
     let started = now_ms();
     let r = restore_snapshot(repo, m, &dest, &one).await;
     let _ = std::fs::remove_file(&dest);
-    let (ok, restore_seconds, check_seconds, bytes, err) = match r {
-        Ok(rep) => (true, rep.restore_seconds, rep.check_seconds, rep.bytes, None),
-        Err(e) => (false, 0.0, 0.0, 0, Some(e)),
+    let (ok, restore_seconds, check_seconds, bytes, not_checked, err) = match r {
+        Ok(rep) => (
+            true,
+            rep.restore_seconds,
+            rep.check_seconds,
+            rep.bytes,
+            rep.not_checked,
+            None,
+        ),
+        Err(e) => (false, 0.0, 0.0, 0, Vec::new(), Some(e)),
     };
     let rec = DrillRecord {
         evidence: Evidence {
@@ -232,6 +255,7 @@ async fn drill_one(repo: &Repo, m: &Manifest, dir: &Path, opts: &DrillOptions) -
         bytes,
         error: err.as_ref().map(Error::one_line),
         evidence_object: None,
+        not_checked,
     };
     (rec, err)
 }

@@ -25,6 +25,11 @@ pub enum ErrorKind {
     Busy,
     /// Some destinations of a multi-destination command succeeded and others failed.
     Partial,
+    /// The snapshot is intact — every page hash and the logical checksum match what
+    /// was backed up — but the database it holds fails SQLite's integrity_check: the
+    /// source was already damaged (or is judged by a stricter SQLite) when it was
+    /// backed up.
+    SourceDamaged,
     /// A bug: an invariant of sqlvault itself did not hold.
     Internal,
 }
@@ -126,6 +131,7 @@ impl From<sqlvault_sqlite::SqliteError> for Error {
             S::Refused { .. } => (ErrorKind::Integrity, "load.statement-refused"),
             S::BadDump { .. } => (ErrorKind::Integrity, "load.bad-dump"),
             S::Verify { .. } => (ErrorKind::Integrity, "load.verify-failed"),
+            S::SourceDamaged { .. } => (ErrorKind::SourceDamaged, "restore.source-damaged"),
             S::Exists { .. } => (ErrorKind::Exists, "load.destination-exists"),
             S::StaleSideFile { .. } => (ErrorKind::Exists, "load.stale-side-files"),
             S::Encrypted { .. } => (ErrorKind::Auth, "source.key-required"),

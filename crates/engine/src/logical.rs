@@ -165,14 +165,21 @@ pub struct LoadSummary {
     pub load_seconds: f64,
     /// Seconds spent in integrity_check and the checksum.
     pub check_seconds: f64,
+    /// integrity_check lines of a result kept with `accept_damaged_source` (the
+    /// dump's source was already damaged); empty when healthy.
+    pub source_problems: Vec<String>,
 }
 
 /// Builds `dest` from the dump at `input` (`-` for standard input); see
-/// [`sqlvault_sqlite::load`] for the guarantees.
-pub fn load_file(input: &Path, dest: &Path, force: bool) -> Result<LoadSummary> {
+/// [`sqlvault_sqlite::load`] for the guarantees. `accept_damaged_source`: keep a
+/// result whose checksum matches the dump's but which fails integrity_check, as the
+/// dumped database did ([`LoadOptions::accept_damaged_source`]).
+pub fn load_file(input: &Path, dest: &Path, force: bool, accept_damaged_source: bool) -> Result<LoadSummary> {
     existing_dir(dest, "load.no-directory", "destination")?;
     crate::restore::stale_side_files(dest, force, "load.stale-side-files")?;
-    let opts = LoadOptions::default().with_force(force);
+    let opts = LoadOptions::default()
+        .with_force(force)
+        .with_accept_damaged_source(accept_damaged_source);
     let r = if input == Path::new("-") {
         sqlvault_sqlite::load(std::io::stdin().lock(), Path::new("<stdin>"), dest, &opts)?
     } else {
@@ -200,5 +207,6 @@ pub fn load_file(input: &Path, dest: &Path, force: bool) -> Result<LoadSummary> 
         statements: r.statements,
         load_seconds: r.load_seconds,
         check_seconds: r.check_seconds,
+        source_problems: r.source_problems,
     })
 }

@@ -38,6 +38,10 @@ pub struct RestoreOptions {
     /// verify: record each result as evidence in the repository (best effort: a
     /// repository this host cannot write to only logs a warning).
     pub evidence: bool,
+    /// Install a database that fails integrity_check when the snapshot itself is
+    /// proven intact (every page hash and the logical checksum match): the source was
+    /// already damaged when it was backed up, and these are its exact bytes.
+    pub accept_damaged_source: bool,
 }
 
 impl RestoreOptions {
@@ -64,6 +68,12 @@ impl RestoreOptions {
     /// Sets the database key for snapshots of SQLCipher databases.
     pub fn with_db_key(mut self, k: Option<DbKey>) -> Self {
         self.db_key = k;
+        self
+    }
+    /// Installs a proven-intact snapshot of a source that already failed
+    /// integrity_check (see [`RestoreOptions::accept_damaged_source`]).
+    pub fn with_accept_damaged_source(mut self, yes: bool) -> Self {
+        self.accept_damaged_source = yes;
         self
     }
 }
@@ -171,6 +181,12 @@ pub struct RestoreReport {
     pub check_seconds: f64,
     /// Whether the restored database is SQLCipher-encrypted (as its source was).
     pub encrypted: bool,
+    /// integrity_check lines of a database installed with `accept_damaged_source`:
+    /// the source's own damage, restored exactly (empty when healthy).
+    pub source_problems: Vec<String>,
+    /// Checks that could not run, naming each index and why (indexes ordered by a
+    /// collation only the application has).
+    pub not_checked: Vec<String>,
     /// Store requests.
     pub requests: Requests,
 }
@@ -194,6 +210,9 @@ pub struct VerifyReport {
     pub check_seconds: f64,
     /// Evidence object written for this result, if any.
     pub evidence: Option<String>,
+    /// Checks that could not run, naming each index and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_checked: Vec<String>,
 }
 
 /// One chunk to fetch: where it is and which unique chunk it is (24 bytes).
@@ -274,26 +293,10 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
     let report = tokio::task::spawn_blocking(move || sqlvault_sqlite::verify_file(&tpath))
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "internal", "verifier panicked").with_source(e))??;
-    if !report.problems.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Integrity,
-            "verify.integrity-check",
-            format!(
-                "snapshot {} restores to a database failing integrity_check: {}",
-                m.id.short(),
-                report.problems.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
-            ),
-        ));
-    }
-    if hex::encode(report.logical_checksum) != m.logical_checksum {
-        return Err(Error::new(
-            ErrorKind::Integrity,
-            "verify.checksum-mismatch",
-            format!(
-                "snapshot {} restores to content whose logical checksum differs from the recorded one",
-                m.id.short()
-            ),
-        ));
+    let checksum_ok = hex::encode(report.logical_checksum) == m.logical_checksum;
+    let source_problems = judge_image(m, &report.problems, checksum_ok, opts.accept_damaged_source)?;
+    for l in &report.not_checked {
+        tracing::debug!("snapshot {}: {l}", m.id.short());
     }
     // A SQLCipher source: the verified plaintext image becomes a database in the
     // source's cipher format and key, itself verified (cipher_integrity_check,
@@ -337,8 +340,53 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
         restore_seconds,
         check_seconds,
         encrypted,
+        source_problems,
+        not_checked: report.not_checked,
         requests: repo.store.stats().since(before),
     })
+}
+
+/// What a restored image failing or passing its checks means. Every page was
+/// authenticated against the snapshot's map on the way in, so when the logical
+/// checksum matches too the image *is* the database that was backed up: an
+/// integrity_check failure then belongs to the source (damaged before the backup, or
+/// judged by a stricter SQLite than the one that wrote it), never to the backup. That
+/// is a distinct outcome ([`ErrorKind::SourceDamaged`]), and with `accept` the exact
+/// bytes are the user's to have. Returns the problems accepted.
+fn judge_image(m: &Manifest, problems: &[String], checksum_ok: bool, accept: bool) -> Result<Vec<String>> {
+    let first = |p: &[String]| p.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
+    match (problems.is_empty(), checksum_ok) {
+        (true, true) => Ok(Vec::new()),
+        (false, true) if accept => Ok(problems.to_vec()),
+        (false, true) => Err(Error::new(
+            ErrorKind::SourceDamaged,
+            "restore.source-damaged",
+            format!(
+                "snapshot {} is intact (every page hash and the logical checksum match what was backed up), \
+                 but the database itself fails integrity_check, so its source was already damaged when it was \
+                 backed up: {}; pass --accept-damaged-source to restore these exact bytes",
+                m.id.short(),
+                first(problems)
+            ),
+        )),
+        (false, false) => Err(Error::new(
+            ErrorKind::Integrity,
+            "verify.integrity-check",
+            format!(
+                "snapshot {} restores to a database failing integrity_check: {}",
+                m.id.short(),
+                first(problems)
+            ),
+        )),
+        (true, false) => Err(Error::new(
+            ErrorKind::Integrity,
+            "verify.checksum-mismatch",
+            format!(
+                "snapshot {} restores to content whose logical checksum differs from the recorded one",
+                m.id.short()
+            ),
+        )),
+    }
 }
 
 /// A dump snapshot: its SQL is rebuilt chunk by chunk into a private temporary file
@@ -383,6 +431,7 @@ async fn restore_dump(
         dest.to_path_buf(),
         opts.force,
     );
+    let accept = opts.accept_damaged_source;
     let loaded = tokio::task::spawn_blocking(move || {
         let f = File::open(&path).map_err(|e| io_err(format!("cannot read {}", path.display()), e))?;
         sqlvault_sqlite::load(
@@ -392,7 +441,8 @@ async fn restore_dump(
             &sqlvault_sqlite::LoadOptions::default()
                 .with_force(force)
                 .with_expected_checksum(Some(want))
-                .with_encrypt(unlock),
+                .with_encrypt(unlock)
+                .with_accept_damaged_source(accept),
         )
         .map_err(Error::from)
     })
@@ -408,6 +458,8 @@ async fn restore_dump(
         restore_seconds: t0.elapsed().as_secs_f64() - loaded.check_seconds,
         check_seconds: loaded.check_seconds,
         encrypted,
+        source_problems: loaded.source_problems,
+        not_checked: Vec::new(),
         requests: repo.store.stats().since(before),
     })
 }
@@ -878,6 +930,7 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
                 restore_seconds: rep.restore_seconds,
                 check_seconds: rep.check_seconds,
                 evidence: None,
+                not_checked: rep.not_checked,
             },
             Err(e) if matches!(e.kind(), ErrorKind::Store | ErrorKind::Io | ErrorKind::Auth) => {
                 return Err(e);
@@ -891,6 +944,7 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
                 restore_seconds: 0.0,
                 check_seconds: 0.0,
                 evidence: None,
+                not_checked: Vec::new(),
             },
         };
         if opts.evidence {

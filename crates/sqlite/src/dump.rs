@@ -291,11 +291,16 @@ fn preflight(
     let replay = |o: &Obj| -> Result<(), SqliteError> {
         let Some(sql) = &o.sql else { return Ok(()) };
         mem.execute_batch(sql).map_err(|e| {
-            let what = if is_virtual(o) {
+            let mut what = if is_virtual(o) {
                 format!("virtual table {}: {e}", o.name)
             } else {
                 format!("{} {}: {e}", o.ty, o.name)
             };
+            if e.to_string().contains("no such collation sequence") {
+                // The application registers that collation itself; rebuilding its
+                // indexes without it would order them wrongly for the application.
+                what.push_str(" (a collation of the application's own; back this database up as pages, which keeps its indexes as they are)");
+            }
             bad(what)
         })
     };

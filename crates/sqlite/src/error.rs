@@ -130,6 +130,18 @@ pub enum SqliteError {
         /// What failed.
         what: String,
     },
+    /// A loaded database is exactly what the dump recorded (its logical checksum
+    /// matches) and fails `integrity_check` all the same: the source was already
+    /// damaged when it was dumped.
+    #[error(
+        "{path}: the loaded database is exactly what was dumped (its logical checksum matches), but it fails integrity_check, as its source did: {what}; pass --accept-damaged-source to keep these exact contents"
+    )]
+    SourceDamaged {
+        /// The dump.
+        path: PathBuf,
+        /// The first integrity_check lines.
+        what: String,
+    },
     /// The file has no plaintext SQLite header: it is encrypted, or not a database,
     /// and no key was given.
     #[error("{path} is encrypted or not an SQLite database: it needs its database key")]

@@ -17,6 +17,7 @@
 mod audit;
 mod checksum;
 mod cipher;
+mod collation;
 mod dump;
 mod error;
 mod guard;
@@ -35,6 +36,7 @@ pub use cipher::{
     AtRest, CipherSettings, ConvertOptions, ConvertReport, DbKey, Target, Unlock, convert, decrypt, encrypt, migrate,
     probe, rekey, sqlcipher_version,
 };
+pub use collation::{AppCollation, app_collation_indexes};
 pub use dump::{DUMP_HEADER, DUMP_TRAILER, DumpReport};
 pub use error::SqliteError;
 pub use load::{LoadOptions, LoadReport, install, load};

@@ -86,6 +86,10 @@ pub struct LoadOptions {
     /// The longest line and statement accepted, in bytes, if lower than the defaults
     /// (see the module docs): a bound on the memory a load takes.
     pub max_statement_bytes: Option<usize>,
+    /// Install a result that fails `integrity_check` when its logical checksum matches
+    /// the recorded one: the dump reproduced a source that was already damaged, and
+    /// its exact content is the user's to have ([`LoadReport::source_problems`]).
+    pub accept_damaged_source: bool,
 }
 
 impl LoadOptions {
@@ -107,6 +111,11 @@ impl LoadOptions {
     /// Sets the key and settings of an encrypted result.
     pub fn with_encrypt(mut self, unlock: Option<Unlock>) -> Self {
         self.encrypt = unlock;
+        self
+    }
+    /// Sets [`LoadOptions::accept_damaged_source`].
+    pub fn with_accept_damaged_source(mut self, yes: bool) -> Self {
+        self.accept_damaged_source = yes;
         self
     }
 }
@@ -134,6 +143,9 @@ pub struct LoadReport {
     /// The most work one statement needed, in SQLite VM steps (counted in units of
     /// 10,000), against the budget that stops a runaway statement: see the module docs.
     pub peak_steps: u64,
+    /// integrity_check lines of a result installed with
+    /// [`LoadOptions::accept_damaged_source`] (empty when healthy).
+    pub source_problems: Vec<String>,
 }
 
 /// Builds the database `dest` from the SQL read from `input` (`name` is used in
@@ -252,14 +264,26 @@ pub(crate) fn load_temp<R: BufRead>(
 
     let t1 = Instant::now();
     let report = verify_file_with(tmp.path(), opts.encrypt.as_ref())?;
+    let recorded = [trailer, opts.expected_checksum];
+    // Content proven equal to what was recorded: an integrity failure is the source's.
+    let proven =
+        recorded.iter().any(Option::is_some) && recorded.iter().flatten().all(|w| *w == report.logical_checksum);
+    let first = report.problems.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
+    let mut source_problems = Vec::new();
     if !report.problems.is_empty() {
-        return Err(SqliteError::Verify {
-            path: name.to_path_buf(),
-            what: format!(
-                "the loaded database fails integrity_check: {}",
-                report.problems.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
-            ),
-        });
+        if !proven {
+            return Err(SqliteError::Verify {
+                path: name.to_path_buf(),
+                what: format!("the loaded database fails integrity_check: {first}"),
+            });
+        }
+        if !opts.accept_damaged_source {
+            return Err(SqliteError::SourceDamaged {
+                path: name.to_path_buf(),
+                what: first,
+            });
+        }
+        source_problems = report.problems.clone();
     }
     if let Some(want) = trailer
         && want != report.logical_checksum
@@ -292,6 +316,7 @@ pub(crate) fn load_temp<R: BufRead>(
             load_seconds,
             check_seconds,
             peak_steps,
+            source_problems,
         },
     ))
 }

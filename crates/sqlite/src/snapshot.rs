@@ -6,6 +6,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::cipher::{CipherSettings, Unlock, apply_key, open_db};
+use crate::collation::AppCollation;
 use crate::{SqliteError, logical_checksum};
 
 /// Facts about a database read inside the snapshot's transaction.
@@ -159,6 +160,8 @@ impl Source {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
             opts.busy_timeout,
         )?;
+        // Read-only: an application's own collations get placeholders so the walk works.
+        crate::collation::tolerate(&conn).map_err(|e| SqliteError::from_sqlite(&path, opts.busy_timeout, e))?;
         Ok(Source {
             path,
             conn,
@@ -203,10 +206,23 @@ impl Source {
     /// Takes a consistent snapshot: calls `page(pgno, bytes)` for every page in order,
     /// then returns the database facts, the logical checksum of exactly the state the
     /// pages show, and the method used. An error from `page` aborts the snapshot.
-    pub fn snapshot<E, F>(&mut self, mut page: F) -> Result<(DbInfo, [u8; 32], SnapshotMethod), SnapshotError<E>>
+    ///
+    /// Pages of a SQLCipher source come decrypted, with their reserved area (the
+    /// encrypted page's IV and MAC, meaningless in plaintext) zeroed: SQLCipher draws a
+    /// fresh IV for every page it writes, so a backup-API copy of an unchanged database
+    /// would otherwise differ in every page and never deduplicate. The restored image
+    /// is re-encrypted, which writes new ones.
+    pub fn snapshot<E, F>(&mut self, page: F) -> Result<(DbInfo, [u8; 32], SnapshotMethod), SnapshotError<E>>
     where
         F: FnMut(u32, &[u8]) -> Result<(), E>,
     {
+        let mut page = ZeroReserve {
+            on: self.cipher.is_some(),
+            reserve: 0,
+            buf: Vec::new(),
+            inner: page,
+        };
+        let mut page = |pgno: u32, data: &[u8]| page.call(pgno, data);
         let journal_mode: String = self
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
@@ -270,6 +286,7 @@ impl Source {
         .ok()?;
         twin.busy_timeout(self.opts.busy_timeout).ok()?;
         self.key_like_source(&twin).ok()?;
+        crate::collation::tolerate(&twin).ok()?;
         // One read in autocommit first: the pager opens the WAL (and loads the schema)
         // lazily, and sqlite3_snapshot_open fails on a connection whose WAL is not open.
         twin.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
@@ -446,6 +463,37 @@ impl Source {
     }
 }
 
+/// Hands pages on, with the reserved area zeroed when `on` (a SQLCipher source; see
+/// [`Source::snapshot`]). The reserve size is read from page 1, which comes first.
+struct ZeroReserve<F> {
+    on: bool,
+    reserve: usize,
+    buf: Vec<u8>,
+    inner: F,
+}
+
+impl<F> ZeroReserve<F> {
+    fn call<E>(&mut self, pgno: u32, data: &[u8]) -> Result<(), E>
+    where
+        F: FnMut(u32, &[u8]) -> Result<(), E>,
+    {
+        if !self.on {
+            return (self.inner)(pgno, data);
+        }
+        if pgno == 1 {
+            self.reserve = data.get(20).copied().unwrap_or(0) as usize;
+        }
+        if self.reserve == 0 || self.reserve >= data.len() {
+            return (self.inner)(pgno, data);
+        }
+        self.buf.clear();
+        self.buf.extend_from_slice(data);
+        let n = self.buf.len();
+        self.buf[n - self.reserve..].fill(0);
+        (self.inner)(pgno, &self.buf)
+    }
+}
+
 /// The backup API rewrites header fields of the copy: the WAL/legacy mode bytes (18,
 /// 19), the change counter, the schema cookie, version-valid-for and the library
 /// version. In rollback mode the source's header, read under the same lock, is
@@ -492,6 +540,7 @@ impl Source {
     pub(crate) fn open_copy(&self, path: &Path) -> Result<(Connection, DbInfo), SqliteError> {
         let copy = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| self.err(e))?;
         self.key_like_source(&copy).map_err(|e| self.err(e))?;
+        crate::collation::tolerate(&copy).map_err(|e| self.err(e))?;
         let mut info = read_info(&copy).map_err(|e| self.err(e))?;
         info.journal_mode = self.journal_mode()?;
         Ok((copy, info))
@@ -586,6 +635,10 @@ pub struct VerifyReport {
     pub logical_checksum: [u8; 32],
     /// The file's SQLCipher settings (`None`: plaintext).
     pub cipher: Option<CipherSettings>,
+    /// Checks not done, one line each naming the index and why: indexes ordered by a
+    /// collation only the application has (their structure is checked, their key
+    /// order and content cannot be).
+    pub not_checked: Vec<String>,
 }
 
 /// Opens `path` immutable (no locks, no `-wal`/`-shm` created) and runs
@@ -609,11 +662,16 @@ pub fn verify_file_with(path: &Path, unlock: Option<&Unlock>) -> Result<VerifyRe
         settings: cipher.clone(),
     });
     let (twin, _) = crate::cipher::open_db_as(path, &uri, twin_unlock.as_ref(), flags, t)?;
+    // Both connections are read-only: an application's collations get placeholders,
+    // and the checks that would need the real ones are reported as not done.
+    crate::collation::tolerate(&conn).map_err(err)?;
+    crate::collation::tolerate(&twin).map_err(err)?;
+    let not_checked = crate::collation::app_collation_indexes(&conn).map_err(err)?;
     let info = read_info(&conn).map_err(err)?;
     let encrypted = cipher.is_some();
     let (problems, sum) = std::thread::scope(|scope| {
         let sum = scope.spawn(move || logical_checksum(&twin));
-        let problems = problems(&conn, encrypted);
+        let problems = problems(&conn, encrypted, &not_checked);
         (problems, sum.join().expect("checksum thread panicked"))
     });
     Ok(VerifyReport {
@@ -621,10 +679,14 @@ pub fn verify_file_with(path: &Path, unlock: Option<&Unlock>) -> Result<VerifyRe
         problems: problems.map_err(err)?,
         logical_checksum: sum.map_err(err)?,
         cipher,
+        not_checked: not_checked.iter().map(AppCollation::describe).collect(),
     })
 }
 
-fn problems(conn: &Connection, encrypted: bool) -> rusqlite::Result<Vec<String>> {
+/// `integrity_check` (and `cipher_integrity_check`) lines other than `ok`, less the
+/// lines about indexes ordered by an application's collation: with a placeholder
+/// standing in for it, their key checks report the placeholder, not the file.
+fn problems(conn: &Connection, encrypted: bool, not_checked: &[AppCollation]) -> rusqlite::Result<Vec<String>> {
     let mut out = Vec::new();
     if encrypted {
         let mut stmt = conn.prepare("PRAGMA cipher_integrity_check")?;
@@ -637,7 +699,7 @@ fn problems(conn: &Connection, encrypted: bool) -> rusqlite::Result<Vec<String>>
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
     for l in rows {
         let l = l?;
-        if l != "ok" {
+        if l != "ok" && !crate::collation::is_about(&l, not_checked) {
             out.push(l);
         }
     }

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 
+mod corpus;
 mod flaky;
 mod tricky;
+pub use corpus::{CorpusDb, copy_corpus_db, corpus, corpus_dir};
 pub use flaky::{FlakyStore, flaky_store};
 pub use tricky::{TRICKY_REALS, TrickyOptions, tricky};
 
