@@ -209,3 +209,60 @@ fn a_backup_that_fails_half_way_leaves_no_packs_behind() {
     );
     assert_eq!(repo_objects(&repo), before, "nothing left in the repository");
 }
+
+/// `backup --integrity-check` on a source that already fails integrity_check (a
+/// GeoPackage whose R*Tree the linked SQLite rejects): the backup is taken, warned
+/// about and recorded; restore then names the source, not the backup, as damaged.
+#[test]
+fn a_damaged_source_is_recorded_at_backup_and_restored_only_on_request() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, healthy) = w.setup(&repo, 64 << 10, true);
+    let gpkg = kit::copy_corpus_db("gdal_rtree.gpkg", w.dir.path());
+    let gpkgs = gpkg.display().to_string();
+    let r = w.run(&["backup", &gpkgs, &repo, "--integrity-check", "--json"]).ok();
+    assert!(
+        r.stderr.contains("fails integrity_check") && r.stderr.contains("RTree"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.json()["source_check"]["ok"], false, "{}", r.stdout);
+    let r = w.run(&["backup", &healthy, &repo, "--integrity-check", "--json"]).ok();
+    assert_eq!(r.json()["source_check"]["ok"], true, "{}", r.stdout);
+    assert!(!r.stderr.contains("fails integrity_check"), "{}", r.stderr);
+    w.run(&["backup", &healthy, &repo, "--integrity-check", "--kind", "dump"])
+        .fails(2);
+
+    let snaps = w.run(&["snapshots", &repo, "--json"]).ok().json();
+    let recorded: Vec<bool> = snaps["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source_check"]["ok"].as_bool().unwrap())
+        .collect();
+    assert_eq!(recorded.iter().filter(|ok| !**ok).count(), 1, "{snaps}");
+
+    let out = w.s("restored.gpkg");
+    let r = w
+        .run(&["restore", &repo, &out, "--name", "gdal_rtree.gpkg", "-i", &key])
+        .fails(15);
+    assert!(r.stderr.contains("recorded it too"), "{}", r.stderr);
+    assert!(!Path::new(&out).exists());
+    let v = w
+        .run(&["verify", &repo, "--name", "gdal_rtree.gpkg", "-i", &key, "--json"])
+        .fails(15)
+        .json();
+    assert_eq!(v["snapshots"][0]["code"], "restore.source-damaged", "{v}");
+    w.run(&[
+        "restore",
+        &repo,
+        &out,
+        "--name",
+        "gdal_rtree.gpkg",
+        "-i",
+        &key,
+        "--accept-damaged-source",
+    ])
+    .ok();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&gpkg).unwrap());
+}

@@ -86,6 +86,8 @@ fn manifest(kind: &str) -> Manifest {
             key_check: "11".repeat(32),
             key_check_sealed: Some("22".repeat(200)),
         }),
+        source_check: (kind == "dump")
+            .then(|| sqlvault_engine::format::SourceCheck::of(&["row 1 missing from index i".into()])),
     }
 }
 

@@ -49,6 +49,11 @@ pub struct BackupOptions {
     pub kind: BackupKind,
     /// The key of a SQLCipher source (its settings are detected when not given).
     pub unlock: Option<sqlvault_sqlite::Unlock>,
+    /// Page snapshots: also run `integrity_check` on exactly the state the snapshot
+    /// holds, alongside the pages (it reads the whole database once more), record the
+    /// result in the manifest and warn when it fails. The backup is taken either way:
+    /// a damaged database's only copy is still worth having.
+    pub integrity_check: bool,
 }
 
 /// What a snapshot holds.
@@ -77,6 +82,7 @@ impl Default for BackupOptions {
             force_backup_copy: false,
             kind: BackupKind::Pages,
             unlock: None,
+            integrity_check: false,
         }
     }
 }
@@ -122,6 +128,11 @@ impl BackupOptions {
         self.unlock = unlock;
         self
     }
+    /// Checks the source's snapshot state with `integrity_check` too (page snapshots).
+    pub fn with_integrity_check(mut self, yes: bool) -> Self {
+        self.integrity_check = yes;
+        self
+    }
 }
 
 /// What a backup did.
@@ -157,6 +168,10 @@ pub struct BackupReport {
     pub map_kind: String,
     /// Wall time.
     pub seconds: f64,
+    /// With `integrity_check`: the source's `integrity_check` of the snapshot's state
+    /// (also recorded in the manifest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_check: Option<sqlvault_format::SourceCheck>,
     /// Store requests by kind.
     pub requests: Requests,
 }
@@ -742,6 +757,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         method,
         dump_bytes,
         cipher,
+        source_check,
     } = snap;
     let (info, checksum, method, dump_bytes) = (info.clone(), *checksum, *method, *dump_bytes);
     let cipher = cipher.clone();
@@ -878,6 +894,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         dump: (kind == BackupKind::Dump).then(|| DumpFacts {
             chunker: DUMP_CHUNKER.describe(),
         }),
+        source_check: source_check.clone(),
     };
     // The manifest's own size is estimated before it is known exactly (age adds a
     // fixed overhead); close enough for a statistic, exact for the data.
@@ -927,6 +944,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         parent: parent_id.map(|p| p.to_string()),
         map_kind: map_kind.into(),
         seconds: started.elapsed().as_secs_f64(),
+        source_check: manifest.source_check.clone(),
         requests: repo.store.stats().since(before),
     })
 }
@@ -1029,6 +1047,8 @@ struct SnapOut {
     dump_bytes: u64,
     /// The source's SQLCipher settings.
     cipher: Option<sqlvault_sqlite::CipherSettings>,
+    /// The source's integrity_check of the snapshot's state, when asked.
+    source_check: Option<sqlvault_format::SourceCheck>,
 }
 
 /// Runs the reader and the workers; returns what the reader learned (or why it
@@ -1050,7 +1070,8 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> (Result<SnapO
     let src_opts = SourceOptions::default()
         .with_busy_timeout(shared.opts.busy_timeout)
         .with_force_backup_copy(shared.opts.force_backup_copy)
-        .with_unlock(shared.opts.unlock.clone());
+        .with_unlock(shared.opts.unlock.clone())
+        .with_integrity_check(shared.opts.integrity_check);
     let snap = match shared.opts.kind {
         BackupKind::Pages => read_pages(&shared, db, src_opts, &tx),
         BackupKind::Dump => read_dump(&shared, db, src_opts, &tx),
@@ -1094,6 +1115,7 @@ fn read_pages(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Sy
         let _ = tx.send(b);
     }
     let cipher = src.cipher().cloned();
+    let source_check = src.integrity_problems().map(sqlvault_format::SourceCheck::of);
     match r {
         Ok((info, checksum, method)) => Ok(SnapOut {
             info,
@@ -1101,6 +1123,7 @@ fn read_pages(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Sy
             method,
             dump_bytes: 0,
             cipher,
+            source_check,
         }),
         Err(SnapshotError::Db(e)) => Err(Error::from(e)),
         Err(SnapshotError::Consumer(())) => Err(Error::new(ErrorKind::Internal, "backup.aborted", "backup aborted")),
@@ -1197,6 +1220,7 @@ fn read_dump(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Syn
             method: rep.method,
             dump_bytes: rep.bytes,
             cipher: src.cipher().cloned(),
+            source_check: None,
         })
     });
     if let Err(e) = &r

@@ -364,8 +364,12 @@ fn judge_image(m: &Manifest, problems: &[String], checksum_ok: bool, accept: boo
             format!(
                 "snapshot {} is intact (every page hash and the logical checksum match what was backed up), \
                  but the database itself fails integrity_check, so its source was already damaged when it was \
-                 backed up: {}; pass --accept-damaged-source to restore these exact bytes",
+                 backed up{}: {}; pass --accept-damaged-source to restore these exact bytes",
                 m.id.short(),
+                match &m.source_check {
+                    Some(c) if !c.ok => " (the backup's own integrity_check recorded it too)",
+                    _ => "",
+                },
                 first(problems)
             ),
         )),

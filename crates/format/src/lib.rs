@@ -26,8 +26,8 @@ pub use index::{
 };
 pub use keys::{AdminKey, RepoKeys, RepoSecret, verify_admin_signature};
 pub use manifest::{
-    CipherFacts, DumpFacts, Manifest, MapRef, RecipientSet, RepoConfig, RepoMarker, SnapshotStats, decode_manifest,
-    encode_manifest, is_repo_id, kind,
+    CipherFacts, DumpFacts, Manifest, MapRef, RecipientSet, RepoConfig, RepoMarker, SnapshotStats, SourceCheck,
+    decode_manifest, encode_manifest, is_repo_id, kind,
 };
 pub use pagemap::{PageMap, PageMapKind};
 

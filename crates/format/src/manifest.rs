@@ -248,6 +248,46 @@ pub struct Manifest {
     /// repository by age like everything else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cipher: Option<CipherFacts>,
+    /// When the backup was asked to check its source (`backup --integrity-check`): what
+    /// `integrity_check` said of exactly the state this snapshot holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_check: Option<SourceCheck>,
+}
+
+/// The source's own `integrity_check` at backup time, on the snapshot's state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SourceCheck {
+    /// Whether it passed.
+    pub ok: bool,
+    /// Its first lines when it did not (at most [`SourceCheck::MAX_LINES`], each cut
+    /// to [`SourceCheck::MAX_LINE`] bytes).
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+impl SourceCheck {
+    /// Lines kept.
+    pub const MAX_LINES: usize = 20;
+    /// Bytes kept of each line.
+    pub const MAX_LINE: usize = 500;
+
+    /// The record of `problems` (all of `integrity_check`'s lines but `ok`).
+    pub fn of(problems: &[String]) -> SourceCheck {
+        SourceCheck {
+            ok: problems.is_empty(),
+            problems: problems
+                .iter()
+                .take(Self::MAX_LINES)
+                .map(|l| {
+                    let mut end = l.len().min(Self::MAX_LINE);
+                    while !l.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    l[..end].to_string()
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The SQLCipher facts of an encrypted source: its settings, and a check value that
@@ -378,6 +418,7 @@ mod tests {
             stats: SnapshotStats::default(),
             dump: None,
             cipher: None,
+            source_check: None,
         }
     }
 

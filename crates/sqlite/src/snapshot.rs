@@ -54,6 +54,9 @@ pub struct SourceOptions {
     pub force_backup_copy: bool,
     /// The key (and settings) of a SQLCipher database.
     pub unlock: Option<Unlock>,
+    /// Also run `integrity_check` (and `cipher_integrity_check`) on exactly the state
+    /// the snapshot holds, alongside the pages; see [`Source::integrity_problems`].
+    pub integrity_check: bool,
 }
 
 impl Default for SourceOptions {
@@ -63,6 +66,7 @@ impl Default for SourceOptions {
             temp_dir: None,
             force_backup_copy: false,
             unlock: None,
+            integrity_check: false,
         }
     }
 }
@@ -88,6 +92,11 @@ impl SourceOptions {
         self.unlock = unlock;
         self
     }
+    /// Checks the snapshot's state with `integrity_check` too.
+    pub fn with_integrity_check(mut self, yes: bool) -> Self {
+        self.integrity_check = yes;
+        self
+    }
 }
 
 /// Checks that `path` exists and starts with the plaintext SQLite header.
@@ -110,6 +119,7 @@ pub struct Source {
     conn: Connection,
     opts: SourceOptions,
     cipher: Option<CipherSettings>,
+    checked: Option<Vec<String>>,
 }
 
 fn pragma_i64(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
@@ -167,6 +177,7 @@ impl Source {
             conn,
             opts,
             cipher,
+            checked: None,
         })
     }
 
@@ -178,6 +189,14 @@ impl Source {
     /// The SQLCipher settings of an encrypted source (`None`: plaintext).
     pub fn cipher(&self) -> Option<&CipherSettings> {
         self.cipher.as_ref()
+    }
+
+    /// After a [`Source::snapshot`] with [`SourceOptions::integrity_check`]: the
+    /// `integrity_check` lines (and `cipher_integrity_check` lines) of exactly the state
+    /// the snapshot holds, empty when healthy; `None` when not checked. Indexes ordered
+    /// by an application's collation are left out, as in [`verify_file`].
+    pub fn integrity_problems(&self) -> Option<&[String]> {
+        self.checked.as_deref()
     }
 
     /// Keys a fresh connection to the source (or to a private copy of it) like the
@@ -236,14 +255,25 @@ impl Source {
                 .map_err(|e| SnapshotError::Db(self.err(e)))?;
             let r = self.snapshot_dbpage(&mut page);
             let _ = self.conn.execute_batch("COMMIT");
-            r.map(|(i, c)| (i, c, SnapshotMethod::DbPage))
+            r.map(|(i, c, p)| {
+                self.checked = p;
+                (i, c, SnapshotMethod::DbPage)
+            })
         } else {
-            self.snapshot_copy(&mut page)
-                .map(|(i, c)| (i, c, SnapshotMethod::BackupCopy))
+            self.snapshot_copy(&mut page).map(|(i, c, p)| {
+                self.checked = p;
+                (i, c, SnapshotMethod::BackupCopy)
+            })
         }
     }
 
-    fn snapshot_dbpage<E, F>(&self, page: &mut F) -> Result<(DbInfo, [u8; 32]), SnapshotError<E>>
+    /// What a thread checking the snapshot's state needs of the source.
+    fn checker_facts(&self) -> (PathBuf, Duration, bool) {
+        (self.path.clone(), self.opts.busy_timeout, self.cipher.is_some())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn snapshot_dbpage<E, F>(&self, page: &mut F) -> Result<(DbInfo, [u8; 32], Option<Vec<String>>), SnapshotError<E>>
     where
         F: FnMut(u32, &[u8]) -> Result<(), E>,
     {
@@ -251,7 +281,25 @@ impl Source {
         // A second connection pinned to this transaction's snapshot computes the
         // checksum while pages stream; without the snapshot API it runs afterwards.
         let twin = self.pinned_twin();
+        // A third, for the integrity check when asked (afterwards on the source's own
+        // read transaction when it cannot be pinned).
+        let checker = if self.opts.integrity_check {
+            Some(self.pinned_twin())
+        } else {
+            None
+        };
         std::thread::scope(|scope| {
+            let facts = self.checker_facts();
+            let check = checker.map(|c| {
+                scope.spawn(move || match c {
+                    Some(conn) => {
+                        let r = integrity_of(&conn, &facts);
+                        let _ = conn.execute_batch("COMMIT");
+                        Some(r)
+                    }
+                    None => None,
+                })
+            });
             let side = twin.map(|conn| {
                 scope.spawn(move || {
                     let t = std::time::Instant::now();
@@ -272,7 +320,12 @@ impl Source {
                 }
             }
             .map_err(|e| SnapshotError::Db(self.err(e)))?;
-            Ok((info, sum))
+            let checked = match check.map(|h| h.join().expect("integrity thread panicked")) {
+                None => None,
+                Some(Some(r)) => Some(r.map_err(SnapshotError::Db)?),
+                Some(None) => Some(integrity_of(&self.conn, &self.checker_facts()).map_err(SnapshotError::Db)?),
+            };
+            Ok((info, sum, checked))
         })
     }
 
@@ -392,7 +445,8 @@ impl Source {
         Ok(())
     }
 
-    fn snapshot_copy<E, F>(&self, page: &mut F) -> Result<(DbInfo, [u8; 32]), SnapshotError<E>>
+    #[allow(clippy::type_complexity)]
+    fn snapshot_copy<E, F>(&self, page: &mut F) -> Result<(DbInfo, [u8; 32], Option<Vec<String>>), SnapshotError<E>>
     where
         F: FnMut(u32, &[u8]) -> Result<(), E>,
     {
@@ -405,10 +459,17 @@ impl Source {
             Some(_) => Some(self.open_copy(tmp.path()).map_err(SnapshotError::Db)?.0),
             None => None,
         };
+        let checker = if self.opts.integrity_check {
+            Some(self.open_copy(tmp.path()).map_err(SnapshotError::Db)?.0)
+        } else {
+            None
+        };
         // The copy is private and immutable now: checksum it on its own connection
         // while its pages stream.
         std::thread::scope(|scope| {
             let sum_thread = scope.spawn(move || logical_checksum(&copy));
+            let facts = self.checker_facts();
+            let check = checker.map(|c| scope.spawn(move || integrity_of(&c, &facts)));
             match &reader {
                 Some(r) => self.stream_dbpage_of(r, &info, Some(source_header.as_ref()), page)?,
                 None => self.stream_copy(tmp.path(), &info, source_header.as_ref(), page)?,
@@ -417,7 +478,15 @@ impl Source {
                 .join()
                 .expect("checksum thread panicked")
                 .map_err(|e| SnapshotError::Db(self.err(e)))?;
-            Ok((info, sum))
+            let checked = match check {
+                Some(h) => Some(
+                    h.join()
+                        .expect("integrity thread panicked")
+                        .map_err(SnapshotError::Db)?,
+                ),
+                None => None,
+            };
+            Ok((info, sum, checked))
         })
     }
 
@@ -681,6 +750,19 @@ pub fn verify_file_with(path: &Path, unlock: Option<&Unlock>) -> Result<VerifyRe
         cipher,
         not_checked: not_checked.iter().map(AppCollation::describe).collect(),
     })
+}
+
+/// `integrity_check` of the state `conn` sees (a read-only connection to a snapshot's
+/// state: a twin pinned to it, or the private copy); `facts` from
+/// [`Source::checker_facts`].
+fn integrity_of(conn: &Connection, facts: &(PathBuf, Duration, bool)) -> Result<Vec<String>, SqliteError> {
+    let (path, timeout, encrypted) = facts;
+    let err = |e| SqliteError::from_sqlite(path, *timeout, e);
+    let t = std::time::Instant::now();
+    let skip = crate::collation::app_collation_indexes(conn).map_err(err)?;
+    let r = problems(conn, *encrypted, &skip).map_err(err);
+    tracing::debug!(seconds = t.elapsed().as_secs_f64(), "source integrity_check");
+    r
 }
 
 /// `integrity_check` (and `cipher_integrity_check`) lines other than `ok`, less the
