@@ -154,7 +154,7 @@ fn a_dump_of_an_application_collation_is_refused_before_anything_is_uploaded() {
         .run(&["backup", &db.display().to_string(), &repo, "--kind", "dump"])
         .fails(7);
     assert!(
-        r.stderr.contains("collation") && r.stderr.contains("unicase") && r.stderr.contains("as pages"),
+        r.stderr.contains("collation") && r.stderr.contains("unicase") && r.stderr.contains("page snapshot"),
         "{}",
         r.stderr
     );

@@ -606,10 +606,13 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
 /// to prune, which says so. Never call this once the backup's index is written:
 /// another host may have read it and deduplicated against these packs.
 async fn discard_uploads(repo: &Repo, outs: &[WorkerOut]) {
-    let keys: Vec<String> = outs
-        .iter()
-        .flat_map(|o| o.packs.iter().map(|p| layout::pack(&p.id)))
-        .collect();
+    let ids: Vec<ObjectId> = outs.iter().flat_map(|o| o.packs.iter().map(|p| p.id)).collect();
+    discard_packs(repo, &ids).await;
+}
+
+/// [`discard_uploads`], by pack id.
+async fn discard_packs(repo: &Repo, ids: &[ObjectId]) {
+    let keys: Vec<String> = ids.iter().map(layout::pack).collect();
     if keys.is_empty() {
         return;
     }
@@ -780,16 +783,22 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         BackupKind::Pages => info.page_count as usize,
         BackupKind::Dump => lens.len(),
     };
+    // The index of the packs this backup wrote, then the known set.
+    let pack_ids: Vec<ObjectId> = packs.iter().map(|p| p.id).collect();
     if filled != expected || pages.iter().any(|id| id.0 == [0; 32]) {
+        discard_packs(repo, &pack_ids).await;
         return Err(Error::new(
             ErrorKind::Internal,
             "backup.incomplete",
             format!("snapshot produced {filled} of {expected} chunks"),
         ));
     }
-
-    // The index of the packs this backup wrote, then the known set.
-    let pack_ids: Vec<ObjectId> = packs.iter().map(|p| p.id).collect();
+    // A backup that already outlived the prune grace would be refused at its commit:
+    // refuse it now, while no index names its packs and they can still be removed.
+    if let Err(e) = crate::prune::within_grace(repo, pending_read, grace, "backup.outlived-grace", "the backup") {
+        discard_packs(repo, &pack_ids).await;
+        return Err(e);
+    }
     let chunks_new = packs.iter().map(|p| p.chunks).sum::<u64>();
     // Its ciphertext is gone before the known set grows.
     bytes_new += write_index_for(repo, &packs).await?;

@@ -299,7 +299,10 @@ fn preflight(
             if e.to_string().contains("no such collation sequence") {
                 // The application registers that collation itself; rebuilding its
                 // indexes without it would order them wrongly for the application.
-                what.push_str(" (a collation of the application's own; back this database up as pages, which keeps its indexes as they are)");
+                what.push_str(
+                    " (a collation only the application has: what it orders cannot be rebuilt without it; \
+                     a page snapshot keeps the database as it is)",
+                );
             }
             bad(what)
         })

@@ -171,10 +171,19 @@ async fn prune_and_backups_keep_every_snapshot_restorable_under_crashes() {
     // Only live data is left: every pack holds a chunk some snapshot references.
     assert!(check.packs < 4 * 20, "{check:?}");
 
-    // The grace recorded is now zero: a backup can never commit within it.
+    // The grace recorded is now zero: a backup can never commit within it, and it
+    // takes back the packs it uploaded (no index names them yet).
+    sqlvault_testkit::update_random(&db, 0.2, 99).unwrap();
+    std::fs::copy(&db, &original).unwrap();
+    let packs_before = b.store.list("packs").await.unwrap().len();
     let e = sqlvault_engine::backup(&b.writer, &db, opts()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy, "{}", e.one_line());
     assert_eq!(e.code(), "backup.outlived-grace");
+    assert_eq!(
+        b.store.list("packs").await.unwrap().len(),
+        packs_before,
+        "no packs left behind"
+    );
 
     // A prune of a live process that lost its store right after taking the lock leaves
     // it behind: another prune refuses while it is fresh.
