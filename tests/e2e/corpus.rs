@@ -266,6 +266,36 @@ fn sqlcipher_corpus_files_restore_in_their_own_format_and_deduplicate() {
             d.file
         );
 
+        // A dump snapshot of it restores in its own format too.
+        let name = format!("dump-{}", d.file);
+        w.run(&[
+            "backup",
+            &srcs,
+            &repo,
+            "--db-key-file",
+            &kf,
+            "--kind",
+            "dump",
+            "--name",
+            &name,
+        ])
+        .ok();
+        let out = w.path(&format!("dump-restored-{}", d.file));
+        let outs = out.display().to_string();
+        w.run(&[
+            "restore",
+            &repo,
+            &outs,
+            "--name",
+            &name,
+            "-i",
+            &key,
+            "--db-key-file",
+            &kf,
+        ])
+        .ok();
+        assert_eq!(independent_counts(d, &out), want, "{}: dump snapshot", d.file);
+
         // WAL mode: the same file switched to WAL, backed up twice.
         let wal = w.path(&format!("wal-{}", d.file));
         std::fs::copy(&src, &wal).unwrap();
