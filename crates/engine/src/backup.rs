@@ -616,12 +616,18 @@ async fn discard_packs(repo: &Repo, ids: &[ObjectId]) {
     if keys.is_empty() {
         return;
     }
-    let left = futures::stream::iter(keys.iter())
-        .map(|k| async move { repo.store.delete(k).await.is_err() })
-        .buffer_unordered(8)
-        .filter(|failed| std::future::ready(*failed))
-        .count()
-        .await;
+    // One first, alone: a store that is down (often why the backup failed) costs one
+    // round of retries, not one per pack.
+    let left = if repo.store.delete(&keys[0]).await.is_err() {
+        keys.len()
+    } else {
+        futures::stream::iter(keys[1..].iter())
+            .map(|k| async move { repo.store.delete(k).await.is_err() })
+            .buffer_unordered(8)
+            .filter(|failed| std::future::ready(*failed))
+            .count()
+            .await
+    };
     if left == 0 {
         tracing::info!("removed the {} packs this failed backup had uploaded", keys.len());
     } else {
