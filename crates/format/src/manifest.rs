@@ -211,9 +211,12 @@ pub struct Manifest {
     pub kind: String,
     /// Creation time, unix milliseconds; retention orders by this.
     pub created_ms: i64,
-    /// Host that made the backup.
+    /// Host that made the backup. With `source_path`, the database's identity: retention
+    /// groups by name, host and path. Empty when absent (a group of its own per name).
+    #[serde(default)]
     pub host: String,
-    /// Absolute source path.
+    /// Canonical absolute source path on `host`.
+    #[serde(default)]
     pub source_path: String,
     /// Page size in bytes.
     pub page_size: u32,
