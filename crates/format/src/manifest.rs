@@ -404,6 +404,25 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_without_host_and_source_path_is_read_with_empty_ones() {
+        // Retention puts such snapshots in a group of their own per name; they must
+        // keep restoring.
+        let keys = RepoSecret::generate().keys();
+        let m = sample();
+        let mut v = serde_json::to_value(&m).unwrap();
+        let o = v.as_object_mut().unwrap();
+        assert!(o.remove("host").is_some() && o.remove("source_path").is_some());
+        let body = serde_json::to_vec(&v).unwrap();
+        let mut enc = body.clone();
+        enc.push(b'\n');
+        enc.extend_from_slice(hex::encode(keys.mac(&body)).as_bytes());
+        enc.push(b'\n');
+        let d = decode_manifest(&keys, &enc, &m.id).unwrap();
+        assert_eq!((d.host.as_str(), d.source_path.as_str()), ("", ""));
+        assert_eq!(d.name, m.name);
+    }
+
+    #[test]
     fn marker_ids_that_would_escape_a_directory_are_refused() {
         let ok = serde_json::to_vec(&RepoMarker::new("0123456789abcdef0123456789abcdef".into())).unwrap();
         assert!(RepoMarker::decode(&ok).is_ok());

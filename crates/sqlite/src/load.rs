@@ -306,8 +306,8 @@ pub(crate) fn load_temp<R: BufRead>(
 ///
 /// Replacing is refused while another process holds `dest` open
 /// ([`SqliteError::InUse`], see [`ensure_not_in_use`]), and the new file takes the
-/// mode, owner and group of the one it replaces (see [`take_place_of`]); a new
-/// destination keeps the temporary file's 0600.
+/// mode, owner and group of the one it replaces (see [`take_place_of`]); a new (or
+/// empty) destination keeps the temporary file's 0600.
 pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Result<(), SqliteError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -316,7 +316,12 @@ pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Resu
     let sides = crate::side_files(dest).map_err(io(dest))?;
     if replace {
         ensure_not_in_use(dest)?;
-        if let Some(old) = std::fs::symlink_metadata(dest).ok().filter(|m| m.is_file()) {
+        // An empty file holds no database (load takes it without --force): the result
+        // is a new database and stays 0600, like any new destination.
+        if let Some(old) = std::fs::symlink_metadata(dest)
+            .ok()
+            .filter(|m| m.is_file() && m.len() > 0)
+        {
             take_place_of(&tmp, &old, dest)?;
         }
         for side in sides {
