@@ -105,7 +105,7 @@ enum Cmd {
     /// only the data it lacks; interrupted, a rerun resumes.
     Copy(CopyArgs),
     /// Remove snapshots by a retention policy (restic's --keep-* semantics), per
-    /// database name; the data they used is freed by `prune`.
+    /// database (name, host and source path); the data they used is freed by `prune`.
     Forget(ForgetArgs),
     /// Delete data no snapshot references and repack mostly-unused packs, in two
     /// phases: what one run marks, a later run deletes once the grace period has passed.
@@ -448,10 +448,11 @@ enum KindArg {
 struct DrillArgs {
     /// Repository URL or path.
     repo: String,
-    /// Only this database name.
+    /// Only this database name (each host and path it was backed up from).
     #[arg(long, conflicts_with = "all")]
     name: Option<String>,
-    /// Every database name in the repository (the default).
+    /// Every database in the repository (the default): each name, and each host and
+    /// path a name was backed up from.
     #[arg(long)]
     all: bool,
     /// JSON-lines log to append to (default: drill.jsonl in the state directory).
@@ -519,10 +520,13 @@ struct RestoreArgs {
     /// Snapshot id or unique prefix (default: newest).
     #[arg(long)]
     snapshot: Option<String>,
-    /// Newest snapshot of this database name.
+    /// Newest snapshot of this database name (needed, or --snapshot, when the repository
+    /// holds several databases: exit 2 otherwise).
     #[arg(long)]
     name: Option<String>,
-    /// Replace an existing destination and remove its stale -wal/-shm.
+    /// Replace an existing destination and remove its stale -wal/-shm. Refused while
+    /// another process holds it open (exit 7): stop the application first. The new file
+    /// keeps the replaced one's mode, owner and group.
     #[arg(long)]
     force: bool,
     /// File holding the database key of a snapshot of a SQLCipher database
@@ -543,7 +547,8 @@ struct VerifyArgs {
     /// Snapshot id or unique prefix (default: newest).
     #[arg(long, conflicts_with = "all")]
     snapshot: Option<String>,
-    /// Only snapshots of this database name.
+    /// Only snapshots of this database name (without --all: its newest; needed, or
+    /// --snapshot, when the repository holds several databases).
     #[arg(long)]
     name: Option<String>,
     /// Every snapshot.
@@ -602,7 +607,8 @@ struct LoadArgs {
     input: PathBuf,
     /// The database to create.
     db: PathBuf,
-    /// Replace a destination that exists and is not empty.
+    /// Replace a destination that exists and is not empty (refused while another
+    /// process holds it open, exit 7; the new file keeps its mode, owner and group).
     #[arg(long)]
     force: bool,
     /// Print JSON.

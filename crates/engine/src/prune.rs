@@ -662,6 +662,16 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
         }
         st.grace_ms = g;
     }
+    if st.grace_ms < MIN_GRACE.as_millis() as i64 {
+        // Recorded by an earlier sqlvault, which accepted any grace: every backup that
+        // runs longer than it fails, on every host.
+        tracing::warn!(
+            "the recorded grace period of {} is {}, below the minimum of {}: backups running longer fail; raise it with --grace",
+            repo.store.describe(),
+            crate::retention::describe(Duration::from_millis(st.grace_ms.max(0) as u64)),
+            crate::retention::describe(MIN_GRACE)
+        );
+    }
     let mark_grace = if now < st.prev_grace_until_ms {
         st.grace_ms.max(st.prev_grace_ms)
     } else {
