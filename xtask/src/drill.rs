@@ -729,7 +729,8 @@ impl Drill {
             // One object of each remaining kind: a signed recipient set, evidence of
             // a verification, and prune's state.
             self.ok(&["key", "add", &repo, "-i", &key, "-r", &other], &env)?;
-            self.ok(&["verify", &repo, "-i", &key], &env)?;
+            // Two databases (app.db and app.sql): verify needs to be told which.
+            self.ok(&["verify", &repo, "-i", &key, "--name", "app.db"], &env)?;
             self.ok(&["prune", &repo, "-i", &key], &env)?;
             Ok(json!({}))
         })();
