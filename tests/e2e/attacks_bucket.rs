@@ -199,26 +199,17 @@ fn attack_bwc_forged_indexes_cannot_make_prune_delete_live_data() {
             std::fs::write(w.path(&format!("repo/index/{}", random_name())), seal(&bytes, &[&rcpt])).unwrap();
         }
     }
-    // Three prunes with no grace: mark, delete, and once more.
+    // Three prunes that need not wait for the grace: mark, delete, and once more.
     for _ in 0..3 {
         let p = w
-            .run(&[
-                "prune",
-                &repo,
-                "-i",
-                &key,
-                "--grace",
-                "0s",
-                "--no-running-backups",
-                "--json",
-            ])
+            .run(&["prune", &repo, "-i", &key, "--no-running-backups", "--json"])
             .ok()
             .json();
         assert_eq!(p["deleted"]["packs"], 0, "{p}");
         assert_eq!(p["skipped"].as_array().unwrap().len(), packs.len() * 2, "{p}");
     }
     // And without an identity (a write-key prune, as a cron job on a backup host).
-    w.run(&["prune", &repo, "--grace", "0s", "--no-running-backups"]).ok();
+    w.run(&["prune", &repo, "--no-running-backups"]).ok();
     for p in &packs {
         assert!(w.path(&format!("repo/packs/{p}")).exists(), "pack {p} was deleted");
     }

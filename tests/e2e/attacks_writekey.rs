@@ -109,9 +109,9 @@ fn attack_wk_an_index_that_repoints_chunks_does_not_break_a_sound_snapshot() {
     assert_eq!(content(Path::new(&out)), content(Path::new(&db)));
     // Prune keeps what the snapshot needs, with or without an identity.
     for args in [
-        vec!["prune", &repo, "-i", &key, "--grace", "0s", "--no-running-backups"],
-        vec!["prune", &repo, "--grace", "0s", "--no-running-backups"],
-        vec!["prune", &repo, "-i", &key, "--grace", "0s", "--no-running-backups"],
+        vec!["prune", &repo, "-i", &key, "--no-running-backups"],
+        vec!["prune", &repo, "--no-running-backups"],
+        vec!["prune", &repo, "-i", &key, "--no-running-backups"],
     ] {
         w.run(&args).ok();
     }

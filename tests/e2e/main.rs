@@ -8,6 +8,7 @@ mod attacks_local;
 mod attacks_writekey;
 mod audit;
 mod backup_restore;
+mod careful;
 mod corpus;
 mod corruption;
 mod drill;

@@ -598,25 +598,32 @@ impl Drill {
                 &repo,
                 "-i",
                 &key,
-                "--grace",
-                "2s",
                 "--no-running-backups",
                 "--repack-below",
                 "0.9",
             ];
             let mut interrupted = 0;
-            // A 2 s grace: backups still commit within it. Each attempt: new garbage,
-            // one whole prune that marks it, the wait for the marks to ripen (2.2 s),
-            // then the killed prune, which has them to delete.
-            let ripen = Duration::from_millis(2300);
+            // No backup runs while prune does, so marks are ripe at once
+            // (--no-running-backups). Each attempt: new garbage, one whole prune that
+            // marks it, then the killed prune, which has them to delete.
             let mut ripe = 0;
             for i in 0..self.kills {
                 sqlvault_testkit::update_random(&db, 0.05, seed + 200 + i as u64)?;
                 self.ok(&["backup", &dbs, &repo], &env)?;
                 self.ok(&["forget", &repo, "--keep-last", "2"], &env)?;
                 self.ok(&prune, &env)?;
-                std::thread::sleep(ripen);
-                let dry = self.ok(&["prune", &repo, "-i", &key, "--dry-run", "--json"], &env)?;
+                let dry = self.ok(
+                    &[
+                        "prune",
+                        &repo,
+                        "-i",
+                        &key,
+                        "--dry-run",
+                        "--no-running-backups",
+                        "--json",
+                    ],
+                    &env,
+                )?;
                 ripe += dry.json()["deleted"]["packs"].as_u64().unwrap_or(0);
                 if self.kill_during(&prune, &env, dry.secs * 2.0)? {
                     interrupted += 1;
@@ -722,7 +729,8 @@ impl Drill {
             // One object of each remaining kind: a signed recipient set, evidence of
             // a verification, and prune's state.
             self.ok(&["key", "add", &repo, "-i", &key, "-r", &other], &env)?;
-            self.ok(&["verify", &repo, "-i", &key], &env)?;
+            // Two databases (app.db and app.sql): verify needs to be told which.
+            self.ok(&["verify", &repo, "-i", &key, "--name", "app.db"], &env)?;
             self.ok(&["prune", &repo, "-i", &key], &env)?;
             Ok(json!({}))
         })();

@@ -105,7 +105,7 @@ enum Cmd {
     /// only the data it lacks; interrupted, a rerun resumes.
     Copy(CopyArgs),
     /// Remove snapshots by a retention policy (restic's --keep-* semantics), per
-    /// database name; the data they used is freed by `prune`.
+    /// database (name, host and source path); the data they used is freed by `prune`.
     Forget(ForgetArgs),
     /// Delete data no snapshot references and repack mostly-unused packs, in two
     /// phases: what one run marks, a later run deletes once the grace period has passed.
@@ -173,16 +173,20 @@ struct PruneArgs {
     #[arg(long)]
     dry_run: bool,
     /// Grace period between marking and deleting, recorded in the repository (default:
-    /// the repository's, 24h at first). Backups that run longer than it fail instead of
-    /// committing; it must exceed your longest backup.
+    /// the repository's, 24h at first; at least 1h). It is also the longest a backup or
+    /// copy may run, on every host: one that runs longer fails (exit 14) instead of
+    /// committing, so it must exceed your longest backup. Lowering it applies to marks
+    /// made from now on, and to backups only after the old grace has passed (unless
+    /// --no-running-backups).
     #[arg(long, value_parser = parse_duration)]
     grace: Option<Duration>,
     /// Repack packs whose referenced bytes are below this fraction (0 disables).
     #[arg(long, default_value_t = 0.5)]
     repack_below: f64,
-    /// Assert that no backup is running against the repository now, so that a lowered
-    /// --grace applies at once (otherwise marks keep the old grace until it has passed,
-    /// for backups that started under it).
+    /// Assert that no backup or copy is running against the repository now: marks
+    /// already made are deleted in this run (when still unreferenced) without waiting
+    /// for the grace, and a lowered --grace applies at once. New garbage is only marked.
+    /// Wrong, it can delete data a running backup is about to commit.
     #[arg(long)]
     no_running_backups: bool,
     /// Replace prune's stored state when it cannot be read (exit 6 otherwise). Its marks
@@ -404,9 +408,16 @@ struct BackupArgs {
     /// to each, in parallel. Exit 10 when some succeed and others fail.
     #[arg(required = true, value_name = "REPO")]
     repos: Vec<String>,
-    /// Database name in the repository (default: the file name).
+    /// Database name in the repository (default: the file name). A name belongs to the
+    /// host and path that first backed up under it: another source is refused (exit 8,
+    /// `backup.name-taken`).
     #[arg(long)]
     name: Option<String>,
+    /// The database moved (another path or host): take over its name from the source
+    /// the repository records. Snapshots of the old source stay, in a retention group
+    /// of their own.
+    #[arg(long)]
+    adopt_name: bool,
     /// Longest wait for the application's locks, in seconds.
     #[arg(long, default_value_t = 10.0)]
     busy_timeout: f64,
@@ -442,10 +453,11 @@ enum KindArg {
 struct DrillArgs {
     /// Repository URL or path.
     repo: String,
-    /// Only this database name.
+    /// Only this database name (each host and path it was backed up from).
     #[arg(long, conflicts_with = "all")]
     name: Option<String>,
-    /// Every database name in the repository (the default).
+    /// Every database in the repository (the default): each name, and each host and
+    /// path a name was backed up from.
     #[arg(long)]
     all: bool,
     /// JSON-lines log to append to (default: drill.jsonl in the state directory).
@@ -513,10 +525,13 @@ struct RestoreArgs {
     /// Snapshot id or unique prefix (default: newest).
     #[arg(long)]
     snapshot: Option<String>,
-    /// Newest snapshot of this database name.
+    /// Newest snapshot of this database name (needed, or --snapshot, when the repository
+    /// holds several databases: exit 2 otherwise).
     #[arg(long)]
     name: Option<String>,
-    /// Replace an existing destination and remove its stale -wal/-shm.
+    /// Replace an existing destination and remove its stale -wal/-shm. Refused while
+    /// another process holds it open (exit 7): stop the application first. The new file
+    /// keeps the replaced one's mode, owner and group.
     #[arg(long)]
     force: bool,
     /// Install the database even though it fails integrity_check, when the snapshot
@@ -542,7 +557,8 @@ struct VerifyArgs {
     /// Snapshot id or unique prefix (default: newest).
     #[arg(long, conflicts_with = "all")]
     snapshot: Option<String>,
-    /// Only snapshots of this database name.
+    /// Only snapshots of this database name (without --all: its newest; needed, or
+    /// --snapshot, when the repository holds several databases).
     #[arg(long)]
     name: Option<String>,
     /// Every snapshot.
@@ -601,7 +617,8 @@ struct LoadArgs {
     input: PathBuf,
     /// The database to create.
     db: PathBuf,
-    /// Replace a destination that exists and is not empty.
+    /// Replace a destination that exists and is not empty (refused while another
+    /// process holds it open, exit 7; the new file keeps its mode, owner and group).
     #[arg(long)]
     force: bool,
     /// Keep a result that fails integrity_check when its content is proven to be
@@ -847,6 +864,7 @@ fn snapshot_json(m: &Manifest) -> serde_json::Value {
         "time": time_str(m.created_ms),
         "created_ms": m.created_ms,
         "host": m.host,
+        "source_path": m.source_path,
         "kind": m.kind,
         "page_size": m.page_size,
         "page_count": m.page_count,
@@ -1037,18 +1055,19 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 print_json(&json!({"snapshots": snaps.iter().map(snapshot_json).collect::<Vec<_>>()}));
             } else {
                 println!(
-                    "{:<10} {:<21} {:<24} {:<6} {:>10} {:>12}",
-                    "ID", "TIME", "NAME", "KIND", "PAGES", "SIZE"
+                    "{:<10} {:<21} {:<24} {:<6} {:>10} {:>12}  {}",
+                    "ID", "TIME", "NAME", "KIND", "PAGES", "SIZE", "SOURCE"
                 );
                 for m in &snaps {
                     println!(
-                        "{:<10} {:<21} {:<24} {:<6} {:>10} {:>12}{}",
+                        "{:<10} {:<21} {:<24} {:<6} {:>10} {:>12}  {}{}",
                         m.id.short(),
                         time_str(m.created_ms),
                         m.name,
                         m.kind,
                         m.page_count,
                         human(m.db_size()),
+                        sqlvault_engine::names::SourceId::of(m).describe(),
                         if future_dated(m) { "  FUTURE-DATED" } else { "" }
                     );
                     if let Some(c) = m.source_check.as_ref().filter(|c| !c.ok) {
@@ -1544,6 +1563,7 @@ async fn backup(a: BackupArgs) -> Result<u8, Error> {
     let opts = sqlvault_engine::BackupOptions::default()
         .with_integrity_check(a.integrity_check)
         .with_name(a.name.clone())
+        .with_adopt_name(a.adopt_name)
         .with_level(a.level)
         .with_pack_target(a.pack_size << 20)
         .with_busy_timeout(busy(a.busy_timeout)?)
@@ -1663,6 +1683,9 @@ fn prune_options(
 ) -> Result<sqlvault_engine::PruneOptions, Error> {
     if !(0.0..=1.0).contains(&repack_below) {
         return Err(usage("--repack-below is a fraction between 0 and 1"));
+    }
+    if let Some(g) = grace {
+        sqlvault_engine::check_grace(g)?;
     }
     Ok(sqlvault_engine::PruneOptions::default()
         .with_dry_run(dry_run)
@@ -1824,14 +1847,15 @@ async fn forget(a: ForgetArgs) -> Result<u8, Error> {
             "no policy given: use --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly/--keep-within (or --remove-all)",
         ));
     }
+    // Prune's options are checked before forget removes anything.
+    let prune_opts = prune_options(a.dry_run, a.grace, 0.5, a.no_running_backups)?;
     let opts = sqlvault_engine::ForgetOptions::new(policy)
         .with_name(a.name.clone())
         .with_dry_run(a.dry_run)
         .with_allow_remove_all(a.remove_all);
     let rep = sqlvault_engine::forget(&repo, &opts).await?;
     let pruned = if a.prune {
-        let opts = prune_options(a.dry_run, a.grace, 0.5, a.no_running_backups)?;
-        Some(sqlvault_engine::prune(&repo, &opts).await?)
+        Some(sqlvault_engine::prune(&repo, &prune_opts).await?)
     } else {
         None
     };
@@ -1844,7 +1868,11 @@ async fn forget(a: ForgetArgs) -> Result<u8, Error> {
         return Ok(0);
     }
     for g in &rep.groups {
-        println!("{}: {} snapshots", g.name, g.snapshots.len());
+        let source = sqlvault_engine::names::SourceId {
+            host: g.host.clone(),
+            path: g.source_path.clone(),
+        };
+        println!("{} from {}: {} snapshots", g.name, source.describe(), g.snapshots.len());
         for s in &g.snapshots {
             println!(
                 "  {} {:<8} {}  {}",

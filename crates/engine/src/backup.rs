@@ -54,6 +54,9 @@ pub struct BackupOptions {
     /// result in the manifest and warn when it fails. The backup is taken either way:
     /// a damaged database's only copy is still worth having.
     pub integrity_check: bool,
+    /// Take over the name when the repository records another source for it (a moved
+    /// database); otherwise such a backup is refused (`backup.name-taken`).
+    pub adopt_name: bool,
 }
 
 /// What a snapshot holds.
@@ -83,6 +86,7 @@ impl Default for BackupOptions {
             kind: BackupKind::Pages,
             unlock: None,
             integrity_check: false,
+            adopt_name: false,
         }
     }
 }
@@ -91,6 +95,11 @@ impl BackupOptions {
     /// Sets the database name.
     pub fn with_name(mut self, name: Option<String>) -> Self {
         self.name = name;
+        self
+    }
+    /// Takes over a name another source owns (see the field).
+    pub fn with_adopt_name(mut self, yes: bool) -> Self {
+        self.adopt_name = yes;
         self
     }
     /// Sets the busy timeout.
@@ -201,6 +210,8 @@ struct Dest {
     table: Mutex<Table>,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
+    /// What to do with the name's claim at the commit ([`crate::names`]).
+    claim: crate::names::ClaimPlan,
 }
 
 struct Shared {
@@ -476,9 +487,11 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
             .unwrap_or_else(|| "database".into())
     });
     let kind = opts.kind;
+    let source = crate::names::SourceId::local(&db);
 
     let befores: Vec<RequestCounts> = repos.iter().map(|r| r.store.stats()).collect();
-    let preps = futures::future::join_all(repos.iter().map(|r| prepare(r, &name, kind))).await;
+    let adopt = opts.adopt_name;
+    let preps = futures::future::join_all(repos.iter().map(|r| prepare(r, &name, kind, &source, adopt))).await;
     let mut results: Vec<Option<Result<BackupReport>>> = (0..repos.len()).map(|_| None).collect();
     let mut live: Vec<(usize, Prep)> = Vec::new();
     for (i, p) in preps.into_iter().enumerate() {
@@ -505,6 +518,7 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
             table: Mutex::new(Table::default()),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
+            claim: p.claim,
         });
         rest.push((i, p.parent, p.pending_read, p.grace));
     }
@@ -579,6 +593,7 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
                             parent,
                             pending_read,
                             grace,
+                            claim: dest.claim,
                             snap,
                             opts,
                             db,
@@ -659,9 +674,19 @@ struct Prep {
     parent: Option<Parent>,
     pending_read: Instant,
     grace: Duration,
+    claim: crate::names::ClaimPlan,
 }
 
-async fn prepare(repo: &Repo, name: &str, kind: BackupKind) -> Result<Prep> {
+async fn prepare(
+    repo: &Repo,
+    name: &str,
+    kind: BackupKind,
+    source: &crate::names::SourceId,
+    adopt: bool,
+) -> Result<Prep> {
+    // A name another source owns is refused before the database is read or anything
+    // is uploaded.
+    let claim = crate::names::check(repo, name, source, adopt).await?;
     let repo_id = repo.repo_id.clone();
     let (mut known, parent) = {
         let (rid, n) = (repo_id.clone(), name.to_string());
@@ -723,6 +748,7 @@ async fn prepare(repo: &Repo, name: &str, kind: BackupKind) -> Result<Prep> {
         parent,
         pending_read,
         grace,
+        claim,
     })
 }
 
@@ -735,6 +761,7 @@ struct Finish<'a> {
     parent: Option<Parent>,
     pending_read: Instant,
     grace: Duration,
+    claim: crate::names::ClaimPlan,
     snap: &'a SnapOut,
     opts: &'a BackupOptions,
     db: &'a Path,
@@ -753,6 +780,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         parent,
         pending_read,
         grace,
+        claim,
         snap,
         opts,
         db,
@@ -917,6 +945,8 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
     manifest.stats.bytes_new = bytes_new + probe.len() as u64;
     let ct = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
     crate::prune::within_grace(repo, pending_read, grace, "backup.outlived-grace", "the backup")?;
+    // The name's claim, right before the manifest: a refused backup claims nothing.
+    crate::names::commit(repo, &claim).await?;
     // The commit point: create-if-absent, written last.
     repo.store
         .put_if_absent(&layout::snapshot(&snapshot_id), Bytes::from(ct))

@@ -81,6 +81,10 @@ pub struct DrillRecord {
     pub evidence: Evidence,
     /// The repository, as given.
     pub repo: String,
+    /// Host the drilled database was backed up from (empty: not recorded).
+    pub source_host: String,
+    /// Its canonical path there (empty: not recorded).
+    pub source_path: String,
     /// Age of the snapshot when drilled: the data a disaster at that moment would lose.
     pub rpo_seconds: f64,
     /// Size of the restored database.
@@ -102,7 +106,8 @@ pub struct DrillRecord {
 pub struct DrillReport {
     /// Whether every snapshot restored and verified.
     pub ok: bool,
-    /// One record per database name, in name order.
+    /// One record per database (name, and the host and path it was backed up from),
+    /// in name order.
     pub records: Vec<DrillRecord>,
     /// The log appended to.
     pub log: String,
@@ -111,7 +116,10 @@ pub struct DrillReport {
     pub failure: Option<Error>,
 }
 
-/// Drills the newest snapshot of each database name (or of `opts.name`).
+/// Drills the newest snapshot of each database (or of each of `opts.name`): a name
+/// whose snapshots come from several sources (a moved database, adopted with
+/// `--adopt-name`, or files of older versions that shared a name) is drilled once per
+/// source, so that no database goes unchecked behind another's newer snapshot.
 pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
     repo.require_data_access("a restore drill")?;
     let log = opts.log_path();
@@ -198,13 +206,13 @@ fn keep_worst(failure: &mut Option<Error>, e: Error) {
     }
 }
 
-/// The newest snapshot of each name, by name: `snaps` comes oldest first (by the
-/// creation time in the manifest), so the last of each name wins. Future-dated
+/// The newest snapshot of each database (name, source), by name: `snaps` comes oldest
+/// first (by the creation time in the manifest), so the last of each wins. Future-dated
 /// snapshots ([`crate::retention::is_future_dated`]) never win: a drill proves the
 /// snapshots restore would pick, and restore does not pick them.
 fn newest_per_name(snaps: Vec<Manifest>, only: Option<&str>) -> Vec<Manifest> {
     let now = now_ms();
-    let mut by_name = std::collections::BTreeMap::new();
+    let mut by_db = std::collections::BTreeMap::new();
     for m in snaps.into_iter().filter(|m| only.is_none_or(|n| n == m.name)) {
         if crate::retention::is_future_dated(m.created_ms, now) {
             tracing::warn!(
@@ -214,9 +222,9 @@ fn newest_per_name(snaps: Vec<Manifest>, only: Option<&str>) -> Vec<Manifest> {
             );
             continue;
         }
-        by_name.insert(m.name.clone(), m);
+        by_db.insert((m.name.clone(), crate::names::SourceId::of(&m)), m);
     }
-    by_name.into_values().collect()
+    by_db.into_values().collect()
 }
 
 async fn drill_one(repo: &Repo, m: &Manifest, dir: &Path, opts: &DrillOptions) -> (DrillRecord, Option<Error>) {
@@ -251,6 +259,8 @@ async fn drill_one(repo: &Repo, m: &Manifest, dir: &Path, opts: &DrillOptions) -
             host: hostname(),
         },
         repo: repo.store.describe().to_string(),
+        source_host: m.host.clone(),
+        source_path: m.source_path.clone(),
         rpo_seconds: ((started - m.created_ms).max(0) as f64) / 1000.0,
         bytes,
         error: err.as_ref().map(Error::one_line),

@@ -2,11 +2,17 @@
 //! Only manifests go; the data they referenced becomes garbage for `prune`.
 //! Future-dated snapshots ([`retention::is_future_dated`]) take part in no rule and are
 //! kept, marked `future-dated` in the plan: removing one is an operator's decision.
+//!
+//! A group is one database: its name *and* the host and source path its manifests
+//! record ([`SourceId`]), so the snapshots of an unrelated file that happened to share
+//! the name can never fill another's `--keep-*` buckets nor evict its history.
+//! Manifests that record no source (older versions) form a group of their own per name.
 
 use serde::Serialize;
 use sqlvault_format::{Manifest, layout};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::names::SourceId;
 use crate::repo::{Repo, now_ms};
 use crate::retention::{self, Policy};
 
@@ -14,7 +20,7 @@ use crate::retention::{self, Policy};
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ForgetOptions {
-    /// The policy, applied to each database name separately.
+    /// The policy, applied to each database (name, host and source path) separately.
     pub policy: Policy,
     /// Only snapshots of this database name.
     pub name: Option<String>,
@@ -65,11 +71,15 @@ pub struct PlanEntry {
     pub future_dated: bool,
 }
 
-/// The plan for one database name, newest first.
+/// The plan for one database (name, host, source path), newest first.
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupPlan {
     /// Database name.
     pub name: String,
+    /// Host its snapshots were made on (empty: not recorded by the version that made them).
+    pub host: String,
+    /// Canonical source path on that host (empty: not recorded).
+    pub source_path: String,
     /// Every snapshot of the name, newest first.
     pub snapshots: Vec<PlanEntry>,
 }
@@ -96,10 +106,10 @@ pub struct ForgetReport {
 /// snapshot of a name (an empty policy does) unless `allow_remove_all`.
 pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
     let snaps = repo.snapshots().await?;
-    let mut names: Vec<String> = snaps
+    let mut names: Vec<(String, SourceId)> = snaps
         .iter()
-        .map(|m| m.name.clone())
-        .filter(|n| opts.name.as_ref().is_none_or(|w| w == n))
+        .filter(|m| opts.name.as_ref().is_none_or(|w| w == &m.name))
+        .map(|m| (m.name.clone(), SourceId::of(m)))
         .collect();
     names.sort();
     names.dedup();
@@ -115,8 +125,11 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
     let now = now_ms();
     let mut groups = Vec::new();
     let mut doomed: Vec<&Manifest> = Vec::new();
-    for name in names {
-        let group: Vec<&Manifest> = snaps.iter().filter(|m| m.name == name).collect();
+    for (name, source) in names {
+        let group: Vec<&Manifest> = snaps
+            .iter()
+            .filter(|m| m.name == name && SourceId::of(m) == source)
+            .collect();
         let times: Vec<i64> = group.iter().map(|m| m.created_ms).collect();
         let verdicts = retention::apply(&times, now, &opts.policy, retention::local_civil);
         // Future-dated snapshots are kept by no rule: they do not make a policy that
@@ -129,14 +142,17 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
                 ErrorKind::Usage,
                 "forget.would-remove-all",
                 format!(
-                    "the policy keeps none of the {} snapshots of {name}: refusing (give a --keep-* rule, or --remove-all to remove them all)",
-                    verdicts.iter().filter(|v| !v.future_dated).count()
+                    "the policy keeps none of the {} snapshots of {name} from {}: refusing (give a --keep-* rule, or --remove-all to remove them all)",
+                    verdicts.iter().filter(|v| !v.future_dated).count(),
+                    source.describe()
                 ),
             ));
         }
         doomed.extend(verdicts.iter().filter(|v| !v.keep).map(|v| group[v.index]));
         groups.push(GroupPlan {
             name,
+            host: source.host,
+            source_path: source.path,
             snapshots: verdicts
                 .into_iter()
                 .map(|v| PlanEntry {

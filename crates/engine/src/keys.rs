@@ -239,6 +239,7 @@ pub async fn rewrap(repo: &Repo, mut progress: impl FnMut(usize, usize)) -> Resu
         layout::MAPS,
         layout::SNAPSHOTS,
         layout::EVIDENCE,
+        layout::NAMES,
     ] {
         for (n, _) in repo.store.list(dir).await? {
             keys.push((dir, format!("{dir}/{n}")));

@@ -176,12 +176,18 @@ pub struct LoadSummary {
 /// dumped database did ([`LoadOptions::accept_damaged_source`]).
 pub fn load_file(input: &Path, dest: &Path, force: bool, accept_damaged_source: bool) -> Result<LoadSummary> {
     existing_dir(dest, "load.no-directory", "destination")?;
+    // Before any work: a destination an application holds open is never replaced
+    // (checked again just before the rename).
+    if force {
+        sqlvault_sqlite::ensure_not_in_use(dest).map_err(|e| crate::restore::in_use(e, "load.destination-in-use"))?;
+    }
     crate::restore::stale_side_files(dest, force, "load.stale-side-files")?;
     let opts = LoadOptions::default()
         .with_force(force)
         .with_accept_damaged_source(accept_damaged_source);
+    let in_use = |e| crate::restore::in_use(e, "load.destination-in-use");
     let r = if input == Path::new("-") {
-        sqlvault_sqlite::load(std::io::stdin().lock(), Path::new("<stdin>"), dest, &opts)?
+        sqlvault_sqlite::load(std::io::stdin().lock(), Path::new("<stdin>"), dest, &opts).map_err(in_use)?
     } else {
         // Only a regular file, checked without blocking (a FIFO would hang the
         // open); a stream comes through standard input (`-`).
@@ -198,7 +204,7 @@ pub fn load_file(input: &Path, dest: &Path, force: bool, accept_damaged_source: 
             ),
             other => Error::from(other),
         })?;
-        sqlvault_sqlite::load(BufReader::with_capacity(1 << 20, f), input, dest, &opts)?
+        sqlvault_sqlite::load(BufReader::with_capacity(1 << 20, f), input, dest, &opts).map_err(in_use)?
     };
     Ok(LoadSummary {
         path: r.path.display().to_string(),

@@ -51,6 +51,30 @@ use crate::repo::{Repo, Skipped, now_ms};
 
 /// Default grace period: longer than any backup of a SQLite database should take.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// The shortest grace a user may record ([`check_grace`]). The grace is also the
+/// longest a backup or copy may run and still commit, on every host that uses the
+/// repository: below the time a backup takes, every backup fails (exit 14) and what it
+/// uploaded becomes garbage. One hour covers a full backup of tens of GiB over a slow
+/// uplink (a 100 GiB database at 30 MB/s); quicker deletion is what
+/// `--no-running-backups` is for, not a short grace.
+pub const MIN_GRACE: Duration = Duration::from_secs(3600);
+
+/// Refuses (`prune.grace-too-short`, usage) a grace below [`MIN_GRACE`], before it can
+/// be recorded in the repository and make every backup fail.
+pub fn check_grace(grace: Duration) -> Result<()> {
+    if grace < MIN_GRACE {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "prune.grace-too-short",
+            format!(
+                "--grace {} is below the minimum of {}: every backup or copy that runs longer than the grace fails, on every host (to delete marked data now, pass --no-running-backups while no backup runs)",
+                crate::retention::describe(grace),
+                crate::retention::describe(MIN_GRACE)
+            ),
+        ));
+    }
+    Ok(())
+}
 /// Added to the grace before a mark ripens, for clock differences between prune hosts
 /// and the time the state PUT takes: a tenth of the grace, at most 10 minutes.
 const SKEW_MS: i64 = 10 * 60 * 1000;
@@ -205,8 +229,11 @@ pub struct PruneOptions {
     pub repack_below: f64,
     /// Size of repacked packs.
     pub pack_target: usize,
-    /// The caller asserts that no backup is running against the repository, so a
-    /// lowered grace binds at once instead of after the old grace has passed.
+    /// The caller asserts that no backup or copy is running against the repository:
+    /// nothing unreferenced can then be about to be referenced, so every mark already
+    /// made is ripe in this run (deleted if still unreferenced) and a lowered grace
+    /// binds at once instead of after the old grace has passed. Objects this run finds
+    /// unreferenced for the first time are only marked, as always.
     pub no_running_backups: bool,
     /// Start afresh when the stored state cannot be read (damaged, or sealed by another
     /// key), instead of refusing. Its marks are lost: unreferenced objects are marked
@@ -635,6 +662,16 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
         }
         st.grace_ms = g;
     }
+    if st.grace_ms < MIN_GRACE.as_millis() as i64 {
+        // Recorded by an earlier sqlvault, which accepted any grace: every backup that
+        // runs longer than it fails, on every host.
+        tracing::warn!(
+            "the recorded grace period of {} is {}, below the minimum of {}: backups running longer fail; raise it with --grace",
+            repo.store.describe(),
+            crate::retention::describe(Duration::from_millis(st.grace_ms.max(0) as u64)),
+            crate::retention::describe(MIN_GRACE)
+        );
+    }
     let mark_grace = if now < st.prev_grace_until_ms {
         st.grace_ms.max(st.prev_grace_ms)
     } else {
@@ -645,10 +682,14 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     // Marks of objects that are gone are dropped (an earlier run was killed after
     // deleting them, or someone else did).
     st.marks.retain(|m| object_size(&v, &m.key).is_some());
+    // The grace exists for backups (and copies) that may be running: one that read the
+    // state before a mark may still reference the object until it commits. The caller
+    // asserting that none runs removes that reason, so every earlier mark is ripe now;
+    // the checks below (still unreferenced, held elsewhere) apply as always.
     let ripe: HashSet<String> = st
         .marks
         .iter()
-        .filter(|m| now >= ripens_at(m))
+        .filter(|m| opts.no_running_backups || now >= ripens_at(m))
         .map(|m| m.key.clone())
         .collect();
 

@@ -1055,6 +1055,12 @@ impl Repo {
         for s in &skipped {
             tracing::warn!("skipping {}: {}", s.key, s.message);
         }
+        if id.is_none()
+            && name.is_none()
+            && let Some(e) = self.ambiguous_newest(&all)
+        {
+            return Err(e);
+        }
         match self.pick_snapshot(&all, id, name) {
             Ok(m) => Ok(m.clone()),
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -1070,6 +1076,45 @@ impl Repo {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// "The newest snapshot" with neither an id nor a name is a guess when the
+    /// repository holds more than one database (names, or sources under one name): it
+    /// would hand back whichever was backed up last, maybe another database. Then the
+    /// caller must say which (`snapshot.ambiguous`, usage), and is told the names.
+    /// Future-dated snapshots are not counted: they are never taken as the newest.
+    pub(crate) fn ambiguous_newest(&self, all: &[Manifest]) -> Option<Error> {
+        let now = now_ms();
+        let mut dbs: Vec<(&str, crate::names::SourceId)> = all
+            .iter()
+            .filter(|m| !crate::retention::is_future_dated(m.created_ms, now))
+            .map(|m| (m.name.as_str(), crate::names::SourceId::of(m)))
+            .collect();
+        dbs.sort();
+        dbs.dedup();
+        if dbs.len() < 2 {
+            return None;
+        }
+        let mut names: Vec<&str> = dbs.iter().map(|(n, _)| *n).collect();
+        names.dedup();
+        let message = if names.len() > 1 {
+            format!(
+                "{} holds snapshots of {} databases ({}): say which with --name (or --snapshot ID)",
+                self.store.describe(),
+                names.len(),
+                names.join(", ")
+            )
+        } else {
+            format!(
+                "the snapshots of {} in {} come from {} sources ({}): pass --name {} to take the newest of them, or --snapshot ID",
+                names[0],
+                self.store.describe(),
+                dbs.len(),
+                dbs.iter().map(|(_, s)| s.describe()).collect::<Vec<_>>().join(", "),
+                names[0]
+            )
+        };
+        Some(Error::new(ErrorKind::Usage, "snapshot.name-required", message))
     }
 
     /// [`Repo::find_snapshot`] over snapshots already listed (oldest first): the one a

@@ -259,6 +259,11 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
             format!("{} exists; pass --force to replace it", dest.display()),
         ));
     }
+    if opts.force {
+        // Before any work: a destination an application holds open is never replaced
+        // (checked again just before the rename).
+        sqlvault_sqlite::ensure_not_in_use(&dest).map_err(|e| in_use(e, "restore.destination-in-use"))?;
+    }
     stale_side_files(&dest, opts.force, "restore.stale-side-files")?;
 
     let unlock = db_unlock(repo, m, opts.db_key.as_ref())?;
@@ -329,7 +334,7 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
         sqlvault_sqlite::SqliteError::Io { path, source } => {
             io_err(format!("cannot install the restore at {}", path.display()), source)
         }
-        other => Error::from(other),
+        other => in_use(other, "restore.destination-in-use"),
     })?;
 
     Ok(RestoreReport {
@@ -448,7 +453,7 @@ async fn restore_dump(
                 .with_encrypt(unlock)
                 .with_accept_damaged_source(accept),
         )
-        .map_err(Error::from)
+        .map_err(|e| in_use(e, "restore.destination-in-use"))
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, "internal", "loader panicked").with_source(e))??;
@@ -466,6 +471,19 @@ async fn restore_dump(
         not_checked: Vec::new(),
         requests: repo.store.stats().since(before),
     })
+}
+
+/// A destination that another process holds open ([`sqlvault_sqlite::SqliteError::InUse`])
+/// as the command's error (`code`, exit 7, like `db …` on a database in use); any
+/// other error as usual.
+pub(crate) fn in_use(e: sqlvault_sqlite::SqliteError, code: &'static str) -> Error {
+    match e {
+        sqlvault_sqlite::SqliteError::InUse { .. } => {
+            let msg = e.to_string();
+            Error::new(ErrorKind::Source, code, msg).with_source(e)
+        }
+        other => Error::from(other),
+    }
 }
 
 /// Checks for the files SQLite keeps beside a database (`-wal`, `-shm`, `-journal`)

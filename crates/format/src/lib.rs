@@ -53,6 +53,8 @@ pub mod layout {
     pub const PACKS: &str = "packs";
     /// Directory of evidence records (verifications, drills): small MAC'd objects.
     pub const EVIDENCE: &str = "evidence";
+    /// Directory of name claims: which host and source path own a database name.
+    pub const NAMES: &str = "names";
     /// The signed recipient set of format 1 (one object, rewritten by every change):
     /// no longer written nor read, see [`recipient_set`].
     pub const RECIPIENTS: &str = "keys/recipients";

@@ -211,9 +211,12 @@ pub struct Manifest {
     pub kind: String,
     /// Creation time, unix milliseconds; retention orders by this.
     pub created_ms: i64,
-    /// Host that made the backup.
+    /// Host that made the backup. With `source_path`, the database's identity: retention
+    /// groups by name, host and path. Empty when absent (a group of its own per name).
+    #[serde(default)]
     pub host: String,
-    /// Absolute source path.
+    /// Canonical absolute source path on `host`.
+    #[serde(default)]
     pub source_path: String,
     /// Page size in bytes.
     pub page_size: u32,
@@ -439,6 +442,25 @@ mod tests {
         assert!(decode_manifest(&other, &enc, &m.id).is_err());
         // A valid manifest renamed to another snapshot id is rejected too.
         assert!(decode_manifest(&keys, &enc, &ObjectId([2; 16])).is_err());
+    }
+
+    #[test]
+    fn a_manifest_without_host_and_source_path_is_read_with_empty_ones() {
+        // Retention puts such snapshots in a group of their own per name; they must
+        // keep restoring.
+        let keys = RepoSecret::generate().keys();
+        let m = sample();
+        let mut v = serde_json::to_value(&m).unwrap();
+        let o = v.as_object_mut().unwrap();
+        assert!(o.remove("host").is_some() && o.remove("source_path").is_some());
+        let body = serde_json::to_vec(&v).unwrap();
+        let mut enc = body.clone();
+        enc.push(b'\n');
+        enc.extend_from_slice(hex::encode(keys.mac(&body)).as_bytes());
+        enc.push(b'\n');
+        let d = decode_manifest(&keys, &enc, &m.id).unwrap();
+        assert_eq!((d.host.as_str(), d.source_path.as_str()), ("", ""));
+        assert_eq!(d.name, m.name);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub use cipher::{
 pub use collation::{AppCollation, app_collation_indexes};
 pub use dump::{DUMP_HEADER, DUMP_TRAILER, DumpReport};
 pub use error::SqliteError;
-pub use load::{LoadOptions, LoadReport, install, load};
+pub use load::{LoadOptions, LoadReport, ensure_not_in_use, install, load};
 pub use regular::{file_kind, guard_sqlite_opens, open_regular};
 pub use rusqlite;
 pub use scratch::{

@@ -328,6 +328,11 @@ pub(crate) fn load_temp<R: BufRead>(
 /// `dest` that appeared meanwhile is never clobbered ([`SqliteError::Exists`]), and a
 /// side file beside it is refused ([`SqliteError::StaleSideFile`]), not left to be
 /// replayed. The directory is synced so the rename survives a crash.
+///
+/// Replacing is refused while another process holds `dest` open
+/// ([`SqliteError::InUse`], see [`ensure_not_in_use`]), and the new file takes the
+/// mode, owner and group of the one it replaces (see [`take_place_of`]); a new (or
+/// empty) destination keeps the temporary file's 0600.
 pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Result<(), SqliteError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -335,6 +340,15 @@ pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Resu
     };
     let sides = crate::side_files(dest).map_err(io(dest))?;
     if replace {
+        ensure_not_in_use(dest)?;
+        // An empty file holds no database (load takes it without --force): the result
+        // is a new database and stays 0600, like any new destination.
+        if let Some(old) = std::fs::symlink_metadata(dest)
+            .ok()
+            .filter(|m| m.is_file() && m.len() > 0)
+        {
+            take_place_of(&tmp, &old, dest)?;
+        }
         for side in sides {
             match std::fs::remove_file(&side) {
                 Ok(()) => {}
@@ -360,6 +374,60 @@ pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Resu
     })?;
     let dir = dest.parent().unwrap_or(Path::new("/"));
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// Refuses ([`SqliteError::InUse`], naming the pids) when another process holds `dest`
+/// open. Replacing a database under an application that has it open loses data: the
+/// rename swaps the name, but the application keeps reading and writing the old,
+/// unlinked inode, so every write it makes afterwards goes nowhere, and its next
+/// open sees a file it never wrote. The application must be stopped first. Only
+/// processes this user may inspect are seen (all of them for root); a missing `dest`
+/// is not in use.
+pub fn ensure_not_in_use(dest: &Path) -> Result<(), SqliteError> {
+    let pids = crate::cipher::other_openers(dest);
+    if pids.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    Err(SqliteError::InUse {
+        path: dest.to_path_buf(),
+        detail: format!(
+            "held open by process {}; stop the application, replace it (--force), then start the application again",
+            list.join(", ")
+        ),
+    })
+}
+
+/// Gives the file about to replace `dest` the mode (permission bits) and the owner and
+/// group of `old`, the file it replaces: the application that runs as that user must
+/// still be able to open its database. When the owner cannot be given (a user other
+/// than root restoring over another user's file), nothing is replaced: a database the
+/// application cannot open, or that its group can no longer read, is not a restore.
+fn take_place_of(tmp: &tempfile::NamedTempFile, old: &std::fs::Metadata, dest: &Path) -> Result<(), SqliteError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let io = |source| SqliteError::Io {
+        path: tmp.path().to_path_buf(),
+        source,
+    };
+    let f = tmp.as_file();
+    let now = f.metadata().map_err(io)?;
+    if (now.uid(), now.gid()) != (old.uid(), old.gid()) {
+        std::os::unix::fs::fchown(f, Some(old.uid()), Some(old.gid())).map_err(|e| SqliteError::Io {
+            path: dest.to_path_buf(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot give the new file the owner {}:{} of the one it replaces ({e}); nothing was replaced (run as that user or root, or move the old file away first)",
+                    old.uid(),
+                    old.gid()
+                ),
+            ),
+        })?;
+    }
+    // Permission bits only: set-id and sticky bits mean nothing on a database.
+    f.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o777))
+        .map_err(io)?;
+    f.sync_all().map_err(io)
 }
 
 /// One parsed value of a fast-path INSERT; text and blob bytes live in `scratch`.
