@@ -610,7 +610,9 @@ pub fn verify_file_with(path: &Path, unlock: Option<&Unlock>) -> Result<VerifyRe
     });
     let (twin, _) = crate::cipher::open_db_as(path, &uri, twin_unlock.as_ref(), flags, t)?;
     let info = read_info(&conn).map_err(err)?;
-    let encrypted = cipher.is_some();
+    // SQLCipher 1.x pages carry no MAC: cipher_integrity_check has nothing to check
+    // there (and says so as an error).
+    let encrypted = cipher.as_ref().is_some_and(|c| c.compatibility > 1);
     let (problems, sum) = std::thread::scope(|scope| {
         let sum = scope.spawn(move || logical_checksum(&twin));
         let problems = problems(&conn, encrypted);
