@@ -323,3 +323,45 @@ fn db_migrate_leaves_a_sqlcipher4_file_untouched() {
     assert_eq!(v["unchanged"], true);
     assert_eq!(listing(&dir), before);
 }
+
+/// How many PBKDF2 runs a command made (sqlvault's own, and SQLCipher's on a
+/// passphrase), from its debug log.
+fn derivations(w: &World, args: &[&str]) -> usize {
+    let r = w.run_env(args, &[("SQLVAULT_LOG", "sqlvault_sqlite::kdf=debug")]).ok();
+    assert_no_secret(&r, &["kdf-secret-1", "kdf-secret-2"]);
+    r.stderr.lines().filter(|l| l.contains("derive")).count()
+}
+
+#[test]
+fn db_commands_derive_each_key_once() {
+    let w = World::new();
+    let db = copy(w.dir.path(), "sqlcipher-4.0-testkey.db");
+    let s = sum(&db, Some("testkey"));
+    let old = secret(&w, "old.key", "testkey");
+    let k1 = secret(&w, "k1.key", "kdf-secret-1");
+    let k2 = secret(&w, "k2.key", "kdf-secret-2");
+    // One derivation per key: the old one (found with the first settings tried), the
+    // new one (its new salt). Five before: detection, the conversion's own open, the
+    // new file's load, its verification and checksum connections.
+    assert_eq!(
+        derivations(&w, &["db", "rekey", &db, "--key-file", &old, "--new-key-file", &k1]),
+        2
+    );
+    assert_eq!(sum(&db, Some("kdf-secret-1")), s);
+    assert_eq!(
+        derivations(&w, &["db", "rekey", &db, "--key-file", &k1, "--new-key-file", &k2]),
+        2
+    );
+    assert_eq!(derivations(&w, &["db", "migrate", &db, "--key-file", &k2]), 1);
+    assert_eq!(derivations(&w, &["db", "decrypt", &db, "--key-file", &k2]), 1);
+    assert_eq!(derivations(&w, &["db", "encrypt", &db, "--key-file", &k1]), 1);
+    assert_eq!(sum(&db, Some("kdf-secret-1")), s);
+    // The files are what SQLCipher itself makes of the passphrase: a client given only
+    // `PRAGMA key` opens them.
+    let c = Connection::open(&db).unwrap();
+    c.pragma_update(None, "key", "kdf-secret-1").unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .unwrap();
+    assert!(n > 0);
+}

@@ -126,17 +126,22 @@ impl DbKey {
     }
 
     /// This passphrase as SQLCipher's raw key with salt, `x'<key><salt>'`, for a file
-    /// whose salt is `salt`, under `settings`' KDF: what SQLCipher would derive itself,
-    /// derived here once per (salt, KDF) and remembered. `None` for a KDF this code
-    /// does not know (SQLCipher then derives it).
+    /// whose salt is `salt`, under `settings`' KDF: what SQLCipher would derive itself
+    /// (with the same OpenSSL `PKCS5_PBKDF2_HMAC` it calls), derived here once per
+    /// (salt, KDF) and remembered. `None` for a KDF this code does not know, or a
+    /// failure: SQLCipher then derives it itself.
     fn raw_for(&self, salt: &[u8; 16], settings: &CipherSettings) -> Option<Zeroizing<Vec<u8>>> {
-        let alg = match settings.kdf_algorithm.as_str() {
-            "PBKDF2_HMAC_SHA512" => ring::pbkdf2::PBKDF2_HMAC_SHA512,
-            "PBKDF2_HMAC_SHA256" => ring::pbkdf2::PBKDF2_HMAC_SHA256,
-            "PBKDF2_HMAC_SHA1" => ring::pbkdf2::PBKDF2_HMAC_SHA1,
-            _ => return None,
+        // SAFETY: these return pointers to OpenSSL's static digest descriptions.
+        let md = unsafe {
+            match settings.kdf_algorithm.as_str() {
+                "PBKDF2_HMAC_SHA512" => openssl_sys::EVP_sha512(),
+                "PBKDF2_HMAC_SHA256" => openssl_sys::EVP_sha256(),
+                "PBKDF2_HMAC_SHA1" => openssl_sys::EVP_sha1(),
+                _ => return None,
+            }
         };
-        let iter = std::num::NonZeroU32::new(settings.kdf_iter)?;
+        let iter = c_int::try_from(settings.kdf_iter).ok().filter(|&i| i > 0)?;
+        let pass_len = c_int::try_from(self.bytes.len()).ok()?;
         let mut cache = self.derived.lock().unwrap_or_else(|e| e.into_inner());
         let pos = cache.iter().position(|d| {
             d.salt == *salt && d.kdf_algorithm == settings.kdf_algorithm && d.kdf_iter == settings.kdf_iter
@@ -145,7 +150,23 @@ impl DbKey {
             Some(p) => p,
             None => {
                 let mut key = Zeroizing::new([0u8; 32]);
-                ring::pbkdf2::derive(alg, iter, salt, self.bytes.as_slice(), &mut key[..]);
+                // SAFETY: every pointer is valid for the length passed with it; `md` is
+                // a static digest; OpenSSL writes exactly 32 bytes into `key`.
+                let ok = unsafe {
+                    openssl_sys::PKCS5_PBKDF2_HMAC(
+                        self.bytes.as_ptr().cast(),
+                        pass_len,
+                        salt.as_ptr(),
+                        16,
+                        iter,
+                        md,
+                        32,
+                        key.as_mut_ptr(),
+                    )
+                };
+                if ok != 1 {
+                    return None;
+                }
                 tracing::debug!(target: "sqlvault_sqlite::kdf", kdf_iter = settings.kdf_iter, "key derived from the passphrase");
                 cache.push(Derived {
                     salt: *salt,
