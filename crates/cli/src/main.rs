@@ -262,8 +262,8 @@ struct DbKeyArgs {
     #[arg(long = "db-key-file", value_name = "FILE")]
     db_key_file: Option<PathBuf>,
     /// SQLCipher major version of the database's settings, instead of detecting it
-    /// (4, then 3).
-    #[arg(long = "cipher-compat", value_name = "3|4")]
+    /// (4, then 3, then the legacy 2 and 1).
+    #[arg(long = "cipher-compat", value_name = "1-4")]
     cipher_compat: Option<u8>,
 }
 
