@@ -2,6 +2,7 @@
 
 mod support;
 
+mod at_rest;
 mod attacks;
 mod attacks_bucket;
 mod attacks_local;

@@ -140,6 +140,20 @@ fn databases_with_application_collations_back_up_restore_verify_and_drill() {
     }
     let d = w.run(&["drill", &repo, "-i", &key, "--log", &w.s("drill.jsonl")]).ok();
     assert!(d.stdout.contains("not order-checked"), "{}", d.stdout);
+
+    // audit checks the rest of such a database and names what it could not check.
+    let v = w.run(&["audit", &w.s("anki.db"), "--json"]).json();
+    let codes: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes.iter().filter(|c| **c == "db.app-collation").count(), 4, "{v}");
+    assert!(
+        !codes.contains(&"db.not-checked") && !codes.contains(&"db.quick-check"),
+        "{v}"
+    );
 }
 
 #[test]

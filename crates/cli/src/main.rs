@@ -266,8 +266,8 @@ struct DbKeyArgs {
     #[arg(long = "db-key-file", value_name = "FILE")]
     db_key_file: Option<PathBuf>,
     /// SQLCipher major version of the database's settings, instead of detecting it
-    /// (4, then 3).
-    #[arg(long = "cipher-compat", value_name = "3|4")]
+    /// (4, then 3, then the legacy 2 and 1).
+    #[arg(long = "cipher-compat", value_name = "1-4")]
     cipher_compat: Option<u8>,
 }
 
@@ -296,8 +296,8 @@ struct DbConvertArgs {
     #[arg(long = "new-key-file", value_name = "FILE")]
     new_key_file: Option<PathBuf>,
     /// encrypt: SQLCipher settings to write (4, the default, or 3 for legacy
-    /// clients); otherwise the current file's, instead of detecting them.
-    #[arg(long = "cipher-compat", value_name = "3|4")]
+    /// clients); otherwise the current file's (1 to 4), instead of detecting them.
+    #[arg(long = "cipher-compat", value_name = "1-4")]
     cipher_compat: Option<u8>,
     /// Longest wait for another connection's lock, in seconds.
     #[arg(long, default_value_t = 10.0)]
@@ -306,6 +306,10 @@ struct DbConvertArgs {
     /// encrypt, the plaintext) and stop being the same database (exit 8 otherwise).
     #[arg(long)]
     force: bool,
+    /// Page size of the converted file (512 to 65536, a power of two). Default: the
+    /// original's (encrypt, decrypt, rekey), SQLCipher 4's 4096 (migrate).
+    #[arg(long = "page-size", value_name = "BYTES")]
+    page_size: Option<u32>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -1322,7 +1326,8 @@ fn db(c: DbCmd) -> Result<u8, Error> {
     };
     let opts = ConvertOptions::default()
         .with_busy_timeout(busy(a.busy_timeout)?)
-        .with_allow_other_links(a.force);
+        .with_allow_other_links(a.force)
+        .with_page_size(a.page_size);
     let need = |k: Option<DbKey>, what: &str, var: &str, flag: &str| {
         k.ok_or_else(|| {
             Error::new(
@@ -1344,7 +1349,15 @@ fn db(c: DbCmd) -> Result<u8, Error> {
         DbCmd::Encrypt(a) => {
             let k = read_db_key(a.key_file.as_ref(), "SQLVAULT_DB_KEY", Some("new database key"), true)?;
             let k = need(k, "the new database key", "SQLVAULT_DB_KEY", "--key-file")?;
-            let settings = CipherSettings::defaults(a.cipher_compat.unwrap_or(4))?;
+            let compat = a.cipher_compat.unwrap_or(4);
+            // 1.x and 2.x settings are there to read legacy files: 1.x pages carry no
+            // MAC at all. New files get 3 or 4.
+            if compat < 3 {
+                return Err(usage(format!(
+                    "--cipher-compat {compat}: encrypt writes SQLCipher 4 or 3 settings; 1 and 2 are for reading legacy files"
+                )));
+            }
+            let settings = CipherSettings::defaults(compat)?;
             sqlvault_engine::sqlite::encrypt(&a.db, k, settings, &opts)?
         }
         DbCmd::Decrypt(a) => sqlvault_engine::sqlite::decrypt(&a.db, &current(a)?, &opts)?,
@@ -1377,6 +1390,25 @@ fn db(c: DbCmd) -> Result<u8, Error> {
         None => "plaintext".to_string(),
         Some(s) => format!("SQLCipher {} settings", s.compatibility),
     };
+    // A SQLCipher file whose page size is not its version's default opens only for a
+    // client told `PRAGMA cipher_page_size` after the key: say so, with the way out.
+    let page_note = match &rep.after {
+        Some(s)
+            if !rep.unchanged
+                && CipherSettings::defaults(s.compatibility).is_ok_and(|d| d.page_size != s.page_size) =>
+        {
+            Some(format!(
+                "note: the {}-byte page size was kept, which is not SQLCipher {}'s default: clients must run `PRAGMA cipher_page_size = {}` after the key to open it (or convert with --page-size {} for the default)",
+                s.page_size,
+                s.compatibility,
+                s.page_size,
+                CipherSettings::defaults(s.compatibility)
+                    .map(|d| d.page_size)
+                    .unwrap_or(4096)
+            ))
+        }
+        _ => None,
+    };
     if a.json {
         let settings = |s: &Option<CipherSettings>| {
             s.as_ref().map(|s| {
@@ -1392,13 +1424,31 @@ fn db(c: DbCmd) -> Result<u8, Error> {
             "page_count": rep.page_count,
             "seconds": rep.seconds,
             "other_links": rep.other_links,
+            "page_size": {"before": rep.page_size.0, "after": rep.page_size.1},
+            "unchanged": rep.unchanged,
+            "note": page_note,
         }));
-    } else {
+    } else if rep.unchanged {
         println!(
-            "{verb} {} ({} → {}) in {:.2}s; integrity_check ok, logical checksum {} unchanged",
+            "{} is already {} (page size {}): left untouched",
+            terminal_safe(&rep.path.display().to_string()),
+            describe(&rep.after).replace(" settings", ""),
+            rep.page_size.1
+        );
+    } else {
+        if let Some(n) = &page_note {
+            eprintln!("sqlvault: {n}");
+        }
+        println!(
+            "{verb} {} ({} → {}, page size {}) in {:.2}s; integrity_check ok, logical checksum {} unchanged",
             rep.path.display(),
             describe(&rep.before),
             describe(&rep.after),
+            if rep.page_size.0 == rep.page_size.1 {
+                format!("{} kept", rep.page_size.1)
+            } else {
+                format!("{} → {}", rep.page_size.0, rep.page_size.1)
+            },
             rep.seconds,
             &hex::encode(rep.logical_checksum)[..16]
         );

@@ -141,6 +141,8 @@ impl From<sqlvault_sqlite::SqliteError> for Error {
             S::InUse { .. } => (ErrorKind::Source, "db.in-use"),
             S::OtherLinks { .. } => (ErrorKind::Exists, "db.other-links"),
             S::NotRegular { .. } => (ErrorKind::Source, "source.not-regular"),
+            S::HotJournal { .. } => (ErrorKind::Source, "source.hot-journal"),
+            S::PageSize { .. } => (ErrorKind::Usage, "db.page-size"),
             _ => (ErrorKind::Source, "source.sqlite"),
         };
         let msg = e.to_string();

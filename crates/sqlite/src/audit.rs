@@ -15,9 +15,10 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::OpenFlags;
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags};
 
-use crate::cipher::{Head, Unlock, head, open_db};
+use crate::cipher::{CipherSettings, Head, Unlock, head, hot_journal, open_db_as};
 use crate::error::SqliteError;
 
 /// How bad a finding is. The order is the order of badness.
@@ -153,7 +154,6 @@ pub fn version_string(v: u32) -> String {
 
 const SIDE_SUFFIXES: [&str; 3] = ["-wal", "-shm", "-journal"];
 const DB_EXTENSIONS: [&str; 6] = ["db", "sqlite", "sqlite3", "db3", "sdb", "sqlcipher"];
-const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
 
 /// Runs checks and collects findings. Scan paths, add trees that must be private,
 /// then [`Auditor::finish`].
@@ -568,14 +568,28 @@ impl Auditor {
                 fixed: false,
             });
         }
+        for l in &facts.not_checked {
+            self.push(Finding {
+                severity: Severity::Info,
+                code: "db.app-collation",
+                path: path.to_path_buf(),
+                message: l.clone(),
+                fix: "check that order where the collation exists: `PRAGMA integrity_check` run by the application"
+                    .into(),
+                fixed: false,
+            });
+        }
         if !facts.encrypted && facts.holds_data {
             self.push(Finding {
                 severity: Severity::Medium,
                 code: "db.plaintext",
                 path: path.to_path_buf(),
                 message: "holds data but is not encrypted at rest".into(),
+                // Encrypting is not always the answer: an application that links stock
+                // SQLite (Firefox, Fossil, GDAL, Anki and most others) cannot open a
+                // SQLCipher file at all, so the advice says when it applies.
                 fix: format!(
-                    "sqlvault db encrypt {} (stop the application first; it then needs the key)",
+                    "only if every application that opens it can open SQLCipher files and is given the key: sqlvault db encrypt {} (stop the application first). Applications built on stock SQLite (Firefox, Fossil, GDAL, Anki and most others) cannot open an encrypted file and would stop working; protect those with file permissions and disk encryption instead",
                     sh(path)
                 ),
                 fixed: false,
@@ -664,14 +678,28 @@ pub struct DbFacts {
     pub holds_data: bool,
     /// `PRAGMA quick_check` lines other than "ok" (at most 20).
     pub quick_check: Vec<String>,
+    /// Indexes ordered by a collation only the application has, whose order
+    /// quick_check could not check (one line each, naming the index and why).
+    pub not_checked: Vec<String>,
     /// SQLITE_VERSION_NUMBER of the library that last wrote the file (header offset 96).
     pub last_writer_version: Option<u32>,
 }
 
-/// Reads facts from a database on a read-only connection (one read transaction).
+/// Reads facts from a database on a read-only connection (one read transaction),
+/// without writing anything beside it (see [`open_quietly`]). `unlock` is used only
+/// for a file without the plaintext header: a plaintext database in a scan that was
+/// given a key is checked like any other.
 pub fn db_facts(path: &Path, unlock: Option<&Unlock>, timeout: Duration) -> Result<DbFacts, SqliteError> {
-    let (conn, cipher) = open_db(path, unlock, OpenFlags::SQLITE_OPEN_READ_ONLY, timeout)?;
+    let unlock = match head(path)? {
+        Head::Opaque => unlock,
+        _ => None,
+    };
+    let (conn, cipher, _copy) = open_quietly(path, unlock, timeout)?;
     let err = |e| SqliteError::from_sqlite(path, timeout, e);
+    // Read-only: an application's own collations get placeholders (before any
+    // statement touches a table), and the checks that need the real ones are named.
+    crate::collation::tolerate(&conn).map_err(err)?;
+    let skip = crate::collation::app_collation_indexes(&conn).map_err(err)?;
     let tx = conn.unchecked_transaction().map_err(err)?;
     let mut f = DbFacts {
         encrypted: cipher.is_some(),
@@ -692,11 +720,12 @@ pub fn db_facts(path: &Path, unlock: Option<&Unlock>, timeout: Duration) -> Resu
         let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
         for l in rows {
             let l = l.map_err(err)?;
-            if l != "ok" {
+            if l != "ok" && !crate::collation::is_about(&l, &skip) {
                 f.quick_check.push(l);
             }
         }
     }
+    f.not_checked = skip.iter().map(crate::collation::AppCollation::describe).collect();
     let tables: Vec<String> = {
         let mut stmt = tx
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")
@@ -736,6 +765,115 @@ pub fn db_facts(path: &Path, unlock: Option<&Unlock>, timeout: Duration) -> Resu
     Ok(f)
 }
 
+/// `path` as a `file:` URI (every byte but unreserved ones percent-encoded), followed by
+/// `query`.
+fn file_uri(path: &Path, query: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut s = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s.push('?');
+    s.push_str(query);
+    s
+}
+
+/// Opens a database for reading without creating, changing or removing anything beside
+/// it. A plain read-only open is not enough: SQLite opening a WAL-mode database (or any
+/// database with a `-wal` beside it) creates the `-wal` and `-shm` it lacks, and writes
+/// into an existing `-shm`. So:
+///
+/// - a `-shm` exists (an application has the database open, or crashed): it is mapped
+///   read-only (`readonly_shm`); when no writer vouches for it, SQLite builds its own
+///   index of the `-wal` in private memory;
+/// - a `-wal` with content but no `-shm` (nobody has it open in WAL mode): the database
+///   and its `-wal` are copied into a private scratch directory (returned, removed on
+///   drop) and the copy is read, since SQLite cannot read a `-wal` without a `-shm`;
+/// - no `-wal` content: in WAL mode the main file is the whole database and nobody has
+///   it open, so it is read `immutable` (no lock, no side file); in rollback mode it is
+///   read with the usual shared lock, which creates nothing.
+///
+/// No connection here checkpoints on close (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`), and a
+/// read-only connection never rolls a hot journal back (the caller looks for one first).
+#[allow(clippy::type_complexity)]
+fn open_quietly(
+    path: &Path,
+    unlock: Option<&Unlock>,
+    timeout: Duration,
+) -> Result<(Connection, Option<CipherSettings>, Option<tempfile::TempDir>), SqliteError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let err = |e| SqliteError::from_sqlite(path, timeout, e);
+    let quiet = |c: &Connection| {
+        c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map(|_| ())
+            .map_err(err)
+    };
+    let wal = side_path(path, "-wal");
+    let wal_len = std::fs::symlink_metadata(&wal).map(|m| m.len()).ok();
+    let shm = std::fs::symlink_metadata(side_path(path, "-shm")).is_ok();
+    if shm {
+        let (c, s) = open_db_as(path, &file_uri(path, "mode=ro&readonly_shm=1"), unlock, flags, timeout)?;
+        quiet(&c)?;
+        return Ok((c, s, None));
+    }
+    if wal_len.is_some_and(|n| n > 0) {
+        let dir =
+            crate::scratch::scratch_dir(&std::env::temp_dir(), "audit").map_err(|e| SqliteError::io_at(path, e))?;
+        let copy = dir.path().join("db");
+        for (from, to) in [(path.to_path_buf(), copy.clone()), (wal, side_path(&copy, "-wal"))] {
+            let mut src = crate::open_regular(&from, false)?;
+            let mut dst = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&to)
+                .map_err(|e| SqliteError::io_at(&to, e))?;
+            std::io::copy(&mut src, &mut dst).map_err(|e| SqliteError::io_at(&from, e))?;
+        }
+        let (c, s) = open_db_as(&copy, &file_uri(&copy, "mode=ro"), unlock, flags, timeout).map_err(|e| {
+            // Errors name the audited file, not the private copy.
+            match e {
+                SqliteError::WrongKey { .. } => SqliteError::WrongKey {
+                    path: path.to_path_buf(),
+                },
+                SqliteError::NotADatabase { .. } => SqliteError::NotADatabase {
+                    path: path.to_path_buf(),
+                },
+                other => other,
+            }
+        })?;
+        quiet(&c)?;
+        return Ok((c, s, Some(dir)));
+    }
+    let (c, s) = open_db_as(path, &file_uri(path, "immutable=1"), unlock, flags, timeout)?;
+    quiet(&c)?;
+    // Bytes 18 and 19 of the header: 2 in WAL mode. Read through the library, since an
+    // encrypted file's header is ciphertext on disk.
+    let wal_mode = c
+        .query_row("SELECT data FROM sqlite_dbpage WHERE pgno = 1", [], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .map(|p| p.len() >= 20 && (p[18] == 2 || p[19] == 2))
+        .map_err(err)?;
+    if wal_mode || wal_len.is_some() {
+        return Ok((c, s, None));
+    }
+    drop(c);
+    // Rollback mode: read under a shared lock, so that a writer's half-written pages are
+    // never seen. The settings are known now: no second detection.
+    let known = unlock.map(|u| Unlock {
+        key: u.key.clone(),
+        settings: s.clone().or_else(|| u.settings.clone()),
+    });
+    let (c, s) = open_db_as(path, &file_uri(path, "mode=ro"), known.as_ref(), flags, timeout)?;
+    quiet(&c)?;
+    Ok((c, s, None))
+}
+
 /// Walks the freelist (trunk pages, then their leaves) and counts pages holding
 /// anything other than zeros. Bounded by the page count, whatever the freelist says.
 fn free_pages_with_data(p1: &[u8], page_count: u64, page: &dyn Fn(u64) -> rusqlite::Result<Vec<u8>>) -> u64 {
@@ -766,15 +904,6 @@ fn free_pages_with_data(p1: &[u8], page_count: u64, page: &dyn Fn(u64) -> rusqli
         trunk = be(&t, 0);
     }
     dirty
-}
-
-/// A `-journal` is hot when it starts with a journal header and no other process has
-/// the database open (a live writer's journal is not hot, only busy).
-fn hot_journal(db: &Path, journal: &Path) -> bool {
-    let mut magic = [0u8; 8];
-    // Never through a link, never blocking on a FIFO swapped in since it was judged.
-    let ok = crate::open_regular(journal, false).is_ok_and(|mut f| f.read_exact(&mut magic).is_ok());
-    ok && magic == JOURNAL_MAGIC && crate::cipher::other_openers(db).is_empty()
 }
 
 enum Kind {

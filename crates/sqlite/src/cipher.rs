@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
@@ -42,6 +42,17 @@ const HEADER: &[u8; 16] = b"SQLite format 3\0";
 pub struct DbKey {
     bytes: Zeroizing<Vec<u8>>,
     raw: bool,
+    /// Keys derived from this passphrase, shared by every clone: each (salt, KDF)
+    /// costs one PBKDF2 run per process, not one per connection.
+    derived: Arc<Mutex<Vec<Derived>>>,
+}
+
+/// A key derived from a passphrase for one file (its salt) and KDF; zeroed on drop.
+struct Derived {
+    salt: [u8; 16],
+    kdf_algorithm: String,
+    kdf_iter: u32,
+    key: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for DbKey {
@@ -77,6 +88,7 @@ impl DbKey {
         Ok(DbKey {
             bytes: Zeroizing::new(t.as_bytes().to_vec()),
             raw,
+            derived: Arc::default(),
         })
     }
 
@@ -113,6 +125,69 @@ impl DbKey {
         &self.bytes
     }
 
+    /// This passphrase as SQLCipher's raw key with salt, `x'<key><salt>'`, for a file
+    /// whose salt is `salt`, under `settings`' KDF: what SQLCipher would derive itself
+    /// (with the same OpenSSL `PKCS5_PBKDF2_HMAC` it calls), derived here once per
+    /// (salt, KDF) and remembered. `None` for a KDF this code does not know, or a
+    /// failure: SQLCipher then derives it itself.
+    fn raw_for(&self, salt: &[u8; 16], settings: &CipherSettings) -> Option<Zeroizing<Vec<u8>>> {
+        // SAFETY: these return pointers to OpenSSL's static digest descriptions.
+        let md = unsafe {
+            match settings.kdf_algorithm.as_str() {
+                "PBKDF2_HMAC_SHA512" => openssl_sys::EVP_sha512(),
+                "PBKDF2_HMAC_SHA256" => openssl_sys::EVP_sha256(),
+                "PBKDF2_HMAC_SHA1" => openssl_sys::EVP_sha1(),
+                _ => return None,
+            }
+        };
+        let iter = c_int::try_from(settings.kdf_iter).ok().filter(|&i| i > 0)?;
+        let pass_len = c_int::try_from(self.bytes.len()).ok()?;
+        let mut cache = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+        let pos = cache.iter().position(|d| {
+            d.salt == *salt && d.kdf_algorithm == settings.kdf_algorithm && d.kdf_iter == settings.kdf_iter
+        });
+        let pos = match pos {
+            Some(p) => p,
+            None => {
+                let mut key = Zeroizing::new([0u8; 32]);
+                // SAFETY: every pointer is valid for the length passed with it; `md` is
+                // a static digest; OpenSSL writes exactly 32 bytes into `key`.
+                let ok = unsafe {
+                    openssl_sys::PKCS5_PBKDF2_HMAC(
+                        self.bytes.as_ptr().cast(),
+                        pass_len,
+                        salt.as_ptr(),
+                        16,
+                        iter,
+                        md,
+                        32,
+                        key.as_mut_ptr(),
+                    )
+                };
+                if ok != 1 {
+                    return None;
+                }
+                tracing::debug!(target: "sqlvault_sqlite::kdf", kdf_iter = settings.kdf_iter, "key derived from the passphrase");
+                cache.push(Derived {
+                    salt: *salt,
+                    kdf_algorithm: settings.kdf_algorithm.clone(),
+                    kdf_iter: settings.kdf_iter,
+                    key,
+                });
+                cache.len() - 1
+            }
+        };
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = Zeroizing::new(Vec::with_capacity(3 + 2 * 48));
+        out.extend_from_slice(b"x'");
+        for &b in cache[pos].key.iter().chain(salt.iter()) {
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 15) as usize]);
+        }
+        out.push(b'\'');
+        Some(out)
+    }
+
     /// A check value: BLAKE3 keyed by a derivation of the key and `salt`. Lets a
     /// restore tell a wrong key from the right one without storing the key.
     pub fn check_value(&self, salt: &[u8; 16]) -> [u8; 32] {
@@ -143,7 +218,7 @@ pub struct CipherSettings {
 }
 
 impl CipherSettings {
-    /// The defaults of a SQLCipher major version (3 or 4), which a client of that
+    /// The defaults of a SQLCipher major version (1 to 4), which a client of that
     /// version opens with the key alone.
     pub fn defaults(compatibility: u8) -> Result<CipherSettings, SqliteError> {
         match compatibility {
@@ -161,8 +236,18 @@ impl CipherSettings {
                 hmac_algorithm: "HMAC_SHA1".into(),
                 kdf_algorithm: "PBKDF2_HMAC_SHA1".into(),
             }),
+            // Legacy SQLCipher 2.x and 1.x files (1.x has no page MAC at all: SQLCipher's
+            // `cipher_compatibility = 1` turns it off, and the algorithm named here is
+            // then unused).
+            2 | 1 => Ok(CipherSettings {
+                compatibility,
+                page_size: 1024,
+                kdf_iter: 4_000,
+                hmac_algorithm: "HMAC_SHA1".into(),
+                kdf_algorithm: "PBKDF2_HMAC_SHA1".into(),
+            }),
             n => Err(SqliteError::BadKey {
-                what: format!("SQLCipher compatibility {n} is not supported (3 or 4)"),
+                what: format!("SQLCipher compatibility {n} is not supported (1 to 4)"),
             }),
         }
     }
@@ -177,6 +262,26 @@ impl CipherSettings {
              PRAGMA {schema}.cipher_kdf_algorithm = {};",
             self.compatibility, self.page_size, self.kdf_iter, self.hmac_algorithm, self.kdf_algorithm
         )
+    }
+
+    /// Bytes SQLCipher reserves at the end of every page: the IV, and the MAC unless
+    /// the settings are SQLCipher 1's, rounded up to the AES block.
+    pub fn reserve(&self) -> u32 {
+        let mac: u32 = match (self.compatibility, self.hmac_algorithm.as_str()) {
+            (1, _) => 0,
+            (_, "HMAC_SHA1") => 20,
+            (_, "HMAC_SHA256") => 32,
+            _ => 64,
+        };
+        (16 + mac).div_ceil(16) * 16
+    }
+
+    /// Whether SQLite can use pages of `page_size` bytes under these settings: what
+    /// the reserve leaves must be at least the 480 bytes SQLite needs of a page.
+    pub fn fits_page_size(&self, page_size: u32) -> bool {
+        page_size.is_power_of_two()
+            && (512..=65536).contains(&page_size)
+            && page_size.saturating_sub(self.reserve()) >= 480
     }
 
     fn validate(&self) -> Result<(), SqliteError> {
@@ -255,7 +360,8 @@ pub(crate) fn head(path: &Path) -> Result<Head, SqliteError> {
 }
 
 /// How to unlock a database: its key, and its SQLCipher settings when known (otherwise
-/// SQLCipher 4 defaults are tried, then SQLCipher 3's).
+/// SQLCipher 4 defaults are tried, then SQLCipher 3's, then the legacy 2.x and 1.x
+/// ones).
 #[derive(Debug, Clone)]
 pub struct Unlock {
     /// The key.
@@ -278,7 +384,43 @@ impl Unlock {
     }
 }
 
+/// The salt of the database `conn` opened: the first 16 bytes of an existing
+/// encrypted file, or a fresh random one for a file that does not exist yet or is
+/// empty (SQLCipher writes the salt given with a raw key into a new file). `None`
+/// otherwise (no file, a plaintext header): SQLCipher is left to do what it does.
+fn salt_for(conn: &Connection) -> Option<[u8; 16]> {
+    let path = conn.path().filter(|p| !p.is_empty())?;
+    let mut salt = [0u8; 16];
+    match crate::open_regular(Path::new(path), true) {
+        Ok(mut f) => {
+            let len = f.metadata().ok()?.len();
+            if len == 0 {
+                return random_salt();
+            }
+            if len < 512 || f.read_exact(&mut salt).is_err() || &salt == HEADER {
+                return None;
+            }
+            Some(salt)
+        }
+        Err(SqliteError::Missing { .. }) => random_salt(),
+        Err(_) => None,
+    }
+}
+
+fn random_salt() -> Option<[u8; 16]> {
+    let mut salt = [0u8; 16];
+    // SAFETY: the buffer is 16 writable bytes; getrandom writes at most that many.
+    let n = unsafe { libc::getrandom(salt.as_mut_ptr().cast(), salt.len(), 0) };
+    (n == 16).then_some(salt)
+}
+
 /// Gives a fresh connection its key and settings: must run before its first read.
+///
+/// A passphrase is handed to SQLCipher as the raw key it derives from it for this
+/// file (`x'<key><salt>'`), derived here once per key, file and KDF: SQLCipher runs
+/// PBKDF2 (256,000 iterations of HMAC-SHA512 with SQLCipher 4 settings) at every
+/// connection it is given a passphrase on, and a conversion or a verified restore opens
+/// several. The result is the same key SQLCipher would derive.
 pub(crate) fn apply_key(conn: &Connection, key: &DbKey, settings: &CipherSettings) -> rusqlite::Result<()> {
     settings.validate().map_err(|_| {
         rusqlite::Error::SqliteFailure(
@@ -286,7 +428,20 @@ pub(crate) fn apply_key(conn: &Connection, key: &DbKey, settings: &CipherSetting
             Some("invalid SQLCipher settings".into()),
         )
     })?;
-    let b = key.sqlcipher_bytes();
+    let derived = match key.raw {
+        true => None,
+        false => salt_for(conn).and_then(|salt| key.raw_for(&salt, settings)),
+    };
+    let b: &[u8] = match &derived {
+        Some(d) => d,
+        None => key.sqlcipher_bytes(),
+    };
+    // What SQLCipher does with a passphrase costs one PBKDF2 run at the first read:
+    // counted in the debug log (`SQLVAULT_LOG=sqlvault_sqlite::kdf=debug`) with the
+    // derivations made here, never with the key.
+    if !key.raw && derived.is_none() {
+        tracing::debug!(target: "sqlvault_sqlite::kdf", kdf_iter = settings.kdf_iter, "SQLCipher derives a key from the passphrase");
+    }
     // SAFETY: the connection is open and owned by the caller; SQLCipher copies the key
     // bytes before returning.
     let rc = unsafe {
@@ -321,6 +476,28 @@ fn read_settings(conn: &Connection, schema: &str, compatibility: u8) -> rusqlite
     })
 }
 
+/// The settings detection tries, in order: SQLCipher 4's defaults, then 3's, then the
+/// legacy 2.x and 1.x ones; each first with its default page size, then with every
+/// other page size SQLCipher can use that divides the file's length (an encrypted
+/// file's page size cannot be read from it). The key is derived once per KDF (see
+/// [`apply_key`]), so a page size costs one read of page 1, not a PBKDF2 run.
+fn candidates(len: u64) -> Result<Vec<CipherSettings>, SqliteError> {
+    let mut out = Vec::new();
+    for compat in (1..=4).rev() {
+        let d = CipherSettings::defaults(compat)?;
+        out.push(d.clone());
+        for p in (9..=16).map(|b| 1u32 << b) {
+            if p != d.page_size && d.fits_page_size(p) && len.is_multiple_of(u64::from(p)) {
+                out.push(CipherSettings {
+                    page_size: p,
+                    ..d.clone()
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A connection to a database that may be encrypted, and its settings (`None` when
 /// the file is plaintext).
 pub(crate) fn open_db(
@@ -343,6 +520,16 @@ pub(crate) fn open_db_as(
 ) -> Result<(Connection, Option<CipherSettings>), SqliteError> {
     quiet_sqlcipher();
     let err = |e| SqliteError::from_sqlite(path, timeout, e);
+    // A read-only connection cannot roll back a crashed writer's journal, and SQLite
+    // then fails every read with "attempt to write a readonly database": say what it is.
+    if !flags.contains(OpenFlags::SQLITE_OPEN_READ_WRITE)
+        && let Some(journal) = hot_journal_beside(path)
+    {
+        return Err(SqliteError::HotJournal {
+            path: path.to_path_buf(),
+            journal,
+        });
+    }
     match (head(path)?, unlock) {
         (Head::Plain, Some(_)) => Err(SqliteError::NotEncrypted {
             path: path.to_path_buf(),
@@ -361,7 +548,7 @@ pub(crate) fn open_db_as(
         (Head::Opaque, Some(u)) => {
             let tries = match &u.settings {
                 Some(s) => vec![s.clone()],
-                None => vec![CipherSettings::defaults(4)?, CipherSettings::defaults(3)?],
+                None => candidates(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))?,
             };
             for s in tries {
                 let conn = Connection::open_with_flags(name, flags).map_err(err)?;
@@ -381,6 +568,29 @@ pub(crate) fn open_db_as(
             })
         }
     }
+}
+
+const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+
+/// A `-journal` is hot when it starts with a journal header and no process has the
+/// database open (a live writer's journal is not hot, only busy): SQLite rolls it back
+/// at the next read-write open, and a read-only open cannot read the database.
+pub(crate) fn hot_journal(db: &Path, journal: &Path) -> bool {
+    let mut magic = [0u8; 8];
+    // Never through a link, never blocking on a FIFO swapped in since it was judged.
+    let ok = crate::open_regular(journal, false).is_ok_and(|mut f| f.read_exact(&mut magic).is_ok());
+    // Any process, this one included: a connection of this process (another thread's)
+    // may be the writer whose journal it is.
+    ok && magic == JOURNAL_MAGIC && openers(db, true).is_empty()
+}
+
+/// The hot `-journal` beside `db`, if there is one (see [`hot_journal`]).
+pub(crate) fn hot_journal_beside(db: &Path) -> Option<PathBuf> {
+    let mut j = db.as_os_str().to_os_string();
+    j.push("-journal");
+    let j = PathBuf::from(j);
+    let m = std::fs::symlink_metadata(&j).ok()?;
+    (m.is_file() && m.len() > 0 && hot_journal(db, &j)).then_some(j)
 }
 
 /// What a database is at rest.
@@ -431,6 +641,9 @@ pub struct ConvertOptions {
     /// Convert a file that has other hard links ([`SqliteError::OtherLinks`]
     /// otherwise); the other names keep the old bytes ([`ConvertReport::other_links`]).
     pub allow_other_links: bool,
+    /// Page size of the converted file. `None` keeps the original's (encrypt, decrypt,
+    /// rekey) or takes the SQLCipher 4 default (migrate).
+    pub page_size: Option<u32>,
 }
 
 impl Default for ConvertOptions {
@@ -438,6 +651,7 @@ impl Default for ConvertOptions {
         ConvertOptions {
             busy_timeout: Duration::from_secs(10),
             allow_other_links: false,
+            page_size: None,
         }
     }
 }
@@ -451,6 +665,11 @@ impl ConvertOptions {
     /// Sets the busy timeout.
     pub fn with_busy_timeout(mut self, t: Duration) -> Self {
         self.busy_timeout = t;
+        self
+    }
+    /// Sets the page size of the converted file ([`ConvertOptions::page_size`]).
+    pub fn with_page_size(mut self, p: Option<u32>) -> Self {
+        self.page_size = p;
         self
     }
 }
@@ -473,9 +692,17 @@ pub struct ConvertReport {
     /// Other hard links of the original, counted after the rename: names that still
     /// hold the old bytes (the plaintext, after `encrypt`). 0 normally.
     pub other_links: u64,
+    /// Page size before and after.
+    pub page_size: (u32, u32),
+    /// Nothing was done: the file already was what was asked (`migrate` of a file
+    /// with the target settings). Not a byte of it was written.
+    pub unchanged: bool,
 }
 
 /// Encrypts a plaintext database in place (see the module docs for the guarantees).
+/// The page size is the original's unless [`ConvertOptions::page_size`] says
+/// otherwise (`settings.page_size` is not used): a size SQLCipher cannot use is
+/// [`SqliteError::PageSize`], naming the sizes that work.
 pub fn encrypt(
     path: &Path,
     key: DbKey,
@@ -485,7 +712,8 @@ pub fn encrypt(
     convert(path, None, Target::Encrypted { key, settings }, opts)
 }
 
-/// Decrypts a SQLCipher database in place.
+/// Decrypts a SQLCipher database in place, keeping its page size unless
+/// [`ConvertOptions::page_size`] says otherwise.
 pub fn decrypt(path: &Path, unlock: &Unlock, opts: &ConvertOptions) -> Result<ConvertReport, SqliteError> {
     convert(path, Some(unlock), Target::Plaintext, opts)
 }
@@ -513,23 +741,71 @@ pub fn rekey(
     convert(path, Some(&known), Target::Encrypted { key: new_key, settings }, opts)
 }
 
-/// Upgrades a SQLCipher 3 (or any non-default) database to SQLCipher 4 defaults,
-/// keeping its key.
+/// Upgrades a SQLCipher 3, 2.x or 1.x (or any non-default) database to SQLCipher 4
+/// defaults (the page size too, unless [`ConvertOptions::page_size`] says otherwise),
+/// keeping its key. A file that already has exactly these settings is left alone: not
+/// rewritten, not even opened for writing ([`ConvertReport::unchanged`]).
 pub fn migrate(path: &Path, unlock: &Unlock, opts: &ConvertOptions) -> Result<ConvertReport, SqliteError> {
-    convert(
-        path,
+    let t0 = Instant::now();
+    let mut target = CipherSettings::defaults(4)?;
+    if let Some(p) = opts.page_size {
+        target.page_size = p;
+    }
+    let canon = std::fs::canonicalize(path).map_err(|source| SqliteError::io_at(path, source))?;
+    let timeout = opts.busy_timeout;
+    let (conn, before) = open_db(
+        &canon,
         Some(unlock),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        timeout,
+    )?;
+    let before = before.ok_or_else(|| SqliteError::NotEncrypted { path: canon.clone() })?;
+    if before == target {
+        let err = |e| SqliteError::from_sqlite(&canon, timeout, e);
+        let tx = conn.unchecked_transaction().map_err(err)?;
+        let sum = crate::checksum::logical_checksum(&tx).map_err(err)?;
+        let page_count = tx
+            .query_row("PRAGMA page_count", [], |r| r.get::<_, u32>(0))
+            .map_err(err)?;
+        drop(tx);
+        return Ok(ConvertReport {
+            path: canon,
+            before: Some(before.clone()),
+            after: Some(before),
+            logical_checksum: sum,
+            page_count,
+            seconds: t0.elapsed().as_secs_f64(),
+            other_links: 0,
+            page_size: (target.page_size, target.page_size),
+            unchanged: true,
+        });
+    }
+    drop(conn);
+    // Detected once: the conversion opens the original with them, no second guess.
+    let known = Unlock {
+        key: unlock.key.clone(),
+        settings: Some(before),
+    };
+    let opts = opts.clone().with_page_size(Some(target.page_size));
+    convert(
+        &canon,
+        Some(&known),
         Target::Encrypted {
             key: unlock.key.clone(),
-            settings: CipherSettings::defaults(4)?,
+            settings: target,
         },
-        opts,
+        &opts,
     )
 }
 
 /// Processes other than this one that hold `path` open (Linux: `/proc/*/fd`). Only
 /// processes this user may inspect are seen; the exclusive lock covers the rest.
 pub(crate) fn other_openers(path: &Path) -> Vec<u32> {
+    openers(path, false)
+}
+
+/// Processes that hold `path` open, this one only when `include_self`.
+fn openers(path: &Path, include_self: bool) -> Vec<u32> {
     let Ok(meta) = std::fs::metadata(path) else {
         return Vec::new();
     };
@@ -542,7 +818,7 @@ pub(crate) fn other_openers(path: &Path) -> Vec<u32> {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if pid == me {
+        if pid == me && !include_self {
             continue;
         }
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
@@ -611,6 +887,54 @@ pub fn convert(
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         timeout,
     )?;
+    // The page size is kept unless asked otherwise; a size the target's SQLCipher
+    // settings cannot hold is refused here, naming the choices.
+    // On a keyed connection SQLCipher answers `page_size` itself, as text.
+    let page0: u32 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get::<_, rusqlite::types::Value>(0))
+        .map_err(err)
+        .and_then(|v| {
+            match v {
+                rusqlite::types::Value::Integer(i) => u32::try_from(i).ok(),
+                rusqlite::types::Value::Text(t) => t.trim().parse().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| SqliteError::Inconsistent {
+                path: path.to_path_buf(),
+                detail: "PRAGMA page_size is not a number".into(),
+            })
+        })?;
+    let page1 = opts.page_size.unwrap_or(page0);
+    let target = match target {
+        Target::Plaintext => {
+            if !page1.is_power_of_two() || !(512..=65536).contains(&page1) {
+                return Err(SqliteError::PageSize {
+                    path: path.to_path_buf(),
+                    what: format!("{page1} is not a page size (a power of two from 512 to 65536)"),
+                });
+            }
+            Target::Plaintext
+        }
+        Target::Encrypted { key, mut settings } => {
+            if !settings.fits_page_size(page1) {
+                let min = (9..=16)
+                    .map(|b| 1u32 << b)
+                    .find(|&p| settings.fits_page_size(p))
+                    .unwrap_or(65536);
+                return Err(SqliteError::PageSize {
+                    path: path.to_path_buf(),
+                    what: format!(
+                        "{} {page1}-byte pages cannot be encrypted with SQLCipher {} settings: SQLCipher keeps {} bytes of every page for its IV and MAC, and SQLite needs at least 480 of the rest; choose a page size with --page-size: {min} (the smallest that works) or 4096 (SQLCipher 4's default)",
+                        if opts.page_size.is_some() { "asked for" } else { "its" },
+                        settings.compatibility,
+                        settings.reserve()
+                    ),
+                });
+            }
+            settings.page_size = page1;
+            Target::Encrypted { key, settings }
+        }
+    };
     let journal0: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
         .map_err(err)?
@@ -631,7 +955,7 @@ pub fn convert(
             return Err(in_use("another connection has it open in WAL mode".into()));
         }
     }
-    let r = convert_locked(path, &conn, &target, &meta, timeout, &journal0);
+    let r = convert_locked(path, &conn, &target, &meta, timeout, &journal0, page1);
     if r.is_err() && wal {
         let _ = conn.execute_batch("PRAGMA locking_mode = NORMAL; SELECT count(*) FROM sqlite_schema;");
         let _ = conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()));
@@ -649,6 +973,8 @@ pub fn convert(
         logical_checksum: sum,
         page_count,
         seconds: t0.elapsed().as_secs_f64(),
+        page_size: (page0, page1),
+        unchanged: false,
     })
 }
 
@@ -660,6 +986,7 @@ fn convert_locked(
     meta: &std::fs::Metadata,
     timeout: Duration,
     journal0: &str,
+    page_size: u32,
 ) -> Result<(Option<CipherSettings>, [u8; 32], u32), SqliteError> {
     let err = |e| SqliteError::from_sqlite(path, timeout, e);
     let dir = path.parent().unwrap_or(Path::new("/"));
@@ -676,6 +1003,9 @@ fn convert_locked(
     })?;
     let mut info = crate::snapshot::read_info(conn).map_err(err)?;
     info.journal_mode = journal0.to_string();
+    // The dump's `PRAGMA page_size` builds a plaintext copy; an encrypted copy takes
+    // its page size from the settings (set to the same value by the caller).
+    info.page_size = page_size;
     let unlock = match target {
         Target::Plaintext => None,
         Target::Encrypted { key, settings } => {

@@ -149,11 +149,32 @@ pub enum SqliteError {
         /// The file.
         path: PathBuf,
     },
-    /// The key given does not decrypt the file with SQLCipher 4 or 3 settings.
+    /// The key given does not decrypt the file with the settings of any SQLCipher
+    /// version (4, 3, 2 or 1), or with the settings given.
     #[error("cannot decrypt {path}: wrong database key, or not an SQLCipher database")]
     WrongKey {
         /// The file.
         path: PathBuf,
+    },
+    /// A crashed writer's rollback journal lies beside the database and nobody has
+    /// it open: SQLite must roll it back (a read-write open does) before the database
+    /// can be read consistently, and a read-only reader cannot.
+    #[error(
+        "{path} has a hot journal {journal}: a writer crashed mid-transaction and its rollback has not run; open the database once read-write with its application (or sqlite3) to roll it back, then retry; never delete the journal"
+    )]
+    HotJournal {
+        /// The database.
+        path: PathBuf,
+        /// Its `-journal`.
+        journal: PathBuf,
+    },
+    /// The page size asked for (or kept) cannot be used with the SQLCipher settings.
+    #[error("{path}: {what}")]
+    PageSize {
+        /// The database.
+        path: PathBuf,
+        /// Why, and what to choose instead.
+        what: String,
     },
     /// A key was given for a plaintext database.
     #[error("{path} is not encrypted, but a database key was given")]
@@ -226,6 +247,16 @@ impl SqliteError {
             Some(ErrorCode::NotADatabase) => SqliteError::NotADatabase {
                 path: path.to_path_buf(),
             },
+            // SQLITE_READONLY_ROLLBACK: a hot journal appeared after the open's check.
+            Some(ErrorCode::ReadOnly) if matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == 8 | (3 << 8)) =>
+            {
+                let mut j = path.as_os_str().to_os_string();
+                j.push("-journal");
+                SqliteError::HotJournal {
+                    path: path.to_path_buf(),
+                    journal: PathBuf::from(j),
+                }
+            }
             _ => SqliteError::Sqlite {
                 path: path.to_path_buf(),
                 source: e,

@@ -737,7 +737,9 @@ pub fn verify_file_with(path: &Path, unlock: Option<&Unlock>) -> Result<VerifyRe
     crate::collation::tolerate(&twin).map_err(err)?;
     let not_checked = crate::collation::app_collation_indexes(&conn).map_err(err)?;
     let info = read_info(&conn).map_err(err)?;
-    let encrypted = cipher.is_some();
+    // SQLCipher 1.x pages carry no MAC: cipher_integrity_check has nothing to check
+    // there (and says so as an error).
+    let encrypted = cipher.as_ref().is_some_and(|c| c.compatibility > 1);
     let (problems, sum) = std::thread::scope(|scope| {
         let sum = scope.spawn(move || logical_checksum(&twin));
         let problems = problems(&conn, encrypted, &not_checked);

@@ -14,6 +14,12 @@ pub struct CorpusDb {
     pub cipher: String,
     /// The key (a passphrase, or `x'…'` for a raw key) of an encrypted file.
     pub key: Option<String>,
+    /// What Debian's `sqlcipher` 3.4.1 CLI needs after the key to open it: `None` when
+    /// it cannot, `Some("")` when nothing (else `;`-separated pragmas).
+    pub stock_cli_pragmas: Option<String>,
+    /// What SQLCipher 4 (sqlvault's, Python's `sqlcipher3`) needs after the key:
+    /// `;`-separated pragmas, empty when nothing.
+    pub sqlcipher4_pragmas: String,
 }
 
 impl CorpusDb {
@@ -52,10 +58,21 @@ pub fn corpus() -> Vec<CorpusDb> {
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
             assert!(f.len() >= 3, "MANIFEST.tsv line with too few fields: {l}");
+            let stock = f.get(3).copied().unwrap_or("-");
+            let four = f.get(4).copied().unwrap_or("-");
             CorpusDb {
                 file: f[0].to_string(),
                 cipher: f[1].to_string(),
                 key: (f[2] != "-").then(|| f[2].to_string()),
+                stock_cli_pragmas: match stock {
+                    "-" => None,
+                    "default" => Some(String::new()),
+                    p => Some(p.to_string()),
+                },
+                sqlcipher4_pragmas: match four {
+                    "-" | "default" => String::new(),
+                    p => p.to_string(),
+                },
             }
         })
         .collect();

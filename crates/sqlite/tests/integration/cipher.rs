@@ -81,9 +81,11 @@ fn encrypt_decrypt_rekey_keep_every_row_mode_and_owner() {
         assert!(!e.to_string().contains("wrong\""));
         assert_eq!(std::fs::read(&db).unwrap(), before);
         assert_eq!(keyed_sum(&db, PASS), sum);
-        // The journal mode comes back with the new file.
+        // The journal mode comes back with the new file, and the page size is kept (a
+        // client must be told it: it is not SQLCipher 4's default).
         let (c, _) = (Connection::open(&db).unwrap(), ());
         c.pragma_update(None, "key", PASS).unwrap();
+        c.pragma_update(None, "cipher_page_size", 8192).unwrap();
         let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, if wal { "wal" } else { "delete" });
         drop(c);
@@ -102,7 +104,7 @@ fn encrypt_decrypt_rekey_keep_every_row_mode_and_owner() {
         let c = Connection::open(&db).unwrap();
         let ps: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
         let av: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).unwrap();
-        assert_eq!((av, ps), (1, 4096), "auto_vacuum kept; page size of the SQLCipher file");
+        assert_eq!((av, ps), (1, 8192), "auto_vacuum and page size kept");
         assert!(others(dir.path(), &["app.db", "app.db-wal", "app.db-shm"]).is_empty());
     }
 }
@@ -114,7 +116,15 @@ fn sqlcipher3_files_are_detected_and_migrate_to_4() {
     tricky(&db, &TrickyOptions::default()).unwrap();
     let sum = plain_sum(&db);
     let opts = ConvertOptions::default();
-    encrypt(&db, key(PASS), CipherSettings::defaults(3).unwrap(), &opts).unwrap();
+    // SQLCipher 3's defaults, its 1024-byte pages included (otherwise the page size of
+    // the original is kept).
+    encrypt(
+        &db,
+        key(PASS),
+        CipherSettings::defaults(3).unwrap(),
+        &opts.clone().with_page_size(Some(1024)),
+    )
+    .unwrap();
     // A SQLCipher 4 client with defaults cannot read it; detection finds version 3.
     let c = Connection::open(&db).unwrap();
     c.pragma_update(None, "key", PASS).unwrap();

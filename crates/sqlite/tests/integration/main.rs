@@ -1,5 +1,6 @@
 //! Integration tests of sqlvault-sqlite: SQL dumps and loads, SQLCipher.
 
+mod at_rest;
 mod cipher;
 mod dump;
 mod hostile;
