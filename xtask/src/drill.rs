@@ -729,8 +729,10 @@ impl Drill {
             // One object of each remaining kind: a signed recipient set, evidence of
             // a verification, and prune's state.
             self.ok(&["key", "add", &repo, "-i", &key, "-r", &other], &env)?;
-            // Two databases (app.db and app.sql): verify needs to be told which.
-            self.ok(&["verify", &repo, "-i", &key, "--name", "app.db"], &env)?;
+            // Two databases (the page snapshots' and app.sql): verify needs to be told
+            // which; the pages are named after the file.
+            let pages = format!("{tag}.db");
+            self.ok(&["verify", &repo, "-i", &key, "--name", &pages], &env)?;
             self.ok(&["prune", &repo, "-i", &key], &env)?;
             Ok(json!({}))
         })();
