@@ -4,3 +4,4 @@ mod at_rest;
 mod cipher;
 mod dump;
 mod hostile;
+mod review16;
