@@ -69,7 +69,8 @@ fn every_plaintext_corpus_database_restores_from_pages_byte_for_byte() {
     for d in plaintext() {
         let src = kit::copy_corpus_db(&d.file, &src_dir);
         let has_wal = src_dir.join(format!("{}-wal", d.file)).exists();
-        w.run(&["backup", &src.display().to_string(), &repo, "--json"]).ok();
+        let b = w.run(&["backup", &src.display().to_string(), &repo, "--json"]).ok();
+        let id = b.json()["snapshot_id"].as_str().unwrap().to_string();
         let out = w.path(&format!("pages-{}", d.file));
         let outs = out.display().to_string();
         let args = ["restore", &repo, &outs, "--name", &d.file, "-i", &key];
@@ -81,7 +82,10 @@ fn every_plaintext_corpus_database_restores_from_pages_byte_for_byte() {
                 r.stderr
             );
             assert!(!out.exists(), "nothing installed without the flag");
-            w.run(&[&args[..], &["--accept-damaged-source"]].concat()).ok();
+            // The acceptance names the snapshot: never a blanket flag.
+            w.run(&[&args[..], &["--accept-damaged-source"]].concat()).fails(2);
+            w.run(&[&args[..], &["--accept-damaged-source", "--snapshot", &id]].concat())
+                .ok();
         } else {
             w.run(&args).ok();
         }
@@ -150,9 +154,12 @@ fn every_plaintext_corpus_database_dumps_and_loads_to_the_same_content() {
         let outs = out.display().to_string();
         let name = format!("dump-{}", d.file);
         let mut args = vec!["restore", &repo, &outs, "--name", &name, "-i", &key];
+        let id;
         if d.file == DAMAGED {
-            w.run(&args).fails(15);
-            args.push("--accept-damaged-source");
+            let r = w.run(&args).fails(15);
+            let at = r.stderr.find("--snapshot ").expect("the error names the snapshot") + 11;
+            id = r.stderr[at..].split(' ').next().unwrap().to_string();
+            args.extend(["--accept-damaged-source", "--snapshot", &id]);
         }
         w.run(&args).ok();
         assert_eq!(checksum(&out), want, "{}: dump snapshot", d.file);

@@ -241,6 +241,7 @@ fn a_damaged_source_is_recorded_at_backup_and_restored_only_on_request() {
         r.stderr
     );
     assert_eq!(r.json()["source_check"]["ok"], false, "{}", r.stdout);
+    let damaged_id = r.json()["snapshot_id"].as_str().unwrap().to_string();
     let r = w.run(&["backup", &healthy, &repo, "--integrity-check", "--json"]).ok();
     assert_eq!(r.json()["source_check"]["ok"], true, "{}", r.stdout);
     assert!(!r.stderr.contains("fails integrity_check"), "{}", r.stderr);
@@ -276,6 +277,8 @@ fn a_damaged_source_is_recorded_at_backup_and_restored_only_on_request() {
         "-i",
         &key,
         "--accept-damaged-source",
+        "--snapshot",
+        &damaged_id,
     ])
     .ok();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&gpkg).unwrap());

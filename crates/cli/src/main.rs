@@ -540,7 +540,8 @@ struct RestoreArgs {
     force: bool,
     /// Install the database even though it fails integrity_check, when the snapshot
     /// is proven intact (every page hash and the logical checksum match): the source
-    /// was already damaged when it was backed up (exit 15 without this flag).
+    /// was already damaged when it was backed up (exit 15 without this flag). Needs
+    /// --snapshot: it accepts that one snapshot.
     #[arg(long)]
     accept_damaged_source: bool,
     /// File holding the database key of a snapshot of a SQLCipher database
@@ -1103,6 +1104,13 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 m.cipher.is_some().then_some("database key"),
                 false,
             )?;
+            // Accepting a damaged source is a decision about one snapshot, seen in its
+            // error: never a blanket flag a script could carry past a different one.
+            if a.accept_damaged_source && a.snapshot.is_none() {
+                return Err(usage(
+                    "--accept-damaged-source needs --snapshot ID: the snapshot whose source damage you accept",
+                ));
+            }
             let opts = sqlvault_engine::RestoreOptions::default()
                 .with_force(a.force)
                 .with_db_key(db_key)

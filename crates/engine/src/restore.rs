@@ -360,34 +360,44 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
 /// bytes are the user's to have. Returns the problems accepted.
 fn judge_image(m: &Manifest, problems: &[String], checksum_ok: bool, accept: bool) -> Result<Vec<String>> {
     let first = |p: &[String]| p.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
-    match (problems.is_empty(), checksum_ok) {
-        (true, true) => Ok(Vec::new()),
-        (false, true) if accept => Ok(problems.to_vec()),
-        (false, true) => Err(Error::new(
+    // The backup checked its source and found it healthy: an image that fails now is
+    // not the source's damage, whatever else matches.
+    let recorded_healthy = m.source_check.as_ref().is_some_and(|c| c.ok);
+    let source_damaged = checksum_ok && !recorded_healthy;
+    match (problems.is_empty(), checksum_ok, source_damaged) {
+        (true, true, _) => Ok(Vec::new()),
+        (false, _, true) if accept => Ok(problems.to_vec()),
+        (false, _, true) => Err(Error::new(
             ErrorKind::SourceDamaged,
             "restore.source-damaged",
             format!(
                 "snapshot {} is intact (every page hash and the logical checksum match what was backed up), \
                  but the database itself fails integrity_check, so its source was already damaged when it was \
-                 backed up{}: {}; pass --accept-damaged-source to restore these exact bytes",
+                 backed up{}: {}; pass --accept-damaged-source --snapshot {} to restore these exact bytes",
                 m.id.short(),
                 match &m.source_check {
                     Some(c) if !c.ok => " (the backup's own integrity_check recorded it too)",
                     _ => "",
                 },
-                first(problems)
+                first(problems),
+                m.id.short()
             ),
         )),
-        (false, false) => Err(Error::new(
+        (false, _, false) => Err(Error::new(
             ErrorKind::Integrity,
             "verify.integrity-check",
             format!(
-                "snapshot {} restores to a database failing integrity_check: {}",
+                "snapshot {} restores to a database failing integrity_check{}: {}",
                 m.id.short(),
+                if recorded_healthy && checksum_ok {
+                    " although its backup found the source healthy"
+                } else {
+                    ""
+                },
                 first(problems)
             ),
         )),
-        (true, false) => Err(Error::new(
+        (true, false, _) => Err(Error::new(
             ErrorKind::Integrity,
             "verify.checksum-mismatch",
             format!(
@@ -441,6 +451,7 @@ async fn restore_dump(
         opts.force,
     );
     let accept = opts.accept_damaged_source;
+    let short = m.id.short();
     let loaded = tokio::task::spawn_blocking(move || {
         let f = File::open(&path).map_err(|e| io_err(format!("cannot read {}", path.display()), e))?;
         sqlvault_sqlite::load(
@@ -453,7 +464,21 @@ async fn restore_dump(
                 .with_encrypt(unlock)
                 .with_accept_damaged_source(accept),
         )
-        .map_err(|e| in_use(e, "restore.destination-in-use"))
+        .map_err(|e| match e {
+            // The dump's content is proven against the manifest's checksum: the same
+            // outcome, and the same way to accept it, as for a page snapshot.
+            sqlvault_sqlite::SqliteError::SourceDamaged { path, what } => Error::new(
+                ErrorKind::SourceDamaged,
+                "restore.source-damaged",
+                format!(
+                    "{} is intact (the loaded database's logical checksum matches what was backed up), but it \
+                     fails integrity_check, so its source was already damaged when it was backed up: {what}; pass \
+                     --accept-damaged-source --snapshot {short} to restore it as it is",
+                    path.display(),
+                ),
+            ),
+            e => in_use(e, "restore.destination-in-use"),
+        })
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, "internal", "loader panicked").with_source(e))??;

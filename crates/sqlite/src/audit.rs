@@ -720,7 +720,9 @@ pub fn db_facts(path: &Path, unlock: Option<&Unlock>, timeout: Duration) -> Resu
         let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
         for l in rows {
             let l = l.map_err(err)?;
-            if l != "ok" && !crate::collation::is_about(&l, &skip) {
+            // With placeholders quick_check never compares those indexes' keys: no
+            // line of it is the placeholder's.
+            if l != "ok" {
                 f.quick_check.push(l);
             }
         }

@@ -47,28 +47,34 @@ fn is_built_in(name: &str) -> bool {
 
 /// Names after a `COLLATE` keyword in `sql`, outside string literals and comments.
 /// Lexical on purpose: it needs no collation to run, and the schema is the only
-/// place a database names one.
-fn collate_names(sql: &str, out: &mut Vec<String>) {
-    let b = sql.as_bytes();
+/// place a database names one. Bytes, not text: a schema may hold bytes that are not
+/// UTF-8 (an old application's Latin-1 default value), which must not stop a read.
+fn collate_names(b: &[u8], out: &mut Vec<String>) {
     let mut i = 0;
     let mut want_name = false;
     while i < b.len() {
         let c = b[i];
         match c {
             b'\'' => {
-                // A string literal ('' escapes a quote).
+                // A string literal ('' escapes a quote); after COLLATE it is the name.
+                let mut lit = Vec::new();
                 i += 1;
                 while i < b.len() {
                     if b[i] == b'\'' {
                         if b.get(i + 1) == Some(&b'\'') {
+                            lit.push(b'\'');
                             i += 2;
                             continue;
                         }
                         break;
                     }
+                    lit.push(b[i]);
                     i += 1;
                 }
                 i += 1;
+                if want_name {
+                    out.push(String::from_utf8_lossy(&lit).into_owned());
+                }
                 want_name = false;
             }
             b'-' if b.get(i + 1) == Some(&b'-') => {
@@ -110,12 +116,12 @@ fn collate_names(sql: &str, out: &mut Vec<String>) {
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80) {
                     i += 1;
                 }
-                let word = &sql[start..i];
+                let word = &b[start..i];
                 if want_name {
-                    out.push(word.to_string());
+                    out.push(String::from_utf8_lossy(word).into_owned());
                     want_name = false;
                 } else {
-                    want_name = word.eq_ignore_ascii_case("COLLATE");
+                    want_name = word.eq_ignore_ascii_case(b"COLLATE");
                 }
             }
             _ => {
@@ -135,8 +141,7 @@ pub(crate) fn unknown_collations(conn: &Connection) -> rusqlite::Result<Vec<Stri
     let mut stmt = conn.prepare("SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let sql: String = r.get(0)?;
-        collate_names(&sql, &mut names);
+        collate_names(r.get_ref(0)?.as_bytes()?, &mut names);
     }
     let mut out: Vec<String> = Vec::new();
     for n in names {
@@ -188,17 +193,6 @@ pub fn app_collation_indexes(conn: &Connection) -> rusqlite::Result<Vec<AppColla
     Ok(out)
 }
 
-/// Whether an `integrity_check` line is about one of `affected` (by index name, or by
-/// the WITHOUT ROWID table it orders): such lines come from comparing keys with a
-/// placeholder, not from damage.
-pub(crate) fn is_about(line: &str, affected: &[AppCollation]) -> bool {
-    affected.iter().any(|a| {
-        line.ends_with(&format!(" {}", a.index))
-            || line.contains(&format!(" {} ", a.index))
-            || line.contains(&format!("index {}", a.index))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,11 +201,12 @@ mod tests {
     fn finds_collate_names_outside_literals_and_comments() {
         let mut v = Vec::new();
         collate_names(
-            "CREATE TABLE t(a TEXT COLLATE unicase, b TEXT collate \"My Coll\", c DEFAULT 'x COLLATE no', \
-             d -- COLLATE nope\n TEXT COLLATE [LOCALIZED], e /* COLLATE nah */ TEXT COLLATE NOCASE)",
+            b"CREATE TABLE t(a TEXT COLLATE unicase, b TEXT collate \"My Coll\", c DEFAULT 'x COLLATE no', \
+             d -- COLLATE nope\n TEXT COLLATE [LOCALIZED], e /* COLLATE nah */ TEXT COLLATE NOCASE, \
+             f TEXT COLLATE 'UNICODE', g DEFAULT 'caf\xe9')",
             &mut v,
         );
-        assert_eq!(v, ["unicase", "My Coll", "LOCALIZED", "NOCASE"]);
+        assert_eq!(v, ["unicase", "My Coll", "LOCALIZED", "NOCASE", "UNICODE"]);
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub enum SqliteError {
     /// matches) and fails `integrity_check` all the same: the source was already
     /// damaged when it was dumped.
     #[error(
-        "{path}: the loaded database is exactly what was dumped (its logical checksum matches), but it fails integrity_check, as its source did: {what}; pass --accept-damaged-source to keep these exact contents"
+        "{path}: the loaded database has exactly the content the dump recorded (its logical checksum matches), but fails integrity_check, so the database it was dumped from most likely did too: {what}; pass --accept-damaged-source to keep these exact contents"
     )]
     SourceDamaged {
         /// The dump.

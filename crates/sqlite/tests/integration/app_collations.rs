@@ -1,6 +1,8 @@
-//! Review of issue 16: integrity_check with placeholder collations (`collation::is_about`).
-//! Each test shows a case where `verify_file` (used by restore, verify, drill and, through
-//! the same `problems`, by `backup --integrity-check`) gets the answer wrong.
+//! integrity_check of databases whose indexes are ordered by a collation only the
+//! application has (placeholders stand in for it): `verify_file` (restore, verify,
+//! drill) and `backup --integrity-check` must neither report the placeholder's order as
+//! damage nor let it hide real damage. Found by the issue 16 review against an earlier
+//! design that filtered integrity_check's output by index name.
 
 use std::path::Path;
 
@@ -65,11 +67,11 @@ fn damage_index(p: &Path, index: &str, update: &str) {
 }
 
 /// Anki's `tags` table: WITHOUT ROWID, keyed by `unicase`. The file is healthy (the
-/// application's own integrity_check passes), yet the placeholder's bytewise order makes
-/// SQLite report "row not in PRIMARY KEY order for tags", which names the *table*, and
-/// `is_about` only matches index names: restore says "source damaged" (exit 15).
+/// application's own integrity_check passes), yet a full integrity_check with the
+/// placeholder's bytewise order reports "row not in PRIMARY KEY order for tags": that
+/// must not make restore say "source damaged" (exit 15).
 #[test]
-fn review16_without_rowid_table_keyed_by_an_app_collation_is_not_damage() {
+fn without_rowid_table_keyed_by_an_app_collation_is_not_damage() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("anki.db");
     let c = app_conn(&p);
@@ -95,7 +97,7 @@ fn review16_without_rowid_table_keyed_by_an_app_collation_is_not_damage() {
 /// then filtered out, and real damage elsewhere is never reported: restore and verify
 /// say "integrity_check ok", `backup --integrity-check` records `ok: true`.
 #[test]
-fn review16_placeholder_lines_must_not_use_up_integrity_checks_budget() {
+fn placeholder_lines_must_not_use_up_integrity_checks_budget() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("app.db");
     let c = app_conn(&p);
@@ -135,12 +137,12 @@ fn review16_placeholder_lines_must_not_use_up_integrity_checks_budget() {
     );
 }
 
-/// `is_about` matches an index name as a substring (" {name} ", "index {name}" without a
-/// right delimiter): an application-collation index named `main` hides the
-/// "*** in database main ***" row that carries every b-tree error, one named "" hides
-/// every "... index X" line, and one named `d` would hide `index d_name`'s.
+/// Index names are arbitrary text: no output line may be dropped because it mentions
+/// one. An application-collation index named `main` must not hide the "*** in database
+/// main ***" row that carries every b-tree error, nor one named "" every "... index X"
+/// line.
 #[test]
-fn review16_index_names_cannot_hide_other_lines() {
+fn index_names_cannot_hide_other_lines() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("hostile.db");
     let c = app_conn(&p);
@@ -178,14 +180,11 @@ fn review16_index_names_cannot_hide_other_lines() {
     );
 }
 
-/// `collation::unknown_collations` reads every schema statement as a Rust `String`: a
-/// schema with a non-UTF-8 byte (a Latin-1 default value written by an old application)
-/// makes every read-only open fail, so such a database can no longer be backed up and,
-/// worse, snapshots made of it by earlier versions no longer restore or verify
-/// (`verify_file` calls `tolerate` on the restored image). The checksum reads the same
-/// column as raw bytes and never cared.
+/// A schema with a non-UTF-8 byte (a Latin-1 default value written by an old
+/// application) must not make read-only opens fail: looking for collation names reads
+/// the schema as bytes, as the checksum does.
 #[test]
-fn review16_a_schema_with_non_utf8_bytes_still_verifies() {
+fn a_schema_with_non_utf8_bytes_still_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("latin1.db");
     let c = Connection::open(&p).unwrap();
