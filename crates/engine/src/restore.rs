@@ -305,17 +305,49 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
     }
     // A SQLCipher source: the verified plaintext image becomes a database in the
     // source's cipher format and key, itself verified (cipher_integrity_check,
-    // integrity_check, checksum) before it replaces the image.
+    // integrity_check, checksum) before it replaces the image. Page by page where the
+    // image allows (every snapshot of a SQLCipher source since pages carry their
+    // reserved area): nothing is rebuilt, so an index ordered by an application's
+    // collation survives; through a dump and a keyed load otherwise.
     let encrypted = unlock.is_some();
     let tmp = match unlock {
         None => tmp,
-        Some(u) => tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
-            let settings = u.settings.clone().expect("set by db_unlock");
-            sqlvault_sqlite::encrypt(tmp.path(), u.key, settings, &sqlvault_sqlite::ConvertOptions::default())?;
-            Ok(tmp)
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "encryptor panicked").with_source(e))??,
+        Some(u) => {
+            let enc = temp_in(&dir, &dest, ".enc.tmp")?;
+            let (m2, accepted) = (m.clone(), !source_problems.is_empty());
+            tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
+                match sqlvault_sqlite::encrypt_image(tmp.path(), enc.path(), &u)? {
+                    Some(rep) => {
+                        let sum_ok = hex::encode(rep.logical_checksum) == m2.logical_checksum;
+                        if !sum_ok || (!rep.problems.is_empty() && !accepted) {
+                            return Err(Error::new(
+                                ErrorKind::Integrity,
+                                "verify.integrity-check",
+                                format!(
+                                    "snapshot {}: the re-encrypted database does not verify{}",
+                                    m2.id.short(),
+                                    rep.problems.first().map(|p| format!(": {p}")).unwrap_or_default()
+                                ),
+                            ));
+                        }
+                        Ok(enc)
+                    }
+                    None => {
+                        drop(enc);
+                        let settings = u.settings.clone().expect("set by db_unlock");
+                        sqlvault_sqlite::encrypt(
+                            tmp.path(),
+                            u.key,
+                            settings,
+                            &sqlvault_sqlite::ConvertOptions::default(),
+                        )?;
+                        Ok(tmp)
+                    }
+                }
+            })
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, "internal", "encryptor panicked").with_source(e))??
+        }
     };
     let check_seconds = t1.elapsed().as_secs_f64();
 

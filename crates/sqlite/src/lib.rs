@@ -21,6 +21,7 @@ mod collation;
 mod dump;
 mod error;
 mod guard;
+mod image;
 mod literal;
 mod load;
 mod regular;
@@ -39,6 +40,7 @@ pub use cipher::{
 pub use collation::{AppCollation, app_collation_indexes};
 pub use dump::{DUMP_HEADER, DUMP_TRAILER, DumpReport};
 pub use error::SqliteError;
+pub use image::encrypt_image;
 pub use load::{LoadOptions, LoadReport, ensure_not_in_use, install, load};
 pub use regular::{file_kind, guard_sqlite_opens, open_regular};
 pub use rusqlite;
