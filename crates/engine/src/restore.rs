@@ -1064,3 +1064,68 @@ pub(crate) fn checks_of(m: &Manifest) -> Vec<String> {
     c.push("logical_checksum".into());
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlvault_format::{SnapshotStats, SourceCheck};
+
+    fn manifest(source_check: Option<SourceCheck>) -> Manifest {
+        Manifest {
+            version: 1,
+            id: ObjectId([7; 16]),
+            name: "app.db".into(),
+            kind: kind::PAGES.into(),
+            created_ms: 1,
+            host: "h".into(),
+            source_path: "/srv/app.db".into(),
+            page_size: 4096,
+            page_count: 1,
+            journal_mode: "wal".into(),
+            user_version: 0,
+            application_id: 0,
+            text_encoding: "UTF-8".into(),
+            sqlite_version: "3".into(),
+            tool_version: "0".into(),
+            logical_checksum: "00".into(),
+            maps: vec![],
+            parent: None,
+            stats: SnapshotStats::default(),
+            dump: None,
+            cipher: None,
+            source_check,
+        }
+    }
+
+    #[test]
+    fn only_a_proven_image_of_an_unvouched_source_is_source_damage() {
+        let bad = vec!["row 1 missing from index i".to_string()];
+        let plain = manifest(None);
+        // Intact and healthy; intact but failing: the source's; accepted: its lines.
+        assert!(judge_image(&plain, &[], true, false).unwrap().is_empty());
+        let e = judge_image(&plain, &bad, true, false).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.code()),
+            (ErrorKind::SourceDamaged, "restore.source-damaged")
+        );
+        assert_eq!(judge_image(&plain, &bad, true, true).unwrap(), bad);
+        // A checksum that differs is the backup's damage, accepted or not.
+        for accept in [false, true] {
+            let e = judge_image(&plain, &bad, false, accept).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Integrity);
+            let e = judge_image(&plain, &[], false, accept).unwrap_err();
+            assert_eq!(e.code(), "verify.checksum-mismatch");
+        }
+        // The backup found its source healthy: a failing image is never the source's.
+        let vouched = manifest(Some(SourceCheck::of(&[])));
+        for accept in [false, true] {
+            let e = judge_image(&vouched, &bad, true, accept).unwrap_err();
+            assert_eq!((e.kind(), e.code()), (ErrorKind::Integrity, "verify.integrity-check"));
+            assert!(e.one_line().contains("found the source healthy"), "{}", e.one_line());
+        }
+        // It recorded the damage: the message says so.
+        let recorded = manifest(Some(SourceCheck::of(&bad)));
+        let e = judge_image(&recorded, &bad, true, false).unwrap_err();
+        assert!(e.one_line().contains("recorded it too"), "{}", e.one_line());
+    }
+}
