@@ -74,14 +74,20 @@ pub fn encrypt_image(image: &Path, out: &Path, unlock: &Unlock) -> Result<Option
         let batch = ((1 << 20) / ps).max(1);
         let mut buf = vec![0u8; ps * batch];
         let pages = len / ps as u64;
+        // The page holding byte 2^30 (SQLite's lock bytes) is never used and cannot be
+        // written: SQLite answers it with SQLITE_CORRUPT. It stays a hole in the file,
+        // as in every database past 1 GiB.
+        let lock_page = (1u64 << 30) / ps as u64 + 1;
         let mut pgno = 1u64;
         while pgno <= pages {
             let n = ((pages - pgno + 1) as usize).min(batch);
             let slice = &mut buf[..n * ps];
             f.read_exact_at(slice, (pgno - 1) * ps as u64).map_err(io(image))?;
             for (i, page) in slice.chunks_exact(ps).enumerate() {
-                ins.execute(rusqlite::params![pgno as i64 + i as i64, page])
-                    .map_err(err)?;
+                let at = pgno + i as u64;
+                if at != lock_page {
+                    ins.execute(rusqlite::params![at as i64, page]).map_err(err)?;
+                }
             }
             pgno += n as u64;
         }
