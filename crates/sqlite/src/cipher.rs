@@ -284,22 +284,49 @@ impl CipherSettings {
             && page_size.saturating_sub(self.reserve()) >= 480
     }
 
-    fn validate(&self) -> Result<(), SqliteError> {
-        let alg_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !matches!(self.compatibility, 1..=4)
-            || !self.page_size.is_power_of_two()
-            || !(512..=65536).contains(&self.page_size)
-            || self.kdf_iter == 0
-            || !alg_ok(&self.hmac_algorithm)
-            || !alg_ok(&self.kdf_algorithm)
-        {
-            return Err(SqliteError::BadKey {
-                what: "invalid SQLCipher settings".into(),
-            });
+    /// Checks the settings are ones SQLCipher can use and cost a bounded derivation:
+    /// compatibility 1 to 4, a page size SQLite allows (a power of two, 512 to 65536),
+    /// `kdf_iter` from 1 to [`MAX_KDF_ITER`], and algorithms SQLCipher names. Settings
+    /// read from a manifest are checked before any key is derived from them: a forged
+    /// `kdf_iter` of 2^31 would keep a restore in PBKDF2 for hours.
+    pub fn validate(&self) -> Result<(), SqliteError> {
+        let bad = |what: String| {
+            Err(SqliteError::BadKey {
+                what: format!("invalid SQLCipher settings: {what}"),
+            })
+        };
+        if !matches!(self.compatibility, 1..=4) {
+            return bad(format!("cipher_compatibility {} (1 to 4)", self.compatibility));
+        }
+        if !self.page_size.is_power_of_two() || !(512..=65536).contains(&self.page_size) {
+            return bad(format!(
+                "cipher_page_size {} (a power of two from 512 to 65536)",
+                self.page_size
+            ));
+        }
+        if !(1..=MAX_KDF_ITER).contains(&self.kdf_iter) {
+            return bad(format!("kdf_iter {} (1 to {MAX_KDF_ITER})", self.kdf_iter));
+        }
+        if !matches!(
+            self.hmac_algorithm.as_str(),
+            "HMAC_SHA1" | "HMAC_SHA256" | "HMAC_SHA512"
+        ) {
+            return bad("cipher_hmac_algorithm (HMAC_SHA1, HMAC_SHA256 or HMAC_SHA512)".into());
+        }
+        if !matches!(
+            self.kdf_algorithm.as_str(),
+            "PBKDF2_HMAC_SHA1" | "PBKDF2_HMAC_SHA256" | "PBKDF2_HMAC_SHA512"
+        ) {
+            return bad("cipher_kdf_algorithm (PBKDF2_HMAC_SHA1, PBKDF2_HMAC_SHA256 or PBKDF2_HMAC_SHA512)".into());
         }
         Ok(())
     }
 }
+
+/// The most PBKDF2 iterations sqlvault derives a key with: 39 times SQLCipher 4's
+/// default of 256,000 (about ten seconds of one core). A database set to more cannot be
+/// backed up; a manifest recording more is refused as forged.
+pub const MAX_KDF_ITER: u32 = 10_000_000;
 
 /// Version of SQLCipher linked into this build (`PRAGMA cipher_version`).
 pub fn sqlcipher_version() -> String {
