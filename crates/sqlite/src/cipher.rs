@@ -324,7 +324,7 @@ impl CipherSettings {
 }
 
 /// The most PBKDF2 iterations sqlvault derives a key with: 39 times SQLCipher 4's
-/// default of 256,000 (about ten seconds of one core). A database set to more cannot be
+/// default of 256,000 (seconds of one core, not hours). A database set to more cannot be
 /// backed up; a manifest recording more is refused as forged.
 pub const MAX_KDF_ITER: u32 = 10_000_000;
 
@@ -625,7 +625,7 @@ const SHARED_SIZE: i64 = 510;
 fn writer_is_live(db: &Path) -> bool {
     match write_locked(db) {
         Some(live) => live,
-        None => !openers(db, true).is_empty(),
+        None => std::fs::metadata(db).is_ok_and(|m| !openers(&m, true).is_empty()),
     }
 }
 
@@ -897,17 +897,19 @@ pub fn migrate(path: &Path, unlock: &Unlock, opts: &ConvertOptions) -> Result<Co
     )
 }
 
-/// Processes other than this one that hold `path` open (Linux: `/proc/*/fd`). Only
-/// processes this user may inspect are seen; the exclusive lock covers the rest.
+/// Processes other than this one that hold `path` open (Linux: `/proc/*/fd`): the
+/// file named `path` itself, never a symbolic link's target (a rename replaces the
+/// link). Only processes this user may inspect are seen; the exclusive lock covers the
+/// rest.
 pub(crate) fn other_openers(path: &Path) -> Vec<u32> {
-    openers(path, false)
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => openers(&m, false),
+        Err(_) => Vec::new(),
+    }
 }
 
-/// Processes that hold `path` open, this one only when `include_self`.
-fn openers(path: &Path, include_self: bool) -> Vec<u32> {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Vec::new();
-    };
+/// Processes that hold the file of `meta` open, this one only when `include_self`.
+fn openers(meta: &std::fs::Metadata, include_self: bool) -> Vec<u32> {
     let me = std::process::id();
     let mut pids = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
