@@ -520,3 +520,47 @@ fn attack_local_a_planted_destination_is_not_handed_the_restored_database() {
         assert_no_leftovers(&own, "a refused link");
     }
 }
+
+/// A Kubernetes CronJob runs every backup in a new pod with a new host name: the host
+/// identity comes from SQLVAULT_HOST (or --host) instead, and is what the name claim,
+/// the manifest and `snapshots` record.
+#[test]
+fn the_host_identity_comes_from_sqlvault_host_or_host() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 256 << 10, true);
+    w.run_env(&["backup", &db, &repo], &[("SQLVAULT_HOST", "app-cron")])
+        .ok();
+    // The same identity on the next run (another pod): accepted, by either spelling.
+    w.run_env(&["backup", &db, &repo], &[("SQLVAULT_HOST", "app-cron")])
+        .ok();
+    w.run(&["backup", &db, &repo, "--host", "app-cron"]).ok();
+    // Another identity at the same path is another source: refused.
+    let r = w
+        .run_env(&["backup", &db, &repo, "--json"], &[("SQLVAULT_HOST", "other-host")])
+        .fails(8);
+    assert_eq!(r.json()["error"]["code"], "backup.name-taken", "{}", r.stdout);
+    assert!(
+        r.stderr.contains("app-cron:") && r.stderr.contains("other-host:"),
+        "{}",
+        r.stderr
+    );
+    let snaps = snapshots(&w, &repo);
+    assert_eq!(snaps.len(), 3);
+    assert!(snaps.iter().all(|s| s["host"] == "app-cron"), "{snaps:?}");
+    // The flag wins over the environment.
+    w.run_env(
+        &["backup", &db, &repo, "--host", "app-cron"],
+        &[("SQLVAULT_HOST", "other-host")],
+    )
+    .ok();
+    // verify takes it too (its evidence records it).
+    w.run_env(&["verify", &repo, "-i", &key], &[("SQLVAULT_HOST", "verifier-1")])
+        .ok();
+    // Not a usable identity: refused before anything is done.
+    for bad in ["", "a b", "tab\there", &"x".repeat(254)] {
+        let r = w.run(&["backup", &db, &repo, "--host", bad, "--json"]).fails(2);
+        assert!(r.stderr.contains("host identity"), "{bad:?}: {}", r.stderr);
+    }
+    assert_eq!(snapshots(&w, &repo).len(), 4);
+}

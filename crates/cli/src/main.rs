@@ -67,6 +67,11 @@ struct Cli {
     /// Log detail on stderr: -v info, -vv debug (or SQLVAULT_LOG=filter).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// This host's identity in snapshots, name claims, retention groups and evidence,
+    /// instead of the machine's host name: for containers and Kubernetes CronJobs,
+    /// whose host name changes at every run (printable ASCII, no spaces, at most 253).
+    #[arg(long, global = true, env = "SQLVAULT_HOST", value_name = "NAME")]
+    host: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -2077,7 +2082,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli.cmd)) {
+    let host = match &cli.host {
+        Some(h) => sqlvault_engine::evidence::set_host(h),
+        None => Ok(()),
+    };
+    match host.and_then(|()| rt.block_on(run(cli.cmd))) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let line = e.one_line();
