@@ -540,7 +540,9 @@ struct RestoreArgs {
     name: Option<String>,
     /// Replace an existing destination and remove its stale -wal/-shm. Refused while
     /// another process holds it open (exit 7): stop the application first. The new file
-    /// keeps the replaced one's mode, owner and group.
+    /// keeps the replaced one's owner and group (unless others may write to its
+    /// directory) and at most its permissions, never group/other write; a symbolic link
+    /// is refused (exit 8).
     #[arg(long)]
     force: bool,
     /// Install the database even though it fails integrity_check, when the snapshot
@@ -627,7 +629,9 @@ struct LoadArgs {
     /// The database to create.
     db: PathBuf,
     /// Replace a destination that exists and is not empty (refused while another
-    /// process holds it open, exit 7; the new file keeps its mode, owner and group).
+    /// process holds it open, exit 7; a symbolic link is refused, exit 8; the new file
+    /// keeps its owner and group unless others may write to the directory, and at most
+    /// its permissions, never group/other write).
     #[arg(long)]
     force: bool,
     /// Keep a result that fails integrity_check when its content is proven to be
