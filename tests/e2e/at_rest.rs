@@ -4,6 +4,7 @@
 //! file already in SQLCipher 4.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -165,6 +166,89 @@ fn crash_a_writer(db: &Path) {
         .status()
         .expect("python3 (with its sqlite3 module) is needed to crash a writer");
     assert!(st.success());
+}
+
+/// Runs sqlvault in a PID namespace of its own, as a backup in a container (or under
+/// another user) runs beside the application: /proc shows it none of the processes
+/// outside.
+fn run_in_pid_namespace(w: &World, args: &[&str]) -> crate::support::Run {
+    let mut c = Command::new("unshare");
+    c.args(["--map-root-user", "--pid", "--fork", "--mount-proc"])
+        .arg(env!("CARGO_BIN_EXE_sqlvault"))
+        .args(args)
+        .env_remove("SQLVAULT_IDENTITY_FILE");
+    for (k, v) in &w.env {
+        c.env(k, v);
+    }
+    let o = c.output().expect("unshare (util-linux)");
+    crate::support::Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_live_writers_journal_is_not_hot_even_when_the_writer_is_out_of_sight() {
+    let w = World::new();
+    let repo = w.s("repo");
+    w.setup(&repo, 64 << 10, false);
+    let data = w.path("data");
+    std::fs::create_dir(&data).unwrap();
+    let db = data.join("live.db");
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "PRAGMA journal_mode=DELETE; CREATE TABLE t(x); WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 500) INSERT INTO t SELECT randomblob(200) FROM s;",
+        )
+        .unwrap();
+    // A writer mid-transaction, its cache spilled (a synced journal header, pages
+    // written to the database), alive and waiting to commit.
+    let mut writer = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3, sys\nc = sqlite3.connect({:?}, isolation_level=None)\nc.execute('PRAGMA cache_size = 10')\nc.execute('BEGIN')\nc.execute('UPDATE t SET x = zeroblob(200)')\nc.execute('WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300) INSERT INTO t SELECT randomblob(4000) FROM s')\nprint('ready', flush=True)\nsys.stdin.readline()\nc.execute('COMMIT')",
+            db.display().to_string()
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (with its sqlite3 module) is needed for a live writer");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(writer.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let journal = data.join("live.db-journal");
+    assert_eq!(
+        std::fs::read(&journal).unwrap()[..4],
+        [0xd9, 0xd5, 0x05, 0xf9],
+        "fixture: a synced journal header"
+    );
+    let s = db.display().to_string();
+    // From where the writer cannot be seen in /proc, the lock it holds still is: the
+    // backup waits for it (and gives up after its busy timeout), it never calls the
+    // journal hot.
+    for kind in ["pages", "dump"] {
+        let r = run_in_pid_namespace(
+            &w,
+            &["backup", &s, &repo, "--kind", kind, "--busy-timeout", "0.5", "--json"],
+        );
+        assert_ne!(r.code, 0, "the writer holds the database exclusively: {}", r.stdout);
+        assert!(!r.stderr.contains("hot journal"), "{}", r.stderr);
+        assert_eq!(r.json()["error"]["code"], "source.busy", "{}", r.stderr);
+    }
+    let a = run_in_pid_namespace(&w, &["audit", &s, "--json"]);
+    assert!(
+        !findings_of(&a.json(), &format!("{s}-journal"))
+            .iter()
+            .any(|(c, _, _)| c == "db.hot-journal"),
+        "{}",
+        a.stdout
+    );
+    assert!(journal.exists(), "the live writer's journal is left alone");
+    // Once it commits, the same backup goes through.
+    writer.stdin.take().unwrap().write_all(b"commit\n").unwrap();
+    assert!(writer.wait().unwrap().success());
+    run_in_pid_namespace(&w, &["backup", &s, &repo]).ok();
 }
 
 #[test]

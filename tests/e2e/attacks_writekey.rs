@@ -162,3 +162,76 @@ fn attack_wk_crafted_maps_cannot_exhaust_the_restore_host() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+#[test]
+fn attack_wk_forged_sqlcipher_settings_are_refused_before_any_key_derivation() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 128 << 10, false);
+    let kf = w.s("db.key");
+    std::fs::write(&kf, "correct horse battery staple").unwrap();
+    w.run(&["db", "encrypt", &db, "--key-file", &kf]).ok();
+    w.run(&["backup", &db, &repo, "--db-key-file", &kf]).ok();
+    let real = only_snapshot(&w);
+    let real_id = real.file_name().unwrap().to_string_lossy().to_string();
+    // The write key re-signs the manifest with settings that would keep the restore
+    // host in PBKDF2 for hours, or that SQLCipher has no use for.
+    let slow = forge_snapshot(&w, Path::new(&repo), &real_id[..8], |m| {
+        m.cipher.as_mut().unwrap().kdf_iter = i32::MAX as u32;
+    });
+    let odd_page = forge_snapshot(&w, Path::new(&repo), &real_id[..8], |m| {
+        m.cipher.as_mut().unwrap().page_size = 3000;
+    });
+    let odd_alg = forge_snapshot(&w, Path::new(&repo), &real_id[..8], |m| {
+        m.cipher.as_mut().unwrap().kdf_algorithm = "PBKDF2_HMAC_MD5".into();
+    });
+    for (id, what) in [
+        (&slow, "kdf_iter"),
+        (&odd_page, "cipher_page_size"),
+        (&odd_alg, "cipher_kdf_algorithm"),
+    ] {
+        let out = w.s("x.db");
+        // A CPU limit only so that a restore that did start deriving ends (killed, not
+        // exit 6) instead of running for hours.
+        let mut c = Command::new("prlimit");
+        c.arg("--cpu=120")
+            .arg(env!("CARGO_BIN_EXE_sqlvault"))
+            .args([
+                "restore",
+                &repo,
+                &out,
+                "-i",
+                &key,
+                "--db-key-file",
+                &kf,
+                "--snapshot",
+                id,
+            ])
+            .env_remove("SQLVAULT_IDENTITY_FILE");
+        for (k, v) in &w.env {
+            c.env(k, v);
+        }
+        let o = c.output().expect("prlimit (util-linux)");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(6), "{id}: {stderr}");
+        assert!(
+            stderr.contains("repo.corrupt-object") || stderr.contains(what),
+            "{stderr}"
+        );
+        assert!(stderr.contains(what), "{stderr}");
+        assert!(!Path::new(&out).exists());
+    }
+    // The sound snapshot restores.
+    w.run(&[
+        "restore",
+        &repo,
+        &w.s("ok.db"),
+        "-i",
+        &key,
+        "--db-key-file",
+        &kf,
+        "--snapshot",
+        &real_id,
+    ])
+    .ok();
+}

@@ -444,3 +444,123 @@ fn no_running_backups_deletes_the_marks_already_made_in_the_same_run() {
     assert_eq!(content(Path::new(&out)), content(Path::new(&db)));
     w.run(&["check", &repo, "-i", &key, "--read-data"]).ok();
 }
+
+/// Local attacker: a file planted at the destination of a `--force` restore or load
+/// (in a directory others may write to, or as a link) is never how the restored
+/// database gets its owner and mode, nor a way to redirect the rename.
+#[test]
+fn attack_local_a_planted_destination_is_not_handed_the_restored_database() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 1 << 20, true);
+    w.run(&["backup", &db, &repo]).ok();
+    let sql = w.s("app.sql");
+    w.run(&["dump", &db, "-o", &sql]).ok();
+    let me = unsafe { libc::geteuid() };
+    let root = me == 0;
+    let (uid, gid) = if root {
+        (1234, 1235)
+    } else {
+        (me, unsafe { libc::getegid() })
+    };
+    let args_for = |cmd: &str, dest: &str| -> Vec<String> {
+        match cmd {
+            "restore" => vec!["restore", &repo, dest, "-i", &key, "--force"],
+            _ => vec!["load", &sql, dest, "--force"],
+        }
+        .into_iter()
+        .map(String::from)
+        .collect()
+    };
+    for (i, cmd) in ["restore", "load"].iter().enumerate() {
+        // A sticky, world-writable directory (/tmp): the planted file's owner and its
+        // world-writable mode are not carried over.
+        let shared = w.path(&format!("shared{i}"));
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let dest = shared.join("x.db").display().to_string();
+        make_db(Path::new(&dest), 30 + i as u64, 64 << 10);
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).unwrap();
+        let a = args_for(cmd, &dest);
+        let r = w.run(&a.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+        let m = std::fs::metadata(&dest).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.uid()), (0o600, me), "{cmd} in a shared directory");
+        assert!(r.stderr.contains("others may write"), "says why: {}", r.stderr);
+        assert_eq!(content(Path::new(&dest)), content(Path::new(&db)));
+
+        // A directory only its owner writes: the owner is kept, but never group or
+        // other write, execute or set-id bits.
+        let own = w.path(&format!("own{i}"));
+        let dest = own.join("app.db").display().to_string();
+        make_db(Path::new(&dest), 40 + i as u64, 64 << 10);
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o6777)).unwrap();
+        let a = args_for(cmd, &dest);
+        let r = w.run(&a.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+        let m = std::fs::metadata(&dest).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o744, uid, gid), "{cmd}");
+        assert!(!r.stderr.contains("others may write"), "{}", r.stderr);
+
+        // A link at the destination: refused before any work, and again at the
+        // rename; neither the link nor what it points to changes.
+        let target = own.join("target.db");
+        make_db(&target, 50 + i as u64, 64 << 10);
+        let before = std::fs::read(&target).unwrap();
+        let link = own.join("link.db");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let mut a = args_for(cmd, &link.display().to_string());
+        a.push("--json".into());
+        let r = w.run(&a.iter().map(String::as_str).collect::<Vec<_>>()).fails(8);
+        assert_eq!(r.json()["error"]["code"], "destination.not-replaceable", "{}", r.stdout);
+        assert!(r.stderr.contains("symbolic link"), "{}", r.stderr);
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), before);
+        assert_no_leftovers(&own, "a refused link");
+    }
+}
+
+/// A Kubernetes CronJob runs every backup in a new pod with a new host name: the host
+/// identity comes from SQLVAULT_HOST (or --host) instead, and is what the name claim,
+/// the manifest and `snapshots` record.
+#[test]
+fn the_host_identity_comes_from_sqlvault_host_or_host() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 256 << 10, true);
+    w.run_env(&["backup", &db, &repo], &[("SQLVAULT_HOST", "app-cron")])
+        .ok();
+    // The same identity on the next run (another pod): accepted, by either spelling.
+    w.run_env(&["backup", &db, &repo], &[("SQLVAULT_HOST", "app-cron")])
+        .ok();
+    w.run(&["backup", &db, &repo, "--host", "app-cron"]).ok();
+    // Another identity at the same path is another source: refused.
+    let r = w
+        .run_env(&["backup", &db, &repo, "--json"], &[("SQLVAULT_HOST", "other-host")])
+        .fails(8);
+    assert_eq!(r.json()["error"]["code"], "backup.name-taken", "{}", r.stdout);
+    assert!(
+        r.stderr.contains("app-cron:") && r.stderr.contains("other-host:"),
+        "{}",
+        r.stderr
+    );
+    let snaps = snapshots(&w, &repo);
+    assert_eq!(snaps.len(), 3);
+    assert!(snaps.iter().all(|s| s["host"] == "app-cron"), "{snaps:?}");
+    // The flag wins over the environment.
+    w.run_env(
+        &["backup", &db, &repo, "--host", "app-cron"],
+        &[("SQLVAULT_HOST", "other-host")],
+    )
+    .ok();
+    // verify takes it too (its evidence records it).
+    w.run_env(&["verify", &repo, "-i", &key], &[("SQLVAULT_HOST", "verifier-1")])
+        .ok();
+    // Not a usable identity: refused before anything is done.
+    for bad in ["", "a b", "tab\there", &"x".repeat(254)] {
+        let r = w.run(&["backup", &db, &repo, "--host", bad, "--json"]).fails(2);
+        assert!(r.stderr.contains("host identity"), "{bad:?}: {}", r.stderr);
+    }
+    assert_eq!(snapshots(&w, &repo).len(), 4);
+}

@@ -67,6 +67,11 @@ struct Cli {
     /// Log detail on stderr: -v info, -vv debug (or SQLVAULT_LOG=filter).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// This host's identity in snapshots, name claims, retention groups and evidence,
+    /// instead of the machine's host name: for containers and Kubernetes CronJobs,
+    /// whose host name changes at every run (printable ASCII, no spaces, at most 253).
+    #[arg(long, global = true, env = "SQLVAULT_HOST", value_name = "NAME")]
+    host: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -535,7 +540,9 @@ struct RestoreArgs {
     name: Option<String>,
     /// Replace an existing destination and remove its stale -wal/-shm. Refused while
     /// another process holds it open (exit 7): stop the application first. The new file
-    /// keeps the replaced one's mode, owner and group.
+    /// keeps the replaced one's owner and group (unless others may write to its
+    /// directory) and at most its permissions, never group/other write; a symbolic link
+    /// is refused (exit 8).
     #[arg(long)]
     force: bool,
     /// Install the database even though it fails integrity_check, when the snapshot
@@ -623,7 +630,9 @@ struct LoadArgs {
     /// The database to create.
     db: PathBuf,
     /// Replace a destination that exists and is not empty (refused while another
-    /// process holds it open, exit 7; the new file keeps its mode, owner and group).
+    /// process holds it open, exit 7; a symbolic link is refused, exit 8; the new file
+    /// keeps its owner and group unless others may write to the directory, and at most
+    /// its permissions, never group/other write).
     #[arg(long)]
     force: bool,
     /// Keep a result that fails integrity_check when its content is proven to be
@@ -2085,7 +2094,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli.cmd)) {
+    let host = match &cli.host {
+        Some(h) => sqlvault_engine::evidence::set_host(h),
+        None => Ok(()),
+    };
+    match host.and_then(|()| rt.block_on(run(cli.cmd))) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let line = e.one_line();

@@ -139,6 +139,7 @@ impl From<sqlvault_sqlite::SqliteError> for Error {
             S::NotEncrypted { .. } => (ErrorKind::Usage, "source.not-encrypted"),
             S::BadKey { .. } => (ErrorKind::Usage, "source.bad-key"),
             S::InUse { .. } => (ErrorKind::Source, "db.in-use"),
+            S::NotReplaceable { .. } => (ErrorKind::Exists, "destination.not-replaceable"),
             S::OtherLinks { .. } => (ErrorKind::Exists, "db.other-links"),
             S::NotRegular { .. } => (ErrorKind::Source, "source.not-regular"),
             S::HotJournal { .. } => (ErrorKind::Source, "source.hot-journal"),

@@ -85,6 +85,15 @@ fn db_unlock(repo: &Repo, m: &Manifest, key: Option<&DbKey>) -> Result<Option<Un
     let Some(c) = &m.cipher else {
         return Ok(None);
     };
+    // Before any key is derived from them: a forged kdf_iter or page size is refused
+    // here, not spent hours on in PBKDF2 or handed to SQLCipher.
+    if let Err(sqlvault_sqlite::SqliteError::BadKey { what }) = settings_of(c).validate() {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "repo.corrupt-object",
+            format!("snapshot {} records {what}", m.id.short()),
+        ));
+    }
     let Some(key) = key else {
         return Err(Error::new(
             ErrorKind::Auth,
@@ -154,13 +163,17 @@ fn db_unlock(repo: &Repo, m: &Manifest, key: Option<&DbKey>) -> Result<Option<Un
 fn unlock_with(key: &DbKey, c: &sqlvault_format::CipherFacts) -> Unlock {
     Unlock {
         key: key.clone(),
-        settings: Some(CipherSettings {
-            compatibility: c.compatibility,
-            page_size: c.page_size,
-            kdf_iter: c.kdf_iter,
-            hmac_algorithm: c.hmac_algorithm.clone(),
-            kdf_algorithm: c.kdf_algorithm.clone(),
-        }),
+        settings: Some(settings_of(c)),
+    }
+}
+
+fn settings_of(c: &sqlvault_format::CipherFacts) -> CipherSettings {
+    CipherSettings {
+        compatibility: c.compatibility,
+        page_size: c.page_size,
+        kdf_iter: c.kdf_iter,
+        hmac_algorithm: c.hmac_algorithm.clone(),
+        kdf_algorithm: c.kdf_algorithm.clone(),
     }
 }
 

@@ -284,22 +284,49 @@ impl CipherSettings {
             && page_size.saturating_sub(self.reserve()) >= 480
     }
 
-    fn validate(&self) -> Result<(), SqliteError> {
-        let alg_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !matches!(self.compatibility, 1..=4)
-            || !self.page_size.is_power_of_two()
-            || !(512..=65536).contains(&self.page_size)
-            || self.kdf_iter == 0
-            || !alg_ok(&self.hmac_algorithm)
-            || !alg_ok(&self.kdf_algorithm)
-        {
-            return Err(SqliteError::BadKey {
-                what: "invalid SQLCipher settings".into(),
-            });
+    /// Checks the settings are ones SQLCipher can use and cost a bounded derivation:
+    /// compatibility 1 to 4, a page size SQLite allows (a power of two, 512 to 65536),
+    /// `kdf_iter` from 1 to [`MAX_KDF_ITER`], and algorithms SQLCipher names. Settings
+    /// read from a manifest are checked before any key is derived from them: a forged
+    /// `kdf_iter` of 2^31 would keep a restore in PBKDF2 for hours.
+    pub fn validate(&self) -> Result<(), SqliteError> {
+        let bad = |what: String| {
+            Err(SqliteError::BadKey {
+                what: format!("invalid SQLCipher settings: {what}"),
+            })
+        };
+        if !matches!(self.compatibility, 1..=4) {
+            return bad(format!("cipher_compatibility {} (1 to 4)", self.compatibility));
+        }
+        if !self.page_size.is_power_of_two() || !(512..=65536).contains(&self.page_size) {
+            return bad(format!(
+                "cipher_page_size {} (a power of two from 512 to 65536)",
+                self.page_size
+            ));
+        }
+        if !(1..=MAX_KDF_ITER).contains(&self.kdf_iter) {
+            return bad(format!("kdf_iter {} (1 to {MAX_KDF_ITER})", self.kdf_iter));
+        }
+        if !matches!(
+            self.hmac_algorithm.as_str(),
+            "HMAC_SHA1" | "HMAC_SHA256" | "HMAC_SHA512"
+        ) {
+            return bad("cipher_hmac_algorithm (HMAC_SHA1, HMAC_SHA256 or HMAC_SHA512)".into());
+        }
+        if !matches!(
+            self.kdf_algorithm.as_str(),
+            "PBKDF2_HMAC_SHA1" | "PBKDF2_HMAC_SHA256" | "PBKDF2_HMAC_SHA512"
+        ) {
+            return bad("cipher_kdf_algorithm (PBKDF2_HMAC_SHA1, PBKDF2_HMAC_SHA256 or PBKDF2_HMAC_SHA512)".into());
         }
         Ok(())
     }
 }
+
+/// The most PBKDF2 iterations sqlvault derives a key with: 39 times SQLCipher 4's
+/// default of 256,000 (seconds of one core, not hours). A database set to more cannot be
+/// backed up; a manifest recording more is refused as forged.
+pub const MAX_KDF_ITER: u32 = 10_000_000;
 
 /// Version of SQLCipher linked into this build (`PRAGMA cipher_version`).
 pub fn sqlcipher_version() -> String {
@@ -572,16 +599,88 @@ pub(crate) fn open_db_as(
 
 const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
 
-/// A `-journal` is hot when it starts with a journal header and no process has the
-/// database open (a live writer's journal is not hot, only busy): SQLite rolls it back
-/// at the next read-write open, and a read-only open cannot read the database.
+/// A `-journal` is hot when it starts with a journal header and no writer is live on
+/// the database: SQLite rolls it back at the next read-write open, and a read-only open
+/// cannot read the database. A live writer's journal is not hot, only busy. Decided as
+/// SQLite decides it (`hasHotJournal`): by probing the database's lock bytes, which
+/// sees the locks of every process on this kernel, whatever its user or PID namespace.
 pub(crate) fn hot_journal(db: &Path, journal: &Path) -> bool {
     let mut magic = [0u8; 8];
     // Never through a link, never blocking on a FIFO swapped in since it was judged.
     let ok = crate::open_regular(journal, false).is_ok_and(|mut f| f.read_exact(&mut magic).is_ok());
-    // Any process, this one included: a connection of this process (another thread's)
-    // may be the writer whose journal it is.
-    ok && magic == JOURNAL_MAGIC && openers(db, true).is_empty()
+    ok && magic == JOURNAL_MAGIC && !writer_is_live(db)
+}
+
+/// SQLite's lock bytes (`os_unix.c`): a writer write-locks `RESERVED_BYTE` from its
+/// first write to its commit; one about to write the file write-locks `PENDING_BYTE`
+/// and then the shared range (EXCLUSIVE), as does one rolling a hot journal back.
+const PENDING_BYTE: i64 = 0x4000_0000;
+const RESERVED_BYTE: i64 = PENDING_BYTE + 1;
+const SHARED_FIRST: i64 = PENDING_BYTE + 2;
+const SHARED_SIZE: i64 = 510;
+
+/// Whether a process (this one included) holds `db` RESERVED or more: a write lock on
+/// RESERVED_BYTE, PENDING_BYTE or the shared range. When the lock bytes cannot be
+/// probed, whether any process this user can see has `db` open.
+fn writer_is_live(db: &Path) -> bool {
+    match write_locked(db) {
+        Some(live) => live,
+        None => std::fs::metadata(db).is_ok_and(|m| !openers(&m, true).is_empty()),
+    }
+}
+
+fn write_locked(db: &Path) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let meta = std::fs::metadata(db).ok()?;
+    // Closing any descriptor of a file drops every POSIX lock this process holds on
+    // it, SQLite's included: a descriptor this process already has on `db` is probed
+    // as it is, never closed. Only when there is none is one opened (and closed).
+    let mine = std::fs::read_dir("/proc/self/fd").ok().and_then(|fds| {
+        fds.flatten().find_map(|fd| {
+            let m = std::fs::metadata(fd.path()).ok()?;
+            (m.dev() == meta.dev() && m.ino() == meta.ino())
+                .then(|| fd.file_name().to_str()?.parse::<c_int>().ok())
+                .flatten()
+        })
+    });
+    let opened;
+    let fd = match mine {
+        Some(fd) => fd,
+        None => {
+            opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(db)
+                .ok()?;
+            let m = opened.metadata().ok()?;
+            if !m.is_file() || (m.dev(), m.ino()) != (meta.dev(), meta.ino()) {
+                return None;
+            }
+            opened.as_raw_fd()
+        }
+    };
+    let held = |ty: c_int, start: i64, len: i64| -> Option<bool> {
+        // SAFETY: an all-zero flock is valid (l_pid must be 0 for an OFD query).
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = ty as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = start;
+        fl.l_len = len;
+        // Open-file-description locks conflict with every POSIX lock, this
+        // process's own included (a connection of another thread may be the writer).
+        // SAFETY: `fd` is open (ours, or one of this process's), `fl` is a valid flock.
+        let rc = unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) };
+        (rc == 0).then_some(fl.l_type != libc::F_UNLCK as libc::c_short)
+    };
+    // Only writers lock RESERVED_BYTE (any lock there counts); readers read-lock
+    // PENDING_BYTE in passing and the shared range while they read (only a write lock
+    // there counts).
+    Some(
+        held(libc::F_WRLCK, RESERVED_BYTE, 1)?
+            || held(libc::F_RDLCK, PENDING_BYTE, 1)?
+            || held(libc::F_RDLCK, SHARED_FIRST, SHARED_SIZE)?,
+    )
 }
 
 /// The hot `-journal` beside `db`, if there is one (see [`hot_journal`]).
@@ -798,17 +897,19 @@ pub fn migrate(path: &Path, unlock: &Unlock, opts: &ConvertOptions) -> Result<Co
     )
 }
 
-/// Processes other than this one that hold `path` open (Linux: `/proc/*/fd`). Only
-/// processes this user may inspect are seen; the exclusive lock covers the rest.
+/// Processes other than this one that hold `path` open (Linux: `/proc/*/fd`): the
+/// file named `path` itself, never a symbolic link's target (a rename replaces the
+/// link). Only processes this user may inspect are seen; the exclusive lock covers the
+/// rest.
 pub(crate) fn other_openers(path: &Path) -> Vec<u32> {
-    openers(path, false)
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => openers(&m, false),
+        Err(_) => Vec::new(),
+    }
 }
 
-/// Processes that hold `path` open, this one only when `include_self`.
-fn openers(path: &Path, include_self: bool) -> Vec<u32> {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Vec::new();
-    };
+/// Processes that hold the file of `meta` open, this one only when `include_self`.
+fn openers(meta: &std::fs::Metadata, include_self: bool) -> Vec<u32> {
     let me = std::process::id();
     let mut pids = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {

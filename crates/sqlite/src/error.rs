@@ -211,6 +211,16 @@ pub enum SqliteError {
         /// What the old bytes are, for the message (", the plaintext" for encrypt).
         what: &'static str,
     },
+    /// A destination that `--force` does not replace: not a regular file reached
+    /// without a symbolic link, or a file other than the one checked by the time it
+    /// would have been replaced.
+    #[error("{path} is not replaced: {why}")]
+    NotReplaceable {
+        /// The destination.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
     /// Filesystem error.
     #[error("io error on {path}")]
     Io {

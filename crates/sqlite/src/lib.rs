@@ -34,8 +34,8 @@ pub use audit::{
 };
 pub use checksum::logical_checksum;
 pub use cipher::{
-    AtRest, CipherSettings, ConvertOptions, ConvertReport, DbKey, Target, Unlock, convert, decrypt, encrypt, migrate,
-    probe, rekey, sqlcipher_version,
+    AtRest, CipherSettings, ConvertOptions, ConvertReport, DbKey, MAX_KDF_ITER, Target, Unlock, convert, decrypt,
+    encrypt, migrate, probe, rekey, sqlcipher_version,
 };
 pub use collation::{AppCollation, app_collation_indexes};
 pub use dump::{DUMP_HEADER, DUMP_TRAILER, DumpReport};

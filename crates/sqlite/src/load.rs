@@ -58,6 +58,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::BufRead;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -330,9 +331,12 @@ pub(crate) fn load_temp<R: BufRead>(
 /// replayed. The directory is synced so the rename survives a crash.
 ///
 /// Replacing is refused while another process holds `dest` open
-/// ([`SqliteError::InUse`], see [`ensure_not_in_use`]), and the new file takes the
-/// mode, owner and group of the one it replaces (see [`take_place_of`]); a new (or
-/// empty) destination keeps the temporary file's 0600.
+/// ([`SqliteError::InUse`], see [`ensure_not_in_use`]), and when `dest` is not a
+/// regular file reached without following a symbolic link, or is no longer the file
+/// that was checked when it would be replaced ([`SqliteError::NotReplaceable`]). The
+/// new file takes the owner, group and (at most) the permissions of the one it
+/// replaces, where that cannot hand it to someone who planted that file (see
+/// [`take_place_of`]); a new (or empty) destination keeps the temporary file's 0600.
 pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Result<(), SqliteError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -341,13 +345,20 @@ pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Resu
     let sides = crate::side_files(dest).map_err(io(dest))?;
     if replace {
         ensure_not_in_use(dest)?;
+        // Never through a link (the rename replaces the link, not its target), and
+        // never a directory, FIFO or device.
+        let old = match std::fs::symlink_metadata(dest) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(dest)(e)),
+        };
+        if let Some(m) = &old {
+            replaceable(dest, m)?;
+        }
         // An empty file holds no database (load takes it without --force): the result
         // is a new database and stays 0600, like any new destination.
-        if let Some(old) = std::fs::symlink_metadata(dest)
-            .ok()
-            .filter(|m| m.is_file() && m.len() > 0)
-        {
-            take_place_of(&tmp, &old, dest)?;
+        if let Some(old) = old.as_ref().filter(|m| m.len() > 0) {
+            take_place_of(&tmp, old, dest)?;
         }
         for side in sides {
             match std::fs::remove_file(&side) {
@@ -356,7 +367,23 @@ pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Resu
                 Err(e) => return Err(io(&side)(e)),
             }
         }
-        tmp.persist(dest)
+        match &old {
+            Some(old) => {
+                // Still the file checked, and still not held open, just before the
+                // rename (a file swapped in at the name meanwhile is not replaced).
+                let now = std::fs::symlink_metadata(dest).map_err(io(dest))?;
+                if (now.dev(), now.ino()) != (old.dev(), old.ino()) {
+                    return Err(SqliteError::NotReplaceable {
+                        path: dest.to_path_buf(),
+                        why: "another file took its place while the new one was made; nothing was replaced".into(),
+                    });
+                }
+                ensure_not_in_use(dest)?;
+                tmp.persist(dest)
+            }
+            // Nothing was there: whatever appeared meanwhile is not clobbered.
+            None => tmp.persist_noclobber(dest),
+        }
     } else {
         if let Some(side) = sides.into_iter().next() {
             return Err(SqliteError::StaleSideFile { path: side });
@@ -376,14 +403,40 @@ pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Resu
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Refuses a destination that is not a regular file (by `lstat`: a symbolic link is
+/// refused, never followed).
+fn replaceable(dest: &Path, m: &std::fs::Metadata) -> Result<(), SqliteError> {
+    if m.file_type().is_symlink() {
+        return Err(SqliteError::NotReplaceable {
+            path: dest.to_path_buf(),
+            why: "it is a symbolic link (the link would be replaced, not what it points to); give the real path".into(),
+        });
+    }
+    if !m.is_file() {
+        return Err(SqliteError::NotReplaceable {
+            path: dest.to_path_buf(),
+            why: format!("it is a {}, not a regular file", crate::file_kind(m.file_type())),
+        });
+    }
+    Ok(())
+}
+
 /// Refuses ([`SqliteError::InUse`], naming the pids) when another process holds `dest`
-/// open. Replacing a database under an application that has it open loses data: the
-/// rename swaps the name, but the application keeps reading and writing the old,
-/// unlinked inode, so every write it makes afterwards goes nowhere, and its next
-/// open sees a file it never wrote. The application must be stopped first. Only
-/// processes this user may inspect are seen (all of them for root); a missing `dest`
-/// is not in use.
+/// open, and ([`SqliteError::NotReplaceable`]) a `dest` that is a symbolic link or not
+/// a regular file. Replacing a database under an application that has it open loses
+/// data: the rename swaps the name, but the application keeps reading and writing the
+/// old, unlinked inode, so every write it makes afterwards goes nowhere, and its next
+/// open sees a file it never wrote. The application must be stopped first. The file
+/// looked at is the one the rename replaces (never a link's target). Only processes
+/// this user may inspect are seen (all of them for root); a missing `dest` is not in
+/// use. A process that opens `dest` after this check and before the rename is not
+/// seen (the check runs again just before the rename, which narrows this to
+/// moments): stop the application, do not merely hope it is idle.
 pub fn ensure_not_in_use(dest: &Path) -> Result<(), SqliteError> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) => replaceable(dest, &m)?,
+        Err(_) => return Ok(()),
+    }
     let pids = crate::cipher::other_openers(dest);
     if pids.is_empty() {
         return Ok(());
@@ -398,18 +451,44 @@ pub fn ensure_not_in_use(dest: &Path) -> Result<(), SqliteError> {
     })
 }
 
-/// Gives the file about to replace `dest` the mode (permission bits) and the owner and
-/// group of `old`, the file it replaces: the application that runs as that user must
-/// still be able to open its database. When the owner cannot be given (a user other
-/// than root restoring over another user's file), nothing is replaced: a database the
-/// application cannot open, or that its group can no longer read, is not a restore.
+/// Gives the file about to replace `dest` the owner and group of `old`, the file it
+/// replaces, so the application that runs as that user can still open its database,
+/// and at most its permissions: the owner's bits, and read (never write, execute or
+/// set-id) for group and others.
+///
+/// Only when `dest`'s directory is writable by no one but root and its owner: then
+/// `old` was put there (or given its owner) by one of them. In a directory others may
+/// write to (a sticky, world-writable `/tmp`, a group-writable directory), anyone could
+/// have planted `old` to be handed the restored database: the new file stays the
+/// running user's, 0600, and a warning says why. When the owner cannot be given (a
+/// user other than root restoring over another user's file), nothing is replaced: a
+/// database the application cannot open, or that its group can no longer read, is
+/// not a restore.
 fn take_place_of(tmp: &tempfile::NamedTempFile, old: &std::fs::Metadata, dest: &Path) -> Result<(), SqliteError> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let io = |source| SqliteError::Io {
         path: tmp.path().to_path_buf(),
         source,
     };
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    let d = std::fs::metadata(dir).map_err(|source| SqliteError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let f = tmp.as_file();
+    if d.mode() & 0o022 != 0 {
+        tracing::warn!(
+            "{} is in {}, a directory others may write to (mode {:04o}): the file it replaced could have been planted there, so the new file does not take its owner {}:{} and mode {:04o}; it is the running user's, 0600",
+            dest.display(),
+            dir.display(),
+            d.mode() & 0o7777,
+            old.uid(),
+            old.gid(),
+            old.mode() & 0o7777
+        );
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        return f.sync_all().map_err(io);
+    }
     let now = f.metadata().map_err(io)?;
     if (now.uid(), now.gid()) != (old.uid(), old.gid()) {
         std::os::unix::fs::fchown(f, Some(old.uid()), Some(old.gid())).map_err(|e| SqliteError::Io {
@@ -424,11 +503,15 @@ fn take_place_of(tmp: &tempfile::NamedTempFile, old: &std::fs::Metadata, dest: &
             ),
         })?;
     }
-    // Permission bits only: set-id and sticky bits mean nothing on a database.
-    f.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o777))
+    // The owner's bits, read for group and others: never write for them, never
+    // set-id or sticky bits (which mean nothing on a database).
+    f.set_permissions(std::fs::Permissions::from_mode(old.mode() & MODE_KEPT))
         .map_err(io)?;
     f.sync_all().map_err(io)
 }
+
+/// The permission bits a replacing file keeps of the file it replaces.
+const MODE_KEPT: u32 = 0o744;
 
 /// One parsed value of a fast-path INSERT; text and blob bytes live in `scratch`.
 #[derive(Debug, Clone)]
