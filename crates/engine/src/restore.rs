@@ -1070,7 +1070,8 @@ pub(crate) fn checks_of(m: &Manifest) -> Vec<String> {
     } else {
         "chunk-hashes".to_string()
     }];
-    if m.cipher.is_some() {
+    // SQLCipher 1.x pages carry no MAC: there is no cipher_integrity_check to run.
+    if m.cipher.as_ref().is_some_and(|c| c.compatibility > 1) {
         c.push("cipher_integrity_check".into());
     }
     c.push("integrity_check".into());
