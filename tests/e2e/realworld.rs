@@ -356,3 +356,27 @@ fn an_encrypted_database_with_an_application_collation_restores() {
         "re-encrypted: a salt of its own"
     );
 }
+
+/// By default a page backup of a small database checks its source (`auto`): a damaged
+/// one is warned about and recorded without asking; `never` skips the check, and a dump
+/// snapshot is never checked at backup (its restore loads and checks it).
+#[test]
+fn small_sources_are_checked_by_default() {
+    let w = World::new();
+    let repo = w.s("repo");
+    w.setup(&repo, 64 << 10, false);
+    let gpkg = kit::copy_corpus_db("gdal_rtree.gpkg", w.dir.path());
+    let gpkgs = gpkg.display().to_string();
+    let r = w.run(&["backup", &gpkgs, &repo, "--json"]).ok();
+    assert!(r.stderr.contains("fails integrity_check"), "{}", r.stderr);
+    assert_eq!(r.json()["source_check"]["ok"], false, "{}", r.stdout);
+    let r = w
+        .run(&["backup", &gpkgs, &repo, "--integrity-check", "never", "--json"])
+        .ok();
+    assert!(r.json().get("source_check").is_none(), "{}", r.stdout);
+    assert!(!r.stderr.contains("fails integrity_check"), "{}", r.stderr);
+    let r = w
+        .run(&["backup", &gpkgs, &repo, "--kind", "dump", "--name", "g.sql", "--json"])
+        .ok();
+    assert!(r.json().get("source_check").is_none(), "{}", r.stdout);
+}
