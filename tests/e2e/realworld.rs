@@ -370,6 +370,8 @@ fn small_sources_are_checked_by_default() {
     let r = w.run(&["backup", &gpkgs, &repo, "--json"]).ok();
     assert!(r.stderr.contains("fails integrity_check"), "{}", r.stderr);
     assert_eq!(r.json()["source_check"]["ok"], false, "{}", r.stdout);
+    // stderr is a pipe here (cron mail, journald): plain text, no colour codes.
+    assert!(!r.stderr.contains('\u{1b}'), "{:?}", r.stderr);
     let r = w
         .run(&["backup", &gpkgs, &repo, "--integrity-check", "never", "--json"])
         .ok();

@@ -2111,6 +2111,8 @@ fn main() -> ExitCode {
     });
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: cron mail, journald and log files get text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     let json = wants_json(&cli.cmd);
