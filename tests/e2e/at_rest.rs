@@ -6,36 +6,17 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use rusqlite::Connection;
 
-use crate::support::{World, assert_no_secret};
-
-/// The corpus of real databases: `SQLVAULT_CORPUS`, `../shared/corpus` beside the
-/// checkout, or the project machine's shared directory. Missing is a failure.
-fn corpus() -> PathBuf {
-    let candidates: Vec<PathBuf> = std::env::var_os("SQLVAULT_CORPUS")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            // The e2e tests belong to crates/cli.
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
-            PathBuf::from("/work/shared/corpus"),
-        ])
-        .collect();
-    candidates
-        .iter()
-        .find(|c| c.is_dir())
-        .unwrap_or_else(|| panic!("the corpus of real databases is needed (SQLVAULT_CORPUS, or one of {candidates:?})"))
-        .clone()
-}
+use crate::support::{World, assert_no_secret, kit};
 
 /// A private, writable copy of a corpus file in `dir`.
 fn copy(dir: &Path, name: &str) -> String {
     let to = dir.join(name);
-    std::fs::copy(corpus().join(name), &to).unwrap();
+    std::fs::copy(kit::corpus_dir().join(name), &to).unwrap();
     std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
     to.display().to_string()
 }
@@ -148,26 +129,6 @@ fn audit_with_a_db_key_still_reports_the_plaintext_databases() {
     }
 }
 
-/// Leaves a hot journal beside `db` as a crashed writer does (a small cache spilled
-/// mid-transaction in rollback mode, then the process dies).
-fn crash_a_writer(db: &Path) {
-    Connection::open(db)
-        .unwrap()
-        .execute_batch(
-            "PRAGMA journal_mode=DELETE; CREATE TABLE t(x); WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 500) INSERT INTO t SELECT randomblob(200) FROM s;",
-        )
-        .unwrap();
-    let st = Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import sqlite3, os\nc = sqlite3.connect({:?}, isolation_level=None)\nc.execute('PRAGMA cache_size = 10')\nc.execute('BEGIN')\nc.execute('UPDATE t SET x = zeroblob(200)')\nc.execute('PRAGMA cache_spill = 1')\nc.execute('WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300) INSERT INTO t SELECT randomblob(4000) FROM s')\nos._exit(0)",
-            db.display().to_string()
-        ))
-        .status()
-        .expect("python3 (with its sqlite3 module) is needed to crash a writer");
-    assert!(st.success());
-}
-
 /// Runs sqlvault in a PID namespace of its own, as a backup in a container (or under
 /// another user) runs beside the application: /proc shows it none of the processes
 /// outside.
@@ -259,7 +220,7 @@ fn backup_names_a_crashed_writers_hot_journal() {
     let data = w.path("data");
     std::fs::create_dir(&data).unwrap();
     let db = data.join("crashed.db");
-    crash_a_writer(&db);
+    kit::crash_a_writer(&db);
     let before = listing(&data);
     assert!(before.contains_key("crashed.db-journal"), "{before:?}");
     let s = db.display().to_string();

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 
 use rusqlite::Connection;
 
@@ -106,19 +105,7 @@ fn audit_reports_fixes_permissions_idempotently_and_never_leaves_the_tree() {
 
     // A crash mid-transaction in rollback mode leaves a hot journal.
     let crashed = tree.join("crashed.db");
-    Connection::open(&crashed)
-        .unwrap()
-        .execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x); WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 500) INSERT INTO t SELECT randomblob(200) FROM s;")
-        .unwrap();
-    let st = Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import sqlite3, os\nc = sqlite3.connect({:?}, isolation_level=None)\nc.execute('PRAGMA cache_size = 10')\nc.execute('BEGIN')\nc.execute('UPDATE t SET x = zeroblob(200)')\nc.execute('PRAGMA cache_spill = 1')\nc.execute('WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300) INSERT INTO t SELECT randomblob(4000) FROM s')\nos._exit(0)",
-            crashed.display().to_string()
-        ))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    kit::crash_a_writer(&crashed);
     let journal = tree.join("crashed.db-journal");
     assert!(
         std::fs::metadata(&journal).unwrap().len() > 0,

@@ -15,29 +15,11 @@ use sqlvault_sqlite::{
     decrypt, encrypt, migrate, probe, verify_file, verify_file_with,
 };
 
-/// The corpus of real databases: `SQLVAULT_CORPUS`, `../shared/corpus` beside the
-/// checkout, or the project machine's shared directory. Missing is a failure.
-pub fn corpus() -> PathBuf {
-    let candidates: Vec<PathBuf> = std::env::var_os("SQLVAULT_CORPUS")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
-            PathBuf::from("/work/shared/corpus"),
-        ])
-        .collect();
-    candidates
-        .iter()
-        .find(|c| c.is_dir())
-        .unwrap_or_else(|| panic!("the corpus of real databases is needed (SQLVAULT_CORPUS, or one of {candidates:?})"))
-        .clone()
-}
-
 /// Copies corpus files into `dir` (writable copies), returns the first one's path.
 fn copy(dir: &Path, names: &[&str]) -> PathBuf {
     for n in names {
         let to = dir.join(n);
-        std::fs::copy(corpus().join(n), &to).unwrap();
+        std::fs::copy(sqlvault_testkit::corpus_dir().join(n), &to).unwrap();
         let mut p = std::fs::metadata(&to).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o600);
         std::fs::set_permissions(&to, p).unwrap();
@@ -384,39 +366,11 @@ fn migrate_leaves_a_file_already_in_sqlcipher_4_untouched() {
     assert_eq!(listing(dir.path()), before);
 }
 
-/// Leaves a hot journal beside `db` (rollback mode) as a crashed writer does: a child
-/// process spills a small cache mid-transaction (which syncs the journal header and
-/// writes into the database), then dies without committing or rolling back.
-pub fn crash_a_writer(db: &Path) {
-    Connection::open(db)
-        .unwrap()
-        .execute_batch(
-            "PRAGMA journal_mode=DELETE; CREATE TABLE t(x); WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 500) INSERT INTO t SELECT randomblob(200) FROM s;",
-        )
-        .unwrap();
-    let st = Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import sqlite3, os\nc = sqlite3.connect({:?}, isolation_level=None)\nc.execute('PRAGMA cache_size = 10')\nc.execute('BEGIN')\nc.execute('UPDATE t SET x = zeroblob(200)')\nc.execute('PRAGMA cache_spill = 1')\nc.execute('WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300) INSERT INTO t SELECT randomblob(4000) FROM s')\nos._exit(0)",
-            db.display().to_string()
-        ))
-        .status()
-        .expect("python3 (with its sqlite3 module) is needed to crash a writer");
-    assert!(st.success());
-    let mut j = db.as_os_str().to_os_string();
-    j.push("-journal");
-    assert_eq!(
-        std::fs::read(&j).unwrap()[..4],
-        [0xd9, 0xd5, 0x05, 0xf9],
-        "fixture: a synced journal header"
-    );
-}
-
 #[test]
 fn a_hot_journal_is_named_by_every_read_only_open() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crashed.db");
-    crash_a_writer(&db);
+    sqlvault_testkit::crash_a_writer(&db);
     let before = listing(dir.path());
     let check = |e: SqliteError| {
         let SqliteError::HotJournal { journal, .. } = &e else {

@@ -301,19 +301,7 @@ fn a_huge_statement_is_refused_before_it_fills_memory() {
 /// checksum, and none of their statements comes near the work budget.
 #[test]
 fn real_databases_round_trip_inside_the_fence() {
-    // `../shared/corpus` beside the checkout, or where `SQLVAULT_CORPUS` says, or the
-    // project machine's shared directory (a clean clone for CI may live elsewhere).
-    let candidates: Vec<std::path::PathBuf> = std::env::var_os("SQLVAULT_CORPUS")
-        .map(std::path::PathBuf::from)
-        .into_iter()
-        .chain([
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"),
-            Path::new("/work/shared/corpus").to_path_buf(),
-        ])
-        .collect();
-    let corpus = candidates.iter().find(|c| c.is_dir()).unwrap_or_else(|| {
-        panic!("the corpus of real databases is needed (SQLVAULT_CORPUS, or one of {candidates:?})")
-    });
+    let corpus = sqlvault_testkit::corpus_dir();
     let dir = tempfile::tempdir().unwrap();
     let mut loaded = 0;
     for name in [
