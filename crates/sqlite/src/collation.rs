@@ -55,25 +55,12 @@ fn collate_names(b: &[u8], out: &mut Vec<String>) {
     while i < b.len() {
         let c = b[i];
         match c {
-            b'\'' => {
-                // A string literal ('' escapes a quote); after COLLATE it is the name.
-                let mut lit = Vec::new();
-                i += 1;
-                while i < b.len() {
-                    if b[i] == b'\'' {
-                        if b.get(i + 1) == Some(&b'\'') {
-                            lit.push(b'\'');
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    lit.push(b[i]);
-                    i += 1;
-                }
-                i += 1;
+            // A string literal, or a quoted identifier: after COLLATE, the name.
+            b'\'' | b'"' | b'`' | b'[' => {
+                let (text, next) = quoted(b, i);
+                i = next;
                 if want_name {
-                    out.push(String::from_utf8_lossy(&lit).into_owned());
+                    out.push(String::from_utf8_lossy(&text).into_owned());
                 }
                 want_name = false;
             }
@@ -88,28 +75,6 @@ fn collate_names(b: &[u8], out: &mut Vec<String>) {
                     i += 1;
                 }
                 i += 2;
-            }
-            b'"' | b'`' | b'[' => {
-                let close = if c == b'[' { b']' } else { c };
-                let mut name = Vec::new();
-                i += 1;
-                while i < b.len() {
-                    if b[i] == close {
-                        if close != b']' && b.get(i + 1) == Some(&close) {
-                            name.push(close);
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    name.push(b[i]);
-                    i += 1;
-                }
-                i += 1;
-                if want_name {
-                    out.push(String::from_utf8_lossy(&name).into_owned());
-                }
-                want_name = false;
             }
             c if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 => {
                 let start = i;
@@ -132,6 +97,27 @@ fn collate_names(b: &[u8], out: &mut Vec<String>) {
             }
         }
     }
+}
+
+/// The text of the quoted token that opens at `b[at]` (`'…'`, `"…"`, `` `…` `` with
+/// the closing quote doubled inside, or `[…]` without escapes) and the index after it.
+fn quoted(b: &[u8], at: usize) -> (Vec<u8>, usize) {
+    let close = if b[at] == b'[' { b']' } else { b[at] };
+    let mut text = Vec::new();
+    let mut i = at + 1;
+    while i < b.len() {
+        if b[i] == close {
+            if close != b']' && b.get(i + 1) == Some(&close) {
+                text.push(close);
+                i += 2;
+                continue;
+            }
+            break;
+        }
+        text.push(b[i]);
+        i += 1;
+    }
+    (text, i + 1)
 }
 
 /// Every collation the schema of `conn`'s main database names that is not built in,
