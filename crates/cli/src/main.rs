@@ -1646,13 +1646,13 @@ async fn backup(a: BackupArgs) -> Result<u8, Error> {
         CheckArg::Always => true,
         CheckArg::Never => false,
         CheckArg::Auto => {
-            let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(u64::MAX);
+            let len = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len());
             let mut wal = a.db.as_os_str().to_owned();
             wal.push("-wal");
-            let wal = std::fs::metadata(std::path::Path::new(&wal))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            !dump && size(&a.db).saturating_add(wal) <= AUTO_CHECK_MAX
+            let size = len(&a.db)
+                .unwrap_or(u64::MAX)
+                .saturating_add(len(std::path::Path::new(&wal)).unwrap_or(0));
+            !dump && size <= AUTO_CHECK_MAX
         }
     };
     let opts = sqlvault_engine::BackupOptions::default()

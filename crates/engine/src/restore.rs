@@ -327,18 +327,18 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
         None => tmp,
         Some(u) => {
             let enc = temp_in(&dir, &dest, ".enc.tmp")?;
-            let (m2, accepted) = (m.clone(), !source_problems.is_empty());
+            let (want, short, accepted) = (m.logical_checksum.clone(), m.id.short(), !source_problems.is_empty());
             tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
                 match sqlvault_sqlite::encrypt_image(tmp.path(), enc.path(), &u)? {
                     Some(rep) => {
-                        let sum_ok = hex::encode(rep.logical_checksum) == m2.logical_checksum;
+                        let sum_ok = hex::encode(rep.logical_checksum) == want;
                         if !sum_ok || (!rep.problems.is_empty() && !accepted) {
                             return Err(Error::new(
                                 ErrorKind::Integrity,
                                 "verify.integrity-check",
                                 format!(
                                     "snapshot {}: the re-encrypted database does not verify{}",
-                                    m2.id.short(),
+                                    short,
                                     rep.problems.first().map(|p| format!(": {p}")).unwrap_or_default()
                                 ),
                             ));
