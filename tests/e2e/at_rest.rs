@@ -165,19 +165,13 @@ fn a_live_writers_journal_is_not_hot_even_when_the_writer_is_out_of_sight() {
         .unwrap();
     // A writer mid-transaction, its cache spilled (a synced journal header, pages
     // written to the database), alive and waiting to commit.
-    let mut writer = Command::new("python3")
-        .arg("-c")
-        .arg(format!(
+    let mut writer = kit::python_ready(
+        &format!(
             "import sqlite3, sys\nc = sqlite3.connect({:?}, isolation_level=None)\nc.execute('PRAGMA cache_size = 10')\nc.execute('BEGIN')\nc.execute('UPDATE t SET x = zeroblob(200)')\nc.execute('WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300) INSERT INTO t SELECT randomblob(4000) FROM s')\nprint('ready', flush=True)\nsys.stdin.readline()\nc.execute('COMMIT')",
             db.display().to_string()
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 (with its sqlite3 module) is needed for a live writer");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(writer.stdout.take().unwrap()), &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+        ),
+        &[],
+    );
     let journal = data.join("live.db-journal");
     assert_eq!(
         std::fs::read(&journal).unwrap()[..4],

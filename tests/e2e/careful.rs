@@ -2,10 +2,9 @@
 //! share a file name, restore and verify without a name, `restore --force` onto a
 //! database in use, and prune's grace period.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use crate::support::*;
 
@@ -247,19 +246,10 @@ struct Holder(Child);
 
 impl Holder {
     fn open(db: &str) -> Holder {
-        let mut c = Command::new("python3")
-            .args([
-                "-c",
-                "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1])\nc.execute('select count(*) from sqlite_master').fetchall()\nprint('ready',flush=True)\ntime.sleep(600)",
-                db,
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-        Holder(c)
+        Holder(kit::python_ready(
+            "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1])\nc.execute('select count(*) from sqlite_master').fetchall()\nprint('ready',flush=True)\ntime.sleep(600)",
+            &[db],
+        ))
     }
     fn pid(&self) -> u32 {
         self.0.id()

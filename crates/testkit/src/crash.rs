@@ -37,3 +37,25 @@ pub fn crash_a_writer(db: &Path) {
         "fixture: a synced journal header"
     );
 }
+
+/// Runs `python3 -c script args…` with piped stdin and stdout, and returns once the
+/// script has printed its first line, which must be `ready`: a process that holds a
+/// database (open, or mid-transaction) for as long as the test needs. Its stdin stays
+/// the test's to write to or close.
+pub fn python_ready(script: &str, args: &[&str]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (with its sqlite3 module) is needed to hold a database");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("read the script's first line");
+    assert_eq!(line.trim(), "ready", "the script did not start");
+    child
+}

@@ -15,7 +15,7 @@ mod crash;
 mod flaky;
 mod tricky;
 pub use corpus::{CorpusDb, copy_corpus_db, corpus, corpus_dir};
-pub use crash::{JOURNAL_MAGIC, crash_a_writer};
+pub use crash::{JOURNAL_MAGIC, crash_a_writer, python_ready};
 pub use flaky::{FlakyStore, flaky_store};
 pub use tricky::{TRICKY_REALS, TrickyOptions, tricky};
 

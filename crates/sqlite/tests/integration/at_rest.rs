@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -146,19 +145,13 @@ fn auditing_writes_nothing_beside_any_database() {
     let app = dir.path().join("app");
     std::fs::create_dir(&app).unwrap();
     let a = app.join("app.db");
-    let mut holder = Command::new("python3")
-        .arg("-c")
-        .arg(format!(
+    let mut holder = sqlvault_testkit::python_ready(
+        &format!(
             "import sqlite3, sys\nc = sqlite3.connect({:?}, isolation_level=None)\nc.execute('PRAGMA journal_mode=WAL')\nc.execute('PRAGMA wal_autocheckpoint=0')\nc.execute('CREATE TABLE t(x)')\nc.execute('INSERT INTO t VALUES (randomblob(5000))')\nprint('ready', flush=True)\nsys.stdin.read()",
             a.display().to_string()
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 (with its sqlite3 module) is needed to hold a database open");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+        ),
+        &[],
+    );
     let before = listing(&app);
     assert_eq!(before.len(), 3, "{before:?}");
     let r = audit(&app, None);
