@@ -13,7 +13,7 @@ use sqlvault_engine::crypt::{Identities, Recipient};
 use sqlvault_engine::format::Manifest;
 use sqlvault_engine::sqlite::{AtRest, CipherSettings, ConvertOptions, DbKey, Unlock};
 use sqlvault_engine::store::Store;
-use sqlvault_engine::{Access, Error, ErrorKind, InitKeys, Repo, Trust};
+use sqlvault_engine::{Access, Error, ErrorKind, InitKeys, Repo, Session, Trust};
 
 // Text output. Names, paths and messages printed here come from repositories (a write
 // key chooses a snapshot's database name, host and source path), from databases and
@@ -832,31 +832,57 @@ fn access(keys: &ReadKeys, required: bool) -> Result<Option<Access>, Error> {
 
 /// Every store this command opened: `--json` output reports the requests the whole
 /// command made (opening included), by kind.
-static OPENED: std::sync::Mutex<Vec<Store>> = std::sync::Mutex::new(Vec::new());
+static SESSION: std::sync::OnceLock<Session> = std::sync::OnceLock::new();
+
+/// The engine session of this run, built by `main` from the environment: the one
+/// place the binary turns `SQLVAULT_HOME`, `XDG_CONFIG_HOME`, `HOME`, `TMPDIR`,
+/// `SQLVAULT_HOST` and `SQLVAULT_REPO_FINGERPRINT` into values.
+fn session() -> &'static Session {
+    SESSION.get().expect("main builds the session before running a command")
+}
+
+/// The local state directory: `$SQLVAULT_HOME`, else `$XDG_CONFIG_HOME/sqlvault`,
+/// else `~/.config/sqlvault`.
+fn state_dir() -> PathBuf {
+    if let Some(h) = std::env::var_os("SQLVAULT_HOME") {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME") {
+        return PathBuf::from(x).join("sqlvault");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".config").join("sqlvault")
+}
+
+fn build_session(host: Option<String>) -> Result<Session, Error> {
+    Session::builder(state_dir())
+        .temp_dir(std::env::temp_dir())
+        .host(host)
+        .fingerprint(std::env::var("SQLVAULT_REPO_FINGERPRINT").ok())
+        .build()
+}
 
 fn store(url: &str) -> Result<Store, Error> {
     opened(Store::from_url(url)?)
 }
 
 fn opened(s: Store) -> Result<Store, Error> {
-    OPENED.lock().unwrap_or_else(|e| e.into_inner()).push(s.clone());
+    session().register(&s);
     Ok(s)
 }
 
 /// Opens `url` for an operation that hands out the repository's keys or re-encrypts
 /// its data: refused on a location this host never pinned, without the fingerprint.
 async fn open_pinned(url: &str, acc: Access) -> Result<Repo, Error> {
-    Repo::open_read_trusting(store(url)?, acc, Trust::from_env().with_require_pinned(true)).await
+    Repo::open_read_trusting(session(), store(url)?, acc, Trust::default().with_require_pinned(true)).await
 }
 
 /// Requests made by this command so far, over every store it opened.
 fn command_requests() -> sqlvault_engine::store::RequestCounts {
-    OPENED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(Store::stats)
-        .sum()
+    // No session when its own settings were refused: no request was made.
+    SESSION.get().map(Session::requests).unwrap_or_default()
 }
 
 fn time_str(ms: i64) -> String {
@@ -952,7 +978,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Copy(a) => copy(a).await,
         Cmd::Drill(a) => drill(a).await,
         Cmd::Prune(a) => {
-            let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
+            let repo = Repo::open(session(), store(&a.repo)?, access(&a.keys, false)?).await?;
             let opts = prune_options(a.dry_run, a.grace, a.repack_below, a.no_running_backups)?
                 .with_reset_damaged_state(a.reset_damaged_state);
             let rep = sqlvault_engine::prune(&repo, &opts).await?;
@@ -984,7 +1010,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         Cmd::Key(KeyCmd::Add(a)) => key_change(a, true).await,
         Cmd::Key(KeyCmd::Remove(a)) => key_change(a, false).await,
         Cmd::Key(KeyCmd::List(a)) => {
-            let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
+            let repo = Repo::open(session(), store(&a.repo)?, access(&a.keys, false)?).await?;
             if a.json {
                 print_json(&json!({"generation": repo.generation(), "recipients": repo.recipients()}));
             } else {
@@ -1041,7 +1067,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
                 }
                 InitKeys::Recipients(rs)
             };
-            let rep = Repo::init(&s, keys).await?;
+            let rep = Repo::init(session(), &s, keys).await?;
             if a.json {
                 print_json(
                     &json!({"repo_id": rep.repo_id, "fingerprint": rep.fingerprint, "recipients": rep.recipients}),
@@ -1072,7 +1098,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         }
         Cmd::Backup(a) => backup(a).await,
         Cmd::Snapshots(a) => {
-            let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
+            let repo = Repo::open(session(), store(&a.repo)?, access(&a.keys, false)?).await?;
             let snaps: Vec<Manifest> = repo
                 .snapshots()
                 .await?
@@ -1119,7 +1145,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         }
         Cmd::Restore(a) => {
             let acc = access(&a.keys, true)?.expect("required");
-            let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            let repo = Repo::open_read(session(), store(&a.repo)?, acc).await?;
             let m = repo.find_snapshot(a.snapshot.as_deref(), a.name.as_deref()).await?;
             let db_key = read_db_key(
                 a.db_key_file.as_ref(),
@@ -1165,7 +1191,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         }
         Cmd::Verify(a) => {
             let acc = access(&a.keys, true)?.expect("required");
-            let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            let repo = Repo::open_read(session(), store(&a.repo)?, acc).await?;
             // With --all, a manifest the repository wrote that is damaged fails the
             // verification (after the others are verified); junk is only warned about.
             let mut damage = None;
@@ -1257,7 +1283,7 @@ async fn run(cmd: Cmd) -> Result<u8, Error> {
         }
         Cmd::Check(a) => {
             let acc = access(&a.keys, true)?.expect("required");
-            let repo = Repo::open_read(store(&a.repo)?, acc).await?;
+            let repo = Repo::open_read(session(), store(&a.repo)?, acc).await?;
             let rep = sqlvault_engine::check(
                 &repo,
                 sqlvault_engine::CheckOptions::default().with_read_data(a.read_data),
@@ -1299,7 +1325,8 @@ fn dump(a: DumpArgs) -> Result<u8, Error> {
     let opts = sqlvault_engine::DumpOptions::default()
         .with_busy_timeout(busy(a.busy_timeout)?)
         .with_force(a.force)
-        .with_unlock(source_unlock(&a.db, &a.db_key)?);
+        .with_unlock(source_unlock(&a.db, &a.db_key)?)
+        .with_temp_dir(Some(session().temp_dir().to_path_buf()));
     match &a.output {
         None => {
             sqlvault_engine::dump_to_writer(&a.db, std::io::stdout().lock(), &opts)?;
@@ -1559,7 +1586,7 @@ async fn audit(a: AuditArgs) -> Result<u8, Error> {
     let repo = match &a.repo {
         Some(url) => {
             let acc = access(&a.keys, true)?.expect("required");
-            Some(Repo::open_read(store(url)?, acc).await?)
+            Some(Repo::open_read(session(), store(url)?, acc).await?)
         }
         None => None,
     };
@@ -1569,7 +1596,7 @@ async fn audit(a: AuditArgs) -> Result<u8, Error> {
         .with_unlock(unlock)
         .with_repo(repo, a.names.clone())
         .with_max_ages(a.max_snapshot_age, a.max_verify_age);
-    let mut rep = sqlvault_engine::audit(req).await?;
+    let mut rep = sqlvault_engine::audit(session(), req).await?;
     rep.findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let worst = rep.worst();
     let code = match worst {
@@ -1681,7 +1708,7 @@ async fn backup(a: BackupArgs) -> Result<u8, Error> {
         )
     };
     if a.repos.len() == 1 {
-        let repo = Repo::open_write(store(&a.repos[0])?).await?;
+        let repo = Repo::open_write(session(), store(&a.repos[0])?).await?;
         let rep = sqlvault_engine::backup(&repo, &a.db, opts).await?;
         warn_source_check(&a.db, &rep);
         if a.json {
@@ -1694,7 +1721,7 @@ async fn backup(a: BackupArgs) -> Result<u8, Error> {
     // Several destinations: each opened, written and reported on its own.
     let opened = futures::future::join_all(a.repos.iter().map(|url| async move {
         let s = store(url)?;
-        Repo::open_write(s).await
+        Repo::open_write(session(), s).await
     }))
     .await;
     let mut repos = Vec::new();
@@ -1850,12 +1877,12 @@ async fn drill(a: DrillArgs) -> Result<u8, Error> {
         .with_record_in_repo(a.record)
         .with_scratch(a.scratch)
         .with_log(a.log);
-    let opened = async { Repo::open_read(store(&a.repo)?, access(&a.keys, true)?.expect("required")).await };
+    let opened = async { Repo::open_read(session(), store(&a.repo)?, access(&a.keys, true)?.expect("required")).await };
     let repo = match opened.await {
         Ok(r) => r,
         Err(e) => {
             // The log shows a drill that could not even start.
-            sqlvault_engine::append_drill_failure(&opts.log_path(), &a.repo, &e);
+            sqlvault_engine::append_drill_failure(&opts.log_path(session()), session().host(), &a.repo, &e);
             return Err(e);
         }
     };
@@ -1897,8 +1924,8 @@ async fn drill(a: DrillArgs) -> Result<u8, Error> {
 
 async fn copy(a: CopyArgs) -> Result<u8, Error> {
     let acc = access(&a.keys, true)?.expect("required");
-    let src = Repo::open_read(store(&a.src)?, acc).await?;
-    let dst = Repo::open_write(store(&a.dst)?).await?;
+    let src = Repo::open_read(session(), store(&a.src)?, acc).await?;
+    let dst = Repo::open_write(session(), store(&a.dst)?).await?;
     let opts = sqlvault_engine::CopyOptions::default()
         .with_snapshots(a.snapshots)
         .with_name(a.name);
@@ -1928,7 +1955,7 @@ async fn copy(a: CopyArgs) -> Result<u8, Error> {
 }
 
 async fn forget(a: ForgetArgs) -> Result<u8, Error> {
-    let repo = Repo::open(store(&a.repo)?, access(&a.keys, false)?).await?;
+    let repo = Repo::open(session(), store(&a.repo)?, access(&a.keys, false)?).await?;
     let policy = sqlvault_engine::retention::Policy::new()
         .with_last(a.keep_last)
         .with_hourly(a.keep_hourly)
@@ -2124,10 +2151,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let host = match &cli.host {
-        Some(h) => sqlvault_engine::evidence::set_host(h),
-        None => Ok(()),
-    };
+    let host = build_session(cli.host.clone()).map(|s| {
+        let _ = SESSION.set(s);
+    });
     match host.and_then(|()| rt.block_on(run(cli.cmd))) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

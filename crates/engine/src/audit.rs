@@ -12,6 +12,7 @@ use sqlvault_sqlite::{AuditOptions, AuditReport, Auditor, Finding, Severity, Unl
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::{Repo, escape_name, now_ms};
+use crate::session::Session;
 
 /// What to audit.
 #[derive(Debug)]
@@ -73,7 +74,8 @@ impl AuditRequest {
 }
 
 /// Runs the audit.
-pub async fn audit(req: AuditRequest) -> Result<AuditReport> {
+pub async fn audit(session: &Session, req: AuditRequest) -> Result<AuditReport> {
+    let home = session.state_dir().to_path_buf();
     let AuditRequest {
         paths,
         fix,
@@ -94,7 +96,6 @@ pub async fn audit(req: AuditRequest) -> Result<AuditReport> {
             ..AuditOptions::default()
         });
         a.linked_library();
-        let home = crate::local::home();
         if home.is_dir() {
             a.private_tree(
                 &home,

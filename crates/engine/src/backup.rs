@@ -182,11 +182,8 @@ pub struct BackupReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_check: Option<sqlvault_format::SourceCheck>,
     /// Store requests by kind.
-    pub requests: Requests,
+    pub requests: crate::Requests,
 }
-
-/// Request counts for reports: the store's counters, serialisable.
-pub type Requests = RequestCounts;
 
 /// Consecutive chunks for a worker: pages of the page size when `lens` is empty,
 /// else chunks of those lengths (dumps). `first_pgno` is the 1-based ordinal of the
@@ -223,6 +220,8 @@ struct Shared {
     abort: AtomicBool,
     page_size: AtomicU64,
     opts: BackupOptions,
+    /// The first destination's session: temporary directory, cancellation, progress.
+    session: crate::Session,
     rt: tokio::runtime::Handle,
 }
 
@@ -487,7 +486,11 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
             .unwrap_or_else(|| "database".into())
     });
     let kind = opts.kind;
-    let source = crate::names::SourceId::local(&db);
+    let Some(first) = repos.first() else {
+        return Ok(Vec::new());
+    };
+    first.session.ensure_temp_dir()?;
+    let source = crate::names::SourceId::local(first.session.host(), &db);
 
     let befores: Vec<RequestCounts> = repos.iter().map(|r| r.store.stats()).collect();
     let adopt = opts.adopt_name;
@@ -528,6 +531,7 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
         abort: AtomicBool::new(false),
         page_size: AtomicU64::new(0),
         opts: opts.clone(),
+        session: first.session.clone(),
         rt: tokio::runtime::Handle::current(),
     });
 
@@ -690,12 +694,13 @@ async fn prepare(
     let repo_id = repo.repo_id.clone();
     let (mut known, parent) = {
         let (rid, n) = (repo_id.clone(), name.to_string());
+        let home = repo.session.state_dir().to_path_buf();
         tokio::task::spawn_blocking(move || {
             let parent = match kind {
-                BackupKind::Pages => ParentCache::load(&rid, &n).map(Parent::Pages),
-                BackupKind::Dump => SeqParent::load(&rid, &n).map(Parent::Dump),
+                BackupKind::Pages => ParentCache::load(&home, &rid, &n).map(Parent::Pages),
+                BackupKind::Dump => SeqParent::load(&home, &rid, &n).map(Parent::Dump),
             };
-            (KnownChunks::load(&rid), parent)
+            (KnownChunks::load(&home, &rid), parent)
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "internal", "cache loader panicked").with_source(e))?
@@ -891,7 +896,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         }
         .into(),
         created_ms: now_ms(),
-        host: crate::evidence::hostname(),
+        host: repo.session.host().to_string(),
         source_path: db.canonicalize().unwrap_or(db.clone()).display().to_string(),
         page_size: info.page_size,
         page_count: info.page_count,
@@ -957,11 +962,12 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
     let page_size = info.page_size;
     let n = name.clone();
     let packs_new = pack_ids.len() as u64;
+    let home = repo.session.state_dir().to_path_buf();
     let cache_result = tokio::task::spawn_blocking(move || -> Result<()> {
-        known.save(&rid)?;
+        known.save(&home, &rid)?;
         match table_for_cache {
-            CacheTable::Pages(pages) => ParentCache::save(&rid, &n, snapshot_id, &maps, page_size, &pages),
-            CacheTable::Dump(seq) => SeqParent::save(&rid, &n, snapshot_id, &maps, &seq),
+            CacheTable::Pages(pages) => ParentCache::save(&home, &rid, &n, snapshot_id, &maps, page_size, &pages),
+            CacheTable::Dump(seq) => SeqParent::save(&home, &rid, &n, snapshot_id, &maps, &seq),
         }
     })
     .await
@@ -985,7 +991,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         page_size: info.page_size,
         page_count: info.page_count,
         journal_mode: info.journal_mode,
-        method: crate::logical::method_name(method).into(),
+        method: method_name(method).into(),
         parent: parent_id.map(|p| p.to_string()),
         map_kind: map_kind.into(),
         seconds: started.elapsed().as_secs_f64(),
@@ -1116,7 +1122,8 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> (Result<SnapO
         .with_busy_timeout(shared.opts.busy_timeout)
         .with_force_backup_copy(shared.opts.force_backup_copy)
         .with_unlock(shared.opts.unlock.clone())
-        .with_integrity_check(shared.opts.integrity_check);
+        .with_integrity_check(shared.opts.integrity_check)
+        .with_temp_dir(shared.session.temp_dir().to_path_buf());
     let snap = match shared.opts.kind {
         BackupKind::Pages => read_pages(&shared, db, src_opts, &tx),
         BackupKind::Dump => read_dump(&shared, db, src_opts, &tx),
@@ -1275,4 +1282,13 @@ fn read_dump(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Syn
         tracing::debug!("dump stopped after a worker failure: {}", e.one_line());
     }
     r
+}
+
+/// How a snapshot was read, as reports and manifests name it.
+pub(crate) fn method_name(m: sqlvault_sqlite::SnapshotMethod) -> &'static str {
+    match m {
+        sqlvault_sqlite::SnapshotMethod::DbPage => "dbpage",
+        sqlvault_sqlite::SnapshotMethod::BackupCopy => "backup-copy",
+        _ => "read-transaction",
+    }
 }

@@ -10,9 +10,9 @@ use serde::Serialize;
 use sqlvault_compress::FrameDecompressor;
 use sqlvault_format::{ChunkId, IndexEntry, ObjectId, decode_pack_trailer, layout};
 
-use crate::backup::Requests;
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Repo;
+use crate::session::Requests;
 
 /// Options for [`check`].
 #[derive(Debug, Clone, Default)]

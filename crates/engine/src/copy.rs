@@ -213,7 +213,8 @@ async fn select(src: &Repo, opts: &CopyOptions) -> Result<Vec<Manifest>> {
 
 async fn load_map(dst: &Repo, src: &Repo) -> Result<CopyMap> {
     let (d, s, keys) = (dst.repo_id.clone(), src.repo_id.clone(), dst.keys.clone());
-    tokio::task::spawn_blocking(move || CopyMap::load(&d, &s, &keys))
+    let home = dst.session.state_dir().to_path_buf();
+    tokio::task::spawn_blocking(move || CopyMap::load(&home, &d, &s, &keys))
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "internal", "copy map loader panicked").with_source(e))
 }
@@ -222,8 +223,9 @@ async fn load_map(dst: &Repo, src: &Repo) -> Result<CopyMap> {
 async fn save_map(map: &mut CopyMap, dst: &Repo, src: &Repo) {
     let mut owned = std::mem::take(map);
     let (d, s, keys) = (dst.repo_id.clone(), src.repo_id.clone(), dst.keys.clone());
+    let home = dst.session.state_dir().to_path_buf();
     let r = tokio::task::spawn_blocking(move || {
-        let r = owned.save(&d, &s, &keys);
+        let r = owned.save(&home, &d, &s, &keys);
         (owned, r)
     })
     .await;

@@ -17,9 +17,10 @@ use sqlvault_format::Manifest;
 use sqlvault_sqlite::DbKey;
 
 use crate::error::{Error, ErrorKind, Result, io_err};
-use crate::evidence::{Evidence, hostname};
+use crate::evidence::Evidence;
 use crate::repo::{Repo, Skipped, now_ms};
 use crate::restore::{RestoreOptions, checks_of, restore_snapshot};
+use crate::session::Session;
 
 /// Options for [`drill`].
 #[derive(Debug, Clone, Default)]
@@ -65,11 +66,12 @@ impl DrillOptions {
         self
     }
 
-    /// The log this drill appends to.
-    pub fn log_path(&self) -> PathBuf {
+    /// The log this drill appends to: the one set, else `drill.jsonl` in the
+    /// session's state directory.
+    pub fn log_path(&self, session: &Session) -> PathBuf {
         self.log
             .clone()
-            .unwrap_or_else(|| crate::local::home().join("drill.jsonl"))
+            .unwrap_or_else(|| session.state_dir().join("drill.jsonl"))
     }
 }
 
@@ -122,11 +124,11 @@ pub struct DrillReport {
 /// source, so that no database goes unchecked behind another's newer snapshot.
 pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
     repo.require_data_access("a restore drill")?;
-    let log = opts.log_path();
+    let log = opts.log_path(&repo.session);
     let (snaps, skipped) = match repo.snapshots_checked().await {
         Ok(s) => s,
         Err(e) => {
-            append_failure(&log, repo.store.describe(), &e);
+            append_failure(&log, repo.session.host(), repo.store.describe(), &e);
             return Err(e);
         }
     };
@@ -141,7 +143,7 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
     if newest.is_empty()
         && let Some(e) = damage.take()
     {
-        append_failure(&log, repo.store.describe(), &e);
+        append_failure(&log, repo.session.host(), repo.store.describe(), &e);
         return Err(e);
     }
     if newest.is_empty() {
@@ -153,15 +155,18 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
                 None => format!("no snapshots in {}", repo.store.describe()),
             },
         );
-        append_failure(&log, repo.store.describe(), &e);
+        append_failure(&log, repo.session.host(), repo.store.describe(), &e);
         return Err(e);
     }
-    let scratch = opts.scratch.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = match sqlvault_sqlite::scratch_dir(&scratch, "drill") {
+    let made = match &opts.scratch {
+        Some(s) => sqlvault_sqlite::scratch_dir(s, "drill")
+            .map_err(|e| io_err(format!("cannot create a scratch directory in {}", s.display()), e)),
+        None => repo.session.scratch("drill"),
+    };
+    let dir = match made {
         Ok(d) => d,
         Err(e) => {
-            let e = io_err(format!("cannot create a scratch directory in {}", scratch.display()), e);
-            append_failure(&log, repo.store.describe(), &e);
+            append_failure(&log, repo.session.host(), repo.store.describe(), &e);
             return Err(e);
         }
     };
@@ -183,7 +188,7 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
         records.push(rec);
     }
     if let Some(e) = damage {
-        append_failure(&log, repo.store.describe(), &e);
+        append_failure(&log, repo.session.host(), repo.store.describe(), &e);
         keep_worst(&mut failure, e);
     }
     Ok(DrillReport {
@@ -256,7 +261,7 @@ async fn drill_one(repo: &Repo, m: &Manifest, dir: &Path, opts: &DrillOptions) -
             code: err.as_ref().map(|e| e.code().to_string()),
             restore_seconds,
             check_seconds,
-            host: hostname(),
+            host: repo.session.host().to_string(),
         },
         repo: repo.store.describe().to_string(),
         source_host: m.host.clone(),
@@ -319,7 +324,7 @@ fn append(log: &Path, rec: &impl Serialize) -> Result<()> {
 /// A drill that failed before any snapshot was restored (the repository could not be
 /// opened or listed) still leaves its line in the log: the missing line would be the
 /// only sign otherwise.
-pub fn append_failure(log: &Path, repo: &str, e: &Error) {
+pub fn append_failure(log: &Path, host: &str, repo: &str, e: &Error) {
     #[derive(Serialize)]
     struct Failed<'a> {
         kind: &'static str,
@@ -337,7 +342,7 @@ pub fn append_failure(log: &Path, repo: &str, e: &Error) {
         ok: false,
         code: e.code(),
         error: e.one_line(),
-        host: hostname(),
+        host: host.to_string(),
     };
     if let Err(err) = append(log, &line) {
         tracing::warn!("{}", err.one_line());

@@ -30,6 +30,8 @@ pub enum ErrorKind {
     /// source was already damaged (or is judged by a stricter SQLite) when it was
     /// backed up.
     SourceDamaged,
+    /// The session's [`crate::Cancel`] flag was raised; nothing was committed after it.
+    Cancelled,
     /// A bug: an invariant of sqlvault itself did not hold.
     Internal,
 }

@@ -14,6 +14,7 @@ use sqlvault_format::{ObjectId, layout};
 
 use crate::error::{ErrorKind, Result, corrupt};
 use crate::repo::{MAX_SMALL_OBJECT, Repo, Skipped, escape_name, too_large};
+pub use crate::session::{MAX_HOST_LEN, check_host};
 
 /// One verification of one snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,64 +42,6 @@ pub struct Evidence {
     pub check_seconds: f64,
     /// Host that ran it.
     pub host: String,
-}
-
-/// The host identity set for this process ([`set_host`]).
-static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// The longest host identity (a DNS name's limit).
-pub const MAX_HOST_LEN: usize = 253;
-
-/// Checks a host identity (`--host`, `SQLVAULT_HOST`): 1 to [`MAX_HOST_LEN`] printable
-/// ASCII characters, no spaces.
-pub fn check_host(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > MAX_HOST_LEN || !name.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(crate::error::Error::new(
-            ErrorKind::Usage,
-            "usage.bad-host",
-            format!(
-                "host identity {:?} (--host or SQLVAULT_HOST) must be 1 to {MAX_HOST_LEN} printable ASCII characters without spaces",
-                name.chars().take(80).collect::<String>()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Sets the host identity this process records in manifests, name claims and
-/// evidence (instead of the machine's host name): for hosts whose name changes at
-/// every run, such as a container or a Kubernetes CronJob's pods. Checked by
-/// [`check_host`]; the first identity set stays.
-pub fn set_host(name: &str) -> Result<()> {
-    check_host(name)?;
-    let _ = HOST.set(name.to_string());
-    Ok(())
-}
-
-/// This host's identity, as manifests, name claims, retention groups and evidence
-/// record it: the one set by [`set_host`], else a valid `SQLVAULT_HOST`, else the
-/// machine's host name.
-pub(crate) fn hostname() -> String {
-    if let Some(h) = HOST.get() {
-        return h.clone();
-    }
-    match std::env::var("SQLVAULT_HOST") {
-        Ok(h) if check_host(&h).is_ok() => h,
-        _ => machine_hostname(),
-    }
-}
-
-/// The machine's host name (`gethostname`): what a prune lock records, whose process
-/// id only means something on this machine.
-pub(crate) fn machine_hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if r != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// Writes one evidence record; returns its object key.

@@ -100,7 +100,7 @@ pub async fn change_recipients(repo: &Repo, add: &[Recipient], remove: &[String]
     let signer_pub = if changed {
         old_admin.as_ref().map(AdminKey::public_hex)
     } else {
-        WriteKey::load(&repo.repo_id)?.and_then(|wk| wk.set_signer)
+        WriteKey::load(repo.session.state_dir(), &repo.repo_id)?.and_then(|wk| wk.set_signer)
     };
     let generation = if changed { cfg.generation + 1 } else { cfg.generation };
     // Every change rotates the admin key: whoever could open the config until now (a
@@ -138,20 +138,20 @@ pub async fn change_recipients(repo: &Repo, add: &[Recipient], remove: &[String]
     if let Some(signed) = &published {
         publish_set(repo, signed).await?;
     }
-    if let Some(mut wk) = WriteKey::load(&repo.repo_id)? {
+    if let Some(mut wk) = WriteKey::load(repo.session.state_dir(), &repo.repo_id)? {
         wk.recipients = set.clone();
         wk.generation = generation;
         wk.admin_pub = Some(admin.public_hex());
         wk.set_signer = signer_pub;
-        wk.save()?;
+        wk.save(repo.session.state_dir())?;
     }
-    if let Some(pin) = local::LocationPin::load(repo.store.location())? {
+    if let Some(pin) = local::LocationPin::load(repo.session.state_dir(), repo.store.location())? {
         local::LocationPin {
             generation,
             admin_pub: Some(admin.public_hex()),
             ..pin
         }
-        .save()?;
+        .save(repo.session.state_dir())?;
     }
     Ok(KeyChange {
         generation,
@@ -221,7 +221,8 @@ pub async fn rewrap(repo: &Repo, mut progress: impl FnMut(usize, usize)) -> Resu
             "the recipients changed while this command ran; run it again",
         ));
     }
-    let journal_path = local::repo_dir(&repo.repo_id).join(format!("rewrap-g{}", cfg.generation));
+    let journal_path =
+        local::repo_dir(repo.session.state_dir(), &repo.repo_id).join(format!("rewrap-g{}", cfg.generation));
     let done: HashSet<String> = std::fs::read_to_string(&journal_path)
         .map(|s| s.lines().map(str::to_string).collect())
         .unwrap_or_default();

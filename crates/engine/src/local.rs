@@ -1,4 +1,5 @@
-//! Host-local state under `$SQLVAULT_HOME` (default `$XDG_CONFIG_HOME/sqlvault` or
+//! Host-local state under the session's state directory ([`crate::Session::state_dir`];
+//! the `sqlvault` binary uses `$SQLVAULT_HOME`, else `$XDG_CONFIG_HOME/sqlvault` or
 //! `~/.config/sqlvault`):
 //!
 //! ```text
@@ -23,22 +24,8 @@ use sqlvault_format::{ChunkId, ChunkSeq, MapRef, ObjectId, RepoSecret};
 
 use crate::error::{Error, ErrorKind, Result, io_err};
 
-/// The local state directory.
-pub fn home() -> PathBuf {
-    if let Some(h) = std::env::var_os("SQLVAULT_HOME") {
-        return PathBuf::from(h);
-    }
-    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME") {
-        return PathBuf::from(x).join("sqlvault");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".config").join("sqlvault")
-}
-
-pub(crate) fn repo_dir(repo_id: &str) -> PathBuf {
-    home().join("repos").join(repo_id)
+pub(crate) fn repo_dir(home: &Path, repo_id: &str) -> PathBuf {
+    home.join("repos").join(repo_id)
 }
 
 pub(crate) fn mkdir_private(p: &Path) -> Result<()> {
@@ -110,12 +97,12 @@ impl std::fmt::Debug for WriteKey {
 }
 
 impl WriteKey {
-    pub(crate) fn path(repo_id: &str) -> PathBuf {
-        repo_dir(repo_id).join("write-key.json")
+    pub(crate) fn path(home: &Path, repo_id: &str) -> PathBuf {
+        repo_dir(home, repo_id).join("write-key.json")
     }
 
-    pub(crate) fn load(repo_id: &str) -> Result<Option<WriteKey>> {
-        let p = Self::path(repo_id);
+    pub(crate) fn load(home: &Path, repo_id: &str) -> Result<Option<WriteKey>> {
+        let p = Self::path(home, repo_id);
         let Some(b) = read_own_private(&p)? else {
             return Ok(None);
         };
@@ -137,9 +124,9 @@ impl WriteKey {
         Ok(Some(wk))
     }
 
-    pub(crate) fn save(&self) -> Result<()> {
+    pub(crate) fn save(&self, home: &Path) -> Result<()> {
         write_private(
-            &Self::path(&self.repo_id),
+            &Self::path(home, &self.repo_id),
             &serde_json::to_vec_pretty(self).expect("serialises"),
         )
     }
@@ -180,19 +167,19 @@ pub(crate) struct LocationPin {
 }
 
 /// Where the pin of `location` is kept.
-pub(crate) fn location_pin_path(location: &str) -> PathBuf {
-    location_path(location)
+pub(crate) fn location_pin_path(home: &Path, location: &str) -> PathBuf {
+    location_path(home, location)
 }
 
-fn location_path(location: &str) -> PathBuf {
+fn location_path(home: &Path, location: &str) -> PathBuf {
     let h = blake3::hash(location.as_bytes());
-    home().join("locations").join(&h.to_hex()[..32])
+    home.join("locations").join(&h.to_hex()[..32])
 }
 
 impl LocationPin {
     /// The pin of `location`, if this host has one.
-    pub(crate) fn load(location: &str) -> Result<Option<LocationPin>> {
-        let p = location_path(location);
+    pub(crate) fn load(home: &Path, location: &str) -> Result<Option<LocationPin>> {
+        let p = location_path(home, location);
         let bytes = match read_own_private(&p)? {
             Some(b) => b,
             None => return Ok(None),
@@ -218,9 +205,9 @@ impl LocationPin {
         Ok(Some(pin))
     }
 
-    pub(crate) fn save(&self) -> Result<()> {
+    pub(crate) fn save(&self, home: &Path) -> Result<()> {
         write_private(
-            &location_path(&self.location),
+            &location_path(home, &self.location),
             &serde_json::to_vec_pretty(self).expect("serialises"),
         )
     }
@@ -252,14 +239,17 @@ fn read_own_private(p: &Path) -> Result<Option<Vec<u8>>> {
         .map_err(|e| io_err(format!("cannot read {}", p.display()), e))
 }
 
-pub(crate) fn load_pin(repo_id: &str) -> Option<String> {
-    fs::read_to_string(repo_dir(repo_id).join("pin"))
+pub(crate) fn load_pin(home: &Path, repo_id: &str) -> Option<String> {
+    fs::read_to_string(repo_dir(home, repo_id).join("pin"))
         .ok()
         .map(|s| s.trim().to_string())
 }
 
-pub(crate) fn save_pin(repo_id: &str, fingerprint: &str) -> Result<()> {
-    write_private(&repo_dir(repo_id).join("pin"), format!("{fingerprint}\n").as_bytes())
+pub(crate) fn save_pin(home: &Path, repo_id: &str, fingerprint: &str) -> Result<()> {
+    write_private(
+        &repo_dir(home, repo_id).join("pin"),
+        format!("{fingerprint}\n").as_bytes(),
+    )
 }
 
 /// Chunks this host has stored, with the pack that holds each: when prune marks a pack
@@ -274,8 +264,8 @@ pub(crate) struct KnownChunks {
 const KNOWN_MAGIC: &[u8; 8] = b"SQLVKNC2";
 const PARENT_MAGIC: &[u8; 8] = b"SQLVPAR1";
 
-fn cache_dir(repo_id: &str) -> PathBuf {
-    repo_dir(repo_id).join("cache")
+fn cache_dir(home: &Path, repo_id: &str) -> PathBuf {
+    repo_dir(home, repo_id).join("cache")
 }
 
 impl KnownChunks {
@@ -287,8 +277,8 @@ impl KnownChunks {
         self.ids.is_empty()
     }
 
-    pub(crate) fn load(repo_id: &str) -> KnownChunks {
-        let Ok(b) = fs::read(cache_dir(repo_id).join("known")) else {
+    pub(crate) fn load(home: &Path, repo_id: &str) -> KnownChunks {
+        let Ok(b) = fs::read(cache_dir(home, repo_id).join("known")) else {
             return KnownChunks::default();
         };
         Self::decode(&b).unwrap_or_else(|| {
@@ -323,8 +313,8 @@ impl KnownChunks {
             .then_some(KnownChunks { packs, ids })
     }
 
-    pub(crate) fn save(&self, repo_id: &str) -> Result<()> {
-        write_private_with(&cache_dir(repo_id).join("known"), |w| {
+    pub(crate) fn save(&self, home: &Path, repo_id: &str) -> Result<()> {
+        write_private_with(&cache_dir(home, repo_id).join("known"), |w| {
             w.write_all(KNOWN_MAGIC)?;
             w.write_all(&(self.packs.len() as u32).to_le_bytes())?;
             for p in &self.packs {
@@ -388,16 +378,16 @@ pub(crate) struct ParentCache {
     page_count: u64,
 }
 
-fn parent_path(repo_id: &str, name: &str) -> PathBuf {
+fn parent_path(home: &Path, repo_id: &str, name: &str) -> PathBuf {
     let h = blake3::hash(name.as_bytes());
-    cache_dir(repo_id).join(format!("parent-{}", &h.to_hex()[..24]))
+    cache_dir(home, repo_id).join(format!("parent-{}", &h.to_hex()[..24]))
 }
 
 impl ParentCache {
     /// Reads the header of the cached parent of `name`, if any and well-formed.
-    pub(crate) fn load(repo_id: &str, name: &str) -> Option<ParentCache> {
+    pub(crate) fn load(home: &Path, repo_id: &str, name: &str) -> Option<ParentCache> {
         use std::io::Read;
-        let path = parent_path(repo_id, name);
+        let path = parent_path(home, repo_id, name);
         let mut f = fs::File::open(&path).ok()?;
         let len = f.metadata().ok()?.len();
         let mut head = [0u8; 32];
@@ -452,6 +442,7 @@ impl ParentCache {
 
     /// Records `pages` as the parent for the next backup of `name`.
     pub(crate) fn save(
+        home: &Path,
         repo_id: &str,
         name: &str,
         snapshot: ObjectId,
@@ -460,7 +451,7 @@ impl ParentCache {
         pages: &[ChunkId],
     ) -> Result<()> {
         let json = serde_json::to_vec(maps).expect("serialises");
-        write_private_with(&parent_path(repo_id, name), |w| {
+        write_private_with(&parent_path(home, repo_id, name), |w| {
             w.write_all(PARENT_MAGIC)?;
             w.write_all(&snapshot.0)?;
             w.write_all(&page_size.to_le_bytes())?;
@@ -485,14 +476,14 @@ pub(crate) struct SeqParent {
 
 const SEQ_MAGIC: &[u8; 8] = b"SQLVSQC1";
 
-fn seq_path(repo_id: &str, name: &str) -> PathBuf {
+fn seq_path(home: &Path, repo_id: &str, name: &str) -> PathBuf {
     let h = blake3::hash(name.as_bytes());
-    cache_dir(repo_id).join(format!("seq-{}", &h.to_hex()[..24]))
+    cache_dir(home, repo_id).join(format!("seq-{}", &h.to_hex()[..24]))
 }
 
 impl SeqParent {
-    pub(crate) fn load(repo_id: &str, name: &str) -> Option<SeqParent> {
-        let b = fs::read(seq_path(repo_id, name)).ok()?;
+    pub(crate) fn load(home: &Path, repo_id: &str, name: &str) -> Option<SeqParent> {
+        let b = fs::read(seq_path(home, repo_id, name)).ok()?;
         let rest = b.strip_prefix(SEQ_MAGIC)?;
         let snapshot = ObjectId(rest.get(..16)?.try_into().ok()?);
         let jlen = u32::from_le_bytes(rest.get(16..20)?.try_into().ok()?) as usize;
@@ -502,9 +493,16 @@ impl SeqParent {
         Some(SeqParent { snapshot, maps, seq })
     }
 
-    pub(crate) fn save(repo_id: &str, name: &str, snapshot: ObjectId, maps: &[MapRef], seq: &ChunkSeq) -> Result<()> {
+    pub(crate) fn save(
+        home: &Path,
+        repo_id: &str,
+        name: &str,
+        snapshot: ObjectId,
+        maps: &[MapRef],
+        seq: &ChunkSeq,
+    ) -> Result<()> {
         let json = serde_json::to_vec(maps).expect("serialises");
-        write_private_with(&seq_path(repo_id, name), |w| {
+        write_private_with(&seq_path(home, repo_id, name), |w| {
             w.write_all(SEQ_MAGIC)?;
             w.write_all(&snapshot.0)?;
             w.write_all(&(json.len() as u32).to_le_bytes())?;
@@ -528,13 +526,13 @@ pub(crate) struct CopyMap {
 
 const COPY_MAGIC: &[u8; 8] = b"SQLVCPM1";
 
-fn copy_map_path(dst_id: &str, src_id: &str) -> PathBuf {
-    cache_dir(dst_id).join(format!("copy-from-{src_id}"))
+fn copy_map_path(home: &Path, dst_id: &str, src_id: &str) -> PathBuf {
+    cache_dir(home, dst_id).join(format!("copy-from-{src_id}"))
 }
 
 impl CopyMap {
-    pub(crate) fn load(dst_id: &str, src_id: &str, keys: &sqlvault_format::RepoKeys) -> CopyMap {
-        Self::load_from(&copy_map_path(dst_id, src_id), keys)
+    pub(crate) fn load(home: &Path, dst_id: &str, src_id: &str, keys: &sqlvault_format::RepoKeys) -> CopyMap {
+        Self::load_from(&copy_map_path(home, dst_id, src_id), keys)
     }
 
     fn load_from(path: &Path, keys: &sqlvault_format::RepoKeys) -> CopyMap {
@@ -574,8 +572,14 @@ impl CopyMap {
     }
 
     /// Saves the map (sorted, so the file is deterministic), MACed under `keys`.
-    pub(crate) fn save(&mut self, dst_id: &str, src_id: &str, keys: &sqlvault_format::RepoKeys) -> Result<()> {
-        self.save_to(&copy_map_path(dst_id, src_id), keys)
+    pub(crate) fn save(
+        &mut self,
+        home: &Path,
+        dst_id: &str,
+        src_id: &str,
+        keys: &sqlvault_format::RepoKeys,
+    ) -> Result<()> {
+        self.save_to(&copy_map_path(home, dst_id, src_id), keys)
     }
 
     fn save_to(&mut self, path: &Path, keys: &sqlvault_format::RepoKeys) -> Result<()> {

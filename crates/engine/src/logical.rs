@@ -21,6 +21,9 @@ pub struct DumpOptions {
     pub force: bool,
     /// The key of a SQLCipher source.
     pub unlock: Option<sqlvault_sqlite::Unlock>,
+    /// Where a rollback-journal source's private copy goes (the SQLite crate's
+    /// default when unset): a session's [`crate::Session::temp_dir`].
+    pub temp_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for DumpOptions {
@@ -29,6 +32,7 @@ impl Default for DumpOptions {
             busy_timeout: Duration::from_secs(10),
             force: false,
             unlock: None,
+            temp_dir: None,
         }
     }
 }
@@ -47,6 +51,11 @@ impl DumpOptions {
     /// Sets the key of a SQLCipher source.
     pub fn with_unlock(mut self, unlock: Option<sqlvault_sqlite::Unlock>) -> Self {
         self.unlock = unlock;
+        self
+    }
+    /// Sets [`DumpOptions::temp_dir`].
+    pub fn with_temp_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.temp_dir = dir;
         self
     }
 }
@@ -72,25 +81,18 @@ pub struct DumpSummary {
     pub seconds: f64,
 }
 
-pub(crate) fn method_name(m: sqlvault_sqlite::SnapshotMethod) -> &'static str {
-    match m {
-        sqlvault_sqlite::SnapshotMethod::DbPage => "dbpage",
-        sqlvault_sqlite::SnapshotMethod::BackupCopy => "backup-copy",
-        _ => "read-transaction",
-    }
-}
-
 /// Writes a lossless SQL dump of `db` to `out`. Everything that would make it lossy is
 /// reported before the first byte; an error later (a full disk, a closed pipe) leaves
 /// output without its checksum trailer, which `load` refuses as truncated.
 pub fn dump_to_writer(db: &Path, out: impl Write, opts: &DumpOptions) -> Result<DumpSummary> {
     let t = Instant::now();
-    let mut src = Source::open(
-        db,
-        SourceOptions::default()
-            .with_busy_timeout(opts.busy_timeout)
-            .with_unlock(opts.unlock.clone()),
-    )?;
+    let mut src_opts = SourceOptions::default()
+        .with_busy_timeout(opts.busy_timeout)
+        .with_unlock(opts.unlock.clone());
+    if let Some(d) = &opts.temp_dir {
+        src_opts = src_opts.with_temp_dir(d.clone());
+    }
+    let mut src = Source::open(db, src_opts)?;
     let r = src.dump(out)?;
     Ok(DumpSummary {
         source: src.path().display().to_string(),
@@ -99,7 +101,7 @@ pub fn dump_to_writer(db: &Path, out: impl Write, opts: &DumpOptions) -> Result<
         tables: r.tables,
         rows: r.rows,
         logical_checksum: hex::encode(r.logical_checksum),
-        method: method_name(r.method).into(),
+        method: crate::backup::method_name(r.method).into(),
         seconds: t.elapsed().as_secs_f64(),
     })
 }
@@ -132,7 +134,7 @@ pub fn dump_to_file(db: &Path, file: &Path, opts: &DumpOptions) -> Result<DumpSu
             format!("{} exists; pass --force to replace it", file.display()),
         ));
     }
-    let tmp = crate::restore::temp_in(&dir, file, ".tmp")?;
+    let tmp = crate::install::temp_in(&dir, file, ".tmp")?;
     let mut summary = dump_to_writer(db, tmp.as_file(), opts)?;
     tmp.as_file()
         .sync_all()
@@ -179,13 +181,13 @@ pub fn load_file(input: &Path, dest: &Path, force: bool, accept_damaged_source: 
     // Before any work: a destination an application holds open is never replaced
     // (checked again just before the rename).
     if force {
-        sqlvault_sqlite::ensure_not_in_use(dest).map_err(|e| crate::restore::in_use(e, "load.destination-in-use"))?;
+        sqlvault_sqlite::ensure_not_in_use(dest).map_err(|e| crate::install::in_use(e, "load.destination-in-use"))?;
     }
-    crate::restore::stale_side_files(dest, force, "load.stale-side-files")?;
+    crate::install::stale_side_files(dest, force, "load.stale-side-files")?;
     let opts = LoadOptions::default()
         .with_force(force)
         .with_accept_damaged_source(accept_damaged_source);
-    let in_use = |e| crate::restore::in_use(e, "load.destination-in-use");
+    let in_use = |e| crate::install::in_use(e, "load.destination-in-use");
     let r = if input == Path::new("-") {
         sqlvault_sqlite::load(std::io::stdin().lock(), Path::new("<stdin>"), dest, &opts).map_err(in_use)?
     } else {

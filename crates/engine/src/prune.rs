@@ -369,7 +369,7 @@ fn decode_lock(repo: &Repo, ct: &[u8]) -> Option<LockBody> {
 
 /// The lock names this host and a process that is not running.
 fn dead_here(h: &LockBody) -> bool {
-    if h.host != crate::evidence::machine_hostname() || h.pid == 0 {
+    if h.host != crate::session::machine_hostname() || h.pid == 0 {
         return false;
     }
     // SAFETY: signal 0 only checks that the process exists.
@@ -386,7 +386,7 @@ impl PruneLock {
     async fn acquire(repo: &Repo) -> Result<PruneLock> {
         let now = now_ms();
         let body = LockBody {
-            host: crate::evidence::machine_hostname(),
+            host: crate::session::machine_hostname(),
             pid: std::process::id(),
             token: ObjectId::random().to_string(),
             started_ms: now,

@@ -12,6 +12,7 @@ use sqlvault_store::Store;
 
 use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err};
 use crate::local::{self, WriteKey};
+use crate::session::Session;
 
 /// How a command proves it may read the repository.
 #[derive(Debug)]
@@ -40,17 +41,6 @@ pub struct Trust {
 }
 
 impl Trust {
-    /// The fingerprint from `SQLVAULT_REPO_FINGERPRINT`, if set.
-    pub fn from_env() -> Trust {
-        Trust {
-            fingerprint: std::env::var("SQLVAULT_REPO_FINGERPRINT")
-                .ok()
-                .map(|s| s.trim().to_lowercase())
-                .filter(|s| !s.is_empty()),
-            require_pinned: false,
-        }
-    }
-
     /// Sets [`Trust::require_pinned`].
     pub fn with_require_pinned(mut self, yes: bool) -> Trust {
         self.require_pinned = yes;
@@ -87,6 +77,9 @@ pub struct InitReport {
 /// An open repository.
 #[derive(Debug, Clone)]
 pub struct Repo {
+    /// The session it was opened in: state directory, host identity, cancellation,
+    /// progress and request counting for every operation on it.
+    pub(crate) session: Session,
     pub(crate) store: Store,
     pub(crate) repo_id: String,
     pub(crate) keys: Arc<RepoKeys>,
@@ -321,7 +314,7 @@ pub(crate) async fn follow_chain(
 /// rotated by every change); returns the write key to use (saved when it changed).
 /// The set this host adopted last is read and checked again too, so damage or a
 /// forgery is reported when it appears. Two GETs, issued together.
-async fn adopt_recipient_set(store: &Store, mut wk: WriteKey) -> Result<WriteKey> {
+async fn adopt_recipient_set(session: &Session, store: &Store, mut wk: WriteKey) -> Result<WriteKey> {
     let (current, next) = futures::try_join!(
         async {
             match (&wk.set_signer, wk.generation) {
@@ -371,7 +364,7 @@ async fn adopt_recipient_set(store: &Store, mut wk: WriteKey) -> Result<WriteKey
     wk.generation = end.generation;
     wk.admin_pub = Some(end.admin_pub);
     wk.set_signer = Some(end.signer);
-    wk.save()?;
+    wk.save(session.state_dir())?;
     Ok(wk)
 }
 
@@ -445,9 +438,9 @@ async fn check_config_chain(
 
 /// The marker, checked against this host's pin of the location: a location that
 /// presented another repository before is refused.
-async fn read_pinned_marker(store: &Store) -> Result<(RepoMarker, Option<local::LocationPin>)> {
+async fn read_pinned_marker(session: &Session, store: &Store) -> Result<(RepoMarker, Option<local::LocationPin>)> {
     let marker = read_marker(store).await?;
-    let pin = local::LocationPin::load(store.location())?;
+    let pin = local::LocationPin::load(session.state_dir(), store.location())?;
     if let Some(p) = &pin
         && p.repo_id != marker.repo_id
     {
@@ -459,7 +452,7 @@ async fn read_pinned_marker(store: &Store) -> Result<(RepoMarker, Option<local::
                 store.describe(),
                 p.repo_id,
                 marker.repo_id,
-                local::location_pin_path(store.location()).display()
+                local::location_pin_path(session.state_dir(), store.location()).display()
             ),
         ));
     }
@@ -480,7 +473,9 @@ async fn read_marker(store: &Store) -> Result<RepoMarker> {
 
 impl Repo {
     /// Creates a repository at `store`, and this host's write key for it.
-    pub async fn init(store: &Store, keys: InitKeys) -> Result<InitReport> {
+    pub async fn init(session: &Session, store: &Store, keys: InitKeys) -> Result<InitReport> {
+        session.register(store);
+        let home = session.state_dir();
         if store.head(layout::MARKER).await?.is_some() {
             return Err(Error::new(
                 ErrorKind::Exists,
@@ -550,8 +545,8 @@ impl Repo {
             generation: 0,
             set_signer: None,
         };
-        wk.save()?;
-        local::save_pin(&repo_id, &secret.fingerprint())?;
+        wk.save(home)?;
+        local::save_pin(home, &repo_id, &secret.fingerprint())?;
         local::LocationPin {
             location: store.location().to_string(),
             repo_id: repo_id.clone(),
@@ -559,7 +554,7 @@ impl Repo {
             generation: 0,
             admin_pub: Some(admin.public_hex()),
         }
-        .save()?;
+        .save(home)?;
         tracing::info!(repo = %repo_id, recipients = recipients.len(), "repository initialised; write key saved");
         Ok(InitReport {
             repo_id,
@@ -569,6 +564,7 @@ impl Repo {
     }
 
     fn assemble(
+        session: &Session,
         store: Store,
         repo_id: String,
         secret: RepoSecret,
@@ -585,7 +581,9 @@ impl Repo {
             .collect::<Result<_>>()?;
         let meta_recipient = sqlvault_crypt::x25519_recipient_from_bytes(&keys.metadata_identity_bytes());
         let meta_identities = Identities::from_x25519_bytes(&keys.metadata_identity_bytes());
+        session.register(&store);
         Ok(Repo {
+            session: session.clone(),
             store,
             repo_id,
             fingerprint,
@@ -604,9 +602,10 @@ impl Repo {
 
     /// Opens for backup with this host's write key: can write snapshots and read
     /// metadata (names, times, sizes), cannot decrypt any data.
-    pub async fn open_write(store: Store) -> Result<Repo> {
-        let (marker, pin) = read_pinned_marker(&store).await?;
-        let wk = WriteKey::load(&marker.repo_id)?.ok_or_else(|| {
+    pub async fn open_write(session: &Session, store: Store) -> Result<Repo> {
+        session.register(&store);
+        let (marker, pin) = read_pinned_marker(session, &store).await?;
+        let wk = WriteKey::load(session.state_dir(), &marker.repo_id)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::Auth,
                 "repo.no-write-key",
@@ -618,7 +617,7 @@ impl Repo {
             )
         })?;
         tracing::debug!(repo = %marker.repo_id, generation = wk.generation, recipients = wk.recipients.len(), "opening repository with this host's write key");
-        let wk = adopt_recipient_set(&store, wk).await?;
+        let wk = adopt_recipient_set(session, &store, wk).await?;
         let secret = wk.secret()?;
         if pin.is_none() {
             // A write key made before locations were pinned: this location is where it
@@ -630,10 +629,11 @@ impl Repo {
                 generation: wk.generation,
                 admin_pub: wk.admin_pub.clone(),
             }
-            .save()?;
+            .save(session.state_dir())?;
         }
         let meta = Identities::from_x25519_bytes(&secret.keys().metadata_identity_bytes());
         Repo::assemble(
+            session,
             store,
             marker.repo_id,
             secret,
@@ -647,19 +647,22 @@ impl Repo {
         )
     }
 
-    /// Opens for reading with an identity or passphrase, trusting as
-    /// [`Trust::from_env`] says (see [`Repo::open_read_trusting`]).
-    pub async fn open_read(store: Store, access: Access) -> Result<Repo> {
-        Repo::open_read_trusting(store, access, Trust::from_env()).await
+    /// Opens for reading with an identity or passphrase, trusting the session's
+    /// expected fingerprint, if any, and this host's pins (see
+    /// [`Repo::open_read_trusting`]).
+    pub async fn open_read(session: &Session, store: Store, access: Access) -> Result<Repo> {
+        Repo::open_read_trusting(session, store, access, Trust::default()).await
     }
 
     /// Opens for reading with an identity or passphrase. Checks the repository's id and
     /// secret against this host's pin of the location, its write key or an older pin
     /// (trust on first use otherwise, unless `trust` requires a pin or gives the
-    /// fingerprint), so that a bucket writer cannot swap in a marker and config of
-    /// their own.
-    pub async fn open_read_trusting(store: Store, access: Access, trust: Trust) -> Result<Repo> {
-        let (marker, loc_pin) = read_pinned_marker(&store).await?;
+    /// fingerprint, or the session does), so that a bucket writer cannot swap in a
+    /// marker and config of their own.
+    pub async fn open_read_trusting(session: &Session, store: Store, access: Access, trust: Trust) -> Result<Repo> {
+        session.register(&store);
+        let home = session.state_dir();
+        let (marker, loc_pin) = read_pinned_marker(session, &store).await?;
         let ct = get_or(&store, layout::CONFIG, || {
             Error::new(
                 ErrorKind::Integrity,
@@ -705,11 +708,14 @@ impl Repo {
             )
         })?;
         let fp = secret.fingerprint();
-        let expected = trust.fingerprint.clone();
-        let pinned = match (&loc_pin, WriteKey::load(&marker.repo_id)?) {
+        let expected = trust
+            .fingerprint
+            .clone()
+            .or_else(|| session.fingerprint().map(str::to_string));
+        let pinned = match (&loc_pin, WriteKey::load(home, &marker.repo_id)?) {
             (Some(p), _) => Some(p.fingerprint.clone()),
             (None, Some(wk)) => Some(wk.secret()?.fingerprint()),
-            (None, None) => local::load_pin(&marker.repo_id),
+            (None, None) => local::load_pin(home, &marker.repo_id),
         };
         if pinned.is_none() && expected.is_none() && trust.require_pinned {
             return Err(Error::new(
@@ -749,7 +755,7 @@ impl Repo {
                 admin_pub: cfg_admin.clone(),
                 ..p.clone()
             };
-            if let Err(e) = pin.save() {
+            if let Err(e) = pin.save(home) {
                 tracing::warn!("could not update the pin of {}: {}", store.describe(), e.one_line());
             }
         }
@@ -770,7 +776,7 @@ impl Repo {
                 generation: cfg.generation,
                 admin_pub: cfg_admin.clone(),
             };
-            if let Err(e) = pin.save() {
+            if let Err(e) = pin.save(home) {
                 tracing::warn!("could not pin repository fingerprint: {}", e.one_line());
             }
         }
@@ -783,6 +789,7 @@ impl Repo {
         // (prune's state and lock) stays readable after the user's keys change.
         ids.extend(Identities::from_x25519_bytes(&secret.keys().metadata_identity_bytes()));
         Repo::assemble(
+            session,
             store,
             marker.repo_id,
             secret,
@@ -801,10 +808,10 @@ impl Repo {
     }
 
     /// [`Repo::open_read`] with `access`, else [`Repo::open_write`].
-    pub async fn open(store: Store, access: Option<Access>) -> Result<Repo> {
+    pub async fn open(session: &Session, store: Store, access: Option<Access>) -> Result<Repo> {
         match access {
-            Some(a) => Repo::open_read(store, a).await,
-            None => Repo::open_write(store).await,
+            Some(a) => Repo::open_read(session, store, a).await,
+            None => Repo::open_write(session, store).await,
         }
     }
 
@@ -825,7 +832,7 @@ impl Repo {
             generation: self.generation,
             set_signer: None,
         }
-        .save()
+        .save(self.session.state_dir())
     }
 
     /// The decrypted config (needs read access).
@@ -1085,10 +1092,10 @@ impl Repo {
     /// Future-dated snapshots are not counted: they are never taken as the newest.
     pub(crate) fn ambiguous_newest(&self, all: &[Manifest]) -> Option<Error> {
         let now = now_ms();
-        let mut dbs: Vec<(&str, crate::names::SourceId)> = all
+        let mut dbs: Vec<(&str, crate::source::SourceId)> = all
             .iter()
             .filter(|m| !crate::retention::is_future_dated(m.created_ms, now))
-            .map(|m| (m.name.as_str(), crate::names::SourceId::of(m)))
+            .map(|m| (m.name.as_str(), crate::source::SourceId::of(m)))
             .collect();
         dbs.sort();
         dbs.dedup();

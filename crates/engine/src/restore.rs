@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,9 +15,10 @@ use serde::Serialize;
 use sqlvault_compress::FrameDecompressor;
 use sqlvault_format::{ChunkId, Manifest, ObjectId, kind, layout};
 
-use crate::backup::Requests;
 use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, io_err};
+use crate::install::{in_use, side_file_error, stale_side_files, temp_in};
 use crate::repo::{Repo, get_or, unknown_kind};
+use crate::session::Requests;
 use sqlvault_sqlite::{CipherSettings, DbKey, Unlock};
 
 /// Options for [`restore`] and [`verify`].
@@ -543,64 +544,6 @@ async fn restore_dump(
     })
 }
 
-/// A destination that another process holds open ([`sqlvault_sqlite::SqliteError::InUse`])
-/// as the command's error (`code`, exit 7, like `db …` on a database in use); any
-/// other error as usual.
-pub(crate) fn in_use(e: sqlvault_sqlite::SqliteError, code: &'static str) -> Error {
-    match e {
-        sqlvault_sqlite::SqliteError::InUse { .. } => {
-            let msg = e.to_string();
-            Error::new(ErrorKind::Source, code, msg).with_source(e)
-        }
-        other => Error::from(other),
-    }
-}
-
-/// Checks for the files SQLite keeps beside a database (`-wal`, `-shm`, `-journal`)
-/// next to the destination `dest` of a restore or load, before anything is written:
-/// SQLite would apply a stale WAL or hot journal to the new file on its first open,
-/// replacing verified content with whatever database wrote them.
-///
-/// Without `force` they are refused ([`ErrorKind::Exists`], `code`, naming them). With
-/// `force`, when `dest` exists they are removed with it, just before the verified file
-/// is renamed into place ([`sqlvault_sqlite::install`]); when it does not they belong
-/// to no database, and go now (a load installs a new destination without replacing).
-pub(crate) fn stale_side_files(dest: &Path, force: bool, code: &'static str) -> Result<()> {
-    let sides =
-        sqlvault_sqlite::side_files(dest).map_err(|e| io_err(format!("cannot look beside {}", dest.display()), e))?;
-    if sides.is_empty() {
-        return Ok(());
-    }
-    if !force {
-        return Err(side_file_error(&sides, dest, code));
-    }
-    if std::fs::symlink_metadata(dest).is_err() {
-        for side in sides {
-            tracing::info!(file = %side.display(), "removing a stale side file of the destination");
-            match std::fs::remove_file(&side) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(format!("cannot remove {}", side.display()), e)),
-            }
-        }
-    }
-    Ok(())
-}
-
-fn side_file_error(sides: &[PathBuf], dest: &Path, code: &'static str) -> Error {
-    let names: Vec<String> = sides.iter().map(|p| p.display().to_string()).collect();
-    let it = if sides.len() == 1 { "it" } else { "them" };
-    Error::new(
-        ErrorKind::Exists,
-        code,
-        format!(
-            "stale {} beside {}: SQLite would apply {it} to the new database when it first opens it (remove {it}, or pass --force)",
-            names.join(", "),
-            dest.display(),
-        ),
-    )
-}
-
 /// Where each chunk of a snapshot goes in the file being rebuilt.
 enum Layout {
     /// Page `n` (1-based) at `(n − 1) × page_size`.
@@ -622,17 +565,6 @@ impl Layout {
             Layout::Chunks(o) => o[ordinal as usize] - o[ordinal as usize - 1],
         }
     }
-}
-
-/// A private 0600 temporary file next to `dest`, removed on drop and on a signal, named
-/// with this pid (see [`sqlvault_sqlite::scratch_file`]).
-pub(crate) fn temp_in(dir: &Path, dest: &Path, suffix: &str) -> Result<tempfile::NamedTempFile> {
-    let tmp = sqlvault_sqlite::scratch_file(dir, &dest.file_name().unwrap_or_default().to_string_lossy(), suffix)
-        .map_err(|e| io_err(format!("cannot create a temporary file in {}", dir.display()), e))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io_err("chmod", e))?;
-    Ok(tmp)
 }
 
 /// Fetches every chunk of `ids` (in snapshot order) and writes it at its place in
@@ -786,7 +718,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     if p.is_absolute() {
         Ok(p.to_path_buf())
     } else {
-        Ok(std::env::current_dir().map_err(|e| io_err("cwd", e))?.join(p))
+        std::path::absolute(p).map_err(|e| io_err(format!("cannot resolve {}", p.display()), e))
     }
 }
 
@@ -1000,8 +932,7 @@ fn restore_pack(
 /// `opts` apply.
 pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions) -> Result<Vec<VerifyReport>> {
     repo.require_data_access("verify")?;
-    let dir = sqlvault_sqlite::scratch_dir(&std::env::temp_dir(), "verify")
-        .map_err(|e| io_err("cannot create a temporary directory", e))?;
+    let dir = repo.session.scratch("verify")?;
     let mut out = Vec::new();
     for m in snapshots {
         let dest = dir.path().join(format!("{}.db", m.id));
@@ -1051,7 +982,7 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
                 code: rep.code.clone(),
                 restore_seconds: rep.restore_seconds,
                 check_seconds: rep.check_seconds,
-                host: crate::evidence::hostname(),
+                host: repo.session.host().to_string(),
             };
             match crate::evidence::record(repo, e).await {
                 Ok(k) => rep.evidence = Some(k),

@@ -405,6 +405,12 @@ impl Store {
         self.stats.counts()
     }
 
+    /// Whether `other` counts its requests in the same counters (it is a clone of this
+    /// store): a caller summing several stores' requests counts each once.
+    pub fn same_counters(&self, other: &Store) -> bool {
+        Arc::ptr_eq(&self.stats, &other.stats)
+    }
+
     fn path(&self, key: &str) -> ObjPath {
         if self.prefix.as_ref().is_empty() {
             ObjPath::from(key)

@@ -11,6 +11,7 @@ use sqlvault_engine::retention::Policy;
 use sqlvault_engine::store::Store;
 use sqlvault_engine::{
     Access, BackupOptions, CheckOptions, ErrorKind, ForgetOptions, InitKeys, PruneOptions, Repo, RestoreOptions,
+    Session,
 };
 use sqlvault_testkit::{FlakyStore, flaky_store};
 
@@ -20,19 +21,21 @@ struct Bench {
     store: Store,
     reader: Repo,
     writer: Repo,
+    session: Session,
 }
 
 async fn bench() -> Bench {
     let dir = tempfile::tempdir().unwrap();
-    // SAFETY: set before any other thread of this test binary reads the environment
-    // (one test per binary).
-    unsafe { std::env::set_var("SQLVAULT_HOME", dir.path().join("home")) };
+    let session = Session::new(dir.path().join("home"));
     let (flaky, store) = flaky_store("lifecycle", 0, 3);
     let (sk, pk) = generate_x25519();
     let rcpt: Recipient = pk.parse().unwrap();
-    Repo::init(&store, InitKeys::Recipients(vec![rcpt])).await.unwrap();
-    let writer = Repo::open_write(store.clone()).await.unwrap();
+    Repo::init(&session, &store, InitKeys::Recipients(vec![rcpt]))
+        .await
+        .unwrap();
+    let writer = Repo::open_write(&session, store.clone()).await.unwrap();
     let reader = Repo::open_read(
+        &session,
         store.clone(),
         Access::Identities(Identities::from_secret_string(&sk).unwrap()),
     )
@@ -44,6 +47,7 @@ async fn bench() -> Bench {
         store,
         reader,
         writer,
+        session,
     }
 }
 
@@ -203,13 +207,13 @@ async fn prune_and_backups_keep_every_snapshot_restorable_under_crashes() {
     let (f2, s2) = flaky_store("dest-0", 0, 6);
     let (_, pk) = generate_x25519();
     for s in [&s1, &s2] {
-        Repo::init(s, InitKeys::Recipients(vec![pk.parse().unwrap()]))
+        Repo::init(&b.session, s, InitKeys::Recipients(vec![pk.parse().unwrap()]))
             .await
             .unwrap();
     }
     let (w1, w2) = (
-        Repo::open_write(s1.clone()).await.unwrap(),
-        Repo::open_write(s2.clone()).await.unwrap(),
+        Repo::open_write(&b.session, s1.clone()).await.unwrap(),
+        Repo::open_write(&b.session, s2.clone()).await.unwrap(),
     );
     // The prune state GET and the first pack PUT get through; the second pack fails.
     f2.crash_after(Some(2));

@@ -13,7 +13,7 @@ use sqlvault_engine::retention::Policy;
 use sqlvault_engine::store::Store;
 use sqlvault_engine::{
     Access, BackupKind, BackupOptions, CheckOptions, CopyOptions, ErrorKind, ForgetOptions, InitKeys, PruneOptions,
-    Repo, RestoreOptions,
+    Repo, RestoreOptions, Session,
 };
 use sqlvault_testkit::{FlakyStore, flaky_store};
 
@@ -26,14 +26,15 @@ struct Side {
     reader: Repo,
 }
 
-async fn side(name: &str, every: u64) -> Side {
+async fn side(session: &Session, name: &str, every: u64) -> Side {
     let (flaky, store) = flaky_store(name, every, 6);
     let (sk, pk) = generate_x25519();
-    Repo::init(&store, InitKeys::Recipients(vec![pk.parse().unwrap()]))
+    Repo::init(session, &store, InitKeys::Recipients(vec![pk.parse().unwrap()]))
         .await
         .unwrap();
-    let writer = Repo::open_write(store.clone()).await.unwrap();
+    let writer = Repo::open_write(session, store.clone()).await.unwrap();
     let reader = Repo::open_read(
+        session,
         store.clone(),
         Access::Identities(Identities::from_secret_string(&sk).unwrap()),
     )
@@ -105,11 +106,9 @@ fn small_packs() -> CopyOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_resumes_after_crashes_and_sends_only_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    // SAFETY: set before any other thread of this test binary reads the environment
-    // (one test per binary).
-    unsafe { std::env::set_var("SQLVAULT_HOME", dir.path().join("home")) };
-    let src = side("src", 0).await;
-    let dst = side("dst", 0).await;
+    let session = Session::new(dir.path().join("home"));
+    let src = side(&session, "src", 0).await;
+    let dst = side(&session, "dst", 0).await;
 
     let db = dir.path().join("app.db");
     sqlvault_testkit::generate(
@@ -249,7 +248,7 @@ async fn copy_resumes_after_crashes_and_sends_only_what_is_missing() {
     );
 
     // 20% of requests to the destination fail transiently: retries carry the copy.
-    let noisy = side("noisy", 5).await;
+    let noisy = side(&session, "noisy", 5).await;
     let rep = sqlvault_engine::copy(&src.reader, &noisy.writer, &small_packs())
         .await
         .unwrap();
