@@ -222,7 +222,56 @@ struct Shared {
     opts: BackupOptions,
     /// The first destination's session: temporary directory, cancellation, progress.
     session: crate::Session,
-    rt: tokio::runtime::Handle,
+}
+
+/// A sealed pack on its way from a worker thread to the uploader task.
+struct Upload {
+    dest: usize,
+    ct: Vec<u8>,
+    sealed: SealedPack,
+}
+
+/// Uploads run on async tasks, never on the worker threads: a worker hands a sealed
+/// pack to this bounded channel and goes back to hashing and compressing. Capacity
+/// one: a full channel blocks the worker (backpressure up to the reader), so memory
+/// stays at the packs being built, one waiting, and the uploads in flight.
+const UPLOAD_QUEUE: usize = 1;
+
+/// The uploader: PUTs the packs workers seal, `concurrency` at a time, and returns
+/// what each destination stored. A failed PUT fails its destination (the workers see
+/// it and stop feeding it); the packs it had stored are discarded by the caller.
+async fn uploader(shared: Arc<Shared>, rx: tokio::sync::mpsc::Receiver<Upload>, concurrency: usize) -> Vec<WorkerOut> {
+    let mut outs: Vec<WorkerOut> = (0..shared.dests.len())
+        .map(|_| WorkerOut {
+            packs: Vec::new(),
+            bytes_stored: 0,
+        })
+        .collect();
+    let queue = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|u| (u, rx)) });
+    let shared = &shared;
+    let done = queue
+        .map(|u| async move {
+            let len = u.ct.len() as u64;
+            if !shared.live(u.dest) {
+                return (u.dest, u.sealed, len, None);
+            }
+            let key = layout::pack(&u.sealed.id);
+            let r = shared.dests[u.dest].repo.store.put(&key, Bytes::from(u.ct)).await;
+            (u.dest, u.sealed, len, Some(r))
+        })
+        .buffer_unordered(concurrency.max(1));
+    let mut done = std::pin::pin!(done);
+    while let Some((d, sealed, len, r)) = done.next().await {
+        match r {
+            Some(Ok(())) => {
+                outs[d].bytes_stored += len;
+                outs[d].packs.push(sealed);
+            }
+            Some(Err(e)) => shared.fail(d, e.into()),
+            None => {}
+        }
+    }
+    outs
 }
 
 impl Shared {
@@ -273,14 +322,8 @@ struct Scratch {
     compressed_for: Option<Vec<usize>>,
 }
 
-fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> Vec<WorkerOut> {
+fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>, up: &Uploads) {
     let n = shared.dests.len();
-    let mut outs: Vec<WorkerOut> = (0..n)
-        .map(|_| WorkerOut {
-            packs: Vec::new(),
-            bytes_stored: 0,
-        })
-        .collect();
     let opts = &shared.opts;
     let codecs = FrameCompressor::new(opts.level)
         .map_err(|e| io_err("zstd", e))
@@ -292,7 +335,7 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> Vec<WorkerOut> 
                 shared.fail(d, Error::new(e.kind(), e.code(), e.one_line()));
             }
             while rx.lock().unwrap().recv().is_ok() {}
-            return outs;
+            return;
         }
     };
     let mut sc = Scratch::default();
@@ -319,7 +362,7 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> Vec<WorkerOut> 
             if !shared.live(d) {
                 continue;
             }
-            if let Err(e) = dest_batch(shared, d, &batch, &mut sc, &mut comp, &mut decomp, pack, &mut outs[d]) {
+            if let Err(e) = dest_batch(shared, d, &batch, &mut sc, &mut comp, &mut decomp, pack, up) {
                 *pack = None;
                 shared.fail(d, e);
             }
@@ -329,13 +372,14 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>) -> Vec<WorkerOut> 
     for (d, pack) in packs.iter_mut().enumerate() {
         if let Some(p) = pack.take()
             && shared.live(d)
-            && let Err(e) = p.seal().and_then(|sealed| upload_pack(shared, d, sealed, &mut outs[d]))
+            && let Err(e) = p.seal().and_then(|sealed| upload_pack(d, sealed, up))
         {
             shared.fail(d, e);
         }
     }
-    outs
 }
+
+type Uploads = tokio::sync::mpsc::Sender<Upload>;
 
 /// One batch for one destination: hash with its key, dedup against its state,
 /// compress the new chunks into a frame (shared with the previous destination when
@@ -349,7 +393,7 @@ fn dest_batch(
     comp: &mut FrameCompressor,
     decomp: &mut FrameDecompressor,
     pack: &mut Option<PackBuilder>,
-    out: &mut WorkerOut,
+    up: &Uploads,
 ) -> Result<()> {
     let dest = &shared.dests[d];
     let opts = &shared.opts;
@@ -423,22 +467,20 @@ fn dest_batch(
     p.append_frame(&sc.frame_out, &sc.frame_ids)?;
     if p.plain_len as usize >= opts.pack_target {
         let sealed = pack.take().expect("present").seal()?;
-        upload_pack(shared, d, sealed, out)?;
+        upload_pack(d, sealed, up)?;
     }
     Ok(())
 }
 
-fn upload_pack(shared: &Shared, d: usize, (ct, sealed): (Vec<u8>, SealedPack), out: &mut WorkerOut) -> Result<()> {
-    let len = ct.len() as u64;
-    shared.rt.block_on(
-        shared.dests[d]
-            .repo
-            .store
-            .put(&layout::pack(&sealed.id), Bytes::from(ct)),
-    )?;
-    out.bytes_stored += len;
-    out.packs.push(sealed);
-    Ok(())
+/// Hands a sealed pack to the uploader; waits while one is already queued.
+fn upload_pack(dest: usize, (ct, sealed): (Vec<u8>, SealedPack), up: &Uploads) -> Result<()> {
+    up.blocking_send(Upload { dest, ct, sealed }).map_err(|_| {
+        Error::new(
+            ErrorKind::Internal,
+            "internal",
+            "the uploader stopped before the workers",
+        )
+    })
 }
 
 /// The host's record of its last snapshot of a database name, by snapshot kind.
@@ -477,9 +519,10 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
 pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Result<Vec<Result<BackupReport>>> {
     let started = Instant::now();
     let db: PathBuf = db.to_path_buf();
-    // Fails early, naming the file: missing, not a database, encrypted without a key,
-    // a wrong key, or a key for a plaintext file.
-    sqlvault_sqlite::probe(&db, opts.unlock.as_ref())?;
+    // Fails early, naming the file, when it is missing or not a database: before any
+    // request. The header alone tells; the key (a SQLCipher derivation, deliberately
+    // slow) is proven once, by the snapshot's own open, before anything is uploaded.
+    sqlvault_sqlite::probe(&db, None)?;
     let name = opts.name.clone().unwrap_or_else(|| {
         db.file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -532,27 +575,26 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
         page_size: AtomicU64::new(0),
         opts: opts.clone(),
         session: first.session.clone(),
-        rt: tokio::runtime::Handle::current(),
     });
 
+    let (up_tx, up_rx) = tokio::sync::mpsc::channel::<Upload>(UPLOAD_QUEUE);
+    let uploads = tokio::spawn(uploader(shared.clone(), up_rx, threads.max(2)));
     let pipeline = {
         let shared = shared.clone();
         let db = db.clone();
-        tokio::task::spawn_blocking(move || run_pipeline(shared, &db, threads))
+        tokio::task::spawn_blocking(move || run_pipeline(shared, &db, threads, up_tx))
     };
-    let (snap, per_worker) = pipeline
+    let snap = pipeline
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "internal", "backup pipeline panicked").with_source(e))?;
+    let uploaded = uploads
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "backup uploader panicked").with_source(e))?;
     let Shared { dests, .. } =
         Arc::try_unwrap(shared).map_err(|_| Error::new(ErrorKind::Internal, "internal", "pipeline still running"))?;
     let all_failed = dests.iter().all(|d| d.failed.load(Ordering::SeqCst));
-    // Each worker's output, by destination.
-    let mut outs: Vec<Vec<WorkerOut>> = (0..dests.len()).map(|_| Vec::new()).collect();
-    for w in per_worker {
-        for (d, o) in w.into_iter().enumerate() {
-            outs[d].push(o);
-        }
-    }
+    // What each destination stored.
+    let outs: Vec<Vec<WorkerOut>> = uploaded.into_iter().map(|o| vec![o]).collect();
     let snap = match snap {
         Ok(s) => s,
         // The reader stopped because every destination had failed: report theirs.
@@ -720,20 +762,7 @@ async fn prepare(
         tracing::info!("{dropped} cached chunks are in packs prune has marked; they will be uploaded again if needed");
     }
     if !known.packs.is_empty() {
-        let heads = futures::stream::iter(known.packs.clone().into_iter().map(|p| {
-            let store = repo.store.clone();
-            async move { store.head(&layout::pack(&p)).await.map(|s| (p, s.is_none())) }
-        }))
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-        let mut missing = std::collections::HashSet::new();
-        for h in heads {
-            let (p, gone) = h?;
-            if gone {
-                missing.insert(p);
-            }
-        }
+        let missing = missing_packs(repo, &known.packs).await?;
         if !missing.is_empty() {
             tracing::warn!(
                 "local chunk cache names {} packs that are gone from the repository; their chunks will be uploaded again",
@@ -755,6 +784,51 @@ async fn prepare(
         grace,
         claim,
     })
+}
+
+/// Below this many cached packs, a HEAD each costs less than one LIST: S3 prices a
+/// LIST like 12.5 GETs or HEADs.
+const HEADS_PER_LIST: usize = 12;
+
+/// The packs of `cached` the repository no longer holds. Few packs: a HEAD each. More:
+/// one LIST of `packs/` (a paginated listing costs a request per thousand packs, a
+/// HEAD per cached pack one each). A store whose credentials may not list (a
+/// write-only bucket policy) is asked pack by pack.
+async fn missing_packs(repo: &Repo, cached: &[ObjectId]) -> Result<std::collections::HashSet<ObjectId>> {
+    if cached.len() <= HEADS_PER_LIST {
+        return head_packs(repo, cached).await;
+    }
+    match repo.store.list(layout::PACKS).await {
+        Ok(listed) => {
+            let present: std::collections::HashSet<ObjectId> =
+                listed.iter().filter_map(|(n, _)| n.parse().ok()).collect();
+            Ok(cached.iter().filter(|p| !present.contains(p)).copied().collect())
+        }
+        Err(e) if e.is_not_found() => Ok(cached.iter().copied().collect()),
+        Err(e) if e.is_transient() => Err(e.into()),
+        Err(e) => {
+            tracing::debug!("cannot list packs ({e}); checking the cached packs one by one");
+            head_packs(repo, cached).await
+        }
+    }
+}
+
+async fn head_packs(repo: &Repo, cached: &[ObjectId]) -> Result<std::collections::HashSet<ObjectId>> {
+    let heads = futures::stream::iter(cached.iter().map(|&p| {
+        let store = repo.store.clone();
+        async move { store.head(&layout::pack(&p)).await.map(|s| (p, s.is_none())) }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<_>>()
+    .await;
+    let mut missing = std::collections::HashSet::new();
+    for h in heads {
+        let (p, gone) = h?;
+        if gone {
+            missing.insert(p);
+        }
+    }
+    Ok(missing)
 }
 
 /// What one destination needs to commit its snapshot.
@@ -944,11 +1018,12 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         }),
         source_check: source_check.clone(),
     };
-    // The manifest's own size is estimated before it is known exactly (age adds a
-    // fixed overhead); close enough for a statistic, exact for the data.
-    let probe = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
-    manifest.stats.bytes_new = bytes_new + probe.len() as u64;
+    // The manifest records what the snapshot uploaded before it (packs, page map): it
+    // cannot hold its own encrypted size without being encrypted twice. The report
+    // adds it, so the report is the exact number of bytes stored.
+    manifest.stats.bytes_new = bytes_new;
     let ct = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
+    let manifest_len = ct.len() as u64;
     crate::prune::within_grace(repo, pending_read, grace, "backup.outlived-grace", "the backup")?;
     // The name's claim, right before the manifest: a refused backup claims nothing.
     crate::names::commit(repo, &claim).await?;
@@ -984,7 +1059,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         name,
         kind: manifest.kind.clone(),
         bytes_read,
-        bytes_new: manifest.stats.bytes_new,
+        bytes_new: manifest.stats.bytes_new + manifest_len,
         chunks_total,
         chunks_new,
         packs_new,
@@ -1102,21 +1177,24 @@ struct SnapOut {
     source_check: Option<sqlvault_format::SourceCheck>,
 }
 
-/// Runs the reader and the workers; returns what the reader learned (or why it
-/// stopped) and each worker's output by destination.
-fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> (Result<SnapOut>, Vec<Vec<WorkerOut>>) {
+/// Runs the reader and the workers (CPU only: hashing, dedup, compression,
+/// encryption); sealed packs go to the uploader through `up`. Returns what the reader
+/// learned, or why it stopped, once every worker is done.
+fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize, up: Uploads) -> Result<SnapOut> {
     let (tx, rx) = mpsc::sync_channel::<Batch>(threads * 2);
     let rx = Arc::new(Mutex::new(rx));
     let handles: Vec<_> = (0..threads)
         .map(|i| {
             let shared = shared.clone();
             let rx = rx.clone();
+            let up = up.clone();
             std::thread::Builder::new()
                 .name(format!("sqlvault-pack-{i}"))
-                .spawn(move || worker(&shared, &rx))
+                .spawn(move || worker(&shared, &rx, &up))
                 .expect("spawn worker")
         })
         .collect();
+    drop(up);
 
     let src_opts = SourceOptions::default()
         .with_busy_timeout(shared.opts.busy_timeout)
@@ -1129,19 +1207,23 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize) -> (Result<SnapO
         BackupKind::Dump => read_dump(&shared, db, src_opts, &tx),
     };
     drop(tx);
-    let outs: Vec<Vec<WorkerOut>> = handles
-        .into_iter()
-        .map(|h| h.join().expect("worker panicked"))
-        .collect();
-    (snap, outs)
+    for h in handles {
+        h.join().expect("worker panicked");
+    }
+    snap
 }
 
 fn read_pages(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::SyncSender<Batch>) -> Result<SnapOut> {
     let mut src = Source::open(db, src_opts)?;
     let frame_pages = shared.opts.frame_pages.max(1);
     let mut batch: Option<Batch> = None;
+    let progress = shared.session.progress();
+    let cancel = shared.session.cancel();
+    // The main file's size: the snapshot's size unless the WAL grew it since the last
+    // checkpoint, close enough for a rate and an ETA.
+    progress.start("reading", std::fs::metadata(db).ok().map(|m| m.len()));
     let r = src.snapshot(|pgno, page| {
-        if shared.abort.load(Ordering::Relaxed) {
+        if shared.abort.load(Ordering::Relaxed) || cancel.is_cancelled() {
             return Err(());
         }
         if shared.page_size.load(Ordering::Relaxed) == 0 {
@@ -1159,13 +1241,17 @@ fn read_pages(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Sy
         });
         b.data.extend_from_slice(page);
         if b.data.len() >= page.len() * frame_pages {
+            progress.advance(b.data.len() as u64);
             tx.send(batch.take().expect("present")).map_err(|_| ())?;
         }
         Ok(())
     });
     if let Some(b) = batch.take() {
+        progress.advance(b.data.len() as u64);
         let _ = tx.send(b);
     }
+    progress.finish();
+    cancel.check()?;
     let cipher = src.cipher().cloned();
     let source_check = src.integrity_problems().map(sqlvault_format::SourceCheck::of);
     match r {
@@ -1231,6 +1317,7 @@ impl ChunkWriter<'_> {
 
     fn send(&mut self) -> std::io::Result<()> {
         if let Some(b) = self.batch.take() {
+            self.shared.session.progress().advance(b.data.len() as u64);
             self.tx
                 .send(b)
                 .map_err(|_| std::io::Error::other("backup workers stopped"))?;
@@ -1241,7 +1328,7 @@ impl ChunkWriter<'_> {
 
 impl Write for ChunkWriter<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.shared.abort.load(Ordering::Relaxed) {
+        if self.shared.abort.load(Ordering::Relaxed) || self.shared.session.cancel().is_cancelled() {
             return Err(std::io::Error::other("backup aborted"));
         }
         self.pending.extend_from_slice(data);
@@ -1262,7 +1349,10 @@ fn read_dump(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Syn
         batch: None,
         next: 1,
     };
+    shared.session.progress().start("dumping", None);
     let r = src.dump(&mut w);
+    shared.session.progress().finish();
+    shared.session.cancel().check()?;
     let r = r.map_err(Error::from).and_then(|rep| {
         w.cut(true)
             .map_err(|e| io_err("handing the dump to the backup workers", e))?;

@@ -999,14 +999,31 @@ impl Repo {
     /// that are not (foreign, damaged, or misnamed). Store failures are errors: a
     /// listing that could not be read is not a list of snapshots.
     pub async fn snapshots_checked(&self) -> Result<(Vec<Manifest>, Vec<Skipped>)> {
-        let names = self.store.list(layout::SNAPSHOTS).await?;
+        self.snapshots_matching("").await
+    }
+
+    /// [`Repo::snapshots_checked`] for the snapshots whose id starts with `prefix`
+    /// (lowercase hex; `""` for all): only those manifests are read.
+    ///
+    /// Manifests are immutable, so each one this host has authenticated is kept in its
+    /// local catalog (`cache/manifests/<id>`, the plaintext, 0600) and read from there
+    /// while the listing still shows it: listing a repository costs one LIST and a GET
+    /// per snapshot this host has not seen, not a GET per snapshot. A cached plaintext
+    /// is authenticated again (its MAC) on every use; one that fails is fetched anew.
+    pub(crate) async fn snapshots_matching(&self, prefix: &str) -> Result<(Vec<Manifest>, Vec<Skipped>)> {
+        let mut names = self.store.list(layout::SNAPSHOTS).await?;
+        if prefix.is_empty() {
+            self.forget_uncatalogued(&names);
+        } else {
+            names.retain(|(n, _)| n.starts_with(prefix));
+        }
         let results: Vec<(String, Result<Manifest>)> =
             futures::stream::iter(names.into_iter().map(|(n, size)| async move {
                 let r = match n.parse::<ObjectId>() {
                     // A manifest is a few KiB (its maps are separate objects): anything
                     // far larger is not one, and is not read into memory.
                     Ok(_) if size > MAX_SMALL_OBJECT => Err(too_large(&self.store, "snapshots", &n, size)),
-                    Ok(id) => self.load_manifest(&id).await,
+                    Ok(id) => self.load_listed_manifest(&id).await,
                     Err(e) => Err(Error::new(
                         ErrorKind::Integrity,
                         "repo.foreign-object",
@@ -1038,8 +1055,65 @@ impl Repo {
         Ok((out, skipped))
     }
 
-    /// Loads and authenticates one manifest.
+    fn catalog_dir(&self) -> std::path::PathBuf {
+        local::repo_dir(self.session.state_dir(), &self.repo_id)
+            .join("cache")
+            .join("manifests")
+    }
+
+    /// Drops catalogued manifests the listing no longer shows (forgotten snapshots).
+    /// Best effort: the catalog is an optimisation.
+    fn forget_uncatalogued(&self, listed: &[(String, u64)]) {
+        let Ok(dir) = std::fs::read_dir(self.catalog_dir()) else {
+            return;
+        };
+        let listed: std::collections::HashSet<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+        for e in dir.flatten() {
+            if !listed.contains(e.file_name().to_string_lossy().as_ref()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// A manifest the listing shows: from the catalog when it holds an authentic copy,
+    /// else fetched, authenticated and catalogued.
+    async fn load_listed_manifest(&self, id: &ObjectId) -> Result<Manifest> {
+        let path = self.catalog_dir().join(id.to_string());
+        if let Ok(pt) = std::fs::read(&path) {
+            match decode_manifest(&self.keys, &pt, id) {
+                Ok(m) => return Ok(m),
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let (m, pt) = self.fetch_manifest(id).await?;
+        // No fsync: a torn copy fails its MAC and is fetched again.
+        let saved = local::mkdir_private(&self.catalog_dir()).and_then(|()| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut f| f.write_all(&pt))
+                .map_err(|e| crate::error::io_err(format!("cannot write {}", path.display()), e))
+        });
+        if let Err(e) = saved {
+            tracing::debug!("manifest catalog not updated: {}", e.one_line());
+        }
+        Ok(m)
+    }
+
+    /// Loads and authenticates one manifest (always from the repository: whether it
+    /// still exists is part of the answer).
     pub async fn load_manifest(&self, id: &ObjectId) -> Result<Manifest> {
+        self.fetch_manifest(id).await.map(|(m, _)| m)
+    }
+
+    async fn fetch_manifest(&self, id: &ObjectId) -> Result<(Manifest, Vec<u8>)> {
         let key = layout::snapshot(id);
         let ct = get_or(&self.store, &key, || {
             Error::new(
@@ -1050,7 +1124,8 @@ impl Repo {
         })
         .await?;
         let pt = self.decrypt_meta(&format!("snapshot {}", id.short()), &ct)?;
-        decode_manifest(&self.keys, &pt, id).map_err(|e| corrupt(format!("snapshot {}", id.short()), e))
+        let m = decode_manifest(&self.keys, &pt, id).map_err(|e| corrupt(format!("snapshot {}", id.short()), e))?;
+        Ok((m, pt))
     }
 
     /// Finds a snapshot by id prefix, or the newest one (of `name`, if given). Junk
@@ -1058,7 +1133,9 @@ impl Repo {
     /// repository wrote is damaged, that damage is the error (it may be the one asked
     /// for).
     pub async fn find_snapshot(&self, id: Option<&str>, name: Option<&str>) -> Result<Manifest> {
-        let (all, skipped) = self.snapshots_checked().await?;
+        // By id, only the manifests the prefix can name are read.
+        let prefix = id.map(str::to_lowercase).unwrap_or_default();
+        let (all, skipped) = self.snapshots_matching(&prefix).await?;
         for s in &skipped {
             tracing::warn!("skipping {}: {}", s.key, s.message);
         }

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
+use futures::StreamExt;
 use serde::Serialize;
 use sqlvault_compress::FrameDecompressor;
 use sqlvault_format::{ChunkId, Manifest, ObjectId, kind, layout};
@@ -553,6 +555,14 @@ enum Layout {
 }
 
 impl Layout {
+    /// Bytes of the file being rebuilt: every ordinal `pgnos` lists, at its length.
+    fn total(&self, pgnos: &[u32]) -> u64 {
+        match self {
+            Layout::Pages(ps) => pgnos.len() as u64 * ps,
+            Layout::Chunks(o) => o.last().copied().unwrap_or(0),
+        }
+    }
+
     fn offset(&self, ordinal: u32) -> u64 {
         match self {
             Layout::Pages(ps) => (ordinal as u64 - 1) * ps,
@@ -662,26 +672,37 @@ async fn fetch_chunks(
         abort: AtomicBool::new(false),
         error: Mutex::new(None),
         failed: Mutex::new(Vec::new()),
-        rt: tokio::runtime::Handle::current(),
     });
+    let progress = repo.session.progress();
+    progress.start("restoring", Some(ctx.layout.total(&ctx.pgnos)));
     // Rounds: the first fetches every chunk from its first entry; each later one only
     // the chunks that failed, from their next alternate. A chunk with no alternate left
     // fails the restore with its last error.
     loop {
+        // Downloads run on async tasks; the workers only decrypt, decompress, check and
+        // write. At most `threads + 1` packs are in memory at once (the permits): one
+        // download runs ahead of the workers, so the network and the CPUs overlap.
+        let permits = Arc::new(tokio::sync::Semaphore::new(threads + 1));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Fetched>(threads + 1);
+        let queue = std::mem::take(&mut *ctx.queue.lock().unwrap());
+        let downloads = tokio::spawn(download_packs(ctx.clone(), queue, permits, threads + 1, tx));
         let c2 = ctx.clone();
-        tokio::task::spawn_blocking(move || {
+        let workers = tokio::task::spawn_blocking(move || {
+            let rx = Arc::new(Mutex::new(rx));
             let hs: Vec<_> = (0..threads)
                 .map(|_| {
-                    let c = c2.clone();
-                    std::thread::spawn(move || fetch_worker(&c))
+                    let (c, rx) = (c2.clone(), rx.clone());
+                    std::thread::spawn(move || fetch_worker(&c, &rx))
                 })
                 .collect();
             for h in hs {
                 let _ = h.join();
             }
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "restore workers panicked").with_source(e))?;
+        });
+        let joined = workers.await;
+        // The workers are gone, and with them the channel: the downloads stop.
+        let _ = downloads.await;
+        joined.map_err(|e| Error::new(ErrorKind::Internal, "internal", "restore workers panicked").with_source(e))?;
         if let Some(e) = ctx.error.lock().unwrap().take() {
             return Err(e);
         }
@@ -704,6 +725,7 @@ async fn fetch_chunks(
         }
         *ctx.queue.lock().unwrap() = next.into_iter().collect();
     }
+    progress.finish();
     if ctx.written.load(Ordering::SeqCst) != ctx.uids.len() {
         return Err(Error::new(
             ErrorKind::Internal,
@@ -736,10 +758,63 @@ struct FetchCtx {
     error: Mutex<Option<Error>>,
     /// Chunks an entry did not give back (damaged or misleading), for another round.
     failed: Mutex<Vec<(u32, Error)>>,
-    rt: tokio::runtime::Handle,
 }
 
-fn fetch_worker(c: &FetchCtx) {
+/// A pack as downloaded (or why not), with what the restore needs of it, holding one
+/// of the memory permits until a worker is done with it.
+struct Fetched {
+    pack: ObjectId,
+    needs: Vec<Need>,
+    body: Result<Bytes>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Downloads the packs of `queue`, as many at once as there are permits, and hands
+/// them to the workers; stops at the first send nobody receives (the workers ended)
+/// or when the restore is aborted or cancelled.
+async fn download_packs(
+    c: Arc<FetchCtx>,
+    queue: Vec<(ObjectId, Vec<Need>)>,
+    permits: Arc<tokio::sync::Semaphore>,
+    depth: usize,
+    tx: tokio::sync::mpsc::Sender<Fetched>,
+) {
+    let c = &c;
+    let fetches = futures::stream::iter(queue)
+        .map(|(pack, needs)| {
+            let permits = permits.clone();
+            async move {
+                let permit = permits.acquire_owned().await.expect("never closed");
+                if c.abort.load(Ordering::Relaxed) || c.repo.session.cancel().is_cancelled() {
+                    return None;
+                }
+                let body = get_or(&c.repo.store, &layout::pack(&pack), || {
+                    Error::new(
+                        ErrorKind::Integrity,
+                        "repo.missing-object",
+                        format!("pack {} is missing from the repository", pack.short()),
+                    )
+                })
+                .await;
+                Some(Fetched {
+                    pack,
+                    needs,
+                    body,
+                    _permit: permit,
+                })
+            }
+        })
+        .buffer_unordered(depth);
+    let mut fetches = std::pin::pin!(fetches);
+    while let Some(f) = fetches.next().await {
+        let Some(f) = f else { break };
+        if tx.send(f).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn fetch_worker(c: &FetchCtx, rx: &Mutex<tokio::sync::mpsc::Receiver<Fetched>>) {
     let mut dec = match FrameDecompressor::new() {
         Ok(d) => d,
         Err(e) => {
@@ -753,10 +828,14 @@ fn fetch_worker(c: &FetchCtx) {
         if c.abort.load(Ordering::Relaxed) {
             return;
         }
-        let Some((pack, mut needs)) = c.queue.lock().unwrap().pop() else {
+        if let Err(e) = c.repo.session.cancel().check() {
+            fail(c, e);
+            return;
+        }
+        let Some(mut f) = rx.lock().unwrap().blocking_recv() else {
             return;
         };
-        if let Err(e) = restore_pack(c, &pack, &mut needs, &mut dec, &mut frame, &mut plain) {
+        if let Err(e) = restore_pack(c, &f.pack, f.body, &mut f.needs, &mut dec, &mut frame, &mut plain) {
             fail(c, e);
             return;
         }
@@ -778,12 +857,12 @@ fn fail(c: &FetchCtx, e: Error) {
 fn restore_pack(
     c: &FetchCtx,
     pack: &ObjectId,
+    body: Result<Bytes>,
     needs: &mut [Need],
     dec: &mut FrameDecompressor,
     frame: &mut Vec<u8>,
     plain: &mut Vec<u8>,
 ) -> Result<()> {
-    let key = layout::pack(pack);
     let what = format!("pack {}", pack.short());
     let soft = |needs: &[Need], e: Error| {
         let mut f = c.failed.lock().unwrap();
@@ -793,13 +872,7 @@ fn restore_pack(
                 .map(|n| (n.uidx, Error::new(e.kind(), e.code(), e.one_line()))),
         );
     };
-    let ct = match c.rt.block_on(get_or(&c.repo.store, &key, || {
-        Error::new(
-            ErrorKind::Integrity,
-            "repo.missing-object",
-            format!("{what} is missing from the repository"),
-        )
-    })) {
+    let ct = match body {
         Ok(ct) => ct,
         Err(e) if e.kind() == ErrorKind::Integrity => {
             soft(needs, e);
@@ -898,6 +971,7 @@ fn restore_pack(
             }
             for &pgno in &c.pgnos[c.starts[u] as usize..c.starts[u + 1] as usize] {
                 runs.push((c.layout.offset(pgno), off as u32, len as u32));
+                c.repo.session.progress().advance(len as u64);
             }
             c.written.fetch_add(1, Ordering::Relaxed);
         }
