@@ -4,11 +4,10 @@
 //! re-hashed.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 
+use crate::packer::PackReader;
 use serde::Serialize;
-use sqlvault_compress::FrameDecompressor;
-use sqlvault_format::{ChunkId, IndexEntry, ObjectId, decode_pack_trailer, layout};
+use sqlvault_format::{ChunkId, IndexEntry, ObjectId, layout};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Repo;
@@ -139,19 +138,11 @@ pub async fn check(repo: &Repo, opts: CheckOptions) -> Result<CheckReport> {
 
     let mut packs_read = 0;
     if opts.read_data {
-        let mut dec = FrameDecompressor::new().map_err(|e| crate::error::io_err("zstd", e))?;
         let mut names: Vec<&String> = packs.keys().collect();
         names.sort();
         for name in names {
             packs_read += 1;
-            if let Err(e) = read_pack(
-                repo,
-                name,
-                by_pack.get(&name.parse().unwrap_or(ObjectId([0; 16]))),
-                &mut dec,
-            )
-            .await
-            {
+            if let Err(e) = read_pack(repo, name, by_pack.get(&name.parse().unwrap_or(ObjectId([0; 16])))).await {
                 if e.kind() == ErrorKind::Store {
                     return Err(e);
                 }
@@ -170,48 +161,40 @@ pub async fn check(repo: &Repo, opts: CheckOptions) -> Result<CheckReport> {
     })
 }
 
-async fn read_pack(
-    repo: &Repo,
-    name: &str,
-    indexed: Option<&Vec<IndexEntry>>,
-    dec: &mut FrameDecompressor,
-) -> Result<()> {
-    let what = format!("pack {}", crate::repo::escape_name(name.get(..8).unwrap_or(name)));
-    let bad = |detail: String| Error::new(ErrorKind::Integrity, "repo.corrupt-object", format!("{what}: {detail}"));
-    let ct = repo.store.get(&format!("{}/{name}", layout::PACKS)).await?;
-    let mut r =
-        sqlvault_crypt::decrypt_reader(&repo.identities, &ct[..]).map_err(|e| crate::error::crypt_err(&what, e))?;
-    let mut pt = Vec::with_capacity(ct.len());
-    r.read_to_end(&mut pt).map_err(|e| crate::error::corrupt(&what, e))?;
-    let (entries, frames_end) = decode_pack_trailer(&pt).map_err(|e| crate::error::corrupt(&what, e))?;
-    if let Some(ix) = indexed {
-        let mut a: Vec<_> = ix.iter().map(|e| (e.id, e.frame_offset, e.offset)).collect();
-        let mut b: Vec<_> = entries.iter().map(|e| (e.id, e.frame_offset, e.offset)).collect();
-        a.sort();
-        b.sort();
-        if a != b {
-            return Err(bad("index and pack trailer disagree".into()));
+/// Reads every chunk of pack `name` through the one pack reader, checks each against
+/// its id, and its trailer against what the indexes say it holds.
+async fn read_pack(repo: &Repo, name: &str, indexed: Option<&Vec<IndexEntry>>) -> Result<()> {
+    let Ok(pack) = name.parse::<ObjectId>() else {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "repo.foreign-object",
+            format!("packs/{} is not a pack name", crate::repo::escape_name(name)),
+        ));
+    };
+    let ct = crate::packer::fetch_pack(repo, &pack).await?;
+    let (ids, keys) = (repo.identities.clone(), repo.keys.clone());
+    let indexed = indexed.cloned();
+    crate::packer::on_cpu(move || {
+        let mut r = PackReader::open(&ids, &pack, ct)?;
+        let mut entries = r.trailer()?;
+        if let Some(ix) = indexed {
+            let mut a: Vec<_> = ix.iter().map(|e| (e.id, e.frame_offset, e.offset)).collect();
+            let mut b: Vec<_> = entries.iter().map(|e| (e.id, e.frame_offset, e.offset)).collect();
+            a.sort();
+            b.sort();
+            if a != b {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    "repo.corrupt-object",
+                    format!("pack {}: index and pack trailer disagree", pack.short()),
+                ));
+            }
         }
-    }
-    let mut plain = Vec::new();
-    let mut last_frame = u64::MAX;
-    let mut sorted = entries.clone();
-    sorted.sort_by_key(|e| (e.frame_offset, e.offset));
-    for e in &sorted {
-        if e.frame_offset != last_frame {
-            // decode_pack_trailer checked that the frame lies inside the pack.
-            let f = &pt[e.frame_offset as usize..(e.frame_offset + e.frame_len as u64) as usize];
-            dec.decompress_into(f, &mut plain, 64 << 20)
-                .map_err(|err| crate::error::corrupt(&what, err))?;
-            last_frame = e.frame_offset;
+        entries.sort_by_key(|e| (e.frame_offset, e.offset));
+        for e in &entries {
+            r.chunk(&keys, e)?;
         }
-        let data = plain
-            .get(e.offset as usize..e.offset as usize + e.len as usize)
-            .ok_or_else(|| bad("chunk outside its frame".into()))?;
-        if repo.keys.chunk_id(data) != e.id {
-            return Err(bad(format!("chunk {} does not match its id", &e.id.to_hex()[..16])));
-        }
-    }
-    let _ = frames_end;
-    Ok(())
+        Ok(())
+    })
+    .await
 }

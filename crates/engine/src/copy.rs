@@ -421,15 +421,11 @@ impl Run<'_> {
             }
             // Packs are fetched a few at a time while their chunks are re-packed in
             // order; the chunks of a pack are held until they are handed on.
-            let mut fetched = futures::stream::iter(by_pack.into_iter().map(|(pack, mut wanted)| async move {
-                let mut out: Vec<(ChunkId, Vec<u8>)> = Vec::with_capacity(wanted.len());
-                read_chunks(src, &pack, &mut wanted, |e, data| {
-                    out.push((e.id, data.to_vec()));
-                    Ok(())
-                })
-                .await?;
-                Ok::<_, Error>(out)
-            }))
+            let mut fetched = futures::stream::iter(
+                by_pack
+                    .into_iter()
+                    .map(|(pack, wanted)| async move { read_chunks(src, &pack, wanted).await }),
+            )
             .buffer_unordered(FETCH_AHEAD);
             let mut in_packer: HashSet<ChunkId> = HashSet::new();
             while let Some(chunks) = fetched.try_next().await? {

@@ -13,122 +13,191 @@ use sqlvault_format::{ChunkId, IndexEntry, ObjectId, PACK_MAGIC, encode_entries,
 use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, io_err};
 use crate::repo::{Repo, get_or};
 
-/// A decrypting reader over one pack (one GET), its name for messages and the size of
-/// its ciphertext (which bounds every offset into its plaintext).
-async fn open_pack(
-    repo: &Repo,
-    pack: &ObjectId,
-) -> Result<(
-    String,
-    u64,
-    sqlvault_crypt::age::stream::StreamReader<std::io::Cursor<Bytes>>,
-)> {
-    repo.require_data_access("reading packs")?;
-    let what = format!("pack {}", pack.short());
-    let ct = get_or(&repo.store, &layout::pack(pack), || {
+/// The most a frame may decompress to, whatever it declares: backup frames are about
+/// a MiB, and a forged one must not make a reader allocate more.
+pub(crate) const MAX_FRAME_CONTENT: usize = 64 << 20;
+
+/// One downloaded pack, decrypted on demand: the single pack reader, with one set of
+/// bounds, that restore, copy, check and prune use. It is synchronous (CPU only: age,
+/// zstd, hashing) and runs on worker or blocking threads; the download is async
+/// ([`fetch_pack`]).
+///
+/// Bounds: no frame is read that does not lie inside the ciphertext (the plaintext is
+/// shorter), no frame decompresses to more than it declares, [`MAX_FRAME_CONTENT`] at
+/// most (and at least what the caller needs of it), and every chunk handed out is
+/// re-hashed against its id.
+pub(crate) struct PackReader {
+    what: String,
+    ct_len: u64,
+    r: sqlvault_crypt::age::stream::StreamReader<std::io::Cursor<Bytes>>,
+    dec: FrameDecompressor,
+    /// Plaintext position of `r`: frames read in order need no seek (a seek drops age's
+    /// decrypted chunk and decrypts it again).
+    pos: u64,
+    frame: Vec<u8>,
+    plain: Vec<u8>,
+    /// Offset of the frame decompressed in `plain`.
+    current: Option<u64>,
+}
+
+impl PackReader {
+    /// Opens the ciphertext `ct` of pack `pack` with `identities`: the age header only.
+    pub(crate) fn open(identities: &sqlvault_crypt::Identities, pack: &ObjectId, ct: Bytes) -> Result<PackReader> {
+        let what = format!("pack {}", pack.short());
+        let ct_len = ct.len() as u64;
+        let r =
+            sqlvault_crypt::decrypt_reader(identities, std::io::Cursor::new(ct)).map_err(|e| crypt_err(&what, e))?;
+        Ok(PackReader {
+            what,
+            ct_len,
+            r,
+            dec: FrameDecompressor::new().map_err(|e| io_err("zstd", e))?,
+            pos: 0,
+            frame: Vec::new(),
+            plain: Vec::new(),
+            current: None,
+        })
+    }
+
+    fn corrupt(&self, detail: &str) -> Error {
+        Error::new(
+            ErrorKind::Integrity,
+            "repo.corrupt-object",
+            format!("{}: {detail}", self.what),
+        )
+    }
+
+    /// The decompressed content of the frame at `frame_offset`, `frame_len` bytes of
+    /// plaintext, of which the caller needs at least `need` bytes.
+    pub(crate) fn frame(&mut self, frame_offset: u64, frame_len: u32, need: usize) -> Result<&[u8]> {
+        if self.current == Some(frame_offset) {
+            return Ok(&self.plain);
+        }
+        self.current = None;
+        if frame_offset.saturating_add(frame_len as u64) > self.ct_len {
+            return Err(self.corrupt("truncated or corrupt: an index entry points past its end"));
+        }
+        self.frame.resize(frame_len as usize, 0);
+        if self.pos != frame_offset {
+            self.pos = u64::MAX;
+            self.r
+                .seek(SeekFrom::Start(frame_offset))
+                .map_err(|e| corrupt(&self.what, e))?;
+        }
+        self.pos = u64::MAX;
+        self.r.read_exact(&mut self.frame).map_err(|e| corrupt(&self.what, e))?;
+        self.pos = frame_offset + frame_len as u64;
+        let bound = sqlvault_compress::frame_content_size(&self.frame)
+            .map_or(16 << 20, |n| n.min(MAX_FRAME_CONTENT as u64) as usize)
+            .max(need)
+            .min(MAX_FRAME_CONTENT);
+        self.dec
+            .decompress_into(&self.frame, &mut self.plain, bound)
+            .map_err(|e| corrupt(&self.what, e))?;
+        self.current = Some(frame_offset);
+        Ok(&self.plain)
+    }
+
+    /// The chunk `e` describes, checked against its id.
+    pub(crate) fn chunk(&mut self, keys: &sqlvault_format::RepoKeys, e: &IndexEntry) -> Result<&[u8]> {
+        let end = e.offset as usize + e.len as usize;
+        self.frame(e.frame_offset, e.frame_len, end)?;
+        let sound = self
+            .plain
+            .get(e.offset as usize..end)
+            .is_some_and(|d| keys.chunk_id(d) == e.id);
+        if !sound {
+            return Err(self.corrupt(&format!(
+                "chunk {} is not where its index entry says, or does not match its id (tampered or corrupt)",
+                &e.id.to_hex()[..16]
+            )));
+        }
+        Ok(&self.plain[e.offset as usize..end])
+    }
+
+    /// The entries the pack's own trailer lists: what it really holds, whatever an index
+    /// says. Only the end of the plaintext is decrypted.
+    pub(crate) fn trailer(&mut self) -> Result<Vec<IndexEntry>> {
+        let what = self.what.clone();
+        self.pos = u64::MAX;
+        self.current = None;
+        let r = &mut self.r;
+        let end = r.seek(SeekFrom::End(0)).map_err(|e| corrupt(&what, e))?;
+        let mut tail = [0u8; 12];
+        if end < 12 {
+            return Err(corrupt(&what, std::io::Error::other("too short for a trailer")));
+        }
+        r.seek(SeekFrom::Start(end - 12)).map_err(|e| corrupt(&what, e))?;
+        r.read_exact(&mut tail).map_err(|e| corrupt(&what, e))?;
+        let tlen = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64;
+        if &tail[4..] != PACK_MAGIC || tlen > end - 12 || tlen > self.ct_len {
+            return Err(corrupt(&what, std::io::Error::other("bad trailer")));
+        }
+        let start = end - 12 - tlen;
+        let mut buf = vec![0u8; tlen as usize + 12];
+        r.seek(SeekFrom::Start(start)).map_err(|e| corrupt(&what, e))?;
+        r.read_exact(&mut buf).map_err(|e| corrupt(&what, e))?;
+        // Every frame lies before the trailer.
+        let mut entries = Vec::new();
+        sqlvault_format::decode_entries(&buf[..tlen as usize], |e| entries.push(e)).map_err(|e| corrupt(&what, e))?;
+        if entries
+            .iter()
+            .any(|e| e.frame_offset.checked_add(e.frame_len as u64).is_none_or(|x| x > start))
+        {
+            return Err(corrupt(&what, std::io::Error::other("frame outside pack")));
+        }
+        Ok(entries)
+    }
+}
+
+/// GETs pack `pack` (a missing one is an integrity error: something references it).
+pub(crate) async fn fetch_pack(repo: &Repo, pack: &ObjectId) -> Result<Bytes> {
+    get_or(&repo.store, &layout::pack(pack), || {
         Error::new(
             ErrorKind::Integrity,
             "repo.missing-object",
-            format!("{what} is missing from {}", repo.store.describe()),
+            format!("pack {} is missing from {}", pack.short(), repo.store.describe()),
         )
     })
-    .await?;
-    let ct_len = ct.len() as u64;
-    let r =
-        sqlvault_crypt::decrypt_reader(&repo.identities, std::io::Cursor::new(ct)).map_err(|e| crypt_err(&what, e))?;
-    Ok((what, ct_len, r))
+    .await
+}
+
+/// Runs `f` on a blocking thread: the CPU side of a pack (age, zstd, hashing) never
+/// runs on the async runtime's threads.
+pub(crate) async fn on_cpu<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "a pack worker panicked").with_source(e))?
 }
 
 /// Reads the chunks `wanted` (entries of pack `pack`, from an index) out of it: one GET,
-/// only the frames that hold them decrypted and decompressed, every chunk re-hashed
-/// against its id. Calls `f` for each, in frame order.
+/// then on a blocking thread only the frames that hold them decrypted and
+/// decompressed, every chunk re-hashed against its id. Returns them in frame order.
 pub(crate) async fn read_chunks(
     repo: &Repo,
     pack: &ObjectId,
-    wanted: &mut [IndexEntry],
-    mut f: impl FnMut(&IndexEntry, &[u8]) -> Result<()>,
-) -> Result<()> {
-    let (what, ct_len, mut r) = open_pack(repo, pack).await?;
-    let mut dec = FrameDecompressor::new().map_err(|e| io_err("zstd", e))?;
-    wanted.sort_by_key(|e| (e.frame_offset, e.offset));
-    let (mut frame, mut plain) = (Vec::new(), Vec::new());
-    let mut current = u64::MAX;
-    for e in wanted.iter() {
-        if e.frame_offset != current {
-            // The plaintext is shorter than the object: a frame that does not fit in it
-            // is refused before anything is allocated for it.
-            if e.frame_offset.saturating_add(e.frame_len as u64) > ct_len {
-                return Err(Error::new(
-                    ErrorKind::Integrity,
-                    "repo.corrupt-object",
-                    format!("{what} is truncated or corrupt: an index entry points past its end"),
-                ));
-            }
-            frame.resize(e.frame_len as usize, 0);
-            r.seek(SeekFrom::Start(e.frame_offset))
-                .map_err(|err| corrupt(&what, err))?;
-            r.read_exact(&mut frame).map_err(|err| corrupt(&what, err))?;
-            let bound = sqlvault_compress::frame_content_size(&frame)
-                .unwrap_or(16 << 20)
-                .min(64 << 20) as usize;
-            dec.decompress_into(&frame, &mut plain, bound)
-                .map_err(|err| corrupt(&what, err))?;
-            current = e.frame_offset;
-        }
-        let data = plain
-            .get(e.offset as usize..(e.offset as usize + e.len as usize))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Integrity,
-                    "repo.corrupt-object",
-                    format!("{what}: chunk lies outside its frame"),
-                )
-            })?;
-        if repo.keys.chunk_id(data) != e.id {
-            return Err(Error::new(
-                ErrorKind::Integrity,
-                "repo.corrupt-object",
-                format!(
-                    "{what}: chunk {} does not match its id (tampered or corrupt)",
-                    &e.id.to_hex()[..16]
-                ),
-            ));
-        }
-        f(e, data)?;
-    }
-    Ok(())
+    mut wanted: Vec<IndexEntry>,
+) -> Result<Vec<(ChunkId, Vec<u8>)>> {
+    repo.require_data_access("reading packs")?;
+    let ct = fetch_pack(repo, pack).await?;
+    let (ids, keys, pack) = (repo.identities.clone(), repo.keys.clone(), *pack);
+    on_cpu(move || {
+        let mut r = PackReader::open(&ids, &pack, ct)?;
+        wanted.sort_by_key(|e| (e.frame_offset, e.offset));
+        wanted
+            .iter()
+            .map(|e| r.chunk(&keys, e).map(|d| (e.id, d.to_vec())))
+            .collect()
+    })
+    .await
 }
 
-/// The entries a pack's own trailer lists: what it really holds, whatever an index
-/// says. One GET; only the end of the plaintext is decrypted.
+/// The entries a pack's own trailer lists ([`PackReader::trailer`]). One GET.
 pub(crate) async fn read_trailer(repo: &Repo, pack: &ObjectId) -> Result<Vec<IndexEntry>> {
-    let (what, ct_len, mut r) = open_pack(repo, pack).await?;
-    let end = r.seek(SeekFrom::End(0)).map_err(|e| corrupt(&what, e))?;
-    let mut tail = [0u8; 12];
-    if end < 12 {
-        return Err(corrupt(&what, std::io::Error::other("too short for a trailer")));
-    }
-    r.seek(SeekFrom::Start(end - 12)).map_err(|e| corrupt(&what, e))?;
-    r.read_exact(&mut tail).map_err(|e| corrupt(&what, e))?;
-    let tlen = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64;
-    if &tail[4..] != PACK_MAGIC || tlen > end - 12 || tlen > ct_len {
-        return Err(corrupt(&what, std::io::Error::other("bad trailer")));
-    }
-    let start = end - 12 - tlen;
-    let mut buf = vec![0u8; tlen as usize + 12];
-    r.seek(SeekFrom::Start(start)).map_err(|e| corrupt(&what, e))?;
-    r.read_exact(&mut buf).map_err(|e| corrupt(&what, e))?;
-    // Every frame lies before the trailer (what decode_pack_trailer checks, which
-    // would need the whole plaintext).
-    let mut entries = Vec::new();
-    sqlvault_format::decode_entries(&buf[..tlen as usize], |e| entries.push(e)).map_err(|e| corrupt(&what, e))?;
-    if entries
-        .iter()
-        .any(|e| e.frame_offset.checked_add(e.frame_len as u64).is_none_or(|x| x > start))
-    {
-        return Err(corrupt(&what, std::io::Error::other("frame outside pack")));
-    }
-    Ok(entries)
+    repo.require_data_access("reading packs")?;
+    let ct = fetch_pack(repo, pack).await?;
+    let (ids, pack) = (repo.identities.clone(), *pack);
+    on_cpu(move || PackReader::open(&ids, &pack, ct)?.trailer()).await
 }
 
 /// A pack that was sealed (and, once the caller PUTs it, uploaded), with its entries
@@ -231,7 +300,17 @@ pub(crate) fn compress_checked(
 /// Writes chunks into new packs of `repo`: frames of up to `frame_bytes` of chunks,
 /// each compressed and checked by decompressing it before it is encrypted, packs sealed
 /// and uploaded at `pack_target`. Nothing is indexed until [`write_index_for`].
+/// Compression and encryption run on blocking threads; only the upload is async.
 pub(crate) struct Packer {
+    repo: Repo,
+    /// The CPU side, lent to a blocking thread while a frame is compressed (absent
+    /// only after a failure, which ends the operation).
+    cpu: Option<Box<PackerCpu>>,
+    frame_bytes: usize,
+    written: Vec<SealedPack>,
+}
+
+struct PackerCpu {
     repo: Repo,
     comp: FrameCompressor,
     dec: FrameDecompressor,
@@ -239,46 +318,11 @@ pub(crate) struct Packer {
     frame_ids: Vec<(ChunkId, u32, u32)>,
     out: Vec<u8>,
     check: Vec<u8>,
-    frame_bytes: usize,
     pack_target: usize,
     pack: Option<PackBuilder>,
-    written: Vec<SealedPack>,
 }
 
-impl Packer {
-    pub(crate) fn new(repo: &Repo, pack_target: usize) -> Result<Packer> {
-        Ok(Packer {
-            repo: repo.clone(),
-            comp: FrameCompressor::new(sqlvault_compress::DEFAULT_LEVEL).map_err(|e| io_err("zstd", e))?,
-            dec: FrameDecompressor::new().map_err(|e| io_err("zstd", e))?,
-            frame: Vec::new(),
-            frame_ids: Vec::new(),
-            out: Vec::new(),
-            check: Vec::new(),
-            frame_bytes: 1 << 20,
-            pack_target,
-            pack: None,
-            written: Vec::new(),
-        })
-    }
-
-    /// Adds one chunk; uploads a pack when it is full.
-    pub(crate) async fn add(&mut self, id: ChunkId, data: &[u8]) -> Result<()> {
-        self.frame_ids.push((id, self.frame.len() as u32, data.len() as u32));
-        self.frame.extend_from_slice(data);
-        if self.frame.len() >= self.frame_bytes {
-            self.flush_frame()?;
-            if self
-                .pack
-                .as_ref()
-                .is_some_and(|p| p.plain_len as usize >= self.pack_target)
-            {
-                self.seal().await?;
-            }
-        }
-        Ok(())
-    }
-
+impl PackerCpu {
     fn flush_frame(&mut self) -> Result<()> {
         if self.frame_ids.is_empty() {
             return Ok(());
@@ -301,20 +345,76 @@ impl Packer {
         Ok(())
     }
 
-    async fn seal(&mut self) -> Result<()> {
-        let Some(p) = self.pack.take() else {
-            return Ok(());
+    /// Flushes the frame; seals the pack when it is full, or when `force` and it holds
+    /// anything.
+    fn step(mut self: Box<Self>, force: bool) -> Result<(Box<Self>, Option<(Vec<u8>, SealedPack)>)> {
+        self.flush_frame()?;
+        let full = self
+            .pack
+            .as_ref()
+            .is_some_and(|p| force || p.plain_len as usize >= self.pack_target);
+        let sealed = match full {
+            true => Some(self.pack.take().expect("present").seal()?),
+            false => None,
         };
-        let (ct, sealed) = p.seal()?;
-        self.repo.store.put(&layout::pack(&sealed.id), Bytes::from(ct)).await?;
-        self.written.push(sealed);
+        Ok((self, sealed))
+    }
+}
+
+impl Packer {
+    pub(crate) fn new(repo: &Repo, pack_target: usize) -> Result<Packer> {
+        Ok(Packer {
+            repo: repo.clone(),
+            cpu: Some(Box::new(PackerCpu {
+                repo: repo.clone(),
+                comp: FrameCompressor::new(sqlvault_compress::DEFAULT_LEVEL).map_err(|e| io_err("zstd", e))?,
+                dec: FrameDecompressor::new().map_err(|e| io_err("zstd", e))?,
+                frame: Vec::new(),
+                frame_ids: Vec::new(),
+                out: Vec::new(),
+                check: Vec::new(),
+                pack_target,
+                pack: None,
+            })),
+            frame_bytes: 1 << 20,
+            written: Vec::new(),
+        })
+    }
+
+    fn cpu(&mut self) -> Result<&mut PackerCpu> {
+        self.cpu
+            .as_deref_mut()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "internal", "a packer used after it failed"))
+    }
+
+    /// Adds one chunk; uploads a pack when it is full.
+    pub(crate) async fn add(&mut self, id: ChunkId, data: &[u8]) -> Result<()> {
+        let cpu = self.cpu()?;
+        cpu.frame_ids.push((id, cpu.frame.len() as u32, data.len() as u32));
+        cpu.frame.extend_from_slice(data);
+        if cpu.frame.len() >= self.frame_bytes {
+            self.step(false).await?;
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self, force: bool) -> Result<()> {
+        let cpu = self
+            .cpu
+            .take()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "internal", "a packer used after it failed"))?;
+        let (cpu, sealed) = on_cpu(move || cpu.step(force)).await?;
+        self.cpu = Some(cpu);
+        if let Some((ct, sealed)) = sealed {
+            self.repo.store.put(&layout::pack(&sealed.id), Bytes::from(ct)).await?;
+            self.written.push(sealed);
+        }
         Ok(())
     }
 
     /// Seals and uploads the pack being filled, however small.
     pub(crate) async fn flush(&mut self) -> Result<()> {
-        self.flush_frame()?;
-        self.seal().await
+        self.step(true).await
     }
 
     /// The packs uploaded since the last call, not yet indexed: a caller that indexes

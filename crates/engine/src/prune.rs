@@ -894,19 +894,13 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
             }
             let mut pk = Packer::new(repo, opts.pack_target)?;
             for p in &candidates {
-                let mut wanted: Vec<IndexEntry> = v.entries[p]
+                let wanted: Vec<IndexEntry> = v.entries[p]
                     .iter()
                     .filter(|e| v.referenced.contains(&e.id) && !staying.contains(&e.id))
                     .copied()
                     .collect();
-                let mut chunks: Vec<(ChunkId, Vec<u8>)> = Vec::with_capacity(wanted.len());
-                let read = packer::read_chunks(repo, p, &mut wanted, |e, data| {
-                    chunks.push((e.id, data.to_vec()));
-                    Ok(())
-                })
-                .await;
-                match read {
-                    Ok(()) => {}
+                let chunks = match packer::read_chunks(repo, p, wanted).await {
+                    Ok(c) => c,
                     Err(e) if e.kind() == ErrorKind::Store => return Err(e),
                     // An index entry that does not match the pack (damage, or an index
                     // written with a stolen write key): the pack stays as it is.
@@ -914,7 +908,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
                         tracing::warn!("not repacking pack {}: {}", p.short(), e.one_line());
                         continue;
                     }
-                }
+                };
                 for (id, data) in chunks {
                     if staying.insert(id) {
                         pk.add(id, &data).await?;

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,11 +13,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
-use sqlvault_compress::FrameDecompressor;
 use sqlvault_format::{ChunkId, Manifest, ObjectId, kind, layout};
 
-use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, io_err};
+use crate::error::{Error, ErrorKind, Result, io_err};
 use crate::install::{in_use, side_file_error, stale_side_files, temp_in};
+use crate::packer::PackReader;
 use crate::repo::{Repo, get_or, unknown_kind};
 use crate::session::Requests;
 use sqlvault_sqlite::{CipherSettings, DbKey, Unlock};
@@ -815,15 +814,6 @@ async fn download_packs(
 }
 
 fn fetch_worker(c: &FetchCtx, rx: &Mutex<tokio::sync::mpsc::Receiver<Fetched>>) {
-    let mut dec = match FrameDecompressor::new() {
-        Ok(d) => d,
-        Err(e) => {
-            fail(c, io_err("zstd", e));
-            return;
-        }
-    };
-    let mut frame = Vec::new();
-    let mut plain = Vec::new();
     loop {
         if c.abort.load(Ordering::Relaxed) {
             return;
@@ -835,7 +825,7 @@ fn fetch_worker(c: &FetchCtx, rx: &Mutex<tokio::sync::mpsc::Receiver<Fetched>>) 
         let Some(mut f) = rx.lock().unwrap().blocking_recv() else {
             return;
         };
-        if let Err(e) = restore_pack(c, &f.pack, f.body, &mut f.needs, &mut dec, &mut frame, &mut plain) {
+        if let Err(e) = restore_pack(c, &f.pack, f.body, &mut f.needs) {
             fail(c, e);
             return;
         }
@@ -854,17 +844,8 @@ fn fail(c: &FetchCtx, e: Error) {
 /// entry gets wrong (a missing or damaged pack, a frame outside it, a chunk that does
 /// not hash to its id) fails only the chunks concerned, recorded in `c.failed` for
 /// another round; only the store and the local file stop the restore.
-fn restore_pack(
-    c: &FetchCtx,
-    pack: &ObjectId,
-    body: Result<Bytes>,
-    needs: &mut [Need],
-    dec: &mut FrameDecompressor,
-    frame: &mut Vec<u8>,
-    plain: &mut Vec<u8>,
-) -> Result<()> {
-    let what = format!("pack {}", pack.short());
-    let soft = |needs: &[Need], e: Error| {
+fn restore_pack(c: &FetchCtx, pack: &ObjectId, body: Result<Bytes>, needs: &mut [Need]) -> Result<()> {
+    let soft = |needs: &[Need], e: &Error| {
         let mut f = c.failed.lock().unwrap();
         f.extend(
             needs
@@ -875,28 +856,24 @@ fn restore_pack(
     let ct = match body {
         Ok(ct) => ct,
         Err(e) if e.kind() == ErrorKind::Integrity => {
-            soft(needs, e);
+            soft(needs, &e);
             return Ok(());
         }
         Err(e) => return Err(e),
     };
-    let ct_len = ct.len() as u64;
-    let mut r = match sqlvault_crypt::decrypt_reader(&c.repo.identities, std::io::Cursor::new(ct)) {
+    let mut r = match PackReader::open(&c.repo.identities, pack, ct) {
         Ok(r) => r,
+        // A wrong identity is the caller's problem, not the entry's.
+        Err(e) if e.kind() == ErrorKind::Auth => return Err(e),
         Err(e) => {
-            let e = crypt_err(&what, e);
-            if e.kind() == ErrorKind::Auth {
-                // A wrong identity is the caller's problem, not the entry's.
-                return Err(e);
-            }
-            soft(needs, e);
+            soft(needs, &e);
             return Ok(());
         }
     };
+    let what = format!("pack {}", pack.short());
     needs.sort_by_key(|n| (n.frame_offset, n.offset));
     // (file offset, offset in the decompressed frame, length)
     let mut runs: Vec<(u64, u32, u32)> = Vec::new();
-    let mut pos = 0u64;
     let mut i = 0;
     while i < needs.len() {
         let e = needs[i];
@@ -908,45 +885,13 @@ fn restore_pack(
         }
         let group = &needs[i..j];
         i = j;
-        // The plaintext is shorter than the object: a frame that does not fit in it is
-        // refused before anything is allocated for it.
-        if e.frame_offset.saturating_add(e.frame_len as u64) > ct_len {
-            soft(
-                group,
-                Error::new(
-                    ErrorKind::Integrity,
-                    "repo.corrupt-object",
-                    format!("{what} is truncated or corrupt: an index entry points past its end"),
-                ),
-            );
-            continue;
-        }
-        frame.resize(e.frame_len as usize, 0);
-        // Frames are visited in order: seek only over frames this restore does not
-        // need (a seek drops age's decrypted chunk and decrypts it again).
-        let read = (|| {
-            if pos != e.frame_offset {
-                r.seek(SeekFrom::Start(e.frame_offset))?;
+        let plain = match r.frame(e.frame_offset, e.frame_len, max_end) {
+            Ok(p) => p,
+            Err(err) => {
+                soft(group, &err);
+                continue;
             }
-            r.read_exact(frame)
-        })();
-        if let Err(err) = read {
-            pos = u64::MAX;
-            soft(group, corrupt(&what, err));
-            continue;
-        }
-        pos = e.frame_offset + e.frame_len as u64;
-        // Bound what a (possibly forged) frame may expand to: its declared size, at
-        // most 64 MiB, and at least the furthest chunk we need.
-        let bound = sqlvault_compress::frame_content_size(frame)
-            .unwrap_or(16 << 20)
-            .min(64 << 20)
-            .max(max_end as u64)
-            .min(64 << 20) as usize;
-        if let Err(err) = dec.decompress_into(frame, plain, bound) {
-            soft(group, corrupt(&what, err));
-            continue;
-        }
+        };
         runs.clear();
         for n in group {
             let (off, len) = (n.offset as usize, n.len as usize);
@@ -958,7 +903,7 @@ fn restore_pack(
             if !sound {
                 soft(
                     std::slice::from_ref(n),
-                    Error::new(
+                    &Error::new(
                         ErrorKind::Integrity,
                         "repo.corrupt-object",
                         format!(
