@@ -310,6 +310,9 @@ pub(crate) struct Packer {
     written: Vec<SealedPack>,
 }
 
+/// A sealed pack's ciphertext and what its index section will hold.
+type Sealed = (Vec<u8>, SealedPack);
+
 struct PackerCpu {
     repo: Repo,
     comp: FrameCompressor,
@@ -347,7 +350,7 @@ impl PackerCpu {
 
     /// Flushes the frame; seals the pack when it is full, or when `force` and it holds
     /// anything.
-    fn step(mut self: Box<Self>, force: bool) -> Result<(Box<Self>, Option<(Vec<u8>, SealedPack)>)> {
+    fn step(mut self: Box<Self>, force: bool) -> Result<(Box<Self>, Option<Sealed>)> {
         self.flush_frame()?;
         let full = self
             .pack
