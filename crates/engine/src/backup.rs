@@ -13,7 +13,7 @@ use serde::Serialize;
 use sqlvault_compress::{FrameCompressor, FrameDecompressor};
 use sqlvault_format::{
     ChunkId, ChunkSeq, CipherFacts, DUMP_CHUNKER, DumpFacts, FORMAT_VERSION, Manifest, MapRef, ObjectId, PageMap,
-    SnapshotStats, decode_entries, encode_manifest, kind as format_kind, layout,
+    SnapshotStats, decode_entries, kind as format_kind, layout,
 };
 use sqlvault_sqlite::{SnapshotError, SnapshotMethod, Source, SourceOptions};
 use sqlvault_store::RequestCounts;
@@ -929,7 +929,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
 
     let chunks_total = pages.len() as u64;
     let parent_id = parent.as_ref().map(Parent::snapshot);
-    let (map_ct, map_mac, mut maps, map_kind, table_for_cache) = match kind {
+    let (map_ct, map_mac, maps, map_kind, table_for_cache) = match kind {
         BackupKind::Pages => {
             let parent = match parent {
                 Some(Parent::Pages(p)) => Some(p),
@@ -947,20 +947,12 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
             (ct, mac, maps, mk, CacheTable::Dump(seq))
         }
     };
-    let map_id = ObjectId::random();
-    bytes_new += map_ct.len() as u64;
-    repo.store.put(&layout::map(&map_id), Bytes::from(map_ct)).await?;
-    maps.push(MapRef {
-        id: map_id,
-        mac: hex::encode(map_mac),
-    });
-
     let snapshot_id = ObjectId::random();
     let bytes_read = match kind {
         BackupKind::Pages => info.page_size as u64 * info.page_count as u64,
         BackupKind::Dump => dump_bytes,
     };
-    let mut manifest = Manifest {
+    let manifest = Manifest {
         version: FORMAT_VERSION,
         id: snapshot_id,
         name: name.clone(),
@@ -981,7 +973,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         sqlite_version: sqlvault_sqlite::sqlite_version().to_string(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         logical_checksum: hex::encode(checksum),
-        maps: maps.clone(),
+        maps,
         parent: parent_id,
         stats: SnapshotStats {
             bytes_read,
@@ -1018,19 +1010,30 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         }),
         source_check: source_check.clone(),
     };
-    // The manifest records what the snapshot uploaded before it (packs, page map): it
-    // cannot hold its own encrypted size without being encrypted twice. The report
-    // adds it, so the report is the exact number of bytes stored.
-    manifest.stats.bytes_new = bytes_new;
-    let ct = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
-    let manifest_len = ct.len() as u64;
-    crate::prune::within_grace(repo, pending_read, grace, "backup.outlived-grace", "the backup")?;
-    // The name's claim, right before the manifest: a refused backup claims nothing.
-    crate::names::commit(repo, &claim).await?;
-    // The commit point: create-if-absent, written last.
-    repo.store
-        .put_if_absent(&layout::snapshot(&snapshot_id), Bytes::from(ct))
-        .await?;
+    let committed = crate::commit::commit(crate::commit::Commit {
+        repo,
+        map_ct,
+        map_mac,
+        manifest,
+        bytes_before: bytes_new,
+        pending_read,
+        grace,
+        grace_code: "backup.outlived-grace",
+        what: "the backup",
+        claim: Some(&claim),
+    })
+    .await?;
+    let (manifest, manifest_len) = match committed {
+        crate::commit::Committed::Written { manifest, manifest_len } => (manifest, manifest_len),
+        crate::commit::Committed::AlreadyThere => {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "internal",
+                format!("a snapshot with the new random id {snapshot_id} already exists"),
+            ));
+        }
+    };
+    let maps = manifest.maps.clone();
 
     // Only after the commit does the local cache learn about the new chunks.
     let rid = repo_id.clone();

@@ -27,12 +27,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use sqlvault_format::{
-    ChunkId, ChunkSeq, IndexEntry, Manifest, MapRef, ObjectId, decode_entries, encode_manifest, kind, layout,
-};
+use sqlvault_format::{ChunkId, ChunkSeq, IndexEntry, Manifest, ObjectId, decode_entries, kind, layout};
 use sqlvault_store::RequestCounts;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -466,30 +463,30 @@ impl Run<'_> {
                 (dst.encrypt_meta(&pt)?, dst.keys.mac(&pt))
             }
         };
-        let map_id = ObjectId::random();
-        let map_len = map_ct.len() as u64;
-        dst.store.put(&layout::map(&map_id), Bytes::from(map_ct)).await?;
-
         let mut manifest = m.clone();
-        manifest.maps = vec![MapRef {
-            id: map_id,
-            mac: hex::encode(map_mac),
-        }];
+        manifest.maps = Vec::new();
         manifest.parent = None;
         manifest.stats.chunks_new = chunks_sent;
-        let sent_so_far = self.bytes_sent - bytes_before + map_len;
-        let probe = dst.encrypt_meta(&encode_manifest(&dst.keys, &manifest))?;
-        manifest.stats.bytes_new = sent_so_far + probe.len() as u64;
-        let ct = dst.encrypt_meta(&encode_manifest(&dst.keys, &manifest))?;
-        crate::prune::within_grace(dst, epoch, grace, "copy.outlived-grace", "copying the snapshot")?;
-        match dst.store.put_if_absent(&layout::snapshot(&m.id), Bytes::from(ct)).await {
-            Ok(()) => {}
-            Err(sqlvault_store::StoreError::AlreadyExists { .. }) => {
+        let committed = crate::commit::commit(crate::commit::Commit {
+            repo: dst,
+            map_ct,
+            map_mac,
+            manifest,
+            bytes_before: self.bytes_sent - bytes_before,
+            pending_read: epoch,
+            grace,
+            grace_code: "copy.outlived-grace",
+            what: "copying the snapshot",
+            claim: None,
+        })
+        .await?;
+        let (manifest, manifest_len) = match committed {
+            crate::commit::Committed::Written { manifest, manifest_len } => (*manifest, manifest_len),
+            crate::commit::Committed::AlreadyThere => {
                 tracing::info!("snapshot {} was copied by another run meanwhile", m.id.short());
                 return Ok(None);
             }
-            Err(e) => return Err(e.into()),
-        }
+        };
         tracing::info!(
             snapshot = %m.id.short(),
             chunks = manifest.stats.chunks_total,
@@ -503,7 +500,7 @@ impl Run<'_> {
             chunks_total: manifest.stats.chunks_total,
             chunks_read: to_read.len() as u64,
             chunks_sent,
-            bytes_sent: manifest.stats.bytes_new,
+            bytes_sent: manifest.stats.bytes_new + manifest_len,
         }))
     }
 

@@ -12,6 +12,7 @@
 mod audit;
 mod backup;
 mod check;
+mod commit;
 mod copy;
 mod drill;
 mod error;

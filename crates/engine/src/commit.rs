@@ -1,0 +1,88 @@
+//! The one commit path of a snapshot, shared by backup and copy (and the replication
+//! that builds on them): after its packs and the index that locates their chunks, the
+//! page map, then the manifest, created if absent and written last. A snapshot exists
+//! if and only if its manifest does; anything before it that a crash leaves behind is
+//! garbage prune collects.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sqlvault_format::{Manifest, MapRef, ObjectId, encode_manifest, layout};
+
+use crate::error::Result;
+use crate::names::ClaimPlan;
+use crate::repo::Repo;
+
+/// What to commit.
+pub(crate) struct Commit<'a> {
+    pub repo: &'a Repo,
+    /// The new map object (encrypted) and the MAC of its plaintext.
+    pub map_ct: Vec<u8>,
+    pub map_mac: [u8; 32],
+    /// The manifest, with the maps before the new one (a delta chain's) in `maps`;
+    /// the new map is appended and `stats.bytes_new` set here.
+    pub manifest: Manifest,
+    /// Bytes uploaded for the snapshot before its map (packs, indexes).
+    pub bytes_before: u64,
+    /// When the operation read prune's marks and the grace it has: a commit after the
+    /// grace is refused (`grace_code`), as prune may have deleted what it relied on.
+    pub pending_read: Instant,
+    pub grace: Duration,
+    pub grace_code: &'static str,
+    pub what: &'a str,
+    /// A database name claim to write right before the manifest.
+    pub claim: Option<&'a ClaimPlan>,
+}
+
+/// What a commit did.
+pub(crate) enum Committed {
+    /// The manifest was written; its encrypted size.
+    Written { manifest: Box<Manifest>, manifest_len: u64 },
+    /// A manifest with this id already exists (another run committed it first).
+    AlreadyThere,
+}
+
+/// Map → manifest, create-if-absent, last. The manifest records the bytes uploaded
+/// before it (`bytes_new`); it cannot hold its own encrypted size without being
+/// encrypted twice, so the caller adds `manifest_len` to what it reports.
+pub(crate) async fn commit(c: Commit<'_>) -> Result<Committed> {
+    let Commit {
+        repo,
+        map_ct,
+        map_mac,
+        mut manifest,
+        bytes_before,
+        pending_read,
+        grace,
+        grace_code,
+        what,
+        claim,
+    } = c;
+    let map_id = ObjectId::random();
+    let map_len = map_ct.len() as u64;
+    repo.store.put(&layout::map(&map_id), Bytes::from(map_ct)).await?;
+    manifest.maps.push(MapRef {
+        id: map_id,
+        mac: hex::encode(map_mac),
+    });
+    manifest.stats.bytes_new = bytes_before + map_len;
+    let ct = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
+    let manifest_len = ct.len() as u64;
+    crate::prune::within_grace(repo, pending_read, grace, grace_code, what)?;
+    if let Some(plan) = claim {
+        // Right before the manifest: a refused commit claims nothing.
+        crate::names::commit(repo, plan).await?;
+    }
+    match repo
+        .store
+        .put_if_absent(&layout::snapshot(&manifest.id), Bytes::from(ct))
+        .await
+    {
+        Ok(()) => Ok(Committed::Written {
+            manifest: Box::new(manifest),
+            manifest_len,
+        }),
+        Err(sqlvault_store::StoreError::AlreadyExists { .. }) => Ok(Committed::AlreadyThere),
+        Err(e) => Err(e.into()),
+    }
+}
