@@ -7,6 +7,8 @@
 mod render;
 mod cmd;
 mod exit;
+#[allow(dead_code, reason = "drawn for the engine's progress trait once it lands")]
+mod progress;
 mod secrets;
 
 use std::io::IsTerminal;
