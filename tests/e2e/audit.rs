@@ -361,7 +361,7 @@ fn audit_checks_snapshot_and_verification_ages_in_a_repository() {
     assert!(r.stdout.contains("no snapshot of other.db"), "{}", r.stdout);
 
     // Without an identity the repository cannot be audited: a clear error.
-    w.run(&["audit", &d, "--repo", &repo]).fails(5);
+    w.run(&["audit", &d, "--repo", &repo]).fails(16);
 
     // Encrypted at rest: no plaintext finding; nothing else wrong → exit 0. With the
     // key, the content is checked too.

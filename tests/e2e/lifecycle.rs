@@ -227,8 +227,9 @@ fn copy_moves_snapshots_to_a_repository_with_other_keys() {
     }
     let ids = snapshot_ids(&w, &r1);
 
-    // Reading the source needs its identity; the wrong one is refused.
-    w.run(&["copy", &r1, &r2]).fails(5);
+    // Reading the source needs its identity (a usage error without one); the wrong one
+    // is refused.
+    w.run(&["copy", &r1, &r2]).fails(16);
     w.run(&["copy", &r1, &r2, "-i", &key2]).fails(5);
     let r = w
         .run(&["copy", &r1, &r2, "-i", &key1, "--snapshot", "ffffffff"])

@@ -10,6 +10,7 @@ mod attacks_writekey;
 mod audit;
 mod backup_restore;
 mod careful;
+mod cli;
 mod corpus;
 mod corruption;
 mod drill;

@@ -1,0 +1,104 @@
+//! `sqlvault restore`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use sqlvault_engine::{Error, Repo};
+
+use super::{Ctx, store};
+use crate::exit::usage;
+use crate::render::{human, print_json, to_json};
+use crate::secrets::{ReadKeys, read_db_key, required_access};
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Repository URL or path.
+    repo: String,
+    /// Destination database file.
+    dest: PathBuf,
+    #[command(flatten)]
+    keys: ReadKeys,
+    /// Snapshot id or unique prefix (default: newest).
+    #[arg(long)]
+    snapshot: Option<String>,
+    /// Newest snapshot of this database name (needed, or --snapshot, when the repository
+    /// holds several databases: exit 2 otherwise).
+    #[arg(long)]
+    name: Option<String>,
+    /// Replace an existing destination and remove its stale -wal/-shm. Refused while
+    /// another process holds it open (exit 7): stop the application first. The new file
+    /// keeps the replaced one's owner and group (unless others may write to its
+    /// directory) and at most its permissions, never group/other write; a symbolic link
+    /// is refused (exit 8).
+    #[arg(long)]
+    force: bool,
+    /// Install the database even though it fails integrity_check, when the snapshot
+    /// is proven intact (every page hash and the logical checksum match): the source
+    /// was already damaged when it was backed up (exit 15 without this flag). Needs
+    /// --snapshot: it accepts that one snapshot.
+    #[arg(long)]
+    accept_damaged_source: bool,
+    /// File holding the database key of a snapshot of a SQLCipher database
+    /// (otherwise SQLVAULT_DB_KEY, or a prompt on a terminal).
+    #[arg(long = "db-key-file", value_name = "FILE")]
+    db_key_file: Option<PathBuf>,
+}
+
+/// One warning line for a database installed with `--accept-damaged-source` that
+/// fails integrity_check, as its source did.
+pub fn damaged_source_warning(what: &str, problems: &[String]) {
+    if let Some(first) = problems.first() {
+        tracing::warn!(
+            "{what} is exactly what was backed up and fails integrity_check as its source did ({} lines; first: {})",
+            problems.len(),
+            first.replace('\n', " ")
+        );
+    }
+}
+
+pub async fn run(a: RestoreArgs, ctx: &Ctx) -> Result<u8, Error> {
+    let acc = required_access(&a.keys, ctx.command)?;
+    let repo = Repo::open_read(super::session(), store(&a.repo)?, acc).await?;
+    let m = repo.find_snapshot(a.snapshot.as_deref(), a.name.as_deref()).await?;
+    let db_key = read_db_key(
+        a.db_key_file.as_ref(),
+        "SQLVAULT_DB_KEY",
+        m.cipher.is_some().then_some("database key"),
+        false,
+    )?;
+    // Accepting a damaged source is a decision about one snapshot, seen in its
+    // error: never a blanket flag a script could carry past a different one.
+    if a.accept_damaged_source && a.snapshot.is_none() {
+        return Err(usage(
+            "--accept-damaged-source needs --snapshot ID: the snapshot whose source damage you accept",
+        ));
+    }
+    let opts = sqlvault_engine::RestoreOptions::default()
+        .with_force(a.force)
+        .with_db_key(db_key)
+        .with_accept_damaged_source(a.accept_damaged_source);
+    let rep = sqlvault_engine::restore_snapshot(&repo, &m, &a.dest, &opts).await?;
+    damaged_source_warning(&format!("snapshot {}", &rep.snapshot_id[..8]), &rep.source_problems);
+    if ctx.json {
+        print_json(&to_json(&rep));
+        return Ok(0);
+    }
+    println!(
+        "restored snapshot {} of {} to {} ({}) in {:.2}s; {} and checksum verified in {:.2}s",
+        &rep.snapshot_id[..8],
+        rep.name,
+        rep.path,
+        human(rep.bytes),
+        rep.restore_seconds,
+        if rep.source_problems.is_empty() {
+            "integrity_check ok"
+        } else {
+            "integrity_check FAILED as the source's did"
+        },
+        rep.check_seconds
+    );
+    for l in &rep.not_checked {
+        println!("  note: {l}");
+    }
+    Ok(0)
+}
