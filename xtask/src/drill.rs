@@ -7,6 +7,9 @@
 //! the source had committed — or fails with the exit code expected. Anything else (a
 //! silent success with wrong data, a wrong code, a panic) fails the drill. The seed makes
 //! every kill moment, damaged byte and injected fault reproducible.
+//!
+//! (tidy: long file — the scenario matrix, one function per scenario, listed together
+//! so the report and the code read in the same order.)
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -12,6 +12,7 @@ mod bench;
 mod drill;
 mod fuzz;
 mod fuzz_seeds;
+mod tidy;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -46,6 +47,11 @@ enum Cmd {
     /// `--seconds` each, then a table of executions, exec/s, coverage and corpus.
     /// Exit non-zero on any crash, naming its input. Not part of `ci`.
     Fuzz(fuzz::FuzzArgs),
+    /// The architecture invariants of docs/architecture.md, from `cargo metadata` and
+    /// the sources: leaves independent, tokio and clap/anyhow only where allowed, no
+    /// environment reads in libraries, no module circles, no overlong file without a
+    /// reason. Part of `ci`.
+    Tidy,
     /// Generate a realistic test database.
     Gen {
         /// Output path.
@@ -69,6 +75,7 @@ fn main() -> Result<()> {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Drill(a) => drill::run(a),
         Cmd::Fuzz(a) => fuzz::run(a),
+        Cmd::Tidy => tidy::run(),
         Cmd::Gen {
             path,
             size_mib,

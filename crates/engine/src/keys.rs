@@ -171,7 +171,7 @@ async fn publish_set(repo: &Repo, set: &RecipientSet) -> Result<()> {
     match repo.store.put_if_absent(&key, Bytes::from(bytes)).await {
         Ok(()) => Ok(()),
         Err(sqlvault_store::StoreError::AlreadyExists { .. }) => {
-            match crate::repo::read_set(&repo.store, set.generation).await? {
+            match crate::chain::read_set(&repo.store, set.generation).await? {
                 Some(there) if &there == set => Ok(()),
                 _ => Err(Error::new(
                     ErrorKind::Integrity,

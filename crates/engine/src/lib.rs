@@ -11,6 +11,8 @@
 
 mod audit;
 mod backup;
+mod catalog;
+mod chain;
 mod check;
 mod commit;
 mod copy;

@@ -1,6 +1,9 @@
 //! Restore and verify: page map → index → fetch packs → decrypt → decompress →
 //! authenticate every chunk → write pages → fsync → integrity check and logical
 //! checksum → atomic rename.
+//!
+//! (tidy: long file — restore, verify and the SQLCipher re-encryption share the fetch
+//! stage and the checks before a file is installed; each part is short.)
 
 use std::collections::HashMap;
 use std::fs::File;
