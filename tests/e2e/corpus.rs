@@ -157,8 +157,14 @@ fn every_plaintext_corpus_database_dumps_and_loads_to_the_same_content() {
         let id;
         if d.file == DAMAGED {
             let r = w.run(&args).fails(15);
-            let at = r.stderr.find("--snapshot ").expect("the error names the snapshot") + 11;
+            // The hint names the snapshot to accept, ready to paste.
+            let at = r.stderr.find("--snapshot ").expect("the hint names the snapshot") + 11;
             id = r.stderr[at..].split(' ').next().unwrap().to_string();
+            assert!(
+                id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{}",
+                r.stderr
+            );
             args.extend(["--accept-damaged-source", "--snapshot", &id]);
         }
         w.run(&args).ok();

@@ -219,10 +219,18 @@ fn ci() -> Result<()> {
 
 pub(crate) fn build_release() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let bin = root().join("target/release/sqlvault");
+    if !bin.exists() {
+        eprintln!(
+            "xtask: building sqlvault in release mode (the first build compiles SQLCipher and OpenSSL: about 5 minutes on 2 cores)"
+        );
+    }
+    // Cargo's own progress (crates compiled, the one building) stays visible: a first
+    // build is minutes long and must not look hung.
     sh(Command::new(cargo)
         .current_dir(root())
-        .args(["build", "--quiet", "--release", "-p", "sqlvault-cli"]))?;
-    Ok(root().join("target/release/sqlvault"))
+        .args(["build", "--release", "-p", "sqlvault-cli"]))?;
+    Ok(bin)
 }
 
 fn demo(size_mib: u64) -> Result<()> {

@@ -96,10 +96,8 @@ pub fn hint(code: &str, command: &str) -> Option<&'static str> {
         "repo.no-write-key" => {
             "run `sqlvault join REPO -i KEYFILE` on this host once (or `sqlvault init` for a new repository)"
         }
-        // The prune state keeps the code of what made it unreadable; the CLI cannot
-        // tell it from another damaged object, so the hint says when it applies.
-        "repo.corrupt-object" if command == "prune" || command == "forget" => {
-            "if it is the prune state (prune/pending) that is damaged, `sqlvault prune REPO --reset-damaged-state` starts it afresh (its marks are lost)"
+        "prune.state-damaged" => {
+            "`sqlvault prune REPO --reset-damaged-state` starts the prune state afresh (its marks are lost)"
         }
         _ => return None,
     })
@@ -109,7 +107,7 @@ pub fn hint(code: &str, command: &str) -> Option<&'static str> {
 /// `--json` the same as a document on stdout. Returns the exit code.
 pub fn report(e: &Error, ctx: &Ctx) -> u8 {
     let line = e.one_line();
-    let hint = hint(e.code(), ctx.command);
+    let hint = hint_for(e, ctx.command);
     if ctx.json {
         crate::render::print_json(&json!({"error": error_json(e, ctx)}));
     }
@@ -123,10 +121,23 @@ pub fn report(e: &Error, ctx: &Ctx) -> u8 {
 /// An error as `--json` documents carry it: `code`, `message`, and `hint` when there is one.
 pub fn error_json(e: &Error, ctx: &Ctx) -> serde_json::Value {
     let mut v = json!({"code": e.code(), "message": e.one_line()});
-    if let Some(h) = hint(e.code(), ctx.command) {
+    if let Some(h) = hint_for(e, ctx.command) {
         v["hint"] = json!(h);
     }
+    if let Some(id) = e.snapshot() {
+        v["snapshot"] = json!(id);
+    }
     v
+}
+
+/// [`hint`] for `e`, with the snapshot it concerns in place of `ID` when it names one:
+/// the command to run next, ready to paste.
+pub fn hint_for(e: &Error, command: &str) -> Option<String> {
+    let h = hint(e.code(), command)?;
+    Some(match e.snapshot() {
+        Some(id) => h.replace("--snapshot ID", &format!("--snapshot {}", &id[..id.len().min(8)])),
+        None => h.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -210,14 +210,14 @@ impl Repo {
         names.dedup();
         let message = if names.len() > 1 {
             format!(
-                "{} holds snapshots of {} databases ({}): say which with --name (or --snapshot ID)",
+                "{} holds snapshots of {} databases ({}): say which database, or which snapshot",
                 self.store.describe(),
                 names.len(),
                 names.join(", ")
             )
         } else {
             format!(
-                "the snapshots of {} in {} come from {} sources ({}): pass --name {} to take the newest of them, or --snapshot ID",
+                "the snapshots of {} in {} come from {} sources ({}): name the database {} to take the newest of them, or say which snapshot",
                 names[0],
                 self.store.describe(),
                 dbs.len(),
@@ -250,7 +250,7 @@ impl Repo {
                 ErrorKind::NotFound,
                 "snapshot.only-future-dated",
                 format!(
-                    "the only snapshots{} in {} are future-dated (more than {} ahead of this host's clock); name one with --snapshot if you trust it",
+                    "the only snapshots{} in {} are future-dated (more than {} ahead of this host's clock); name one by id if you trust it",
                     name.map(|n| format!(" of {n}")).unwrap_or_default(),
                     self.store.describe(),
                     crate::retention::describe(crate::retention::CLOCK_SKEW)

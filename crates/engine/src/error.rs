@@ -38,12 +38,20 @@ pub enum ErrorKind {
 
 /// An engine error: a stable machine code (`"crypt.no-matching-identity"`), a kind for
 /// exit codes, a one-line message naming the thing that failed, and the cause.
+///
+/// The message never repeats the cause's text: [`Error::one_line`] appends each cause
+/// once. An error of a lower crate that already says everything is wrapped
+/// transparently ([`Error::wrap`]): its text is the message, and its own causes follow.
 #[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
     code: &'static str,
-    message: String,
+    /// `None`: transparent, the source's text is the message.
+    message: Option<String>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// The snapshot the failure concerns, when one does: what a caller names to act on
+    /// it (a CLI hint, a retry).
+    snapshot: Option<String>,
 }
 
 impl Error {
@@ -52,8 +60,32 @@ impl Error {
         Error {
             kind,
             code,
-            message: message.into(),
+            message: Some(message.into()),
             source: None,
+            snapshot: None,
+        }
+    }
+
+    /// Records the snapshot (its full id) the failure concerns.
+    pub fn with_snapshot(mut self, id: impl Into<String>) -> Self {
+        self.snapshot = Some(id.into());
+        self
+    }
+
+    /// The snapshot the failure concerns, if it names one.
+    pub fn snapshot(&self) -> Option<&str> {
+        self.snapshot.as_deref()
+    }
+
+    /// `source` classified as `kind`/`code`, its own text as the message (for errors of
+    /// the sqlite and store crates, which name what failed themselves).
+    pub fn wrap(kind: ErrorKind, code: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error {
+            kind,
+            code,
+            message: None,
+            source: Some(Box::new(source)),
+            snapshot: None,
         }
     }
 
@@ -73,13 +105,13 @@ impl Error {
         self.code
     }
 
-    /// The message with every cause, on one line.
+    /// The message with every cause, on one line: `message: cause: cause's cause`.
     pub fn one_line(&self) -> String {
-        let mut s = self.message.clone();
+        let mut s = self.to_string();
         let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(self);
         while let Some(e) = cur {
             let m = e.to_string();
-            if !m.is_empty() && !s.contains(&m) {
+            if !m.is_empty() {
                 s.push_str(": ");
                 s.push_str(&m);
             }
@@ -91,13 +123,21 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        match (&self.message, &self.source) {
+            (Some(m), _) => f.write_str(m),
+            (None, Some(s)) => fmt::Display::fmt(s, f),
+            (None, None) => f.write_str(self.code),
+        }
     }
 }
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        match &self.message {
+            Some(_) => self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static)),
+            // Transparent: the wrapped error is the message, its cause comes next.
+            None => self.source.as_deref().and_then(|e| e.source()),
+        }
     }
 }
 
@@ -114,8 +154,7 @@ impl From<sqlvault_store::StoreError> for Error {
             S::MissingDirectory { .. } => (ErrorKind::NotFound, "repo.not-found"),
             _ => (ErrorKind::Store, "store.unavailable"),
         };
-        let msg = e.to_string();
-        Error::new(kind, code, msg).with_source(e)
+        Error::wrap(kind, code, e)
     }
 }
 
@@ -148,8 +187,7 @@ impl From<sqlvault_sqlite::SqliteError> for Error {
             S::PageSize { .. } => (ErrorKind::Usage, "db.page-size"),
             _ => (ErrorKind::Source, "source.sqlite"),
         };
-        let msg = e.to_string();
-        Error::new(kind, code, msg).with_source(e)
+        Error::wrap(kind, code, e)
     }
 }
 

@@ -142,7 +142,7 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
                 ErrorKind::Usage,
                 "forget.would-remove-all",
                 format!(
-                    "the policy keeps none of the {} snapshots of {name} from {}: refusing (give a --keep-* rule, or --remove-all to remove them all)",
+                    "the policy keeps none of the {} snapshots of {name} from {}: refusing (a keep rule must keep one, unless removing them all is asked for)",
                     verdicts.iter().filter(|v| !v.future_dated).count(),
                     source.describe()
                 ),

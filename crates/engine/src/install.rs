@@ -13,10 +13,7 @@ use crate::error::{Error, ErrorKind, Result, io_err};
 /// other error as usual.
 pub(crate) fn in_use(e: sqlvault_sqlite::SqliteError, code: &'static str) -> Error {
     match e {
-        sqlvault_sqlite::SqliteError::InUse { .. } => {
-            let msg = e.to_string();
-            Error::new(ErrorKind::Source, code, msg).with_source(e)
-        }
+        sqlvault_sqlite::SqliteError::InUse { .. } => Error::wrap(ErrorKind::Source, code, e),
         other => Error::from(other),
     }
 }
@@ -59,7 +56,7 @@ pub(crate) fn side_file_error(sides: &[PathBuf], dest: &Path, code: &'static str
         ErrorKind::Exists,
         code,
         format!(
-            "stale {} beside {}: SQLite would apply {it} to the new database when it first opens it (remove {it}, or pass --force)",
+            "stale {} beside {}: SQLite would apply {it} to the new database when it first opens it (remove {it}, or ask to replace the destination)",
             names.join(", "),
             dest.display(),
         ),

@@ -131,7 +131,7 @@ pub fn dump_to_file(db: &Path, file: &Path, opts: &DumpOptions) -> Result<DumpSu
         return Err(Error::new(
             ErrorKind::Exists,
             "dump.output-exists",
-            format!("{} exists; pass --force to replace it", file.display()),
+            format!("{} exists and is not to be replaced", file.display()),
         ));
     }
     let tmp = crate::install::temp_in(&dir, file, ".tmp")?;

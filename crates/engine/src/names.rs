@@ -87,15 +87,16 @@ pub(crate) async fn check(repo: &Repo, name: &str, source: &SourceId, adopt: boo
             return Err(Error::new(
                 ErrorKind::Integrity,
                 "backup.name-claim-unreadable",
-                format!("{what} names another database: refusing (pass --adopt-name to replace it)"),
+                format!("{what} names another database: refusing to use it unless asked to adopt the name"),
             ));
         }
         Err(e) => {
             return Err(Error::new(
                 ErrorKind::Integrity,
                 "backup.name-claim-unreadable",
-                format!("{} (pass --adopt-name to replace it)", e.one_line()),
-            ));
+                format!("the claim of database name {name} cannot be read: refusing to use it unless asked to adopt the name"),
+            )
+            .with_source(e));
         }
     };
     let owner = SourceId {
@@ -107,7 +108,7 @@ pub(crate) async fn check(repo: &Repo, name: &str, source: &SourceId, adopt: boo
     }
     if adopt {
         tracing::warn!(
-            "database name {name} moves from {} to {} (--adopt-name)",
+            "database name {name} moves from {} to {} (adopted)",
             owner.describe(),
             source.describe()
         );
@@ -121,7 +122,7 @@ fn taken(name: &str, owner: &SourceId, source: &SourceId) -> Error {
         ErrorKind::Exists,
         "backup.name-taken",
         format!(
-            "database name {name} in this repository belongs to {}, not {}: pick another with --name, or pass --adopt-name if the database moved",
+            "database name {name} in this repository belongs to {}, not {}: give this database another name, or adopt the name if the database moved",
             owner.describe(),
             source.describe()
         ),
@@ -159,7 +160,7 @@ pub(crate) async fn commit(repo: &Repo, plan: &ClaimPlan) -> Result<()> {
                 ErrorKind::Exists,
                 "backup.name-taken",
                 format!(
-                    "database name {name} was claimed by another source during this backup: pick another with --name"
+                    "database name {name} was claimed by another source during this backup: give this database another name"
                 ),
             )),
         },

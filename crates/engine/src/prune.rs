@@ -70,7 +70,7 @@ pub fn check_grace(grace: Duration) -> Result<()> {
             ErrorKind::Usage,
             "prune.grace-too-short",
             format!(
-                "--grace {} is below the minimum of {}: every backup or copy that runs longer than the grace fails, on every host (to delete marked data now, pass --no-running-backups while no backup runs)",
+                "--grace {} is below the minimum of {}: every backup or copy that runs longer than the grace fails, on every host (marked data can be deleted at once only while no backup runs)",
                 crate::retention::describe(grace),
                 crate::retention::describe(MIN_GRACE)
             ),
@@ -205,7 +205,7 @@ pub(crate) fn within_grace(
             ErrorKind::Busy,
             code,
             format!(
-                "{subject} took longer than the prune grace period of {} ({}): not committing it, as prune may have deleted data it relies on; run it again, or raise the grace with `prune --grace`",
+                "{subject} took longer than the prune grace period of {} ({}): not committing it, as prune may have deleted data it relies on: run it again, or raise the grace period",
                 repo.store.describe(),
                 crate::retention::describe(grace)
             ),
@@ -635,12 +635,13 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
             if !opts.reset_damaged_state {
                 return Err(Error::new(
                     ErrorKind::Integrity,
-                    e.code(),
+                    "prune.state-damaged",
                     format!(
-                        "{}; `sqlvault prune --reset-damaged-state` starts it afresh (its marks are lost: docs/format.md#prune)",
-                        e.one_line()
+                        "the prune state of {} cannot be trusted; starting it afresh loses its marks (docs/format.md#prune)",
+                        repo.store.describe()
                     ),
-                ));
+                )
+                .with_source(e));
             }
             tracing::warn!(
                 "replacing the unreadable prune state of {} ({}): marks restart their grace period",
@@ -669,7 +670,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
         // Recorded by an earlier sqlvault, which accepted any grace: every backup that
         // runs longer than it fails, on every host.
         tracing::warn!(
-            "the recorded grace period of {} is {}, below the minimum of {}: backups running longer fail; raise it with --grace",
+            "the recorded grace period of {} is {}, below the minimum of {}: backups running longer fail; raise it",
             repo.store.describe(),
             crate::retention::describe(Duration::from_millis(st.grace_ms.max(0) as u64)),
             crate::retention::describe(MIN_GRACE)

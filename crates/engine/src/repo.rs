@@ -516,7 +516,7 @@ impl Repo {
                 ErrorKind::Auth,
                 "repo.unpinned",
                 format!(
-                    "this host has never used the repository at {} and cannot tell it from a forgery: give the fingerprint `init` printed in SQLVAULT_REPO_FINGERPRINT",
+                    "this host has never used the repository at {} and cannot tell it from a forgery without the fingerprint `init` printed",
                     store.describe()
                 ),
             ));
@@ -689,7 +689,7 @@ impl Repo {
             ErrorKind::Auth,
             "repo.unpinned",
             format!(
-                "refusing to {what}: this host had never used the repository at {} and cannot tell it from a forgery; give the fingerprint `init` printed in SQLVAULT_REPO_FINGERPRINT",
+                "refusing to {what}: this host had never used the repository at {} and cannot tell it from a forgery without the fingerprint `init` printed",
                 self.store.describe()
             ),
         ))

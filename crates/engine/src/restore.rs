@@ -104,7 +104,7 @@ fn db_unlock(repo: &Repo, m: &Manifest, key: Option<&DbKey>) -> Result<Option<Un
             ErrorKind::Auth,
             "restore.db-key-required",
             format!(
-                "snapshot {} is of an SQLCipher database: restoring or verifying it needs its database key (--db-key-file or SQLVAULT_DB_KEY)",
+                "snapshot {} is of an SQLCipher database: restoring or verifying it needs its database key",
                 m.id.short()
             ),
         ));
@@ -274,7 +274,7 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
         return Err(Error::new(
             ErrorKind::Exists,
             "restore.destination-exists",
-            format!("{} exists; pass --force to replace it", dest.display()),
+            format!("{} exists and is not to be replaced", dest.display()),
         ));
     }
     if opts.force {
@@ -374,7 +374,7 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
             ErrorKind::Exists,
             "restore.destination-exists",
             format!(
-                "{} appeared during the restore; pass --force to replace it",
+                "{} appeared during the restore and is not to be replaced",
                 dest.display()
             ),
         ),
@@ -423,7 +423,7 @@ fn judge_image(m: &Manifest, problems: &[String], checksum_ok: bool, accept: boo
             format!(
                 "snapshot {} is intact (every page hash and the logical checksum match what was backed up), \
                  but the database itself fails integrity_check, so its source was already damaged when it was \
-                 backed up{}: {}; pass --accept-damaged-source --snapshot {} to restore these exact bytes",
+                 backed up{}: {}; these exact bytes (snapshot {}) can be restored only when asked to accept a damaged source",
                 m.id.short(),
                 match &m.source_check {
                     Some(c) if !c.ok => " (the backup's own integrity_check recorded it too)",
@@ -432,7 +432,8 @@ fn judge_image(m: &Manifest, problems: &[String], checksum_ok: bool, accept: boo
                 first(problems),
                 m.id.short()
             ),
-        )),
+        )
+        .with_snapshot(m.id.to_string())),
         (false, _, false) => Err(Error::new(
             ErrorKind::Integrity,
             "verify.integrity-check",
@@ -502,6 +503,7 @@ async fn restore_dump(
     );
     let accept = opts.accept_damaged_source;
     let short = m.id.short();
+    let full_id = m.id.to_string();
     let loaded = tokio::task::spawn_blocking(move || {
         let f = File::open(&path).map_err(|e| io_err(format!("cannot read {}", path.display()), e))?;
         sqlvault_sqlite::load(
@@ -522,11 +524,12 @@ async fn restore_dump(
                 "restore.source-damaged",
                 format!(
                     "{} is intact (the loaded database's logical checksum matches what was backed up), but it \
-                     fails integrity_check, so its source was already damaged when it was backed up: {what}; pass \
-                     --accept-damaged-source --snapshot {short} to restore it as it is",
+                     fails integrity_check, so its source was already damaged when it was backed up: {what}; \
+                     snapshot {short} can be restored as it is only when asked to accept a damaged source",
                     path.display(),
                 ),
-            ),
+            )
+            .with_snapshot(full_id.clone()),
             e => in_use(e, "restore.destination-in-use"),
         })
     })

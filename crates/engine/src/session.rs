@@ -264,7 +264,7 @@ pub fn check_host(name: &str) -> Result<()> {
             ErrorKind::Usage,
             "usage.bad-host",
             format!(
-                "host identity {:?} (--host or SQLVAULT_HOST) must be 1 to {MAX_HOST_LEN} printable ASCII characters without spaces",
+                "host identity {:?} must be 1 to {MAX_HOST_LEN} printable ASCII characters without spaces",
                 name.chars().take(80).collect::<String>()
             ),
         ));

@@ -210,7 +210,7 @@ pub async fn run(a: BackupArgs, ctx: &Ctx) -> Result<u8, Error> {
                 results.len(),
                 e.one_line()
             );
-            if let Some(h) = crate::exit::hint(e.code(), ctx.command) {
+            if let Some(h) = crate::exit::hint_for(e, ctx.command) {
                 eprintln!("hint: {h}");
             }
             Ok(crate::exit::exit_code(e))
