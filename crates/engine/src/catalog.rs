@@ -163,17 +163,25 @@ impl Repo {
         // By id, only the manifests the prefix can name are read.
         let prefix = id.map(str::to_lowercase).unwrap_or_default();
         let (all, skipped) = self.snapshots_matching(&prefix).await?;
-        for s in &skipped {
-            tracing::warn!("skipping {}: {}", s.key, s.message);
-        }
+        // What was skipped is warned about only when it does not become the error
+        // itself: a failure is reported once.
+        let warn_skipped = || {
+            for s in &skipped {
+                tracing::warn!("skipping {}: {}", s.key, s.message);
+            }
+        };
         if id.is_none()
             && name.is_none()
             && let Some(e) = self.ambiguous_newest(&all)
         {
+            warn_skipped();
             return Err(e);
         }
         match self.pick_snapshot(&all, id, name) {
-            Ok(m) => Ok(m.clone()),
+            Ok(m) => {
+                warn_skipped();
+                Ok(m.clone())
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // The object asked for by id exists but is not an authentic snapshot.
                 let named = id.and_then(|p| {
@@ -185,7 +193,10 @@ impl Repo {
                     None => Skipped::damage(&skipped).unwrap_or(e),
                 })
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                warn_skipped();
+                Err(e)
+            }
         }
     }
 

@@ -132,9 +132,6 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
             return Err(e);
         }
     };
-    for s in &skipped {
-        tracing::warn!("skipping {}: {}", s.key, s.message);
-    }
     // A damaged manifest may be the newest of a database: the drill cannot vouch for
     // it, so it fails (after drilling the rest). Junk a bucket writer left is not a
     // snapshot and is only warned about.
@@ -145,6 +142,10 @@ pub async fn drill(repo: &Repo, opts: &DrillOptions) -> Result<DrillReport> {
     {
         append_failure(&log, repo.session.host(), repo.store.describe(), &e);
         return Err(e);
+    }
+    // Warned about once they are not the drill's error.
+    for s in &skipped {
+        tracing::warn!("skipping {}: {}", s.key, s.message);
     }
     if newest.is_empty() {
         let e = Error::new(

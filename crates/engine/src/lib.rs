@@ -45,7 +45,7 @@ pub use local::WriteKey;
 pub use logical::{DumpOptions, DumpSummary, LoadSummary, dump_to_file, dump_to_writer, load_file};
 pub use prune::{DEFAULT_GRACE, MIN_GRACE, PruneOptions, PruneReport, Tally, check_grace, prune};
 pub use repo::{Access, InitKeys, InitReport, Repo, Skipped, Trust, escape_name};
-pub use restore::{RestoreOptions, RestoreReport, VerifyReport, restore, restore_snapshot, verify};
+pub use restore::{KeyProvider, RestoreOptions, RestoreReport, VerifyReport, restore, restore_snapshot, verify};
 pub use session::{Cancel, NoProgress, Progress, Requests, Session, SessionBuilder};
 pub use sqlvault_crypt as crypt;
 pub use sqlvault_format as format;

@@ -47,6 +47,20 @@ pub struct RestoreOptions {
     /// proven intact (every page hash and the logical checksum match): the source was
     /// already damaged when it was backed up, and these are its exact bytes.
     pub accept_damaged_source: bool,
+    /// Asked for the database key once the snapshot is chosen, only when it is of a
+    /// SQLCipher database and `db_key` is not set: a caller that prompts for it does
+    /// so only when it is needed, in the same [`restore`] call.
+    pub db_key_for: Option<KeyProvider>,
+}
+
+/// Gives the database key for a snapshot of a SQLCipher database ([`RestoreOptions::db_key_for`]).
+#[derive(Clone)]
+pub struct KeyProvider(pub Arc<dyn Fn(&Manifest) -> Result<Option<DbKey>> + Send + Sync>);
+
+impl std::fmt::Debug for KeyProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyProvider")
+    }
 }
 
 impl RestoreOptions {
@@ -73,6 +87,11 @@ impl RestoreOptions {
     /// Sets the database key for snapshots of SQLCipher databases.
     pub fn with_db_key(mut self, k: Option<DbKey>) -> Self {
         self.db_key = k;
+        self
+    }
+    /// Sets [`RestoreOptions::db_key_for`].
+    pub fn with_db_key_for(mut self, f: impl Fn(&Manifest) -> Result<Option<DbKey>> + Send + Sync + 'static) -> Self {
+        self.db_key_for = Some(KeyProvider(Arc::new(f)));
         self
     }
     /// Installs a proven-intact snapshot of a source that already failed
@@ -284,7 +303,16 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
     }
     stale_side_files(&dest, opts.force, "restore.stale-side-files")?;
 
-    let unlock = db_unlock(repo, m, opts.db_key.as_ref())?;
+    let asked;
+    let key = match (&opts.db_key, &opts.db_key_for) {
+        (Some(k), _) => Some(k),
+        (None, Some(f)) if m.cipher.is_some() => {
+            asked = (f.0)(m)?;
+            asked.as_ref()
+        }
+        _ => None,
+    };
+    let unlock = db_unlock(repo, m, key)?;
     match m.kind.as_str() {
         kind::PAGES => {}
         kind::DUMP => return restore_dump(repo, m, &dest, &dir, opts, unlock, before, t0).await,

@@ -58,14 +58,6 @@ pub fn damaged_source_warning(what: &str, problems: &[String]) {
 
 pub async fn run(a: RestoreArgs, ctx: &Ctx) -> Result<u8, Error> {
     let acc = required_access(&a.keys, ctx.command)?;
-    let repo = Repo::open_read(super::session(), store(&a.repo)?, acc).await?;
-    let m = repo.find_snapshot(a.snapshot.as_deref(), a.name.as_deref()).await?;
-    let db_key = read_db_key(
-        a.db_key_file.as_ref(),
-        "SQLVAULT_DB_KEY",
-        m.cipher.is_some().then_some("database key"),
-        false,
-    )?;
     // Accepting a damaged source is a decision about one snapshot, seen in its
     // error: never a blanket flag a script could carry past a different one.
     if a.accept_damaged_source && a.snapshot.is_none() {
@@ -73,11 +65,17 @@ pub async fn run(a: RestoreArgs, ctx: &Ctx) -> Result<u8, Error> {
             "--accept-damaged-source needs --snapshot ID: the snapshot whose source damage you accept",
         ));
     }
+    let repo = Repo::open_read(super::session(), store(&a.repo)?, acc).await?;
+    // One engine call: it picks the snapshot, and asks for the database key (file,
+    // SQLVAULT_DB_KEY or a prompt) only when that snapshot is of a SQLCipher database.
+    let key_file = a.db_key_file.clone();
     let opts = sqlvault_engine::RestoreOptions::default()
+        .with_snapshot(a.snapshot.clone())
+        .with_name(a.name.clone())
         .with_force(a.force)
-        .with_db_key(db_key)
+        .with_db_key_for(move |_| read_db_key(key_file.as_ref(), "SQLVAULT_DB_KEY", Some("database key"), false))
         .with_accept_damaged_source(a.accept_damaged_source);
-    let rep = sqlvault_engine::restore_snapshot(&repo, &m, &a.dest, &opts).await?;
+    let rep = sqlvault_engine::restore(&repo, &a.dest, opts).await?;
     damaged_source_warning(&format!("snapshot {}", &rep.snapshot_id[..8]), &rep.source_problems);
     if ctx.json {
         print_json(&to_json(&rep));
