@@ -18,8 +18,8 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::cipher::{CipherSettings, Head, Unlock, head, hot_journal, open_db_as};
 use crate::error::SqliteError;
+use crate::key::{CipherSettings, Head, Unlock, head, hot_journal, open_db_as};
 
 /// How bad a finding is. The order is the order of badness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -166,7 +166,7 @@ pub struct Auditor {
 impl Auditor {
     /// An auditor with `opts`.
     pub fn new(opts: AuditOptions) -> Auditor {
-        crate::cipher::quiet_sqlcipher();
+        crate::key::quiet_sqlcipher();
         Auditor {
             opts,
             report: AuditReport::default(),
@@ -190,7 +190,7 @@ impl Auditor {
         let lib = format!(
             "SQLite {} (SQLCipher {})",
             version_string(v),
-            crate::cipher::sqlcipher_version()
+            crate::key::sqlcipher_version()
         );
         if bugs.is_empty() {
             self.push(Finding {
@@ -686,7 +686,9 @@ pub struct DbFacts {
 }
 
 /// Reads facts from a database on a read-only connection (one read transaction),
-/// without writing anything beside it (see [`open_quietly`]). `unlock` is used only
+/// without writing anything beside it: no `-wal` or `-shm` is created, an existing
+/// `-shm` is mapped read-only, a `-wal` without a `-shm` is read from a private copy,
+/// and nothing is checkpointed or rolled back. `unlock` is used only
 /// for a file without the plaintext header: a plaintext database in a scan that was
 /// given a key is checked like any other.
 pub fn db_facts(path: &Path, unlock: Option<&Unlock>, timeout: Duration) -> Result<DbFacts, SqliteError> {
