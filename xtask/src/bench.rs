@@ -3,9 +3,9 @@
 //! through the same for the SQL dump kind), restic (of a `.backup` copy) and Litestream
 //! (initial `replicate -once` to a file replica, then its daemon shipping each change,
 //! and `restore`).
-//!
-//! (tidy: long file — every peer's measurement beside the comparison it feeds, so a
-//! figure in docs/benchmarks.md traces to one place.)
+
+// (tidy: long file — every peer's measurement beside the comparison it feeds, so a
+// figure in docs/benchmarks.md traces to one place.)
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;

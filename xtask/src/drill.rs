@@ -7,9 +7,9 @@
 //! the source had committed — or fails with the exit code expected. Anything else (a
 //! silent success with wrong data, a wrong code, a panic) fails the drill. The seed makes
 //! every kill moment, damaged byte and injected fault reproducible.
-//!
-//! (tidy: long file — the scenario matrix, one function per scenario, listed together
-//! so the report and the code read in the same order.)
+
+// (tidy: long file — the scenario matrix, one function per scenario, listed together
+// so the report and the code read in the same order.)
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -744,7 +744,7 @@ impl Drill {
         if failed {
             return Ok(());
         }
-        let store = sqlvault_store::Store::from_url(&repo)?;
+        let store = sqlvault_store::Store::open_url(&repo, &sqlvault_store::StoreEnv::from_vars(std::env::vars_os()))?;
         let kinds = [
             "sqlvault.json",
             "config",

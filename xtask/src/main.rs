@@ -174,6 +174,7 @@ fn ci() -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let r = root();
     sh(Command::new(&cargo).current_dir(&r).args(["fmt", "--all", "--check"]))?;
+    tidy::run()?;
     sh(Command::new(&cargo)
         .current_dir(&r)
         .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;

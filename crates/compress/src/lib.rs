@@ -1,10 +1,62 @@
-//! zstd stage of sqlvault.
+//! The zstd stage of sqlvault, as a library: independent frames with reusable
+//! contexts, and a streaming writer with an explicit finish. Synchronous; no runtime.
 //!
 //! Pages are compressed in frames of many pages (tens to hundreds of KiB): a frame per
 //! page would lose most of the ratio, one stream per database would make a single page
-//! unreachable without decompressing everything before it. [`FrameCompressor`] and
-//! [`FrameDecompressor`] keep one zstd context each so that frames cost no allocation.
-//! [`CompressWriter`] is the streaming form for large sequential payloads.
+//! unreachable without decompressing everything before it. Every frame carries zstd's
+//! content checksum and its decompressed size, so the stock `zstd` tool can check and
+//! decode it.
+//!
+//! # Main types
+//!
+//! - [`FrameCompressor`] / [`FrameDecompressor`] keep one zstd context each, so frames
+//!   cost no allocation; decompression is bounded by a `max_len` the caller knows
+//!   ([`frame_content_size`] reads what a frame claims, to check before trusting it).
+//! - [`CompressWriter`] is the streaming form for large sequential payloads, with
+//!   optional worker threads; its [`finish`](CompressWriter::finish) ends the frame,
+//!   and a skipped `finish` makes every decoder report truncation.
+//!   [`decompress_reader`] reads such a stream back.
+//!
+//! Errors are [`std::io::Error`], as zstd reports them: a damaged frame, a frame
+//! larger than the bound, or the underlying writer's failure. This crate has no
+//! error type of its own because it adds no failure of its own.
+//!
+//! # Example
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use sqlvault_compress::{
+//!     CompressWriter, DEFAULT_LEVEL, FrameCompressor, FrameDecompressor, decompress_reader, frame_content_size,
+//! };
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let pages = vec![7u8; 64 * 4096];
+//!
+//! // One frame, appended to a buffer that may already hold others.
+//! let mut packed = Vec::new();
+//! let n = FrameCompressor::new(DEFAULT_LEVEL)?.compress_into(&pages, &mut packed)?;
+//! assert_eq!(n, packed.len());
+//! assert_eq!(frame_content_size(&packed), Some(pages.len() as u64));
+//!
+//! // Decompression never produces more than the bound the caller gives.
+//! let mut out = Vec::new();
+//! FrameDecompressor::new()?.decompress_into(&packed, &mut out, pages.len())?;
+//! assert_eq!(out, pages);
+//!
+//! // The streaming form: `finish` ends the frame.
+//! let mut w = CompressWriter::new(Vec::new(), DEFAULT_LEVEL, 0)?;
+//! w.write_all(&pages)?;
+//! let stream = w.finish()?;
+//! let mut back = Vec::new();
+//! decompress_reader(&stream[..])?.read_to_end(&mut back)?;
+//! assert_eq!(back, pages);
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
 
 use std::fmt;
 use std::io::{self, Write};
@@ -12,7 +64,9 @@ use std::io::{self, Write};
 /// Default level: zstd's own default, the same as the `zstd -3` peers are measured with.
 pub const DEFAULT_LEVEL: i32 = 3;
 
-/// Compresses independent frames with one reusable context.
+/// Compresses independent frames with one reusable zstd context (content checksum and
+/// content size included in every frame). Not shared between threads: make one per
+/// worker.
 pub struct FrameCompressor {
     inner: zstd::bulk::Compressor<'static>,
 }
@@ -34,7 +88,8 @@ impl FrameCompressor {
         Ok(FrameCompressor { inner })
     }
 
-    /// Compresses `src` into one complete zstd frame appended to `dst`.
+    /// Compresses `src` into one complete zstd frame appended to `dst` (what `dst`
+    /// held is kept); returns the frame's length.
     pub fn compress_into(&mut self, src: &[u8], dst: &mut Vec<u8>) -> io::Result<usize> {
         let start = dst.len();
         dst.reserve(zstd::zstd_safe::compress_bound(src.len()));
@@ -50,6 +105,9 @@ struct SpareVec<'a>(&'a mut Vec<u8>, usize);
 
 // SAFETY: the pointer and capacity describe the Vec's uninitialised tail, and
 // `filled_until` only extends the length over bytes zstd reports as written.
+// The crate's only unsafe code: it lets zstd write straight into the caller's buffer
+// (no second copy of every frame).
+#[allow(unsafe_code)]
 unsafe impl zstd::zstd_safe::WriteBuf for SpareVec<'_> {
     fn as_slice(&self) -> &[u8] {
         &[]
@@ -69,7 +127,8 @@ unsafe impl zstd::zstd_safe::WriteBuf for SpareVec<'_> {
     }
 }
 
-/// Decompresses frames with one reusable context.
+/// Decompresses frames with one reusable zstd context, each into a buffer bounded by
+/// the caller. Not shared between threads: make one per worker.
 pub struct FrameDecompressor {
     inner: zstd::bulk::Decompressor<'static>,
 }
@@ -81,7 +140,7 @@ impl fmt::Debug for FrameDecompressor {
 }
 
 impl FrameDecompressor {
-    /// A new decompression context.
+    /// A new decompression context; fails only if zstd cannot allocate one.
     pub fn new() -> io::Result<Self> {
         Ok(FrameDecompressor {
             inner: zstd::bulk::Decompressor::new()?,
@@ -99,7 +158,8 @@ impl FrameDecompressor {
     }
 }
 
-/// The decompressed size a frame declares in its header, if it does.
+/// The decompressed size a frame declares in its header, if it does. The claim is the
+/// writer's: check it against a bound before allocating for it.
 pub fn frame_content_size(frame: &[u8]) -> Option<u64> {
     zstd::zstd_safe::get_frame_content_size(frame).ok().flatten()
 }
@@ -127,7 +187,8 @@ impl<W: Write> CompressWriter<W> {
         Ok(CompressWriter { inner })
     }
 
-    /// Ends the frame and returns the inner writer.
+    /// Ends the frame (flushing every buffered byte and the checksum) and returns the
+    /// inner writer. Dropping the writer without it leaves a truncated frame.
     pub fn finish(self) -> io::Result<W> {
         self.inner.finish()
     }
@@ -142,7 +203,8 @@ impl<W: Write> Write for CompressWriter<W> {
     }
 }
 
-/// Streaming zstd reader.
+/// Streaming zstd reader over `r`: decodes every frame of the stream; a truncated
+/// stream (a writer whose `finish` was skipped) is an error, never a short read.
 pub fn decompress_reader<R: io::BufRead>(r: R) -> io::Result<impl io::Read> {
     zstd::stream::read::Decoder::with_buffer(r)
 }

@@ -1,11 +1,62 @@
-//! age stage of sqlvault.
+//! The age stage of sqlvault, as a library: parse recipients and identities, encrypt
+//! and decrypt buffers or streams, and make key files. Synchronous; no runtime.
 //!
-//! Recipients (`age1…`, `ssh-ed25519 …`, `ssh-rsa …`) encrypt; identities (age identity
-//! files, OpenSSH private keys, passphrases) decrypt. Everything sqlvault stores is an
-//! age v1 stream, so the stock `age` tool can decrypt any object of a repository.
+//! Everything sqlvault stores is an age v1 stream, so the stock `age` tool can decrypt
+//! any object of a repository, and anything this crate encrypts can be read by `age`.
+//!
+//! # Main types
+//!
+//! - [`Recipient`]: one public key to encrypt to — `age1…` (X25519), `ssh-ed25519 …`
+//!   or `ssh-rsa …` — parsed with [`str::parse`] or read from a file with
+//!   [`read_recipients_file`].
+//! - [`Identities`]: the keys that decrypt — an age identity file or an unencrypted
+//!   OpenSSH private key ([`Identities::from_file`]), a passphrase
+//!   ([`Identities::from_passphrase`]), an `AGE-SECRET-KEY-1…` string, or 32 secret
+//!   bytes derived elsewhere.
+//! - [`EncryptWriter`]: streaming encryption with an explicit
+//!   [`finish`](EncryptWriter::finish); a stream whose `finish` was skipped fails to
+//!   decrypt, it is never silently short. [`decrypt_reader`] is the streaming (and
+//!   seekable) reverse. [`encrypt_to_vec`] / [`decrypt_to_vec`] do whole buffers.
+//! - [`generate_x25519`] and [`generate_identity_file`] (0600, never overwrites) make
+//!   new keys.
+//!
+//! Errors are [`CryptError`]; a wrong key is [`CryptError::NoMatchingIdentity`] and
+//! damage or truncation is [`CryptError::Corrupt`], so callers can tell "wrong key"
+//! from "bad data" without reading messages.
 //!
 //! Secrets are held in [`secrecy::SecretString`] or zeroized buffers and never printed:
 //! the `Debug` forms here show what kind of key it is, not the key.
+//!
+//! # Example
+//!
+//! ```
+//! use std::io::Write;
+//! use sqlvault_crypt::{CryptError, EncryptWriter, Identities, Recipient, decrypt_to_vec, generate_x25519};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A new identity (keep the secret) and its public recipient (give it out).
+//! let (secret, public) = generate_x25519();
+//! let recipient: Recipient = public.parse()?;
+//!
+//! // Stream to the recipient; `finish` writes the last chunk.
+//! let mut w = EncryptWriter::new([&recipient], Vec::new())?;
+//! w.write_all(b"page bytes")?;
+//! let ciphertext = w.finish()?;
+//!
+//! // Only the identity opens it.
+//! let ids = Identities::from_secret_string(&secret)?;
+//! assert_eq!(decrypt_to_vec(&ids, &ciphertext)?, b"page bytes");
+//!
+//! let (other, _) = generate_x25519();
+//! let wrong = Identities::from_secret_string(&other)?;
+//! assert!(matches!(decrypt_to_vec(&wrong, &ciphertext), Err(CryptError::NoMatchingIdentity)));
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -129,11 +180,9 @@ impl FromStr for Recipient {
 
 /// Opens a key, identity or recipients file for reading only if it is a regular file,
 /// without blocking: `O_NONBLOCK` (a FIFO without a writer would block `open(2)`
-/// forever), then the type of the opened descriptor. The file is returned in blocking
-/// mode. (The same check as `sqlvault_sqlite::open_regular`, which this leaf crate
-/// cannot depend on.)
+/// forever), then the type of the opened descriptor. (The same check as
+/// `sqlvault_sqlite::open_regular`, which this leaf crate cannot depend on.)
 fn open_regular(path: &Path) -> io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileTypeExt;
     let f = OpenOptions::new()
         .read(true)
@@ -157,13 +206,9 @@ fn open_regular(path: &Path) -> io::Result<std::fs::File> {
             format!("it is {kind}, not a regular file"),
         ));
     }
-    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL have no memory effects.
-    unsafe {
-        let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
-        if fl >= 0 {
-            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
-        }
-    }
+    // `O_NONBLOCK` stays set: it has no effect on reads of a regular file (open(2):
+    // "this flag has no effect for regular files and block devices"), which is all
+    // that gets here, so clearing it would need `fcntl` (unsafe) for nothing.
     Ok(f)
 }
 

@@ -76,6 +76,8 @@ impl AuditRequest {
 /// Runs the audit.
 pub async fn audit(session: &Session, req: AuditRequest) -> Result<AuditReport> {
     let home = session.state_dir().to_path_buf();
+    session.ensure_temp_dir()?;
+    let temp_dir = session.temp_dir().to_path_buf();
     let AuditRequest {
         paths,
         fix,
@@ -93,6 +95,7 @@ pub async fn audit(session: &Session, req: AuditRequest) -> Result<AuditReport> 
             fix,
             unlock,
             repo_marker: Some(layout::MARKER.to_string()),
+            temp_dir: temp_dir.clone(),
             ..AuditOptions::default()
         });
         a.linked_library();

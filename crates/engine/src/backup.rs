@@ -1,10 +1,10 @@
 //! Backup: snapshot → hash pages → dedup → compress frames → encrypt packs → upload,
 //! then index → page map → manifest (create-if-absent). See `docs/format.md`.
-//!
-//! (tidy: long file — the reader, the workers, the uploader and the commit of one
-//! backup share private state: `Shared`, `Dest`, `Table`. The WAL source of the
-//! replication issue is the moment to move the stages into a pipeline module with
-//! options of its own.)
+
+// (tidy: long file — the reader, the workers, the uploader and the commit of one
+// backup share private state: `Shared`, `Dest`, `Table`. The WAL source of the
+// replication issue is the moment to move the stages into a pipeline module with
+// options of its own.)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

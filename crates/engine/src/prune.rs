@@ -35,9 +35,9 @@
 //! ripe indexes → delete ripe packs and maps → write the new state. Killed anywhere,
 //! every snapshot still restores: a chunk is only ever deleted after another pack that
 //! holds it is indexed, and restore ignores index entries of packs that are gone.
-//!
-//! (tidy: long file — the plan and the apply phase share the prune state, its lock and
-//! the repacking; the design notes above are half of it.)
+
+// (tidy: long file — the plan and the apply phase share the prune state, its lock and
+// the repacking; the design notes above are half of it.)
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -1,9 +1,9 @@
 //! Restore and verify: page map → index → fetch packs → decrypt → decompress →
 //! authenticate every chunk → write pages → fsync → integrity check and logical
 //! checksum → atomic rename.
-//!
-//! (tidy: long file — restore, verify and the SQLCipher re-encryption share the fetch
-//! stage and the checks before a file is installed; each part is short.)
+
+// (tidy: long file — restore, verify and the SQLCipher re-encryption share the fetch
+// stage and the checks before a file is installed; each part is short.)
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -55,7 +55,10 @@ pub struct RestoreOptions {
 
 /// Gives the database key for a snapshot of a SQLCipher database ([`RestoreOptions::db_key_for`]).
 #[derive(Clone)]
-pub struct KeyProvider(pub Arc<dyn Fn(&Manifest) -> Result<Option<DbKey>> + Send + Sync>);
+pub struct KeyProvider(pub Arc<KeyFn>);
+
+/// The function inside a [`KeyProvider`].
+pub type KeyFn = dyn Fn(&Manifest) -> Result<Option<DbKey>> + Send + Sync;
 
 impl std::fmt::Debug for KeyProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,9 +1,76 @@
-//! The sqlvault repository format, version 1 (see `docs/format.md`).
+//! The sqlvault repository format, version 1 (see `docs/format.md`), as a library:
+//! the types and byte encodings of everything a repository holds, so that any
+//! program can read or write a repository's objects without the engine.
 //!
 //! This crate is pure data: identifiers, the keys derived from a repository secret,
 //! and the byte encodings of every object kind (config, snapshot manifest, page map,
 //! index, pack trailer). It performs no IO, no compression and no encryption; the
-//! engine composes those around these encodings.
+//! engine composes those around these encodings. Every decoder bounds every length by
+//! what it can check first and returns [`FormatError`] (never panics) on hostile input.
+//!
+//! # Main types
+//!
+//! - Identifiers: [`ObjectId`] (random, names objects), [`ChunkId`] (a *keyed* hash
+//!   of a chunk, so the storage host cannot confirm guessed content).
+//! - Keys: [`RepoSecret`] derives [`RepoKeys`] — the chunk-id key, the MAC key that
+//!   authenticates metadata, the metadata identity; [`AdminKey`] signs
+//!   [`RecipientSet`]s.
+//! - Objects: [`RepoMarker`] and [`RepoConfig`] (a repository), [`Manifest`] (a
+//!   snapshot, MAC'd: [`encode_manifest`] / [`decode_manifest`]), [`PageMap`] (page
+//!   number → chunk), [`IndexFile`] (chunk → pack, frame, offset; MAC'd), the pack
+//!   trailer ([`encode_pack_trailer`] / [`decode_pack_trailer`]) that makes a pack
+//!   self-describing.
+//! - [`layout`]: where each object lives under a repository prefix.
+//!
+//! Errors: [`FormatError`] says which object kind failed and how — bad magic,
+//! malformed, unauthentic (a MAC that does not match: altered or forged), an
+//! unsupported version, invalid JSON.
+//!
+//! # Example
+//!
+//! Chunk ids under a repository's key, a pack trailer and the authenticated index
+//! that points at the same chunks, each encoded and decoded back.
+//!
+//! ```
+//! use sqlvault_format::{
+//!     FormatError, IndexAuth, IndexEntry, IndexFile, ObjectId, PackSection, RepoSecret, decode_pack_trailer,
+//!     encode_pack_trailer,
+//! };
+//!
+//! let keys = RepoSecret::generate().keys();
+//! let pages = [vec![1u8; 4096], vec![2u8; 4096]];
+//! // One zstd frame (pretend 100 compressed bytes at offset 0) holding both pages.
+//! let entries: Vec<IndexEntry> = pages
+//!     .iter()
+//!     .enumerate()
+//!     .map(|(i, page)| IndexEntry {
+//!         id: keys.chunk_id(page),
+//!         frame_offset: 0,
+//!         frame_len: 100,
+//!         offset: (i * 4096) as u32,
+//!         len: 4096,
+//!     })
+//!     .collect();
+//!
+//! // A pack's plaintext is its frames then the trailer: the pack alone says what it holds.
+//! let mut pack = vec![0u8; 100];
+//! pack.extend(encode_pack_trailer(&entries));
+//! let (found, frames_len) = decode_pack_trailer(&pack).unwrap();
+//! assert_eq!((found.as_slice(), frames_len), (entries.as_slice(), 100));
+//!
+//! // The index says the same for many packs, with the repository's MAC.
+//! let index = IndexFile { packs: vec![PackSection { pack: ObjectId::random(), entries }] };
+//! let bytes = index.encode(&keys);
+//! assert_eq!(IndexFile::decode(&bytes, &keys).unwrap(), (index, IndexAuth::Authenticated));
+//!
+//! // Another repository's keys (or a bucket writer without the secret) cannot forge one.
+//! let other = RepoSecret::generate().keys();
+//! assert!(matches!(IndexFile::decode(&bytes, &other), Err(FormatError::Unauthentic { .. })));
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
 
 pub use blake3;
 

@@ -274,6 +274,7 @@ fn preflight(
     let bad = |what: String| SqliteError::Unreproducible {
         path: path.to_path_buf(),
         what,
+        source: None,
     };
     for t in covered {
         if !t.without_rowid && t.rowid.is_none() && !t.ipk {
@@ -292,9 +293,9 @@ fn preflight(
         let Some(sql) = &o.sql else { return Ok(()) };
         mem.execute_batch(sql).map_err(|e| {
             let mut what = if is_virtual(o) {
-                format!("virtual table {}: {e}", o.name)
+                format!("virtual table {} cannot be rebuilt here", o.name)
             } else {
-                format!("{} {}: {e}", o.ty, o.name)
+                format!("{} {} cannot be rebuilt here", o.ty, o.name)
             };
             if e.to_string().contains("no such collation sequence") {
                 // The application registers that collation itself; rebuilding its
@@ -304,7 +305,11 @@ fn preflight(
                      a page snapshot keeps the database as it is)",
                 );
             }
-            bad(what)
+            SqliteError::Unreproducible {
+                path: path.to_path_buf(),
+                what,
+                source: Some(e),
+            }
         })
     };
     // Shadow tables are made by their virtual table here, as they would be by any
@@ -424,6 +429,7 @@ impl<W: Write> Visit for Emit<'_, '_, W> {
                                 "table {} holds a TEXT value that is not valid UTF-16 (a lone surrogate)",
                                 t.name
                             ),
+                            source: None,
                         }));
                     }
                 }

@@ -59,8 +59,12 @@ pub enum SqliteError {
     Unreproducible {
         /// The database.
         path: PathBuf,
-        /// The object and the reason.
+        /// The object and the reason (without SQLite's own message, which is `source`).
         what: String,
+        /// SQLite's refusal to rebuild the object (no such module, no such collation
+        /// sequence), when that is how it was found.
+        #[source]
+        source: Option<rusqlite::Error>,
     },
     /// Writing the dump to its destination failed.
     #[error("cannot write the dump")]
@@ -220,6 +224,14 @@ pub enum SqliteError {
         path: PathBuf,
         /// Why.
         why: String,
+    },
+    /// The operation needs SQLCipher (a database key, an encrypted source or target)
+    /// and this build links plain SQLite: the `sqlcipher` feature of
+    /// `sqlvault-sqlite` is off. Nothing was read or written.
+    #[error("{op}: built without SQLCipher support (the sqlcipher feature of sqlvault-sqlite is off)")]
+    NoSqlcipher {
+        /// What was asked.
+        op: &'static str,
     },
     /// Filesystem error.
     #[error("io error on {path}")]

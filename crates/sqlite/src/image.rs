@@ -14,7 +14,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::cipher::{Unlock, apply_key};
+use crate::key::{Unlock, apply_key};
 use crate::{SqliteError, VerifyReport, verify_file_with};
 
 /// Writes the plaintext database image `image` as the SQLCipher database `out` (an
@@ -32,6 +32,7 @@ pub fn encrypt_image(image: &Path, out: &Path, unlock: &Unlock) -> Result<Option
         let p = p.to_path_buf();
         move |source| SqliteError::Io { path: p, source }
     };
+    crate::key::require_sqlcipher("writing an encrypted database image")?;
     let mut settings = unlock.settings.clone().ok_or_else(|| SqliteError::BadKey {
         what: "the SQLCipher settings of the image are needed".into(),
     })?;

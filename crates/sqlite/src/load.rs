@@ -55,6 +55,9 @@
 //!
 //! A refusal, like any failure, leaves nothing behind: the temporary file is removed.
 
+// (tidy: long file — the statement gate, the loader and the verification share the
+// private parser state; a third of the file is the tests of the gate.)
+
 use std::ffi::CString;
 use std::fs::File;
 use std::io::BufRead;
@@ -65,9 +68,9 @@ use std::time::Instant;
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
-use crate::cipher::{Unlock, apply_key};
 use crate::dump::{DUMP_HEADER, DUMP_TRAILER};
 use crate::guard::{BASE_STEPS, Guard, INTERNAL_CREATES, STEPS_PER_BYTE};
+use crate::key::{Unlock, apply_key};
 use crate::{DbInfo, SqliteError, verify_file_with};
 
 /// Options for [`load`].
@@ -152,16 +155,10 @@ pub struct LoadReport {
 /// Builds the database `dest` from the SQL read from `input` (`name` is used in
 /// messages). See the module docs for the guarantees.
 pub fn load<R: BufRead>(input: R, name: &Path, dest: &Path, opts: &LoadOptions) -> Result<LoadReport, SqliteError> {
-    let dest = if dest.is_absolute() {
-        dest.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|source| SqliteError::Io {
-                path: dest.to_path_buf(),
-                source,
-            })?
-            .join(dest)
-    };
+    let dest = std::path::absolute(dest).map_err(|source| SqliteError::Io {
+        path: dest.to_path_buf(),
+        source,
+    })?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SqliteError::Io { path, source }
@@ -192,6 +189,9 @@ pub(crate) fn load_temp<R: BufRead>(
         let path = path.to_path_buf();
         move |source| SqliteError::Io { path, source }
     };
+    if opts.encrypt.is_some() {
+        crate::key::require_sqlcipher("an encrypted load")?;
+    }
     let encrypt = match &opts.encrypt {
         Some(u) => match &u.settings {
             Some(s) => Some((u.key.clone(), s.clone())),
@@ -216,7 +216,7 @@ pub(crate) fn load_temp<R: BufRead>(
             source,
         })?;
         if let Some((key, settings)) = &encrypt {
-            crate::cipher::quiet_sqlcipher();
+            crate::key::quiet_sqlcipher();
             apply_key(&conn, key, settings).map_err(|source| SqliteError::Sqlite {
                 path: tmp.path().to_path_buf(),
                 source,
@@ -335,8 +335,9 @@ pub(crate) fn load_temp<R: BufRead>(
 /// regular file reached without following a symbolic link, or is no longer the file
 /// that was checked when it would be replaced ([`SqliteError::NotReplaceable`]). The
 /// new file takes the owner, group and (at most) the permissions of the one it
-/// replaces, where that cannot hand it to someone who planted that file (see
-/// [`take_place_of`]); a new (or empty) destination keeps the temporary file's 0600.
+/// replaces, only where that cannot hand it to someone who planted that file (a
+/// directory nobody but root and its owner can write to; elsewhere it stays the
+/// running user's, 0600); a new (or empty) destination keeps the temporary file's 0600.
 pub fn install(tmp: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Result<(), SqliteError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -437,7 +438,7 @@ pub fn ensure_not_in_use(dest: &Path) -> Result<(), SqliteError> {
         Ok(m) => replaceable(dest, &m)?,
         Err(_) => return Ok(()),
     }
-    let pids = crate::cipher::other_openers(dest);
+    let pids = crate::key::other_openers(dest);
     if pids.is_empty() {
         return Ok(());
     }

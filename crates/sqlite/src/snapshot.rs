@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::cipher::{CipherSettings, Unlock, apply_key, open_db};
 use crate::collation::AppCollation;
+use crate::key::{CipherSettings, Unlock, apply_key, open_db};
 use crate::{SqliteError, logical_checksum};
 
 /// Facts about a database read inside the snapshot's transaction.
@@ -48,7 +48,8 @@ pub enum SnapshotMethod {
 pub struct SourceOptions {
     /// Longest wait for another connection's lock before failing.
     pub busy_timeout: Duration,
-    /// Directory for the temporary copy of [`SnapshotMethod::BackupCopy`].
+    /// Directory for the temporary copy of [`SnapshotMethod::BackupCopy`] (`/tmp`
+    /// when unset).
     pub temp_dir: Option<PathBuf>,
     /// Force the backup-copy method even when `sqlite_dbpage` is available.
     pub force_backup_copy: bool,
@@ -101,8 +102,8 @@ impl SourceOptions {
 
 /// Checks that `path` exists and starts with the plaintext SQLite header.
 pub fn check_header(path: &Path) -> Result<(), SqliteError> {
-    match crate::cipher::head(path)? {
-        crate::cipher::Head::Plain => Ok(()),
+    match crate::key::head(path)? {
+        crate::key::Head::Plain => Ok(()),
         _ => Err(SqliteError::NotADatabase {
             path: path.to_path_buf(),
         }),
@@ -159,7 +160,7 @@ impl Source {
     /// SQLCipher with `opts.unlock` (the key is proven here, and the settings detected
     /// when not given).
     pub fn open(path: &Path, opts: SourceOptions) -> Result<Source, SqliteError> {
-        crate::cipher::head(path)?;
+        crate::key::head(path)?;
         let path = std::fs::canonicalize(path).map_err(|source| SqliteError::Io {
             path: path.to_path_buf(),
             source,
@@ -586,7 +587,9 @@ impl Source {
     /// under one read lock, into a 0600 temporary file that is removed on drop. Returns
     /// the source's own 100-byte header too, where it is authoritative.
     pub(crate) fn private_copy(&self) -> Result<(tempfile::NamedTempFile, Option<[u8; 100]>), SqliteError> {
-        let dir = self.opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        // `/tmp` unless the caller says (the engine passes its session's directory; this
+        // crate reads no environment).
+        let dir = self.opts.temp_dir.clone().unwrap_or_else(|| PathBuf::from("/tmp"));
         // Created 0600, removed on drop on every path, and on a signal (registered).
         let tmp = crate::scratch_file(&dir, "snapshot", ".tmp").map_err(|source| SqliteError::Io {
             path: dir.clone(),
@@ -694,6 +697,25 @@ pub enum SnapshotError<E> {
     Consumer(E),
 }
 
+impl<E: std::fmt::Display> std::fmt::Display for SnapshotError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotError::Db(e) => std::fmt::Display::fmt(e, f),
+            SnapshotError::Consumer(e) => std::fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+/// Transparent: the message and source are those of the error inside.
+impl<E: std::error::Error + 'static> std::error::Error for SnapshotError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SnapshotError::Db(e) => e.source(),
+            SnapshotError::Consumer(e) => e.source(),
+        }
+    }
+}
+
 /// Result of checking a database file.
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
@@ -726,13 +748,13 @@ pub fn verify_file_with(path: &Path, unlock: Option<&Unlock>) -> Result<VerifyRe
     let err = |e| SqliteError::from_sqlite(path, t, e);
     let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
-    let (conn, cipher) = crate::cipher::open_db_as(path, &uri, unlock, flags, t)?;
+    let (conn, cipher) = crate::key::open_db_as(path, &uri, unlock, flags, t)?;
     // The twin skips detection: same key, the settings just found.
     let twin_unlock = unlock.map(|u| Unlock {
         key: u.key.clone(),
         settings: cipher.clone(),
     });
-    let (twin, _) = crate::cipher::open_db_as(path, &uri, twin_unlock.as_ref(), flags, t)?;
+    let (twin, _) = crate::key::open_db_as(path, &uri, twin_unlock.as_ref(), flags, t)?;
     // Both connections are read-only: an application's collations get placeholders,
     // and the checks that would need the real ones are reported as not done.
     crate::collation::tolerate(&conn).map_err(err)?;

@@ -1,15 +1,89 @@
-//! Object storage for sqlvault, on top of [`object_store`].
+//! Object storage for sqlvault, on top of [`object_store`]: one repository location
+//! (a backend plus a key prefix) behind one small async API.
 //!
-//! A [`Store`] is one repository location: a backend plus a key prefix. It adds what
-//! the engine's crash contract needs (create-if-absent puts), retries of transient
-//! failures with jittered exponential backoff, one error type with
-//! [`StoreError::is_not_found`] / [`StoreError::is_transient`], and per-kind request
-//! counters so that commands can report what they cost.
+//! What it adds to `object_store`:
+//! - [`Store::put_if_absent`], the create-if-absent write that is the commit point of
+//!   every snapshot (a retried create whose first attempt landed is recognised);
+//! - retries of transient failures with jittered exponential backoff
+//!   ([`RetryPolicy`]);
+//! - one error type, [`StoreError`], with [`StoreError::is_not_found`] and
+//!   [`StoreError::is_transient`] for callers to branch on (never on message text);
+//! - per-kind request counters ([`Store::stats`], [`RequestCounts`]) so that commands
+//!   report what they cost;
+//! - handles by capability: [`Store::reader`] gives a [`ReadStore`] (GET, ranged GET,
+//!   HEAD, LIST) and [`Store::appender`] an [`AppendStore`] (those plus PUT and
+//!   create-if-absent, no DELETE). Code that must never delete — backups, copies —
+//!   takes an `AppendStore`, and the compiler keeps the promise.
 //!
-//! Supported URLs: a plain path or `file:///abs/path`, `s3://bucket/prefix` (standard
-//! `AWS_*` variables, including `AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for S3-compatible
-//! servers), `gs://bucket/prefix` (`GOOGLE_*`), `az://container/prefix` (`AZURE_*`,
-//! `AZURE_STORAGE_USE_EMULATOR`), and `memory://` for tests.
+//! # Opening a location
+//!
+//! [`Store::open_url`] opens an existing repository and never creates anything;
+//! [`Store::create_url`] also creates a missing local directory (for `init` only).
+//! [`Store::new`] wraps any [`object_store::ObjectStore`] (a fault-injecting one in
+//! tests). URLs:
+//!
+//! | URL | backend | cargo feature |
+//! |---|---|---|
+//! | `/abs/path`, `rel/path`, `file:///abs/path` | local disk | always |
+//! | `memory://` | in memory, empty, private to the returned `Store` | always |
+//! | `s3://bucket/prefix` | S3 and S3-compatible servers (`AWS_*` variables, including `AWS_ENDPOINT` and `AWS_ALLOW_HTTP`) | `s3` |
+//! | `gs://bucket/prefix` | Google Cloud Storage (`GOOGLE_*`) | `gcs` |
+//! | `az://container/prefix` | Azure Blob Storage (`AZURE_*`, `AZURE_STORAGE_USE_EMULATOR`) | `azure` |
+//!
+//! The cloud features are off by default, so a crate that reuses this one for local
+//! disk compiles no HTTP client; a cloud URL whose feature is off fails with
+//! [`StoreError::BackendNotBuilt`], which names the feature. The `sqlvault` binary
+//! enables all three.
+//!
+//! The cloud clients are configured by the variables of a [`StoreEnv`] the caller
+//! hands over (the names above, as object_store's builders know them): this crate never
+//! reads the process environment, so a service can open stores with different
+//! credentials side by side. A binary passes `StoreEnv::from_vars(std::env::vars_os())`.
+//!
+//! # Example
+//!
+//! A commit the way a backup makes one: the data object first, then the object that
+//! makes it visible, created only if absent, then read back through a read-only
+//! handle.
+//!
+//! ```
+//! use sqlvault_store::{bytes::Bytes, Store, StoreEnv, StoreError};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! rt.block_on(async {
+//!     let dir = tempfile::tempdir()?;
+//!     // Only `init` creates the directory; every later command opens it.
+//!     Store::create_url(dir.path().to_str().unwrap(), &StoreEnv::default())?;
+//!     let store = Store::open_url(dir.path().to_str().unwrap(), &StoreEnv::default())?;
+//!
+//!     let writer = store.appender(); // no delete on this handle
+//!     writer.put("packs/p1", Bytes::from_static(b"pack bytes")).await?;
+//!     writer.put_if_absent("snapshots/s1", Bytes::from_static(b"manifest")).await?;
+//!     // A second commit under the same name is refused, not overwritten.
+//!     let again = writer.put_if_absent("snapshots/s1", Bytes::from_static(b"other")).await;
+//!     assert!(matches!(again, Err(StoreError::AlreadyExists { .. })));
+//!
+//!     let reader = store.reader();
+//!     assert_eq!(reader.get("snapshots/s1").await?, Bytes::from_static(b"manifest"));
+//!     assert_eq!(reader.get_range("packs/p1", 0..4).await?, Bytes::from_static(b"pack"));
+//!     assert_eq!(reader.list("snapshots").await?, vec![("s1".to_string(), 8)]);
+//!     assert!(reader.get("snapshots/s2").await.unwrap_err().is_not_found());
+//!     assert_eq!(store.stats().put, 3);
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })
+//! # }
+//! ```
+//!
+//! `Store` itself keeps the full API (including [`Store::delete`]) for the code that
+//! deletes by design: retention and prune.
+
+// (tidy: long file — one type and its contract tests; the conformance suite is kept
+// beside what it checks.)
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
 
 use std::fmt;
 use std::ops::Range;
@@ -17,6 +91,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use bytes;
 use bytes::Bytes;
 use futures::TryStreamExt;
 pub use object_store;
@@ -27,13 +102,30 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The repository URL cannot be used.
+    /// The repository URL cannot be used: malformed, an unknown scheme, or a backend
+    /// that refuses its configuration. `source` is the underlying parser's, builder's
+    /// or filesystem's error when there is one; `reason` never repeats it.
     #[error("invalid repository url {url:?}: {reason}")]
     InvalidUrl {
         /// The URL as given (credentials are never part of it).
         url: String,
-        /// Why.
+        /// What is wrong, in words, without the cause's own text.
         reason: String,
+        /// The cause, when another library reported it.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+    /// The URL names a cloud backend that this build of `sqlvault-store` was compiled
+    /// without: enable the named cargo feature (`s3`, `gcs` or `azure`). Reported
+    /// before any network access; the `sqlvault` binary has all three.
+    #[error(
+        "{scheme}:// repositories need the `{feature}` feature of sqlvault-store, which this build was compiled without"
+    )]
+    BackendNotBuilt {
+        /// The URL scheme (`s3`, `gs` or `az`).
+        scheme: String,
+        /// The cargo feature that adds it.
+        feature: &'static str,
     },
     /// The object does not exist.
     #[error("object {key} not found in {repo}")]
@@ -104,7 +196,8 @@ fn is_transient(e: &object_store::Error) -> bool {
     )
 }
 
-/// Requests made, by kind (attempts, retries included).
+/// Live request counters by kind (attempts, retries included), shared by a store
+/// and its clones; read them as a [`RequestCounts`].
 #[derive(Debug, Default)]
 pub struct RequestStats {
     get: AtomicU64,
@@ -223,7 +316,12 @@ impl RetryPolicy {
     }
 }
 
-/// One repository location.
+/// One repository location: a backend and a key prefix, with the retry policy and
+/// the request counters every operation goes through. Clones share the backend and
+/// the counters. Keys are `/`-separated and relative to the prefix.
+///
+/// `Store` has the whole API, DELETE included; hand code that must not delete a
+/// [`Store::appender`] or [`Store::reader`] instead.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
@@ -235,14 +333,69 @@ pub struct Store {
     local: Option<std::path::PathBuf>,
 }
 
-/// `scheme://bucket/prefix`, with the endpoint or account the environment selects: a
-/// bucket name alone does not say which service holds it.
-fn cloud_location(scheme: &str, bucket: &str, prefix: &str) -> String {
-    let env = |names: &[&str]| {
-        names
+/// The configuration of the cloud clients: the `AWS_*`, `GOOGLE_*`, `AZURE_*`,
+/// `SERVICE_ACCOUNT` and `IDENTITY_ENDPOINT` variables object_store's builders would
+/// read, handed over by the caller. The library never reads the process environment:
+/// a binary passes `StoreEnv::from_vars(std::env::vars_os())`, a service or a test
+/// passes exactly what it means.
+#[derive(Clone, Default)]
+pub struct StoreEnv {
+    vars: std::collections::BTreeMap<String, String>,
+}
+
+impl fmt::Debug for StoreEnv {
+    // Values are credentials: only the names are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.vars.keys()).finish()
+    }
+}
+
+impl StoreEnv {
+    /// The variables of `vars` that configure a cloud client (others, and names or
+    /// values that are not UTF-8, are left out).
+    pub fn from_vars<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> StoreEnv
+    where
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
+        let mut env = StoreEnv::default();
+        for (k, v) in vars {
+            if let (Some(k), Some(v)) = (k.as_ref().to_str(), v.as_ref().to_str())
+                && (["AWS_", "GOOGLE_", "AZURE_"].iter().any(|p| k.starts_with(p))
+                    || k == "SERVICE_ACCOUNT"
+                    || k == "IDENTITY_ENDPOINT")
+            {
+                env.vars.insert(k.to_string(), v.to_string());
+            }
+        }
+        env
+    }
+
+    /// Sets one variable.
+    pub fn with(mut self, name: &str, value: &str) -> StoreEnv {
+        self.vars.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    /// A variable's value, when set and not empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// The variables whose names start with `prefix`.
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.vars
             .iter()
-            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
-    };
+            .filter(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// `scheme://bucket/prefix`, with the endpoint or account the configuration selects: a
+/// bucket name alone does not say which service holds it.
+fn cloud_location(scheme: &str, bucket: &str, prefix: &str, vars: &StoreEnv) -> String {
+    let env = |names: &[&str]| names.iter().find_map(|n| vars.get(n).map(str::to_string));
     let service = match scheme {
         "s3" => env(&["AWS_ENDPOINT", "AWS_ENDPOINT_URL"]).map(|e| e.trim_end_matches('/').to_string()),
         "az" => env(&["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT"]).map(|a| {
@@ -268,6 +421,7 @@ impl fmt::Debug for Store {
 
 /// Retries inside object_store's HTTP clients: short, so an unreachable server gives a
 /// clear error in seconds; our own layer retries whole operations on top.
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
 fn client_retry() -> object_store::RetryConfig {
     object_store::RetryConfig {
         backoff: object_store::BackoffConfig {
@@ -280,78 +434,153 @@ fn client_retry() -> object_store::RetryConfig {
     }
 }
 
+/// A builder's error, boxed as the cause of [`StoreError::InvalidUrl`].
+type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The object_store client for a cloud scheme (`s3`, `gs`, `az`), configured from
+/// `env` as object_store's `from_env` would from the process environment, or
+/// [`StoreError::BackendNotBuilt`] when this build lacks its feature.
+#[allow(unused_variables)]
+fn cloud_store(
+    scheme: &str,
+    bucket: &str,
+    env: &StoreEnv,
+    invalid: impl Fn(&'static str, Cause) -> StoreError,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let not_built = |feature: &'static str| StoreError::BackendNotBuilt {
+        scheme: scheme.to_string(),
+        feature,
+    };
+    match scheme {
+        #[cfg(feature = "s3")]
+        "s3" => Ok(Arc::new(
+            env.with_prefix("AWS_")
+                .filter_map(|(k, v)| Some((k.to_ascii_lowercase().parse().ok()?, v)))
+                .fold(object_store::aws::AmazonS3Builder::new(), |b, (k, v)| {
+                    b.with_config(k, v)
+                })
+                .with_bucket_name(bucket)
+                .with_retry(client_retry())
+                .build()
+                .map_err(|e| invalid("cannot configure the S3 client", e.into()))?,
+        )),
+        #[cfg(not(feature = "s3"))]
+        "s3" => Err(not_built("s3")),
+        #[cfg(feature = "gcs")]
+        "gs" => Ok(Arc::new(
+            env.with_prefix("GOOGLE_")
+                .filter_map(|(k, v)| Some((k.to_ascii_lowercase().parse().ok()?, v)))
+                .fold(
+                    match env.get("SERVICE_ACCOUNT") {
+                        Some(p) => object_store::gcp::GoogleCloudStorageBuilder::new().with_service_account_path(p),
+                        None => object_store::gcp::GoogleCloudStorageBuilder::new(),
+                    },
+                    |b, (k, v)| b.with_config(k, v),
+                )
+                .with_bucket_name(bucket)
+                .with_retry(client_retry())
+                .build()
+                .map_err(|e| invalid("cannot configure the Google Cloud Storage client", e.into()))?,
+        )),
+        #[cfg(not(feature = "gcs"))]
+        "gs" => Err(not_built("gcs")),
+        #[cfg(feature = "azure")]
+        "az" => Ok(Arc::new(
+            env.with_prefix("AZURE_")
+                .filter_map(|(k, v)| Some((k.to_ascii_lowercase().parse().ok()?, v)))
+                .fold(
+                    match env.get("IDENTITY_ENDPOINT") {
+                        Some(e) => object_store::azure::MicrosoftAzureBuilder::new().with_msi_endpoint(e),
+                        None => object_store::azure::MicrosoftAzureBuilder::new(),
+                    },
+                    |b, (k, v)| b.with_config(k, v),
+                )
+                .with_container_name(bucket)
+                .with_retry(client_retry())
+                .build()
+                .map_err(|e| invalid("cannot configure the Azure client", e.into()))?,
+        )),
+        #[cfg(not(feature = "azure"))]
+        "az" => Err(not_built("azure")),
+        _ => unreachable!("only s3, gs and az reach cloud_store"),
+    }
+}
+
 impl Store {
-    /// Opens the repository at `url`. A local directory must exist (see
-    /// [`Store::create_url`]).
-    pub fn from_url(url: &str) -> Result<Store, StoreError> {
-        Self::open_url(url, false)
+    /// Opens an existing repository at `url` for reading or writing; never creates
+    /// anything. A local directory that does not exist is
+    /// [`StoreError::MissingDirectory`] (a mistyped path must not leave directories
+    /// behind); object stores are not contacted until the first request. This is the
+    /// open for every command but `init`, which uses [`Store::create_url`].
+    ///
+    /// Schemes: a plain path or `file:///abs/path`, `memory://` (a fresh, empty
+    /// in-memory store per call), and, with their cargo features, `s3://bucket/prefix`
+    /// (`s3`), `gs://bucket/prefix` (`gcs`) and `az://container/prefix` (`azure`),
+    /// configured from `env` ([`StoreEnv`]) as described in the crate docs. A cloud scheme
+    /// whose feature is off is [`StoreError::BackendNotBuilt`].
+    pub fn open_url(url: &str, env: &StoreEnv) -> Result<Store, StoreError> {
+        Self::open_with(url, env, false)
     }
 
-    /// Like [`Store::from_url`], creating a local directory that does not exist yet
-    /// (for `init`).
-    pub fn create_url(url: &str) -> Result<Store, StoreError> {
-        Self::open_url(url, true)
+    /// The same as [`Store::open_url`] (never creates anything); kept under its older
+    /// name.
+    pub fn from_url(url: &str, env: &StoreEnv) -> Result<Store, StoreError> {
+        Self::open_with(url, env, false)
     }
 
-    fn open_url(url: &str, create: bool) -> Result<Store, StoreError> {
-        let invalid = |reason: String| StoreError::InvalidUrl {
+    /// Like [`Store::open_url`], but creates a local directory (and its parents) that
+    /// does not exist yet: for `init` only, so that every other command fails on a
+    /// mistyped path instead of starting an empty repository there. Object stores
+    /// behave as with [`Store::open_url`] (buckets are never created).
+    pub fn create_url(url: &str, env: &StoreEnv) -> Result<Store, StoreError> {
+        Self::open_with(url, env, true)
+    }
+
+    fn open_with(url: &str, env: &StoreEnv, create: bool) -> Result<Store, StoreError> {
+        let invalid = |reason: &str| StoreError::InvalidUrl {
             url: url.to_string(),
-            reason,
+            reason: reason.to_string(),
+            source: None,
+        };
+        let caused = |reason: &'static str| {
+            move |e: Box<dyn std::error::Error + Send + Sync + 'static>| StoreError::InvalidUrl {
+                url: url.to_string(),
+                reason: reason.to_string(),
+                source: Some(e),
+            }
         };
         let mut local = None;
         let location;
-        let (inner, prefix): (Arc<dyn ObjectStore>, ObjPath) = if let Some(rest) = url.strip_prefix("memory://") {
-            let _ = rest;
+        let (inner, prefix): (Arc<dyn ObjectStore>, ObjPath) = if url.starts_with("memory://") {
             location = url.to_string();
             (Arc::new(object_store::memory::InMemory::new()), ObjPath::default())
         } else if url.starts_with("s3://") || url.starts_with("gs://") || url.starts_with("az://") {
-            let parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+            let parsed = url::Url::parse(url).map_err(|e| caused("not a URL")(e.into()))?;
             let bucket = parsed.host_str().unwrap_or_default();
             if bucket.is_empty() {
-                return Err(invalid("missing bucket or container name".into()));
+                return Err(invalid("missing bucket or container name"));
             }
             let prefix = ObjPath::from(parsed.path().trim_matches('/'));
-            location = cloud_location(parsed.scheme(), bucket, prefix.as_ref());
-            let store: Arc<dyn ObjectStore> = match parsed.scheme() {
-                "s3" => Arc::new(
-                    object_store::aws::AmazonS3Builder::from_env()
-                        .with_bucket_name(bucket)
-                        .with_retry(client_retry())
-                        .build()
-                        .map_err(|e| invalid(e.to_string()))?,
-                ),
-                "gs" => Arc::new(
-                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                        .with_bucket_name(bucket)
-                        .with_retry(client_retry())
-                        .build()
-                        .map_err(|e| invalid(e.to_string()))?,
-                ),
-                _ => Arc::new(
-                    object_store::azure::MicrosoftAzureBuilder::from_env()
-                        .with_container_name(bucket)
-                        .with_retry(client_retry())
-                        .build()
-                        .map_err(|e| invalid(e.to_string()))?,
-                ),
-            };
+            let store = cloud_store(parsed.scheme(), bucket, env, |reason, e| caused(reason)(e))?;
+            location = cloud_location(parsed.scheme(), bucket, prefix.as_ref(), env);
             (store, prefix)
         } else {
             let path = match url.strip_prefix("file://") {
                 Some(p) if p.starts_with('/') => std::path::PathBuf::from(p),
-                Some(_) => return Err(invalid("file:// URLs need an absolute path".into())),
-                None if url.contains("://") => return Err(invalid("unknown scheme".into())),
+                Some(_) => return Err(invalid("file:// URLs need an absolute path")),
+                None if url.contains("://") => return Err(invalid("unknown scheme")),
                 None => std::path::PathBuf::from(url),
             };
             if create {
-                std::fs::create_dir_all(&path).map_err(|e| invalid(format!("cannot create directory: {e}")))?;
+                std::fs::create_dir_all(&path).map_err(|e| caused("cannot create the directory")(e.into()))?;
             } else if !path.is_dir() {
                 return Err(StoreError::MissingDirectory { path });
             }
-            let canonical = std::fs::canonicalize(&path).map_err(|e| invalid(e.to_string()))?;
+            let canonical =
+                std::fs::canonicalize(&path).map_err(|e| caused("cannot resolve the directory")(e.into()))?;
             location = format!("file://{}", canonical.display());
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)
-                .map_err(|e| invalid(e.to_string()))?
+                .map_err(|e| caused("cannot open the directory")(e.into()))?
                 .with_automatic_cleanup(true);
             local = Some(path);
             (Arc::new(fs), ObjPath::default())
@@ -362,7 +591,9 @@ impl Store {
         Ok(store)
     }
 
-    /// Wraps an existing object store (e.g. a fault-injecting one in tests).
+    /// Wraps an existing object store (e.g. a fault-injecting one in tests) under
+    /// `prefix`; `description` names it in messages and is its [`Store::location`].
+    /// Nothing is checked or contacted.
     pub fn new(inner: Arc<dyn ObjectStore>, prefix: ObjPath, description: String) -> Store {
         Store {
             inner,
@@ -381,7 +612,8 @@ impl Store {
         self.local.as_deref()
     }
 
-    /// Replaces the retry policy.
+    /// Replaces the retry policy (the default is [`RetryPolicy::default`]); tests use it
+    /// to make transient failures fail fast.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
@@ -400,7 +632,9 @@ impl Store {
         &self.repo
     }
 
-    /// Request counters.
+    /// Requests made so far through this store and every clone and handle of it
+    /// (attempts, retries included); subtract an earlier value with
+    /// [`RequestCounts::since`] to cost one operation.
     pub fn stats(&self) -> RequestCounts {
         self.stats.counts()
     }
@@ -560,6 +794,117 @@ impl Store {
     }
 }
 
+/// A read-only handle on a repository location: GET, ranged GET, HEAD and LIST, and
+/// nothing that writes. Made with [`Store::reader`] (or [`AppendStore::reader`]).
+///
+/// Code that only reads a repository — restore, verify, check — takes a `ReadStore`,
+/// so that it cannot write or delete by construction, not by review. It shares the
+/// [`Store`]'s backend, retry policy and request counters (clones are cheap).
+#[derive(Clone, Debug)]
+pub struct ReadStore {
+    store: Store,
+}
+
+/// An append-only handle on a repository location: everything a [`ReadStore`] does,
+/// plus [`put`](AppendStore::put) and [`put_if_absent`](AppendStore::put_if_absent),
+/// and no DELETE. Made with [`Store::appender`].
+///
+/// This is how "backups never delete" holds by type: a backup or copy that is handed
+/// an `AppendStore` has no method that removes an object, so only code holding the
+/// full [`Store`] (forget, prune) can. It shares the [`Store`]'s backend, retry policy
+/// and request counters (clones are cheap).
+#[derive(Clone, Debug)]
+pub struct AppendStore {
+    store: Store,
+}
+
+/// The read methods, identical on [`ReadStore`] and [`AppendStore`]; each forwards to
+/// the [`Store`] method of the same name.
+macro_rules! read_methods {
+    () => {
+        /// Reads the whole object; see [`Store::get`].
+        pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+            self.store.get(key).await
+        }
+
+        /// Reads a byte range of the object; see [`Store::get_range`].
+        pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+            self.store.get_range(key, range).await
+        }
+
+        /// Size of the object, or `None` if it does not exist; see [`Store::head`].
+        pub async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
+            self.store.head(key).await
+        }
+
+        /// Lists the objects under directory `dir`; see [`Store::list`].
+        pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, StoreError> {
+            self.store.list(dir).await
+        }
+
+        /// The canonical name of the location; see [`Store::location`].
+        pub fn location(&self) -> &str {
+            self.store.location()
+        }
+
+        /// What the location is, for messages; see [`Store::describe`].
+        pub fn describe(&self) -> &str {
+            self.store.describe()
+        }
+
+        /// Requests made so far through every handle on this store; see [`Store::stats`].
+        pub fn stats(&self) -> RequestCounts {
+            self.store.stats()
+        }
+
+        /// The directory of a local-disk repository; see [`Store::local_root`].
+        pub fn local_root(&self) -> Option<&std::path::Path> {
+            self.store.local_root()
+        }
+    };
+}
+
+impl ReadStore {
+    read_methods!();
+}
+
+impl AppendStore {
+    read_methods!();
+
+    /// Writes `key`; see [`Store::put`]. Meant for keys the caller makes unique (a
+    /// content hash, a random id), where a second write is the same object again; a
+    /// key that may already be taken by other content goes through
+    /// [`AppendStore::put_if_absent`].
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.store.put(key, data).await
+    }
+
+    /// Writes `key` only if no object exists there; see [`Store::put_if_absent`].
+    pub async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.store.put_if_absent(key, data).await
+    }
+
+    /// A read-only handle on the same location.
+    pub fn reader(&self) -> ReadStore {
+        ReadStore {
+            store: self.store.clone(),
+        }
+    }
+}
+
+impl Store {
+    /// A read-only handle on this location ([`ReadStore`]), sharing its counters.
+    pub fn reader(&self) -> ReadStore {
+        ReadStore { store: self.clone() }
+    }
+
+    /// An append-only handle on this location ([`AppendStore`]: reads and puts, no
+    /// delete), sharing its counters.
+    pub fn appender(&self) -> AppendStore {
+        AppendStore { store: self.clone() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,22 +931,22 @@ mod tests {
 
     #[tokio::test]
     async fn memory_store_contract() {
-        contract(&Store::from_url("memory://").unwrap()).await;
+        contract(&Store::from_url("memory://", &StoreEnv::default()).unwrap()).await;
     }
 
     #[tokio::test]
     async fn local_store_contract() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().join("repo").display());
-        contract(&Store::create_url(&url).unwrap()).await;
-        contract(&Store::create_url(dir.path().join("plain").to_str().unwrap()).unwrap()).await;
+        contract(&Store::create_url(&url, &StoreEnv::default()).unwrap()).await;
+        contract(&Store::create_url(dir.path().join("plain").to_str().unwrap(), &StoreEnv::default()).unwrap()).await;
     }
 
     #[test]
     fn opening_a_missing_local_directory_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let typo = dir.path().join("reop").join("deeper");
-        let e = Store::from_url(typo.to_str().unwrap()).unwrap_err();
+        let e = Store::from_url(typo.to_str().unwrap(), &StoreEnv::default()).unwrap_err();
         assert!(matches!(e, StoreError::MissingDirectory { .. }), "{e}");
         assert!(!dir.path().join("reop").exists(), "a read must not create the path");
     }
@@ -610,20 +955,70 @@ mod tests {
     fn one_place_has_one_location_name() {
         let dir = tempfile::tempdir().unwrap();
         let abs = dir.path().join("repo");
-        let a = Store::create_url(abs.to_str().unwrap()).unwrap();
-        let b = Store::from_url(&format!("file://{}/", abs.display())).unwrap();
-        let c = Store::from_url(&format!("{}/../repo", abs.display())).unwrap();
+        let a = Store::create_url(abs.to_str().unwrap(), &StoreEnv::default()).unwrap();
+        let b = Store::from_url(&format!("file://{}/", abs.display()), &StoreEnv::default()).unwrap();
+        let c = Store::from_url(&format!("{}/../repo", abs.display()), &StoreEnv::default()).unwrap();
         assert_eq!(a.location(), b.location());
         assert_eq!(a.location(), c.location());
-        let other = Store::create_url(dir.path().join("other").to_str().unwrap()).unwrap();
+        let other = Store::create_url(dir.path().join("other").to_str().unwrap(), &StoreEnv::default()).unwrap();
         assert_ne!(a.location(), other.location());
-        assert_eq!(cloud_location("gs", "b", "p/q"), "gs://b/p/q");
+        assert_eq!(cloud_location("gs", "b", "p/q", &StoreEnv::default()), "gs://b/p/q");
+    }
+
+    #[tokio::test]
+    async fn views_share_the_store_and_counters() {
+        let store = Store::open_url("memory://", &StoreEnv::default()).unwrap();
+        let append = store.appender();
+        append.put_if_absent("a/x", Bytes::from_static(b"1")).await.unwrap();
+        append.put("a/y", Bytes::from_static(b"2")).await.unwrap();
+        let e = append.put_if_absent("a/x", Bytes::from_static(b"3")).await.unwrap_err();
+        assert!(matches!(e, StoreError::AlreadyExists { .. }), "{e}");
+        let read = append.reader();
+        assert_eq!(read.get("a/x").await.unwrap(), Bytes::from_static(b"1"));
+        assert_eq!(read.get_range("a/y", 0..1).await.unwrap(), Bytes::from_static(b"2"));
+        assert_eq!(read.head("a/z").await.unwrap(), None);
+        assert_eq!(read.list("a").await.unwrap().len(), 2);
+        assert_eq!(store.reader().location(), store.location());
+        assert_eq!(store.stats(), read.stats());
+        assert_eq!(store.stats().put, 3);
+    }
+
+    #[test]
+    fn a_cloud_url_without_its_feature_names_the_feature() {
+        for (url, feature, built) in [
+            ("s3://bucket/p", "s3", cfg!(feature = "s3")),
+            ("gs://bucket/p", "gcs", cfg!(feature = "gcs")),
+            ("az://container/p", "azure", cfg!(feature = "azure")),
+        ] {
+            if built {
+                continue;
+            }
+            let e = Store::open_url(url, &StoreEnv::default()).unwrap_err();
+            assert!(
+                matches!(&e, StoreError::BackendNotBuilt { feature: f, .. } if *f == feature),
+                "{e}"
+            );
+            assert!(e.to_string().contains(&format!("`{feature}` feature")), "{e}");
+        }
+    }
+
+    #[test]
+    fn invalid_url_messages_do_not_repeat_their_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        // A directory cannot be created below a regular file.
+        let e = Store::create_url(file.join("repo").to_str().unwrap(), &StoreEnv::default()).unwrap_err();
+        let cause = std::error::Error::source(&e)
+            .expect("the io error is attached")
+            .to_string();
+        assert!(!e.to_string().contains(&cause), "{e} repeats {cause}");
     }
 
     #[test]
     fn bad_urls_are_rejected() {
-        assert!(Store::from_url("ftp://x/y").is_err());
-        assert!(Store::from_url("file://relative").is_err());
-        assert!(Store::from_url("s3:///nobucket").is_err());
+        assert!(Store::from_url("ftp://x/y", &StoreEnv::default()).is_err());
+        assert!(Store::from_url("file://relative", &StoreEnv::default()).is_err());
+        assert!(Store::from_url("s3:///nobucket", &StoreEnv::default()).is_err());
     }
 }

@@ -29,7 +29,7 @@ pub struct InitArgs {
 }
 
 pub async fn run(a: InitArgs, ctx: &Ctx) -> Result<u8, Error> {
-    let s = opened(Store::create_url(&a.repo)?)?;
+    let s = opened(Store::create_url(&a.repo, &super::store_env())?)?;
     let no_recipients = a.recipients.is_empty() && a.recipients_file.is_empty();
     let keys = if a.passphrase {
         if !no_recipients {

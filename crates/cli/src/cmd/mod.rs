@@ -175,8 +175,14 @@ pub fn init_session(
     Ok(())
 }
 
+/// The cloud clients' configuration, from this process's environment (`AWS_*`,
+/// `GOOGLE_*`, `AZURE_*`, …): the binary reads it, the store crate does not.
+pub fn store_env() -> sqlvault_store::StoreEnv {
+    sqlvault_store::StoreEnv::from_vars(std::env::vars_os())
+}
+
 pub fn store(url: &str) -> Result<Store, Error> {
-    opened(Store::from_url(url)?)
+    opened(Store::open_url(url, &store_env())?)
 }
 
 /// Counts `s`'s requests in what `--json` reports for the command.

@@ -219,7 +219,12 @@ fn what_cannot_be_reproduced_is_named_before_anything_is_written() {
         .dump(&mut out)
         .unwrap_err();
     assert!(matches!(e, SqliteError::Unreproducible { .. }), "{e}");
-    assert!(e.to_string().contains("reverse_nocase"), "{e}");
+    // SQLite's own words are the source, shown after the message, never inside it.
+    let cause = std::error::Error::source(&e)
+        .expect("SQLite's error is attached")
+        .to_string();
+    assert!(cause.contains("reverse_nocase"), "{cause}");
+    assert!(!e.to_string().contains(&cause), "{e}");
     assert!(out.is_empty(), "nothing written");
 
     let db = dir.path().join("module.db");
@@ -236,7 +241,10 @@ fn what_cannot_be_reproduced_is_named_before_anything_is_written() {
         .unwrap()
         .dump(&mut out)
         .unwrap_err();
-    let msg = e.to_string();
+    let cause = std::error::Error::source(&e)
+        .expect("SQLite's error is attached")
+        .to_string();
+    let msg = format!("{e}: {cause}");
     assert!(
         msg.contains("virtual table ext") && msg.contains("no_such_module"),
         "{msg}"
