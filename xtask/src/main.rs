@@ -23,8 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Formatting, lints, the whole test suite and the quick drill matrix (what
-    /// .ci/run calls). Installs the
+    /// Formatting, the architecture invariants (tidy), lints, docs, the leaf crates
+    /// without their optional features, the whole test suite and the quick drill
+    /// matrix (what .ci/run calls). Installs the
     /// test prerequisites (moto, azurite, age, zstd, sqlite3, sqlcipher, sqlcipher3)
     /// when they are missing.
     Ci,
@@ -175,6 +176,16 @@ fn ci() -> Result<()> {
     let r = root();
     sh(Command::new(&cargo).current_dir(&r).args(["fmt", "--all", "--check"]))?;
     tidy::run()?;
+    // Every library's docs (their examples run with the tests below) warning-free.
+    sh(Command::new(&cargo)
+        .current_dir(&r)
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .args(["doc", "--workspace", "--no-deps", "--quiet"]))?;
+    // The leaf crates as another team reuses them: no cloud SDK, no SQLCipher (the
+    // workspace build below unifies every feature on).
+    sh(Command::new(&cargo)
+        .current_dir(&r)
+        .args(["test", "--quiet", "-p", "sqlvault-store", "-p", "sqlvault-sqlite"]))?;
     sh(Command::new(&cargo)
         .current_dir(&r)
         .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;

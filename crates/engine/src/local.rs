@@ -223,6 +223,7 @@ fn read_own_private(p: &Path) -> Result<Option<Vec<u8>>> {
         Err(e) => return Err(io_err(format!("cannot read {}", p.display()), e)),
     };
     // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
     let me = unsafe { libc::geteuid() };
     if !meta.file_type().is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
         return Err(Error::new(

@@ -241,7 +241,9 @@ pub fn utc_civil(ms: i64) -> Civil {
 pub fn local_civil(ms: i64) -> Civil {
     let t: libc::time_t = ms.div_euclid(1000) as libc::time_t;
     // SAFETY: localtime_r writes into the tm we own and reads only `t`.
+    #[allow(unsafe_code)]
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    #[allow(unsafe_code)]
     let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
     if !ok {
         return utc_civil(ms);

@@ -277,6 +277,7 @@ pub fn check_host(name: &str) -> Result<()> {
 pub(crate) fn machine_hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    #[allow(unsafe_code)]
     let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
     if r != 0 {
         return "unknown".into();
