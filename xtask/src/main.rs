@@ -183,9 +183,14 @@ fn ci() -> Result<()> {
         .args(["doc", "--workspace", "--no-deps", "--quiet"]))?;
     // The leaf crates as another team reuses them: no cloud SDK, no SQLCipher (the
     // workspace build below unifies every feature on).
-    sh(Command::new(&cargo)
-        .current_dir(&r)
-        .args(["test", "--quiet", "-p", "sqlvault-store", "-p", "sqlvault-sqlite"]))?;
+    sh(Command::new(&cargo).current_dir(&r).args([
+        "test",
+        "--quiet",
+        "-p",
+        "sqlvault-store",
+        "-p",
+        "sqlvault-sqlite",
+    ]))?;
     sh(Command::new(&cargo)
         .current_dir(&r)
         .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;

@@ -140,8 +140,11 @@ pub async fn check(repo: &Repo, opts: CheckOptions) -> Result<CheckReport> {
     if opts.read_data {
         let mut names: Vec<&String> = packs.keys().collect();
         names.sort();
+        let progress = repo.session.progress();
+        progress.start("reading packs", Some(names.iter().map(|n| packs[*n]).sum()));
         for name in names {
             packs_read += 1;
+            progress.advance(packs[name]);
             if let Err(e) = read_pack(repo, name, by_pack.get(&name.parse().unwrap_or(ObjectId([0; 16])))).await {
                 if e.kind() == ErrorKind::Store {
                     return Err(e);
@@ -149,6 +152,7 @@ pub async fn check(repo: &Repo, opts: CheckOptions) -> Result<CheckReport> {
                 problems.push(problem(&e));
             }
         }
+        progress.finish();
     }
 
     Ok(CheckReport {

@@ -121,6 +121,13 @@ pub struct CopyReport {
 /// passphrase: chunks are decrypted) into `dst` (a write key is enough: the data is
 /// encrypted to the destination's recipients).
 pub async fn copy(src: &Repo, dst: &Repo, opts: &CopyOptions) -> Result<CopyReport> {
+    dst.session.progress().start("copying", None);
+    let r = copy_inner(src, dst, opts).await;
+    dst.session.progress().finish();
+    r
+}
+
+async fn copy_inner(src: &Repo, dst: &Repo, opts: &CopyOptions) -> Result<CopyReport> {
     src.require_data_access("copying snapshots")?;
     if src.repo_id == dst.repo_id {
         return Err(Error::new(
@@ -431,6 +438,7 @@ impl Run<'_> {
                     self.map.map.insert(sid, did);
                     if !self.have.contains(&did) && in_packer.insert(did) {
                         self.packer.add(did, &data).await?;
+                        self.dst.session.progress().advance(data.len() as u64);
                         chunks_sent += 1;
                         if self.index_sealed().await? {
                             in_packer.clear();

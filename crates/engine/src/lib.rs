@@ -108,7 +108,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use forget::{ForgetOptions, ForgetReport, GroupPlan, PlanEntry, forget};
 pub use keys::{KeyChange, RewrapReport, change_recipients, rewrap};
 pub use local::WriteKey;
-pub use logical::{DumpOptions, DumpSummary, LoadSummary, dump_to_file, dump_to_writer, load_file};
+pub use logical::{DumpOptions, DumpSummary, LoadSummary, dump_to_file, dump_to_writer, load_file, load_file_with};
 pub use prune::{DEFAULT_GRACE, MIN_GRACE, PruneOptions, PruneReport, Tally, check_grace, prune};
 pub use repo::{Access, InitKeys, InitReport, Repo, Skipped, Trust, escape_name};
 pub use restore::{KeyProvider, RestoreOptions, RestoreReport, VerifyReport, restore, restore_snapshot, verify};

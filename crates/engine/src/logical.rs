@@ -24,6 +24,8 @@ pub struct DumpOptions {
     /// Where a rollback-journal source's private copy goes (the SQLite crate's
     /// default when unset): a session's [`crate::Session::temp_dir`].
     pub temp_dir: Option<std::path::PathBuf>,
+    /// Where the bytes of SQL written are reported.
+    pub progress: Option<std::sync::Arc<dyn crate::Progress>>,
 }
 
 impl Default for DumpOptions {
@@ -33,6 +35,7 @@ impl Default for DumpOptions {
             force: false,
             unlock: None,
             temp_dir: None,
+            progress: None,
         }
     }
 }
@@ -51,6 +54,11 @@ impl DumpOptions {
     /// Sets the key of a SQLCipher source.
     pub fn with_unlock(mut self, unlock: Option<sqlvault_sqlite::Unlock>) -> Self {
         self.unlock = unlock;
+        self
+    }
+    /// Sets [`DumpOptions::progress`].
+    pub fn with_progress(mut self, p: Option<std::sync::Arc<dyn crate::Progress>>) -> Self {
+        self.progress = p;
         self
     }
     /// Sets [`DumpOptions::temp_dir`].
@@ -93,7 +101,12 @@ pub fn dump_to_writer(db: &Path, out: impl Write, opts: &DumpOptions) -> Result<
         src_opts = src_opts.with_temp_dir(d.clone());
     }
     let mut src = Source::open(db, src_opts)?;
-    let r = src.dump(out)?;
+    let none = crate::NoProgress;
+    let progress: &dyn crate::Progress = opts.progress.as_deref().unwrap_or(&none);
+    progress.start("dumping", None);
+    let r = src.dump(crate::session::Metered { inner: out, progress });
+    progress.finish();
+    let r = r?;
     Ok(DumpSummary {
         source: src.path().display().to_string(),
         path: None,
@@ -177,6 +190,18 @@ pub struct LoadSummary {
 /// result whose checksum matches the dump's but which fails integrity_check, as the
 /// dumped database did ([`LoadOptions::accept_damaged_source`]).
 pub fn load_file(input: &Path, dest: &Path, force: bool, accept_damaged_source: bool) -> Result<LoadSummary> {
+    load_file_with(input, dest, force, accept_damaged_source, &crate::NoProgress)
+}
+
+/// [`load_file`], reporting the bytes of SQL read to `progress` (with the file's size
+/// as the total).
+pub fn load_file_with(
+    input: &Path,
+    dest: &Path,
+    force: bool,
+    accept_damaged_source: bool,
+    progress: &dyn crate::Progress,
+) -> Result<LoadSummary> {
     existing_dir(dest, "load.no-directory", "destination")?;
     // Before any work: a destination an application holds open is never replaced
     // (checked again just before the rename).
@@ -189,7 +214,12 @@ pub fn load_file(input: &Path, dest: &Path, force: bool, accept_damaged_source: 
         .with_accept_damaged_source(accept_damaged_source);
     let in_use = |e| crate::install::in_use(e, "load.destination-in-use");
     let r = if input == Path::new("-") {
-        sqlvault_sqlite::load(std::io::stdin().lock(), Path::new("<stdin>"), dest, &opts).map_err(in_use)?
+        progress.start("loading", None);
+        let stdin = crate::session::Metered {
+            inner: std::io::stdin().lock(),
+            progress,
+        };
+        sqlvault_sqlite::load(stdin, Path::new("<stdin>"), dest, &opts).map_err(in_use)?
     } else {
         // Only a regular file, checked without blocking (a FIFO would hang the
         // open); a stream comes through standard input (`-`).
@@ -206,8 +236,14 @@ pub fn load_file(input: &Path, dest: &Path, force: bool, accept_damaged_source: 
             ),
             other => Error::from(other),
         })?;
-        sqlvault_sqlite::load(BufReader::with_capacity(1 << 20, f), input, dest, &opts).map_err(in_use)?
+        progress.start("loading", f.metadata().ok().map(|m| m.len()));
+        let reader = crate::session::Metered {
+            inner: BufReader::with_capacity(1 << 20, f),
+            progress,
+        };
+        sqlvault_sqlite::load(reader, input, dest, &opts).map_err(in_use)?
     };
+    progress.finish();
     Ok(LoadSummary {
         path: r.path.display().to_string(),
         logical_checksum: hex::encode(r.logical_checksum),

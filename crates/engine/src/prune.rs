@@ -898,6 +898,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
                 }
             }
             let mut pk = Packer::new(repo, opts.pack_target)?;
+            repo.session.progress().start("repacking", None);
             for p in &candidates {
                 let wanted: Vec<IndexEntry> = v.entries[p]
                     .iter()
@@ -917,6 +918,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
                 for (id, data) in chunks {
                     if staying.insert(id) {
                         pk.add(id, &data).await?;
+                        repo.session.progress().advance(data.len() as u64);
                         rep.repacked_chunks += 1;
                     }
                 }
@@ -926,6 +928,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
                 }
             }
             let written = pk.finish().await?;
+            repo.session.progress().finish();
             // Index the new packs before the old ones are marked.
             packer::write_index_for(repo, &written).await?;
             rep.repack_packs_written = written.len();

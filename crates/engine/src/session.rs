@@ -30,6 +30,41 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     fn finish(&self);
 }
 
+/// A reader or writer that reports the bytes passing through it to a [`Progress`].
+pub(crate) struct Metered<'a, T> {
+    pub inner: T,
+    pub progress: &'a dyn Progress,
+}
+
+impl<T: std::io::Write> std::io::Write for Metered<'_, T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<T: std::io::Read> std::io::Read for Metered<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}
+
+impl<T: std::io::BufRead> std::io::BufRead for Metered<'_, T> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amt: usize) {
+        self.progress.advance(amt as u64);
+        self.inner.consume(amt)
+    }
+}
+
 /// A progress sink that ignores everything: the default.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoProgress;
@@ -214,6 +249,11 @@ impl Session {
     /// The session's progress sink.
     pub fn progress(&self) -> &dyn Progress {
         &*self.inner.progress
+    }
+
+    /// The session's progress sink, shared (for options that keep it).
+    pub fn progress_handle(&self) -> Arc<dyn Progress> {
+        self.inner.progress.clone()
     }
 
     /// Counts `store`'s requests in [`Session::requests`] (repositories opened through

@@ -39,7 +39,8 @@ pub async fn run(a: DumpArgs, ctx: &Ctx) -> Result<u8, Error> {
         .with_busy_timeout(busy(a.busy_timeout)?)
         .with_force(a.force)
         .with_unlock(source_unlock(&a.db, &a.db_key)?)
-        .with_temp_dir(Some(super::session().temp_dir().to_path_buf()));
+        .with_temp_dir(Some(super::session().temp_dir().to_path_buf()))
+        .with_progress(Some(super::session().progress_handle()));
     let Some(file) = &a.output else {
         sqlvault_engine::dump_to_writer(&a.db, std::io::stdout().lock(), &opts)?;
         return Ok(0);

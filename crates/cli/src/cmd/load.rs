@@ -29,7 +29,13 @@ pub struct LoadArgs {
 }
 
 pub async fn run(a: LoadArgs, ctx: &Ctx) -> Result<u8, Error> {
-    let s = sqlvault_engine::load_file(&a.input, &a.db, a.force, a.accept_damaged_source)?;
+    let s = sqlvault_engine::load_file_with(
+        &a.input,
+        &a.db,
+        a.force,
+        a.accept_damaged_source,
+        super::session().progress(),
+    )?;
     damaged_source_warning("the loaded database", &s.source_problems);
     if ctx.json {
         print_json(&to_json(&s));
