@@ -261,7 +261,13 @@ async fn uploader(shared: Arc<Shared>, rx: tokio::sync::mpsc::Receiver<Upload>, 
                 return (u.dest, u.sealed, len, None);
             }
             let key = layout::pack(&u.sealed.id);
-            let r = shared.dests[u.dest].repo.store.put(&key, Bytes::from(u.ct)).await;
+            // Append-only: the upload path cannot delete or overwrite.
+            let r = shared.dests[u.dest]
+                .repo
+                .store
+                .appender()
+                .put(&key, Bytes::from(u.ct))
+                .await;
             (u.dest, u.sealed, len, Some(r))
         })
         .buffer_unordered(concurrency.max(1));

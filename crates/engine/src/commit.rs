@@ -58,9 +58,11 @@ pub(crate) async fn commit(c: Commit<'_>) -> Result<Committed> {
         what,
         claim,
     } = c;
+    // Append-only: the commit path has no way to delete or replace what exists.
+    let store = repo.store.appender();
     let map_id = ObjectId::random();
     let map_len = map_ct.len() as u64;
-    repo.store.put(&layout::map(&map_id), Bytes::from(map_ct)).await?;
+    store.put(&layout::map(&map_id), Bytes::from(map_ct)).await?;
     manifest.maps.push(MapRef {
         id: map_id,
         mac: hex::encode(map_mac),
@@ -73,8 +75,7 @@ pub(crate) async fn commit(c: Commit<'_>) -> Result<Committed> {
         // Right before the manifest: a refused commit claims nothing.
         crate::names::commit(repo, plan).await?;
     }
-    match repo
-        .store
+    match store
         .put_if_absent(&layout::snapshot(&manifest.id), Bytes::from(ct))
         .await
     {

@@ -409,7 +409,12 @@ impl Packer {
         let (cpu, sealed) = on_cpu(move || cpu.step(force)).await?;
         self.cpu = Some(cpu);
         if let Some((ct, sealed)) = sealed {
-            self.repo.store.put(&layout::pack(&sealed.id), Bytes::from(ct)).await?;
+            // Append-only, even inside prune: packing never deletes.
+            self.repo
+                .store
+                .appender()
+                .put(&layout::pack(&sealed.id), Bytes::from(ct))
+                .await?;
             self.written.push(sealed);
         }
         Ok(())
@@ -447,6 +452,7 @@ pub(crate) async fn write_index_for(repo: &Repo, packs: &[SealedPack]) -> Result
     let ct = w.finish().map_err(|e| io_err("encrypting index", e))?;
     let n = ct.len() as u64;
     repo.store
+        .appender()
         .put(&layout::index(&ObjectId::random()), Bytes::from(ct))
         .await?;
     Ok(n)
