@@ -407,3 +407,57 @@ fn attack_local_state_files_others_could_have_written_are_not_trusted() {
     w.run(&["restore", &repo, &w.s("x.db"), "-i", &key]).fails(9);
     assert!(!w.path("x.db").exists());
 }
+
+/// BW: a snapshot forgotten (its manifest deleted) while a reader host still has it in
+/// its local manifest catalog. The bucket writer puts junk back under the same name:
+/// the listing shows the name again, but it is another object, so the reader fetches
+/// and authenticates it instead of serving the catalogued plaintext. The forgotten
+/// snapshot stays forgotten: not listed, not restored as the newest, not counted by
+/// retention.
+#[test]
+fn attack_bw_a_forgotten_snapshot_does_not_come_back_from_the_readers_catalog() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, _, db, _) = owner(&w, &repo);
+    let first = content(Path::new(&db));
+    kit::update_random(Path::new(&db), 0.05, 3).unwrap();
+    let newest = w.run(&["backup", &db, &repo, "--json"]).ok().json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The reader catalogues both manifests.
+    let listed = w.run(&["snapshots", &repo, "-i", &key, "--json"]).ok().json();
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 2, "{listed}");
+    // Forgotten elsewhere, then a 1-byte object under its name.
+    let manifest = Path::new(&repo).join("snapshots").join(&newest);
+    std::fs::remove_file(&manifest).unwrap();
+    std::fs::write(&manifest, b"x").unwrap();
+
+    let listed = w.run(&["snapshots", &repo, "-i", &key, "--json"]).ok().json();
+    let ids: Vec<&str> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        !ids.contains(&newest.as_str()),
+        "the forgotten snapshot is listed again: {listed}"
+    );
+    assert_eq!(ids.len(), 1, "{listed}");
+    // The newest restorable state is the older snapshot's, and no catalogued copy of
+    // the forgotten one is restored by id either.
+    let out = w.s("out.db");
+    w.run(&["restore", &repo, &out, "-i", &key]).ok();
+    assert_eq!(content(Path::new(&out)), first);
+    w.run(&[
+        "restore",
+        &repo,
+        &w.s("gone.db"),
+        "-i",
+        &key,
+        "--snapshot",
+        &newest[..8],
+    ])
+    .fails(6);
+}

@@ -221,8 +221,9 @@ struct Shared {
     /// Batch buffers handed back by workers for the reader to refill: a steady set of
     /// large buffers keeps the allocator from fragmenting (peak RSS).
     free: Mutex<Vec<Vec<u8>>>,
-    /// Every destination has failed (or the reader did): stop reading.
-    abort: AtomicBool,
+    /// Every destination has failed (or the reader did, or the caller dropped the
+    /// backup's future): stop reading.
+    abort: Arc<AtomicBool>,
     page_size: AtomicU64,
     opts: BackupOptions,
     /// The first destination's session: temporary directory, cancellation, progress.
@@ -261,7 +262,7 @@ async fn uploader(shared: Arc<Shared>, rx: tokio::sync::mpsc::Receiver<Upload>, 
                 return (u.dest, u.sealed, len, None);
             }
             let key = layout::pack(&u.sealed.id);
-            // Append-only: the upload path cannot delete or overwrite.
+            // Append-only: the upload path cannot delete (pack names are new random ids).
             let r = shared.dests[u.dest]
                 .repo
                 .store
@@ -582,12 +583,16 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
     let shared = Arc::new(Shared {
         dests,
         free: Mutex::new(Vec::new()),
-        abort: AtomicBool::new(false),
+        abort: Arc::new(AtomicBool::new(false)),
         page_size: AtomicU64::new(0),
         opts: opts.clone(),
         session: first.session.clone(),
     });
 
+    // A caller that drops this future (a timeout in a service) stops the reader, so the
+    // read transaction ends and no more packs are made; the few already queued are
+    // garbage prune collects. `Cancel` is the clean way to stop.
+    let _stop = crate::session::SetOnDrop(shared.abort.clone());
     let (up_tx, up_rx) = tokio::sync::mpsc::channel::<Upload>(UPLOAD_QUEUE);
     let uploads = tokio::spawn(uploader(shared.clone(), up_rx, threads.max(2)));
     let pipeline = {
@@ -798,20 +803,33 @@ async fn prepare(
     })
 }
 
-/// Below this many cached packs, a HEAD each costs less than one LIST: S3 prices a
-/// LIST like 12.5 GETs or HEADs.
+/// S3 prices a LIST like 12.5 GETs or HEADs; one LIST returns up to 1,000 names.
 const HEADS_PER_LIST: usize = 12;
+const NAMES_PER_LIST: usize = 1000;
 
-/// The packs of `cached` the repository no longer holds. Few packs: a HEAD each. More:
-/// one LIST of `packs/` (a paginated listing costs a request per thousand packs, a
-/// HEAD per cached pack one each). A store whose credentials may not list (a
-/// write-only bucket policy) is asked pack by pack.
+/// The packs of `cached` the repository no longer holds, by whichever costs fewer
+/// request-equivalents: a HEAD per cached pack, or a LIST of `packs/` (one request per
+/// thousand packs in the repository, however many this host wrote). The repository's
+/// pack count is what the last LIST saw (`cache/packs-listed`); unknown, a LIST is
+/// tried once more than 12 packs are cached. A store whose credentials may not list
+/// (a write-only bucket policy) is asked pack by pack.
 async fn missing_packs(repo: &Repo, cached: &[ObjectId]) -> Result<std::collections::HashSet<ObjectId>> {
-    if cached.len() <= HEADS_PER_LIST {
+    let count_file = crate::local::repo_dir(repo.session.state_dir(), &repo.repo_id)
+        .join("cache")
+        .join("packs-listed");
+    let in_repo: usize = std::fs::read_to_string(&count_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let list_requests = in_repo.max(cached.len()).div_ceil(NAMES_PER_LIST);
+    if cached.len() <= HEADS_PER_LIST * list_requests {
         return head_packs(repo, cached).await;
     }
     match repo.store.list(layout::PACKS).await {
         Ok(listed) => {
+            if let Err(e) = crate::local::write_private(&count_file, format!("{}\n", listed.len()).as_bytes()) {
+                tracing::debug!("pack count not cached: {}", e.one_line());
+            }
             let present: std::collections::HashSet<ObjectId> =
                 listed.iter().filter_map(|(n, _)| n.parse().ok()).collect();
             Ok(cached.iter().filter(|p| !present.contains(p)).copied().collect())

@@ -33,40 +33,45 @@ impl Repo {
     /// (lowercase hex; `""` for all): only those manifests are read.
     ///
     /// Manifests are immutable, so each one this host has authenticated is kept in its
-    /// local catalog (`cache/manifests/<id>`, the plaintext, 0600) and read from there
-    /// while the listing still shows it: listing a repository costs one LIST and a GET
-    /// per snapshot this host has not seen, not a GET per snapshot. A cached plaintext
-    /// is authenticated again (its MAC) on every use; one that fails is fetched anew.
+    /// local catalog (`cache/manifests/<id>`: the listed object's version and size,
+    /// then the plaintext; 0600) and read from there while the listing shows that very
+    /// object: listing a repository costs one LIST and a GET per snapshot this host has
+    /// not seen, not a GET per snapshot. An entry is used only when the listing reports
+    /// the same version (entity tag and modification time) and size as when it was
+    /// fetched — an object put back under a forgotten snapshot's name, or damaged in
+    /// place, is another object and is fetched and authenticated like a new one; a
+    /// store that reports no version is never served from the catalog. A cached
+    /// plaintext is authenticated again (its MAC) on every use.
     pub(crate) async fn snapshots_matching(&self, prefix: &str) -> Result<(Vec<Manifest>, Vec<Skipped>)> {
-        let mut names = self.store.list(layout::SNAPSHOTS).await?;
+        let mut listed = self.store.list_versions(layout::SNAPSHOTS).await?;
         if prefix.is_empty() {
-            self.forget_uncatalogued(&names);
+            self.forget_uncatalogued(&listed);
         } else {
-            names.retain(|(n, _)| n.starts_with(prefix));
+            listed.retain(|o| o.name.starts_with(prefix));
         }
-        let results: Vec<(String, Result<Manifest>)> =
-            futures::stream::iter(names.into_iter().map(|(n, size)| async move {
-                let r = match n.parse::<ObjectId>() {
-                    // A manifest is a few KiB (its maps are separate objects): anything
-                    // far larger is not one, and is not read into memory.
-                    Ok(_) if size > MAX_SMALL_OBJECT => Err(too_large(&self.store, "snapshots", &n, size)),
-                    Ok(id) => self.load_listed_manifest(&id).await,
-                    Err(e) => Err(Error::new(
-                        ErrorKind::Integrity,
-                        "repo.foreign-object",
-                        format!(
-                            "{} holds {}, which is not a snapshot name",
-                            self.store.describe(),
-                            escape_name(&n)
-                        ),
-                    )
-                    .with_source(e)),
-                };
-                (n, r)
-            }))
-            .buffer_unordered(8)
-            .collect()
-            .await;
+        let results: Vec<(String, Result<Manifest>)> = futures::stream::iter(listed.into_iter().map(|o| async move {
+            let (n, size) = (o.name.clone(), o.size);
+            let r = match n.parse::<ObjectId>() {
+                // A manifest is a few KiB (its maps are separate objects): anything
+                // far larger is not one, and is not read into memory.
+                Ok(_) if size > MAX_SMALL_OBJECT => Err(too_large(&self.store, "snapshots", &n, size)),
+                Ok(id) => self.load_listed_manifest(&id, &o).await,
+                Err(e) => Err(Error::new(
+                    ErrorKind::Integrity,
+                    "repo.foreign-object",
+                    format!(
+                        "{} holds {}, which is not a snapshot name",
+                        self.store.describe(),
+                        escape_name(&n)
+                    ),
+                )
+                .with_source(e)),
+            };
+            (n, r)
+        }))
+        .buffer_unordered(8)
+        .collect()
+        .await;
         let (mut out, mut skipped) = (Vec::new(), Vec::new());
         for (n, r) in results {
             match r {
@@ -90,11 +95,11 @@ impl Repo {
 
     /// Drops catalogued manifests the listing no longer shows (forgotten snapshots).
     /// Best effort: the catalog is an optimisation.
-    fn forget_uncatalogued(&self, listed: &[(String, u64)]) {
+    fn forget_uncatalogued(&self, listed: &[sqlvault_store::Listed]) {
         let Ok(dir) = std::fs::read_dir(self.catalog_dir()) else {
             return;
         };
-        let listed: std::collections::HashSet<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+        let listed: std::collections::HashSet<&str> = listed.iter().map(|o| o.name.as_str()).collect();
         for e in dir.flatten() {
             if !listed.contains(e.file_name().to_string_lossy().as_ref()) {
                 let _ = std::fs::remove_file(e.path());
@@ -104,17 +109,26 @@ impl Repo {
 
     /// A manifest the listing shows: from the catalog when it holds an authentic copy,
     /// else fetched, authenticated and catalogued.
-    async fn load_listed_manifest(&self, id: &ObjectId) -> Result<Manifest> {
+    async fn load_listed_manifest(&self, id: &ObjectId, listed: &sqlvault_store::Listed) -> Result<Manifest> {
         let path = self.catalog_dir().join(id.to_string());
-        if let Ok(pt) = std::fs::read(&path) {
-            match decode_manifest(&self.keys, &pt, id) {
-                Ok(m) => return Ok(m),
-                Err(_) => {
+        // `<version> <size>\n`, then the plaintext.
+        let tag = listed.version.as_ref().map(|v| format!("{v} {}\n", listed.size));
+        if let (Some(tag), Ok(entry)) = (&tag, std::fs::read(&path)) {
+            let cached = entry
+                .strip_prefix(tag.as_bytes())
+                .and_then(|pt| decode_manifest(&self.keys, pt, id).ok());
+            match cached {
+                Some(m) => return Ok(m),
+                // Another object now, or a damaged entry: fetched again.
+                None => {
                     let _ = std::fs::remove_file(&path);
                 }
             }
         }
         let (m, pt) = self.fetch_manifest(id).await?;
+        let Some(tag) = tag else {
+            return Ok(m);
+        };
         // No fsync: a torn copy fails its MAC and is fetched again.
         let saved = local::mkdir_private(&self.catalog_dir()).and_then(|()| {
             use std::io::Write;
@@ -125,7 +139,7 @@ impl Repo {
                 .truncate(true)
                 .mode(0o600)
                 .open(&path)
-                .and_then(|mut f| f.write_all(&pt))
+                .and_then(|mut f| f.write_all(tag.as_bytes()).and_then(|()| f.write_all(&pt)))
                 .map_err(|e| crate::error::io_err(format!("cannot write {}", path.display()), e))
         });
         if let Err(e) = saved {

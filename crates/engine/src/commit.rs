@@ -58,7 +58,8 @@ pub(crate) async fn commit(c: Commit<'_>) -> Result<Committed> {
         what,
         claim,
     } = c;
-    // Append-only: the commit path has no way to delete or replace what exists.
+    // Append-only: the commit path has no way to delete (the map's name is new; the
+    // manifest is created only if absent).
     let store = repo.store.appender();
     let map_id = ObjectId::random();
     let map_len = map_ct.len() as u64;
@@ -71,6 +72,8 @@ pub(crate) async fn commit(c: Commit<'_>) -> Result<Committed> {
     let ct = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
     let manifest_len = ct.len() as u64;
     crate::prune::within_grace(repo, pending_read, grace, grace_code, what)?;
+    // A cancelled operation commits nothing, however far it got.
+    repo.session.cancel().check()?;
     if let Some(plan) = claim {
         // Right before the manifest: a refused commit claims nothing.
         crate::names::commit(repo, plan).await?;

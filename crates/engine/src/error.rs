@@ -106,15 +106,20 @@ impl Error {
     }
 
     /// The message with every cause, on one line: `message: cause: cause's cause`.
+    /// Errors of this workspace never repeat their cause; some of object_store's and
+    /// the OS's do (`Generic S3 error: <cause>`, then the cause again as the source),
+    /// so a cause whose text its parent's already holds is left out.
     pub fn one_line(&self) -> String {
         let mut s = self.to_string();
+        let mut parent = s.clone();
         let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(self);
         while let Some(e) = cur {
             let m = e.to_string();
-            if !m.is_empty() {
+            if !m.is_empty() && !parent.contains(&m) {
                 s.push_str(": ");
                 s.push_str(&m);
             }
+            parent = m;
             cur = e.source();
         }
         s.replace('\n', " ")

@@ -705,10 +705,12 @@ async fn fetch_chunks(
         pgnos,
         layout,
         written: AtomicUsize::new(0),
-        abort: AtomicBool::new(false),
+        abort: Arc::new(AtomicBool::new(false)),
         error: Mutex::new(None),
         failed: Mutex::new(Vec::new()),
     });
+    // Dropped mid-way (a timeout in a service), the workers stop at their next pack.
+    let _stop = crate::session::SetOnDrop(ctx.abort.clone());
     let progress = repo.session.progress();
     progress.start("restoring", Some(ctx.layout.total(&ctx.pgnos)));
     // Rounds: the first fetches every chunk from its first entry; each later one only
@@ -762,6 +764,7 @@ async fn fetch_chunks(
         *ctx.queue.lock().unwrap() = next.into_iter().collect();
     }
     progress.finish();
+    repo.session.cancel().check()?;
     if ctx.written.load(Ordering::SeqCst) != ctx.uids.len() {
         return Err(Error::new(
             ErrorKind::Internal,
@@ -789,7 +792,7 @@ struct FetchCtx {
     pgnos: Vec<u32>,
     layout: Layout,
     written: AtomicUsize,
-    abort: AtomicBool,
+    abort: Arc<AtomicBool>,
     /// A failure that stops the restore (the store, the local file).
     error: Mutex<Option<Error>>,
     /// Chunks an entry did not give back (damaged or misleading), for another round.
@@ -821,7 +824,12 @@ async fn download_packs(
             let permits = permits.clone();
             async move {
                 let permit = permits.acquire_owned().await.expect("never closed");
-                if c.abort.load(Ordering::Relaxed) || c.repo.session.cancel().is_cancelled() {
+                if c.abort.load(Ordering::Relaxed) {
+                    return None;
+                }
+                if let Err(e) = c.repo.session.cancel().check() {
+                    // Reported as what it is, not as an incomplete restore.
+                    fail(c, e);
                     return None;
                 }
                 let body = get_or(&c.repo.store, &layout::pack(&pack), || {

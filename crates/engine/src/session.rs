@@ -30,6 +30,16 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     fn finish(&self);
 }
 
+/// Raises its flag when dropped: how a dropped future tells its blocking threads to
+/// stop.
+pub(crate) struct SetOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A reader or writer that reports the bytes passing through it to a [`Progress`].
 pub(crate) struct Metered<'a, T> {
     pub inner: T,

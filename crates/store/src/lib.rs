@@ -283,6 +283,18 @@ impl RequestStats {
     }
 }
 
+/// One object of a listing ([`Store::list_versions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its name under the listed directory.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The store's version of it (entity tag and modification time), when the store
+    /// reports one: a new object under the same name has another.
+    pub version: Option<String>,
+}
+
 /// Retry policy for transient failures: `attempts` tries in all, sleeping
 /// `base × 4^n` with ±50% jitter between them.
 #[derive(Debug, Clone, Copy)]
@@ -766,21 +778,39 @@ impl Store {
 
     /// Lists the objects under directory `dir` as `(name, size)`, names relative to `dir`.
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .list_versions(dir)
+            .await?
+            .into_iter()
+            .map(|o| (o.name, o.size))
+            .collect())
+    }
+
+    /// [`Store::list`] with each object's version as the store reports it: what tells
+    /// the object listed now from another object listed under the same name before.
+    pub async fn list_versions(&self, dir: &str) -> Result<Vec<Listed>, StoreError> {
         let path = self.path(dir);
         let metas: Vec<object_store::ObjectMeta> = self
             .retrying("LIST", dir, || self.inner.list(Some(&path)).try_collect())
             .await?;
         let base = format!("{path}/");
-        let mut out: Vec<(String, u64)> = metas
+        let mut out: Vec<Listed> = metas
             .into_iter()
             .filter_map(|m| {
                 let full = m.location.to_string();
-                full.strip_prefix(&base).map(|n| (n.to_string(), m.size))
+                let name = full.strip_prefix(&base)?.to_string();
+                Some(Listed {
+                    name,
+                    size: m.size,
+                    version: m
+                        .e_tag
+                        .map(|t| format!("{t}@{}", m.last_modified.timestamp_nanos_opt().unwrap_or(0))),
+                })
             })
             // Leftover temporary files of the local backend are not objects.
-            .filter(|(n, _)| !n.contains('#') && !n.starts_with('.'))
+            .filter(|o| !o.name.contains('#') && !o.name.starts_with('.'))
             .collect();
-        out.sort();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
