@@ -446,6 +446,16 @@ fn client_retry() -> object_store::RetryConfig {
     }
 }
 
+/// `base` with every variable of `env` under `prefix` whose lowercased name is one of
+/// the builder's configuration keys (what object_store's `from_env` does with the
+/// process environment).
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+fn configured<B, K: std::str::FromStr>(env: &StoreEnv, prefix: &str, base: B, set: impl Fn(B, K, &str) -> B) -> B {
+    env.with_prefix(prefix)
+        .filter_map(|(k, v)| Some((k.to_ascii_lowercase().parse::<K>().ok()?, v)))
+        .fold(base, |b, (k, v)| set(b, k, v))
+}
+
 /// A builder's error, boxed as the cause of [`StoreError::InvalidUrl`].
 type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -466,51 +476,49 @@ fn cloud_store(
     match scheme {
         #[cfg(feature = "s3")]
         "s3" => Ok(Arc::new(
-            env.with_prefix("AWS_")
-                .filter_map(|(k, v)| Some((k.to_ascii_lowercase().parse().ok()?, v)))
-                .fold(object_store::aws::AmazonS3Builder::new(), |b, (k, v)| {
-                    b.with_config(k, v)
-                })
-                .with_bucket_name(bucket)
-                .with_retry(client_retry())
-                .build()
-                .map_err(|e| invalid("cannot configure the S3 client", e.into()))?,
+            configured(env, "AWS_", object_store::aws::AmazonS3Builder::new(), |b, k, v| {
+                b.with_config(k, v)
+            })
+            .with_bucket_name(bucket)
+            .with_retry(client_retry())
+            .build()
+            .map_err(|e| invalid("cannot configure the S3 client", e.into()))?,
         )),
         #[cfg(not(feature = "s3"))]
         "s3" => Err(not_built("s3")),
         #[cfg(feature = "gcs")]
         "gs" => Ok(Arc::new(
-            env.with_prefix("GOOGLE_")
-                .filter_map(|(k, v)| Some((k.to_ascii_lowercase().parse().ok()?, v)))
-                .fold(
-                    match env.get("SERVICE_ACCOUNT") {
-                        Some(p) => object_store::gcp::GoogleCloudStorageBuilder::new().with_service_account_path(p),
-                        None => object_store::gcp::GoogleCloudStorageBuilder::new(),
-                    },
-                    |b, (k, v)| b.with_config(k, v),
-                )
-                .with_bucket_name(bucket)
-                .with_retry(client_retry())
-                .build()
-                .map_err(|e| invalid("cannot configure the Google Cloud Storage client", e.into()))?,
+            configured(
+                env,
+                "GOOGLE_",
+                match env.get("SERVICE_ACCOUNT") {
+                    Some(p) => object_store::gcp::GoogleCloudStorageBuilder::new().with_service_account_path(p),
+                    None => object_store::gcp::GoogleCloudStorageBuilder::new(),
+                },
+                |b, k, v| b.with_config(k, v),
+            )
+            .with_bucket_name(bucket)
+            .with_retry(client_retry())
+            .build()
+            .map_err(|e| invalid("cannot configure the Google Cloud Storage client", e.into()))?,
         )),
         #[cfg(not(feature = "gcs"))]
         "gs" => Err(not_built("gcs")),
         #[cfg(feature = "azure")]
         "az" => Ok(Arc::new(
-            env.with_prefix("AZURE_")
-                .filter_map(|(k, v)| Some((k.to_ascii_lowercase().parse().ok()?, v)))
-                .fold(
-                    match env.get("IDENTITY_ENDPOINT") {
-                        Some(e) => object_store::azure::MicrosoftAzureBuilder::new().with_msi_endpoint(e),
-                        None => object_store::azure::MicrosoftAzureBuilder::new(),
-                    },
-                    |b, (k, v)| b.with_config(k, v),
-                )
-                .with_container_name(bucket)
-                .with_retry(client_retry())
-                .build()
-                .map_err(|e| invalid("cannot configure the Azure client", e.into()))?,
+            configured(
+                env,
+                "AZURE_",
+                match env.get("IDENTITY_ENDPOINT") {
+                    Some(e) => object_store::azure::MicrosoftAzureBuilder::new().with_msi_endpoint(e),
+                    None => object_store::azure::MicrosoftAzureBuilder::new(),
+                },
+                |b, k, v| b.with_config(k, v),
+            )
+            .with_container_name(bucket)
+            .with_retry(client_retry())
+            .build()
+            .map_err(|e| invalid("cannot configure the Azure client", e.into()))?,
         )),
         #[cfg(not(feature = "azure"))]
         "az" => Err(not_built("azure")),
