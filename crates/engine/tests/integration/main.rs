@@ -2,6 +2,14 @@
 //! [`sqlvault_engine::Session`] over a private state directory, so they run in
 //! parallel without touching the process environment.
 
+mod backup;
+mod catalog;
+mod check;
 mod copy;
+mod copy_keys;
 mod flaky;
 mod lifecycle;
+mod prune;
+mod restore;
+mod session;
+mod support;
