@@ -121,6 +121,7 @@ pub struct CopyReport {
 /// passphrase: chunks are decrypted) into `dst` (a write key is enough: the data is
 /// encrypted to the destination's recipients).
 pub async fn copy(src: &Repo, dst: &Repo, opts: &CopyOptions) -> Result<CopyReport> {
+    dst.session.cancel().check()?;
     dst.session.progress().start("copying", None);
     let r = copy_inner(src, dst, opts).await;
     dst.session.progress().finish();
@@ -433,6 +434,7 @@ impl Run<'_> {
             .buffer_unordered(FETCH_AHEAD);
             let mut in_packer: HashSet<ChunkId> = HashSet::new();
             while let Some(chunks) = fetched.try_next().await? {
+                self.dst.session.cancel().check()?;
                 for (sid, data) in chunks {
                     let did = dst.keys.chunk_id(&data);
                     self.map.map.insert(sid, did);

@@ -489,6 +489,9 @@ impl PruneLock {
 /// Deleting and marking need only the write key (metadata); repacking needs an
 /// identity and is skipped, with the reason in the report, without one.
 pub async fn prune(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
+    // Cancelled: stops before the lock, before each deletion and between repacked packs;
+    // a prune stopped there is a prune killed there (its crash contract holds).
+    repo.session.cancel().check()?;
     if opts.dry_run {
         return run(repo, opts, None).await;
     }
@@ -842,6 +845,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
             if let Some(l) = lock.as_deref_mut() {
                 l.refresh().await?;
             }
+            repo.session.cancel().check()?;
             for n in &delete_indexes {
                 repo.store.delete(&key(layout::INDEX, n)).await?;
             }
@@ -849,6 +853,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
         if let Some(l) = lock.as_deref_mut() {
             l.refresh().await?;
         }
+        repo.session.cancel().check()?;
         futures::stream::iter(doomed.iter().map(|k| repo.store.delete(k)))
             .buffer_unordered(8)
             .try_collect::<Vec<()>>()
@@ -905,6 +910,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
                     .filter(|e| v.referenced.contains(&e.id) && !staying.contains(&e.id))
                     .copied()
                     .collect();
+                repo.session.cancel().check()?;
                 let chunks = match packer::read_chunks(repo, p, wanted).await {
                     Ok(c) => c,
                     Err(e) if e.kind() == ErrorKind::Store => return Err(e),

@@ -3,6 +3,7 @@
 //! parallel without touching the process environment.
 
 mod backup;
+mod cancel_other;
 mod catalog;
 mod check;
 mod copy;
