@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// the plaintext database, in the same run.
     #[arg(long, conflicts_with = "dump")]
     sqlcipher: bool,
+    /// Measure memory instead: sqlvault alone (no peers) through full and incremental
+    /// backup, restore, verify and copy, each command's peak RSS against the 128 MiB
+    /// budget that must hold at any size (`--size-mib 8192`).
+    #[arg(long, conflicts_with_all = ["dump", "sqlcipher"])]
+    memory: bool,
 }
 
 /// Flushes dirty pages so one step's writeback does not land in the next step's time.
@@ -372,6 +377,9 @@ fn changed_pages(before: &Path, after: &Path, page_size: usize) -> Result<(u64, 
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.memory {
+        return memory(a);
+    }
     for tool in ["sqlite3", "zstd", "age", "restic", "litestream"] {
         if Command::new(tool)
             .arg("--version")
@@ -1323,4 +1331,121 @@ fn sqlcipher_report(o: &mut String, runs: &[Value], size_mib: u64) -> Result<()>
         m("/restore/rss_kib") as u64 / 1024
     );
     Ok(())
+}
+
+/// The budget every command's peak RSS must stay within, whatever the database size.
+const MEMORY_BUDGET_MIB: u64 = 128;
+
+/// `--memory`: each command of a repository's life on one database, sqlvault alone,
+/// with its wall time, CPU and peak RSS.
+fn memory(a: BenchArgs) -> Result<()> {
+    let command = format!(
+        "cargo xtask bench --memory --size-mib {} --repeat {}",
+        a.size_mib, a.repeat
+    );
+    let bin = crate::build_release()?;
+    let dir = a.dir.unwrap_or_else(|| crate::root().join("target/bench"));
+    fs::create_dir_all(&dir)?;
+    let db = dir.join(format!("bench-{}m.db", a.size_mib));
+    let pristine = dir.join(format!("bench-{}m.pristine.db", a.size_mib));
+    if !pristine.exists() {
+        eprintln!("bench: generating a {} MiB WAL-mode database (once)", a.size_mib);
+        sqlvault_testkit::generate(
+            &pristine,
+            &sqlvault_testkit::GenOptions {
+                target_bytes: a.size_mib << 20,
+                seed: 2026,
+                wal: true,
+            },
+        )?;
+    }
+    let steps = [
+        "backup (full)",
+        "backup (incremental)",
+        "restore",
+        "verify",
+        "copy (to a second repository)",
+    ];
+    let mut runs: Vec<Vec<Measured>> = Vec::new();
+    for r in 0..a.repeat.max(1) {
+        eprintln!("bench: memory run {} of {}", r + 1, a.repeat.max(1));
+        let work = dir.join("memory-work");
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work)?;
+        image(&pristine, &db)?;
+        let home = work.join("home");
+        let sv = |args: &[&str]| {
+            let mut c = Command::new(&bin);
+            c.args(args).env("SQLVAULT_HOME", &home).env("TMPDIR", &work);
+            c
+        };
+        let key = work.join("key.txt");
+        let recipient = new_identity(&sv, &key)?;
+        let (repo, copy) = (work.join("repo"), work.join("copy"));
+        let (dbs, keys, repos, copys) = (
+            db.to_str().unwrap(),
+            key.to_str().unwrap(),
+            repo.to_str().unwrap(),
+            copy.to_str().unwrap(),
+        );
+        measure(sv(&["init", repos, "-r", &recipient]).stdout(Stdio::null()))?;
+        measure(sv(&["init", copys, "-r", &recipient]).stdout(Stdio::null()))?;
+        let mut m = Vec::new();
+        settle();
+        m.push(measure(&mut sv(&["backup", dbs, repos, "--json"]))?);
+        sqlvault_testkit::update_random(&db, a.update_fraction, 99)?;
+        settle();
+        m.push(measure(&mut sv(&["backup", dbs, repos, "--json"]))?);
+        let restored = work.join("restored.db");
+        settle();
+        m.push(measure(&mut sv(&[
+            "restore",
+            repos,
+            restored.to_str().unwrap(),
+            "-i",
+            keys,
+            "--json",
+        ]))?);
+        fs::remove_file(&restored)?;
+        settle();
+        m.push(measure(&mut sv(&[
+            "verify",
+            repos,
+            "-i",
+            keys,
+            "--no-evidence",
+            "--json",
+        ]))?);
+        settle();
+        m.push(measure(&mut sv(&["copy", repos, copys, "-i", keys, "--json"]))?);
+        fs::remove_dir_all(&work)?;
+        runs.push(m);
+    }
+    let mut o = String::new();
+    out!(
+        o,
+        "### Memory at {} MiB ({} pages of 4 KiB); medians of {} runs\n",
+        a.size_mib,
+        (a.size_mib << 20) / 4096,
+        runs.len()
+    );
+    out!(o, "| command | wall | CPU | peak RSS | budget |");
+    out!(o, "|---|---|---|---|---|");
+    for (i, step) in steps.iter().enumerate() {
+        let med = |f: &dyn Fn(&Measured) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(|r| f(&r[i])).collect();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        let rss = runs.iter().map(|r| r[i].rss_kib).max().unwrap_or(0) / 1024;
+        out!(
+            o,
+            "| {step} | {:.2} s | {:.2} s | {rss} MiB (max of runs) | ≤ {MEMORY_BUDGET_MIB} MiB ({}) |",
+            med(&|m| m.wall),
+            med(&|m| m.cpu),
+            if rss <= MEMORY_BUDGET_MIB { "meets" } else { "misses" }
+        );
+    }
+    out!(o);
+    publish(&format!("memory-{}m", a.size_mib), &command, &o)
 }

@@ -17,16 +17,17 @@ use futures::StreamExt;
 use serde::Serialize;
 use sqlvault_compress::{FrameCompressor, FrameDecompressor};
 use sqlvault_format::{
-    ChunkId, ChunkSeq, CipherFacts, DUMP_CHUNKER, DumpFacts, FORMAT_VERSION, Manifest, MapRef, ObjectId, PageMap,
-    SnapshotStats, decode_entries, kind as format_kind, layout,
+    ChunkId, ChunkSeq, CipherFacts, DUMP_CHUNKER, DumpFacts, FORMAT_VERSION, Manifest, MapRef, ObjectId, SnapshotStats,
+    kind as format_kind, layout,
 };
 use sqlvault_sqlite::{SnapshotError, SnapshotMethod, Source, SourceOptions};
 use sqlvault_store::RequestCounts;
 
 use crate::error::{Error, ErrorKind, Result, crypt_err, io_err};
-use crate::local::{KnownChunks, ParentCache, SeqParent};
+use crate::local::{KnownChunks, ParentCache, ParentTable, SeqParent};
 use crate::packer::{PackBuilder, SealedPack, compress_checked, write_index_for};
 use crate::repo::{Repo, now_ms};
+use crate::spill::{PageFile, Spill, SpillRef};
 
 /// Options for [`backup`].
 #[derive(Debug, Clone)]
@@ -48,6 +49,9 @@ pub struct BackupOptions {
     pub verify_frames: bool,
     /// Longest delta chain before a full page map is written again.
     pub max_chain: usize,
+    /// Entries per page map object (a large map is written in parts, see
+    /// docs/format.md); the default suits every size, smaller values are for tests.
+    pub map_part_pages: usize,
     /// Use the backup-API copy even in WAL mode.
     pub force_backup_copy: bool,
     /// Physical pages or a SQL dump.
@@ -87,6 +91,7 @@ impl Default for BackupOptions {
             busy_timeout: Duration::from_secs(10),
             verify_frames: true,
             max_chain: 32,
+            map_part_pages: crate::mapparts::PART_ENTRIES,
             force_backup_copy: false,
             kind: BackupKind::Pages,
             unlock: None,
@@ -199,8 +204,16 @@ struct Batch {
     lens: Vec<u32>,
 }
 
+/// A pack this backup made: its index entries wait in the destination's spill file
+/// (~32 bytes a chunk, 67 MiB for a full backup of 8 GiB) until the index is written.
+struct StoredPack {
+    id: ObjectId,
+    entries: SpillRef,
+    chunks: u64,
+}
+
 struct WorkerOut {
-    packs: Vec<SealedPack>,
+    packs: Vec<StoredPack>,
     bytes_stored: u64,
 }
 
@@ -208,6 +221,12 @@ struct WorkerOut {
 /// A destination that fails stops alone; the others go on.
 struct Dest {
     repo: Repo,
+    /// The page table of this host's last snapshot of the name, when every pack it
+    /// relies on is known to be there: a page equal to its parent's is stored, with no
+    /// lookup in the known set (which is on disk).
+    parent_pages: Option<ParentTable>,
+    /// The entries of the packs it stored, for its index.
+    spill: Spill,
     known: KnownChunks,
     table: Mutex<Table>,
     failed: AtomicBool,
@@ -225,6 +244,10 @@ struct Shared {
     /// backup's future): stop reading.
     abort: Arc<AtomicBool>,
     page_size: AtomicU64,
+    /// Pages the database file holds when the snapshot starts: what `seen` is sized
+    /// for up front, as growing it re-hashes every entry (a read from the page file
+    /// each).
+    expected_pages: AtomicU64,
     opts: BackupOptions,
     /// The first destination's session: temporary directory, cancellation, progress.
     session: crate::Session,
@@ -234,7 +257,7 @@ struct Shared {
 struct Upload {
     dest: usize,
     ct: Vec<u8>,
-    sealed: SealedPack,
+    sealed: StoredPack,
 }
 
 /// Uploads run on async tasks, never on the worker threads: a worker hands a sealed
@@ -307,12 +330,62 @@ impl Shared {
 /// so a prefix collision costs a duplicate upload, never a wrong page.
 #[derive(Default)]
 struct Table {
-    pages: Vec<ChunkId>,
+    pages: Ids,
     /// Chunk lengths, for dumps (pages are all the page size).
     lens: Vec<u32>,
     /// Page numbers, hashed by the first 8 bytes of the id stored at that page (ids are
     /// keyed hashes, so those bytes are already uniform): 4 bytes an entry.
     seen: hashbrown::HashTable<u32>,
+}
+
+/// A snapshot's chunk ids by position: on disk for pages (32 bytes a page would be
+/// 67 MiB at 8 GiB, see [`crate::spill`]), in memory for a dump's chunk sequence (its
+/// edit script needs random access to the parent's, which is read whole anyway).
+enum Ids {
+    Mem(Vec<ChunkId>),
+    File(Arc<PageFile>, u32),
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Ids::Mem(Vec::new())
+    }
+}
+
+impl Ids {
+    /// Stores the ids of the chunks at 1-based positions `first..`.
+    fn set(&mut self, first: u32, ids: &[ChunkId]) -> std::io::Result<()> {
+        let start = first as usize - 1;
+        match self {
+            Ids::Mem(v) => {
+                if v.len() < start + ids.len() {
+                    v.resize(start + ids.len(), ChunkId([0; 32]));
+                }
+                v[start..start + ids.len()].copy_from_slice(ids);
+                Ok(())
+            }
+            Ids::File(f, filled) => {
+                f.write(first, ids)?;
+                *filled = (*filled).max(first + ids.len() as u32 - 1);
+                Ok(())
+            }
+        }
+    }
+
+    /// The id at 1-based position `pos` (zero if unreadable: the caller only compares).
+    fn get(&self, pos: u32) -> ChunkId {
+        match self {
+            Ids::Mem(v) => v[pos as usize - 1],
+            Ids::File(f, _) => f.get(pos).unwrap_or(ChunkId([0; 32])),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Ids::Mem(v) => v.len(),
+            Ids::File(_, filled) => *filled as usize,
+        }
+    }
 }
 
 fn id_hash(id: &ChunkId) -> u64 {
@@ -327,6 +400,7 @@ struct Scratch {
     check: Vec<u8>,
     frame_ids: Vec<(ChunkId, u32, u32)>,
     ids: Vec<ChunkId>,
+    parent: Vec<u8>,
     spans: Vec<(usize, usize)>,
     fresh: Vec<usize>,
     /// The fresh chunks whose frame is in `frame_out`: destinations that need exactly
@@ -384,7 +458,7 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Batch>>, up: &Uploads) {
     for (d, pack) in packs.iter_mut().enumerate() {
         if let Some(p) = pack.take()
             && shared.live(d)
-            && let Err(e) = p.seal().and_then(|sealed| upload_pack(d, sealed, up))
+            && let Err(e) = p.seal().and_then(|sealed| upload_pack(shared, d, sealed, up))
         {
             shared.fail(d, e);
         }
@@ -420,26 +494,39 @@ fn dest_batch(
         let mut t = dest.table.lock().unwrap();
         let first = batch.first_pgno as usize - 1;
         let ids = &sc.ids;
-        if t.pages.len() < first + ids.len() {
-            t.pages.resize(first + ids.len(), ChunkId([0; 32]));
-        }
-        t.pages[first..first + ids.len()].copy_from_slice(ids);
+        t.pages
+            .set(batch.first_pgno, ids)
+            .map_err(|e| io_err("cannot write the page table", e))?;
         if !batch.lens.is_empty() {
             if t.lens.len() < first + ids.len() {
                 t.lens.resize(first + ids.len(), 0);
             }
             t.lens[first..first + ids.len()].copy_from_slice(&batch.lens);
         }
+        if t.seen.capacity() == 0 && matches!(t.pages, Ids::File(..)) {
+            let Table { pages, seen, .. } = &mut *t;
+            let n = shared.expected_pages.load(Ordering::Relaxed) as usize;
+            seen.reserve(n.max(1024), |&pg| id_hash(&pages.get(pg)));
+        }
+        sc.parent.clear();
+        if let Some(pt) = &dest.parent_pages
+            && batch.lens.is_empty()
+            && pt.read(batch.first_pgno, ids.len(), &mut sc.parent).is_err()
+        {
+            sc.parent.clear(); // unreadable: every page is looked up
+        }
         for (i, id) in ids.iter().enumerate() {
-            if dest.known.contains(id) {
+            if sc.parent.get(i * 32..i * 32 + 32) == Some(&id.0[..]) || dest.known.contains(id) {
                 continue;
             }
             let Table { pages, seen, .. } = &mut *t;
             let h = id_hash(id);
-            if seen.find(h, |&pg| pages[pg as usize - 1] == *id).is_some() {
+            // On disk, each probe that matches the 8 bytes reads the full id back: only
+            // duplicates (mostly of one page content, such as zeros) ever do.
+            if seen.find(h, |&pg| pages.get(pg) == *id).is_some() {
                 continue;
             }
-            seen.insert_unique(h, batch.first_pgno + i as u32, |&pg| id_hash(&pages[pg as usize - 1]));
+            seen.insert_unique(h, batch.first_pgno + i as u32, |&pg| id_hash(&pages.get(pg)));
             sc.fresh.push(i);
         }
     }
@@ -479,13 +566,22 @@ fn dest_batch(
     p.append_frame(&sc.frame_out, &sc.frame_ids)?;
     if p.plain_len as usize >= opts.pack_target {
         let sealed = pack.take().expect("present").seal()?;
-        upload_pack(d, sealed, up)?;
+        upload_pack(shared, d, sealed, up)?;
     }
     Ok(())
 }
 
 /// Hands a sealed pack to the uploader; waits while one is already queued.
-fn upload_pack(dest: usize, (ct, sealed): (Vec<u8>, SealedPack), up: &Uploads) -> Result<()> {
+fn upload_pack(shared: &Shared, dest: usize, (ct, sealed): (Vec<u8>, SealedPack), up: &Uploads) -> Result<()> {
+    let entries = shared.dests[dest]
+        .spill
+        .push(&sealed.entries)
+        .map_err(|e| io_err("cannot write the pack entries to the scratch directory", e))?;
+    let sealed = StoredPack {
+        id: sealed.id,
+        entries,
+        chunks: sealed.chunks,
+    };
     up.blocking_send(Upload { dest, ct, sealed }).map_err(|_| {
         Error::new(
             ErrorKind::Internal,
@@ -569,11 +665,35 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
     };
     let mut rest: Vec<(usize, Option<Parent>, Instant, Duration)> = Vec::new();
     let mut dests = Vec::new();
+    // Page tables live in a private scratch directory for the whole backup (removed
+    // on return and on signals).
+    let scratch = first.session.scratch("backup")?;
     for (i, p) in live {
+        let pages =
+            match kind {
+                BackupKind::Pages => Ids::File(
+                    Arc::new(PageFile::create(scratch.path(), &format!("pages-{i}")).map_err(|e| {
+                        io_err(format!("cannot create a page table in {}", scratch.path().display()), e)
+                    })?),
+                    0,
+                ),
+                BackupKind::Dump => Ids::Mem(Vec::new()),
+            };
+        let spill = Spill::create(scratch.path(), &format!("entries-{i}"))
+            .map_err(|e| io_err(format!("cannot create a file in {}", scratch.path().display()), e))?;
+        let parent_pages = match &p.parent {
+            Some(Parent::Pages(pc)) if p.parent_trusted => pc.open_table().ok(),
+            _ => None,
+        };
         dests.push(Dest {
             repo: repos[i].clone(),
+            parent_pages,
+            spill,
             known: p.known,
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Table {
+                pages,
+                ..Table::default()
+            }),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             claim: p.claim,
@@ -585,6 +705,7 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
         free: Mutex::new(Vec::new()),
         abort: Arc::new(AtomicBool::new(false)),
         page_size: AtomicU64::new(0),
+        expected_pages: AtomicU64::new(0),
         opts: opts.clone(),
         session: first.session.clone(),
     });
@@ -640,6 +761,7 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
         .zip(rest)
         .map(|((dest, outs), (i, parent, pending_read, grace))| {
             let (name, before) = (name.clone(), befores[i]);
+            let scratch = scratch.path().to_path_buf();
             async move {
                 let r = match dest.error.into_inner().unwrap() {
                     Some(e) => {
@@ -650,6 +772,8 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
                         let ctx = Finish {
                             repo: &dest.repo,
                             known: dest.known,
+                            spill: dest.spill,
+                            scratch,
                             table: dest.table.into_inner().unwrap(),
                             outs,
                             parent,
@@ -735,6 +859,8 @@ fn settle(repos: &[Repo], results: Vec<Option<Result<BackupReport>>>) -> Vec<Res
 struct Prep {
     known: KnownChunks,
     parent: Option<Parent>,
+    /// No cached pack was marked or found missing: the parent's pages are all stored.
+    parent_trusted: bool,
     pending_read: Instant,
     grace: Duration,
     claim: crate::names::ClaimPlan,
@@ -776,10 +902,13 @@ async fn prepare(
     };
     let dropped = known.drop_packs(&marked_packs);
     if dropped > 0 {
-        tracing::info!("{dropped} cached chunks are in packs prune has marked; they will be uploaded again if needed");
+        tracing::info!("{dropped} cached packs are marked by prune; their chunks will be uploaded again if needed");
     }
-    if !known.packs.is_empty() {
-        let missing = missing_packs(repo, &known.packs).await?;
+    let live = known.live_packs();
+    let mut parent_trusted = dropped == 0;
+    if !live.is_empty() {
+        let missing = missing_packs(repo, &live).await?;
+        parent_trusted &= missing.is_empty();
         if !missing.is_empty() {
             tracing::warn!(
                 "local chunk cache names {} packs that are gone from the repository; their chunks will be uploaded again",
@@ -797,6 +926,7 @@ async fn prepare(
     Ok(Prep {
         known,
         parent,
+        parent_trusted,
         pending_read,
         grace,
         claim,
@@ -865,6 +995,9 @@ async fn head_packs(repo: &Repo, cached: &[ObjectId]) -> Result<std::collections
 struct Finish<'a> {
     repo: &'a Repo,
     known: KnownChunks,
+    spill: Spill,
+    /// The backup's scratch directory.
+    scratch: PathBuf,
     table: Table,
     outs: Vec<WorkerOut>,
     parent: Option<Parent>,
@@ -883,7 +1016,9 @@ struct Finish<'a> {
 async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
     let Finish {
         repo,
-        mut known,
+        known,
+        spill,
+        scratch,
         table,
         outs,
         parent,
@@ -916,6 +1051,24 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
     let Table { pages, seen, lens } = table;
     drop(seen);
     let filled = pages.len();
+    let complete = match &pages {
+        Ids::Mem(v) => !v.iter().any(|id| id.0 == [0; 32]),
+        Ids::File(f, _) => {
+            let (f, n) = (f.clone(), filled as u32);
+            tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+                let mut r = f.reader(n)?;
+                while let Some(id) = r.next_id()? {
+                    if id.0 == [0; 32] {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, "internal", "page table check panicked").with_source(e))?
+            .map_err(|e| io_err("cannot read the page table", e))?
+        }
+    };
     let mut packs = Vec::new();
     let mut bytes_new = 0u64;
     for o in outs {
@@ -928,7 +1081,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
     };
     // The index of the packs this backup wrote, then the known set.
     let pack_ids: Vec<ObjectId> = packs.iter().map(|p| p.id).collect();
-    if filled != expected || pages.iter().any(|id| id.0 == [0; 32]) {
+    if filled != expected || !complete {
         discard_packs(repo, &pack_ids).await;
         return Err(Error::new(
             ErrorKind::Internal,
@@ -944,37 +1097,41 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
     }
     let chunks_new = packs.iter().map(|p| p.chunks).sum::<u64>();
     // Its ciphertext is gone before the known set grows.
-    bytes_new += write_index_for(repo, &packs).await?;
-    // The new chunks join the in-memory known set (saved only after the commit).
-    known.ids.reserve_exact(chunks_new as usize);
-    for p in &packs {
-        let mut ids = Vec::with_capacity(p.chunks as usize);
-        decode_entries(&p.entries, |e| ids.push(e.id))
-            .map_err(|e| Error::new(ErrorKind::Internal, "internal", "pack entries do not decode").with_source(e))?;
-        known.add_pack(p.id, ids);
-    }
+    let spill = Arc::new(spill);
+    bytes_new += write_index_parts(repo, &spill, &packs).await?;
+    // Where this backup's entries are, for the known set (saved only after the commit).
+    let spilled: Vec<SpillRef> = packs.iter().map(|p| p.entries).collect();
     drop(packs);
-    // Sorts once, with the ids added above.
-    known.sort();
 
-    let chunks_total = pages.len() as u64;
+    let chunks_total = filled as u64;
     let parent_id = parent.as_ref().map(Parent::snapshot);
-    let (map_ct, map_mac, maps, map_kind, table_for_cache) = match kind {
-        BackupKind::Pages => {
+    let (new_maps, maps_len, maps, map_kind, table_for_cache) = match (kind, pages) {
+        (BackupKind::Pages, Ids::File(pages, _)) => {
             let parent = match parent {
                 Some(Parent::Pages(p)) => Some(p),
                 _ => None,
             };
-            let (ct, mac, maps, mk, pages) = page_map_object(repo, &opts, info.page_size, pages, parent).await?;
-            (ct, mac, maps, mk, CacheTable::Pages(pages))
+            let m = page_maps(repo, &opts, info.page_size, pages.clone(), filled as u32, parent).await?;
+            (
+                m.new_maps,
+                m.bytes,
+                m.base,
+                m.kind,
+                CacheTable::Pages(pages, filled as u32, m.depth),
+            )
         }
-        BackupKind::Dump => {
+        (_, pages) => {
             let parent = match parent {
                 Some(Parent::Dump(p)) => Some(p),
                 _ => None,
             };
-            let (ct, mac, maps, mk, seq) = seq_map_object(repo, &opts, ChunkSeq { ids: pages, lens }, parent).await?;
-            (ct, mac, maps, mk, CacheTable::Dump(seq))
+            let ids = match pages {
+                Ids::Mem(v) => v,
+                Ids::File(..) => unreachable!("dumps keep their sequence in memory"),
+            };
+            let (ct, mac, maps, mk, seq) = seq_map_object(repo, &opts, ChunkSeq { ids, lens }, parent).await?;
+            let (r, n) = crate::mapparts::put_map(repo, ct, mac).await?;
+            (vec![r], n, maps, mk, CacheTable::Dump(seq))
         }
     };
     let snapshot_id = ObjectId::random();
@@ -1042,10 +1199,9 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
     };
     let committed = crate::commit::commit(crate::commit::Commit {
         repo,
-        map_ct,
-        map_mac,
+        new_maps,
         manifest,
-        bytes_before: bytes_new,
+        bytes_before: bytes_new + maps_len,
         pending_read,
         grace,
         grace_code: "backup.outlived-grace",
@@ -1072,9 +1228,14 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
     let packs_new = pack_ids.len() as u64;
     let home = repo.session.state_dir().to_path_buf();
     let cache_result = tokio::task::spawn_blocking(move || -> Result<()> {
-        known.save(&home, &rid)?;
+        known.save_with(&home, &rid, &pack_ids, |i| spill.read(spilled[i]), &scratch)?;
         match table_for_cache {
-            CacheTable::Pages(pages) => ParentCache::save(&home, &rid, &n, snapshot_id, &maps, page_size, &pages),
+            CacheTable::Pages(pages, count, depth) => {
+                let mut r = pages
+                    .reader(count)
+                    .map_err(|e| io_err("cannot read the page table", e))?;
+                ParentCache::save(&home, &rid, &n, snapshot_id, &maps, page_size, depth, &mut r)
+            }
             CacheTable::Dump(seq) => SeqParent::save(&home, &rid, &n, snapshot_id, &maps, &seq),
         }
     })
@@ -1108,9 +1269,52 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
     })
 }
 
+/// Entries per index object, at most: an index of a large backup is written in parts
+/// of ~4 MiB rather than built whole (each part is a complete index of its packs).
+const INDEX_PART_BYTES: usize = 4 << 20;
+
+/// Writes the index of `packs` in parts, each built (read back from the spill file and
+/// encrypted) on a blocking thread. Returns the bytes stored.
+async fn write_index_parts(repo: &Repo, spill: &Arc<Spill>, packs: &[StoredPack]) -> Result<u64> {
+    let mut total = 0u64;
+    let mut i = 0;
+    while i < packs.len() {
+        let mut j = i;
+        let mut bytes = 0usize;
+        while j < packs.len() && (j == i || bytes + (packs[j].entries.len as usize) <= INDEX_PART_BYTES) {
+            bytes += packs[j].entries.len as usize;
+            j += 1;
+        }
+        let group: Vec<(ObjectId, SpillRef)> = packs[i..j].iter().map(|p| (p.id, p.entries)).collect();
+        let (r, sp) = (repo.clone(), spill.clone());
+        let sealed = tokio::task::spawn_blocking(move || -> Result<Vec<SealedPack>> {
+            group
+                .into_iter()
+                .map(|(id, at)| {
+                    let entries = sp
+                        .read(at)
+                        .map_err(|e| io_err("cannot read the pack entries back", e))?;
+                    Ok(SealedPack {
+                        id,
+                        entries,
+                        chunks: 0,
+                        size: 0,
+                    })
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "index reader panicked").with_source(e))??;
+        total += write_index_for(&r, &sealed).await?;
+        i = j;
+    }
+    Ok(total)
+}
+
 /// What the local parent cache will hold after the commit.
 enum CacheTable {
-    Pages(Vec<ChunkId>),
+    /// The page table, its page count and the chain depth.
+    Pages(Arc<PageFile>, u32, u32),
     Dump(ChunkSeq),
 }
 
@@ -1140,61 +1344,85 @@ async fn seq_map_object(
     Ok((repo.encrypt_meta(&pt)?, repo.keys.mac(&pt), maps, kind, seq))
 }
 
-/// The page map object: a delta against this host's last snapshot of the same name
-/// when that is small and the chain short, a full map otherwise.
-async fn page_map_object(
+/// The new maps of a page snapshot.
+struct NewMaps {
+    new_maps: Vec<MapRef>,
+    bytes: u64,
+    /// The maps it applies on (a delta's chain), before `new_maps`.
+    base: Vec<MapRef>,
+    kind: &'static str,
+    /// Snapshots in the chain, this one included.
+    depth: u32,
+}
+
+/// The page map: a delta against this host's last snapshot of the same name when that
+/// changes at most half the pages and the chain is short, a full map otherwise; either
+/// way in parts ([`crate::mapparts`]), streamed from the page files.
+async fn page_maps(
     repo: &Repo,
     opts: &BackupOptions,
     page_size: u32,
-    pages: Vec<ChunkId>,
+    pages: Arc<PageFile>,
+    count: u32,
     parent: Option<ParentCache>,
-) -> Result<(Vec<u8>, [u8; 32], Vec<MapRef>, &'static str, Vec<ChunkId>)> {
-    // Compared on a blocking thread: the parent's table is streamed from disk.
-    let (delta, pages, parent) = {
-        let max_chain = opts.max_chain;
-        tokio::task::spawn_blocking(move || {
-            let delta = match &parent {
-                Some(p) if p.page_size == page_size && p.maps.len() < max_chain => p.delta(&pages, pages.len() / 2),
-                _ => None,
-            };
-            (delta, pages, parent)
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "delta computation panicked").with_source(e))?
+) -> Result<NewMaps> {
+    let parent = parent.filter(|p| p.page_size == page_size && (p.depth as usize) < opts.max_chain);
+    // First pass: is a delta small enough? (Counted, not kept.)
+    let parent = match parent {
+        None => None,
+        Some(p) => {
+            let pages = pages.clone();
+            tokio::task::spawn_blocking(move || -> Result<Option<ParentCache>> {
+                let limit = count as usize / 2;
+                let mut n = 0usize;
+                let mut r = pages
+                    .reader(count)
+                    .map_err(|e| io_err("cannot read the page table", e))?;
+                let small = p.diff(&mut r, |_, _| {
+                    n += 1;
+                    Ok(n <= limit)
+                })?;
+                Ok(small.then_some(p))
+            })
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, "internal", "delta computation panicked").with_source(e))??
+        }
     };
-    Ok(match (delta, &parent) {
-        (Some(d), Some(p)) => {
-            let pt = d.encode();
-            (
-                repo.encrypt_meta(&pt)?,
-                repo.keys.mac(&pt),
-                p.maps.clone(),
-                "delta",
-                pages,
-            )
+    let (base, kind, depth) = match &parent {
+        Some(p) => (p.maps.clone(), "delta", p.depth + 1),
+        None => (Vec::new(), "full", 1),
+    };
+    let part = opts.map_part_pages;
+    let (new_maps, bytes) = crate::mapparts::write_parts(repo, move |emit| {
+        let mut cur = pages
+            .reader(count)
+            .map_err(|e| io_err("cannot read the page table", e))?;
+        match parent {
+            Some(p) => {
+                let mut parts = crate::mapparts::MapParts::delta(part, p.page_count as u32, count, emit);
+                p.diff(&mut cur, |pgno, id| parts.push(pgno, id).map(|_| true))?;
+                parts.finish()?;
+            }
+            None => {
+                let mut parts = crate::mapparts::MapParts::full(part, count, emit);
+                let mut pgno = 0;
+                while let Some(id) = cur.next_id().map_err(|e| io_err("cannot read the page table", e))? {
+                    pgno += 1;
+                    parts.push(pgno, id)?;
+                }
+                parts.finish()?;
+            }
         }
-        _ => {
-            let (ct, mac) = full_map_object(repo, &pages)?;
-            (ct, mac, Vec::new(), "full", pages)
-        }
+        Ok(())
     })
-}
-
-/// A full page map's ciphertext and MAC. At 32 bytes a page it is streamed through the
-/// MAC and the encryptor rather than built.
-pub(crate) fn full_map_object(repo: &Repo, pages: &[ChunkId]) -> Result<(Vec<u8>, [u8; 32])> {
-    let mut mac = repo.keys.mac_hasher();
-    let mut w = repo.meta_writer(pages.len() * 32 + 1024)?;
-    let header = PageMap::full_header(pages.len() as u32);
-    mac.update(&header);
-    w.write_all(&header).map_err(|e| io_err("encrypting page map", e))?;
-    for chunk in pages.chunks(4096) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|id| id.0).collect();
-        mac.update(&bytes);
-        w.write_all(&bytes).map_err(|e| io_err("encrypting page map", e))?;
-    }
-    let ct = w.finish().map_err(|e| io_err("encrypting page map", e))?;
-    Ok((ct, *mac.finalize().as_bytes()))
+    .await?;
+    Ok(NewMaps {
+        new_maps,
+        bytes,
+        base,
+        kind,
+        depth,
+    })
 }
 
 /// What the reader learned about the source while snapshotting it.
@@ -1261,6 +1489,10 @@ fn read_pages(shared: &Shared, db: &Path, src_opts: SourceOptions, tx: &mpsc::Sy
         }
         if shared.page_size.load(Ordering::Relaxed) == 0 {
             shared.page_size.store(page.len() as u64, Ordering::Relaxed);
+            let file_len = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
+            shared
+                .expected_pages
+                .store(file_len / page.len() as u64 + 1, Ordering::Relaxed);
         }
         let b = batch.get_or_insert_with(|| {
             let mut data = shared.free.lock().unwrap().pop().unwrap_or_default();

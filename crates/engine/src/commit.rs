@@ -1,13 +1,14 @@
 //! The one commit path of a snapshot, shared by backup and copy (and the replication
 //! that builds on them): after its packs and the index that locates their chunks, the
-//! page map, then the manifest, created if absent and written last. A snapshot exists
+//! page map (uploaded in parts by the caller, [`crate::mapparts`]), then the manifest,
+//! created if absent and written last. A snapshot exists
 //! if and only if its manifest does; anything before it that a crash leaves behind is
 //! garbage prune collects.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sqlvault_format::{Manifest, MapRef, ObjectId, encode_manifest, layout};
+use sqlvault_format::{Manifest, MapRef, encode_manifest, layout};
 
 use crate::error::Result;
 use crate::names::ClaimPlan;
@@ -16,13 +17,12 @@ use crate::repo::Repo;
 /// What to commit.
 pub(crate) struct Commit<'a> {
     pub repo: &'a Repo,
-    /// The new map object (encrypted) and the MAC of its plaintext.
-    pub map_ct: Vec<u8>,
-    pub map_mac: [u8; 32],
-    /// The manifest, with the maps before the new one (a delta chain's) in `maps`;
-    /// the new map is appended and `stats.bytes_new` set here.
+    /// The snapshot's new map objects, already uploaded, in order.
+    pub new_maps: Vec<MapRef>,
+    /// The manifest, with the maps before the new ones (a delta chain's) in `maps`;
+    /// the new maps are appended and `stats.bytes_new` set here.
     pub manifest: Manifest,
-    /// Bytes uploaded for the snapshot before its map (packs, indexes).
+    /// Bytes uploaded for the snapshot before its manifest (packs, indexes, maps).
     pub bytes_before: u64,
     /// When the operation read prune's marks and the grace it has: a commit after the
     /// grace is refused (`grace_code`), as prune may have deleted what it relied on.
@@ -48,8 +48,7 @@ pub(crate) enum Committed {
 pub(crate) async fn commit(c: Commit<'_>) -> Result<Committed> {
     let Commit {
         repo,
-        map_ct,
-        map_mac,
+        new_maps,
         mut manifest,
         bytes_before,
         pending_read,
@@ -58,17 +57,11 @@ pub(crate) async fn commit(c: Commit<'_>) -> Result<Committed> {
         what,
         claim,
     } = c;
-    // Append-only: the commit path has no way to delete (the map's name is new; the
-    // manifest is created only if absent).
+    // Append-only: the commit path has no way to delete (the manifest is created only
+    // if absent).
     let store = repo.store.appender();
-    let map_id = ObjectId::random();
-    let map_len = map_ct.len() as u64;
-    store.put(&layout::map(&map_id), Bytes::from(map_ct)).await?;
-    manifest.maps.push(MapRef {
-        id: map_id,
-        mac: hex::encode(map_mac),
-    });
-    manifest.stats.bytes_new = bytes_before + map_len;
+    manifest.maps.extend(new_maps);
+    manifest.stats.bytes_new = bytes_before;
     let ct = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
     let manifest_len = ct.len() as u64;
     crate::prune::within_grace(repo, pending_read, grace, grace_code, what)?;

@@ -466,11 +466,24 @@ impl Run<'_> {
             })
             .collect::<Result<_>>()?;
         drop(ids);
-        let (map_ct, map_mac) = match lens {
-            None => crate::backup::full_map_object(dst, &dst_ids)?,
+        let (new_maps, maps_len) = match lens {
+            None => {
+                crate::mapparts::write_parts(dst, {
+                    let part = crate::mapparts::PART_ENTRIES;
+                    move |emit| {
+                        let mut parts = crate::mapparts::MapParts::full(part, dst_ids.len() as u32, emit);
+                        for (i, id) in dst_ids.into_iter().enumerate() {
+                            parts.push(i as u32 + 1, id)?;
+                        }
+                        parts.finish().map(|_| ())
+                    }
+                })
+                .await?
+            }
             Some(lens) => {
                 let pt = ChunkSeq { ids: dst_ids, lens }.encode_full();
-                (dst.encrypt_meta(&pt)?, dst.keys.mac(&pt))
+                let (r, n) = crate::mapparts::put_map(dst, dst.encrypt_meta(&pt)?, dst.keys.mac(&pt)).await?;
+                (vec![r], n)
             }
         };
         let mut manifest = m.clone();
@@ -479,10 +492,9 @@ impl Run<'_> {
         manifest.stats.chunks_new = chunks_sent;
         let committed = crate::commit::commit(crate::commit::Commit {
             repo: dst,
-            map_ct,
-            map_mac,
+            new_maps,
             manifest,
-            bytes_before: self.bytes_sent - bytes_before,
+            bytes_before: self.bytes_sent - bytes_before + maps_len,
             pending_read: epoch,
             grace,
             grace_code: "copy.outlived-grace",

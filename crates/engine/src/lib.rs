@@ -90,6 +90,7 @@ mod install;
 mod keys;
 mod local;
 mod logical;
+mod mapparts;
 pub mod names;
 mod packer;
 mod prune;
@@ -98,6 +99,7 @@ mod restore;
 pub mod retention;
 mod session;
 mod source;
+mod spill;
 
 pub use audit::{AuditRequest, audit};
 pub use backup::{BackupKind, BackupOptions, BackupReport, backup, backup_to_all};

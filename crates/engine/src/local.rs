@@ -16,7 +16,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -255,115 +255,289 @@ pub(crate) fn save_pin(home: &Path, repo_id: &str, fingerprint: &str) -> Result<
 
 /// Chunks this host has stored, with the pack that holds each: when prune marks a pack
 /// (or it is gone), exactly its chunks are forgotten.
+///
+/// The set stays in its cache file (36 bytes a chunk, sorted by id: 76 MiB for an
+/// 8 GiB database) and is searched there: memory holds the pack list and every
+/// [`FENCE`]-th id (under one byte a chunk), and a lookup reads one block of
+/// [`FENCE`] records. Saving merges the file with this backup's chunks, streamed.
 #[derive(Debug, Default)]
 pub(crate) struct KnownChunks {
     pub packs: Vec<ObjectId>,
-    /// Sorted by id, unique: the chunk and the index in `packs` of its pack.
-    pub ids: Vec<(ChunkId, u32)>,
+    /// Packs whose chunks no longer count (marked by prune, or gone).
+    gone: Vec<bool>,
+    file: Option<fs::File>,
+    records_at: u64,
+    count: u64,
+    /// The id of record `k * FENCE`, for every k.
+    fence: Vec<ChunkId>,
 }
 
+/// Records per block of the known set's file: one lookup reads 2.3 KiB.
+const FENCE: u64 = 64;
+const KNOWN_RECORD: u64 = 36;
+
 const KNOWN_MAGIC: &[u8; 8] = b"SQLVKNC2";
-const PARENT_MAGIC: &[u8; 8] = b"SQLVPAR1";
+const PARENT_MAGIC_V1: &[u8; 8] = b"SQLVPAR1";
+const PARENT_MAGIC: &[u8; 8] = b"SQLVPAR2";
 
 fn cache_dir(home: &Path, repo_id: &str) -> PathBuf {
     repo_dir(home, repo_id).join("cache")
 }
 
 impl KnownChunks {
+    /// Whether `id` is stored in a pack that still counts. A read error counts as
+    /// unknown: the chunk is uploaded again, never skipped.
     pub(crate) fn contains(&self, id: &ChunkId) -> bool {
-        self.ids.binary_search_by(|(c, _)| c.cmp(id)).is_ok()
+        let Some(f) = &self.file else { return false };
+        let k = self.fence.partition_point(|x| x <= id);
+        if k == 0 {
+            return false;
+        }
+        let first = (k as u64 - 1) * FENCE;
+        let n = FENCE.min(self.count - first) as usize;
+        let mut block = vec![0u8; n * KNOWN_RECORD as usize];
+        if f.read_exact_at(&mut block, self.records_at + first * KNOWN_RECORD)
+            .is_err()
+        {
+            return false;
+        }
+        let rec = |i: usize| &block[i * 36..i * 36 + 36];
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match rec(mid)[..32].cmp(&id.0[..]) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    let p = u32::from_le_bytes(rec(mid)[32..].try_into().unwrap()) as usize;
+                    return !self.gone.get(p).copied().unwrap_or(true);
+                }
+            }
+        }
+        false
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.count == 0 || self.gone.iter().all(|g| *g)
+    }
+
+    /// The packs whose chunks still count.
+    pub(crate) fn live_packs(&self) -> Vec<ObjectId> {
+        self.packs
+            .iter()
+            .zip(&self.gone)
+            .filter(|(_, g)| !**g)
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     pub(crate) fn load(home: &Path, repo_id: &str) -> KnownChunks {
-        let Ok(b) = fs::read(cache_dir(home, repo_id).join("known")) else {
+        let path = cache_dir(home, repo_id).join("known");
+        let Ok(f) = fs::File::open(&path) else {
             return KnownChunks::default();
         };
-        Self::decode(&b).unwrap_or_else(|| {
+        Self::open(f).unwrap_or_else(|| {
             tracing::warn!("ignoring damaged or outdated chunk cache of repository {repo_id}");
             KnownChunks::default()
         })
     }
 
-    fn decode(b: &[u8]) -> Option<KnownChunks> {
-        let rest = b.strip_prefix(KNOWN_MAGIC)?;
-        let np = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let rest = &rest[4..];
-        let packs_bytes = rest.get(..np.checked_mul(16)?)?;
-        let rest = &rest[np * 16..];
-        if rest.len() % 36 != 0 {
+    /// Reads the pack list and checks the records (sorted, unique, naming a listed
+    /// pack) in one streamed pass, keeping the fences.
+    fn open(f: fs::File) -> Option<KnownChunks> {
+        use std::io::Read;
+        let len = f.metadata().ok()?.len();
+        let mut r = std::io::BufReader::with_capacity(1 << 18, &f);
+        let mut head = [0u8; 12];
+        r.read_exact(&mut head).ok()?;
+        if &head[..8] != KNOWN_MAGIC {
             return None;
         }
-        let packs: Vec<ObjectId> = packs_bytes
-            .chunks_exact(16)
-            .map(|c| ObjectId(c.try_into().unwrap()))
-            .collect();
-        let ids: Vec<(ChunkId, u32)> = rest
-            .chunks_exact(36)
-            .map(|c| {
-                (
-                    ChunkId(c[..32].try_into().unwrap()),
-                    u32::from_le_bytes(c[32..].try_into().unwrap()),
-                )
-            })
-            .collect();
-        (ids.windows(2).all(|w| w[0].0 < w[1].0) && ids.iter().all(|(_, p)| (*p as usize) < packs.len()))
-            .then_some(KnownChunks { packs, ids })
+        let np = u32::from_le_bytes(head[8..12].try_into().ok()?) as u64;
+        let records_at = 12u64.checked_add(np.checked_mul(16)?)?;
+        let rest = len.checked_sub(records_at)?;
+        if rest % KNOWN_RECORD != 0 {
+            return None;
+        }
+        let mut packs = Vec::with_capacity(np as usize);
+        for _ in 0..np {
+            let mut p = [0u8; 16];
+            r.read_exact(&mut p).ok()?;
+            packs.push(ObjectId(p));
+        }
+        let count = rest / KNOWN_RECORD;
+        let mut fence = Vec::with_capacity(count.div_ceil(FENCE) as usize);
+        let mut last: Option<ChunkId> = None;
+        let mut rec = [0u8; 36];
+        for i in 0..count {
+            r.read_exact(&mut rec).ok()?;
+            let id = ChunkId(rec[..32].try_into().unwrap());
+            let p = u32::from_le_bytes(rec[32..].try_into().unwrap()) as u64;
+            if p >= np || last.is_some_and(|l| l >= id) {
+                return None;
+            }
+            if i % FENCE == 0 {
+                fence.push(id);
+            }
+            last = Some(id);
+        }
+        drop(r);
+        Some(KnownChunks {
+            gone: vec![false; packs.len()],
+            packs,
+            file: Some(f),
+            records_at,
+            count,
+            fence,
+        })
     }
 
-    pub(crate) fn save(&self, home: &Path, repo_id: &str) -> Result<()> {
-        write_private_with(&cache_dir(home, repo_id).join("known"), |w| {
+    /// Forgets the chunks of the packs in `gone`; returns how many packs that was.
+    pub(crate) fn drop_packs(&mut self, gone: &std::collections::HashSet<ObjectId>) -> usize {
+        let mut n = 0;
+        for (p, g) in self.packs.iter().zip(self.gone.iter_mut()) {
+            if !*g && gone.contains(p) {
+                *g = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Writes the set with the chunks of `new` (pack id and its encoded entries, read
+    /// through `entries`) added: the cache file and one sorted run per new pack are
+    /// merged, streamed, so the set is never in memory. A chunk stored twice keeps
+    /// its first pack; packs that no longer count are left out.
+    pub(crate) fn save_with(
+        &self,
+        home: &Path,
+        repo_id: &str,
+        new: &[ObjectId],
+        mut entries: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
+        scratch: &Path,
+    ) -> Result<()> {
+        use std::io::BufWriter;
+        let e = |e| io_err("cannot write the chunk cache", e);
+        // One sorted run per new pack, in a scratch file.
+        let runs_path = scratch.join("known-runs");
+        let mut runs_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&runs_path)
+            .map_err(e)?;
+        let mut remap = vec![u32::MAX; self.packs.len()];
+        let mut packs = Vec::new();
+        for (i, p) in self.packs.iter().enumerate() {
+            if !self.gone[i] {
+                remap[i] = packs.len() as u32;
+                packs.push(*p);
+            }
+        }
+        let mut runs: Vec<(u64, u64)> = Vec::with_capacity(new.len());
+        {
+            let mut w = BufWriter::new(&mut runs_file);
+            let mut at = 0u64;
+            for (i, pack) in new.iter().enumerate() {
+                let bytes = entries(i).map_err(e)?;
+                let mut ids = Vec::new();
+                sqlvault_format::decode_entries(&bytes, |x| ids.push(x.id)).map_err(|x| {
+                    Error::new(ErrorKind::Internal, "internal", "pack entries do not decode").with_source(x)
+                })?;
+                ids.sort_unstable();
+                ids.dedup();
+                let p = packs.len() as u32;
+                packs.push(*pack);
+                for id in &ids {
+                    w.write_all(&id.0).map_err(e)?;
+                    w.write_all(&p.to_le_bytes()).map_err(e)?;
+                }
+                runs.push((at, ids.len() as u64));
+                at += ids.len() as u64 * KNOWN_RECORD;
+            }
+            w.flush().map_err(e)?;
+        }
+        // Sources of the merge: the current file, then each run. Positional reads
+        // (one file description shared by every run, no seek offsets to share).
+        struct Src<'f> {
+            f: &'f fs::File,
+            at: u64,
+            left: u64,
+            buf: Vec<u8>,
+            pos: usize,
+        }
+        impl Src<'_> {
+            fn next(&mut self) -> std::io::Result<Option<(ChunkId, u32)>> {
+                if self.pos == self.buf.len() {
+                    if self.left == 0 {
+                        return Ok(None);
+                    }
+                    let n = self.left.min(227);
+                    self.buf.resize((n * KNOWN_RECORD) as usize, 0);
+                    self.f.read_exact_at(&mut self.buf, self.at)?;
+                    self.at += n * KNOWN_RECORD;
+                    self.left -= n;
+                    self.pos = 0;
+                }
+                let rec = &self.buf[self.pos..self.pos + 36];
+                self.pos += 36;
+                Ok(Some((
+                    ChunkId(rec[..32].try_into().unwrap()),
+                    u32::from_le_bytes(rec[32..].try_into().unwrap()),
+                )))
+            }
+        }
+        let src = |f, at, left| Src {
+            f,
+            at,
+            left,
+            buf: Vec::new(),
+            pos: 0,
+        };
+        let mut srcs = Vec::new();
+        if let Some(f) = &self.file {
+            srcs.push(src(f, self.records_at, self.count));
+        }
+        for (at, n) in &runs {
+            srcs.push(src(&runs_file, *at, *n));
+        }
+        let old = self.file.is_some();
+        let path = cache_dir(home, repo_id).join("known");
+        let r = write_private_with(&path, |w| {
             w.write_all(KNOWN_MAGIC)?;
-            w.write_all(&(self.packs.len() as u32).to_le_bytes())?;
-            for p in &self.packs {
+            w.write_all(&(packs.len() as u32).to_le_bytes())?;
+            for p in &packs {
                 w.write_all(&p.0)?;
             }
-            for (id, p) in &self.ids {
+            // Min-heap of (id, source, pack): equal ids come out in source order (the
+            // current file, then the runs in the order their packs were stored), so
+            // the first pack that stored a chunk keeps it.
+            let mut heap = std::collections::BinaryHeap::new();
+            for (k, s) in srcs.iter_mut().enumerate() {
+                if let Some((id, p)) = s.next()? {
+                    heap.push(std::cmp::Reverse((id, k, p)));
+                }
+            }
+            let mut last: Option<ChunkId> = None;
+            while let Some(std::cmp::Reverse((id, k, p))) = heap.pop() {
+                if let Some((nid, np)) = srcs[k].next()? {
+                    heap.push(std::cmp::Reverse((nid, k, np)));
+                }
+                // The current file's packs are renumbered; gone ones are left out.
+                let p = if old && k == 0 { remap[p as usize] } else { p };
+                if p == u32::MAX || last == Some(id) {
+                    continue;
+                }
+                last = Some(id);
                 w.write_all(&id.0)?;
                 w.write_all(&p.to_le_bytes())?;
             }
             Ok(())
-        })
-    }
-
-    /// Adds the chunks of a newly stored pack (call [`KnownChunks::sort`] after the
-    /// last one).
-    pub(crate) fn add_pack(&mut self, pack: ObjectId, ids: impl IntoIterator<Item = ChunkId>) {
-        let p = self.packs.len() as u32;
-        self.packs.push(pack);
-        self.ids.extend(ids.into_iter().map(|id| (id, p)));
-    }
-
-    /// Restores the order (in place: no second copy of the set); a chunk stored twice
-    /// keeps its first pack.
-    pub(crate) fn sort(&mut self) {
-        self.ids.sort_by_key(|a| a.0);
-        self.ids.dedup_by(|a, b| a.0 == b.0);
-    }
-
-    /// Forgets the packs in `gone` and every chunk they hold.
-    pub(crate) fn drop_packs(&mut self, gone: &std::collections::HashSet<ObjectId>) -> usize {
-        if !self.packs.iter().any(|p| gone.contains(p)) {
-            return 0;
-        }
-        let mut remap = vec![u32::MAX; self.packs.len()];
-        let mut kept = Vec::new();
-        for (i, p) in self.packs.iter().enumerate() {
-            if !gone.contains(p) {
-                remap[i] = kept.len() as u32;
-                kept.push(*p);
-            }
-        }
-        let before = self.ids.len();
-        self.ids.retain_mut(|(_, p)| {
-            *p = remap[*p as usize];
-            *p != u32::MAX
         });
-        self.packs = kept;
-        before - self.ids.len()
+        let _ = fs::remove_file(&runs_path);
+        r
     }
 }
 
@@ -374,9 +548,31 @@ pub(crate) struct ParentCache {
     pub snapshot: ObjectId,
     pub maps: Vec<MapRef>,
     pub page_size: u32,
+    /// Snapshots in its delta chain (a full map counts one however many parts it has).
+    pub depth: u32,
     path: PathBuf,
     pages_at: u64,
-    page_count: u64,
+    pub page_count: u64,
+}
+
+/// A parent's page table, read by range (the backup workers compare each batch of
+/// pages with the parent's before looking anything up).
+#[derive(Debug)]
+pub(crate) struct ParentTable {
+    file: fs::File,
+    at: u64,
+    count: u64,
+}
+
+impl ParentTable {
+    /// Reads the ids of pages `first..first + n` (1-based) into `out`, as raw 32-byte
+    /// records; pages past the parent's end are left out (`out` is shorter).
+    pub(crate) fn read(&self, first: u32, n: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let start = first as u64 - 1;
+        let n = (n as u64).min(self.count.saturating_sub(start));
+        out.resize((n * 32) as usize, 0);
+        self.file.read_exact_at(out, self.at + start * 32)
+    }
 }
 
 fn parent_path(home: &Path, repo_id: &str, name: &str) -> PathBuf {
@@ -393,19 +589,31 @@ impl ParentCache {
         let len = f.metadata().ok()?.len();
         let mut head = [0u8; 32];
         f.read_exact(&mut head).ok()?;
-        if &head[..8] != PARENT_MAGIC {
-            return None;
-        }
+        // Version 1 had no depth: its maps were one per snapshot.
+        let v2 = match &head[..8] {
+            m if m == PARENT_MAGIC => true,
+            m if m == PARENT_MAGIC_V1 => false,
+            _ => return None,
+        };
         let snapshot = ObjectId(head[8..24].try_into().ok()?);
         let page_size = u32::from_le_bytes(head[24..28].try_into().ok()?);
         let jlen = u32::from_le_bytes(head[28..32].try_into().ok()?) as u64;
+        let mut depth = None;
+        let mut at = 32;
+        if v2 {
+            let mut d = [0u8; 4];
+            f.read_exact(&mut d).ok()?;
+            depth = Some(u32::from_le_bytes(d));
+            at += 4;
+        }
         let mut json = vec![0u8; jlen.min(len) as usize];
         f.read_exact(&mut json).ok()?;
         let maps: Vec<MapRef> = serde_json::from_slice(&json).ok()?;
-        let pages_at = 32 + jlen;
+        let pages_at = at + jlen;
         let rest = len.checked_sub(pages_at)?;
         (rest % 32 == 0).then_some(ParentCache {
             snapshot,
+            depth: depth.unwrap_or(maps.len() as u32),
             maps,
             page_size,
             path,
@@ -414,34 +622,46 @@ impl ParentCache {
         })
     }
 
-    /// The pages of `current` that differ from this parent, streaming the parent's
-    /// table from disk. `None` if the file cannot be read or more than `limit` differ.
-    pub(crate) fn delta(&self, current: &[ChunkId], limit: usize) -> Option<sqlvault_format::PageMap> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::io::BufReader::with_capacity(1 << 20, fs::File::open(&self.path).ok()?);
-        f.seek(SeekFrom::Start(self.pages_at)).ok()?;
-        let mut entries = Vec::new();
-        let mut buf = [0u8; 32];
-        for (i, id) in current.iter().enumerate() {
-            let same = (i as u64) < self.page_count && {
-                f.read_exact(&mut buf).ok()?;
-                buf == id.0
-            };
-            if !same {
-                entries.push((i as u32 + 1, *id));
-                if entries.len() > limit {
-                    return None;
-                }
-            }
-        }
-        Some(sqlvault_format::PageMap {
-            kind: sqlvault_format::PageMapKind::Delta,
-            page_count: current.len() as u32,
-            entries,
+    /// The parent's page table for reads of any page range.
+    pub(crate) fn open_table(&self) -> std::io::Result<ParentTable> {
+        Ok(ParentTable {
+            file: fs::File::open(&self.path)?,
+            at: self.pages_at,
+            count: self.page_count,
         })
     }
 
+    /// The parent's page table, front to back.
+    pub(crate) fn table(&self) -> std::io::Result<crate::spill::IdReader> {
+        crate::spill::IdReader::new(fs::File::open(&self.path)?, self.pages_at, self.page_count)
+    }
+
+    /// Hands `f` each page of `current` that differs from this parent (every page past
+    /// the parent's end differs), both tables streamed from disk. Stops, returning
+    /// false, as soon as `f` does.
+    pub(crate) fn diff(
+        &self,
+        current: &mut crate::spill::IdReader,
+        mut f: impl FnMut(u32, ChunkId) -> Result<bool>,
+    ) -> Result<bool> {
+        let e = |e| io_err("cannot read the cached parent page table", e);
+        let mut base = self.table().map_err(e)?;
+        let mut pgno = 0u32;
+        while let Some(id) = current.next_id().map_err(e)? {
+            pgno += 1;
+            let same = match base.next_id().map_err(e)? {
+                Some(b) => b == id,
+                None => false,
+            };
+            if !same && !f(pgno, id)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Records `pages` as the parent for the next backup of `name`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn save(
         home: &Path,
         repo_id: &str,
@@ -449,7 +669,8 @@ impl ParentCache {
         snapshot: ObjectId,
         maps: &[MapRef],
         page_size: u32,
-        pages: &[ChunkId],
+        depth: u32,
+        pages: &mut crate::spill::IdReader,
     ) -> Result<()> {
         let json = serde_json::to_vec(maps).expect("serialises");
         write_private_with(&parent_path(home, repo_id, name), |w| {
@@ -457,8 +678,9 @@ impl ParentCache {
             w.write_all(&snapshot.0)?;
             w.write_all(&page_size.to_le_bytes())?;
             w.write_all(&(json.len() as u32).to_le_bytes())?;
+            w.write_all(&depth.to_le_bytes())?;
             w.write_all(&json)?;
-            for id in pages {
+            while let Some(id) = pages.next_id()? {
                 w.write_all(&id.0)?;
             }
             Ok(())
@@ -608,64 +830,129 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parent_delta_streams_from_disk() {
-        let dir = std::env::temp_dir().join(format!("sqlvault-parent-test-{}", std::process::id()));
-        let path = dir.join("p");
-        let base = [ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32])];
+    fn parent_round_trips_and_diffs_from_disk() {
+        let home = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let id = |b: u8| ChunkId([b; 32]);
+        let base = crate::spill::PageFile::create(scratch.path(), "base").unwrap();
+        base.write(1, &[id(1), id(2), id(3)]).unwrap();
+        let maps = vec![MapRef {
+            id: ObjectId([7; 16]),
+            mac: "ab".into(),
+        }];
+        ParentCache::save(
+            home.path(),
+            "r",
+            "app.db",
+            ObjectId([5; 16]),
+            &maps,
+            4096,
+            3,
+            &mut base.reader(3).unwrap(),
+        )
+        .unwrap();
+        let p = ParentCache::load(home.path(), "r", "app.db").unwrap();
+        assert_eq!(
+            (p.snapshot, p.page_size, p.depth, p.page_count),
+            (ObjectId([5; 16]), 4096, 3, 3)
+        );
+        assert_eq!(p.maps, maps);
+        let cur = crate::spill::PageFile::create(scratch.path(), "cur").unwrap();
+        cur.write(1, &[id(1), id(9), id(3), id(4)]).unwrap();
+        let mut seen = Vec::new();
+        assert!(
+            p.diff(&mut cur.reader(4).unwrap(), |pg, x| {
+                seen.push((pg, x));
+                Ok(true)
+            })
+            .unwrap()
+        );
+        assert_eq!(seen, vec![(2, id(9)), (4, id(4))]);
+        assert!(
+            !p.diff(&mut cur.reader(4).unwrap(), |_, _| Ok(false)).unwrap(),
+            "stops when told"
+        );
+
+        // A version-1 cache (no depth) still loads: one map per snapshot.
+        let path = parent_path(home.path(), "r", "old.db");
         write_private_with(&path, |w| {
-            w.write_all(PARENT_MAGIC)?;
+            w.write_all(PARENT_MAGIC_V1)?;
             w.write_all(&[5; 16])?;
             w.write_all(&4096u32.to_le_bytes())?;
             w.write_all(&2u32.to_le_bytes())?;
             w.write_all(b"[]")?;
-            for id in &base {
-                w.write_all(&id.0)?;
-            }
+            w.write_all(&[1; 32])?;
             Ok(())
         })
         .unwrap();
-        let p = ParentCache {
-            snapshot: ObjectId([5; 16]),
-            maps: vec![],
-            page_size: 4096,
-            path,
-            pages_at: 34,
-            page_count: 3,
-        };
-        let current = [ChunkId([1; 32]), ChunkId([9; 32]), ChunkId([3; 32]), ChunkId([4; 32])];
-        let d = p.delta(&current, 10).unwrap();
-        assert_eq!(d.entries, vec![(2, ChunkId([9; 32])), (4, ChunkId([4; 32]))]);
-        assert!(p.delta(&current, 1).is_none(), "limit exceeded");
-        let _ = fs::remove_dir_all(dir);
+        let old = ParentCache::load(home.path(), "r", "old.db").unwrap();
+        assert_eq!((old.depth, old.page_count), (0, 1));
     }
 
     #[test]
-    fn known_chunks_sort_round_trip_and_drop_packs() {
-        let (a, b) = (ObjectId([8; 16]), ObjectId([9; 16]));
-        let mut k = KnownChunks::default();
-        k.add_pack(a, [ChunkId([3; 32]), ChunkId([1; 32])]);
-        k.add_pack(b, [ChunkId([2; 32]), ChunkId([3; 32])]);
-        k.sort();
-        let ids: Vec<ChunkId> = k.ids.iter().map(|e| e.0).collect();
-        assert_eq!(ids, vec![ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([3; 32])]);
-        assert!(k.contains(&ChunkId([2; 32])) && !k.contains(&ChunkId([4; 32])));
-        let mut enc = Vec::new();
-        enc.extend_from_slice(KNOWN_MAGIC);
-        enc.extend_from_slice(&2u32.to_le_bytes());
-        enc.extend_from_slice(&a.0);
-        enc.extend_from_slice(&b.0);
-        for (id, p) in &k.ids {
-            enc.extend_from_slice(&id.0);
-            enc.extend_from_slice(&p.to_le_bytes());
+    fn known_chunks_merge_on_disk_look_up_and_drop_packs() {
+        let home = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let id = |n: u32| {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&n.to_be_bytes());
+            ChunkId(b)
+        };
+        let entries = |ids: &[u32]| {
+            let e: Vec<sqlvault_format::IndexEntry> = ids
+                .iter()
+                .map(|&n| sqlvault_format::IndexEntry {
+                    id: id(n),
+                    frame_offset: 0,
+                    frame_len: 1,
+                    offset: 0,
+                    len: 1,
+                })
+                .collect();
+            sqlvault_format::encode_entries(&e)
+        };
+        let (a, b, c) = (ObjectId([8; 16]), ObjectId([9; 16]), ObjectId([10; 16]));
+        // First backup: packs a and b; 300 chunks so that lookups cross fences.
+        let pa: Vec<u32> = (0..300).map(|n| n * 2).collect();
+        let pb: Vec<u32> = vec![3, 5, 0];
+        let k = KnownChunks::load(home.path(), "r");
+        assert!(k.is_empty() && !k.contains(&id(0)));
+        let ents = [entries(&pa), entries(&pb)];
+        k.save_with(home.path(), "r", &[a, b], |i| Ok(ents[i].clone()), scratch.path())
+            .unwrap();
+        let mut k = KnownChunks::load(home.path(), "r");
+        assert_eq!(k.count, 302, "chunk 0 is in both packs and counted once");
+        assert_eq!(k.packs, vec![a, b]);
+        for n in 0..600 {
+            assert_eq!(k.contains(&id(n)), n % 2 == 0 || n == 3 || n == 5, "chunk {n}");
         }
-        let mut d = KnownChunks::decode(&enc).unwrap();
-        assert_eq!(d.ids, k.ids);
-        assert!(KnownChunks::decode(&enc[..enc.len() - 1]).is_none());
-        // Chunk 3 was first stored in pack a: dropping a forgets 1 and 3, keeps 2.
-        assert_eq!(d.drop_packs(&[a].into_iter().collect()), 2);
-        assert_eq!(d.packs, vec![b]);
-        assert_eq!(d.ids, vec![(ChunkId([2; 32]), 0)]);
-        assert_eq!(d.drop_packs(&[a].into_iter().collect()), 0);
+        // Second backup adds pack c; prune marked a. Chunk 0 was first stored in a:
+        // dropping a forgets it, though b holds it too (as before: first pack only).
+        assert_eq!(k.drop_packs(&[a].into_iter().collect()), 1);
+        assert_eq!(k.drop_packs(&[a].into_iter().collect()), 0);
+        assert!(!k.contains(&id(2)) && k.contains(&id(3)) && !k.contains(&id(0)));
+        assert_eq!(k.live_packs(), vec![b]);
+        let ec = [entries(&[7, 3, 1000])];
+        k.save_with(home.path(), "r", &[c], |i| Ok(ec[i].clone()), scratch.path())
+            .unwrap();
+        let k2 = KnownChunks::load(home.path(), "r");
+        assert_eq!(k2.packs, vec![b, c], "the marked pack is left out");
+        assert_eq!(k2.count, 4, "3 and 5 from b, 7 and 1000 from c (3 kept in b)");
+        assert!(k2.contains(&id(7)) && k2.contains(&id(1000)) && k2.contains(&id(5)) && !k2.contains(&id(2)));
+        // A damaged file is ignored, never trusted.
+        let path = cache_dir(home.path(), "r").join("known");
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.truncate(bytes.len() - 1);
+        fs::write(&path, &bytes).unwrap();
+        assert!(KnownChunks::load(home.path(), "r").is_empty());
+        assert!(files_in(scratch.path()).is_empty(), "the runs are removed");
+    }
+
+    fn files_in(d: &Path) -> Vec<String> {
+        fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
     #[test]

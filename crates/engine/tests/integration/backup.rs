@@ -182,3 +182,69 @@ async fn pages_and_dump_snapshots_of_a_wal_database_restore_its_current_content(
         assert_eq!(restored_checksum(&b, &b.reader, &m).await, want, "snapshot {id}");
     }
 }
+
+/// A large database's page map is written in parts (a full map as a `Full` part and
+/// deltas that extend it; a delta cut anywhere). Forced here with parts of 7 pages:
+/// every snapshot of a chain that grows, changes and shrinks restores exactly, and the
+/// chain's length counts snapshots, not parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_maps_in_parts_restore_every_state_of_a_growing_and_shrinking_database() {
+    let b = Bench::new("map-parts").await;
+    let db = b.path("app.db");
+    database(&db, 512 << 10, 3, true);
+    let mut opts = small_packs();
+    opts.map_part_pages = 7;
+    opts.max_chain = 2;
+
+    let mut sums = Vec::new();
+    let mut reports = Vec::new();
+    let mut step = |r: sqlvault_engine::BackupReport, db: &std::path::Path| {
+        sums.push(checksum(db));
+        reports.push(r);
+    };
+    let r = sqlvault_engine::backup(&b.writer, &db, opts.clone()).await.unwrap();
+    assert_eq!(r.map_kind, "full");
+    step(r, &db);
+    // Grows: new pages past the parent's end, plus changed ones.
+    sqlvault_testkit::append_rows(&db, 0.3, 11).unwrap();
+    sqlvault_testkit::update_random(&db, 0.02, 12).unwrap();
+    let r = sqlvault_engine::backup(&b.writer, &db, opts.clone()).await.unwrap();
+    // A delta, though the parent's full map was many parts: depth counts snapshots.
+    assert_eq!(r.map_kind, "delta");
+    step(r, &db);
+    // Shrinks: rows deleted, then VACUUM rewrites and truncates the file.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("DELETE FROM orders WHERE rowid % 3 = 0; VACUUM;")
+            .unwrap();
+    }
+    // The chain is 2 snapshots deep (max_chain): a full map again.
+    let r = sqlvault_engine::backup(&b.writer, &db, opts.clone()).await.unwrap();
+    assert_eq!(r.map_kind, "full", "{r:?}");
+    step(r, &db);
+    sqlvault_testkit::update_random(&db, 0.01, 13).unwrap();
+    let r = sqlvault_engine::backup(&b.writer, &db, opts.clone()).await.unwrap();
+    assert_eq!(r.map_kind, "delta", "{r:?}");
+    step(r, &db);
+
+    let snaps = b.reader.snapshots().await.unwrap();
+    assert_eq!(snaps.len(), 4);
+    for (i, rep) in reports.iter().enumerate() {
+        let m = snaps.iter().find(|m| m.id.to_string() == rep.snapshot_id).unwrap();
+        let own = if i == 0 || i == 2 { m.maps.len() } else { 0 };
+        if own > 0 {
+            assert_eq!(
+                own,
+                (rep.page_count as usize).div_ceil(7),
+                "a full map of {} pages in parts of 7",
+                rep.page_count
+            );
+        }
+        assert_eq!(
+            restored_checksum(&b, &b.reader, m).await,
+            sums[i],
+            "snapshot {i} restores its state"
+        );
+    }
+    assert!(snaps.iter().any(|m| m.maps.len() > 7), "the chain holds many parts");
+}
