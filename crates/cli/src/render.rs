@@ -17,6 +17,8 @@ macro_rules! eprintln {
     () => { ::std::eprintln!() };
     ($($arg:tt)*) => { ::std::eprintln!("{}", $crate::render::terminal_safe(&::std::format!($($arg)*))) };
 }
+// Unused today; kept so that a future `eprint!` is terminal-safe too.
+#[allow(unused_macros)]
 macro_rules! eprint {
     ($($arg:tt)*) => { ::std::eprint!("{}", $crate::render::terminal_safe(&::std::format!($($arg)*))) };
 }

@@ -209,8 +209,10 @@ pub struct RewrapReport {
 /// (`repos/<id>/rewrap-g<generation>`): an interrupted run, run again, skips what is
 /// done. Objects are replaced whole (a PUT is atomic), and each new ciphertext is
 /// decrypted and compared before it replaces the old one when this host's key is still
-/// among the recipients.
-pub async fn rewrap(repo: &Repo, mut progress: impl FnMut(usize, usize)) -> Result<RewrapReport> {
+/// among the recipients. Progress (bytes of ciphertext re-encrypted) goes to the
+/// session's [`crate::Progress`]; its [`crate::Cancel`] stops the run between objects
+/// (what is done stays journaled).
+pub async fn rewrap(repo: &Repo) -> Result<RewrapReport> {
     repo.require_data_access("rewrap")?;
     repo.require_pinned("re-encrypt the repository")?;
     let cfg = repo.read_config().await?;
@@ -242,8 +244,8 @@ pub async fn rewrap(repo: &Repo, mut progress: impl FnMut(usize, usize)) -> Resu
         layout::EVIDENCE,
         layout::NAMES,
     ] {
-        for (n, _) in repo.store.list(dir).await? {
-            keys.push((dir, format!("{dir}/{n}")));
+        for (n, size) in repo.store.list(dir).await? {
+            keys.push((dir, format!("{dir}/{n}"), size));
         }
     }
     let mut report = RewrapReport {
@@ -251,13 +253,16 @@ pub async fn rewrap(repo: &Repo, mut progress: impl FnMut(usize, usize)) -> Resu
         objects: keys.len(),
         ..RewrapReport::default()
     };
-    let todo: Vec<(&str, String)> = keys.into_iter().filter(|(_, k)| !done.contains(k)).collect();
+    let todo: Vec<(&str, String, u64)> = keys.into_iter().filter(|(_, k, _)| !done.contains(k)).collect();
     report.already_done = report.objects - todo.len();
-    let total = todo.len();
-    let mut results = futures::stream::iter(todo.into_iter().map(|(dir, key)| async move {
+    let progress = repo.session.progress();
+    progress.start("rewrapping", Some(todo.iter().map(|t| t.2).sum()));
+    let mut results = futures::stream::iter(todo.into_iter().map(|(dir, key, _)| async move {
+        repo.session.cancel().check()?;
         let ct = repo.store.get(&key).await?;
         let repo2 = repo.clone();
         let key2 = key.clone();
+        let ct_len = ct.len() as u64;
         let (new_ct, n) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, u64)> {
             let pt = zeroize::Zeroizing::new(repo2.decrypt(&key2, &ct)?);
             let new_ct = if dir == layout::PACKS {
@@ -280,17 +285,18 @@ pub async fn rewrap(repo: &Repo, mut progress: impl FnMut(usize, usize)) -> Resu
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "internal.task", e.to_string()))??;
         repo.store.put(&key, Bytes::from(new_ct)).await?;
-        Ok::<_, Error>((key, n))
+        Ok::<_, Error>((key, n, ct_len))
     }))
     .buffer_unordered(2);
     while let Some(r) = results.next().await {
-        let (key, n) = r?;
+        let (key, n, ct_len) = r?;
         tracing::trace!(object = %key, bytes = n, "re-encrypted");
         writeln!(journal, "{key}").map_err(|e| io_err(format!("cannot write {}", journal_path.display()), e))?;
         report.rewrapped += 1;
         report.bytes += n;
-        progress(report.rewrapped, total);
+        progress.advance(ct_len);
     }
+    progress.finish();
     journal
         .sync_all()
         .map_err(|e| io_err(format!("cannot write {}", journal_path.display()), e))?;

@@ -115,17 +115,8 @@ async fn list(a: KeyListArgs, ctx: &Ctx) -> Result<u8, Error> {
 async fn rewrap(a: KeyListArgs, ctx: &Ctx) -> Result<u8, Error> {
     let acc = required_access(&a.keys, ctx.command)?;
     let repo = open_pinned(&a.repo, acc).await?;
-    let show = ctx.chatty() && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let rep = sqlvault_engine::rewrap(&repo, |done, total| {
-        if show {
-            ::std::eprint!("\r");
-            eprint!("rewrapped {done}/{total}");
-        }
-    })
-    .await?;
-    if show && rep.rewrapped > 0 {
-        eprintln!();
-    }
+    // Progress: the session's (a bar on a terminal, nothing with --json/--quiet).
+    let rep = sqlvault_engine::rewrap(&repo).await?;
     if ctx.json {
         print_json(&json!(rep));
     } else {

@@ -149,4 +149,13 @@ async fn progress_of_backup_and_restore_adds_up_to_the_database() {
     assert_eq!(rec.totals("dumping"), vec![None]);
     assert_eq!(rec.advanced("dumping"), d.bytes_read, "{d:?}");
     assert!(d.bytes_read > 0);
+
+    // Rewrap reports the ciphertext it re-encrypted, of a total known up front.
+    rec.reset();
+    let rw = sqlvault_engine::rewrap(&b.reader).await.unwrap();
+    assert!(rw.rewrapped > 0 && rw.rewrapped == rw.objects, "{rw:?}");
+    let total = rec.totals("rewrapping");
+    assert_eq!(total.len(), 1);
+    assert_eq!(Some(rec.advanced("rewrapping")), total[0]);
+    assert!(total[0].unwrap() > size / 4, "every object counted: {total:?}");
 }
