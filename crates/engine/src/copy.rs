@@ -349,8 +349,10 @@ struct Run<'a> {
     bytes_sent: u64,
 }
 
-/// Packs of the source fetched at once.
-const FETCH_AHEAD: usize = 4;
+/// Packs of the source fetched at once. Each holds its ciphertext while in flight and
+/// then its needed chunks decompressed (~2.5× a pack): two keep the network and the
+/// CPU overlapped (four made copy's peak RSS 352 MiB at 1 GiB; docs/benchmarks.md).
+const FETCH_AHEAD: usize = 2;
 
 impl Run<'_> {
     /// Copies one snapshot; `None` when another copy committed it first.
