@@ -84,6 +84,7 @@ mod commit;
 mod copy;
 mod drill;
 mod error;
+mod fetch;
 pub mod evidence;
 mod forget;
 mod install;
