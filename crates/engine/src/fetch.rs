@@ -26,6 +26,20 @@ struct Need {
     uidx: u32,
 }
 
+/// Where a unique chunk is: an index entry's place, in the pack `pack` (an index into
+/// [`FetchCtx::packs`]) — 24 bytes, one per unique chunk, in a table sized once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
+    frame_offset: u64,
+    frame_len: u32,
+    offset: u32,
+    len: u32,
+    pack: u32,
+}
+
+/// [`Loc::pack`] of a chunk no index has listed yet.
+const NOWHERE: u32 = u32::MAX;
+
 /// Where each chunk of a snapshot goes in the file being rebuilt.
 pub(crate) enum Layout {
     /// Page `n` (1-based) at `(n − 1) × page_size`.
@@ -35,14 +49,6 @@ pub(crate) enum Layout {
 }
 
 impl Layout {
-    /// Bytes of the file being rebuilt: every ordinal `pgnos` lists, at its length.
-    fn total(&self, pgnos: &[u32]) -> u64 {
-        match self {
-            Layout::Pages(ps) => pgnos.len() as u64 * ps,
-            Layout::Chunks(o) => o.last().copied().unwrap_or(0),
-        }
-    }
-
     fn offset(&self, ordinal: u32) -> u64 {
         match self {
             Layout::Pages(ps) => (ordinal as u64 - 1) * ps,
@@ -57,82 +63,143 @@ impl Layout {
     }
 }
 
-/// Fetches every chunk of `ids` (in snapshot order) and writes it at its place in
-/// `file`: locate each unique chunk in the indexes, then per pack GET, decrypt,
-/// decompress the frames needed, re-hash every chunk against its id, write.
+/// The chunks of one pass and where each goes: the unique ids, sorted (an index entry
+/// is found by binary search, without a hash table), and for each the ordinals it
+/// fills (CSR: `pgnos[starts[u]..starts[u + 1]]`, 1-based).
+pub(crate) struct Plan {
+    uids: Vec<ChunkId>,
+    starts: Vec<u32>,
+    pgnos: Vec<u32>,
+}
+
+impl Plan {
+    /// The plan for ordinals `first..first + ids.len()`, `ids[i]` the chunk of ordinal
+    /// `first + i`. Built in place: the ids are permuted into sorted order where they
+    /// are and deduplicated, so the peak is ~36 bytes an ordinal (the ids, the order,
+    /// a bit each) instead of a second table of ids; afterwards 32 bytes a unique chunk
+    /// and 8 an ordinal.
+    pub(crate) fn new(mut ids: Vec<ChunkId>, first: u32) -> Plan {
+        let n = ids.len();
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_unstable_by(|a, b| ids[*a as usize].cmp(&ids[*b as usize]));
+        // ids[k] = old ids[order[k]], one cycle of the permutation at a time: each
+        // cycle's first id is held while the others move up.
+        let mut done = vec![0u64; n.div_ceil(64)];
+        for k in 0..n {
+            if done[k / 64] & (1 << (k % 64)) != 0 {
+                continue;
+            }
+            let held = ids[k];
+            let mut j = k;
+            loop {
+                done[j / 64] |= 1 << (j % 64);
+                let src = order[j] as usize;
+                if src == k {
+                    ids[j] = held;
+                    break;
+                }
+                ids[j] = ids[src];
+                j = src;
+            }
+        }
+        drop(done);
+        let unique = ids.windows(2).filter(|w| w[0] != w[1]).count() + usize::from(n > 0);
+        let mut starts = Vec::with_capacity(unique + 1);
+        starts.extend((0..n).filter(|&k| k == 0 || ids[k] != ids[k - 1]).map(|k| k as u32));
+        starts.push(n as u32);
+        ids.dedup();
+        ids.shrink_to_fit();
+        // `order` becomes the CSR's ordinal list, in place.
+        let pgnos = order.into_iter().map(|p| p + first).collect();
+        Plan {
+            uids: ids,
+            starts,
+            pgnos,
+        }
+    }
+}
+
+/// Fetches every chunk of `plan` and writes it at its places in `file`: locate each
+/// unique chunk in the indexes, then per pack GET, decrypt, decompress the frames
+/// needed, re-hash every chunk against its id, write. Advances the session's progress
+/// by the bytes written; starting and finishing it is the caller's (a restore in
+/// passes reports them as one).
 pub(crate) async fn fetch_chunks(
     repo: &Repo,
     m: &Manifest,
-    ids: Vec<ChunkId>,
+    plan: Plan,
     layout: Layout,
     file: &File,
     threads: usize,
 ) -> Result<()> {
-    // Unique chunks (sorted, so an index entry is found by binary search without a
-    // hash table), and for each the pages it fills (CSR: `starts`, `pgnos`). Memory is
-    // about 40 bytes per page at the peak, then ~12.
-    let (uids, starts, pgnos) = {
-        let pages = ids;
-        let mut order: Vec<u32> = (0..pages.len() as u32).collect();
-        order.sort_unstable_by(|a, b| pages[*a as usize].cmp(&pages[*b as usize]));
-        let mut uids: Vec<ChunkId> = Vec::new();
-        let mut starts: Vec<u32> = Vec::new();
-        for (k, &p) in order.iter().enumerate() {
-            let id = pages[p as usize];
-            if uids.last() != Some(&id) {
-                uids.push(id);
-                starts.push(k as u32);
-            }
-        }
-        starts.push(order.len() as u32);
-        uids.shrink_to_fit();
-        // `order` becomes the CSR's page list (1-based page numbers).
-        let pgnos: Vec<u32> = order.into_iter().map(|p| p + 1).collect();
-        (uids, starts, pgnos)
-    };
-
     // Locate every unique chunk in the indexes (of packs that exist).
     // The first entry of each chunk is used; other, different entries are kept as
     // alternates, tried if the first does not give the chunk back (an index entry that
     // is damaged, or written with a stolen write key to point elsewhere, must not make
     // a sound snapshot unrestorable).
-    // (No record of each first entry: that would cost ~50 bytes a chunk for the rare
-    // duplicate; a second entry equal to the first is merely tried twice.)
-    let mut by_pack: HashMap<ObjectId, Vec<Need>> = HashMap::new();
-    let mut located = vec![false; uids.len()];
-    let mut alternates: HashMap<u32, Vec<(ObjectId, Need)>> = HashMap::new();
+    let mut packs: Vec<ObjectId> = Vec::new();
+    let mut pack_no: HashMap<ObjectId, u32> = HashMap::new();
+    let nowhere = Loc {
+        frame_offset: 0,
+        frame_len: 0,
+        offset: 0,
+        len: 0,
+        pack: NOWHERE,
+    };
+    let mut locs = vec![nowhere; plan.uids.len()];
+    let mut alternates: HashMap<u32, Vec<Loc>> = HashMap::new();
     repo.each_live_index_entry(|pack, e| {
-        if let Ok(u) = uids.binary_search(&e.id) {
-            let need = Need {
+        if let Ok(u) = plan.uids.binary_search(&e.id) {
+            let pack = *pack_no.entry(pack).or_insert_with(|| {
+                packs.push(pack);
+                packs.len() as u32 - 1
+            });
+            let loc = Loc {
                 frame_offset: e.frame_offset,
                 frame_len: e.frame_len,
                 offset: e.offset,
                 len: e.len,
-                uidx: u as u32,
+                pack,
             };
-            if !located[u] {
-                located[u] = true;
-                by_pack.entry(pack).or_default().push(need);
-            } else {
+            if locs[u].pack == NOWHERE {
+                locs[u] = loc;
+            } else if locs[u] != loc {
                 let alts = alternates.entry(u as u32).or_default();
-                if !alts.contains(&(pack, need)) {
-                    alts.push((pack, need));
+                if !alts.contains(&loc) {
+                    alts.push(loc);
                 }
             }
         }
     })
     .await?;
-    if let Some(u) = located.iter().position(|l| !l) {
+    drop(pack_no);
+    if let Some(u) = locs.iter().position(|l| l.pack == NOWHERE) {
         return Err(Error::new(
             ErrorKind::Integrity,
             "repo.missing-chunk",
             format!(
                 "snapshot {} needs chunk {} which no index lists (missing index or pack)",
                 m.id.short(),
-                &uids[u].to_hex()[..16]
+                &plan.uids[u].to_hex()[..16]
             ),
         ));
     }
+    // The chunks of each pack, in tables sized once: 4 bytes a chunk.
+    let mut counts = vec![0u32; packs.len()];
+    for l in &locs {
+        counts[l.pack as usize] += 1;
+    }
+    let mut by_pack: Vec<Vec<u32>> = counts.iter().map(|&c| Vec::with_capacity(c as usize)).collect();
+    drop(counts);
+    for (u, l) in locs.iter().enumerate() {
+        by_pack[l.pack as usize].push(u as u32);
+    }
+    let queue: Vec<(u32, Vec<u32>)> = by_pack
+        .into_iter()
+        .enumerate()
+        .filter(|(_, us)| !us.is_empty())
+        .map(|(p, us)| (p as u32, us))
+        .collect();
 
     tracing::debug!("restore: chunks located");
     let threads = if threads == 0 {
@@ -140,13 +207,14 @@ pub(crate) async fn fetch_chunks(
     } else {
         threads
     };
+    let unique = plan.uids.len();
     let ctx = Arc::new(FetchCtx {
         repo: repo.clone(),
         file: file.try_clone().map_err(|e| io_err("dup", e))?,
-        queue: Mutex::new(by_pack.into_iter().collect()),
-        uids,
-        starts,
-        pgnos,
+        queue: Mutex::new(queue),
+        packs,
+        locs: Mutex::new(locs),
+        plan,
         layout,
         written: AtomicUsize::new(0),
         abort: Arc::new(AtomicBool::new(false)),
@@ -155,8 +223,6 @@ pub(crate) async fn fetch_chunks(
     });
     // Dropped mid-way (a timeout in a service), the workers stop at their next pack.
     let _stop = crate::session::SetOnDrop(ctx.abort.clone());
-    let progress = repo.session.progress();
-    progress.start("restoring", Some(ctx.layout.total(&ctx.pgnos)));
     // Rounds: the first fetches every chunk from its first entry; each later one only
     // the chunks that failed, from their next alternate. A chunk with no alternate left
     // fails the restore with its last error.
@@ -192,24 +258,25 @@ pub(crate) async fn fetch_chunks(
         if failed.is_empty() {
             break;
         }
-        let mut next: HashMap<ObjectId, Vec<Need>> = HashMap::new();
+        let mut next: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut locs = ctx.locs.lock().unwrap();
         for (u, e) in failed {
             match alternates
                 .get_mut(&u)
                 .and_then(|a| (!a.is_empty()).then(|| a.remove(0)))
             {
-                Some((pack, need)) => {
+                Some(loc) => {
                     tracing::warn!("{}; trying another index entry for the chunk", e.one_line());
-                    next.entry(pack).or_default().push(need);
+                    locs[u as usize] = loc;
+                    next.entry(loc.pack).or_default().push(u);
                 }
                 None => return Err(e),
             }
         }
         *ctx.queue.lock().unwrap() = next.into_iter().collect();
     }
-    progress.finish();
     repo.session.cancel().check()?;
-    if ctx.written.load(Ordering::SeqCst) != ctx.uids.len() {
+    if ctx.written.load(Ordering::SeqCst) != unique {
         return Err(Error::new(
             ErrorKind::Internal,
             "restore.incomplete",
@@ -222,10 +289,14 @@ pub(crate) async fn fetch_chunks(
 struct FetchCtx {
     repo: Repo,
     file: File,
-    queue: Mutex<Vec<(ObjectId, Vec<Need>)>>,
-    uids: Vec<ChunkId>,
-    starts: Vec<u32>,
-    pgnos: Vec<u32>,
+    /// Per pack (an index into `packs`), the unique chunks (indexes into `plan.uids`)
+    /// to take from it.
+    queue: Mutex<Vec<(u32, Vec<u32>)>>,
+    packs: Vec<ObjectId>,
+    /// Where each unique chunk is fetched from this round (changed only between
+    /// rounds, to an alternate).
+    locs: Mutex<Vec<Loc>>,
+    plan: Plan,
     layout: Layout,
     written: AtomicUsize,
     abort: Arc<AtomicBool>,
@@ -239,7 +310,7 @@ struct FetchCtx {
 /// of the memory permits until a worker is done with it.
 struct Fetched {
     pack: ObjectId,
-    needs: Vec<Need>,
+    needs: Vec<u32>,
     body: Result<Bytes>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -249,7 +320,7 @@ struct Fetched {
 /// or when the restore is aborted or cancelled.
 async fn download_packs(
     c: Arc<FetchCtx>,
-    queue: Vec<(ObjectId, Vec<Need>)>,
+    queue: Vec<(u32, Vec<u32>)>,
     permits: Arc<tokio::sync::Semaphore>,
     depth: usize,
     tx: tokio::sync::mpsc::Sender<Fetched>,
@@ -258,6 +329,7 @@ async fn download_packs(
     let fetches = futures::stream::iter(queue)
         .map(|(pack, needs)| {
             let permits = permits.clone();
+            let pack = c.packs[pack as usize];
             async move {
                 let permit = permits.acquire_owned().await.expect("never closed");
                 if c.abort.load(Ordering::Relaxed) {
@@ -303,10 +375,26 @@ fn fetch_worker(c: &FetchCtx, rx: &Mutex<tokio::sync::mpsc::Receiver<Fetched>>) 
             fail(c, e);
             return;
         }
-        let Some(mut f) = rx.lock().unwrap().blocking_recv() else {
+        let Some(f) = rx.lock().unwrap().blocking_recv() else {
             return;
         };
-        if let Err(e) = restore_pack(c, &f.pack, f.body, &mut f.needs) {
+        let mut needs: Vec<Need> = {
+            let locs = c.locs.lock().unwrap();
+            f.needs
+                .iter()
+                .map(|&u| {
+                    let l = locs[u as usize];
+                    Need {
+                        frame_offset: l.frame_offset,
+                        frame_len: l.frame_len,
+                        offset: l.offset,
+                        len: l.len,
+                        uidx: u,
+                    }
+                })
+                .collect()
+        };
+        if let Err(e) = restore_pack(c, &f.pack, f.body, &mut needs) {
             fail(c, e);
             return;
         }
@@ -377,10 +465,11 @@ fn restore_pack(c: &FetchCtx, pack: &ObjectId, body: Result<Bytes>, needs: &mut 
         for n in group {
             let (off, len) = (n.offset as usize, n.len as usize);
             let u = n.uidx as usize;
-            let first = c.pgnos[c.starts[u] as usize];
+            let p = &c.plan;
+            let first = p.pgnos[p.starts[u] as usize];
             let sound = plain
                 .get(off..off.saturating_add(len))
-                .is_some_and(|d| c.repo.keys.chunk_id(d) == c.uids[u] && len as u64 == c.layout.len(first));
+                .is_some_and(|d| c.repo.keys.chunk_id(d) == p.uids[u] && len as u64 == c.layout.len(first));
             if !sound {
                 soft(
                     std::slice::from_ref(n),
@@ -389,13 +478,13 @@ fn restore_pack(c: &FetchCtx, pack: &ObjectId, body: Result<Bytes>, needs: &mut 
                         "repo.corrupt-object",
                         format!(
                             "{what}: chunk {} is not where its index entry says, or does not match its id (tampered or corrupt)",
-                            &c.uids[u].to_hex()[..16]
+                            &p.uids[u].to_hex()[..16]
                         ),
                     ),
                 );
                 continue;
             }
-            for &pgno in &c.pgnos[c.starts[u] as usize..c.starts[u + 1] as usize] {
+            for &pgno in &p.pgnos[p.starts[u] as usize..p.starts[u + 1] as usize] {
                 runs.push((c.layout.offset(pgno), off as u32, len as u32));
                 c.repo.session.progress().advance(len as u64);
             }
@@ -425,3 +514,80 @@ fn restore_pack(c: &FetchCtx, pack: &ObjectId, body: Result<Bytes>, needs: &mut 
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_lists_each_unique_chunk_once_with_every_ordinal_it_fills() {
+        // Pseudo-random ids from a small set (many duplicates, long cycles in the
+        // permutation), from ordinal 1000 on.
+        let mut x = 0x9e37_79b9_u64;
+        let ids: Vec<ChunkId> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ChunkId([
+                    (x % 701) as u8,
+                    (x % 3) as u8,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ])
+            })
+            .collect();
+        let plan = Plan::new(ids.clone(), 1000);
+        let mut want = ids.clone();
+        want.sort();
+        want.dedup();
+        assert_eq!(plan.uids, want);
+        assert_eq!(plan.uids.capacity(), plan.uids.len());
+        assert_eq!(plan.starts.len(), want.len() + 1);
+        let mut seen = vec![false; ids.len()];
+        for (u, id) in plan.uids.iter().enumerate() {
+            let run = &plan.pgnos[plan.starts[u] as usize..plan.starts[u + 1] as usize];
+            assert!(!run.is_empty());
+            for &p in run {
+                assert_eq!(ids[p as usize - 1000], *id);
+                assert!(!std::mem::replace(&mut seen[p as usize - 1000], true));
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+        // Nothing, one, all the same.
+        let empty = Plan::new(Vec::new(), 1);
+        assert!(empty.uids.is_empty() && empty.starts == vec![0] && empty.pgnos.is_empty());
+        let same = Plan::new(vec![ChunkId([4; 32]); 3], 1);
+        assert_eq!(
+            (same.uids.len(), same.starts, same.pgnos),
+            (1, vec![0, 3], vec![1, 2, 3])
+        );
+    }
+}

@@ -14,8 +14,9 @@ use serde::Serialize;
 use sqlvault_format::{Manifest, kind};
 
 use crate::error::{Error, ErrorKind, Result, io_err};
-use crate::fetch::{Layout, fetch_chunks};
+use crate::fetch::{Layout, Plan, fetch_chunks};
 use crate::install::{in_use, side_file_error, stale_side_files, temp_in};
+use crate::pagetable::{self, PageTable};
 use crate::repo::{Repo, unknown_kind};
 use crate::session::Requests;
 use sqlvault_sqlite::{CipherSettings, DbKey, Unlock};
@@ -46,7 +47,17 @@ pub struct RestoreOptions {
     /// SQLCipher database and `db_key` is not set: a caller that prompts for it does
     /// so only when it is needed, in the same [`restore`] call.
     pub db_key_for: Option<KeyProvider>,
+    /// Pages restored per pass (0: 512 Ki, 2 GiB of 4 KiB pages). A restore holds
+    /// about 70 bytes per page of a pass (chunk ids, the pages each fills, where each
+    /// is), whatever the database's size; a database of more pages is restored in
+    /// several passes, each reading the indexes again. Lower it to bound memory
+    /// further, at that cost.
+    pub pass_pages: usize,
 }
+
+/// Pages per pass when [`RestoreOptions::pass_pages`] is 0: ~36 MiB of per-page state
+/// at most, and a database of up to 2 GiB (of 4 KiB pages) in one pass.
+const PASS_PAGES: usize = 512 << 10;
 
 /// Gives the database key for a snapshot of a SQLCipher database ([`RestoreOptions::db_key_for`]).
 #[derive(Clone)]
@@ -90,6 +101,11 @@ impl RestoreOptions {
     /// Sets [`RestoreOptions::db_key_for`].
     pub fn with_db_key_for(mut self, f: impl Fn(&Manifest) -> Result<Option<DbKey>> + Send + Sync + 'static) -> Self {
         self.db_key_for = Some(KeyProvider(Arc::new(f)));
+        self
+    }
+    /// Sets [`RestoreOptions::pass_pages`].
+    pub fn with_pass_pages(mut self, pages: usize) -> Self {
+        self.pass_pages = pages;
         self
     }
     /// Installs a proven-intact snapshot of a source that already failed
@@ -306,21 +322,37 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
         kind::DUMP => return restore_dump(repo, m, &dest, &dir, opts, unlock, before, t0).await,
         other => return Err(unknown_kind(m, other)),
     }
-    let pages = repo.page_map(m).await?;
+    let table = PageTable::build(repo, m).await?;
     let tmp = temp_in(&dir, &dest, ".tmp")?;
     let size = m.page_size as u64 * m.page_count as u64;
     tmp.as_file()
         .set_len(size)
         .map_err(|e| io_err(format!("cannot size {}", tmp.path().display()), e))?;
-    fetch_chunks(
-        repo,
-        m,
-        pages,
-        Layout::Pages(m.page_size as u64),
-        tmp.as_file(),
-        opts.threads,
-    )
-    .await?;
+    // In passes over ranges of pages, so that what is held per page (the ids of the
+    // pass, the unique chunks, where each is) is bounded by a pass, not the database.
+    // Each pass reads the indexes again, and a pack holding chunks of several passes
+    // is fetched once for each: the price of a database larger than one pass.
+    let progress = repo.session.progress();
+    progress.start("restoring", Some(size));
+    let per = if opts.pass_pages == 0 {
+        PASS_PAGES
+    } else {
+        opts.pass_pages
+    };
+    for (first, n) in pagetable::passes(table.pages(), per) {
+        let plan = Plan::new(table.read(first, n)?, first);
+        fetch_chunks(
+            repo,
+            m,
+            plan,
+            Layout::Pages(m.page_size as u64),
+            tmp.as_file(),
+            opts.threads,
+        )
+        .await?;
+    }
+    progress.finish();
+    drop(table);
     tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "restore: pages written");
     tmp.as_file()
         .sync_all()
@@ -501,7 +533,11 @@ async fn restore_dump(
     sql.as_file()
         .set_len(at)
         .map_err(|e| io_err(format!("cannot size {}", sql.path().display()), e))?;
-    fetch_chunks(repo, m, seq.ids, Layout::Chunks(offsets), sql.as_file(), opts.threads).await?;
+    let progress = repo.session.progress();
+    progress.start("restoring", Some(at));
+    let plan = Plan::new(seq.ids, 1);
+    fetch_chunks(repo, m, plan, Layout::Chunks(offsets), sql.as_file(), opts.threads).await?;
+    progress.finish();
     let mut want = [0u8; 32];
     hex::decode_to_slice(&m.logical_checksum, &mut want).map_err(|_| {
         Error::new(
@@ -578,8 +614,8 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 /// Restores each snapshot into a private temporary directory and checks it.
 ///
 /// Snapshots of SQLCipher databases are restored encrypted with `opts.db_key` and
-/// checked with it (`cipher_integrity_check` too); only `db_key` and `threads` of
-/// `opts` apply.
+/// checked with it (`cipher_integrity_check` too); only `db_key`, `threads` and
+/// `pass_pages` of `opts` apply.
 pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions) -> Result<Vec<VerifyReport>> {
     repo.require_data_access("verify")?;
     let dir = repo.session.scratch("verify")?;
@@ -589,6 +625,7 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
         let one = RestoreOptions {
             threads: opts.threads,
             db_key: opts.db_key.clone(),
+            pass_pages: opts.pass_pages,
             ..RestoreOptions::default()
         };
         let r = restore_snapshot(repo, &m, &dest, &one).await;
