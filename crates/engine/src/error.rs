@@ -231,3 +231,25 @@ pub(crate) fn crypt_err(what: impl fmt::Display, e: sqlvault_crypt::CryptError) 
         .with_source(other),
     }
 }
+
+/// The page maps of `m` give `got` pages, not the manifest's count.
+pub(crate) fn map_count_mismatch(m: &sqlvault_format::Manifest, got: usize) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        "repo.corrupt-object",
+        format!(
+            "page maps of snapshot {} give {got} pages, manifest says {}",
+            m.id.short(),
+            m.page_count
+        ),
+    )
+}
+
+/// The page maps of `m` leave page `pgno` without a chunk.
+pub(crate) fn map_unmapped(m: &sqlvault_format::Manifest, pgno: usize) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        "repo.corrupt-object",
+        format!("page maps of snapshot {} leave page {pgno} unmapped", m.id.short()),
+    )
+}

@@ -11,7 +11,7 @@ use sqlvault_format::{
 use sqlvault_store::Store;
 
 use crate::chain::{adopt_recipient_set, check_config_chain};
-use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err};
+use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, map_count_mismatch, map_unmapped};
 use crate::local::{self, WriteKey};
 use crate::session::Session;
 
@@ -198,6 +198,9 @@ pub(crate) fn unknown_kind(m: &Manifest, kind: &str) -> Error {
         ),
     )
 }
+
+/// Index bytes (as listed, in KiB) that [`Repo::each_live_index_entry`] loads at once.
+const INDEX_KIB_IN_FLIGHT: u64 = 16 << 10;
 
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -779,7 +782,11 @@ impl Repo {
 
     /// Fetches, decrypts and authenticates each map object a manifest lists, in order,
     /// handing its plaintext to `apply`.
-    async fn each_map(&self, m: &Manifest, mut apply: impl FnMut(&MapRef, &[u8]) -> Result<()>) -> Result<()> {
+    pub(crate) async fn each_map(
+        &self,
+        m: &Manifest,
+        mut apply: impl FnMut(&MapRef, &[u8]) -> Result<()>,
+    ) -> Result<()> {
         for r in &m.maps {
             let ct = get_or(&self.store, &layout::map(&r.id), || {
                 Error::new(
@@ -822,23 +829,10 @@ impl Repo {
         })
         .await?;
         if pages.len() != m.page_count as usize {
-            return Err(Error::new(
-                ErrorKind::Integrity,
-                "repo.corrupt-object",
-                format!(
-                    "page maps of snapshot {} give {} pages, manifest says {}",
-                    m.id.short(),
-                    pages.len(),
-                    m.page_count
-                ),
-            ));
+            return Err(map_count_mismatch(m, pages.len()));
         }
         if let Some(i) = mapped.iter().position(|m| !m) {
-            return Err(Error::new(
-                ErrorKind::Integrity,
-                "repo.corrupt-object",
-                format!("page maps of snapshot {} leave page {} unmapped", m.id.short(), i + 1),
-            ));
+            return Err(map_unmapped(m, i + 1));
         }
         Ok(pages)
     }
@@ -899,13 +893,26 @@ impl Repo {
     /// only ever a hint, and one junk object must not stop a restore.
     pub(crate) async fn each_live_index_entry(&self, mut f: impl FnMut(ObjectId, IndexEntry)) -> Result<()> {
         let existing = self.pack_ids().await?;
-        let names = self.index_names().await?;
-        let mut loaded = futures::stream::iter(names.into_iter().map(|n| async move {
-            let pt = self.index_plaintext(&n).await;
-            (n, pt)
+        let listed = self.store.list(layout::INDEX).await?;
+        // A few indexes load at once (latency), but no more than INDEX_BYTES_IN_FLIGHT
+        // of them as listed: an index of a large backup is tens of MiB, held as
+        // ciphertext and then plaintext until its entries are handed on, and eight of
+        // those would outweigh everything else a restore holds. The semaphore is fair
+        // and the stream ordered, so the oldest load, the one consumed next, always
+        // holds its permits before any later one: no deadlock. One index larger than
+        // the budget loads alone.
+        let budget = Arc::new(tokio::sync::Semaphore::new(INDEX_KIB_IN_FLIGHT as usize));
+        let mut loaded = futures::stream::iter(listed.into_iter().map(|(n, size)| {
+            let budget = budget.clone();
+            async move {
+                let want = (size >> 10).saturating_add(1).min(INDEX_KIB_IN_FLIGHT) as u32;
+                let permit = budget.acquire_many_owned(want).await.expect("never closed");
+                let pt = self.index_plaintext(&n).await;
+                (n, (pt, permit))
+            }
         }))
         .buffered(8);
-        while let Some((name, pt)) = loaded.next().await {
+        while let Some((name, (pt, _permit))) = loaded.next().await {
             let pt = match pt {
                 Ok(pt) => pt,
                 Err(e) if e.kind() == ErrorKind::Store => return Err(e),

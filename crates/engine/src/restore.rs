@@ -2,26 +2,22 @@
 //! authenticate every chunk → write pages → fsync → integrity check and logical
 //! checksum → atomic rename.
 
-// (tidy: long file — restore, verify and the SQLCipher re-encryption share the fetch
-// stage and the checks before a file is installed; each part is short.)
+// (tidy: long file — restore, verify and the SQLCipher re-encryption share the checks
+// before a file is installed; each part is short. The fetch stage is in fetch.rs.)
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use futures::StreamExt;
 use serde::Serialize;
-use sqlvault_format::{ChunkId, Manifest, ObjectId, kind, layout};
+use sqlvault_format::{Manifest, kind};
 
 use crate::error::{Error, ErrorKind, Result, io_err};
+use crate::fetch::{Layout, Plan, fetch_chunks};
 use crate::install::{in_use, side_file_error, stale_side_files, temp_in};
-use crate::packer::PackReader;
-use crate::repo::{Repo, get_or, unknown_kind};
+use crate::pagetable::{self, PageTable};
+use crate::repo::{Repo, unknown_kind};
 use crate::session::Requests;
 use sqlvault_sqlite::{CipherSettings, DbKey, Unlock};
 
@@ -51,7 +47,17 @@ pub struct RestoreOptions {
     /// SQLCipher database and `db_key` is not set: a caller that prompts for it does
     /// so only when it is needed, in the same [`restore`] call.
     pub db_key_for: Option<KeyProvider>,
+    /// Pages restored per pass (0: 512 Ki, 2 GiB of 4 KiB pages). A restore holds
+    /// about 70 bytes per page of a pass (chunk ids, the pages each fills, where each
+    /// is), whatever the database's size; a database of more pages is restored in
+    /// several passes, each reading the indexes again. Lower it to bound memory
+    /// further, at that cost.
+    pub pass_pages: usize,
 }
+
+/// Pages per pass when [`RestoreOptions::pass_pages`] is 0: ~36 MiB of per-page state
+/// at most, and a database of up to 2 GiB (of 4 KiB pages) in one pass.
+const PASS_PAGES: usize = 512 << 10;
 
 /// Gives the database key for a snapshot of a SQLCipher database ([`RestoreOptions::db_key_for`]).
 #[derive(Clone)]
@@ -95,6 +101,11 @@ impl RestoreOptions {
     /// Sets [`RestoreOptions::db_key_for`].
     pub fn with_db_key_for(mut self, f: impl Fn(&Manifest) -> Result<Option<DbKey>> + Send + Sync + 'static) -> Self {
         self.db_key_for = Some(KeyProvider(Arc::new(f)));
+        self
+    }
+    /// Sets [`RestoreOptions::pass_pages`].
+    pub fn with_pass_pages(mut self, pages: usize) -> Self {
+        self.pass_pages = pages;
         self
     }
     /// Installs a proven-intact snapshot of a source that already failed
@@ -255,16 +266,6 @@ pub struct VerifyReport {
     pub not_checked: Vec<String>,
 }
 
-/// One chunk to fetch: where it is and which unique chunk it is (24 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Need {
-    frame_offset: u64,
-    frame_len: u32,
-    offset: u32,
-    len: u32,
-    uidx: u32,
-}
-
 /// Restores a snapshot to `dest`.
 pub async fn restore(repo: &Repo, dest: &Path, opts: RestoreOptions) -> Result<RestoreReport> {
     repo.require_data_access("restore")?;
@@ -321,21 +322,37 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
         kind::DUMP => return restore_dump(repo, m, &dest, &dir, opts, unlock, before, t0).await,
         other => return Err(unknown_kind(m, other)),
     }
-    let pages = repo.page_map(m).await?;
+    let table = PageTable::build(repo, m).await?;
     let tmp = temp_in(&dir, &dest, ".tmp")?;
     let size = m.page_size as u64 * m.page_count as u64;
     tmp.as_file()
         .set_len(size)
         .map_err(|e| io_err(format!("cannot size {}", tmp.path().display()), e))?;
-    fetch_chunks(
-        repo,
-        m,
-        pages,
-        Layout::Pages(m.page_size as u64),
-        tmp.as_file(),
-        opts.threads,
-    )
-    .await?;
+    // In passes over ranges of pages, so that what is held per page (the ids of the
+    // pass, the unique chunks, where each is) is bounded by a pass, not the database.
+    // Each pass reads the indexes again, and a pack holding chunks of several passes
+    // is fetched once for each: the price of a database larger than one pass.
+    let progress = repo.session.progress();
+    progress.start("restoring", Some(size));
+    let per = if opts.pass_pages == 0 {
+        PASS_PAGES
+    } else {
+        opts.pass_pages
+    };
+    for (first, n) in pagetable::passes(table.pages(), per) {
+        let plan = Plan::new(table.read(first, n)?, first);
+        fetch_chunks(
+            repo,
+            m,
+            plan,
+            Layout::Pages(m.page_size as u64),
+            tmp.as_file(),
+            opts.threads,
+        )
+        .await?;
+    }
+    progress.finish();
+    drop(table);
     tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "restore: pages written");
     tmp.as_file()
         .sync_all()
@@ -516,7 +533,11 @@ async fn restore_dump(
     sql.as_file()
         .set_len(at)
         .map_err(|e| io_err(format!("cannot size {}", sql.path().display()), e))?;
-    fetch_chunks(repo, m, seq.ids, Layout::Chunks(offsets), sql.as_file(), opts.threads).await?;
+    let progress = repo.session.progress();
+    progress.start("restoring", Some(at));
+    let plan = Plan::new(seq.ids, 1);
+    fetch_chunks(repo, m, plan, Layout::Chunks(offsets), sql.as_file(), opts.threads).await?;
+    progress.finish();
     let mut want = [0u8; 32];
     hex::decode_to_slice(&m.logical_checksum, &mut want).map_err(|_| {
         Error::new(
@@ -582,199 +603,6 @@ async fn restore_dump(
     })
 }
 
-/// Where each chunk of a snapshot goes in the file being rebuilt.
-enum Layout {
-    /// Page `n` (1-based) at `(n − 1) × page_size`.
-    Pages(u64),
-    /// Chunk `n` at `offsets[n − 1]`, `offsets[n] − offsets[n − 1]` bytes long.
-    Chunks(Vec<u64>),
-}
-
-impl Layout {
-    /// Bytes of the file being rebuilt: every ordinal `pgnos` lists, at its length.
-    fn total(&self, pgnos: &[u32]) -> u64 {
-        match self {
-            Layout::Pages(ps) => pgnos.len() as u64 * ps,
-            Layout::Chunks(o) => o.last().copied().unwrap_or(0),
-        }
-    }
-
-    fn offset(&self, ordinal: u32) -> u64 {
-        match self {
-            Layout::Pages(ps) => (ordinal as u64 - 1) * ps,
-            Layout::Chunks(o) => o[ordinal as usize - 1],
-        }
-    }
-    fn len(&self, ordinal: u32) -> u64 {
-        match self {
-            Layout::Pages(ps) => *ps,
-            Layout::Chunks(o) => o[ordinal as usize] - o[ordinal as usize - 1],
-        }
-    }
-}
-
-/// Fetches every chunk of `ids` (in snapshot order) and writes it at its place in
-/// `file`: locate each unique chunk in the indexes, then per pack GET, decrypt,
-/// decompress the frames needed, re-hash every chunk against its id, write.
-async fn fetch_chunks(
-    repo: &Repo,
-    m: &Manifest,
-    ids: Vec<ChunkId>,
-    layout: Layout,
-    file: &File,
-    threads: usize,
-) -> Result<()> {
-    // Unique chunks (sorted, so an index entry is found by binary search without a
-    // hash table), and for each the pages it fills (CSR: `starts`, `pgnos`). Memory is
-    // about 40 bytes per page at the peak, then ~12.
-    let (uids, starts, pgnos) = {
-        let pages = ids;
-        let mut order: Vec<u32> = (0..pages.len() as u32).collect();
-        order.sort_unstable_by(|a, b| pages[*a as usize].cmp(&pages[*b as usize]));
-        let mut uids: Vec<ChunkId> = Vec::new();
-        let mut starts: Vec<u32> = Vec::new();
-        for (k, &p) in order.iter().enumerate() {
-            let id = pages[p as usize];
-            if uids.last() != Some(&id) {
-                uids.push(id);
-                starts.push(k as u32);
-            }
-        }
-        starts.push(order.len() as u32);
-        uids.shrink_to_fit();
-        // `order` becomes the CSR's page list (1-based page numbers).
-        let pgnos: Vec<u32> = order.into_iter().map(|p| p + 1).collect();
-        (uids, starts, pgnos)
-    };
-
-    // Locate every unique chunk in the indexes (of packs that exist).
-    // The first entry of each chunk is used; other, different entries are kept as
-    // alternates, tried if the first does not give the chunk back (an index entry that
-    // is damaged, or written with a stolen write key to point elsewhere, must not make
-    // a sound snapshot unrestorable).
-    // (No record of each first entry: that would cost ~50 bytes a chunk for the rare
-    // duplicate; a second entry equal to the first is merely tried twice.)
-    let mut by_pack: HashMap<ObjectId, Vec<Need>> = HashMap::new();
-    let mut located = vec![false; uids.len()];
-    let mut alternates: HashMap<u32, Vec<(ObjectId, Need)>> = HashMap::new();
-    repo.each_live_index_entry(|pack, e| {
-        if let Ok(u) = uids.binary_search(&e.id) {
-            let need = Need {
-                frame_offset: e.frame_offset,
-                frame_len: e.frame_len,
-                offset: e.offset,
-                len: e.len,
-                uidx: u as u32,
-            };
-            if !located[u] {
-                located[u] = true;
-                by_pack.entry(pack).or_default().push(need);
-            } else {
-                let alts = alternates.entry(u as u32).or_default();
-                if !alts.contains(&(pack, need)) {
-                    alts.push((pack, need));
-                }
-            }
-        }
-    })
-    .await?;
-    if let Some(u) = located.iter().position(|l| !l) {
-        return Err(Error::new(
-            ErrorKind::Integrity,
-            "repo.missing-chunk",
-            format!(
-                "snapshot {} needs chunk {} which no index lists (missing index or pack)",
-                m.id.short(),
-                &uids[u].to_hex()[..16]
-            ),
-        ));
-    }
-
-    tracing::debug!("restore: chunks located");
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
-    } else {
-        threads
-    };
-    let ctx = Arc::new(FetchCtx {
-        repo: repo.clone(),
-        file: file.try_clone().map_err(|e| io_err("dup", e))?,
-        queue: Mutex::new(by_pack.into_iter().collect()),
-        uids,
-        starts,
-        pgnos,
-        layout,
-        written: AtomicUsize::new(0),
-        abort: Arc::new(AtomicBool::new(false)),
-        error: Mutex::new(None),
-        failed: Mutex::new(Vec::new()),
-    });
-    // Dropped mid-way (a timeout in a service), the workers stop at their next pack.
-    let _stop = crate::session::SetOnDrop(ctx.abort.clone());
-    let progress = repo.session.progress();
-    progress.start("restoring", Some(ctx.layout.total(&ctx.pgnos)));
-    // Rounds: the first fetches every chunk from its first entry; each later one only
-    // the chunks that failed, from their next alternate. A chunk with no alternate left
-    // fails the restore with its last error.
-    loop {
-        // Downloads run on async tasks; the workers only decrypt, decompress, check and
-        // write. At most `threads + 1` packs are in memory at once (the permits): one
-        // download runs ahead of the workers, so the network and the CPUs overlap.
-        let permits = Arc::new(tokio::sync::Semaphore::new(threads + 1));
-        let (tx, rx) = tokio::sync::mpsc::channel::<Fetched>(threads + 1);
-        let queue = std::mem::take(&mut *ctx.queue.lock().unwrap());
-        let downloads = tokio::spawn(download_packs(ctx.clone(), queue, permits, threads + 1, tx));
-        let c2 = ctx.clone();
-        let workers = tokio::task::spawn_blocking(move || {
-            let rx = Arc::new(Mutex::new(rx));
-            let hs: Vec<_> = (0..threads)
-                .map(|_| {
-                    let (c, rx) = (c2.clone(), rx.clone());
-                    std::thread::spawn(move || fetch_worker(&c, &rx))
-                })
-                .collect();
-            for h in hs {
-                let _ = h.join();
-            }
-        });
-        let joined = workers.await;
-        // The workers are gone, and with them the channel: the downloads stop.
-        let _ = downloads.await;
-        joined.map_err(|e| Error::new(ErrorKind::Internal, "internal", "restore workers panicked").with_source(e))?;
-        if let Some(e) = ctx.error.lock().unwrap().take() {
-            return Err(e);
-        }
-        let failed = std::mem::take(&mut *ctx.failed.lock().unwrap());
-        if failed.is_empty() {
-            break;
-        }
-        let mut next: HashMap<ObjectId, Vec<Need>> = HashMap::new();
-        for (u, e) in failed {
-            match alternates
-                .get_mut(&u)
-                .and_then(|a| (!a.is_empty()).then(|| a.remove(0)))
-            {
-                Some((pack, need)) => {
-                    tracing::warn!("{}; trying another index entry for the chunk", e.one_line());
-                    next.entry(pack).or_default().push(need);
-                }
-                None => return Err(e),
-            }
-        }
-        *ctx.queue.lock().unwrap() = next.into_iter().collect();
-    }
-    progress.finish();
-    repo.session.cancel().check()?;
-    if ctx.written.load(Ordering::SeqCst) != ctx.uids.len() {
-        return Err(Error::new(
-            ErrorKind::Internal,
-            "restore.incomplete",
-            "not every chunk was written",
-        ));
-    }
-    Ok(())
-}
-
 fn absolute(p: &Path) -> Result<PathBuf> {
     if p.is_absolute() {
         Ok(p.to_path_buf())
@@ -783,217 +611,11 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     }
 }
 
-struct FetchCtx {
-    repo: Repo,
-    file: File,
-    queue: Mutex<Vec<(ObjectId, Vec<Need>)>>,
-    uids: Vec<ChunkId>,
-    starts: Vec<u32>,
-    pgnos: Vec<u32>,
-    layout: Layout,
-    written: AtomicUsize,
-    abort: Arc<AtomicBool>,
-    /// A failure that stops the restore (the store, the local file).
-    error: Mutex<Option<Error>>,
-    /// Chunks an entry did not give back (damaged or misleading), for another round.
-    failed: Mutex<Vec<(u32, Error)>>,
-}
-
-/// A pack as downloaded (or why not), with what the restore needs of it, holding one
-/// of the memory permits until a worker is done with it.
-struct Fetched {
-    pack: ObjectId,
-    needs: Vec<Need>,
-    body: Result<Bytes>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// Downloads the packs of `queue`, as many at once as there are permits, and hands
-/// them to the workers; stops at the first send nobody receives (the workers ended)
-/// or when the restore is aborted or cancelled.
-async fn download_packs(
-    c: Arc<FetchCtx>,
-    queue: Vec<(ObjectId, Vec<Need>)>,
-    permits: Arc<tokio::sync::Semaphore>,
-    depth: usize,
-    tx: tokio::sync::mpsc::Sender<Fetched>,
-) {
-    let c = &c;
-    let fetches = futures::stream::iter(queue)
-        .map(|(pack, needs)| {
-            let permits = permits.clone();
-            async move {
-                let permit = permits.acquire_owned().await.expect("never closed");
-                if c.abort.load(Ordering::Relaxed) {
-                    return None;
-                }
-                if let Err(e) = c.repo.session.cancel().check() {
-                    // Reported as what it is, not as an incomplete restore.
-                    fail(c, e);
-                    return None;
-                }
-                let body = get_or(&c.repo.store, &layout::pack(&pack), || {
-                    Error::new(
-                        ErrorKind::Integrity,
-                        "repo.missing-object",
-                        format!("pack {} is missing from the repository", pack.short()),
-                    )
-                })
-                .await;
-                Some(Fetched {
-                    pack,
-                    needs,
-                    body,
-                    _permit: permit,
-                })
-            }
-        })
-        .buffer_unordered(depth);
-    let mut fetches = std::pin::pin!(fetches);
-    while let Some(f) = fetches.next().await {
-        let Some(f) = f else { break };
-        if tx.send(f).await.is_err() {
-            break;
-        }
-    }
-}
-
-fn fetch_worker(c: &FetchCtx, rx: &Mutex<tokio::sync::mpsc::Receiver<Fetched>>) {
-    loop {
-        if c.abort.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Err(e) = c.repo.session.cancel().check() {
-            fail(c, e);
-            return;
-        }
-        let Some(mut f) = rx.lock().unwrap().blocking_recv() else {
-            return;
-        };
-        if let Err(e) = restore_pack(c, &f.pack, f.body, &mut f.needs) {
-            fail(c, e);
-            return;
-        }
-    }
-}
-
-fn fail(c: &FetchCtx, e: Error) {
-    c.abort.store(true, Ordering::SeqCst);
-    let mut slot = c.error.lock().unwrap();
-    if slot.is_none() {
-        *slot = Some(e);
-    }
-}
-
-/// Fetches one pack and writes the chunks `needs` asks of it. What the pack or an
-/// entry gets wrong (a missing or damaged pack, a frame outside it, a chunk that does
-/// not hash to its id) fails only the chunks concerned, recorded in `c.failed` for
-/// another round; only the store and the local file stop the restore.
-fn restore_pack(c: &FetchCtx, pack: &ObjectId, body: Result<Bytes>, needs: &mut [Need]) -> Result<()> {
-    let soft = |needs: &[Need], e: &Error| {
-        let mut f = c.failed.lock().unwrap();
-        f.extend(
-            needs
-                .iter()
-                .map(|n| (n.uidx, Error::new(e.kind(), e.code(), e.one_line()))),
-        );
-    };
-    let ct = match body {
-        Ok(ct) => ct,
-        Err(e) if e.kind() == ErrorKind::Integrity => {
-            soft(needs, &e);
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
-    let mut r = match PackReader::open(&c.repo.identities, pack, ct) {
-        Ok(r) => r,
-        // A wrong identity is the caller's problem, not the entry's.
-        Err(e) if e.kind() == ErrorKind::Auth => return Err(e),
-        Err(e) => {
-            soft(needs, &e);
-            return Ok(());
-        }
-    };
-    let what = format!("pack {}", pack.short());
-    needs.sort_by_key(|n| (n.frame_offset, n.offset));
-    // (file offset, offset in the decompressed frame, length)
-    let mut runs: Vec<(u64, u32, u32)> = Vec::new();
-    let mut i = 0;
-    while i < needs.len() {
-        let e = needs[i];
-        let mut j = i;
-        let mut max_end = 0usize;
-        while j < needs.len() && needs[j].frame_offset == e.frame_offset {
-            max_end = max_end.max(needs[j].offset as usize + needs[j].len as usize);
-            j += 1;
-        }
-        let group = &needs[i..j];
-        i = j;
-        let plain = match r.frame(e.frame_offset, e.frame_len, max_end) {
-            Ok(p) => p,
-            Err(err) => {
-                soft(group, &err);
-                continue;
-            }
-        };
-        runs.clear();
-        for n in group {
-            let (off, len) = (n.offset as usize, n.len as usize);
-            let u = n.uidx as usize;
-            let first = c.pgnos[c.starts[u] as usize];
-            let sound = plain
-                .get(off..off.saturating_add(len))
-                .is_some_and(|d| c.repo.keys.chunk_id(d) == c.uids[u] && len as u64 == c.layout.len(first));
-            if !sound {
-                soft(
-                    std::slice::from_ref(n),
-                    &Error::new(
-                        ErrorKind::Integrity,
-                        "repo.corrupt-object",
-                        format!(
-                            "{what}: chunk {} is not where its index entry says, or does not match its id (tampered or corrupt)",
-                            &c.uids[u].to_hex()[..16]
-                        ),
-                    ),
-                );
-                continue;
-            }
-            for &pgno in &c.pgnos[c.starts[u] as usize..c.starts[u + 1] as usize] {
-                runs.push((c.layout.offset(pgno), off as u32, len as u32));
-                c.repo.session.progress().advance(len as u64);
-            }
-            c.written.fetch_add(1, Ordering::Relaxed);
-        }
-        // Chunks that follow each other in the file and in the frame go out in one
-        // write: a full snapshot's frames are runs of consecutive pages.
-        runs.sort_unstable();
-        let mut k = 0;
-        while k < runs.len() {
-            let (file0, frame0, mut len) = runs[k];
-            let mut end = k + 1;
-            while end < runs.len()
-                && runs[end].0 == file0 + len as u64
-                && runs[end].1 as u64 == frame0 as u64 + len as u64
-            {
-                len += runs[end].2;
-                end += 1;
-            }
-            let bytes = &plain[frame0 as usize..frame0 as usize + len as usize];
-            c.file
-                .write_all_at(bytes, file0)
-                .map_err(|e| io_err("cannot write a restored chunk", e))?;
-            k = end;
-        }
-    }
-    Ok(())
-}
-
 /// Restores each snapshot into a private temporary directory and checks it.
 ///
 /// Snapshots of SQLCipher databases are restored encrypted with `opts.db_key` and
-/// checked with it (`cipher_integrity_check` too); only `db_key` and `threads` of
-/// `opts` apply.
+/// checked with it (`cipher_integrity_check` too); only `db_key`, `threads` and
+/// `pass_pages` of `opts` apply.
 pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions) -> Result<Vec<VerifyReport>> {
     repo.require_data_access("verify")?;
     let dir = repo.session.scratch("verify")?;
@@ -1003,6 +625,7 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
         let one = RestoreOptions {
             threads: opts.threads,
             db_key: opts.db_key.clone(),
+            pass_pages: opts.pass_pages,
             ..RestoreOptions::default()
         };
         let r = restore_snapshot(repo, &m, &dest, &one).await;
@@ -1077,7 +700,7 @@ pub(crate) fn checks_of(m: &Manifest) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sqlvault_format::{SnapshotStats, SourceCheck};
+    use sqlvault_format::{ObjectId, SnapshotStats, SourceCheck};
 
     fn manifest(source_check: Option<SourceCheck>) -> Manifest {
         Manifest {

@@ -99,27 +99,41 @@ impl PageMap {
         Ok((kind, page_count))
     }
 
+    /// The kind of an encoded map and the page count of a table of `current` pages once
+    /// the map is applied, refused when the map claims more pages than its bytes can
+    /// fill: a full map must list every page, and a delta may add at most the pages it
+    /// lists (a new page must be listed). A table that grows only by what this allows
+    /// cannot be made to claim gigabytes by a few crafted bytes, whether it lives in
+    /// memory ([`PageMap::apply_encoded`]) or on disk.
+    pub fn applied_count(bytes: &[u8], current: usize) -> Result<(PageMapKind, usize), FormatError> {
+        if bytes.len() < 17 || &bytes[..8] != MAGIC {
+            return Err(FormatError::BadMagic { kind: KIND });
+        }
+        let (kind, rec, base) = match bytes[8] {
+            0 => (PageMapKind::Full, 32, 0),
+            1 => (PageMapKind::Delta, 36, current),
+            k => return Err(FormatError::malformed(KIND, format!("unknown kind {k}"))),
+        };
+        let page_count = u32::from_le_bytes(bytes[9..13].try_into().unwrap()) as usize;
+        let entries = u32::from_le_bytes(bytes[13..17].try_into().unwrap()) as usize;
+        if entries.checked_mul(rec) != Some(bytes.len() - 17) || page_count > base.saturating_add(entries) {
+            return Err(FormatError::malformed(KIND, "page count exceeds what the map lists"));
+        }
+        Ok((kind, page_count))
+    }
+
     /// Applies an encoded map on top of `pages`/`mapped` (index = pgno − 1): a full map
     /// replaces them, a delta sets its pages and truncates or extends to its page count.
     ///
-    /// The table never grows beyond what the bytes can fill: a full map must list every
-    /// page, and a delta may add at most the pages it lists (a new page must be listed),
-    /// checked before anything is allocated, so a few crafted bytes cannot claim
-    /// gigabytes.
+    /// The table never grows beyond what the bytes can fill ([`PageMap::applied_count`]),
+    /// checked before anything is allocated.
     pub fn apply_encoded(bytes: &[u8], pages: &mut Vec<ChunkId>, mapped: &mut Vec<bool>) -> Result<(), FormatError> {
-        if bytes.len() >= 17 && bytes[..8] == MAGIC[..] {
-            let page_count = u32::from_le_bytes(bytes[9..13].try_into().unwrap()) as usize;
-            let entries = u32::from_le_bytes(bytes[13..17].try_into().unwrap()) as usize;
-            let (rec, base) = if bytes[8] == 0 { (32, 0) } else { (36, pages.len()) };
-            if entries.checked_mul(rec) != Some(bytes.len() - 17) || page_count > base.saturating_add(entries) {
-                return Err(FormatError::malformed(KIND, "page count exceeds what the map lists"));
-            }
-            if bytes[8] == 0 {
-                mapped.clear();
-            }
-            pages.resize(page_count, ChunkId([0; 32]));
-            mapped.resize(page_count, false);
+        let (kind, page_count) = Self::applied_count(bytes, pages.len())?;
+        if kind == PageMapKind::Full {
+            mapped.clear();
         }
+        pages.resize(page_count, ChunkId([0; 32]));
+        mapped.resize(page_count, false);
         Self::decode_with(bytes, |pgno, id| {
             pages[pgno as usize - 1] = id;
             mapped[pgno as usize - 1] = true;

@@ -42,6 +42,10 @@ pub struct RestoreArgs {
     /// (otherwise SQLVAULT_DB_KEY, or a prompt on a terminal).
     #[arg(long = "db-key-file", value_name = "FILE")]
     db_key_file: Option<PathBuf>,
+    /// Pages restored per pass (0: the engine's default); for tests and memory
+    /// measurements.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pass_pages: usize,
 }
 
 /// One warning line for a database installed with `--accept-damaged-source` that
@@ -74,7 +78,8 @@ pub async fn run(a: RestoreArgs, ctx: &Ctx) -> Result<u8, Error> {
         .with_name(a.name.clone())
         .with_force(a.force)
         .with_db_key_for(move |_| read_db_key(key_file.as_ref(), "SQLVAULT_DB_KEY", Some("database key"), false))
-        .with_accept_damaged_source(a.accept_damaged_source);
+        .with_accept_damaged_source(a.accept_damaged_source)
+        .with_pass_pages(a.pass_pages);
     let rep = sqlvault_engine::restore(&repo, &a.dest, opts).await?;
     damaged_source_warning(&format!("snapshot {}", &rep.snapshot_id[..8]), &rep.source_problems);
     if ctx.json {

@@ -36,6 +36,10 @@ pub struct VerifyArgs {
     /// result is written to evidence/, read by `audit --repo`).
     #[arg(long)]
     no_evidence: bool,
+    /// Pages restored per pass (0: the engine's default); for tests and memory
+    /// measurements.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pass_pages: usize,
 }
 
 pub async fn run(a: VerifyArgs, ctx: &Ctx) -> Result<u8, Error> {
@@ -83,7 +87,8 @@ pub async fn run(a: VerifyArgs, ctx: &Ctx) -> Result<u8, Error> {
         snaps,
         &sqlvault_engine::RestoreOptions::default()
             .with_db_key(db_key)
-            .with_evidence(!a.no_evidence),
+            .with_evidence(!a.no_evidence)
+            .with_pass_pages(a.pass_pages),
     )
     .await?;
     let failed: Vec<_> = reports.iter().filter(|r| !r.ok).collect();

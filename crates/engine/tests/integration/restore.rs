@@ -1,10 +1,12 @@
 //! Restore through the library: the right snapshot, the exact content, and nothing
 //! installed when the repository's data is damaged or the destination is not free.
 
-use sqlvault_engine::format::layout;
-use sqlvault_engine::{ErrorKind, RestoreOptions};
+use std::sync::Arc;
 
-use crate::support::{Bench, checksum, database, files_in, small_packs};
+use sqlvault_engine::format::layout;
+use sqlvault_engine::{Cancel, ErrorKind, RestoreOptions};
+
+use crate::support::{Bench, Recorder, checksum, database, files_in, small_packs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_picks_the_asked_snapshot_and_never_guesses_between_databases() {
@@ -185,4 +187,117 @@ async fn restore_never_writes_through_a_symlink_planted_at_the_destination() {
     let mut left = files_in(&out_dir);
     left.sort();
     assert_eq!(left, vec!["app.db".to_string(), "dangling.db".to_string()]);
+}
+
+/// Adds rows whose blobs repeat (each blob several times, in overflow pages of the
+/// same bytes), so that many pages of the database are the same chunk.
+fn add_duplicate_pages(path: &std::path::Path) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch("CREATE TABLE IF NOT EXISTS dup(k INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    for i in 0..60 {
+        let fill = (i % 3) as u8 + 1;
+        c.execute("INSERT INTO dup(v) VALUES (?1)", [vec![fill; 9 * 4096]])
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_in_many_passes_is_the_restore_in_one_byte_for_byte() {
+    let rec = Arc::new(Recorder::default());
+    let b = Bench::with("passes", rec.clone(), Cancel::default()).await;
+    let db = b.path("app.db");
+    database(&db, 1 << 20, 11, true);
+    add_duplicate_pages(&db);
+    sqlvault_engine::backup(&b.writer, &db, small_packs()).await.unwrap();
+    // A delta chain: the newest snapshot's pages come from three maps.
+    for seed in [12, 13] {
+        sqlvault_testkit::update_random(&db, 0.05, seed).unwrap();
+        add_duplicate_pages(&db);
+        sqlvault_engine::backup(&b.writer, &db, small_packs()).await.unwrap();
+    }
+    let want = checksum(&db);
+    let out_dir = b.path("out");
+    std::fs::create_dir(&out_dir).unwrap();
+
+    let one = out_dir.join("one.db");
+    let rep = sqlvault_engine::restore(&b.reader, &one, RestoreOptions::default())
+        .await
+        .unwrap();
+    // Requests of a one-pass restore once the manifests are in the local catalog.
+    let before = b.session.requests();
+    sqlvault_engine::restore(&b.reader, &one, RestoreOptions::default().with_force(true))
+        .await
+        .unwrap();
+    let one_pass = b.session.requests().since(before);
+    let pages = rep.bytes / 4096;
+    assert!(pages > 300, "{pages} pages");
+    assert_eq!(checksum(&one), want);
+    let image = std::fs::read(&one).unwrap();
+    {
+        // Duplicates, so that a pass holds chunks that fill several of its pages.
+        let mut distinct: Vec<&[u8]> = image.chunks(4096).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() + 100 < image.len() / 4096, "{} distinct", distinct.len());
+    }
+
+    // Passes of 1, 7 and 64 pages, and one of exactly the database: the same bytes,
+    // progress announced once over the whole file and advanced to it.
+    for per in [1, 7, 64, pages as usize] {
+        rec.reset();
+        let dest = out_dir.join(format!("p{per}.db"));
+        let before = b.session.requests();
+        let rep = sqlvault_engine::restore(&b.reader, &dest, RestoreOptions::default().with_pass_pages(per))
+            .await
+            .unwrap_or_else(|e| panic!("{per} pages a pass: {}", e.one_line()));
+        let d = b.session.requests().since(before);
+        assert!(std::fs::read(&dest).unwrap() == image, "{per} pages a pass");
+        assert_eq!(rec.totals("restoring"), vec![Some(rep.bytes)], "{per}");
+        assert_eq!(rec.advanced("restoring"), rep.bytes, "{per}");
+        // Each pass lists and reads the indexes again; one pass costs what it did.
+        let passes = pages.div_ceil(per as u64);
+        if passes == 1 {
+            assert_eq!((d.get, d.list), (one_pass.get, one_pass.list));
+        } else {
+            assert!(d.list >= one_pass.list + passes - 1, "{per}: {d:?} vs {one_pass:?}");
+        }
+    }
+
+    // verify in passes too.
+    let reports = sqlvault_engine::verify(
+        &b.reader,
+        b.reader.snapshots().await.unwrap(),
+        &RestoreOptions::default().with_pass_pages(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reports.len(), 3);
+    assert!(reports.iter().all(|r| r.ok), "{reports:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_pack_fails_a_restore_in_passes_and_installs_nothing() {
+    let b = Bench::new("passes-damage").await;
+    let db = b.path("app.db");
+    database(&db, 512 << 10, 14, false);
+    sqlvault_engine::backup(&b.writer, &db, small_packs()).await.unwrap();
+    let packs = b.names(layout::PACKS).await;
+    let key = format!("{}/{}", layout::PACKS, packs[packs.len() / 2]);
+    b.tamper(&key, |v| {
+        let mid = v.len() / 2;
+        v[mid] ^= 0x40;
+    })
+    .await;
+    let out_dir = b.path("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let e = sqlvault_engine::restore(
+        &b.reader,
+        &out_dir.join("app.db"),
+        RestoreOptions::default().with_pass_pages(16),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Integrity, "{}", e.one_line());
+    assert!(files_in(&out_dir).is_empty(), "{:?}", files_in(&out_dir));
 }
