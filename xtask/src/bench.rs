@@ -376,6 +376,29 @@ fn changed_pages(before: &Path, after: &Path, page_size: usize) -> Result<(u64, 
     Ok((changed, total, compressed))
 }
 
+/// The bench's working directory, its generated database of `size_mib` (made once,
+/// kept pristine) and the path of the working copy each run starts from.
+fn bench_databases(dir: Option<PathBuf>, size_mib: u64) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let dir = dir.unwrap_or_else(|| crate::root().join("target/bench"));
+    fs::create_dir_all(&dir)?;
+    let db = dir.join(format!("bench-{size_mib}m.db"));
+    let pristine = dir.join(format!("bench-{size_mib}m.pristine.db"));
+    if !pristine.exists() {
+        eprintln!("bench: generating a {size_mib} MiB WAL-mode database (once)");
+        let t = Instant::now();
+        sqlvault_testkit::generate(
+            &pristine,
+            &sqlvault_testkit::GenOptions {
+                target_bytes: size_mib << 20,
+                seed: 2026,
+                wal: true,
+            },
+        )?;
+        eprintln!("bench: generated in {:.1}s", t.elapsed().as_secs_f64());
+    }
+    Ok((dir, pristine, db))
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.memory {
         return memory(a);
@@ -401,23 +424,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if a.sqlcipher { " --sqlcipher" } else { "" }
     );
     let bin = crate::build_release()?;
-    let dir = a.dir.unwrap_or_else(|| crate::root().join("target/bench"));
-    fs::create_dir_all(&dir)?;
-    let db = dir.join(format!("bench-{}m.db", a.size_mib));
-    let pristine = dir.join(format!("bench-{}m.pristine.db", a.size_mib));
-    if !pristine.exists() {
-        eprintln!("bench: generating a {} MiB WAL-mode database (once)", a.size_mib);
-        let t = Instant::now();
-        sqlvault_testkit::generate(
-            &pristine,
-            &sqlvault_testkit::GenOptions {
-                target_bytes: a.size_mib << 20,
-                seed: 2026,
-                wal: true,
-            },
-        )?;
-        eprintln!("bench: generated in {:.1}s", t.elapsed().as_secs_f64());
-    }
+    let (dir, pristine, db) = bench_databases(a.dir.clone(), a.size_mib)?;
     if a.sqlcipher {
         let mut runs = Vec::new();
         for r in 0..a.repeat.max(1) {
@@ -1344,21 +1351,7 @@ fn memory(a: BenchArgs) -> Result<()> {
         a.size_mib, a.repeat
     );
     let bin = crate::build_release()?;
-    let dir = a.dir.unwrap_or_else(|| crate::root().join("target/bench"));
-    fs::create_dir_all(&dir)?;
-    let db = dir.join(format!("bench-{}m.db", a.size_mib));
-    let pristine = dir.join(format!("bench-{}m.pristine.db", a.size_mib));
-    if !pristine.exists() {
-        eprintln!("bench: generating a {} MiB WAL-mode database (once)", a.size_mib);
-        sqlvault_testkit::generate(
-            &pristine,
-            &sqlvault_testkit::GenOptions {
-                target_bytes: a.size_mib << 20,
-                seed: 2026,
-                wal: true,
-            },
-        )?;
-    }
+    let (dir, pristine, db) = bench_databases(a.dir.clone(), a.size_mib)?;
     let steps = [
         "backup (full)",
         "backup (incremental)",

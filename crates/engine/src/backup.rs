@@ -25,7 +25,7 @@ use sqlvault_store::RequestCounts;
 
 use crate::error::{Error, ErrorKind, Result, crypt_err, io_err};
 use crate::local::{KnownChunks, ParentCache, ParentTable, SeqParent};
-use crate::packer::{PackBuilder, SealedPack, compress_checked, write_index_for};
+use crate::packer::{PackBuilder, SealedPack, compress_checked, index_object, put_index};
 use crate::repo::{Repo, now_ms};
 use crate::spill::{PageFile, Spill, SpillRef};
 
@@ -1287,8 +1287,8 @@ async fn write_index_parts(repo: &Repo, spill: &Arc<Spill>, packs: &[StoredPack]
         }
         let group: Vec<(ObjectId, SpillRef)> = packs[i..j].iter().map(|p| (p.id, p.entries)).collect();
         let (r, sp) = (repo.clone(), spill.clone());
-        let sealed = tokio::task::spawn_blocking(move || -> Result<Vec<SealedPack>> {
-            group
+        let ct = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let sealed = group
                 .into_iter()
                 .map(|(id, at)| {
                     let entries = sp
@@ -1301,11 +1301,12 @@ async fn write_index_parts(repo: &Repo, spill: &Arc<Spill>, packs: &[StoredPack]
                         size: 0,
                     })
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()?;
+            index_object(&r, &sealed)
         })
         .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "index reader panicked").with_source(e))??;
-        total += write_index_for(&r, &sealed).await?;
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "index builder panicked").with_source(e))??;
+        total += put_index(repo, ct).await?;
         i = j;
     }
     Ok(total)

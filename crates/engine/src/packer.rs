@@ -445,11 +445,21 @@ pub(crate) async fn write_index_for(repo: &Repo, packs: &[SealedPack]) -> Result
     if packs.is_empty() {
         return Ok(0);
     }
+    put_index(repo, index_object(repo, packs)?).await
+}
+
+/// The encrypted index object of `packs` (CPU: call it off the async threads when
+/// the index is large).
+pub(crate) fn index_object(repo: &Repo, packs: &[SealedPack]) -> Result<Vec<u8>> {
     let size: usize = packs.iter().map(|p| 16 + p.entries.len()).sum();
     let mut w = repo.meta_writer(size + size / 64 + 1024)?;
     write_index(&mut w, &repo.keys, packs.iter().map(|p| (&p.id, &p.entries[..])))
         .map_err(|e| io_err("encrypting index", e))?;
-    let ct = w.finish().map_err(|e| io_err("encrypting index", e))?;
+    w.finish().map_err(|e| io_err("encrypting index", e))
+}
+
+/// Uploads an index object under a new name (append-only). Returns its size.
+pub(crate) async fn put_index(repo: &Repo, ct: Vec<u8>) -> Result<u64> {
     let n = ct.len() as u64;
     repo.store
         .appender()

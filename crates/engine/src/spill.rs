@@ -28,12 +28,7 @@ pub(crate) struct PageFile {
 impl PageFile {
     /// Creates the table as `name` in `dir` (which the caller keeps alive).
     pub(crate) fn create(dir: &Path, name: &str) -> std::io::Result<PageFile> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.join(name))?;
+        let file = create_private(dir, name)?;
         Ok(PageFile { file })
     }
 
@@ -57,6 +52,16 @@ impl PageFile {
     pub(crate) fn reader(&self, count: u32) -> std::io::Result<IdReader> {
         IdReader::new(self.file.try_clone()?, 0, count as u64)
     }
+}
+
+/// A new file `name` in `dir`, read-write, 0600 (it must not exist).
+fn create_private(dir: &Path, name: &str) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join(name))
 }
 
 fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> std::io::Result<usize> {
@@ -129,12 +134,7 @@ pub(crate) struct SpillRef {
 impl Spill {
     /// Creates the file as `name` in `dir` (which the caller keeps alive).
     pub(crate) fn create(dir: &Path, name: &str) -> std::io::Result<Spill> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.join(name))?;
+        let file = create_private(dir, name)?;
         Ok(Spill {
             file: Mutex::new((file, 0)),
         })
