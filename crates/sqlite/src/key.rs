@@ -643,11 +643,31 @@ const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
 /// cannot read the database. A live writer's journal is not hot, only busy. Decided as
 /// SQLite decides it (`hasHotJournal`): by probing the database's lock bytes, which
 /// sees the locks of every process on this kernel, whatever its user or PID namespace.
+///
+/// A live writer's journal comes and goes between two probes: read the header, then
+/// find no lock, and a writer that committed in between (deleting its journal, then
+/// unlocking) looks like a crashed one. So the lock is probed before and after the
+/// header is read, and a journal is only called hot when it looks hot in
+/// [`HOT_ROUNDS`] rounds a few milliseconds apart: a crashed writer's journal stays,
+/// a live one's does not keep lining up with unlocked moments.
 pub(crate) fn hot_journal(db: &Path, journal: &Path) -> bool {
+    (0..HOT_ROUNDS).all(|round| {
+        if round > 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        !writer_is_live(db) && journal_has_header(journal) && !writer_is_live(db)
+    })
+}
+
+/// Consecutive rounds in which a journal must look hot (see [`hot_journal`]).
+const HOT_ROUNDS: usize = 3;
+
+/// Whether `journal` starts with a rollback journal's header.
+fn journal_has_header(journal: &Path) -> bool {
     let mut magic = [0u8; 8];
     // Never through a link, never blocking on a FIFO swapped in since it was judged.
     let ok = crate::open_regular(journal, false).is_ok_and(|mut f| f.read_exact(&mut magic).is_ok());
-    ok && magic == JOURNAL_MAGIC && !writer_is_live(db)
+    ok && magic == JOURNAL_MAGIC
 }
 
 /// SQLite's lock bytes (`os_unix.c`): a writer write-locks `RESERVED_BYTE` from its

@@ -385,3 +385,59 @@ fn building_indexes_on_a_large_table_stays_far_below_the_budget() {
     );
     assert!(per_byte < 4.0, "{per_byte}");
 }
+
+/// A live writer's journal is not hot: read-only opens racing a writer that commits
+/// in a loop (its journal appearing and vanishing around every commit) never report
+/// one. The race this guards: header read while the writer held its lock, lock probed
+/// after it committed.
+#[test]
+fn a_live_writers_journal_is_never_called_hot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("busy.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x BLOB);")
+        .unwrap();
+    drop(c);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (zeroblob(3000)); DELETE FROM t WHERE rowid % 7 = 0; COMMIT;")
+                    .unwrap();
+                n += 1;
+                // Room for readers: a writer that never pauses starves them in rollback mode.
+                std::thread::sleep(std::time::Duration::from_micros(500));
+            }
+            n
+        })
+    };
+    // Several readers on two cores: a reader is preempted between its probes, the
+    // moment the race needs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(2000);
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let mut opens = 0u64;
+                while std::time::Instant::now() < deadline {
+                    let o =
+                        sqlvault_sqlite::SourceOptions::default().with_busy_timeout(std::time::Duration::from_secs(10));
+                    match sqlvault_sqlite::Source::open(&db, o) {
+                        Ok(_) => opens += 1,
+                        Err(e) => return Err(format!("a read-only open beside a live writer failed: {e}")),
+                    }
+                }
+                Ok(opens)
+            })
+        })
+        .collect();
+    let results: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let commits = writer.join().unwrap();
+    let opens: u64 = results.into_iter().map(|r| r.unwrap()).sum();
+    assert!(opens > 10 && commits > 10, "opens {opens}, commits {commits}");
+}
