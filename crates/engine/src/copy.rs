@@ -36,6 +36,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::local::CopyMap;
 use crate::packer::{Packer, read_chunks, write_index_for};
 use crate::repo::{Repo, unknown_kind};
+use crate::runs::RunMap;
 
 /// Options for [`copy`].
 #[derive(Debug, Clone)]
@@ -47,6 +48,9 @@ pub struct CopyOptions {
     pub name: Option<String>,
     /// Target size of a pack before compression and encryption.
     pub pack_target: usize,
+    /// Pages (or chunks of a dump) handled per pass: what a pass holds in memory is
+    /// ~100 bytes each (see [`Run::snapshot`]).
+    pub pass_chunks: usize,
 }
 
 impl Default for CopyOptions {
@@ -55,6 +59,7 @@ impl Default for CopyOptions {
             snapshots: Vec::new(),
             name: None,
             pack_target: 16 << 20,
+            pass_chunks: 256 << 10,
         }
     }
 }
@@ -75,6 +80,12 @@ impl CopyOptions {
     /// Pack target size in bytes.
     pub fn with_pack_target(mut self, bytes: usize) -> Self {
         self.pack_target = bytes;
+        self
+    }
+
+    /// Pages (or dump chunks) per pass (at least one); the default suits any size.
+    pub fn with_pass_chunks(mut self, n: usize) -> Self {
+        self.pass_chunks = n.max(1);
         self
     }
 }
@@ -155,18 +166,26 @@ async fn copy_inner(src: &Repo, dst: &Repo, opts: &CopyOptions) -> Result<CopyRe
             todo.push(m);
         }
     }
+    if todo.is_empty() {
+        return Ok(CopyReport {
+            copied: Vec::new(),
+            already_present,
+            packs_written: 0,
+            indexes_written: 0,
+            seconds: t0.elapsed().as_secs_f64(),
+            source_requests: src.store.stats().since(src_before),
+            destination_requests: dst.store.stats().since(dst_before),
+        });
+    }
     let mut run = Run {
         src,
         dst,
-        map: if todo.is_empty() {
-            CopyMap::default()
-        } else {
-            load_map(dst, src).await?
-        },
-        have: DstChunks::default(),
+        map: Some(load_map(dst, src).await?),
+        have: None,
         have_epoch: None,
         locator: None,
         packer: Packer::new(dst, opts.pack_target)?,
+        pass_chunks: opts.pass_chunks.max(1),
         packs_written: 0,
         bytes_sent: 0,
     };
@@ -175,7 +194,7 @@ async fn copy_inner(src: &Repo, dst: &Repo, opts: &CopyOptions) -> Result<CopyRe
         let r = run.snapshot(m).await;
         // What was learned is true whatever happened next: keep it for the rerun,
         // after every snapshot once the map has grown by half.
-        let grown = run.map.map.len() > run.map.saved + run.map.saved / 2;
+        let grown = run.map.as_ref().is_some_and(|m| m.grown());
         if r.is_err() || grown || std::ptr::eq(m, todo.last().expect("non-empty")) {
             save_map(&mut run.map, dst, src).await;
         }
@@ -219,14 +238,16 @@ async fn select(src: &Repo, opts: &CopyOptions) -> Result<Vec<Manifest>> {
 async fn load_map(dst: &Repo, src: &Repo) -> Result<CopyMap> {
     let (d, s, keys) = (dst.repo_id.clone(), src.repo_id.clone(), dst.keys.clone());
     let home = dst.session.state_dir().to_path_buf();
-    tokio::task::spawn_blocking(move || CopyMap::load(&home, &d, &s, &keys))
+    let scratch = dst.session.scratch("copy")?;
+    tokio::task::spawn_blocking(move || CopyMap::load(&home, &d, &s, &keys, scratch))
         .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "copy map loader panicked").with_source(e))
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "copy map loader panicked").with_source(e))?
 }
 
-/// Best effort: a map that cannot be saved only costs the next copy reads.
-async fn save_map(map: &mut CopyMap, dst: &Repo, src: &Repo) {
-    let mut owned = std::mem::take(map);
+/// Best effort: a map that cannot be saved only costs the next copy reads. The map is
+/// moved to a blocking thread and back (`None` only while it is away).
+async fn save_map(map: &mut Option<CopyMap>, dst: &Repo, src: &Repo) {
+    let Some(mut owned) = map.take() else { return };
     let (d, s, keys) = (dst.repo_id.clone(), src.repo_id.clone(), dst.keys.clone());
     let home = dst.session.state_dir().to_path_buf();
     let r = tokio::task::spawn_blocking(move || {
@@ -236,7 +257,7 @@ async fn save_map(map: &mut CopyMap, dst: &Repo, src: &Repo) {
     .await;
     match r {
         Ok((owned, r)) => {
-            *map = owned;
+            *map = Some(owned);
             if let Err(e) = r {
                 tracing::warn!("copy map not saved: {}", e.one_line());
             }
@@ -246,74 +267,136 @@ async fn save_map(map: &mut CopyMap, dst: &Repo, src: &Repo) {
 }
 
 /// The chunks the destination holds in indexed, existing packs, with the pack of each
-/// (so that the chunks of packs prune marks are forgotten).
-#[derive(Default)]
+/// (so that the chunks of packs prune marks are forgotten), on local disk.
 struct DstChunks {
     packs: Vec<ObjectId>,
-    ids: HashMap<ChunkId, u32>,
+    /// Packs whose chunks no longer count (marked by prune).
+    gone: Vec<bool>,
+    ids: RunMap<4>,
+    /// Whether the set was listed from the destination (not [`DstChunks::empty`]).
+    listed: bool,
 }
 
 impl DstChunks {
-    async fn load(dst: &Repo) -> Result<DstChunks> {
-        let mut ids = HashMap::new();
-        let packs = live_entries(dst, |p, e| {
-            ids.entry(e.id).or_insert(p);
+    /// A set that trusts nothing stored: every chunk is sent.
+    fn empty(dst: &Repo) -> Result<DstChunks> {
+        Ok(DstChunks {
+            packs: Vec::new(),
+            gone: Vec::new(),
+            ids: RunMap::create(dst.session.scratch("copy")?).map_err(scratch_err)?,
+            listed: false,
         })
-        .await?;
-        tracing::debug!(chunks = ids.len(), packs = packs.len(), "destination chunks loaded");
-        Ok(DstChunks { packs, ids })
     }
 
-    fn contains(&self, id: &ChunkId) -> bool {
-        self.ids.contains_key(id)
+    async fn load(dst: &Repo) -> Result<DstChunks> {
+        let mut ids = RunMap::create(dst.session.scratch("copy")?).map_err(scratch_err)?;
+        let mut failed = None;
+        let packs = live_entries(dst, |p, e| {
+            if failed.is_none() {
+                failed = ids.insert(e.id, p.to_le_bytes()).err();
+            }
+        })
+        .await?;
+        if let Some(e) = failed {
+            return Err(scratch_err(e));
+        }
+        tracing::debug!(chunks = ids.len(), packs = packs.len(), "destination chunks loaded");
+        Ok(DstChunks {
+            gone: vec![false; packs.len()],
+            packs,
+            ids,
+            listed: true,
+        })
+    }
+
+    fn contains(&self, id: &ChunkId) -> Result<bool> {
+        Ok(match self.ids.get(id).map_err(scratch_err)? {
+            Some(p) => !self.gone.get(u32::from_le_bytes(p) as usize).copied().unwrap_or(true),
+            None => false,
+        })
     }
 
     fn add_pack(&mut self, pack: ObjectId, entries: &[u8]) -> Result<()> {
         let p = self.packs.len() as u32;
         self.packs.push(pack);
+        self.gone.push(false);
+        let mut failed = None;
         decode_entries(entries, |e| {
-            self.ids.entry(e.id).or_insert(p);
+            if failed.is_none() {
+                failed = self.ids.insert(e.id, p.to_le_bytes()).err();
+            }
         })
-        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "pack entries do not decode").with_source(e))
+        .map_err(|e| Error::new(ErrorKind::Internal, "internal", "pack entries do not decode").with_source(e))?;
+        failed.map_or(Ok(()), |e| Err(scratch_err(e)))
     }
 
-    /// Forgets every chunk of the packs in `marked`.
+    /// Forgets every chunk of the packs in `marked`; returns how many packs that was.
     fn drop_packs(&mut self, marked: &HashSet<ObjectId>) -> usize {
-        let gone: HashSet<u32> = self
-            .packs
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| marked.contains(p))
-            .map(|(i, _)| i as u32)
-            .collect();
-        if gone.is_empty() {
-            return 0;
+        let mut n = 0;
+        for (p, g) in self.packs.iter().zip(self.gone.iter_mut()) {
+            if !*g && marked.contains(p) {
+                *g = true;
+                n += 1;
+            }
         }
-        let before = self.ids.len();
-        self.ids.retain(|_, p| !gone.contains(p));
-        before - self.ids.len()
+        n
     }
 }
 
-/// Where each source chunk is: index entries of existing packs, sorted by chunk id.
+fn scratch_err(e: std::io::Error) -> Error {
+    crate::error::io_err("cannot use copy's files in the temporary directory", e)
+}
+
+/// Where each source chunk is: the first index entry of each, in packs that exist, on
+/// local disk (56 bytes an entry there).
 struct Locator {
     packs: Vec<ObjectId>,
-    entries: Vec<(u32, IndexEntry)>,
+    entries: RunMap<LOC>,
 }
+
+/// Bytes of a located entry: pack number, frame offset, frame length, offset, length.
+const LOC: usize = 4 + 8 + 4 + 4 + 4;
 
 impl Locator {
     async fn load(src: &Repo) -> Result<Locator> {
-        let mut entries = Vec::new();
-        let packs = live_entries(src, |p, e| entries.push((p, e))).await?;
-        entries.sort_by_key(|a| a.1.id);
-        entries.dedup_by(|a, b| a.1.id == b.1.id);
+        let mut entries = RunMap::create(src.session.scratch("copy")?).map_err(scratch_err)?;
+        let mut failed = None;
+        let packs = live_entries(src, |p, e| {
+            let mut v = [0u8; LOC];
+            v[..4].copy_from_slice(&p.to_le_bytes());
+            v[4..12].copy_from_slice(&e.frame_offset.to_le_bytes());
+            v[12..16].copy_from_slice(&e.frame_len.to_le_bytes());
+            v[16..20].copy_from_slice(&e.offset.to_le_bytes());
+            v[20..24].copy_from_slice(&e.len.to_le_bytes());
+            if failed.is_none() {
+                failed = entries.insert(e.id, v).err();
+            }
+        })
+        .await?;
+        if let Some(e) = failed {
+            return Err(scratch_err(e));
+        }
         Ok(Locator { packs, entries })
     }
 
-    fn find(&self, id: &ChunkId) -> Option<(ObjectId, IndexEntry)> {
-        let i = self.entries.binary_search_by(|(_, e)| e.id.cmp(id)).ok()?;
-        let (p, e) = self.entries[i];
-        Some((self.packs[p as usize], e))
+    fn find(&self, id: &ChunkId) -> Result<Option<(ObjectId, IndexEntry)>> {
+        let Some(v) = self.entries.get(id).map_err(scratch_err)? else {
+            return Ok(None);
+        };
+        let u32_at = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().expect("4 bytes"));
+        let Some(pack) = self.packs.get(u32_at(0) as usize) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            *pack,
+            IndexEntry {
+                id: *id,
+                frame_offset: u64::from_le_bytes(v[4..12].try_into().expect("8 bytes")),
+                frame_len: u32_at(12),
+                offset: u32_at(16),
+                len: u32_at(20),
+            },
+        )))
     }
 }
 
@@ -336,14 +419,17 @@ async fn live_entries(repo: &Repo, mut f: impl FnMut(u32, IndexEntry)) -> Result
 struct Run<'a> {
     src: &'a Repo,
     dst: &'a Repo,
-    map: CopyMap,
-    have: DstChunks,
+    /// `None` only while it is being saved.
+    map: Option<CopyMap>,
+    /// Listed on first need and again when older than half the grace.
+    have: Option<DstChunks>,
     /// When the prune state was read right before `have` was listed: no pack in it
     /// that was unmarked then is deleted before this plus the grace period.
     have_epoch: Option<Instant>,
     /// Loaded on first need: a copy the map fully resolves reads no source index.
     locator: Option<Locator>,
     packer: Packer,
+    pass_chunks: usize,
     packs_written: u64,
     /// Pack and index bytes uploaded.
     bytes_sent: u64,
@@ -354,8 +440,49 @@ struct Run<'a> {
 /// CPU overlapped (four made copy's peak RSS 352 MiB at 1 GiB; docs/benchmarks.md).
 const FETCH_AHEAD: usize = 2;
 
+/// A snapshot's chunks in order, as the source lists them: a page table on disk (page
+/// snapshots), or a dump's chunk sequence (a few bytes a dump chunk, in memory).
+enum Chunks {
+    Pages(crate::pagetable::PageTable),
+    Seq(Vec<ChunkId>),
+}
+
+impl Chunks {
+    fn len(&self) -> u32 {
+        match self {
+            Chunks::Pages(t) => t.pages(),
+            Chunks::Seq(ids) => ids.len() as u32,
+        }
+    }
+
+    /// The ids of ordinals `first..first + n` (1-based).
+    fn read(&self, first: u32, n: usize) -> Result<Vec<ChunkId>> {
+        match self {
+            Chunks::Pages(t) => t.read(first, n),
+            Chunks::Seq(ids) => Ok(ids[first as usize - 1..first as usize - 1 + n].to_vec()),
+        }
+    }
+}
+
+/// Where the destination's ids of a snapshot's chunks go: a page table on disk, or
+/// the dump's new chunk sequence.
+enum Out {
+    Pages(crate::spill::PageFile, tempfile::TempDir),
+    Seq(Vec<ChunkId>, Vec<u32>),
+}
+
 impl Run<'_> {
+    fn map(&self) -> &CopyMap {
+        self.map.as_ref().expect("the copy map is only away while saved")
+    }
+
     /// Copies one snapshot; `None` when another copy committed it first.
+    ///
+    /// Memory stays flat whatever the snapshot's size: its chunk list, the
+    /// destination's chunk set, where each source chunk is and the copy map are on
+    /// local disk; a pass of [`CopyOptions::pass_chunks`] ordinals holds their ids,
+    /// the unique ones sorted and the destination id of each (~100 bytes an ordinal),
+    /// plus the packs in flight.
     async fn snapshot(&mut self, m: &Manifest) -> Result<Option<CopiedSnapshot>> {
         let (src, dst) = (self.src, self.dst);
         // The backup rule (prune.rs), with the destination's chunk set listed after a
@@ -367,122 +494,171 @@ impl Run<'_> {
         let grace = state.as_ref().map_or(crate::prune::DEFAULT_GRACE, |st| st.grace());
         match &state {
             None => {
-                self.have = DstChunks::default();
+                // The prune state is unreadable: nothing stored is trusted to stay.
+                self.have = None;
+                self.have = Some(DstChunks::empty(dst)?);
                 self.have_epoch = Some(pending_read);
             }
             Some(st) => {
-                if self.have.ids.is_empty() || self.have_epoch.is_none_or(|e| e.elapsed() >= grace / 2) {
-                    self.have = DstChunks::load(dst).await?;
+                let stale = self.have.as_ref().is_none_or(|h| !h.listed)
+                    || self.have_epoch.is_none_or(|e| e.elapsed() >= grace / 2);
+                if stale {
+                    self.have = None;
+                    self.have = Some(DstChunks::load(dst).await?);
                     self.have_epoch = Some(pending_read);
                 }
-                let dropped = self.have.drop_packs(&st.marked_packs());
+                let dropped = self.have.as_mut().expect("loaded").drop_packs(&st.marked_packs());
                 if dropped > 0 {
-                    tracing::info!(
-                        "{dropped} chunks of the destination are in packs prune has marked; not reusing them"
-                    );
+                    tracing::info!("{dropped} packs of the destination are marked by prune; not reusing their chunks");
                 }
             }
         }
         let epoch = self.have_epoch.expect("set above");
 
-        let (ids, lens) = match m.kind.as_str() {
-            kind::PAGES => (src.page_map(m).await?, None),
+        let (chunks, lens) = match m.kind.as_str() {
+            kind::PAGES => (Chunks::Pages(crate::pagetable::PageTable::build(src, m).await?), None),
             kind::DUMP => {
                 let seq = src.chunk_seq(m).await?;
-                (seq.ids, Some(seq.lens))
+                (Chunks::Seq(seq.ids), Some(seq.lens))
             }
             other => return Err(unknown_kind(m, other)),
         };
-        let mut unique = ids.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        let to_read: Vec<ChunkId> = unique
-            .iter()
-            .filter(|s| self.map.map.get(s).is_none_or(|d| !self.have.contains(d)))
-            .copied()
-            .collect();
-        drop(unique);
+        let total = chunks.len();
+        let mut out = match lens {
+            None => {
+                let dir = dst.session.scratch("copy")?;
+                let f = crate::spill::PageFile::create(dir.path(), "pages").map_err(scratch_err)?;
+                Out::Pages(f, dir)
+            }
+            Some(lens) => Out::Seq(Vec::with_capacity(total as usize), lens),
+        };
 
         let mut chunks_sent = 0u64;
+        let mut chunks_read = 0u64;
         let bytes_before = self.bytes_sent;
-        if !to_read.is_empty() {
-            if self.locator.is_none() {
-                self.locator = Some(Locator::load(src).await?);
-            }
-            let loc = self.locator.as_ref().expect("loaded");
-            let mut by_pack: HashMap<ObjectId, Vec<IndexEntry>> = HashMap::new();
-            for id in &to_read {
-                let (pack, e) = loc.find(id).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Integrity,
-                        "repo.missing-chunk",
-                        format!(
-                            "snapshot {} of {} needs chunk {} which no index lists (missing index or pack)",
-                            m.id.short(),
-                            src.store.describe(),
-                            &id.to_hex()[..16]
-                        ),
-                    )
-                })?;
-                by_pack.entry(pack).or_default().push(e);
-            }
-            // Packs are fetched a few at a time while their chunks are re-packed in
-            // order; the chunks of a pack are held until they are handed on.
-            let mut fetched = futures::stream::iter(
-                by_pack
-                    .into_iter()
-                    .map(|(pack, wanted)| async move { read_chunks(src, &pack, wanted).await }),
-            )
-            .buffer_unordered(FETCH_AHEAD);
-            let mut in_packer: HashSet<ChunkId> = HashSet::new();
-            while let Some(chunks) = fetched.try_next().await? {
-                self.dst.session.cancel().check()?;
-                for (sid, data) in chunks {
-                    let did = dst.keys.chunk_id(&data);
-                    self.map.map.insert(sid, did);
-                    if !self.have.contains(&did) && in_packer.insert(did) {
-                        self.packer.add(did, &data).await?;
-                        self.dst.session.progress().advance(data.len() as u64);
-                        chunks_sent += 1;
-                        if self.index_sealed().await? {
-                            in_packer.clear();
+        let mut in_packer: HashSet<ChunkId> = HashSet::new();
+        for (first, n) in crate::pagetable::passes(total, self.pass_chunks) {
+            dst.session.cancel().check()?;
+            let ids = chunks.read(first, n)?;
+            let mut unique = ids.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            // The destination id of each unique chunk: from the map when the
+            // destination still holds it, else learned by reading it below.
+            let mut dst_of: Vec<Option<ChunkId>> = Vec::with_capacity(unique.len());
+            let mut to_read: Vec<usize> = Vec::new();
+            {
+                let have = self.have.as_ref().expect("loaded");
+                for (u, sid) in unique.iter().enumerate() {
+                    let did = self.map().map.get(sid).map_err(scratch_err)?.map(ChunkId);
+                    match did {
+                        Some(d) if have.contains(&d)? || in_packer.contains(&d) => dst_of.push(Some(d)),
+                        _ => {
+                            dst_of.push(None);
+                            to_read.push(u);
                         }
                     }
                 }
             }
-            self.packer.flush().await?;
-            self.index_sealed().await?;
-        }
-
-        // The snapshot's chunks under the destination's ids, in its own map.
-        let dst_ids: Vec<ChunkId> = ids
-            .iter()
-            .map(|s| {
-                self.map.map.get(s).copied().ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Internal,
-                        "copy.unmapped-chunk",
-                        format!("chunk {} was not read from the source", &s.to_hex()[..16]),
-                    )
+            chunks_read += to_read.len() as u64;
+            if !to_read.is_empty() {
+                if self.locator.is_none() {
+                    self.locator = Some(Locator::load(src).await?);
+                }
+                let loc = self.locator.as_ref().expect("loaded");
+                let mut by_pack: HashMap<ObjectId, Vec<IndexEntry>> = HashMap::new();
+                for &u in &to_read {
+                    let id = &unique[u];
+                    let (pack, e) = loc.find(id)?.ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Integrity,
+                            "repo.missing-chunk",
+                            format!(
+                                "snapshot {} of {} needs chunk {} which no index lists (missing index or pack)",
+                                m.id.short(),
+                                src.store.describe(),
+                                &id.to_hex()[..16]
+                            ),
+                        )
+                    })?;
+                    by_pack.entry(pack).or_default().push(e);
+                }
+                drop(to_read);
+                // Packs are fetched a few at a time while their chunks are re-packed
+                // in order; the chunks of a pack are held until they are handed on.
+                let mut fetched = futures::stream::iter(
+                    by_pack
+                        .into_iter()
+                        .map(|(pack, wanted)| async move { read_chunks(src, &pack, wanted).await }),
+                )
+                .buffer_unordered(FETCH_AHEAD);
+                while let Some(got) = fetched.try_next().await? {
+                    dst.session.cancel().check()?;
+                    for (sid, data) in got {
+                        let did = dst.keys.chunk_id(&data);
+                        self.map
+                            .as_mut()
+                            .expect("not away")
+                            .map
+                            .insert(sid, did.0)
+                            .map_err(scratch_err)?;
+                        if let Ok(u) = unique.binary_search(&sid) {
+                            dst_of[u] = Some(did);
+                        }
+                        let known = self.have.as_ref().expect("loaded").contains(&did)?;
+                        if !known && in_packer.insert(did) {
+                            self.packer.add(did, &data).await?;
+                            dst.session.progress().advance(data.len() as u64);
+                            chunks_sent += 1;
+                            if self.index_sealed().await? {
+                                in_packer.clear();
+                            }
+                        }
+                    }
+                }
+            }
+            // The pass's chunks under the destination's ids.
+            let dst_ids: Vec<ChunkId> = ids
+                .iter()
+                .map(|s| {
+                    unique.binary_search(s).ok().and_then(|u| dst_of[u]).ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Internal,
+                            "copy.unmapped-chunk",
+                            format!("chunk {} was not read from the source", &s.to_hex()[..16]),
+                        )
+                    })
                 })
-            })
-            .collect::<Result<_>>()?;
-        drop(ids);
-        let (new_maps, maps_len) = match lens {
-            None => {
-                crate::mapparts::write_parts(dst, {
+                .collect::<Result<_>>()?;
+            match &mut out {
+                Out::Pages(f, _) => f.write(first, &dst_ids).map_err(scratch_err)?,
+                Out::Seq(v, _) => v.extend_from_slice(&dst_ids),
+            }
+        }
+        self.packer.flush().await?;
+        self.index_sealed().await?;
+        drop(chunks);
+
+        let (new_maps, maps_len) = match out {
+            Out::Pages(f, dir) => {
+                let r = crate::mapparts::write_parts(dst, {
                     let part = crate::mapparts::PART_ENTRIES;
                     move |emit| {
-                        let mut parts = crate::mapparts::MapParts::full(part, dst_ids.len() as u32, emit);
-                        for (i, id) in dst_ids.into_iter().enumerate() {
-                            parts.push(i as u32 + 1, id)?;
+                        let mut parts = crate::mapparts::MapParts::full(part, total, emit);
+                        let mut cur = f.reader(total).map_err(scratch_err)?;
+                        let mut pgno = 0u32;
+                        while let Some(id) = cur.next_id().map_err(scratch_err)? {
+                            pgno += 1;
+                            parts.push(pgno, id)?;
                         }
                         parts.finish().map(|_| ())
                     }
                 })
-                .await?
+                .await;
+                drop(dir);
+                r?
             }
-            Some(lens) => {
+            Out::Seq(dst_ids, lens) => {
                 let pt = ChunkSeq { ids: dst_ids, lens }.encode_full();
                 let (r, n) = crate::mapparts::put_map(dst, dst.encrypt_meta(&pt)?, dst.keys.mac(&pt)).await?;
                 (vec![r], n)
@@ -522,7 +698,7 @@ impl Run<'_> {
             name: m.name.clone(),
             kind: m.kind.clone(),
             chunks_total: manifest.stats.chunks_total,
-            chunks_read: to_read.len() as u64,
+            chunks_read,
             chunks_sent,
             bytes_sent: manifest.stats.bytes_new + manifest_len,
         }))
@@ -537,7 +713,7 @@ impl Run<'_> {
         }
         for p in &sealed {
             self.bytes_sent += p.size + write_index_for(self.dst, std::slice::from_ref(p)).await?;
-            self.have.add_pack(p.id, &p.entries)?;
+            self.have.as_mut().expect("loaded").add_pack(p.id, &p.entries)?;
             self.packs_written += 1;
         }
         Ok(true)

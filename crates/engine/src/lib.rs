@@ -99,6 +99,7 @@ mod prune;
 mod repo;
 mod restore;
 pub mod retention;
+mod runs;
 mod session;
 mod source;
 mod spill;

@@ -100,7 +100,8 @@ async fn duplicates_and_orphans(s: &Side) -> (usize, usize) {
 }
 
 fn small_packs() -> CopyOptions {
-    CopyOptions::default().with_pack_target(64 << 10)
+    // Passes of a few pages: every copy here crosses pass boundaries.
+    CopyOptions::default().with_pack_target(64 << 10).with_pass_chunks(7)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
