@@ -27,14 +27,14 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::Serialize;
 use sqlvault_format::{ChunkId, ChunkSeq, IndexEntry, Manifest, ObjectId, decode_entries, kind, layout};
 use sqlvault_store::RequestCounts;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::CopyMap;
-use crate::packer::{Packer, read_chunks, write_index_for};
+use crate::packer::{Packer, stream_chunks, write_index_for};
 use crate::repo::{Repo, unknown_kind};
 use crate::runs::RunMap;
 
@@ -59,7 +59,7 @@ impl Default for CopyOptions {
             snapshots: Vec::new(),
             name: None,
             pack_target: 16 << 20,
-            pass_chunks: 256 << 10,
+            pass_chunks: 128 << 10,
         }
     }
 }
@@ -435,10 +435,10 @@ struct Run<'a> {
     bytes_sent: u64,
 }
 
-/// Packs of the source fetched at once. Each holds its ciphertext while in flight and
-/// then its needed chunks decompressed (~2.5× a pack): two keep the network and the
-/// CPU overlapped (four made copy's peak RSS 352 MiB at 1 GiB; docs/benchmarks.md).
-const FETCH_AHEAD: usize = 2;
+/// Packs of the source fetched ahead of the one being re-packed. Each holds its
+/// ciphertext (~17 MiB) until it is decoded; its chunks come in 1 MiB batches. One
+/// keeps the network and the CPU overlapped; every one more costs a pack of memory.
+const FETCH_AHEAD: usize = 1;
 
 /// A snapshot's chunks in order, as the source lists them: a page table on disk (page
 /// snapshots), or a dump's chunk sequence (a few bytes a dump chunk, in memory).
@@ -584,34 +584,41 @@ impl Run<'_> {
                     by_pack.entry(pack).or_default().push(e);
                 }
                 drop(to_read);
-                // Packs are fetched a few at a time while their chunks are re-packed
-                // in order; the chunks of a pack are held until they are handed on.
-                let mut fetched = futures::stream::iter(
-                    by_pack
-                        .into_iter()
-                        .map(|(pack, wanted)| async move { read_chunks(src, &pack, wanted).await }),
-                )
-                .buffer_unordered(FETCH_AHEAD);
-                while let Some(got) = fetched.try_next().await? {
-                    dst.session.cancel().check()?;
-                    for (sid, data) in got {
-                        let did = dst.keys.chunk_id(&data);
-                        self.map
-                            .as_mut()
-                            .expect("not away")
-                            .map
-                            .insert(sid, did.0)
-                            .map_err(scratch_err)?;
-                        if let Ok(u) = unique.binary_search(&sid) {
-                            dst_of[u] = Some(did);
-                        }
-                        let known = self.have.as_ref().expect("loaded").contains(&did)?;
-                        if !known && in_packer.insert(did) {
-                            self.packer.add(did, &data).await?;
-                            dst.session.progress().advance(data.len() as u64);
-                            chunks_sent += 1;
-                            if self.index_sealed().await? {
-                                in_packer.clear();
+                // One pack is fetched (and starts decoding) while the chunks of the
+                // previous one are re-packed, as they are decoded: memory holds two
+                // ciphertexts and a few 1 MiB batches, not packs of decompressed pages.
+                // The GET runs on a task of its own, so it proceeds while this loop
+                // waits on the destination.
+                let mut fetched = futures::stream::iter(by_pack.into_iter().map(|(pack, wanted)| {
+                    let src = src.clone();
+                    tokio::spawn(async move { stream_chunks(&src, pack, wanted).await })
+                }))
+                .buffered(FETCH_AHEAD + 1);
+                while let Some(joined) = fetched.next().await {
+                    let mut batches = joined.map_err(|e| {
+                        Error::new(ErrorKind::Internal, "internal", "a pack reader panicked").with_source(e)
+                    })??;
+                    while let Some(batch) = batches.recv().await {
+                        dst.session.cancel().check()?;
+                        for (sid, data) in batch? {
+                            let did = dst.keys.chunk_id(&data);
+                            self.map
+                                .as_mut()
+                                .expect("not away")
+                                .map
+                                .insert(sid, did.0)
+                                .map_err(scratch_err)?;
+                            if let Ok(u) = unique.binary_search(&sid) {
+                                dst_of[u] = Some(did);
+                            }
+                            let known = self.have.as_ref().expect("loaded").contains(&did)?;
+                            if !known && in_packer.insert(did) {
+                                self.packer.add(did, &data).await?;
+                                dst.session.progress().advance(data.len() as u64);
+                                chunks_sent += 1;
+                                if self.index_sealed().await? {
+                                    in_packer.clear();
+                                }
                             }
                         }
                     }

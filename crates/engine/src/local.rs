@@ -418,6 +418,12 @@ impl KnownChunks {
         scratch: &Path,
     ) -> Result<()> {
         use std::io::BufWriter;
+        // Nothing new and nothing forgotten (an incremental backup of an unchanged
+        // database): the file on disk is already the set; rewriting it would cost a
+        // pass over 36 bytes a chunk for nothing.
+        if new.is_empty() && self.file.is_some() && !self.gone.iter().any(|g| *g) {
+            return Ok(());
+        }
         let e = |e| io_err("cannot write the chunk cache", e);
         // One sorted run per new pack, in a scratch file.
         let runs_path = scratch.join("known-runs");
@@ -995,8 +1001,23 @@ mod tests {
         assert_eq!(k2.packs, vec![b, c], "the marked pack is left out");
         assert_eq!(k2.count, 4, "3 and 5 from b, 7 and 1000 from c (3 kept in b)");
         assert!(k2.contains(&id(7)) && k2.contains(&id(1000)) && k2.contains(&id(5)) && !k2.contains(&id(2)));
-        // A damaged file is ignored, never trusted.
+        // Nothing new, nothing dropped: the file is left as it is (same inode).
         let path = cache_dir(home.path(), "r").join("known");
+        let ino = || std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap());
+        let before = ino();
+        k2.save_with(home.path(), "r", &[], |_| unreachable!(), scratch.path())
+            .unwrap();
+        assert_eq!(ino(), before, "an unchanged set is not rewritten");
+        // A dropped pack alone is a change: rewritten without it.
+        let mut k3 = KnownChunks::load(home.path(), "r");
+        k3.drop_packs(&[c].into_iter().collect());
+        k3.save_with(home.path(), "r", &[], |_| unreachable!(), scratch.path())
+            .unwrap();
+        assert_ne!(ino(), before);
+        let k4 = KnownChunks::load(home.path(), "r");
+        assert_eq!((k4.packs.clone(), k4.count), (vec![b], 2));
+        assert!(!k4.contains(&id(7)) && k4.contains(&id(5)));
+        // A damaged file is ignored, never trusted.
         let mut bytes = fs::read(&path).unwrap();
         bytes.truncate(bytes.len() - 1);
         fs::write(&path, &bytes).unwrap();

@@ -192,6 +192,56 @@ pub(crate) async fn read_chunks(
     .await
 }
 
+/// Chunks of one pack handed on together by [`stream_chunks`].
+pub(crate) type ChunkBatch = Vec<(ChunkId, Vec<u8>)>;
+
+/// Bytes of chunks per [`ChunkBatch`].
+const BATCH_BYTES: usize = 1 << 20;
+
+/// [`read_chunks`] for a consumer that handles chunks as they come (copy): one GET,
+/// then a blocking thread decrypts and decompresses the frames in order and sends the
+/// chunks, re-hashed against their ids, in batches of about 1 MiB through a channel
+/// one batch deep. What a pack costs in memory is its ciphertext and one batch or two,
+/// never all its chunks decompressed (a 17 MiB pack holds ~43 MiB of pages). A failure
+/// ends the stream with its error.
+pub(crate) async fn stream_chunks(
+    repo: &Repo,
+    pack: ObjectId,
+    mut wanted: Vec<IndexEntry>,
+) -> Result<tokio::sync::mpsc::Receiver<Result<ChunkBatch>>> {
+    repo.require_data_access("reading packs")?;
+    let ct = fetch_pack(repo, &pack).await?;
+    let (ids, keys) = (repo.identities.clone(), repo.keys.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::task::spawn_blocking(move || {
+        let run = || -> Result<()> {
+            let mut r = PackReader::open(&ids, &pack, ct)?;
+            wanted.sort_by_key(|e| (e.frame_offset, e.offset));
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            for e in &wanted {
+                let d = r.chunk(&keys, e)?;
+                bytes += d.len();
+                batch.push((e.id, d.to_vec()));
+                if bytes >= BATCH_BYTES {
+                    bytes = 0;
+                    if tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+                        return Ok(()); // The consumer gave up.
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.blocking_send(Ok(batch));
+            }
+            Ok(())
+        };
+        if let Err(e) = run() {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    Ok(rx)
+}
+
 /// The entries a pack's own trailer lists ([`PackReader::trailer`]). One GET.
 pub(crate) async fn read_trailer(repo: &Repo, pack: &ObjectId) -> Result<Vec<IndexEntry>> {
     repo.require_data_access("reading packs")?;

@@ -156,13 +156,7 @@ impl Spill {
     pub(crate) fn read(&self, r: SpillRef) -> std::io::Result<Vec<u8>> {
         let mut buf = vec![0u8; r.len as usize];
         let g = self.file.lock().unwrap();
-        let n = read_full_at(&g.0, &mut buf, r.off)?;
-        if n != buf.len() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "spill record cut short",
-            ));
-        }
+        g.0.read_exact_at(&mut buf, r.off)?;
         Ok(buf)
     }
 }

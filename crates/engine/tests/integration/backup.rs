@@ -2,10 +2,9 @@
 //! snapshots, request accounting in the session, and the local chunk cache checked
 //! against what the store really holds.
 
-use sqlvault_engine::BackupKind;
 use sqlvault_engine::format::layout;
 
-use crate::support::{Bench, checksum, database, restored_checksum, small_packs};
+use crate::support::{Bench, checksum, database, restored_checksum, small_dump, small_packs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_database_uploads_no_pack_and_a_changed_one_only_its_new_pages() {
@@ -166,15 +165,7 @@ async fn pages_and_dump_snapshots_of_a_wal_database_restore_its_current_content(
     sqlvault_testkit::update_random(&db, 0.05, 9).unwrap();
     let want = checksum(&db);
     let pages = sqlvault_engine::backup(&b.writer, &db, small_packs()).await.unwrap();
-    let dump = sqlvault_engine::backup(
-        &b.writer,
-        &db,
-        small_packs()
-            .with_kind(BackupKind::Dump)
-            .with_name(Some("app.sql".into())),
-    )
-    .await
-    .unwrap();
+    let dump = sqlvault_engine::backup(&b.writer, &db, small_dump()).await.unwrap();
     assert_eq!(dump.kind, "dump");
     for id in [&pages.snapshot_id, &dump.snapshot_id] {
         let m = b.reader.find_snapshot(Some(id), None).await.unwrap();

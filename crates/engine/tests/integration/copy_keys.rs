@@ -3,9 +3,9 @@
 //! ids, and a second copy sends nothing.
 
 use sqlvault_engine::crypt::Identities;
-use sqlvault_engine::{Access, BackupKind, CheckOptions, CopyOptions, ErrorKind, Repo};
+use sqlvault_engine::{Access, CheckOptions, CopyOptions, ErrorKind, Repo};
 
-use crate::support::{Bench, database, restored_checksum, small_packs};
+use crate::support::{Bench, database, restored_checksum, small_dump, small_packs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_to_other_keys_restores_with_the_destination_identity_only() {
@@ -16,15 +16,7 @@ async fn copy_to_other_keys_restores_with_the_destination_identity_only() {
     sqlvault_engine::backup(&src.writer, &db, small_packs()).await.unwrap();
     sqlvault_testkit::update_random(&db, 0.1, 1).unwrap();
     sqlvault_engine::backup(&src.writer, &db, small_packs()).await.unwrap();
-    sqlvault_engine::backup(
-        &src.writer,
-        &db,
-        small_packs()
-            .with_kind(BackupKind::Dump)
-            .with_name(Some("app.sql".into())),
-    )
-    .await
-    .unwrap();
+    sqlvault_engine::backup(&src.writer, &db, small_dump()).await.unwrap();
     let src_snaps = src.reader.snapshots().await.unwrap();
 
     let opts = CopyOptions::default().with_pack_target(64 << 10);

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use sqlvault_engine::format::layout;
-use sqlvault_engine::{BackupKind, Cancel, ErrorKind, Repo, RestoreOptions, Session};
+use sqlvault_engine::{Cancel, ErrorKind, Repo, RestoreOptions, Session};
 
-use crate::support::{Bench, Recorder, checksum, database, files_in, restored_checksum, small_packs};
+use crate::support::{Bench, Recorder, checksum, database, files_in, restored_checksum, small_dump, small_packs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_cancelled_before_it_starts_commits_nothing() {
@@ -137,15 +137,7 @@ async fn progress_of_backup_and_restore_adds_up_to_the_database() {
 
     // A dump reports the SQL it produced.
     rec.reset();
-    let d = sqlvault_engine::backup(
-        &b.writer,
-        &db,
-        small_packs()
-            .with_kind(BackupKind::Dump)
-            .with_name(Some("app.sql".into())),
-    )
-    .await
-    .unwrap();
+    let d = sqlvault_engine::backup(&b.writer, &db, small_dump()).await.unwrap();
     assert_eq!(rec.totals("dumping"), vec![None]);
     assert_eq!(rec.advanced("dumping"), d.bytes_read, "{d:?}");
     assert!(d.bytes_read > 0);

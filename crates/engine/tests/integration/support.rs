@@ -133,6 +133,13 @@ pub fn small_packs() -> BackupOptions {
     o
 }
 
+/// [`small_packs`] for a dump snapshot named `app.sql`.
+pub fn small_dump() -> BackupOptions {
+    small_packs()
+        .with_kind(sqlvault_engine::BackupKind::Dump)
+        .with_name(Some("app.sql".into()))
+}
+
 /// Restores `m` to a scratch file of the bench and returns that file's checksum.
 pub async fn restored_checksum(b: &Bench, repo: &Repo, m: &Manifest) -> [u8; 32] {
     let out = b.path(&format!("restored-{}.db", m.id));
