@@ -300,6 +300,8 @@ impl DstChunks {
         if let Some(e) = failed {
             return Err(scratch_err(e));
         }
+        // One run: each lookup then reads one block.
+        ids.seal().map_err(scratch_err)?;
         tracing::debug!(chunks = ids.len(), packs = packs.len(), "destination chunks loaded");
         Ok(DstChunks {
             gone: vec![false; packs.len()],
@@ -376,6 +378,7 @@ impl Locator {
         if let Some(e) = failed {
             return Err(scratch_err(e));
         }
+        entries.seal().map_err(scratch_err)?;
         Ok(Locator { packs, entries })
     }
 

@@ -21,8 +21,11 @@ use sqlvault_format::ChunkId;
 const FENCE: u64 = 64;
 /// Entries held in memory before they are written as a run (~5 MiB at 32-byte values).
 pub(crate) const PENDING: usize = 1 << 16;
-/// Runs on disk before they are merged into one.
+/// Runs on disk before they are merged into one (a backstop: the size-tiered merging
+/// in [`RunMap::flush`] keeps fewer).
 const MAX_RUNS: usize = 8;
+/// Two runs are merged while the newer holds at least 1/MERGE_RATIO of the older.
+const MERGE_RATIO: u64 = 4;
 
 /// One sorted run of the file: `count` records from byte `at`.
 struct Run {
@@ -40,6 +43,8 @@ pub(crate) struct RunMap<const V: usize> {
     /// The file's name in `dir` (it changes when runs are merged).
     name: u32,
     runs: Runs,
+    /// Bytes of the file no run uses any more (runs merged into a later one).
+    dead: u64,
     /// Sorted already (a run is written as it is) and ~1.2× its entries' bytes, where a
     /// hash map at the same count would hold twice as many buckets.
     pending: BTreeMap<ChunkId, [u8; V]>,
@@ -66,6 +71,7 @@ impl<const V: usize> RunMap<V> {
                 end: 0,
                 list: Vec::new(),
             },
+            dead: 0,
             pending: BTreeMap::new(),
         })
     }
@@ -80,6 +86,7 @@ impl<const V: usize> RunMap<V> {
         self.runs.file.set_len(0)?;
         self.runs.end = 0;
         self.runs.list.clear();
+        self.dead = 0;
         self.pending.clear();
         Ok(())
     }
@@ -143,7 +150,37 @@ impl<const V: usize> RunMap<V> {
         }
         w.finish()?;
         drop(pending);
-        if self.runs.list.len() > MAX_RUNS {
+        // Runs stay in sizes at least MERGE_RATIO apart (newest smallest), so a lookup
+        // probes ~log4(entries / PENDING) of them: merging the newest two while they
+        // are within the ratio, appended at the end of the file.
+        while let [.., a, b] = &self.runs.list[..]
+            && b.count.saturating_mul(MERGE_RATIO) >= a.count
+        {
+            let n = self.runs.list.len();
+            let pair: Vec<Run> = self.runs.list.drain(n - 2..).collect();
+            self.dead += pair.iter().map(|r| r.count).sum::<u64>() * Self::REC as u64;
+            let merged = {
+                let mut w = RunWriter::<V>::new(&mut self.runs);
+                merge_list::<V>(&w.runs.file.try_clone()?, &pair, |id, v| w.push(id, v))?;
+                w.finish_detached()?
+            };
+            self.runs.list.extend(merged);
+        }
+        if self.runs.list.len() > MAX_RUNS || self.dead > self.live_bytes() {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    fn live_bytes(&self) -> u64 {
+        self.runs.list.iter().map(|r| r.count).sum::<u64>() * Self::REC as u64
+    }
+
+    /// Writes what is pending and merges every run into one, so that each lookup
+    /// reads one block: after a bulk load, before the lookups.
+    pub(crate) fn seal(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        if self.runs.list.len() > 1 || self.dead > 0 {
             self.compact()?;
         }
         Ok(())
@@ -172,6 +209,7 @@ impl<const V: usize> RunMap<V> {
         let _ = std::fs::remove_file(self.dir.path().join(self.name.to_string()));
         self.runs = out;
         self.name = name;
+        self.dead = 0;
         Ok(())
     }
 
@@ -189,10 +227,19 @@ impl<const V: usize> RunMap<V> {
 /// several runs is handed on once.
 fn merge_runs<const V: usize>(
     runs: &Runs,
+    f: impl FnMut(&ChunkId, &[u8; V]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    merge_list::<V>(&runs.file, &runs.list, f)
+}
+
+/// [`merge_runs`] over some runs of `file`; where an id is in several, the newest
+/// run's value is kept (runs are listed oldest first).
+fn merge_list<const V: usize>(
+    file: &File,
+    list: &[Run],
     mut f: impl FnMut(&ChunkId, &[u8; V]) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let mut cursors: Vec<Cursor<V>> = runs
-        .list
+    let mut cursors: Vec<Cursor<V>> = list
         .iter()
         .map(|r| Cursor {
             at: r.at,
@@ -202,15 +249,18 @@ fn merge_runs<const V: usize>(
         })
         .collect();
     let mut heap = std::collections::BinaryHeap::new();
+    // Ordered by id, then newest run first (Reverse of the run's age).
+    let n = cursors.len();
     for (k, c) in cursors.iter_mut().enumerate() {
-        if let Some((id, v)) = c.next(&runs.file)? {
-            heap.push(std::cmp::Reverse((id, k, v)));
+        if let Some((id, v)) = c.next(file)? {
+            heap.push(std::cmp::Reverse((id, n - k, v)));
         }
     }
     let mut last: Option<ChunkId> = None;
-    while let Some(std::cmp::Reverse((id, k, v))) = heap.pop() {
-        if let Some((nid, nv)) = cursors[k].next(&runs.file)? {
-            heap.push(std::cmp::Reverse((nid, k, nv)));
+    while let Some(std::cmp::Reverse((id, age, v))) = heap.pop() {
+        let k = n - age;
+        if let Some((nid, nv)) = cursors[k].next(file)? {
+            heap.push(std::cmp::Reverse((nid, age, nv)));
         }
         if last == Some(id) {
             continue;
@@ -314,6 +364,16 @@ impl<const V: usize> RunWriter<'_, V> {
         Ok(())
     }
 
+    /// Writes what is buffered and returns the run (none if it is empty).
+    fn finish_detached(mut self) -> std::io::Result<Option<Run>> {
+        self.write_out()?;
+        Ok((self.count > 0).then(|| Run {
+            at: self.at,
+            count: self.count,
+            fence: std::mem::take(&mut self.fence),
+        }))
+    }
+
     /// Writes what is buffered and adds the run to the map.
     pub(crate) fn finish(mut self) -> std::io::Result<()> {
         self.write_out()?;
@@ -364,7 +424,16 @@ mod tests {
                 m.insert(id(i / 2), (i / 2).to_le_bytes()).unwrap();
             }
         }
-        assert!(m.runs.list.len() <= MAX_RUNS, "runs merged: {}", m.runs.list.len());
+        // Size-tiered: ~log4 of the flushes, never the backstop's count.
+        assert!(m.runs.list.len() <= 4, "runs merged: {}", m.runs.list.len());
+        for w in m.runs.list.windows(2) {
+            assert!(
+                w[0].count > w[1].count * MERGE_RATIO,
+                "{} vs {}",
+                w[0].count,
+                w[1].count
+            );
+        }
         for i in (0..n).step_by(97).chain([0, n - 1]) {
             assert_eq!(m.get(&id(i)).unwrap(), Some(i.to_le_bytes()), "{i}");
         }
@@ -382,6 +451,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, n, "every id once");
+        // Sealed: one run, the same answers.
+        m.insert(id(n + 5), [9; 4]).unwrap();
+        m.seal().unwrap();
+        assert_eq!(m.runs.list.len(), 1);
+        assert_eq!(m.dead, 0);
+        assert_eq!(m.get(&id(n + 5)).unwrap(), Some([9; 4]));
+        for i in (0..n).step_by(1013) {
+            assert_eq!(m.get(&id(i)).unwrap(), Some(i.to_le_bytes()), "{i}");
+        }
         // Only the current file remains in the directory.
         assert_eq!(
             std::fs::read_dir(m.dir.path())
