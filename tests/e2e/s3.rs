@@ -56,3 +56,113 @@ fn azure_round_trip_on_azurite() {
     az.create_container("backups").expect("container");
     round_trip(&World::new(), "az://backups/prod/app", &az.env());
 }
+
+/// S3 as users set it up: a missing bucket is named, a plain-HTTP endpoint without
+/// `AWS_ALLOW_HTTP` is refused at once with the variable to set, and what `aws
+/// configure` writes (credentials and config files, a profile) is used with no `AWS_*`
+/// key variable at all; profiles sqlvault cannot use are refused with what to do.
+#[test]
+fn s3_first_contact_as_users_make_it() {
+    for v in ["AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_ENDPOINT", "AWS_CONFIG_FILE"] {
+        assert!(
+            std::env::var_os(v).is_none(),
+            "{v} is set in the test environment: unset it"
+        );
+    }
+    let moto = kit::MotoServer::start().expect("moto_server must be installed: pip install 'moto[server]'");
+    moto.create_bucket("backups").unwrap();
+    let w = World::new();
+    let key = w.s("key.txt");
+    let rcpt = w.run(&["key", "generate", "-o", &key]).ok().stdout.trim().to_string();
+    let env = moto.env();
+    let endpoint = env.iter().find(|(k, _)| k == "AWS_ENDPOINT").unwrap().1.clone();
+    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    // A missing bucket: named, not retried, exit 4 (was "object config not found").
+    let t = std::time::Instant::now();
+    let r = w
+        .run_env(&["init", "s3://no-such-bucket/repo", "-r", &rcpt], &vars)
+        .fails(4);
+    assert!(
+        r.stderr.contains("\"no-such-bucket\" does not exist") && r.stderr.contains("never creates buckets"),
+        "{}",
+        r.stderr
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(15), "{:?}", t.elapsed());
+
+    // http:// without AWS_ALLOW_HTTP: refused before any request, naming the variable.
+    let no_http: Vec<(&str, &str)> = vars.iter().copied().filter(|(k, _)| *k != "AWS_ALLOW_HTTP").collect();
+    let t = std::time::Instant::now();
+    let r = w.run_env(&["init", "s3://backups/x", "-r", &rcpt], &no_http).fails(2);
+    assert!(r.stderr.contains("AWS_ALLOW_HTTP=true"), "{}", r.stderr);
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // The shared files: keys in credentials, region and endpoint in config, a profile.
+    let home = w.dir.path().join("home");
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    std::fs::write(
+        home.join(".aws/credentials"),
+        "[default]\naws_access_key_id = wrong\n\n[backup]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .unwrap();
+    std::fs::write(
+        home.join(".aws/config"),
+        format!(
+            "[profile backup]\nregion = us-east-1\nendpoint_url = {endpoint}\n[profile sso]\nsso_session = corp\n[profile proc]\ncredential_process = /bin/echo do-not-run\n"
+        ),
+    )
+    .unwrap();
+    let h = home.to_str().unwrap();
+    let files = [("HOME", h), ("AWS_PROFILE", "backup"), ("AWS_ALLOW_HTTP", "true")];
+    let repo = "s3://backups/from-profile";
+    w.run_env(&["init", repo, "-r", &rcpt], &files).ok();
+    let db = w.s("app.db");
+    kit::generate(
+        Path::new(&db),
+        &kit::GenOptions {
+            target_bytes: 1 << 20,
+            seed: 9,
+            wal: false,
+        },
+    )
+    .unwrap();
+    w.run_env(&["backup", &db, repo], &files).ok();
+    let out = w.s("out.db");
+    w.run_env(&["restore", repo, &out, "-i", &key], &files).ok();
+    assert_eq!(content(Path::new(&out)), content(Path::new(&db)));
+    // The same objects through the variables: the profile reached this server.
+    let listed = w.run_env(&["snapshots", repo, "--json"], &vars).ok().json();
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 1);
+
+    // No credentials anywhere: the instance metadata service (here a closed port
+    // standing in for 169.254.169.254 off EC2) gives none; said once, not retried.
+    let empty = w.dir.path().join("empty-home");
+    std::fs::create_dir_all(&empty).unwrap();
+    let nothing = [
+        ("HOME", empty.to_str().unwrap()),
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_METADATA_ENDPOINT", "http://127.0.0.2:9"),
+    ];
+    let t = std::time::Instant::now();
+    let r = w.run_env(&["snapshots", repo], &nothing).fails(2);
+    assert!(
+        r.stderr.contains("no AWS credentials") && r.stderr.contains("profile \"default\""),
+        "{}",
+        r.stderr
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(30), "{:?}", t.elapsed());
+
+    // Profiles that cannot be used: said, with what to do; a command is never run.
+    for (profile, says) in [
+        ("ghost", "\"ghost\" (AWS_PROFILE) is in neither"),
+        ("sso", "sso_session"),
+        ("proc", "credential_process"),
+    ] {
+        let env = [("HOME", h), ("AWS_PROFILE", profile), ("AWS_ALLOW_HTTP", "true")];
+        let r = w.run_env(&["snapshots", repo], &env).fails(2);
+        assert!(r.stderr.contains(says), "{profile}: {}", r.stderr);
+        assert!(!r.stderr.contains("do-not-run"), "{}", r.stderr);
+    }
+}

@@ -157,6 +157,8 @@ impl From<sqlvault_store::StoreError> for Error {
             S::AlreadyExists { .. } => (ErrorKind::Store, "store.already-exists"),
             S::InvalidUrl { .. } => (ErrorKind::Usage, "store.invalid-url"),
             S::MissingDirectory { .. } => (ErrorKind::NotFound, "repo.not-found"),
+            S::MissingBucket { .. } => (ErrorKind::NotFound, "store.missing-bucket"),
+            S::NoCredentials { .. } => (ErrorKind::Usage, "store.no-credentials"),
             _ => (ErrorKind::Store, "store.unavailable"),
         };
         Error::wrap(kind, code, e)

@@ -142,6 +142,31 @@ pub enum StoreError {
         /// The directory.
         path: std::path::PathBuf,
     },
+    /// The bucket (or Azure container) of a cloud URL does not exist: a PUT or a LIST
+    /// answered "not found", which no object can cause. sqlvault never creates
+    /// buckets (their region, lock and access policy are the owner's decisions).
+    #[error("bucket {bucket:?} does not exist at {repo} (create it first; sqlvault never creates buckets)")]
+    MissingBucket {
+        /// The bucket or container name.
+        bucket: String,
+        /// Repository description.
+        repo: String,
+    },
+    /// No S3 credentials are configured (variables, the AWS shared files) and the
+    /// EC2 instance metadata service, object_store's last resort, did not give any.
+    /// Not transient: it is not retried.
+    #[error(
+        "no AWS credentials for {repo}: none in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, none for profile {profile:?} in ~/.aws/credentials or ~/.aws/config, and the EC2 instance metadata service gave none"
+    )]
+    NoCredentials {
+        /// Repository description.
+        repo: String,
+        /// The AWS profile looked up.
+        profile: String,
+        /// What the last attempt reported.
+        #[source]
+        source: Box<object_store::Error>,
+    },
     /// A create-if-absent put found an object already there.
     #[error("object {key} already exists in {repo}")]
     AlreadyExists {
@@ -194,6 +219,21 @@ fn is_transient(e: &object_store::Error) -> bool {
             | E::Unauthenticated { .. }
             | E::UnknownConfigurationKey { .. }
     )
+}
+
+/// Whether a cloud client's error comes from the EC2 instance metadata service at
+/// `host` (object_store's last resort for S3 credentials). object_store gives no typed
+/// way to tell a credential lookup's failure from the bucket's, but its request errors
+/// name the URL they were sending to.
+fn from_metadata_service(e: &object_store::Error, host: &str) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.to_string().contains(host) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Live request counters by kind (attempts, retries included), shared by a store
@@ -343,11 +383,22 @@ pub struct Store {
     stats: Arc<RequestStats>,
     retry: RetryPolicy,
     local: Option<std::path::PathBuf>,
+    /// The bucket or container of a cloud URL.
+    bucket: Option<String>,
+    /// For S3 with no credentials configured, the host of the EC2 instance metadata
+    /// service object_store asks instead: its failures are reported as
+    /// [`StoreError::NoCredentials`].
+    metadata_host: Option<String>,
+    /// The AWS profile looked up (for [`StoreError::NoCredentials`]).
+    profile: String,
 }
 
 /// The configuration of the cloud clients: the `AWS_*`, `GOOGLE_*`, `AZURE_*`,
 /// `SERVICE_ACCOUNT` and `IDENTITY_ENDPOINT` variables object_store's builders would
-/// read, handed over by the caller. The library never reads the process environment:
+/// read, and `HOME` (where the AWS shared files `~/.aws/credentials` and
+/// `~/.aws/config` are, read for `s3://` as every AWS tool reads them: `AWS_PROFILE`,
+/// static keys, the region, `endpoint_url`; variables win over the files), handed over
+/// by the caller. The library never reads the process environment:
 /// a binary passes `StoreEnv::from_vars(std::env::vars_os())`, a service or a test
 /// passes exactly what it means.
 #[derive(Clone, Default)]
@@ -375,7 +426,9 @@ impl StoreEnv {
             if let (Some(k), Some(v)) = (k.as_ref().to_str(), v.as_ref().to_str())
                 && (["AWS_", "GOOGLE_", "AZURE_"].iter().any(|p| k.starts_with(p))
                     || k == "SERVICE_ACCOUNT"
-                    || k == "IDENTITY_ENDPOINT")
+                    || k == "IDENTITY_ENDPOINT"
+                    // Where `~/.aws/credentials` and `~/.aws/config` are.
+                    || k == "HOME")
             {
                 env.vars.insert(k.to_string(), v.to_string());
             }
@@ -460,35 +513,56 @@ fn configured<B, K: std::str::FromStr>(env: &StoreEnv, prefix: &str, base: B, se
 type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The object_store client for a cloud scheme (`s3`, `gs`, `az`), configured from
-/// `env` as object_store's `from_env` would from the process environment, or
-/// [`StoreError::BackendNotBuilt`] when this build lacks its feature.
+/// `env` as object_store's `from_env` would from the process environment (for S3, with
+/// the AWS shared files added: [`aws_files`]), or [`StoreError::BackendNotBuilt`] when
+/// this build lacks its feature. Also whether any credentials are configured (`false`
+/// only for S3 left to the instance metadata service).
 #[allow(unused_variables)]
 fn cloud_store(
     scheme: &str,
     bucket: &str,
     env: &StoreEnv,
-    invalid: impl Fn(&'static str, Cause) -> StoreError,
-) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    url: &str,
+) -> Result<(Arc<dyn ObjectStore>, bool), StoreError> {
     let not_built = |feature: &'static str| StoreError::BackendNotBuilt {
         scheme: scheme.to_string(),
         feature,
     };
+    let invalid = |reason: String, source: Option<Cause>| StoreError::InvalidUrl {
+        url: url.to_string(),
+        reason,
+        source,
+    };
     match scheme {
         #[cfg(feature = "s3")]
-        "s3" => Ok(Arc::new(
-            configured(env, "AWS_", object_store::aws::AmazonS3Builder::new(), |b, k, v| {
+        "s3" => {
+            let files = aws_files::resolve(env).map_err(|r| invalid(r, None))?;
+            let mut env = env.clone();
+            for (k, v) in &files.vars {
+                env = env.with(k, v);
+            }
+            if let Some(e) = env.get("AWS_ENDPOINT_URL_S3").map(str::to_string)
+                && env.get("AWS_ENDPOINT").is_none()
+                && env.get("AWS_ENDPOINT_URL").is_none()
+            {
+                env = env.with("AWS_ENDPOINT", &e);
+            }
+            plain_http_allowed(&env, &["AWS_ENDPOINT", "AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP")
+                .map_err(|r| invalid(r, None))?;
+            let store = configured(&env, "AWS_", object_store::aws::AmazonS3Builder::new(), |b, k, v| {
                 b.with_config(k, v)
             })
             .with_bucket_name(bucket)
             .with_retry(client_retry())
             .build()
-            .map_err(|e| invalid("cannot configure the S3 client", e.into()))?,
-        )),
+            .map_err(|e| invalid("cannot configure the S3 client".into(), Some(e.into())))?;
+            Ok((Arc::new(store), files.has_credentials))
+        }
         #[cfg(not(feature = "s3"))]
         "s3" => Err(not_built("s3")),
         #[cfg(feature = "gcs")]
-        "gs" => Ok(Arc::new(
-            configured(
+        "gs" => {
+            let store = configured(
                 env,
                 "GOOGLE_",
                 match env.get("SERVICE_ACCOUNT") {
@@ -500,13 +574,26 @@ fn cloud_store(
             .with_bucket_name(bucket)
             .with_retry(client_retry())
             .build()
-            .map_err(|e| invalid("cannot configure the Google Cloud Storage client", e.into()))?,
-        )),
+            .map_err(|e| {
+                invalid(
+                    "cannot configure the Google Cloud Storage client".into(),
+                    Some(e.into()),
+                )
+            })?;
+            Ok((Arc::new(store), true))
+        }
         #[cfg(not(feature = "gcs"))]
         "gs" => Err(not_built("gcs")),
         #[cfg(feature = "azure")]
-        "az" => Ok(Arc::new(
-            configured(
+        "az" => {
+            let emulator = env
+                .get("AZURE_STORAGE_USE_EMULATOR")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+            if !emulator {
+                plain_http_allowed(env, &["AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"], "AZURE_ALLOW_HTTP")
+                    .map_err(|r| invalid(r, None))?;
+            }
+            let store = configured(
                 env,
                 "AZURE_",
                 match env.get("IDENTITY_ENDPOINT") {
@@ -518,12 +605,32 @@ fn cloud_store(
             .with_container_name(bucket)
             .with_retry(client_retry())
             .build()
-            .map_err(|e| invalid("cannot configure the Azure client", e.into()))?,
-        )),
+            .map_err(|e| invalid("cannot configure the Azure client".into(), Some(e.into())))?;
+            Ok((Arc::new(store), true))
+        }
         #[cfg(not(feature = "azure"))]
         "az" => Err(not_built("azure")),
         _ => unreachable!("only s3, gs and az reach cloud_store"),
     }
+}
+
+/// Refuses an `http://` endpoint unless `allow` is set to true: object_store would
+/// refuse it at the first request, as a failure our retries would repeat, without
+/// naming the variable that allows it.
+#[cfg(any(feature = "s3", feature = "azure"))]
+fn plain_http_allowed(env: &StoreEnv, endpoints: &[&str], allow: &str) -> Result<(), String> {
+    let Some((name, endpoint)) = endpoints.iter().find_map(|n| env.get(n).map(|v| (*n, v))) else {
+        return Ok(());
+    };
+    let allowed = env
+        .get(allow)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    if endpoint.to_ascii_lowercase().starts_with("http://") && !allowed {
+        return Err(format!(
+            "{name} is a plain http:// endpoint; set {allow}=true to allow unencrypted HTTP (a local test server), or use https://"
+        ));
+    }
+    Ok(())
 }
 
 impl Store {
@@ -570,6 +677,9 @@ impl Store {
             }
         };
         let mut local = None;
+        let mut cloud_bucket = None;
+        let mut has_credentials = true;
+        let mut profile = String::new();
         let location;
         let (inner, prefix): (Arc<dyn ObjectStore>, ObjPath) = if url.starts_with("memory://") {
             location = url.to_string();
@@ -581,7 +691,14 @@ impl Store {
                 return Err(invalid("missing bucket or container name"));
             }
             let prefix = ObjPath::from(parsed.path().trim_matches('/'));
-            let store = cloud_store(parsed.scheme(), bucket, env, |reason, e| caused(reason)(e))?;
+            cloud_bucket = Some(bucket.to_string());
+            let (store, creds) = cloud_store(parsed.scheme(), bucket, env, url)?;
+            has_credentials = creds;
+            profile = env
+                .get("AWS_PROFILE")
+                .or_else(|| env.get("AWS_DEFAULT_PROFILE"))
+                .unwrap_or("default")
+                .to_string();
             location = cloud_location(parsed.scheme(), bucket, prefix.as_ref(), env);
             (store, prefix)
         } else {
@@ -607,6 +724,20 @@ impl Store {
         };
         let mut store = Store::new(inner, prefix, url.to_string());
         store.local = local;
+        store.bucket = cloud_bucket;
+        if !has_credentials {
+            let endpoint = env
+                .get("AWS_METADATA_ENDPOINT")
+                .unwrap_or("http://169.254.169.254")
+                .to_string();
+            store.metadata_host = Some(
+                url::Url::parse(&endpoint)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_string))
+                    .unwrap_or(endpoint),
+            );
+        }
+        store.profile = profile;
         store.location = location;
         Ok(store)
     }
@@ -623,6 +754,9 @@ impl Store {
             stats: Arc::new(RequestStats::default()),
             retry: RetryPolicy::default(),
             local: None,
+            bucket: None,
+            metadata_host: None,
+            profile: String::new(),
         }
     }
 
@@ -675,6 +809,13 @@ impl Store {
 
     fn map_err(&self, op: &'static str, key: &str, e: object_store::Error) -> StoreError {
         match e {
+            // No object makes a PUT or a LIST "not found": the bucket is missing.
+            object_store::Error::NotFound { .. } if matches!(op, "PUT" | "LIST") && self.bucket.is_some() => {
+                StoreError::MissingBucket {
+                    bucket: self.bucket.clone().unwrap_or_default(),
+                    repo: self.repo.clone(),
+                }
+            }
             object_store::Error::NotFound { .. } => StoreError::NotFound {
                 key: key.to_string(),
                 repo: self.repo.clone(),
@@ -683,6 +824,20 @@ impl Store {
                 key: key.to_string(),
                 repo: self.repo.clone(),
             },
+            // With no credentials configured, object_store asks the EC2 instance
+            // metadata service before it signs a request; when that fails (not on EC2,
+            // no role), say so instead of its raw error, and do not retry it.
+            e if self
+                .metadata_host
+                .as_deref()
+                .is_some_and(|h| from_metadata_service(&e, h)) =>
+            {
+                StoreError::NoCredentials {
+                    repo: self.repo.clone(),
+                    profile: self.profile.clone(),
+                    source: Box::new(e),
+                }
+            }
             e => StoreError::Backend {
                 op,
                 key: key.to_string(),
@@ -942,6 +1097,10 @@ impl Store {
         AppendStore { store: self.clone() }
     }
 }
+
+// Pure parsing, compiled (and tested) whatever the features; used by `s3`.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+mod aws_files;
 
 #[cfg(test)]
 mod tests {
