@@ -166,3 +166,53 @@ fn s3_first_contact_as_users_make_it() {
         assert!(!r.stderr.contains("do-not-run"), "{}", r.stderr);
     }
 }
+
+/// Credentials a cloud client cannot use are named as such (not as a bad URL), with
+/// the variables to look at, at once, and never echoed.
+#[test]
+fn unusable_cloud_credentials_are_named_without_their_values() {
+    let w = World::new();
+    let t = std::time::Instant::now();
+    let missing = w.s("no-such-sa.json");
+    let r = w
+        .run_env(
+            &["snapshots", "gs://bkt/repo"],
+            &[("GOOGLE_SERVICE_ACCOUNT", missing.as_str())],
+        )
+        .fails(2);
+    assert!(
+        r.stderr.contains("cannot configure the Google Cloud Storage client") && r.stderr.contains("GOOGLE_*"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("invalid repository url"), "{}", r.stderr);
+    let secret = "s3cr3t s3cr3t s3cr3t";
+    let r = w
+        .run_env(
+            &["snapshots", "az://c/repo"],
+            &[
+                ("AZURE_STORAGE_ACCOUNT_NAME", "acct"),
+                ("AZURE_STORAGE_ACCOUNT_KEY", secret),
+            ],
+        )
+        .fails(2);
+    assert!(r.stderr.contains("cannot configure the Azure client"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("s3cr3t") && !r.stdout.contains("s3cr3t"),
+        "{}",
+        r.stderr
+    );
+    // A plain-HTTP Azure endpoint without AZURE_ALLOW_HTTP (and not the emulator).
+    let r = w
+        .run_env(
+            &["snapshots", "az://c/repo"],
+            &[
+                ("AZURE_STORAGE_ACCOUNT_NAME", "acct"),
+                ("AZURE_STORAGE_ACCOUNT_KEY", "a2V5"),
+                ("AZURE_ENDPOINT", "http://127.0.0.1:1"),
+            ],
+        )
+        .fails(2);
+    assert!(r.stderr.contains("AZURE_ALLOW_HTTP=true"), "{}", r.stderr);
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "{:?}", t.elapsed());
+}

@@ -56,6 +56,13 @@ pub struct BenchArgs {
     /// budget that must hold at any size (`--size-mib 8192`).
     #[arg(long, conflicts_with_all = ["dump", "sqlcipher"])]
     memory: bool,
+    /// With `--memory`: measure this `sqlvault` binary instead of building one (an
+    /// earlier commit's, for a before/after comparison on the same machine and data).
+    #[arg(long, requires = "memory", requires = "label")]
+    sqlvault: Option<PathBuf>,
+    /// With `--sqlvault`: the name of that build, in the section written.
+    #[arg(long, requires = "sqlvault")]
+    label: Option<String>,
 }
 
 /// Flushes dirty pages so one step's writeback does not land in the next step's time.
@@ -1346,11 +1353,17 @@ const MEMORY_BUDGET_MIB: u64 = 128;
 /// `--memory`: each command of a repository's life on one database, sqlvault alone,
 /// with its wall time, CPU and peak RSS.
 fn memory(a: BenchArgs) -> Result<()> {
-    let command = format!(
+    let mut command = format!(
         "cargo xtask bench --memory --size-mib {} --repeat {}",
         a.size_mib, a.repeat
     );
-    let bin = crate::build_release()?;
+    let bin = match (&a.sqlvault, &a.label) {
+        (Some(b), Some(l)) => {
+            command.push_str(&format!(" --sqlvault {} --label {l}", b.display()));
+            b.clone()
+        }
+        _ => crate::build_release()?,
+    };
     let (dir, pristine, db) = bench_databases(a.dir.clone(), a.size_mib)?;
     let steps = [
         "backup (full)",
@@ -1417,9 +1430,10 @@ fn memory(a: BenchArgs) -> Result<()> {
     let mut o = String::new();
     out!(
         o,
-        "### Memory at {} MiB ({} pages of 4 KiB); medians of {} runs\n",
+        "### Memory at {} MiB ({} pages of 4 KiB){}; medians of {} runs\n",
         a.size_mib,
         (a.size_mib << 20) / 4096,
+        a.label.as_ref().map(|l| format!(", build `{l}`")).unwrap_or_default(),
         runs.len()
     );
     out!(o, "| command | wall | CPU | peak RSS | budget |");
@@ -1440,5 +1454,9 @@ fn memory(a: BenchArgs) -> Result<()> {
         );
     }
     out!(o);
-    publish(&format!("memory-{}m", a.size_mib), &command, &o)
+    let section = match &a.label {
+        Some(l) => format!("memory-{}m-{l}", a.size_mib),
+        None => format!("memory-{}m", a.size_mib),
+    };
+    publish(&section, &command, &o)
 }

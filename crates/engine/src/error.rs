@@ -159,6 +159,7 @@ impl From<sqlvault_store::StoreError> for Error {
             S::MissingDirectory { .. } => (ErrorKind::NotFound, "repo.not-found"),
             S::MissingBucket { .. } => (ErrorKind::NotFound, "store.missing-bucket"),
             S::NoCredentials { .. } => (ErrorKind::Usage, "store.no-credentials"),
+            S::BadConfig { .. } => (ErrorKind::Usage, "store.bad-config"),
             _ => (ErrorKind::Store, "store.unavailable"),
         };
         Error::wrap(kind, code, e)

@@ -115,6 +115,21 @@ pub enum StoreError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
+    /// The cloud client of a well-formed URL cannot be built from the variables
+    /// given: its credentials (a service-account file that is missing or not JSON, a
+    /// key that is not base64) or a setting are unusable. `source` says which.
+    #[error("cannot configure the {backend} client for {url:?} from {vars} (credentials or settings)")]
+    BadConfig {
+        /// The URL as given.
+        url: String,
+        /// The backend's name.
+        backend: &'static str,
+        /// The variables it is configured from.
+        vars: &'static str,
+        /// The client builder's error.
+        #[source]
+        source: Cause,
+    },
     /// The URL names a cloud backend that this build of `sqlvault-store` was compiled
     /// without: enable the named cargo feature (`s3`, `gcs` or `azure`). Reported
     /// before any network access; the `sqlvault` binary has all three.
@@ -509,7 +524,7 @@ fn configured<B, K: std::str::FromStr>(env: &StoreEnv, prefix: &str, base: B, se
         .fold(base, |b, (k, v)| set(b, k, v))
 }
 
-/// A builder's error, boxed as the cause of [`StoreError::InvalidUrl`].
+/// A builder's error, boxed as the cause of [`StoreError::InvalidUrl`] or [`StoreError::BadConfig`].
 type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The object_store client for a cloud scheme (`s3`, `gs`, `az`), configured from
@@ -531,6 +546,12 @@ fn cloud_store(
     let invalid = |reason: String, source: Option<Cause>| StoreError::InvalidUrl {
         url: url.to_string(),
         reason,
+        source,
+    };
+    let bad = |backend: &'static str, vars: &'static str, source: Cause| StoreError::BadConfig {
+        url: url.to_string(),
+        backend,
+        vars,
         source,
     };
     match scheme {
@@ -555,7 +576,7 @@ fn cloud_store(
             .with_bucket_name(bucket)
             .with_retry(client_retry())
             .build()
-            .map_err(|e| invalid("cannot configure the S3 client".into(), Some(e.into())))?;
+            .map_err(|e| bad("S3", "AWS_* variables and the AWS shared files", e.into()))?;
             Ok((Arc::new(store), files.has_credentials))
         }
         #[cfg(not(feature = "s3"))]
@@ -574,12 +595,7 @@ fn cloud_store(
             .with_bucket_name(bucket)
             .with_retry(client_retry())
             .build()
-            .map_err(|e| {
-                invalid(
-                    "cannot configure the Google Cloud Storage client".into(),
-                    Some(e.into()),
-                )
-            })?;
+            .map_err(|e| bad("Google Cloud Storage", "GOOGLE_* and SERVICE_ACCOUNT", e.into()))?;
             Ok((Arc::new(store), true))
         }
         #[cfg(not(feature = "gcs"))]
@@ -605,7 +621,7 @@ fn cloud_store(
             .with_container_name(bucket)
             .with_retry(client_retry())
             .build()
-            .map_err(|e| invalid("cannot configure the Azure client".into(), Some(e.into())))?;
+            .map_err(|e| bad("Azure", "AZURE_* and IDENTITY_ENDPOINT", e.into()))?;
             Ok((Arc::new(store), true))
         }
         #[cfg(not(feature = "azure"))]
