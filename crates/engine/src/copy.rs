@@ -382,16 +382,18 @@ impl Locator {
         Ok(Locator { packs, entries })
     }
 
-    fn find(&self, id: &ChunkId) -> Result<Option<(ObjectId, IndexEntry)>> {
+    /// Where `id` is: its pack's number in [`Locator::packs`] and its entry.
+    fn find(&self, id: &ChunkId) -> Result<Option<(u32, IndexEntry)>> {
         let Some(v) = self.entries.get(id).map_err(scratch_err)? else {
             return Ok(None);
         };
         let u32_at = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().expect("4 bytes"));
-        let Some(pack) = self.packs.get(u32_at(0) as usize) else {
+        let pack = u32_at(0);
+        if pack as usize >= self.packs.len() {
             return Ok(None);
-        };
+        }
         Ok(Some((
-            *pack,
+            pack,
             IndexEntry {
                 id: *id,
                 frame_offset: u64::from_le_bytes(v[4..12].try_into().expect("8 bytes")),
@@ -401,6 +403,71 @@ impl Locator {
             },
         )))
     }
+}
+
+/// A chunk to read from the source, keyed so that the queue sorts by pack, then
+/// position in it: pack number (BE u32), frame offset (BE u64), offset in the frame (BE
+/// u32), the chunk id's first 16 bytes; the value holds the whole id, the frame's and
+/// the chunk's lengths.
+const WANT: usize = 32 + 4 + 4;
+
+fn want_record(pack_no: u32, e: &IndexEntry) -> (ChunkId, [u8; WANT]) {
+    let mut k = [0u8; 32];
+    k[..4].copy_from_slice(&pack_no.to_be_bytes());
+    k[4..12].copy_from_slice(&e.frame_offset.to_be_bytes());
+    k[12..16].copy_from_slice(&e.offset.to_be_bytes());
+    k[16..].copy_from_slice(&e.id.0[..16]);
+    let mut v = [0u8; WANT];
+    v[..32].copy_from_slice(&e.id.0);
+    v[32..36].copy_from_slice(&e.frame_len.to_le_bytes());
+    v[36..].copy_from_slice(&e.len.to_le_bytes());
+    (ChunkId(k), v)
+}
+
+/// The queue of chunks to read, grouped by pack: one `(pack, its entries)` at a time.
+struct PackGroups {
+    records: std::iter::Peekable<crate::runs::Sorted<WANT>>,
+    packs: Vec<ObjectId>,
+}
+
+impl Iterator for PackGroups {
+    type Item = Result<(ObjectId, Vec<IndexEntry>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let pack_of = |k: &ChunkId| u32::from_be_bytes(k.0[..4].try_into().expect("4 bytes"));
+        let first = match self.records.peek()? {
+            Ok((k, _)) => pack_of(k),
+            Err(_) => return Some(Err(scratch_err(self.records.next()?.err()?))),
+        };
+        let mut entries = Vec::new();
+        while let Some(Ok((k, _))) = self.records.peek() {
+            if pack_of(k) != first {
+                break;
+            }
+            let (k, v) = self.records.next()?.ok()?;
+            entries.push(IndexEntry {
+                id: ChunkId(v[..32].try_into().expect("32 bytes")),
+                frame_offset: u64::from_be_bytes(k.0[4..12].try_into().expect("8 bytes")),
+                frame_len: u32::from_le_bytes(v[32..36].try_into().expect("4 bytes")),
+                offset: u32::from_be_bytes(k.0[12..16].try_into().expect("4 bytes")),
+                len: u32::from_le_bytes(v[36..].try_into().expect("4 bytes")),
+            });
+        }
+        let pack = self.packs.get(first as usize).copied();
+        Some(
+            pack.map(|p| (p, entries))
+                .ok_or_else(|| Error::new(ErrorKind::Internal, "internal", "a queued chunk names no pack")),
+        )
+    }
+}
+
+/// The copy map is away only if saving it panicked.
+fn map_gone() -> Error {
+    Error::new(
+        ErrorKind::Internal,
+        "internal",
+        "the copy map was lost when saving it failed",
+    )
 }
 
 /// [`Repo::each_live_index_entry`], with each pack numbered by its place in the returned
@@ -475,8 +542,8 @@ enum Out {
 }
 
 impl Run<'_> {
-    fn map(&self) -> &CopyMap {
-        self.map.as_ref().expect("the copy map is only away while saved")
+    fn map(&self) -> Result<&CopyMap> {
+        self.map.as_ref().ok_or_else(map_gone)
     }
 
     /// Copies one snapshot; `None` when another copy committed it first.
@@ -536,110 +603,125 @@ impl Run<'_> {
             Some(lens) => Out::Seq(Vec::with_capacity(total as usize), lens),
         };
 
+        // Three sweeps, so that each source pack is fetched once whatever the passes:
+        // 1. per pass, the chunks the map and the destination do not resolve are
+        //    located and queued on disk, keyed by where they are (pack, frame, offset);
+        // 2. the queue is read in that order, each pack fetched once, its chunks
+        //    hashed under the destination's key, mapped, and sent if it lacks them;
+        // 3. per pass, every chunk is mapped to its destination id, written out.
         let mut chunks_sent = 0u64;
-        let mut chunks_read = 0u64;
         let bytes_before = self.bytes_sent;
-        let mut in_packer: HashSet<ChunkId> = HashSet::new();
+        let mut wanted: RunMap<WANT> = RunMap::create(dst.session.scratch("copy")?).map_err(scratch_err)?;
+        for (first, n) in crate::pagetable::passes(total, self.pass_chunks) {
+            dst.session.cancel().check()?;
+            let mut unique = chunks.read(first, n)?;
+            unique.sort_unstable();
+            unique.dedup();
+            for sid in &unique {
+                let did = self.map()?.map.get(sid).map_err(scratch_err)?.map(ChunkId);
+                let known = match &did {
+                    Some(d) => self.have.as_ref().expect("loaded").contains(d)?,
+                    None => false,
+                };
+                if known {
+                    continue;
+                }
+                if self.locator.is_none() {
+                    self.locator = Some(Locator::load(src).await?);
+                }
+                let loc = self.locator.as_ref().expect("loaded");
+                let (pack, e) = loc.find(sid)?.ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Integrity,
+                        "repo.missing-chunk",
+                        format!(
+                            "snapshot {} of {} needs chunk {} which no index lists (missing index or pack)",
+                            m.id.short(),
+                            src.store.describe(),
+                            &sid.to_hex()[..16]
+                        ),
+                    )
+                })?;
+                let (key, v) = want_record(pack, &e);
+                wanted.insert(key, v).map_err(scratch_err)?;
+            }
+        }
+        let chunks_read = wanted.len();
+
+        if chunks_read > 0 {
+            let packs = self
+                .locator
+                .as_ref()
+                .expect("loaded before anything is wanted")
+                .packs
+                .clone();
+            let groups = PackGroups {
+                records: wanted.sorted().map_err(scratch_err)?.peekable(),
+                packs,
+            };
+            // One pack is fetched (and starts decoding) while the chunks of the
+            // previous one are re-packed, as they are decoded: memory holds two
+            // ciphertexts and a few 1 MiB batches, not packs of decompressed pages.
+            // The GET runs on a task of its own, so it proceeds while this loop
+            // waits on the destination.
+            let mut fetched = futures::stream::iter(groups.map(|g| {
+                let src = src.clone();
+                tokio::spawn(async move {
+                    let (pack, entries) = g?;
+                    stream_chunks(&src, pack, entries).await
+                })
+            }))
+            .buffered(FETCH_AHEAD + 1);
+            let mut in_packer: HashSet<ChunkId> = HashSet::new();
+            while let Some(joined) = fetched.next().await {
+                let mut batches = joined.map_err(|e| {
+                    Error::new(ErrorKind::Internal, "internal", "a pack reader panicked").with_source(e)
+                })??;
+                while let Some(batch) = batches.recv().await {
+                    dst.session.cancel().check()?;
+                    for (sid, data) in batch? {
+                        let did = dst.keys.chunk_id(&data);
+                        self.map
+                            .as_mut()
+                            .ok_or_else(map_gone)?
+                            .insert(sid, did)
+                            .map_err(scratch_err)?;
+                        let known = self.have.as_ref().expect("loaded").contains(&did)?;
+                        if !known && in_packer.insert(did) {
+                            self.packer.add(did, &data).await?;
+                            dst.session.progress().advance(data.len() as u64);
+                            chunks_sent += 1;
+                            if self.index_sealed().await? {
+                                in_packer.clear();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        drop(wanted);
+
         for (first, n) in crate::pagetable::passes(total, self.pass_chunks) {
             dst.session.cancel().check()?;
             let ids = chunks.read(first, n)?;
             let mut unique = ids.clone();
             unique.sort_unstable();
             unique.dedup();
-            // The destination id of each unique chunk: from the map when the
-            // destination still holds it, else learned by reading it below.
-            let mut dst_of: Vec<Option<ChunkId>> = Vec::with_capacity(unique.len());
-            let mut to_read: Vec<usize> = Vec::new();
-            {
-                let have = self.have.as_ref().expect("loaded");
-                for (u, sid) in unique.iter().enumerate() {
-                    let did = self.map().map.get(sid).map_err(scratch_err)?.map(ChunkId);
-                    match did {
-                        Some(d) if have.contains(&d)? || in_packer.contains(&d) => dst_of.push(Some(d)),
-                        _ => {
-                            dst_of.push(None);
-                            to_read.push(u);
-                        }
-                    }
-                }
+            let mut dst_of = Vec::with_capacity(unique.len());
+            for sid in &unique {
+                let did = self.map()?.map.get(sid).map_err(scratch_err)?.map(ChunkId);
+                dst_of.push(did.ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Internal,
+                        "copy.unmapped-chunk",
+                        format!("chunk {} was not read from the source", &sid.to_hex()[..16]),
+                    )
+                })?);
             }
-            chunks_read += to_read.len() as u64;
-            if !to_read.is_empty() {
-                if self.locator.is_none() {
-                    self.locator = Some(Locator::load(src).await?);
-                }
-                let loc = self.locator.as_ref().expect("loaded");
-                let mut by_pack: HashMap<ObjectId, Vec<IndexEntry>> = HashMap::new();
-                for &u in &to_read {
-                    let id = &unique[u];
-                    let (pack, e) = loc.find(id)?.ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::Integrity,
-                            "repo.missing-chunk",
-                            format!(
-                                "snapshot {} of {} needs chunk {} which no index lists (missing index or pack)",
-                                m.id.short(),
-                                src.store.describe(),
-                                &id.to_hex()[..16]
-                            ),
-                        )
-                    })?;
-                    by_pack.entry(pack).or_default().push(e);
-                }
-                drop(to_read);
-                // One pack is fetched (and starts decoding) while the chunks of the
-                // previous one are re-packed, as they are decoded: memory holds two
-                // ciphertexts and a few 1 MiB batches, not packs of decompressed pages.
-                // The GET runs on a task of its own, so it proceeds while this loop
-                // waits on the destination.
-                let mut fetched = futures::stream::iter(by_pack.into_iter().map(|(pack, wanted)| {
-                    let src = src.clone();
-                    tokio::spawn(async move { stream_chunks(&src, pack, wanted).await })
-                }))
-                .buffered(FETCH_AHEAD + 1);
-                while let Some(joined) = fetched.next().await {
-                    let mut batches = joined.map_err(|e| {
-                        Error::new(ErrorKind::Internal, "internal", "a pack reader panicked").with_source(e)
-                    })??;
-                    while let Some(batch) = batches.recv().await {
-                        dst.session.cancel().check()?;
-                        for (sid, data) in batch? {
-                            let did = dst.keys.chunk_id(&data);
-                            self.map
-                                .as_mut()
-                                .expect("not away")
-                                .map
-                                .insert(sid, did.0)
-                                .map_err(scratch_err)?;
-                            if let Ok(u) = unique.binary_search(&sid) {
-                                dst_of[u] = Some(did);
-                            }
-                            let known = self.have.as_ref().expect("loaded").contains(&did)?;
-                            if !known && in_packer.insert(did) {
-                                self.packer.add(did, &data).await?;
-                                dst.session.progress().advance(data.len() as u64);
-                                chunks_sent += 1;
-                                if self.index_sealed().await? {
-                                    in_packer.clear();
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            // The pass's chunks under the destination's ids.
             let dst_ids: Vec<ChunkId> = ids
                 .iter()
-                .map(|s| {
-                    unique.binary_search(s).ok().and_then(|u| dst_of[u]).ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::Internal,
-                            "copy.unmapped-chunk",
-                            format!("chunk {} was not read from the source", &s.to_hex()[..16]),
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?;
+                .map(|s| dst_of[unique.binary_search(s).expect("every id is in its pass's unique list")])
+                .collect();
             match &mut out {
                 Out::Pages(f, _) => f.write(first, &dst_ids).map_err(scratch_err)?,
                 Out::Seq(v, _) => v.extend_from_slice(&dst_ids),

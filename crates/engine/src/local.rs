@@ -757,6 +757,8 @@ pub(crate) struct CopyMap {
     pub map: RunMap<32>,
     /// Entries when last loaded or saved (to save only after real growth).
     pub saved: u64,
+    /// Pairs learned since (an id read again counts again: an upper bound).
+    added: u64,
 }
 
 const COPY_MAGIC: &[u8; 8] = b"SQLVCPM2";
@@ -784,16 +786,28 @@ impl CopyMap {
         let e = |e| io_err(format!("cannot write the copy map to {where_}"), e);
         let mut map = RunMap::create(scratch).map_err(e)?;
         let Ok(f) = fs::File::open(path) else {
-            return Ok(CopyMap { map, saved: 0 });
+            return Ok(CopyMap {
+                map,
+                saved: 0,
+                added: 0,
+            });
         };
         let mut loaded = 0u64;
         let ok = Self::read_into(f, keys, &mut map, &mut loaded);
         match ok {
-            Ok(true) => Ok(CopyMap { map, saved: loaded }),
+            Ok(true) => Ok(CopyMap {
+                map,
+                saved: loaded,
+                added: 0,
+            }),
             Ok(false) | Err(_) => {
                 tracing::warn!("ignoring damaged copy map {}", path.display());
                 map.clear().map_err(e)?;
-                Ok(CopyMap { map, saved: 0 })
+                Ok(CopyMap {
+                    map,
+                    saved: 0,
+                    added: 0,
+                })
             }
         }
     }
@@ -845,9 +859,16 @@ impl CopyMap {
         Ok(true)
     }
 
-    /// Whether the map has grown by half since it was loaded or saved.
+    /// Records that `src` is `dst` in the destination.
+    pub(crate) fn insert(&mut self, src: ChunkId, dst: ChunkId) -> std::io::Result<()> {
+        self.added += 1;
+        self.map.insert(src, dst.0)
+    }
+
+    /// Whether the map has grown by half since it was loaded or saved (counted by
+    /// pairs learned, not by the runs on disk, which hold an id once per run).
     pub(crate) fn grown(&self) -> bool {
-        self.map.len() > self.saved + self.saved / 2
+        self.added > self.saved / 2
     }
 
     /// Saves the map (sorted, streamed), MACed under `keys`.
@@ -883,6 +904,7 @@ impl CopyMap {
             w.flush()
         })?;
         self.saved = count;
+        self.added = 0;
         Ok(())
     }
 }
@@ -1048,9 +1070,10 @@ mod tests {
         };
         for i in 0..n {
             let (s, d) = pair(i);
-            m.map.insert(s, d.0).unwrap();
+            m.insert(s, d).unwrap();
         }
-        m.map.insert(pair(3).0, pair(3).1.0).unwrap();
+        m.insert(pair(3).0, pair(3).1).unwrap();
+        assert!(m.grown(), "an empty map that learned pairs has grown");
         m.save_to(&path, &keys).unwrap();
         assert_eq!(m.saved, n as u64);
         assert!(!m.grown());

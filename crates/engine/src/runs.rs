@@ -143,13 +143,14 @@ impl<const V: usize> RunMap<V> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
+        // Written from where it is and cleared only once the run counts: a failed
+        // write loses nothing (the bytes written are unreferenced).
         let mut w = RunWriter::new(&mut self.runs);
-        for (id, v) in &pending {
+        for (id, v) in &self.pending {
             w.push(id, v)?;
         }
         w.finish()?;
-        drop(pending);
+        self.pending.clear();
         // Runs stay in sizes at least MERGE_RATIO apart (newest smallest), so a lookup
         // probes ~log4(entries / PENDING) of them: merging the newest two while they
         // are within the ratio, appended at the end of the file.
@@ -157,13 +158,23 @@ impl<const V: usize> RunMap<V> {
             && b.count.saturating_mul(MERGE_RATIO) >= a.count
         {
             let n = self.runs.list.len();
-            let pair: Vec<Run> = self.runs.list.drain(n - 2..).collect();
-            self.dead += pair.iter().map(|r| r.count).sum::<u64>() * Self::REC as u64;
+            // The pair stays listed until its merge is written: a failure leaves both.
+            let file = self.runs.file.try_clone()?;
+            let pair: Vec<Run> = self.runs.list[n - 2..]
+                .iter()
+                .map(|r| Run {
+                    at: r.at,
+                    count: r.count,
+                    fence: Vec::new(),
+                })
+                .collect();
             let merged = {
                 let mut w = RunWriter::<V>::new(&mut self.runs);
-                merge_list::<V>(&w.runs.file.try_clone()?, &pair, |id, v| w.push(id, v))?;
+                merge_list::<V>(&file, &pair, |id, v| w.push(id, v))?;
                 w.finish_detached()?
             };
+            self.dead += pair.iter().map(|r| r.count).sum::<u64>() * Self::REC as u64;
+            self.runs.list.truncate(n - 2);
             self.runs.list.extend(merged);
         }
         if self.runs.list.len() > MAX_RUNS || self.dead > self.live_bytes() {
@@ -211,6 +222,23 @@ impl<const V: usize> RunMap<V> {
         self.name = name;
         self.dead = 0;
         Ok(())
+    }
+
+    /// Every entry once, in ascending id order, as an owned reader (the map is sealed
+    /// first, so it is one run read front to back): for a consumer that awaits between
+    /// entries, where [`RunMap::for_each_sorted`]'s callback cannot.
+    pub(crate) fn sorted(&mut self) -> std::io::Result<Sorted<V>> {
+        self.seal()?;
+        let (at, left) = self.runs.list.first().map_or((0, 0), |r| (r.at, r.count));
+        Ok(Sorted {
+            file: self.runs.file.try_clone()?,
+            cursor: Cursor {
+                at,
+                left,
+                buf: Vec::new(),
+                pos: 0,
+            },
+        })
     }
 
     /// Every entry once, in ascending id order (pending ones are written as a run first).
@@ -291,6 +319,19 @@ impl<const V: usize> std::fmt::Debug for RunMap<V> {
             .field("runs", &self.runs.list.len())
             .field("pending", &self.pending.len())
             .finish()
+    }
+}
+
+/// The entries of a sealed [`RunMap`] in ascending id order (see [`RunMap::sorted`]).
+pub(crate) struct Sorted<const V: usize> {
+    file: File,
+    cursor: Cursor<V>,
+}
+
+impl<const V: usize> Iterator for Sorted<V> {
+    type Item = std::io::Result<(ChunkId, [u8; V])>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.cursor.next(&self.file).transpose()
     }
 }
 
@@ -388,12 +429,14 @@ impl<const V: usize> RunWriter<'_, V> {
     }
 }
 
-/// A new private file named `name` in `dir`.
+/// A new private file named `name` in `dir` (one a failed merge left there is
+/// truncated: the directory is this map's own).
 fn create_private(dir: &tempfile::TempDir, name: u32) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
         .open(dir.path().join(name.to_string()))
 }

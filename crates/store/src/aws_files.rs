@@ -26,6 +26,9 @@ pub(crate) struct FromFiles {
     /// Whether credentials come from somewhere other than the instance metadata
     /// service (variables, a profile, web identity, a container endpoint).
     pub has_credentials: bool,
+    /// Whether an `AWS_SESSION_TOKEN` of the environment must be dropped (the keys
+    /// come from a profile without a token).
+    pub clear_token: bool,
 }
 
 /// Keys of a profile that mean "credentials from elsewhere", which sqlvault does not
@@ -51,14 +54,21 @@ pub(crate) fn resolve(env: &StoreEnv) -> Result<FromFiles, String> {
     };
     let cred_path = path("AWS_SHARED_CREDENTIALS_FILE", "credentials");
     let conf_path = path("AWS_CONFIG_FILE", "config");
-    let creds = match &cred_path {
-        Some(p) => read_ini(p)?,
-        None => None,
+    // A file the user named must be readable; one found by default that cannot be
+    // read is skipped, as the AWS tools skip it (variables may hold all that is needed).
+    let read = |p: &Option<PathBuf>, var: &str| match p {
+        Some(p) => match read_ini(p) {
+            Ok(x) => Ok(x),
+            Err(e) if env.get(var).is_some() => Err(e),
+            Err(e) => {
+                tracing::warn!("skipping {e}");
+                Ok(None)
+            }
+        },
+        None => Ok(None),
     };
-    let conf = match &conf_path {
-        Some(p) => read_ini(p)?,
-        None => None,
-    };
+    let creds = read(&cred_path, "AWS_SHARED_CREDENTIALS_FILE")?;
+    let conf = read(&conf_path, "AWS_CONFIG_FILE")?;
     // `[name]` in credentials; `[profile name]` in config (`[default]` for the default).
     let mut values: BTreeMap<String, String> = BTreeMap::new();
     let mut found = false;
@@ -97,13 +107,26 @@ pub(crate) fn resolve(env: &StoreEnv) -> Result<FromFiles, String> {
         || env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
         || env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some();
     let mut has_credentials = env_keys || env_other;
+    let mut clear_token = false;
     if !has_credentials {
         let id = values.get("aws_access_key_id").filter(|v| !v.is_empty());
         let secret = values.get("aws_secret_access_key").filter(|v| !v.is_empty());
+        let web_identity = values.contains_key("web_identity_token_file") && values.contains_key("role_arn");
+        // A role to assume wins over static keys in the same profile (as in the SDKs):
+        // using the keys would act as another identity than the user configured.
+        if !web_identity && let Some(k) = INDIRECT.iter().chain(&["role_arn"]).find(|k| values.contains_key(**k)) {
+            return Err(format!(
+                "AWS profile {profile:?} gets its credentials through {k}, which sqlvault does not run; \
+                 export them first: eval \"$(aws configure export-credentials --profile {profile} --format env)\""
+            ));
+        }
         match (id, secret) {
             (Some(_), Some(_)) => {
                 add("AWS_ACCESS_KEY_ID", "aws_access_key_id");
                 add("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key");
+                // The profile's token or none: a token left in the environment
+                // belongs to other keys.
+                clear_token = !values.contains_key("aws_session_token");
                 add("AWS_SESSION_TOKEN", "aws_session_token");
                 has_credentials = true;
             }
@@ -113,21 +136,17 @@ pub(crate) fn resolve(env: &StoreEnv) -> Result<FromFiles, String> {
                 ));
             }
             (None, None) => {
-                if values.contains_key("web_identity_token_file") && values.contains_key("role_arn") {
+                if web_identity {
                     add("AWS_WEB_IDENTITY_TOKEN_FILE", "web_identity_token_file");
                     add("AWS_ROLE_ARN", "role_arn");
                     add("AWS_ROLE_SESSION_NAME", "role_session_name");
                     has_credentials = true;
-                } else if let Some(k) = INDIRECT.iter().chain(&["role_arn"]).find(|k| values.contains_key(**k)) {
-                    return Err(format!(
-                        "AWS profile {profile:?} gets its credentials through {k}, which sqlvault does not run; \
-                         export them first: eval \"$(aws configure export-credentials --profile {profile} --format env)\""
-                    ));
                 }
             }
         }
     }
     out.has_credentials = has_credentials;
+    out.clear_token = clear_token;
     if env.get("AWS_REGION").is_none() && env.get("AWS_DEFAULT_REGION").is_none() {
         add("AWS_REGION", "region");
     }
@@ -161,7 +180,13 @@ fn parse_ini(text: &str) -> Sections {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+        // `[name]`, possibly followed by a comment (`[work]  # the work account`).
+        let header = line.strip_prefix('[').and_then(|l| {
+            let (name, rest) = l.split_once(']')?;
+            let rest = rest.trim();
+            (rest.is_empty() || rest.starts_with('#') || rest.starts_with(';')).then_some(name)
+        });
+        if let Some(name) = header {
             // `[profile  x]` and `[profile x]` name the same profile.
             let name = name.split_whitespace().collect::<Vec<_>>().join(" ");
             out.entry(name.clone()).or_default();
@@ -213,7 +238,7 @@ mod tests {
         write(
             d.path(),
             "credentials",
-            "[default]\naws_access_key_id = AKD\naws_secret_access_key = skd\n\n[work]\naws_access_key_id=AKW\naws_secret_access_key=skw\naws_session_token = tok\n",
+            "[default]\naws_access_key_id = AKD\naws_secret_access_key = skd\n\n[work]   # the work account\naws_access_key_id=AKW\naws_secret_access_key=skw\naws_session_token = tok\n[assume]\naws_access_key_id=AKA\naws_secret_access_key=ska\nrole_arn = arn:aws:iam::1:role/x\n",
         );
         write(
             d.path(),
@@ -222,7 +247,11 @@ mod tests {
         );
         let f = resolve(&env_with(d.path(), &[])).unwrap();
         assert!(f.has_credentials);
-        assert_eq!(var(&f, "AWS_ACCESS_KEY_ID"), Some("AKD"));
+        assert_eq!(
+            var(&f, "AWS_ACCESS_KEY_ID"),
+            Some("AKD"),
+            "a commented header is still a header"
+        );
         assert_eq!(var(&f, "AWS_REGION"), Some("eu-west-1"));
         let f = resolve(&env_with(d.path(), &[("AWS_PROFILE", "work")])).unwrap();
         assert_eq!(
@@ -248,6 +277,20 @@ mod tests {
         .unwrap();
         assert!(f.vars.is_empty(), "{:?}", f.vars);
         assert!(f.has_credentials);
+        // A role to assume is not replaced by the profile's static keys.
+        let e = resolve(&env_with(d.path(), &[("AWS_PROFILE", "assume")])).unwrap_err();
+        assert!(e.contains("role_arn"), "{e}");
+        // Keys from a profile without a token: a token in the environment is dropped.
+        let f = resolve(&env_with(d.path(), &[("AWS_SESSION_TOKEN", "stale")])).unwrap();
+        assert!(f.clear_token && var(&f, "AWS_SESSION_TOKEN").is_none());
+        // An unreadable default file is skipped; one named by a variable is an error.
+        std::fs::create_dir_all(d.path().join("dir-not-file")).unwrap();
+        let named = d.path().join("dir-not-file");
+        let e = resolve(&env_with(
+            d.path(),
+            &[("AWS_CONFIG_FILE", named.to_str().unwrap()), ("AWS_PROFILE", "work")],
+        ));
+        assert!(e.is_err(), "{e:?}");
     }
 
     #[test]

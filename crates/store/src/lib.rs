@@ -169,7 +169,6 @@ pub enum StoreError {
     },
     /// No S3 credentials are configured (variables, the AWS shared files) and the
     /// EC2 instance metadata service, object_store's last resort, did not give any.
-    /// Not transient: it is not retried.
     #[error(
         "no AWS credentials for {repo}: none in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, none for profile {profile:?} in ~/.aws/credentials or ~/.aws/config, and the EC2 instance metadata service gave none"
     )]
@@ -178,6 +177,9 @@ pub enum StoreError {
         repo: String,
         /// The AWS profile looked up.
         profile: String,
+        /// Whether the metadata service's failure may pass (retried as such: on EC2
+        /// the role is the credential, and its endpoint can have a bad moment).
+        transient: bool,
         /// What the last attempt reported.
         #[source]
         source: Box<object_store::Error>,
@@ -215,7 +217,10 @@ impl StoreError {
 
     /// Retrying may succeed (network, throttling, server errors).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Backend { transient: true, .. })
+        matches!(
+            self,
+            StoreError::Backend { transient: true, .. } | StoreError::NoCredentials { transient: true, .. }
+        )
     }
 }
 
@@ -538,7 +543,7 @@ fn cloud_store(
     bucket: &str,
     env: &StoreEnv,
     url: &str,
-) -> Result<(Arc<dyn ObjectStore>, bool), StoreError> {
+) -> Result<(Arc<dyn ObjectStore>, bool, StoreEnv), StoreError> {
     let not_built = |feature: &'static str| StoreError::BackendNotBuilt {
         scheme: scheme.to_string(),
         feature,
@@ -559,6 +564,9 @@ fn cloud_store(
         "s3" => {
             let files = aws_files::resolve(env).map_err(|r| invalid(r, None))?;
             let mut env = env.clone();
+            if files.clear_token {
+                env.vars.remove("AWS_SESSION_TOKEN");
+            }
             for (k, v) in &files.vars {
                 env = env.with(k, v);
             }
@@ -577,7 +585,7 @@ fn cloud_store(
             .with_retry(client_retry())
             .build()
             .map_err(|e| bad("S3", "AWS_* variables and the AWS shared files", e.into()))?;
-            Ok((Arc::new(store), files.has_credentials))
+            Ok((Arc::new(store), files.has_credentials, env))
         }
         #[cfg(not(feature = "s3"))]
         "s3" => Err(not_built("s3")),
@@ -596,7 +604,7 @@ fn cloud_store(
             .with_retry(client_retry())
             .build()
             .map_err(|e| bad("Google Cloud Storage", "GOOGLE_* and SERVICE_ACCOUNT", e.into()))?;
-            Ok((Arc::new(store), true))
+            Ok((Arc::new(store), true, env.clone()))
         }
         #[cfg(not(feature = "gcs"))]
         "gs" => Err(not_built("gcs")),
@@ -622,7 +630,7 @@ fn cloud_store(
             .with_retry(client_retry())
             .build()
             .map_err(|e| bad("Azure", "AZURE_* and IDENTITY_ENDPOINT", e.into()))?;
-            Ok((Arc::new(store), true))
+            Ok((Arc::new(store), true, env.clone()))
         }
         #[cfg(not(feature = "azure"))]
         "az" => Err(not_built("azure")),
@@ -708,14 +716,16 @@ impl Store {
             }
             let prefix = ObjPath::from(parsed.path().trim_matches('/'));
             cloud_bucket = Some(bucket.to_string());
-            let (store, creds) = cloud_store(parsed.scheme(), bucket, env, url)?;
+            // The location (what pins are keyed by) comes from the configuration the
+            // client uses, the AWS shared files included.
+            let (store, creds, used) = cloud_store(parsed.scheme(), bucket, env, url)?;
             has_credentials = creds;
             profile = env
                 .get("AWS_PROFILE")
                 .or_else(|| env.get("AWS_DEFAULT_PROFILE"))
                 .unwrap_or("default")
                 .to_string();
-            location = cloud_location(parsed.scheme(), bucket, prefix.as_ref(), env);
+            location = cloud_location(parsed.scheme(), bucket, prefix.as_ref(), &used);
             (store, prefix)
         } else {
             let path = match url.strip_prefix("file://") {
@@ -746,12 +756,9 @@ impl Store {
                 .get("AWS_METADATA_ENDPOINT")
                 .unwrap_or("http://169.254.169.254")
                 .to_string();
-            store.metadata_host = Some(
-                url::Url::parse(&endpoint)
-                    .ok()
-                    .and_then(|u| u.host_str().map(str::to_string))
-                    .unwrap_or(endpoint),
-            );
+            // Matched as the start of the URL object_store's error names (scheme, host
+            // and port), not a bare host an S3 endpoint could share.
+            store.metadata_host = Some(endpoint.trim_end_matches('/').to_string() + "/");
         }
         store.profile = profile;
         store.location = location;
@@ -842,7 +849,7 @@ impl Store {
             },
             // With no credentials configured, object_store asks the EC2 instance
             // metadata service before it signs a request; when that fails (not on EC2,
-            // no role), say so instead of its raw error, and do not retry it.
+            // no role), say so instead of its raw error (retried only if transient).
             e if self
                 .metadata_host
                 .as_deref()
@@ -851,6 +858,7 @@ impl Store {
                 StoreError::NoCredentials {
                     repo: self.repo.clone(),
                     profile: self.profile.clone(),
+                    transient: is_transient(&e),
                     source: Box::new(e),
                 }
             }

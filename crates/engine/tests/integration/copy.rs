@@ -24,6 +24,8 @@ struct Side {
     store: Store,
     writer: Repo,
     reader: Repo,
+    /// The identity that reads it.
+    secret: sqlvault_engine::crypt::secrecy::SecretString,
 }
 
 async fn side(session: &Session, name: &str, every: u64) -> Side {
@@ -45,6 +47,7 @@ async fn side(session: &Session, name: &str, every: u64) -> Side {
         store,
         writer,
         reader,
+        secret: sk.clone(),
     }
 }
 
@@ -266,4 +269,55 @@ async fn copy_resumes_after_crashes_and_sends_only_what_is_missing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), "copy.same-repository");
+}
+
+/// A copy in passes fetches each source pack once, however many passes its chunks
+/// span (an incremental's pack holds pages from all over the database): the same
+/// source GETs as a copy in one pass, and the same restorable result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_in_many_passes_fetches_each_source_pack_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = Session::new(dir.path().join("home"));
+    let src = side(&session, "src", 0).await;
+    let db = dir.path().join("app.db");
+    sqlvault_testkit::generate(
+        &db,
+        &sqlvault_testkit::GenOptions {
+            target_bytes: 1 << 20,
+            seed: 12,
+            wal: false,
+        },
+    )
+    .unwrap();
+    let opts = BackupOptions::default().with_pack_target(64 << 10);
+    sqlvault_engine::backup(&src.writer, &db, opts.clone()).await.unwrap();
+    sqlvault_testkit::update_random(&db, 0.2, 3).unwrap();
+    sqlvault_engine::backup(&src.writer, &db, opts).await.unwrap();
+    let src_snaps = src.reader.snapshots().await.unwrap();
+    let newest = src_snaps.iter().max_by_key(|m| m.created_ms).unwrap().id.to_string();
+    let packs = src.store.list("packs").await.unwrap().len() as u64;
+
+    let mut gets = Vec::new();
+    for (name, pass) in [("one", 1 << 20), ("many", 7)] {
+        // A session of its own: no copy map learned by the other run.
+        let s = Session::new(dir.path().join(format!("home-{name}")));
+        let reader = Repo::open_read(
+            &s,
+            src.store.clone(),
+            Access::Identities(Identities::from_secret_string(&src.secret).unwrap()),
+        )
+        .await
+        .unwrap();
+        let dst = side(&s, name, 0).await;
+        let o = CopyOptions::default()
+            .with_pack_target(64 << 10)
+            .with_pass_chunks(pass)
+            .with_snapshots(vec![newest.clone()]);
+        let rep = sqlvault_engine::copy(&reader, &dst.writer, &o).await.unwrap();
+        assert_eq!(rep.copied.len(), 1);
+        gets.push(rep.source_requests.get);
+        assert_eq!(all_restore(&dst, &src_snaps, dir.path(), name).await, 1);
+    }
+    assert_eq!(gets[0], gets[1], "passes of 7 pages fetched packs again: {gets:?}");
+    assert!(gets[1] <= packs + 20, "{gets:?} GETs for {packs} packs");
 }
