@@ -49,7 +49,7 @@ pub struct CopyOptions {
     /// Target size of a pack before compression and encryption.
     pub pack_target: usize,
     /// Pages (or chunks of a dump) handled per pass: what a pass holds in memory is
-    /// ~100 bytes each (see [`Run::snapshot`]).
+    /// ~100 bytes each; the rest of a copy's state is on local disk.
     pub pass_chunks: usize,
 }
 
