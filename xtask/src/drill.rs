@@ -1,5 +1,6 @@
 //! `cargo xtask drill`: the scenario matrix, run against the built `sqlvault` binary as
-//! a user would run it, on every backend (local disk, S3 on moto, Azure on azurite, each
+//! a user would run it, on every backend (local disk, S3 on moto and on SeaweedFS, GCS on
+//! fake-gcs-server behind testkit's shim, Azure on azurite, each
 //! started on 127.0.0.1 and stopped by pid).
 //!
 //! Every scenario either restores and verifies — integrity_check and the logical
@@ -39,7 +40,7 @@ pub struct DrillArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Backends to drill (default: all).
-    #[arg(long, value_delimiter = ',', value_parser = ["local", "s3", "azure"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["local", "s3", "s3-seaweedfs", "gcs", "azure"])]
     backends: Vec<String>,
     /// Where the JSON report goes (default: target/drill/report.json).
     #[arg(long)]
@@ -191,8 +192,8 @@ pub fn run(a: DrillArgs) -> Result<()> {
     };
     let wanted = |b: &str| a.backends.is_empty() || a.backends.iter().any(|x| x == b);
 
-    // Servers first, while this process has no other thread: the in-process store
-    // (used to damage objects) reads its settings from the environment.
+    // Servers first; each backend's environment is handed to the commands and to the
+    // in-process store that damages objects (never set in this process's own).
     let moto = if wanted("s3") {
         let m = sqlvault_testkit::MotoServer::start().map_err(anyhow::Error::msg)?;
         m.create_bucket("drill").map_err(anyhow::Error::msg)?;
@@ -207,14 +208,20 @@ pub fn run(a: DrillArgs) -> Result<()> {
     } else {
         None
     };
-    for (k, v) in moto
-        .iter()
-        .flat_map(|m| m.env())
-        .chain(azurite.iter().flat_map(|z| z.env()))
-    {
-        // SAFETY: no other thread exists yet in this process.
-        unsafe { std::env::set_var(k, v) };
-    }
+    let weed = if wanted("s3-seaweedfs") {
+        let w = sqlvault_testkit::SeaweedServer::start().map_err(anyhow::Error::msg)?;
+        w.create_bucket("drill").map_err(anyhow::Error::msg)?;
+        Some(w)
+    } else {
+        None
+    };
+    let gcs = if wanted("gcs") {
+        let g = sqlvault_testkit::GcsServer::start().map_err(anyhow::Error::msg)?;
+        g.create_bucket("drill").map_err(anyhow::Error::msg)?;
+        Some(g)
+    } else {
+        None
+    };
     let mut proxies = Vec::new();
     let mut backends = Vec::new();
     if wanted("local") {
@@ -254,6 +261,27 @@ pub fn run(a: DrillArgs) -> Result<()> {
         };
     if let Some(m) = &moto {
         remote("s3", "s3://drill", m.env(), "AWS_ENDPOINT", m.port, seed)?;
+    }
+    if let Some(w) = &weed {
+        remote(
+            "s3-seaweedfs",
+            "s3://drill",
+            w.env(),
+            "AWS_ENDPOINT",
+            w.port,
+            seed ^ 0x3c3c,
+        )?;
+    }
+    if let Some(g) = &gcs {
+        // The fault proxy sits in front of the XML-PUT shim (testkit::GcsServer).
+        remote(
+            "gcs",
+            "gs://drill",
+            g.env(),
+            "GOOGLE_BASE_URL",
+            g.shim_port,
+            seed ^ 0x6969,
+        )?;
     }
     if let Some(z) = &azurite {
         remote(
@@ -295,6 +323,8 @@ pub fn run(a: DrillArgs) -> Result<()> {
     }
     drop(proxies);
     drop(moto);
+    drop(weed);
+    drop(gcs);
     drop(azurite);
 
     let failed: Vec<&Value> = d.outcomes.iter().filter(|o| o["outcome"] != "pass").collect();
@@ -744,7 +774,7 @@ impl Drill {
         if failed {
             return Ok(());
         }
-        let store = sqlvault_store::Store::open_url(&repo, &sqlvault_store::StoreEnv::from_vars(std::env::vars_os()))?;
+        let store = sqlvault_store::Store::open_url(&repo, &sqlvault_store::StoreEnv::from_vars(env.clone()))?;
         let kinds = [
             "sqlvault.json",
             "config",
