@@ -302,20 +302,13 @@ impl KnownChunks {
         {
             return false;
         }
-        let rec = |i: usize| &block[i * 36..i * 36 + 36];
-        let (mut lo, mut hi) = (0usize, n);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match rec(mid)[..32].cmp(&id.0[..]) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => {
-                    let p = u32::from_le_bytes(rec(mid)[32..].try_into().unwrap()) as usize;
-                    return !self.gone.get(p).copied().unwrap_or(true);
-                }
+        match crate::runs::search_block(&block, KNOWN_RECORD as usize, id) {
+            Some(v) => {
+                let p = u32::from_le_bytes(v.try_into().expect("4 bytes")) as usize;
+                !self.gone.get(p).copied().unwrap_or(true)
             }
+            None => false,
         }
-        false
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -125,17 +125,7 @@ impl<const V: usize> RunMap<V> {
         self.runs
             .file
             .read_exact_at(&mut block, r.at + first * Self::REC as u64)?;
-        let rec = |i: usize| &block[i * Self::REC..(i + 1) * Self::REC];
-        let (mut lo, mut hi) = (0usize, n);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match rec(mid)[..32].cmp(&id.0[..]) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Ok(Some(rec(mid)[32..].try_into().expect("V bytes"))),
-            }
-        }
-        Ok(None)
+        Ok(search_block(&block, Self::REC, id).map(|v| v.try_into().expect("V bytes")))
     }
 
     /// Writes the pending entries as a run (and merges the runs when there are too many).
@@ -333,6 +323,24 @@ impl<const V: usize> Iterator for Sorted<V> {
     fn next(&mut self) -> Option<Self::Item> {
         self.cursor.next(&self.file).transpose()
     }
+}
+
+/// The value of the record for `id` in `block`: records of `rec` bytes, each a 32-byte
+/// id then its value, sorted by id (a block of a run here, or of the known-chunk
+/// cache, which has the same layout).
+pub(crate) fn search_block<'b>(block: &'b [u8], rec: usize, id: &ChunkId) -> Option<&'b [u8]> {
+    let n = block.len() / rec;
+    let at = |i: usize| &block[i * rec..(i + 1) * rec];
+    let (mut lo, mut hi) = (0usize, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match at(mid)[..32].cmp(&id.0[..]) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Some(&at(mid)[32..]),
+        }
+    }
+    None
 }
 
 /// A cursor over one run, reading it in blocks.
