@@ -32,8 +32,8 @@ use serde::Serialize;
 use sqlvault_format::{ChunkId, ChunkSeq, IndexEntry, Manifest, ObjectId, decode_entries, kind, layout};
 use sqlvault_store::RequestCounts;
 
+use crate::copymap::CopyMap;
 use crate::error::{Error, ErrorKind, Result};
-use crate::local::CopyMap;
 use crate::packer::{Packer, stream_chunks, write_index_for};
 use crate::repo::{Repo, unknown_kind};
 use crate::runs::RunMap;

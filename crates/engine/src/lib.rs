@@ -82,6 +82,7 @@ mod chain;
 mod check;
 mod commit;
 mod copy;
+mod copymap;
 mod drill;
 mod error;
 pub mod evidence;
