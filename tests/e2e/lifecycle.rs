@@ -393,3 +393,69 @@ fn a_damaged_prune_state_stops_prune_until_reset_while_backups_go_on() {
     w.run(&["verify", &repo, "-i", &key, "--all"]).ok();
     w.run(&["check", &repo, "-i", &key, "--read-data"]).ok();
 }
+
+#[test]
+fn check_cost_counts_every_object_and_the_requests_incrementals_made() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (_key, db) = w.setup(&repo, 1 << 20, true);
+    // Before any incremental: no typical backup to report, and no invented one.
+    w.run(&["backup", &db, &repo]).ok();
+    let v = w.run(&["check", "--cost", &repo, "--json"]).ok().json();
+    assert!(v["typical_incremental"].is_null(), "{v}");
+
+    let mut own: Vec<serde_json::Value> = Vec::new();
+    for seed in 0..3 {
+        kit::update_random(Path::new(&db), 0.02, seed).unwrap();
+        own.push(w.run(&["backup", &db, &repo, "--json"]).ok().json());
+    }
+    // A write key is enough: no identity given.
+    let v = w.run(&["check", "--cost", &repo, "--json"]).ok().json();
+    assert_eq!(v["snapshots"], 4);
+    assert_eq!(v["incremental_snapshots"], 3);
+
+    // Every object counted once, by the kind its key starts with, bytes as stored.
+    let root = w.path("repo");
+    let on_disk = files(&root);
+    assert_eq!(v["objects"].as_u64().unwrap(), on_disk.len() as u64, "{v}");
+    let bytes: u64 = on_disk.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(v["bytes"].as_u64().unwrap(), bytes);
+    let packs = v["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "packs")
+        .unwrap();
+    let pack_files = on_disk.iter().filter(|p| p.starts_with(root.join("packs"))).count();
+    assert_eq!(packs["objects"].as_u64().unwrap(), pack_files as u64);
+
+    // The typical incremental is what the backups themselves reported, less opening the
+    // repository (which `open_requests` gives), as the median of the three.
+    let t = &v["typical_incremental"];
+    assert_eq!(t["sampled"], 3);
+    let open = &v["open_requests"];
+    for kind in ["put", "get", "head", "list"] {
+        let mut seen: Vec<u64> = own
+            .iter()
+            .map(|b| b["requests"][kind].as_u64().unwrap() - open[kind].as_u64().unwrap())
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(t["requests"][kind].as_u64().unwrap(), seen[1], "{kind}: {v} vs {own:?}");
+    }
+    assert!(
+        t["requests"]["put"].as_u64().unwrap() >= 3,
+        "pack, index, map and manifest at least: {t}"
+    );
+    let mut uploaded: Vec<u64> = own.iter().map(|b| b["bytes_new"].as_u64().unwrap()).collect();
+    uploaded.sort_unstable();
+    // The manifest records what went before it; the backup's report adds the manifest.
+    assert!(t["bytes_new"].as_u64().unwrap() < uploaded[2], "{t} vs {uploaded:?}");
+    assert!(t["bytes_new"].as_u64().unwrap() > 0);
+
+    let text = w.run(&["check", "--cost", &repo]).ok().stdout;
+    assert!(
+        text.contains("typical incremental backup (median of the newest 3)"),
+        "{text}"
+    );
+    assert!(text.contains("hourly, a month"), "{text}");
+}

@@ -71,6 +71,13 @@ fn manifest(kind: &str) -> Manifest {
             bytes_new: 500,
             chunks_total: 3,
             chunks_new: 1,
+            requests: Some(sqlvault_engine::format::StoredRequests {
+                get: 2,
+                put: 5,
+                list: 0,
+                delete: 0,
+                head: 3,
+            }),
         },
         dump: (kind == "dump").then(|| DumpFacts {
             chunker: sqlvault_engine::format::DUMP_CHUNKER.describe(),

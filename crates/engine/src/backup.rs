@@ -1167,6 +1167,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
             bytes_new: 0,
             chunks_total,
             chunks_new,
+            requests: None,
         },
         cipher: match (cipher, &opts.unlock) {
             (Some(s), Some(u)) => {
@@ -1207,6 +1208,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         grace_code: "backup.outlived-grace",
         what: "the backup",
         claim: Some(&claim),
+        requests_at_start: before,
     })
     .await?;
     let (manifest, manifest_len) = match committed {

@@ -8,7 +8,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sqlvault_format::{Manifest, MapRef, encode_manifest, layout};
+use sqlvault_format::{Manifest, MapRef, StoredRequests, encode_manifest, layout};
+use sqlvault_store::RequestCounts;
 
 use crate::error::Result;
 use crate::names::ClaimPlan;
@@ -32,6 +33,9 @@ pub(crate) struct Commit<'a> {
     pub what: &'a str,
     /// A database name claim to write right before the manifest.
     pub claim: Option<&'a ClaimPlan>,
+    /// The store's request counts when the operation began: the manifest records what
+    /// it took (`stats.requests`), counting the claim and the manifest PUTs to come.
+    pub requests_at_start: RequestCounts,
 }
 
 /// What a commit did.
@@ -56,12 +60,22 @@ pub(crate) async fn commit(c: Commit<'_>) -> Result<Committed> {
         grace_code,
         what,
         claim,
+        requests_at_start,
     } = c;
     // Append-only: the commit path has no way to delete (the manifest is created only
     // if absent).
     let store = repo.store.appender();
     manifest.maps.extend(new_maps);
     manifest.stats.bytes_new = bytes_before;
+    let so_far = repo.store.stats().since(requests_at_start);
+    let claim_put = matches!(claim, Some(ClaimPlan::Create { .. } | ClaimPlan::Adopt { .. }));
+    manifest.stats.requests = Some(StoredRequests {
+        get: so_far.get,
+        put: so_far.put + 1 + u64::from(claim_put),
+        list: so_far.list,
+        delete: so_far.delete,
+        head: so_far.head,
+    });
     let ct = repo.encrypt_meta(&encode_manifest(&repo.keys, &manifest))?;
     let manifest_len = ct.len() as u64;
     crate::prune::within_grace(repo, pending_read, grace, grace_code, what)?;

@@ -611,6 +611,7 @@ impl Run<'_> {
         // 3. per pass, every chunk is mapped to its destination id, written out.
         let mut chunks_sent = 0u64;
         let bytes_before = self.bytes_sent;
+        let requests_at_start = dst.store.stats();
         let mut wanted: RunMap<WANT> = RunMap::create(dst.session.scratch("copy")?).map_err(scratch_err)?;
         for (first, n) in crate::pagetable::passes(total, self.pass_chunks) {
             dst.session.cancel().check()?;
@@ -770,6 +771,7 @@ impl Run<'_> {
             grace_code: "copy.outlived-grace",
             what: "copying the snapshot",
             claim: None,
+            requests_at_start,
         })
         .await?;
         let (manifest, manifest_len) = match committed {

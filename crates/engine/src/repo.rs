@@ -8,7 +8,7 @@ use sqlvault_format::{
     AdminKey, ChunkId, ChunkSeq, FORMAT_VERSION, IndexAuth, IndexEntry, IndexFile, Manifest, MapRef, ObjectId, PageMap,
     RepoConfig, RepoKeys, RepoMarker, RepoSecret, kind, layout,
 };
-use sqlvault_store::Store;
+use sqlvault_store::{RequestCounts, Store};
 
 use crate::chain::{adopt_recipient_set, check_config_chain};
 use crate::error::{Error, ErrorKind, Result, corrupt, crypt_err, map_count_mismatch, map_unmapped};
@@ -104,6 +104,9 @@ pub struct Repo {
     /// Whether this host knew the repository's identity before this open (a pin, a
     /// write key, or a fingerprint given), rather than trusting it on first use.
     pub(crate) pinned: bool,
+    /// The requests opening it took (marker, keys, config): what every command that
+    /// opens a repository pays besides its own work.
+    pub(crate) open_requests: RequestCounts,
 }
 
 /// A chunk sequence (its resulting count is a u32 at byte 9) may not describe more
@@ -390,6 +393,7 @@ impl Repo {
             meta_recipient: Arc::new(meta_recipient),
             identities: Arc::new(identities),
             meta_identities: Arc::new(meta_identities),
+            open_requests: RequestCounts::default(),
             can_read_data,
             generation: set.generation,
             admin_pub: set.admin_pub,
@@ -400,6 +404,7 @@ impl Repo {
     /// Opens for backup with this host's write key: can write snapshots and read
     /// metadata (names, times, sizes), cannot decrypt any data.
     pub async fn open_write(session: &Session, store: Store) -> Result<Repo> {
+        let at_start = store.stats();
         session.register(&store);
         let (marker, pin) = read_pinned_marker(session, &store).await?;
         let wk = WriteKey::load(session.state_dir(), &marker.repo_id)?.ok_or_else(|| {
@@ -442,6 +447,7 @@ impl Repo {
             meta,
             false,
         )
+        .map(|r| r.opened_since(at_start))
     }
 
     /// Opens for reading with an identity or passphrase, trusting the session's
@@ -457,6 +463,7 @@ impl Repo {
     /// fingerprint, or the session does), so that a bucket writer cannot swap in a
     /// marker and config of their own.
     pub async fn open_read_trusting(session: &Session, store: Store, access: Access, trust: Trust) -> Result<Repo> {
+        let at_start = store.stats();
         session.register(&store);
         let home = session.state_dir();
         let (marker, loc_pin) = read_pinned_marker(session, &store).await?;
@@ -600,8 +607,18 @@ impl Repo {
         )
         .map(|mut r| {
             r.pinned = known;
-            r
+            r.opened_since(at_start)
         })
+    }
+
+    fn opened_since(mut self, at_start: RequestCounts) -> Repo {
+        self.open_requests = self.store.stats().since(at_start);
+        self
+    }
+
+    /// The requests opening this repository took.
+    pub fn open_requests(&self) -> RequestCounts {
+        self.open_requests
     }
 
     /// [`Repo::open_read`] with `access`, else [`Repo::open_write`].

@@ -94,7 +94,7 @@ pub use index::{
 pub use keys::{AdminKey, RepoKeys, RepoSecret, verify_admin_signature};
 pub use manifest::{
     CipherFacts, DumpFacts, Manifest, MapRef, RecipientSet, RepoConfig, RepoMarker, SnapshotStats, SourceCheck,
-    decode_manifest, encode_manifest, is_repo_id, kind,
+    StoredRequests, decode_manifest, encode_manifest, is_repo_id, kind,
 };
 pub use pagemap::{PageMap, PageMapKind};
 

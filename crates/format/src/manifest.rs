@@ -195,6 +195,26 @@ pub struct SnapshotStats {
     pub chunks_total: u64,
     /// Chunks not already in the repository.
     pub chunks_new: u64,
+    /// The store requests the backup made up to and including its manifest's PUT
+    /// (`check --cost` reports a typical incremental from these). Absent in manifests
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<StoredRequests>,
+}
+
+/// Store requests by kind, as recorded in a manifest.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredRequests {
+    /// GET requests (whole or ranged).
+    pub get: u64,
+    /// PUT requests.
+    pub put: u64,
+    /// LIST requests.
+    pub list: u64,
+    /// DELETE requests.
+    pub delete: u64,
+    /// HEAD requests.
+    pub head: u64,
 }
 
 /// A snapshot manifest: everything restore needs besides the data. Written last,

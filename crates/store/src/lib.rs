@@ -353,6 +353,9 @@ pub struct Listed {
     /// The store's version of it (entity tag and modification time), when the store
     /// reports one: a new object under the same name has another.
     pub version: Option<String>,
+    /// When the store last wrote it, unix milliseconds (the store's clock). Object Lock
+    /// retention by a bucket default runs from here.
+    pub modified_ms: i64,
 }
 
 /// Retry policy for transient failures: `attempts` tries in all, sleeping
@@ -980,7 +983,13 @@ impl Store {
         let metas: Vec<object_store::ObjectMeta> = self
             .retrying("LIST", dir, || self.inner.list(Some(&path)).try_collect())
             .await?;
-        let base = format!("{path}/");
+        // The repository root ("") of a store without a prefix lists from the bucket's
+        // top: names are then already relative.
+        let base = if path.as_ref().is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
         let mut out: Vec<Listed> = metas
             .into_iter()
             .filter_map(|m| {
@@ -989,6 +998,7 @@ impl Store {
                 Some(Listed {
                     name,
                     size: m.size,
+                    modified_ms: m.last_modified.timestamp_millis(),
                     version: m
                         .e_tag
                         .map(|t| format!("{t}@{}", m.last_modified.timestamp_nanos_opt().unwrap_or(0))),
