@@ -17,6 +17,7 @@ mod drill;
 mod dumps;
 mod key_rotation;
 mod keys_and_errors;
+mod leases;
 mod lifecycle;
 mod realworld;
 mod s3;

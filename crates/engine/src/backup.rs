@@ -23,6 +23,8 @@ use sqlvault_format::{
 use sqlvault_sqlite::{SnapshotError, SnapshotMethod, Source, SourceOptions};
 use sqlvault_store::RequestCounts;
 
+use crate::lease::Lease;
+
 use crate::error::{Error, ErrorKind, Result, crypt_err, io_err};
 use crate::local::{KnownChunks, ParentCache, ParentTable, SeqParent};
 use crate::packer::{PackBuilder, SealedPack, compress_checked, index_object, put_index};
@@ -66,6 +68,10 @@ pub struct BackupOptions {
     /// Take over the name when the repository records another source for it (a moved
     /// database); otherwise such a backup is refused (`backup.name-taken`).
     pub adopt_name: bool,
+    /// Hold the database name's lease ([`crate::lease`]) for this long between
+    /// renewals, so that no other host backs up the same name meanwhile; `None`: no
+    /// lease is taken or checked.
+    pub lease: Option<Duration>,
 }
 
 /// What a snapshot holds.
@@ -97,6 +103,7 @@ impl Default for BackupOptions {
             unlock: None,
             integrity_check: false,
             adopt_name: false,
+            lease: None,
         }
     }
 }
@@ -105,6 +112,11 @@ impl BackupOptions {
     /// Sets the database name.
     pub fn with_name(mut self, name: Option<String>) -> Self {
         self.name = name;
+        self
+    }
+    /// Holds the name's lease, renewed every third of `ttl` (see the field).
+    pub fn with_lease(mut self, ttl: Option<Duration>) -> Self {
+        self.lease = ttl;
         self
     }
     /// Takes over a name another source owns (see the field).
@@ -233,6 +245,7 @@ struct Dest {
     error: Mutex<Option<Error>>,
     /// What to do with the name's claim at the commit ([`crate::names`]).
     claim: crate::names::ClaimPlan,
+    lease: Option<Lease>,
 }
 
 struct Shared {
@@ -645,7 +658,12 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
 
     let befores: Vec<RequestCounts> = repos.iter().map(|r| r.store.stats()).collect();
     let adopt = opts.adopt_name;
-    let preps = futures::future::join_all(repos.iter().map(|r| prepare(r, &name, kind, &source, adopt))).await;
+    let preps = futures::future::join_all(
+        repos
+            .iter()
+            .map(|r| prepare(r, &name, kind, &source, adopt, opts.lease)),
+    )
+    .await;
     let mut results: Vec<Option<Result<BackupReport>>> = (0..repos.len()).map(|_| None).collect();
     let mut live: Vec<(usize, Prep)> = Vec::new();
     for (i, p) in preps.into_iter().enumerate() {
@@ -697,6 +715,7 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             claim: p.claim,
+            lease: p.lease,
         });
         rest.push((i, p.parent, p.pending_read, p.grace));
     }
@@ -738,6 +757,9 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
         Err(_) if all_failed => {
             for (((i, ..), d), o) in rest.iter().zip(dests).zip(&outs) {
                 discard_uploads(&d.repo, o).await;
+                if let Some(l) = d.lease {
+                    l.release().await;
+                }
                 let e = d
                     .error
                     .into_inner()
@@ -748,8 +770,11 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
             return Ok(settle(repos, results));
         }
         Err(e) => {
-            for (d, o) in dests.iter().zip(&outs) {
+            for (d, o) in dests.into_iter().zip(&outs) {
                 discard_uploads(&d.repo, o).await;
+                if let Some(l) = d.lease {
+                    l.release().await;
+                }
             }
             return Err(e);
         }
@@ -763,6 +788,7 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
             let (name, before) = (name.clone(), befores[i]);
             let scratch = scratch.path().to_path_buf();
             async move {
+                let lease = dest.lease;
                 let r = match dest.error.into_inner().unwrap() {
                     Some(e) => {
                         discard_uploads(&dest.repo, &outs).await;
@@ -786,10 +812,14 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
                             name,
                             started,
                             before,
+                            lease: lease.clone(),
                         };
                         finish_dest(ctx).await
                     }
                 };
+                if let Some(l) = lease {
+                    l.release().await;
+                }
                 (i, r)
             }
         });
@@ -864,9 +894,36 @@ struct Prep {
     pending_read: Instant,
     grace: Duration,
     claim: crate::names::ClaimPlan,
+    /// The lease on the name, when asked for: held until after the commit.
+    lease: Option<Lease>,
 }
 
+/// The lease first, when asked for (it guards everything after it), then the rest of
+/// [`prepare_leased`]; a lease taken for a destination that then fails is released.
 async fn prepare(
+    repo: &Repo,
+    name: &str,
+    kind: BackupKind,
+    source: &crate::names::SourceId,
+    adopt: bool,
+    lease_ttl: Option<Duration>,
+) -> Result<Prep> {
+    let lease = match lease_ttl {
+        Some(ttl) => Some(Lease::acquire(repo, name, ttl).await?),
+        None => None,
+    };
+    match prepare_leased(repo, name, kind, source, adopt).await {
+        Ok(p) => Ok(Prep { lease, ..p }),
+        Err(e) => {
+            if let Some(l) = lease {
+                l.release().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn prepare_leased(
     repo: &Repo,
     name: &str,
     kind: BackupKind,
@@ -930,6 +987,7 @@ async fn prepare(
         pending_read,
         grace,
         claim,
+        lease: None,
     })
 }
 
@@ -1010,6 +1068,7 @@ struct Finish<'a> {
     name: String,
     started: Instant,
     before: RequestCounts,
+    lease: Option<Lease>,
 }
 
 /// Index → page map → manifest (the commit) → local caches, for one destination.
@@ -1031,6 +1090,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         name,
         started,
         before,
+        lease,
     } = ctx;
     let SnapOut {
         info,
@@ -1209,6 +1269,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         what: "the backup",
         claim: Some(&claim),
         requests_at_start: before,
+        lease: lease.as_ref(),
     })
     .await?;
     let (manifest, manifest_len) = match committed {

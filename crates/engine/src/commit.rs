@@ -36,6 +36,9 @@ pub(crate) struct Commit<'a> {
     /// The store's request counts when the operation began: the manifest records what
     /// it took (`stats.requests`), counting the claim and the manifest PUTs to come.
     pub requests_at_start: RequestCounts,
+    /// The database name's lease, confirmed (renewed) right before the manifest: a
+    /// writer that lost it commits nothing.
+    pub lease: Option<&'a crate::lease::Lease>,
 }
 
 /// What a commit did.
@@ -61,6 +64,7 @@ pub(crate) async fn commit(c: Commit<'_>) -> Result<Committed> {
         what,
         claim,
         requests_at_start,
+        lease,
     } = c;
     // Append-only: the commit path has no way to delete (the manifest is created only
     // if absent).
@@ -81,6 +85,9 @@ pub(crate) async fn commit(c: Commit<'_>) -> Result<Committed> {
     crate::prune::within_grace(repo, pending_read, grace, grace_code, what)?;
     // A cancelled operation commits nothing, however far it got.
     repo.session.cancel().check()?;
+    if let Some(l) = lease {
+        l.confirm().await?;
+    }
     if let Some(plan) = claim {
         // Right before the manifest: a refused commit claims nothing.
         crate::names::commit(repo, plan).await?;

@@ -772,6 +772,7 @@ impl Run<'_> {
             what: "copying the snapshot",
             claim: None,
             requests_at_start,
+            lease: None,
         })
         .await?;
         let (manifest, manifest_len) = match committed {

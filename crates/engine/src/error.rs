@@ -20,8 +20,8 @@ pub enum ErrorKind {
     Store,
     /// Local filesystem failure.
     Io,
-    /// Concurrent maintenance: another prune holds the lock, or a backup ran longer
-    /// than the prune grace period and did not commit.
+    /// Concurrent work: another prune holds the lock, another host holds a database's
+    /// lease, or a backup ran longer than the prune grace period and did not commit.
     Busy,
     /// Some destinations of a multi-destination command succeeded and others failed.
     Partial,
@@ -155,6 +155,7 @@ impl From<sqlvault_store::StoreError> for Error {
         let (kind, code) = match &e {
             S::NotFound { .. } => (ErrorKind::NotFound, "store.not-found"),
             S::AlreadyExists { .. } => (ErrorKind::Store, "store.already-exists"),
+            S::Conflict { .. } => (ErrorKind::Busy, "store.conflict"),
             S::InvalidUrl { .. } => (ErrorKind::Usage, "store.invalid-url"),
             S::MissingDirectory { .. } => (ErrorKind::NotFound, "repo.not-found"),
             S::MissingBucket { .. } => (ErrorKind::NotFound, "store.missing-bucket"),

@@ -91,6 +91,7 @@ mod fetch;
 mod forget;
 mod install;
 mod keys;
+pub mod lease;
 mod local;
 mod logical;
 mod mapparts;

@@ -375,10 +375,7 @@ fn dead_here(h: &LockBody) -> bool {
     if h.host != crate::session::machine_hostname() || h.pid == 0 {
         return false;
     }
-    // SAFETY: signal 0 only checks that the process exists.
-    #[allow(unsafe_code)]
-    let r = unsafe { libc::kill(h.pid as libc::pid_t, 0) };
-    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    crate::session::process_gone(h.pid)
 }
 
 struct PruneLock {

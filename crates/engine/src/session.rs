@@ -324,6 +324,14 @@ pub fn check_host(name: &str) -> Result<()> {
 
 /// The machine's host name (`gethostname`): what a prune lock records, whose process
 /// id only means something on this machine.
+/// Whether no process `pid` exists on this machine (a lock or lease it left is stale).
+pub(crate) fn process_gone(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
 pub(crate) fn machine_hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.

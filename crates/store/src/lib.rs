@@ -192,6 +192,15 @@ pub enum StoreError {
         /// Repository description.
         repo: String,
     },
+    /// A conditional update ([`Store::put_if_version`]) found the object replaced or
+    /// removed since it was read: another writer got there first.
+    #[error("object {key} in {repo} was changed by another writer")]
+    Conflict {
+        /// Key relative to the repository.
+        key: String,
+        /// Repository description.
+        repo: String,
+    },
     /// The backend refused or failed, after retries if the failure looked transient.
     #[error("{op} {key} on {repo} failed")]
     Backend {
@@ -450,6 +459,8 @@ impl StoreEnv {
                 && (["AWS_", "GOOGLE_", "AZURE_"].iter().any(|p| k.starts_with(p))
                     || k == "SERVICE_ACCOUNT"
                     || k == "IDENTITY_ENDPOINT"
+                    // Azurite's URL (with AZURE_STORAGE_USE_EMULATOR).
+                    || k == "AZURITE_BLOB_STORAGE_URL"
                     // Where `~/.aws/credentials` and `~/.aws/config` are.
                     || k == "HOME")
             {
@@ -628,7 +639,33 @@ fn cloud_store(
                     None => object_store::azure::MicrosoftAzureBuilder::new(),
                 },
                 |b, k, v| b.with_config(k, v),
-            )
+            );
+            // object_store's emulator mode reads AZURITE_BLOB_STORAGE_URL from the
+            // process environment, which this library never relies on: the emulator's
+            // URL given here is configured as the account's endpoint instead (the very
+            // same path-style requests and signatures).
+            let store = match env.get("AZURITE_BLOB_STORAGE_URL").filter(|_| emulator) {
+                Some(url) => {
+                    let account = env
+                        .get("AZURE_STORAGE_ACCOUNT_NAME")
+                        .unwrap_or(AZURITE_ACCOUNT)
+                        .to_string();
+                    let has_key = [
+                        "AZURE_STORAGE_ACCOUNT_KEY",
+                        "AZURE_STORAGE_ACCESS_KEY",
+                        "AZURE_STORAGE_MASTER_KEY",
+                    ]
+                    .iter()
+                    .any(|k| env.get(k).is_some());
+                    let b = store
+                        .with_use_emulator(false)
+                        .with_allow_http(true)
+                        .with_endpoint(format!("{}/{account}", url.trim_end_matches('/')))
+                        .with_account(account);
+                    if has_key { b } else { b.with_access_key(AZURITE_KEY) }
+                }
+                None => store,
+            }
             .with_container_name(bucket)
             .with_retry(client_retry())
             .build()
@@ -640,6 +677,13 @@ fn cloud_store(
         _ => unreachable!("only s3, gs and az reach cloud_store"),
     }
 }
+
+/// Azurite's account and its well-known key (published in Azurite's documentation: it
+/// guards nothing).
+#[cfg(feature = "azure")]
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+#[cfg(feature = "azure")]
+const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// Refuses an `http://` endpoint unless `allow` is set to true: object_store would
 /// refuse it at the first request, as a failure our retries would repeat, without
@@ -1135,6 +1179,9 @@ impl Store {
 // Pure parsing, compiled (and tested) whatever the features; used by `s3`.
 #[cfg_attr(not(feature = "s3"), allow(dead_code))]
 mod aws_files;
+mod cas;
+
+pub use cas::ObjectVersion;
 
 #[cfg(test)]
 mod tests {

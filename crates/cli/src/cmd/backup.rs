@@ -29,6 +29,16 @@ pub struct BackupArgs {
     /// of their own.
     #[arg(long)]
     adopt_name: bool,
+    /// One writer per database name: hold the name's lease in each repository while
+    /// backing up, so that another host backing up the same name (with --lease too) is
+    /// refused (exit 14, `lease.held`, naming the holder) until this one is done. The
+    /// lease is renewed every third of --lease-ttl; a holder that stops renewing (killed)
+    /// blocks others for --lease-ttl at most. Needs overwrite permission on `leases/`.
+    #[arg(long)]
+    lease: bool,
+    /// The lease's time to live, in seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", requires = "lease", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    lease_ttl: u64,
     /// Longest wait for the application's locks, in seconds.
     #[arg(long, default_value_t = 10.0)]
     busy_timeout: f64,
@@ -127,6 +137,7 @@ pub async fn run(a: BackupArgs, ctx: &Ctx) -> Result<u8, Error> {
         .with_integrity_check(check)
         .with_name(a.name.clone())
         .with_adopt_name(a.adopt_name)
+        .with_lease(a.lease.then(|| std::time::Duration::from_secs(a.lease_ttl)))
         .with_level(a.level)
         .with_pack_target(a.pack_size << 20)
         .with_busy_timeout(busy(a.busy_timeout)?)
