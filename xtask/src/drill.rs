@@ -208,13 +208,6 @@ pub fn run(a: DrillArgs) -> Result<()> {
     } else {
         None
     };
-    // object_store's Azure client reads the emulator's URL (AZURITE_BLOB_STORAGE_URL)
-    // from the process environment itself, whatever it is handed: set here, while this
-    // process has no other thread. Everything else goes by each backend's environment.
-    for (k, v) in azurite.iter().flat_map(|z| z.env()) {
-        // SAFETY: no other thread exists yet in this process.
-        unsafe { std::env::set_var(k, v) };
-    }
     let weed = if wanted("s3-seaweedfs") {
         let w = sqlvault_testkit::SeaweedServer::start().map_err(anyhow::Error::msg)?;
         w.create_bucket("drill").map_err(anyhow::Error::msg)?;

@@ -423,6 +423,8 @@ pub struct Store {
     metadata_host: Option<String>,
     /// The AWS profile looked up (for [`StoreError::NoCredentials`]).
     profile: String,
+    /// For S3: what the Object Lock requests object_store has no API for need.
+    s3_admin: Option<Arc<s3lock::S3Admin>>,
 }
 
 /// The configuration of the cloud clients: the `AWS_*`, `GOOGLE_*`, `AZURE_*`,
@@ -543,6 +545,10 @@ fn configured<B, K: std::str::FromStr>(env: &StoreEnv, prefix: &str, base: B, se
         .fold(base, |b, (k, v)| set(b, k, v))
 }
 
+/// A cloud client, whether credentials are configured, the variables it was built
+/// from, and for S3 what its Object Lock requests need.
+type Cloud = (Arc<dyn ObjectStore>, bool, StoreEnv, Option<Arc<s3lock::S3Admin>>);
+
 /// A builder's error, boxed as the cause of [`StoreError::InvalidUrl`] or [`StoreError::BadConfig`].
 type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -552,12 +558,7 @@ type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// this build lacks its feature. Also whether any credentials are configured (`false`
 /// only for S3 left to the instance metadata service).
 #[allow(unused_variables)]
-fn cloud_store(
-    scheme: &str,
-    bucket: &str,
-    env: &StoreEnv,
-    url: &str,
-) -> Result<(Arc<dyn ObjectStore>, bool, StoreEnv), StoreError> {
+fn cloud_store(scheme: &str, bucket: &str, env: &StoreEnv, url: &str) -> Result<Cloud, StoreError> {
     let not_built = |feature: &'static str| StoreError::BackendNotBuilt {
         scheme: scheme.to_string(),
         feature,
@@ -592,14 +593,42 @@ fn cloud_store(
             }
             plain_http_allowed(&env, &["AWS_ENDPOINT", "AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP")
                 .map_err(|r| invalid(r, None))?;
-            let store = configured(&env, "AWS_", object_store::aws::AmazonS3Builder::new(), |b, k, v| {
-                b.with_config(k, v)
-            })
-            .with_bucket_name(bucket)
-            .with_retry(client_retry())
-            .build()
-            .map_err(|e| bad("S3", "AWS_* variables and the AWS shared files", e.into()))?;
-            Ok((Arc::new(store), files.has_credentials, env))
+            // Checksums on every upload (the SHA-256 object_store computes anyway to
+            // sign the payload): S3 verifies the body, and a bucket with Object Lock
+            // refuses uploads without one (s3lock.rs). AWS_CHECKSUM_ALGORITHM=none turns
+            // them off for an S3-compatible store that refuses them.
+            let checksums = !env
+                .get("AWS_CHECKSUM_ALGORITHM")
+                .is_some_and(|v| v.eq_ignore_ascii_case("none") || v.eq_ignore_ascii_case("off"));
+            let mut base = object_store::aws::AmazonS3Builder::new();
+            if checksums {
+                let mut headers = object_store::HeaderMap::new();
+                headers.insert(
+                    "x-amz-sdk-checksum-algorithm",
+                    object_store::HeaderValue::from_static("SHA256"),
+                );
+                base = base
+                    .with_client_options(object_store::ClientOptions::new().with_default_headers(headers))
+                    .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+            } else {
+                env.vars.remove("AWS_CHECKSUM_ALGORITHM");
+            }
+            let builder = configured(&env, "AWS_", base, |b, k, v| b.with_config(k, v))
+                .with_bucket_name(bucket)
+                .with_retry(client_retry());
+            let admin = s3_admin(&builder, bucket);
+            let store = builder
+                .build()
+                .map_err(|e| bad("S3", "AWS_* variables and the AWS shared files", e.into()))?;
+            let admin = admin.map(|(bucket_url, region, client)| {
+                Arc::new(s3lock::S3Admin {
+                    s3: store.clone(),
+                    bucket_url,
+                    region,
+                    client,
+                })
+            });
+            Ok((Arc::new(store), files.has_credentials, env, admin))
         }
         #[cfg(not(feature = "s3"))]
         "s3" => Err(not_built("s3")),
@@ -618,7 +647,7 @@ fn cloud_store(
             .with_retry(client_retry())
             .build()
             .map_err(|e| bad("Google Cloud Storage", "GOOGLE_* and SERVICE_ACCOUNT", e.into()))?;
-            Ok((Arc::new(store), true, env.clone()))
+            Ok((Arc::new(store), true, env.clone(), None))
         }
         #[cfg(not(feature = "gcs"))]
         "gs" => Err(not_built("gcs")),
@@ -670,12 +699,46 @@ fn cloud_store(
             .with_retry(client_retry())
             .build()
             .map_err(|e| bad("Azure", "AZURE_* and IDENTITY_ENDPOINT", e.into()))?;
-            Ok((Arc::new(store), true, env.clone()))
+            Ok((Arc::new(store), true, env.clone(), None))
         }
         #[cfg(not(feature = "azure"))]
         "az" => Err(not_built("azure")),
         _ => unreachable!("only s3, gs and az reach cloud_store"),
     }
+}
+
+/// Where the S3 bucket is, as the client built by `builder` addresses it (path style
+/// `endpoint/bucket` unless virtual-hosted requests are asked for), its region, and an
+/// HTTP client with its transport settings: for the signed Object Lock requests.
+#[cfg(feature = "s3")]
+fn s3_admin(
+    builder: &object_store::aws::AmazonS3Builder,
+    bucket: &str,
+) -> Option<(String, String, object_store::client::HttpClient)> {
+    use object_store::ClientConfigKey;
+    use object_store::aws::AmazonS3ConfigKey as K;
+    use object_store::client::HttpConnector;
+    let region = builder
+        .get_config_value(&K::Region)
+        .unwrap_or_else(|| "us-east-1".into());
+    let endpoint = builder.get_config_value(&K::Endpoint);
+    let vhost = builder
+        .get_config_value(&K::VirtualHostedStyleRequest)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let bucket_url = match (vhost, endpoint) {
+        (true, Some(e)) => e.trim_end_matches('/').to_string(),
+        (true, None) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+        (false, Some(e)) => format!("{}/{bucket}", e.trim_end_matches('/')),
+        (false, None) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+    };
+    let allow_http = builder
+        .get_config_value(&K::Client(ClientConfigKey::AllowHttp))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let options = object_store::ClientOptions::new().with_allow_http(allow_http);
+    let client = object_store::client::ReqwestConnector::default()
+        .connect(&options)
+        .ok()?;
+    Some((bucket_url, region, client))
 }
 
 /// Azurite's account and its well-known key (published in Azurite's documentation: it
@@ -748,6 +811,7 @@ impl Store {
             }
         };
         let mut local = None;
+        let mut s3_admin = None;
         let mut cloud_bucket = None;
         let mut has_credentials = true;
         let mut profile = String::new();
@@ -765,8 +829,9 @@ impl Store {
             cloud_bucket = Some(bucket.to_string());
             // The location (what pins are keyed by) comes from the configuration the
             // client uses, the AWS shared files included.
-            let (store, creds, used) = cloud_store(parsed.scheme(), bucket, env, url)?;
+            let (store, creds, used, admin) = cloud_store(parsed.scheme(), bucket, env, url)?;
             has_credentials = creds;
+            s3_admin = admin;
             profile = env
                 .get("AWS_PROFILE")
                 .or_else(|| env.get("AWS_DEFAULT_PROFILE"))
@@ -797,6 +862,7 @@ impl Store {
         };
         let mut store = Store::new(inner, prefix, url.to_string());
         store.local = local;
+        store.s3_admin = s3_admin;
         store.bucket = cloud_bucket;
         if !has_credentials {
             let endpoint = env
@@ -827,6 +893,7 @@ impl Store {
             bucket: None,
             metadata_host: None,
             profile: String::new(),
+            s3_admin: None,
         }
     }
 
@@ -1180,8 +1247,10 @@ impl Store {
 #[cfg_attr(not(feature = "s3"), allow(dead_code))]
 mod aws_files;
 mod cas;
+mod s3lock;
 
 pub use cas::ObjectVersion;
+pub use s3lock::{BucketLock, LockMode};
 
 #[cfg(test)]
 mod tests {
