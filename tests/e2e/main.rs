@@ -15,6 +15,7 @@ mod corpus;
 mod corruption;
 mod drill;
 mod dumps;
+mod immutable;
 mod key_rotation;
 mod keys_and_errors;
 mod leases;

@@ -77,17 +77,7 @@ pub fn to_json(v: &impl serde::Serialize) -> serde_json::Value {
 /// A time as every output shows it: UTC, RFC 3339, to the second (`2024-05-01T12:00:00Z`),
 /// without pulling a date crate into the binary.
 pub fn time_str(ms: i64) -> String {
-    let c = sqlvault_engine::retention::utc_civil(ms);
-    let secs = ms.div_euclid(1000).rem_euclid(60 * 60);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        c.year,
-        c.month,
-        c.day,
-        c.hour,
-        secs / 60,
-        secs % 60
-    )
+    sqlvault_engine::retention::iso_time(ms)
 }
 
 /// `1 snapshot`, `2 snapshots`, `0 snapshots`: `noun` is the singular, `plural` its plural.

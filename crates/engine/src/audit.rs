@@ -134,9 +134,79 @@ pub async fn audit(session: &Session, req: AuditRequest) -> Result<AuditReport> 
                 .collect();
             found.into_iter().collect()
         };
+        lock_findings(repo, &mut report).await?;
         ages(repo, &names, max_snapshot_age, max_verify_age, &mut report).await?;
     }
     Ok(report)
+}
+
+/// Whether the bucket's S3 Object Lock holds what the repository declared at `init`.
+async fn lock_findings(repo: &Repo, report: &mut AuditReport) -> Result<()> {
+    let where_ = PathBuf::from(repo.store.describe());
+    let declared = repo.declared_lock_days;
+    let lock = crate::immutable::lock_state(repo).await?;
+    let mut push = |severity, code, message: String, fix: &str| {
+        report.findings.push(Finding {
+            severity,
+            code,
+            path: where_.clone(),
+            message,
+            fix: fix.into(),
+            fixed: false,
+        })
+    };
+    match (declared, &lock) {
+        (Some(d), None) => push(
+            Severity::High,
+            "repo.lock-missing",
+            format!(
+                "the repository was declared immutable for {d} days, but its bucket has no S3 Object Lock: nothing stops a deletion"
+            ),
+            "move the repository to a bucket created with Object Lock (sqlvault copy), with a default retention of at least that many days",
+        ),
+        (_, Some(l)) => {
+            let covers = declared.unwrap_or(0);
+            match l.bucket.days {
+                None => push(
+                    Severity::Medium,
+                    "repo.lock-no-default",
+                    "the bucket has S3 Object Lock but no default retention: new objects are not locked".into(),
+                    "aws s3api put-object-lock-configuration --bucket B --object-lock-configuration '{\"ObjectLockEnabled\":\"Enabled\",\"Rule\":{\"DefaultRetention\":{\"Mode\":\"COMPLIANCE\",\"Days\":N}}}'",
+                ),
+                Some(days) if days < covers => push(
+                    Severity::High,
+                    "repo.lock-shorter-than-declared",
+                    format!(
+                        "the bucket's default retention is {days} days, shorter than the {covers} days the repository was declared immutable for"
+                    ),
+                    "raise the bucket's default retention (aws s3api put-object-lock-configuration)",
+                ),
+                Some(days) => push(
+                    Severity::Info,
+                    "repo.lock-covers",
+                    format!(
+                        "S3 Object Lock: {} for {days} days by default{}; prune keeps what kept snapshots reference locked that far ahead",
+                        l.bucket.mode.map(|m| m.as_str()).unwrap_or("GOVERNANCE"),
+                        match declared {
+                            Some(d) => format!(", covering the {d} days the repository was declared immutable for"),
+                            None => String::new(),
+                        }
+                    ),
+                    "run prune at least every quarter of that period",
+                ),
+            }
+            if l.bucket.mode == Some(sqlvault_store::LockMode::Governance) {
+                push(
+                    Severity::Low,
+                    "repo.lock-governance",
+                    "the bucket's default retention is GOVERNANCE: a principal with s3:BypassGovernanceRetention can lift it (a stolen admin credential can still delete backups)".into(),
+                    "use COMPLIANCE mode for backups that must outlive a compromised account",
+                );
+            }
+        }
+        (None, None) => {}
+    }
+    Ok(())
 }
 
 async fn ages(

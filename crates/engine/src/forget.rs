@@ -69,6 +69,10 @@ pub struct PlanEntry {
     /// Its creation time is more than [`retention::CLOCK_SKEW`] ahead of this host's
     /// clock: kept, by no rule, for an operator to look at.
     pub future_dated: bool,
+    /// Due to go, but its manifest is still under S3 Object Lock until then (ms): left
+    /// in place, to be removed by a forget after that time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until_ms: Option<i64>,
 }
 
 /// The plan for one database (name, host, source path), newest first.
@@ -97,6 +101,9 @@ pub struct ForgetReport {
     pub kept: usize,
     /// Snapshots removed (or to remove).
     pub removed: usize,
+    /// Snapshots the policy removes but S3 Object Lock still holds (counted in `kept`;
+    /// each plan entry says until when).
+    pub locked: usize,
     /// Future-dated snapshots (counted in `kept`).
     pub future_dated: usize,
 }
@@ -161,9 +168,46 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
                     keep: v.keep,
                     reasons: v.reasons,
                     future_dated: v.future_dated,
+                    locked_until_ms: None,
                 })
                 .collect(),
         });
+    }
+    // Under Object Lock, a manifest still locked is not deleted: the DELETE would only
+    // hide it behind a delete marker while its locked version stays (immutable.rs).
+    let mut locked = 0usize;
+    if !doomed.is_empty()
+        && let Some(lock) = crate::immutable::lock_state(repo).await?
+    {
+        let listed: std::collections::HashMap<String, i64> = repo
+            .store
+            .list_versions(layout::SNAPSHOTS)
+            .await?
+            .into_iter()
+            .map(|o| (format!("{}/{}", layout::SNAPSHOTS, o.name), o.modified_ms))
+            .collect();
+        let candidates: Vec<(String, i64)> = doomed
+            .iter()
+            .map(|m| {
+                let k = layout::snapshot(&m.id);
+                let modified = listed.get(&k).copied().unwrap_or(m.created_ms);
+                (k, modified)
+            })
+            .collect();
+        let until = crate::immutable::still_locked(repo, &lock, &candidates).await?;
+        doomed.retain(|m| !until.contains_key(&layout::snapshot(&m.id)));
+        for e in groups.iter_mut().flat_map(|g| g.snapshots.iter_mut()) {
+            if let Some(u) = until.get(&format!("{}/{}", layout::SNAPSHOTS, e.id)) {
+                e.locked_until_ms = Some(*u);
+                locked += 1;
+            }
+        }
+        if locked > 0 {
+            tracing::warn!(
+                "{locked} snapshot(s) due to go are under S3 Object Lock until as late as {}: kept for now; a forget after that removes them",
+                crate::retention::iso_time(until.values().copied().max().unwrap_or(0))
+            );
+        }
     }
     let removed = doomed.len();
     let kept = groups.iter().map(|g| g.snapshots.len()).sum::<usize>() - removed;
@@ -192,6 +236,7 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
         groups,
         kept,
         removed,
+        locked,
         future_dated,
     })
 }

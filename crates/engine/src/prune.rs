@@ -312,6 +312,17 @@ impl Tally {
     }
 }
 
+/// What prune did about S3 Object Lock ([`crate::immutable`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LockReport {
+    /// Ripe objects not deleted because their lock has not ended (their marks stay).
+    pub held: Tally,
+    /// When the last of those locks ends (ms).
+    pub held_until_ms: Option<i64>,
+    /// Locks of objects kept snapshots reference, extended (nothing in a dry run).
+    pub extended: crate::immutable::Extended,
+}
+
 /// What [`prune`] did (or would do).
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneReport {
@@ -338,6 +349,9 @@ pub struct PruneReport {
     pub waiting: Tally,
     /// Marks dropped because the object is referenced again.
     pub unmarked: usize,
+    /// Under S3 Object Lock: what the lock held back and what was extended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<LockReport>,
     /// Packs whose live chunks were rewritten into new packs (the old ones are marked).
     pub repacked: usize,
     /// Chunks rewritten.
@@ -761,18 +775,51 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
             kept_in_doubt += 1;
         }
     }
-    let delete_maps: Vec<ObjectId> = v
+    let mut held_keys: HashSet<String> = HashSet::new();
+    let mut delete_maps: Vec<ObjectId> = v
         .maps
         .keys()
         .filter(|m| ripe.contains(&key(layout::MAPS, m)) && !v.referenced_maps.contains(m))
         .copied()
         .collect();
-    let delete_indexes: Vec<String> = v
+    let mut delete_indexes: Vec<String> = v
         .indexes
         .keys()
         .filter(|n| ripe.contains(&key(layout::INDEX, n)))
         .cloned()
         .collect();
+    // Under Object Lock: what is still locked is not deleted (its mark stays), and every
+    // object kept snapshots reference keeps a lock far enough ahead (immutable.rs).
+    let object_lock = crate::immutable::lock_state(repo).await?;
+    let mut lock_rep = None;
+    let mut listed_ms: HashMap<String, i64> = HashMap::new();
+    if let Some(ol) = &object_lock {
+        listed_ms = repo
+            .store
+            .list_versions("")
+            .await?
+            .into_iter()
+            .map(|o| (o.name, o.modified_ms))
+            .collect();
+        let candidates: Vec<(String, i64)> = delete_packs
+            .iter()
+            .map(|p| key(layout::PACKS, p))
+            .chain(delete_maps.iter().map(|m| key(layout::MAPS, m)))
+            .chain(delete_indexes.iter().map(|n| key(layout::INDEX, n)))
+            .filter_map(|k| listed_ms.get(&k).map(|m| (k, *m)))
+            .collect();
+        let held = crate::immutable::still_locked(repo, ol, &candidates).await?;
+        let mut r = LockReport::default();
+        for (k, u) in &held {
+            r.held.count(k, object_size(&v, k).unwrap_or(0));
+            r.held_until_ms = Some(r.held_until_ms.unwrap_or(0).max(*u));
+        }
+        delete_packs.retain(|p| !held.contains_key(&key(layout::PACKS, p)));
+        delete_maps.retain(|m| !held.contains_key(&key(layout::MAPS, m)));
+        delete_indexes.retain(|n| !held.contains_key(&key(layout::INDEX, n)));
+        held_keys = held.into_keys().collect();
+        lock_rep = Some(r);
+    }
     let gone: HashSet<ObjectId> = delete_packs.iter().copied().collect();
     // Packs and maps go after the indexes (which need a consolidated index first).
     let doomed: Vec<String> = delete_packs
@@ -808,6 +855,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
         indexes_written: 0,
         grace_seconds: (st.grace_ms / 1000) as u64,
         next_deletion_ms: None,
+        object_lock: lock_rep,
     };
 
     // Phase 2 of earlier marks: consolidated index first, then deletions.
@@ -856,9 +904,11 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
             .try_collect::<Vec<()>>()
             .await?;
     }
-    // Every ripe mark goes: deleted, or referenced again (unmarked; deleted ⊆ ripe).
-    st.marks.retain(|m| !ripe.contains(&m.key));
-    rep.unmarked = ripe.len() - deleted_keys.len();
+    // Every ripe mark goes: deleted, or referenced again (unmarked; deleted ⊆ ripe);
+    // one held by Object Lock stays, to be deleted by a run after the lock ends.
+    st.marks
+        .retain(|m| !ripe.contains(&m.key) || held_keys.contains(&m.key));
+    rep.unmarked = ripe.len() - deleted_keys.len() - held_keys.len();
     let marked: HashSet<String> = st.marks.iter().map(|m| m.key.clone()).collect();
 
     // Repack: live chunks of mostly-unused packs (not marked) into new packs.
@@ -993,6 +1043,13 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     }
     st.marks.extend(new_marks);
     rep.next_deletion_ms = st.marks.iter().map(ripens_at).min();
+    if let (Some(ol), false) = (&object_lock, opts.dry_run) {
+        let referenced = lock_referenced(&v, &listed_ms);
+        let ext = crate::immutable::extend(repo, ol, &referenced).await?;
+        if let Some(r) = rep.object_lock.as_mut() {
+            r.extended = ext;
+        }
+    }
     if !opts.dry_run {
         if let Some(l) = lock {
             l.refresh().await?;
@@ -1026,6 +1083,39 @@ impl Trailers {
         }
         Ok(self.0[pack].as_ref())
     }
+}
+
+/// What kept snapshots need, with each object's listed modification time: every
+/// manifest, the page maps they reference, the packs holding a referenced chunk, the
+/// indexes listing those packs, and what opens the repository (marker, config,
+/// recipient sets).
+fn lock_referenced(v: &View, listed_ms: &HashMap<String, i64>) -> Vec<(String, i64)> {
+    let live_packs: HashSet<ObjectId> = v
+        .entries
+        .iter()
+        .filter(|(_, es)| es.iter().any(|e| v.referenced.contains(&e.id)))
+        .map(|(p, _)| *p)
+        .collect();
+    let mut keys: Vec<String> = live_packs.iter().map(|p| key(layout::PACKS, p)).collect();
+    keys.extend(v.referenced_maps.iter().map(|m| key(layout::MAPS, m)));
+    keys.extend(
+        v.index_packs
+            .iter()
+            .filter(|(_, ps)| ps.iter().any(|p| live_packs.contains(p)))
+            .map(|(n, _)| key(layout::INDEX, n)),
+    );
+    let opens = |k: &str| {
+        k.starts_with(&format!("{}/", layout::SNAPSHOTS))
+            || k == layout::MARKER
+            || k == layout::CONFIG
+            || k.starts_with("keys/")
+    };
+    keys.extend(listed_ms.keys().filter(|k| opens(k)).cloned());
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|k| listed_ms.get(&k).map(|m| (k, *m)))
+        .collect()
 }
 
 /// An object key under the repository prefix: `packs/<id>`, `maps/<id>`, `index/<name>`.

@@ -230,6 +230,21 @@ pub fn describe(d: Duration) -> String {
     format!("{s}s")
 }
 
+/// A time as sqlvault prints it: UTC, RFC 3339, to the second (`2024-05-01T12:00:00Z`).
+pub fn iso_time(ms: i64) -> String {
+    let c = utc_civil(ms);
+    let secs = ms.div_euclid(1000).rem_euclid(60 * 60);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        secs / 60,
+        secs % 60
+    )
+}
+
 /// Calendar position in UTC.
 pub fn utc_civil(ms: i64) -> Civil {
     let secs = ms.div_euclid(1000);

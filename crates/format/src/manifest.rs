@@ -13,6 +13,11 @@ pub struct RepoMarker {
     pub version: u32,
     /// Random repository id (32 hex digits).
     pub repo_id: String,
+    /// Days the repository was declared immutable for at `init` (S3 Object Lock). A
+    /// statement of intent that audit compares with the bucket and prune's lock
+    /// extensions honour; the bucket's lock, not this field, is what protects data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable_days: Option<u32>,
 }
 
 impl RepoMarker {
@@ -22,6 +27,7 @@ impl RepoMarker {
             format: "sqlvault".into(),
             version: FORMAT_VERSION,
             repo_id,
+            immutable_days: None,
         }
     }
 

@@ -305,6 +305,13 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// An `Authorization` header moto accepts (it checks no signature, but refuses anonymous
+/// reads of objects).
+pub const MOTO_AUTH: (&str, &str) = (
+    "Authorization",
+    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
+);
+
 /// A moto S3 server on 127.0.0.1, stopped (by pid) on drop.
 #[derive(Debug)]
 pub struct MotoServer {
@@ -349,6 +356,51 @@ impl MotoServer {
         }
     }
 
+    /// Creates a bucket with S3 Object Lock, and a default retention of `days` in `mode`
+    /// (`GOVERNANCE` or `COMPLIANCE`) unless `days` is 0.
+    pub fn create_locked_bucket(&self, name: &str, mode: &str, days: u32) -> Result<(), String> {
+        let (status, _, body) = http_raw(
+            self.port,
+            "PUT",
+            &format!("/{name}"),
+            &[("x-amz-bucket-object-lock-enabled", "true")],
+            b"",
+        )?;
+        if status / 100 != 2 {
+            return Err(format!(
+                "create locked bucket {name}: HTTP {status} {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        if days == 0 {
+            return Ok(());
+        }
+        let cfg = format!(
+            "<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>{mode}</Mode><Days>{days}</Days></DefaultRetention></Rule></ObjectLockConfiguration>"
+        );
+        let (status, _, body) = http_raw(self.port, "PUT", &format!("/{name}?object-lock"), &[], cfg.as_bytes())?;
+        if status / 100 != 2 {
+            return Err(format!(
+                "set the default retention of {name}: HTTP {status} {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `x-amz-object-lock-retain-until-date` of an object's current version
+    /// (`None`: no lock, or no such object).
+    pub fn retain_until(&self, bucket: &str, key: &str) -> Result<Option<String>, String> {
+        let (status, hs, _) = http_raw(self.port, "HEAD", &format!("/{bucket}/{key}"), &[MOTO_AUTH], b"")?;
+        if status == 404 {
+            return Ok(None);
+        }
+        Ok(hs
+            .into_iter()
+            .find(|(k, _)| k == "x-amz-object-lock-retain-until-date")
+            .map(|(_, v)| v))
+    }
+
     /// Environment for object_store's S3 client against this server.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
@@ -367,6 +419,69 @@ impl Drop for MotoServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Status, headers (lowercase names) and body of an HTTP response.
+pub type RawResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// One plain HTTP/1.1 request to 127.0.0.1:`port` with extra headers: the status, the
+/// response headers (lowercase names) and the body. For test servers that accept
+/// unsigned requests (moto, SeaweedFS without identities).
+pub fn http_raw(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<RawResponse, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(body).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no HTTP header end")?;
+    let text = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = text.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or("no HTTP status")?;
+    let hs = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, hs, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if n == 0 || b.len() < eol + 2 + n {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[(eol + 4 + n).min(b.len())..];
+    }
+    out
 }
 
 fn http(port: u16, method: &str, path: &str) -> Result<u16, String> {

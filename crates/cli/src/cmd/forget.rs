@@ -117,12 +117,23 @@ pub async fn run(a: ForgetArgs, ctx: &Ctx) -> Result<u8, Error> {
             counts(g.snapshots.len(), "snapshot")
         );
         for s in &g.snapshots {
+            let why = match s.locked_until_ms {
+                Some(u) => format!(
+                    "under S3 Object Lock until {}: removed by a forget after that",
+                    time_str(u)
+                ),
+                None => s.reasons.join(", "),
+            };
             println!(
                 "  {} {:<8} {}  {}",
-                if s.keep { "keep  " } else { "remove" },
+                match (s.keep, s.locked_until_ms) {
+                    (true, _) => "keep  ",
+                    (false, Some(_)) => "locked",
+                    (false, None) => "remove",
+                },
                 &s.id[..8],
                 time_str(s.created_ms),
-                s.reasons.join(", ")
+                why
             );
         }
     }
@@ -136,6 +147,12 @@ pub async fn run(a: ForgetArgs, ctx: &Ctx) -> Result<u8, Error> {
             "removed"
         }
     );
+    if rep.locked > 0 {
+        println!(
+            "{} due to go but still under S3 Object Lock: kept until their lock ends",
+            counts(rep.locked, "snapshot")
+        );
+    }
     if rep.future_dated > 0 {
         println!(
             "{} kept by no rule and not removed: look at {} (README, Retention)",

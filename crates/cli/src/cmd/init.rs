@@ -26,6 +26,12 @@ pub struct InitArgs {
     /// Without recipients, SQLVAULT_PASSPHRASE alone is enough.
     #[arg(long)]
     passphrase: bool,
+    /// Declare the repository immutable for this many days: an s3:// bucket with S3
+    /// Object Lock whose default retention is at least that long (checked now).
+    /// forget and prune then never delete what is still locked, and prune extends the
+    /// locks of everything kept snapshots reference (README, Immutable repositories).
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+    immutable_days: Option<u32>,
 }
 
 pub async fn run(a: InitArgs, ctx: &Ctx) -> Result<u8, Error> {
@@ -44,7 +50,7 @@ pub async fn run(a: InitArgs, ctx: &Ctx) -> Result<u8, Error> {
     } else {
         InitKeys::Recipients(parse_recipients(&a.recipients, &a.recipients_file)?)
     };
-    let rep = Repo::init(super::session(), &s, keys).await?;
+    let rep = Repo::init_immutable(super::session(), &s, keys, a.immutable_days).await?;
     if ctx.json {
         print_json(&json!({"repo_id": rep.repo_id, "fingerprint": rep.fingerprint, "recipients": rep.recipients}));
     } else {

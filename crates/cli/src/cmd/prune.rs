@@ -120,6 +120,30 @@ pub fn print_report(r: &PruneReport) {
     if let Some(why) = &r.repack_skipped {
         println!("repack skipped: {why}");
     }
+    if let Some(l) = &r.object_lock {
+        if l.held.packs + l.held.maps + l.held.indexes > 0 {
+            println!(
+                "held by S3 Object Lock{would_paren}: {}, until as late as {}; deleted by a prune after that",
+                tally(&l.held),
+                l.held_until_ms.map(time_str).unwrap_or_default()
+            );
+        }
+        let e = &l.extended;
+        if e.objects > 0 {
+            println!(
+                "Object Lock extended: {} until {} ({} already far enough)",
+                count(e.objects, "object", "objects"),
+                e.until_ms.map(time_str).unwrap_or_default(),
+                e.already
+            );
+        }
+        if let Some(f) = &e.first_failure {
+            println!(
+                "Object Lock extension refused for {}: {f}",
+                count(e.failed, "object", "objects")
+            );
+        }
+    }
     if r.kept_in_doubt > 0 {
         println!(
             "kept: {} due for deletion, because no pack trailer proved their referenced chunks are held elsewhere (prune with -i to check), or an index could not be read",
