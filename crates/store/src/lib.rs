@@ -167,16 +167,19 @@ pub enum StoreError {
         /// Repository description.
         repo: String,
     },
-    /// No S3 credentials are configured (variables, the AWS shared files) and the
-    /// EC2 instance metadata service, object_store's last resort, did not give any.
-    #[error(
-        "no AWS credentials for {repo}: none in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, none for profile {profile:?} in ~/.aws/credentials or ~/.aws/config, and the EC2 instance metadata service gave none"
-    )]
+    /// No credentials are configured for the cloud (variables, the AWS shared files,
+    /// gcloud's application default credentials) and the instance metadata service,
+    /// the client's last resort, did not give any.
+    #[error("no {backend} credentials for {repo}: {looked}, and {service} gave none")]
     NoCredentials {
         /// Repository description.
         repo: String,
-        /// The AWS profile looked up.
-        profile: String,
+        /// The cloud (`AWS`, `Google Cloud`, `Azure`).
+        backend: &'static str,
+        /// Where credentials were looked for, in words (names, never values).
+        looked: String,
+        /// The metadata service asked last.
+        service: &'static str,
         /// Whether the metadata service's failure may pass (retried as such: on EC2
         /// the role is the credential, and its endpoint can have a bad moment).
         transient: bool,
@@ -417,12 +420,9 @@ pub struct Store {
     local: Option<std::path::PathBuf>,
     /// The bucket or container of a cloud URL.
     bucket: Option<String>,
-    /// For S3 with no credentials configured, the host of the EC2 instance metadata
-    /// service object_store asks instead: its failures are reported as
-    /// [`StoreError::NoCredentials`].
-    metadata_host: Option<String>,
-    /// The AWS profile looked up (for [`StoreError::NoCredentials`]).
-    profile: String,
+    /// With no credentials configured, the metadata service the cloud client asks
+    /// instead: its failures are reported as [`StoreError::NoCredentials`].
+    fallback: Option<Arc<Fallback>>,
     /// For S3: what the Object Lock requests object_store has no API for need.
     s3_admin: Option<Arc<s3lock::S3Admin>>,
 }
@@ -461,6 +461,8 @@ impl StoreEnv {
                 && (["AWS_", "GOOGLE_", "AZURE_"].iter().any(|p| k.starts_with(p))
                     || k == "SERVICE_ACCOUNT"
                     || k == "IDENTITY_ENDPOINT"
+                    // The GCE metadata server's address (object_store reads these itself).
+                    || k.starts_with("GCE_METADATA_")
                     // Azurite's URL (with AZURE_STORAGE_USE_EMULATOR).
                     || k == "AZURITE_BLOB_STORAGE_URL"
                     // Where `~/.aws/credentials` and `~/.aws/config` are.
@@ -545,9 +547,45 @@ fn configured<B, K: std::str::FromStr>(env: &StoreEnv, prefix: &str, base: B, se
         .fold(base, |b, (k, v)| set(b, k, v))
 }
 
-/// A cloud client, whether credentials are configured, the variables it was built
-/// from, and for S3 what its Object Lock requests need.
-type Cloud = (Arc<dyn ObjectStore>, bool, StoreEnv, Option<Arc<s3lock::S3Admin>>);
+/// A cloud client, the metadata service it falls back to when no credentials are
+/// configured, the variables it was built from, and for S3 what its Object Lock
+/// requests need.
+type Cloud = (
+    Arc<dyn ObjectStore>,
+    Option<Fallback>,
+    StoreEnv,
+    Option<Arc<s3lock::S3Admin>>,
+);
+
+/// A cloud client left to its instance metadata service for credentials: where that
+/// service is (URL prefixes: scheme, host and port, never a bare host an endpoint could
+/// share) and what to tell the user when it gives none.
+#[derive(Debug)]
+struct Fallback {
+    urls: Vec<String>,
+    backend: &'static str,
+    looked: String,
+    service: &'static str,
+}
+
+impl Fallback {
+    #[allow(dead_code)]
+    fn new(backend: &'static str, service: &'static str, looked: String, urls: &[&str]) -> Fallback {
+        Fallback {
+            // The origin alone (an IDENTITY_ENDPOINT has a path the request extends).
+            urls: urls
+                .iter()
+                .map(|u| match url::Url::parse(u) {
+                    Ok(p) => p.origin().ascii_serialization() + "/",
+                    Err(_) => u.trim_end_matches('/').to_string() + "/",
+                })
+                .collect(),
+            backend,
+            looked,
+            service,
+        }
+    }
+}
 
 /// A builder's error, boxed as the cause of [`StoreError::InvalidUrl`] or [`StoreError::BadConfig`].
 type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -628,7 +666,21 @@ fn cloud_store(scheme: &str, bucket: &str, env: &StoreEnv, url: &str) -> Result<
                     client,
                 })
             });
-            Ok((Arc::new(store), files.has_credentials, env, admin))
+            let fallback = (!files.has_credentials).then(|| {
+                let profile = env
+                    .get("AWS_PROFILE")
+                    .or_else(|| env.get("AWS_DEFAULT_PROFILE"))
+                    .unwrap_or("default");
+                Fallback::new(
+                    "AWS",
+                    "the EC2 instance metadata service",
+                    format!(
+                        "none in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, none for profile {profile:?} in ~/.aws/credentials or ~/.aws/config"
+                    ),
+                    &[env.get("AWS_METADATA_ENDPOINT").unwrap_or("http://169.254.169.254")],
+                )
+            });
+            Ok((Arc::new(store), fallback, env, admin))
         }
         #[cfg(not(feature = "s3"))]
         "s3" => Err(not_built("s3")),
@@ -647,7 +699,29 @@ fn cloud_store(scheme: &str, bucket: &str, env: &StoreEnv, url: &str) -> Result<
             .with_retry(client_retry())
             .build()
             .map_err(|e| bad("Google Cloud Storage", "GOOGLE_* and SERVICE_ACCOUNT", e.into()))?;
-            Ok((Arc::new(store), true, env.clone(), None))
+            // object_store's order: a service account (file or key), then gcloud's
+            // application default credentials, then the GCE metadata server.
+            let adc = env
+                .get("HOME")
+                .map(|h| std::path::Path::new(h).join(".config/gcloud/application_default_credentials.json"))
+                .is_some_and(|p| p.is_file());
+            let configured = adc
+                || env.get("SERVICE_ACCOUNT").is_some()
+                || env.vars.keys().any(|k| {
+                    k.starts_with("GOOGLE_")
+                        && (k.contains("SERVICE_ACCOUNT") || k.contains("CREDENTIALS") || k == "GOOGLE_SKIP_SIGNATURE")
+                });
+            let fallback = (!configured).then(|| {
+                let ip = env.get("GCE_METADATA_IP").unwrap_or("169.254.169.254");
+                let host = env.get("GCE_METADATA_HOST").unwrap_or("metadata.google.internal");
+                Fallback::new(
+                    "Google Cloud",
+                    "the GCE metadata server",
+                    "none in GOOGLE_SERVICE_ACCOUNT, GOOGLE_SERVICE_ACCOUNT_KEY or GOOGLE_APPLICATION_CREDENTIALS, no ~/.config/gcloud/application_default_credentials.json (gcloud auth application-default login)".into(),
+                    &[&format!("http://{ip}"), &format!("http://{host}")],
+                )
+            });
+            Ok((Arc::new(store), fallback, env.clone(), None))
         }
         #[cfg(not(feature = "gcs"))]
         "gs" => Err(not_built("gcs")),
@@ -699,7 +773,24 @@ fn cloud_store(scheme: &str, bucket: &str, env: &StoreEnv, url: &str) -> Result<
             .with_retry(client_retry())
             .build()
             .map_err(|e| bad("Azure", "AZURE_* and IDENTITY_ENDPOINT", e.into()))?;
-            Ok((Arc::new(store), true, env.clone(), None))
+            // object_store's order: a bearer token, an access key, workload identity, a
+            // client secret, a SAS, the Azure CLI, then managed identity (IMDS).
+            let configured = emulator
+                || env.vars.keys().any(|k| {
+                    k.starts_with("AZURE_")
+                        && ["KEY", "SAS", "TOKEN", "SECRET", "USE_AZURE_CLI", "SKIP_SIGNATURE"]
+                            .iter()
+                            .any(|w| k.contains(w))
+                });
+            let fallback = (!configured).then(|| {
+                Fallback::new(
+                    "Azure",
+                    "managed identity (the instance metadata service)",
+                    "none in AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_KEY, AZURE_STORAGE_TOKEN, AZURE_CLIENT_SECRET or AZURE_FEDERATED_TOKEN_FILE, and AZURE_USE_AZURE_CLI is not set".into(),
+                    &[env.get("IDENTITY_ENDPOINT").unwrap_or("http://169.254.169.254")],
+                )
+            });
+            Ok((Arc::new(store), fallback, env.clone(), None))
         }
         #[cfg(not(feature = "azure"))]
         "az" => Err(not_built("azure")),
@@ -813,8 +904,7 @@ impl Store {
         let mut local = None;
         let mut s3_admin = None;
         let mut cloud_bucket = None;
-        let mut has_credentials = true;
-        let mut profile = String::new();
+        let mut fallback = None;
         let location;
         let (inner, prefix): (Arc<dyn ObjectStore>, ObjPath) = if url.starts_with("memory://") {
             location = url.to_string();
@@ -829,14 +919,9 @@ impl Store {
             cloud_bucket = Some(bucket.to_string());
             // The location (what pins are keyed by) comes from the configuration the
             // client uses, the AWS shared files included.
-            let (store, creds, used, admin) = cloud_store(parsed.scheme(), bucket, env, url)?;
-            has_credentials = creds;
+            let (store, fb, used, admin) = cloud_store(parsed.scheme(), bucket, env, url)?;
+            fallback = fb;
             s3_admin = admin;
-            profile = env
-                .get("AWS_PROFILE")
-                .or_else(|| env.get("AWS_DEFAULT_PROFILE"))
-                .unwrap_or("default")
-                .to_string();
             location = cloud_location(parsed.scheme(), bucket, prefix.as_ref(), &used);
             (store, prefix)
         } else {
@@ -864,16 +949,7 @@ impl Store {
         store.local = local;
         store.s3_admin = s3_admin;
         store.bucket = cloud_bucket;
-        if !has_credentials {
-            let endpoint = env
-                .get("AWS_METADATA_ENDPOINT")
-                .unwrap_or("http://169.254.169.254")
-                .to_string();
-            // Matched as the start of the URL object_store's error names (scheme, host
-            // and port), not a bare host an S3 endpoint could share.
-            store.metadata_host = Some(endpoint.trim_end_matches('/').to_string() + "/");
-        }
-        store.profile = profile;
+        store.fallback = fallback.map(Arc::new);
         store.location = location;
         Ok(store)
     }
@@ -891,8 +967,7 @@ impl Store {
             retry: RetryPolicy::default(),
             local: None,
             bucket: None,
-            metadata_host: None,
-            profile: String::new(),
+            fallback: None,
             s3_admin: None,
         }
     }
@@ -961,17 +1036,21 @@ impl Store {
                 key: key.to_string(),
                 repo: self.repo.clone(),
             },
-            // With no credentials configured, object_store asks the EC2 instance
-            // metadata service before it signs a request; when that fails (not on EC2,
-            // no role), say so instead of its raw error (retried only if transient).
+            // With no credentials configured, object_store asks the cloud's instance
+            // metadata service before it signs a request; when that fails (not on such
+            // a machine, no role), say so instead of its raw error (retried only if
+            // transient).
             e if self
-                .metadata_host
+                .fallback
                 .as_deref()
-                .is_some_and(|h| from_metadata_service(&e, h)) =>
+                .is_some_and(|f| f.urls.iter().any(|h| from_metadata_service(&e, h))) =>
             {
+                let f = self.fallback.as_deref().expect("matched above");
                 StoreError::NoCredentials {
                     repo: self.repo.clone(),
-                    profile: self.profile.clone(),
+                    backend: f.backend,
+                    looked: f.looked.clone(),
+                    service: f.service,
                     transient: is_transient(&e),
                     source: Box::new(e),
                 }
