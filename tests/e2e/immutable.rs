@@ -37,7 +37,7 @@ fn now_ms() -> i64 {
 const DAY: i64 = 86_400_000;
 
 #[test]
-fn immutable_repositories_on_s3_object_lock() {
+fn immutable_repositories_on_s3_object_lock_and_attack_bw_a_marker_cannot_unlock() {
     let moto = kit::MotoServer::start().expect("moto_server must be installed: pip install 'moto[server]'");
     moto.create_bucket("plain").unwrap();
     moto.create_locked_bucket("nodefault", "GOVERNANCE", 0).unwrap();
@@ -133,6 +133,29 @@ fn immutable_repositories_on_s3_object_lock() {
     let snaps = w.run_env(&["snapshots", repo, "--json"], &env).ok().json();
     assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 3, "{snaps}");
 
+    // Attack: a bucket writer rewrites the marker without the declaration. forget and
+    // prune go by the bucket's lock, not by the marker: nothing becomes deletable.
+    let (_, _, marker) = kit::http_raw(moto.port, "GET", "/vault/app/sqlvault.json", &[kit::MOTO_AUTH], b"").unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&marker).unwrap();
+    assert_eq!(m["immutable_days"], 1, "{m}");
+    m.as_object_mut().unwrap().remove("immutable_days");
+    let (st, _, _) = kit::http_raw(
+        moto.port,
+        "PUT",
+        "/vault/app/sqlvault.json",
+        &[("x-amz-sdk-checksum-algorithm", "SHA256"), kit::MOTO_AUTH],
+        &serde_json::to_vec(&m).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(st, 200);
+    let v = w
+        .run_env(&["forget", repo, "--keep-last", "1", "--json"], &env)
+        .ok()
+        .json();
+    assert_eq!((v["removed"].as_u64(), v["locked"].as_u64()), (Some(0), Some(2)), "{v}");
+    let snaps = w.run_env(&["snapshots", repo, "--json"], &env).ok().json();
+    assert_eq!(snaps["snapshots"].as_array().unwrap().len(), 3, "{snaps}");
+
     // An object nobody references (a killed backup's pack): marked, never extended.
     let stray = "app/packs/0123456789abcdef0123456789abcdef";
     let (st, _, _) = kit::http_raw(
@@ -185,6 +208,19 @@ fn immutable_repositories_on_s3_object_lock() {
         .ok()
         .stdout;
     assert!(text.contains("held by S3 Object Lock"), "{text}");
+
+    // A prefix with characters URLs escape: the lock requests reach the same objects.
+    let odd = "s3://vault/odd+=@,x";
+    w.run_env(&["init", odd, "-r", &rcpt], &env).ok();
+    w.run_env(&["backup", &db, odd, "--name", "odd.db"], &env).ok();
+    let v = w.run_env(&["prune", odd, "-i", &key, "--json"], &env).ok().json();
+    assert_eq!(v["object_lock"]["extended"]["failed"], 0, "{v}");
+    assert!(v["object_lock"]["extended"]["objects"].as_u64().unwrap() >= 4, "{v}");
+    let u = moto
+        .retain_until("vault", "odd%2B%3D%40%2Cx/config")
+        .unwrap()
+        .expect("the config under the odd prefix is locked");
+    assert!(until_ms(&u) > now_ms() + DAY + DAY / 3, "extended: {u}");
 
     // Everything still restores.
     w.run_env(&["restore", repo, &w.s("out.db"), "-i", &key], &env).ok();

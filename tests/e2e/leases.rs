@@ -83,22 +83,30 @@ fn scenario(repo: &str, env: &[(String, String)]) {
     rt.block_on(held.release());
     w.run_env(&["backup", &db, repo, "--lease"], &envs).ok();
     let again = rt
-        .block_on(Lease::acquire(&other, "app.db", Duration::from_secs(3)))
+        .block_on(Lease::acquire(&other, "app.db", Duration::from_secs(5)))
         .unwrap();
 
     // A holder that stops renewing (dropped unreleased) blocks until its lease expires.
     drop(again);
-    w.run_env(&["backup", &db, repo, "--lease"], &envs).fails(14);
-    std::thread::sleep(Duration::from_millis(3300));
+    let r = w.run_env(&["backup", &db, repo, "--lease"], &envs).fails(14);
+    assert!(r.stderr.contains("leases/"), "the lease object is named: {}", r.stderr);
+    std::thread::sleep(Duration::from_millis(5300));
     let r = w.run_env(&["backup", &db, repo, "--lease", "-v"], &envs).ok();
     assert!(r.stderr.contains("taking over the lease"), "{}", r.stderr);
 
     // Expired, and four writers race for it: one conditional update wins.
     let stale = rt
-        .block_on(Lease::acquire(&other, "app.db", Duration::from_secs(1)))
+        .block_on(Lease::acquire(&other, "app.db", Duration::from_secs(5)))
+        .unwrap();
+    // Junk in its place (a bucket writer's, 1 MiB): never read into memory, replaced.
+    rt.block_on(other.store().put(stale.key(), bytes_of(&"x".repeat(1 << 20))))
         .unwrap();
     drop(stale);
-    std::thread::sleep(Duration::from_millis(1300));
+    let junked = rt
+        .block_on(Lease::acquire(&other, "app.db", Duration::from_secs(5)))
+        .unwrap();
+    drop(junked);
+    std::thread::sleep(Duration::from_millis(5300));
     let racers: Vec<Repo> = (0..4)
         .map(|i| rt.block_on(other_host(&w, repo, env, &format!("racer-{i}"))))
         .collect();

@@ -144,7 +144,21 @@ pub async fn audit(session: &Session, req: AuditRequest) -> Result<AuditReport> 
 async fn lock_findings(repo: &Repo, report: &mut AuditReport) -> Result<()> {
     let where_ = PathBuf::from(repo.store.describe());
     let declared = repo.declared_lock_days;
-    let lock = crate::immutable::lock_state(repo).await?;
+    let lock = match crate::immutable::lock_state(repo).await {
+        Ok(l) => l,
+        Err(e) if e.code() == "repo.lock-unreadable" => {
+            report.findings.push(Finding {
+                severity: Severity::High,
+                code: "repo.lock-unreadable",
+                path: where_.clone(),
+                message: e.one_line(),
+                fix: "grant this host s3:GetBucketObjectLockConfiguration and s3:GetObjectRetention".into(),
+                fixed: false,
+            });
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let mut push = |severity, code, message: String, fix: &str| {
         report.findings.push(Finding {
             severity,

@@ -638,6 +638,22 @@ pub async fn backup(repo: &Repo, db: &Path, opts: BackupOptions) -> Result<Backu
 /// fails does not stop the others. Returns one result per repository, in order; the
 /// outer error is for failures that concern every destination (the source database).
 pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Result<Vec<Result<BackupReport>>> {
+    // Every lease taken is released on every way out (released ones are skipped).
+    let leases = std::sync::Mutex::new(Vec::new());
+    let r = backup_leased(repos, db, opts, &leases).await;
+    let taken: Vec<Lease> = std::mem::take(&mut *leases.lock().unwrap_or_else(|e| e.into_inner()));
+    for l in taken {
+        l.release().await;
+    }
+    r
+}
+
+async fn backup_leased(
+    repos: &[Repo],
+    db: &Path,
+    opts: BackupOptions,
+    leases: &std::sync::Mutex<Vec<Lease>>,
+) -> Result<Vec<Result<BackupReport>>> {
     let started = Instant::now();
     let db: PathBuf = db.to_path_buf();
     // Fails early, naming the file, when it is missing or not a database: before any
@@ -661,7 +677,7 @@ pub async fn backup_to_all(repos: &[Repo], db: &Path, opts: BackupOptions) -> Re
     let preps = futures::future::join_all(
         repos
             .iter()
-            .map(|r| prepare(r, &name, kind, &source, adopt, opts.lease)),
+            .map(|r| prepare(r, &name, kind, &source, adopt, opts.lease, leases)),
     )
     .await;
     let mut results: Vec<Option<Result<BackupReport>>> = (0..repos.len()).map(|_| None).collect();
@@ -907,9 +923,14 @@ async fn prepare(
     source: &crate::names::SourceId,
     adopt: bool,
     lease_ttl: Option<Duration>,
+    leases: &std::sync::Mutex<Vec<Lease>>,
 ) -> Result<Prep> {
     let lease = match lease_ttl {
-        Some(ttl) => Some(Lease::acquire(repo, name, ttl).await?),
+        Some(ttl) => {
+            let l = Lease::acquire(repo, name, ttl).await?;
+            leases.lock().unwrap_or_else(|e| e.into_inner()).push(l.clone());
+            Some(l)
+        }
         None => None,
     };
     match prepare_leased(repo, name, kind, source, adopt).await {

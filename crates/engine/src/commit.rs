@@ -92,6 +92,9 @@ pub(crate) async fn commit(c: Commit<'_>) -> Result<Committed> {
         // Right before the manifest: a refused commit claims nothing.
         crate::names::commit(repo, plan).await?;
     }
+    if let Some(l) = lease {
+        l.check_fresh().await?;
+    }
     match store
         .put_if_absent(&layout::snapshot(&manifest.id), Bytes::from(ct))
         .await

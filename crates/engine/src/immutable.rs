@@ -10,14 +10,16 @@
 //!
 //! - **Dedup keeps old objects alive.** A snapshot made today may reference a pack
 //!   written a year ago, whose default lock ran out long since. `prune` (which already
-//!   computes what every kept snapshot references) extends the lock of every referenced
-//!   object — packs, page maps, indexes, manifests, the config, the marker and the
-//!   recipient sets — whose lock ends within `P + P/4` to `now + P + P/2`, where `P` is
-//!   the protection period (the larger of the days `init --immutable-days` declared and
-//!   the bucket's default). So as long as prune runs at least every `P/4`, every object
-//!   a kept snapshot needs stays locked at least `P` ahead. Extensions are recorded on
-//!   this host (`repos/<id>/locks`) so that each object is extended once per `P/4`, not
-//!   at every run.
+//!   computes what snapshots reference) extends the lock of every object the snapshots
+//!   of the last `P` reference — their manifests, page maps, packs and indexes, and the
+//!   config, the marker and the recipient sets — whose lock ends within `P + P/4` to
+//!   `now + P + P/2`, where `P` is the bucket's default retention (set by its owner;
+//!   the days the cleartext marker declares are only checked by audit, as a bucket
+//!   writer can rewrite them). As long as prune runs at least every `P/4`, every
+//!   snapshot stays locked, with all it needs, at least `P` after it was made; older
+//!   ones stop being extended, so forget can remove them once their locks end.
+//!   Extensions are recorded on this host (`repos/<id>/locks`) so that each object is
+//!   extended once per `P/4`, not at every run.
 //! - **Deleting a locked object does not delete it**: in a versioned bucket a DELETE
 //!   without a version adds a delete marker — the object vanishes from listings while
 //!   its locked version stays, billed, until the lock ends. `forget` and `prune`
@@ -55,9 +57,11 @@ pub struct LockState {
 }
 
 impl LockState {
-    /// The protection period in ms: the larger of the declared and the default days.
+    /// The protection period in ms: the bucket's default retention, which only the
+    /// bucket's owner sets (the days declared in the cleartext marker are a claim
+    /// audit checks, never a length sqlvault locks anything for).
     pub fn protect_ms(&self) -> i64 {
-        i64::from(self.declared_days.unwrap_or(0).max(self.bucket.days.unwrap_or(0))) * DAY_MS
+        i64::from(self.bucket.days.unwrap_or(0).min(36_500)) * DAY_MS
     }
 
     /// When the bucket's default lock on an object written at `modified_ms` ends.
@@ -79,6 +83,24 @@ pub async fn lock_state(repo: &Repo) -> Result<Option<LockState>> {
             bucket,
             declared_days: repo.declared_lock_days,
         })),
+        // Not allowed to read it (or a store without the API): fine for a repository
+        // that never asked for a lock; one declared immutable must not go on blind.
+        Some(BucketLock {
+            unreadable: Some(why), ..
+        }) => match repo.declared_lock_days {
+            Some(d) => Err(Error::new(
+                ErrorKind::Auth,
+                "repo.lock-unreadable",
+                format!(
+                    "{} was declared immutable for {d} days, but its bucket's Object Lock configuration cannot be read ({why}): grant s3:GetBucketObjectLockConfiguration and s3:GetObjectRetention",
+                    repo.store.describe()
+                ),
+            )),
+            None => {
+                tracing::debug!("the bucket's Object Lock configuration cannot be read ({why}): taken as none");
+                Ok(None)
+            }
+        },
         _ => Ok(None),
     }
 }
@@ -179,24 +201,38 @@ pub(crate) async fn still_locked(
             ask.push(k.clone());
         }
     }
-    let asked: Vec<(String, Option<i64>)> = futures::stream::iter(ask.into_iter().map(|k| async move {
-        let u = repo.store.retained_until(&k).await;
-        u.map(|u| (k, u))
-    }))
-    .buffer_unordered(8)
-    .collect::<Vec<_>>()
-    .await
-    .into_iter()
-    .collect::<std::result::Result<_, _>>()?;
+    let asked: Vec<(String, std::result::Result<Option<i64>, sqlvault_store::StoreError>)> =
+        futures::stream::iter(ask.into_iter().map(|k| async move {
+            let u = repo.store.retained_until(&k).await;
+            (k, u)
+        }))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut unknown = 0usize;
     for (k, u) in asked {
-        if let Some(u) = u.filter(|u| *u > now) {
-            out.insert(k, u);
+        match u {
+            Ok(Some(u)) if u > now => {
+                out.insert(k, u);
+            }
+            Ok(_) => {}
+            // Whether it is locked cannot be told: kept, as if locked for a period.
+            Err(e) => {
+                if unknown == 0 {
+                    tracing::warn!("cannot read the lock of {k}, kept: {e}");
+                }
+                unknown += 1;
+                out.insert(k, now + lock.protect_ms().max(DAY_MS));
+            }
         }
+    }
+    if unknown > 1 {
+        tracing::warn!("{unknown} objects whose lock cannot be read were kept");
     }
     Ok(out)
 }
 
-/// What [`extend`] did.
+/// What `extend` did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Extended {
     /// Objects whose lock was extended.

@@ -515,6 +515,8 @@ pub async fn prune(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
 /// What the repository holds and what its snapshots reference, at one moment.
 struct View {
     snapshots: usize,
+    /// Under Object Lock: what the snapshots of the protection period reference.
+    young: Option<Young>,
     referenced: HashSet<ChunkId>,
     referenced_maps: HashSet<ObjectId>,
     packs: HashMap<ObjectId, u64>,
@@ -546,7 +548,16 @@ fn foreign(e: &Error) -> bool {
     e.code() == "repo.foreign-object"
 }
 
-async fn view(repo: &Repo) -> Result<View> {
+/// What the snapshots made since a time reference: under Object Lock, what prune keeps
+/// locked (immutable.rs).
+#[derive(Default)]
+struct Young {
+    chunks: HashSet<ChunkId>,
+    maps: HashSet<ObjectId>,
+    manifests: Vec<ObjectId>,
+}
+
+async fn view(repo: &Repo, young_since: Option<i64>) -> Result<View> {
     let (snaps, mut skipped) = repo.snapshots_checked().await?;
     if let Some(s) = skipped.iter().find(|s| s.code != "repo.foreign-object") {
         return Err(Error::new(
@@ -560,12 +571,20 @@ async fn view(repo: &Repo) -> Result<View> {
     }
     let mut referenced = HashSet::new();
     let mut referenced_maps = HashSet::new();
+    let mut young = young_since.map(|_| Young::default());
     for m in &snaps {
         referenced_maps.extend(m.maps.iter().map(|r| r.id));
         let ids = repo
             .chunk_ids(m)
             .await
             .map_err(|e| refuse(&format!("snapshot {} cannot be read", m.id.short()), e))?;
+        if let (Some(y), Some(since)) = (young.as_mut(), young_since)
+            && m.created_ms >= since
+        {
+            y.chunks.extend(ids.iter().copied());
+            y.maps.extend(m.maps.iter().map(|r| r.id));
+            y.manifests.push(m.id);
+        }
         referenced.extend(ids);
     }
     let packs = ids_of(repo.store.list(layout::PACKS).await?);
@@ -614,6 +633,7 @@ async fn view(repo: &Repo) -> Result<View> {
     }
     Ok(View {
         snapshots: snaps.len(),
+        young,
         referenced,
         referenced_maps,
         packs,
@@ -696,7 +716,10 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     } else {
         st.grace_ms
     };
-    let v = view(repo).await?;
+    // Under Object Lock: what is still locked is not deleted (its mark stays), and what
+    // the snapshots of the protection period reference keeps a lock far enough ahead.
+    let object_lock = crate::immutable::lock_state(repo).await?;
+    let v = view(repo, object_lock.as_ref().map(|l| now - l.protect_ms())).await?;
 
     // Marks of objects that are gone are dropped (an earlier run was killed after
     // deleting them, or someone else did).
@@ -788,9 +811,6 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
         .filter(|n| ripe.contains(&key(layout::INDEX, n)))
         .cloned()
         .collect();
-    // Under Object Lock: what is still locked is not deleted (its mark stays), and every
-    // object kept snapshots reference keeps a lock far enough ahead (immutable.rs).
-    let object_lock = crate::immutable::lock_state(repo).await?;
     let mut lock_rep = None;
     let mut listed_ms: HashMap<String, i64> = HashMap::new();
     if let Some(ol) = &object_lock {
@@ -1044,7 +1064,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     st.marks.extend(new_marks);
     rep.next_deletion_ms = st.marks.iter().map(ripens_at).min();
     if let (Some(ol), false) = (&object_lock, opts.dry_run) {
-        let referenced = lock_referenced(&v, &listed_ms);
+        let referenced = lock_referenced(&v, &listed_ms, repo.generation);
         let ext = crate::immutable::extend(repo, ol, &referenced).await?;
         if let Some(r) = rep.object_lock.as_mut() {
             r.extended = ext;
@@ -1085,32 +1105,35 @@ impl Trailers {
     }
 }
 
-/// What kept snapshots need, with each object's listed modification time: every
-/// manifest, the page maps they reference, the packs holding a referenced chunk, the
-/// indexes listing those packs, and what opens the repository (marker, config,
-/// recipient sets).
-fn lock_referenced(v: &View, listed_ms: &HashMap<String, i64>) -> Vec<(String, i64)> {
+/// What the snapshots of the protection period need, with each object's listed
+/// modification time: their manifests and page maps, the packs holding a chunk they
+/// reference, the indexes listing those packs, and what opens the repository (marker,
+/// config, the recipient sets up to the current generation). Only authenticated
+/// manifests count: junk a bucket writer lists under `snapshots/` is never locked, and
+/// a snapshot older than the period (one forget is waiting to remove) stops being
+/// extended, so its lock runs out.
+fn lock_referenced(v: &View, listed_ms: &HashMap<String, i64>, generation: u64) -> Vec<(String, i64)> {
+    let Some(y) = &v.young else {
+        return Vec::new();
+    };
     let live_packs: HashSet<ObjectId> = v
         .entries
         .iter()
-        .filter(|(_, es)| es.iter().any(|e| v.referenced.contains(&e.id)))
+        .filter(|(_, es)| es.iter().any(|e| y.chunks.contains(&e.id)))
         .map(|(p, _)| *p)
         .collect();
     let mut keys: Vec<String> = live_packs.iter().map(|p| key(layout::PACKS, p)).collect();
-    keys.extend(v.referenced_maps.iter().map(|m| key(layout::MAPS, m)));
+    keys.extend(y.maps.iter().map(|m| key(layout::MAPS, m)));
+    keys.extend(y.manifests.iter().map(layout::snapshot));
     keys.extend(
         v.index_packs
             .iter()
             .filter(|(_, ps)| ps.iter().any(|p| live_packs.contains(p)))
             .map(|(n, _)| key(layout::INDEX, n)),
     );
-    let opens = |k: &str| {
-        k.starts_with(&format!("{}/", layout::SNAPSHOTS))
-            || k == layout::MARKER
-            || k == layout::CONFIG
-            || k.starts_with("keys/")
-    };
-    keys.extend(listed_ms.keys().filter(|k| opens(k)).cloned());
+    keys.push(layout::MARKER.to_string());
+    keys.push(layout::CONFIG.to_string());
+    keys.extend((0..=generation).map(layout::recipient_set));
     keys.sort();
     keys.dedup();
     keys.into_iter()

@@ -18,6 +18,7 @@
 use std::io::Write;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use crate::{Store, StoreError};
@@ -38,29 +39,45 @@ impl ObjectVersion {
     }
 
     fn local(data: &[u8]) -> ObjectVersion {
+        ObjectVersion::of_hash(blake3::hash(data))
+    }
+
+    fn of_hash(h: blake3::Hash) -> ObjectVersion {
         ObjectVersion {
-            e_tag: Some(format!("b3:{}", blake3::hash(data).to_hex())),
+            e_tag: Some(format!("b3:{}", h.to_hex())),
             version: None,
         }
     }
 }
 
 impl Store {
-    /// Reads `key` and its version; `None` when it does not exist.
-    pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, ObjectVersion)>, StoreError> {
+    /// Reads `key` and its version; `None` when it does not exist. An object larger
+    /// than `max` bytes comes back empty (with its version, so that a conditional
+    /// update can still replace it): its bytes are never held in memory.
+    pub async fn get_versioned(&self, key: &str, max: u64) -> Result<Option<(Bytes, ObjectVersion)>, StoreError> {
         let path = self.path(key);
         let local = self.local.is_some();
         let r = self
             .retrying("GET", key, || async {
                 let got = self.inner.get(&path).await?;
+                let too_big = got.meta.size > max;
                 let (e_tag, version) = (got.meta.e_tag.clone(), got.meta.version.clone());
-                let data = got.bytes().await?;
-                let v = if local {
-                    ObjectVersion::local(&data)
-                } else {
-                    ObjectVersion { e_tag, version }
-                };
-                Ok((data, v))
+                if local {
+                    // The version is the hash of all of it, hashed as it streams.
+                    let mut h = blake3::Hasher::new();
+                    let mut data = Vec::new();
+                    let mut stream = got.into_stream();
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = chunk?;
+                        h.update(&chunk);
+                        if !too_big {
+                            data.extend_from_slice(&chunk);
+                        }
+                    }
+                    return Ok((Bytes::from(data), ObjectVersion::of_hash(h.finalize())));
+                }
+                let data = if too_big { Bytes::new() } else { got.bytes().await? };
+                Ok((data, ObjectVersion { e_tag, version }))
             })
             .await;
         match r {
@@ -112,8 +129,15 @@ impl Store {
             ..Default::default()
         };
         let r = self
-            .retrying("PUT", key, || {
-                self.inner.put_opts(&path, PutPayload::from(data.clone()), opts())
+            .retrying("PUT", key, || async {
+                // A missing object fails the condition: said before the store's own
+                // mapping reads a 404 on a PUT as a missing bucket.
+                match self.inner.put_opts(&path, PutPayload::from(data.clone()), opts()).await {
+                    Err(object_store::Error::NotFound { path, source }) => {
+                        Err(object_store::Error::Precondition { path, source })
+                    }
+                    r => r,
+                }
             })
             .await;
         match r {
@@ -121,21 +145,12 @@ impl Store {
                 e_tag: r.e_tag,
                 version: r.version,
             }),
-            Err(StoreError::Backend { source, .. })
-                if matches!(
-                    *source,
-                    object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }
-                ) =>
-            {
+            Err(StoreError::Backend { source, .. }) if matches!(*source, object_store::Error::Precondition { .. }) => {
                 Err(StoreError::Conflict {
                     key: key.to_string(),
                     repo: self.repo.clone(),
                 })
             }
-            Err(StoreError::NotFound { .. }) => Err(StoreError::Conflict {
-                key: key.to_string(),
-                repo: self.repo.clone(),
-            }),
             Err(e) => Err(e),
         }
     }
@@ -177,19 +192,23 @@ impl Store {
             // `File::lock` is flock(2) on Unix: on a directory, as here.
             dir_fd.lock().map_err(&io)?;
             // Unlocked when `dir_fd` closes, on every path out.
-            let current = match std::fs::read(&file) {
-                Ok(c) => c,
+            let current = match std::fs::File::open(&file) {
+                Ok(f) => {
+                    let mut h = blake3::Hasher::new();
+                    h.update_reader(f).map_err(&io)?;
+                    h.finalize()
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(conflict()),
                 Err(e) => return Err(io(e)),
             };
-            if ObjectVersion::local(&current) != expected {
+            if ObjectVersion::of_hash(current) != expected {
                 return Err(conflict());
             }
-            // A `#` in the name, like object_store's own staging files: never listed.
+            // `#` and digits, like object_store's own staging files: not objects.
             let tmp = dir.join(format!(
-                "{}#swap{:016x}",
+                "{}#{}",
                 file.file_name().unwrap_or_default().to_string_lossy(),
-                rand::random::<u64>()
+                rand::random::<u32>()
             ));
             let written = (|| {
                 use std::os::unix::fs::OpenOptionsExt;

@@ -635,21 +635,27 @@ fn cloud_store(scheme: &str, bucket: &str, env: &StoreEnv, url: &str) -> Result<
             // sign the payload): S3 verifies the body, and a bucket with Object Lock
             // refuses uploads without one (s3lock.rs). AWS_CHECKSUM_ALGORITHM=none turns
             // them off for an S3-compatible store that refuses them.
-            let checksums = !env
-                .get("AWS_CHECKSUM_ALGORITHM")
-                .is_some_and(|v| v.eq_ignore_ascii_case("none") || v.eq_ignore_ascii_case("off"));
+            let algorithm = env.get("AWS_CHECKSUM_ALGORITHM").map(str::to_ascii_uppercase);
             let mut base = object_store::aws::AmazonS3Builder::new();
-            if checksums {
-                let mut headers = object_store::HeaderMap::new();
-                headers.insert(
-                    "x-amz-sdk-checksum-algorithm",
-                    object_store::HeaderValue::from_static("SHA256"),
-                );
-                base = base
-                    .with_client_options(object_store::ClientOptions::new().with_default_headers(headers))
-                    .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
-            } else {
-                env.vars.remove("AWS_CHECKSUM_ALGORITHM");
+            match algorithm.as_deref() {
+                Some("NONE" | "OFF") => {
+                    env.vars.remove("AWS_CHECKSUM_ALGORITHM");
+                }
+                other => {
+                    // The header names the algorithm the checksum is made with.
+                    let (name, algo) = match other {
+                        Some("CRC64NVME") => ("CRC64NVME", object_store::aws::Checksum::CRC64NVME),
+                        _ => ("SHA256", object_store::aws::Checksum::SHA256),
+                    };
+                    let mut headers = object_store::HeaderMap::new();
+                    headers.insert(
+                        "x-amz-sdk-checksum-algorithm",
+                        object_store::HeaderValue::from_static(name),
+                    );
+                    base = base
+                        .with_client_options(object_store::ClientOptions::new().with_default_headers(headers))
+                        .with_checksum_algorithm(algo);
+                }
             }
             let builder = configured(&env, "AWS_", base, |b, k, v| b.with_config(k, v))
                 .with_bucket_name(bucket)
@@ -822,10 +828,27 @@ fn s3_admin(
         (false, Some(e)) => format!("{}/{bucket}", e.trim_end_matches('/')),
         (false, None) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
     };
-    let allow_http = builder
-        .get_config_value(&K::Client(ClientConfigKey::AllowHttp))
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let options = object_store::ClientOptions::new().with_allow_http(allow_http);
+    // The same transport as the client's: proxy, certificates, timeouts, plain HTTP.
+    let options = [
+        ClientConfigKey::AllowHttp,
+        ClientConfigKey::AllowInvalidCertificates,
+        ClientConfigKey::NoSystemCertificates,
+        ClientConfigKey::ConnectTimeout,
+        ClientConfigKey::Http1Only,
+        ClientConfigKey::Http2Only,
+        ClientConfigKey::ProxyUrl,
+        ClientConfigKey::ProxyCaCertificate,
+        ClientConfigKey::ProxyExcludes,
+        ClientConfigKey::Timeout,
+        ClientConfigKey::UserAgent,
+    ]
+    .into_iter()
+    .fold(object_store::ClientOptions::new(), |o, k| {
+        match builder.get_config_value(&K::Client(k)) {
+            Some(v) => o.with_config(k, v),
+            None => o,
+        }
+    });
     let client = object_store::client::ReqwestConnector::default()
         .connect(&options)
         .ok()?;

@@ -55,6 +55,10 @@ pub struct BucketLock {
     pub mode: Option<LockMode>,
     /// The default retention in days (years count as 365 days), when it has one.
     pub days: Option<u32>,
+    /// Why the configuration could not be read (`AccessDenied` without
+    /// `s3:GetBucketObjectLockConfiguration`, `NotImplemented` on an S3-compatible store
+    /// without Object Lock): then nothing is known of a lock and `enabled` is false.
+    pub unreadable: Option<String>,
 }
 
 impl Store {
@@ -125,7 +129,11 @@ mod imp {
     use object_store::client::{HttpClient, HttpRequest, HttpRequestBody};
     use sha2::Digest;
 
+    use futures::StreamExt;
+
     use super::{BucketLock, LockMode};
+
+    const ANSWER_MAX: usize = 64 << 10;
     use crate::StoreError;
 
     /// What the signed requests need: the client's credentials, where the bucket is,
@@ -168,7 +176,7 @@ mod imp {
     }
 
     impl S3Admin {
-        async fn send(
+        async fn send_once(
             &self,
             op: &'static str,
             key: &str,
@@ -216,14 +224,45 @@ mod imp {
                 .map_err(|e| failed(op, key, repo, true, format!("request failed: {e}")))?;
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
-            let body = resp
-                .into_body()
-                .bytes()
-                .await
-                .map_err(|e| failed(op, key, repo, true, format!("reading the answer failed: {e}")))?;
-            // Answers are small XML documents; anything bigger is not one of them.
-            let text = String::from_utf8_lossy(&body[..body.len().min(64 << 10)]).into_owned();
-            Ok((status, headers, text))
+            // Answers are small XML documents: read at most 64 KiB of one.
+            let mut body = Vec::new();
+            let mut stream = resp.into_body().bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk =
+                    chunk.map_err(|e| failed(op, key, repo, true, format!("reading the answer failed: {e}")))?;
+                body.extend_from_slice(&chunk[..chunk.len().min(ANSWER_MAX - body.len().min(ANSWER_MAX))]);
+                if body.len() >= ANSWER_MAX {
+                    break;
+                }
+            }
+            Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+        }
+
+        /// [`S3Admin::send_once`] with the store's retry rule: a network failure or a 5xx
+        /// (throttling included) is tried again, 3 times in all, 0.2 s then 0.8 s apart.
+        #[allow(clippy::too_many_arguments)]
+        async fn send(
+            &self,
+            op: &'static str,
+            key: &str,
+            repo: &str,
+            url: &str,
+            body: Vec<u8>,
+            headers: &[(&str, String)],
+        ) -> Result<(u16, http::HeaderMap, String), StoreError> {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let r = self.send_once(op, key, repo, url, body.clone(), headers).await;
+                let again = match &r {
+                    Ok((status, ..)) => *status >= 500,
+                    Err(e) => e.is_transient(),
+                };
+                if !again || attempt >= 3 {
+                    return r;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200 << (2 * (attempt - 1)))).await;
+            }
         }
 
         pub(crate) async fn bucket_lock(&self, repo: &str) -> Result<BucketLock, StoreError> {
@@ -247,16 +286,25 @@ mod imp {
                         enabled,
                         mode: mode.filter(|_| days.is_some()),
                         days: days.filter(|_| mode.is_some()),
+                        unreadable: None,
                     })
                 }
                 404 if code_of(status, &body) == "ObjectLockConfigurationNotFoundError" => Ok(BucketLock {
                     enabled: false,
                     mode: None,
                     days: None,
+                    unreadable: None,
                 }),
                 404 if code_of(status, &body) == "NoSuchBucket" => Err(StoreError::MissingBucket {
                     bucket: self.bucket_url.rsplit('/').next().unwrap_or_default().to_string(),
                     repo: repo.to_string(),
+                }),
+                // Not allowed to read it, or a store without the API: nothing is known.
+                400 | 403 | 405 | 501 => Ok(BucketLock {
+                    enabled: false,
+                    mode: None,
+                    days: None,
+                    unreadable: Some(code_of(status, &body)),
                 }),
                 _ => Err(failed(
                     "GET",
@@ -271,8 +319,21 @@ mod imp {
             }
         }
 
+        /// The URL of the object at `path` (object_store's form of the key, which is
+        /// the key S3 stores): every byte but unreserved ones and `/` percent-encoded, as
+        /// object_store's own requests do and as SigV4's canonical URI expects.
         fn object_url(&self, path: &str) -> String {
-            format!("{}/{path}", self.bucket_url)
+            let mut out = String::with_capacity(path.len() + self.bucket_url.len() + 8);
+            out.push_str(&self.bucket_url);
+            out.push('/');
+            for b in path.bytes() {
+                if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                    out.push(b as char);
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            out
         }
 
         pub(crate) async fn retained_until(
@@ -281,9 +342,46 @@ mod imp {
             key: &str,
             path: &str,
         ) -> Result<Option<i64>, StoreError> {
-            let (status, headers, body) = self
-                .send("HEAD", key, repo, &self.object_url(path), Vec::new(), &[])
+            // GetObjectRetention first: a HEAD omits the retain-until date without
+            // s3:GetObjectRetention, which would read as "not locked". A store that
+            // answers it with the object itself (moto) is asked with a HEAD instead.
+            let url = self.object_url(path);
+            let (status, _, body) = self
+                .send("GET", key, repo, &format!("{url}?retention"), Vec::new(), &[])
                 .await?;
+            let date = |v: &str| {
+                chrono::DateTime::parse_from_rfc3339(v.trim())
+                    .ok()
+                    .map(|t| t.timestamp_millis())
+            };
+            match status {
+                200..=299 if body.contains("<Retention") => {
+                    return Ok(element(&body, "RetainUntilDate").and_then(date));
+                }
+                200..=299 => {}
+                404 => {
+                    return match code_of(status, &body).as_str() {
+                        "NoSuchKey" | "NoSuchObjectLockConfiguration" | "NoSuchVersion" => Ok(None),
+                        other => Err(failed(
+                            "GET",
+                            key,
+                            repo,
+                            false,
+                            format!("reading the object's lock failed: {other}"),
+                        )),
+                    };
+                }
+                _ => {
+                    return Err(failed(
+                        "GET",
+                        key,
+                        repo,
+                        status >= 500,
+                        format!("reading the object's lock was refused: {}", code_of(status, &body)),
+                    ));
+                }
+            }
+            let (status, headers, body) = self.send("HEAD", key, repo, &url, Vec::new(), &[]).await?;
             match status {
                 200..=299 => Ok(headers
                     .get("x-amz-object-lock-retain-until-date")
@@ -310,7 +408,16 @@ mod imp {
             until_ms: i64,
         ) -> Result<(), StoreError> {
             let until = chrono::DateTime::from_timestamp_millis(until_ms)
-                .unwrap_or_default()
+                .filter(|t| t.timestamp() > 0 && t.timestamp() < 4_102_444_800)
+                .ok_or_else(|| {
+                    failed(
+                        "PUT",
+                        key,
+                        repo,
+                        false,
+                        format!("lock end {until_ms} ms is out of range"),
+                    )
+                })?
                 .format("%Y-%m-%dT%H:%M:%S.000Z");
             let body = format!(
                 "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode><RetainUntilDate>{until}</RetainUntilDate></Retention>",

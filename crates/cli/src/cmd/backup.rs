@@ -36,8 +36,8 @@ pub struct BackupArgs {
     /// blocks others for --lease-ttl at most. Needs overwrite permission on `leases/`.
     #[arg(long)]
     lease: bool,
-    /// The lease's time to live, in seconds.
-    #[arg(long, default_value_t = 300, value_name = "SECONDS", requires = "lease", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    /// The lease's time to live, in seconds (at least 5).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", requires = "lease", value_parser = clap::value_parser!(u64).range(5..=86400))]
     lease_ttl: u64,
     /// Longest wait for the application's locks, in seconds.
     #[arg(long, default_value_t = 10.0)]

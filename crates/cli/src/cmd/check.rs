@@ -106,12 +106,13 @@ async fn cost(a: CheckArgs, ctx: &Ctx) -> Result<u8, Error> {
             let m = HOURLY_PER_MONTH;
             println!(
                 "hourly, a month ({m} backups, each its own command): {} PUT, {} GET, {} LIST, {} HEAD, {} DELETE; {} uploaded",
-                r.put * m,
-                (r.get + o.get) * m,
-                (r.list + o.list) * m,
-                (r.head + o.head) * m,
-                r.delete * m,
-                human(t.bytes_new * m)
+                // Figures a backup host wrote: saturating, never wrapping.
+                r.put.saturating_mul(m),
+                r.get.saturating_add(o.get).saturating_mul(m),
+                r.list.saturating_add(o.list).saturating_mul(m),
+                r.head.saturating_add(o.head).saturating_mul(m),
+                r.delete.saturating_mul(m),
+                human(t.bytes_new.saturating_mul(m))
             );
         }
         None => println!("typical incremental backup: not known yet (no incremental snapshot recorded its requests)"),
