@@ -90,16 +90,7 @@ impl Store {
     /// Creates `key` if no object is there, returning its version
     /// ([`StoreError::AlreadyExists`] otherwise).
     pub async fn create_versioned(&self, key: &str, data: Bytes) -> Result<ObjectVersion, StoreError> {
-        let path = self.path(key);
-        let opts = || PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        let r = self
-            .retrying("PUT", key, || {
-                self.inner.put_opts(&path, PutPayload::from(data.clone()), opts())
-            })
-            .await?;
+        let r = self.create(key, &data).await?;
         Ok(if self.local.is_some() {
             ObjectVersion::local(&data)
         } else {

@@ -1127,17 +1127,7 @@ impl Store {
     /// Writes `key` only if no object exists there ([`StoreError::AlreadyExists`]
     /// otherwise). This is the commit point of every snapshot.
     pub async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        let path = self.path(key);
-        let opts = || PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        let r = self
-            .retrying("PUT", key, || {
-                self.inner.put_opts(&path, PutPayload::from(data.clone()), opts())
-            })
-            .await;
-        match r {
+        match self.create(key, &data).await {
             Ok(_) => Ok(()),
             // A retried create whose first attempt landed reports AlreadyExists; the
             // caller's random names make a foreign object at the same key implausible,
@@ -1153,6 +1143,19 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// One create-if-absent PUT (retried if transient), as the store answered it.
+    async fn create(&self, key: &str, data: &Bytes) -> Result<object_store::PutResult, StoreError> {
+        let path = self.path(key);
+        let opts = || PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.retrying("PUT", key, || {
+            self.inner.put_opts(&path, PutPayload::from(data.clone()), opts())
+        })
+        .await
     }
 
     /// Reads the whole object.

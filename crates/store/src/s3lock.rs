@@ -175,16 +175,43 @@ mod imp {
             .unwrap_or_else(|| format!("HTTP {status}"))
     }
 
+    /// One signed request: the operation (also its HTTP method), the key and repository
+    /// it concerns (for errors), where it goes, and what it carries.
+    struct Call<'a> {
+        op: &'static str,
+        key: &'a str,
+        repo: &'a str,
+        url: String,
+        body: Vec<u8>,
+        headers: Vec<(&'static str, String)>,
+    }
+
+    impl<'a> Call<'a> {
+        /// A request without a body (GET, HEAD).
+        fn get(op: &'static str, key: &'a str, repo: &'a str, url: String) -> Call<'a> {
+            Call {
+                op,
+                key,
+                repo,
+                url,
+                body: Vec::new(),
+                headers: Vec::new(),
+            }
+        }
+    }
+
     impl S3Admin {
-        async fn send_once(
-            &self,
-            op: &'static str,
-            key: &str,
-            repo: &str,
-            url: &str,
-            body: Vec<u8>,
-            headers: &[(&str, String)],
-        ) -> Result<(u16, http::HeaderMap, String), StoreError> {
+        async fn send_once(&self, c: &Call<'_>) -> Result<(u16, http::HeaderMap, String), StoreError> {
+            let Call {
+                op,
+                key,
+                repo,
+                url,
+                body,
+                headers,
+            } = c;
+            let (op, key, repo) = (*op, *key, *repo);
+            let body = body.clone();
             let cred = self
                 .s3
                 .credentials()
@@ -202,7 +229,7 @@ mod imp {
             *req.uri_mut() = url
                 .parse()
                 .map_err(|e| failed(op, key, repo, false, format!("cannot form the request URL {url}: {e}")))?;
-            for (k, v) in headers {
+            for (k, v) in headers.iter() {
                 req.headers_mut().insert(
                     http::HeaderName::from_bytes(k.as_bytes()).expect("a header name"),
                     http::HeaderValue::from_str(v).expect("an ASCII header value"),
@@ -240,20 +267,11 @@ mod imp {
 
         /// [`S3Admin::send_once`] with the store's retry rule: a network failure or a 5xx
         /// (throttling included) is tried again, 3 times in all, 0.2 s then 0.8 s apart.
-        #[allow(clippy::too_many_arguments)]
-        async fn send(
-            &self,
-            op: &'static str,
-            key: &str,
-            repo: &str,
-            url: &str,
-            body: Vec<u8>,
-            headers: &[(&str, String)],
-        ) -> Result<(u16, http::HeaderMap, String), StoreError> {
+        async fn send(&self, c: Call<'_>) -> Result<(u16, http::HeaderMap, String), StoreError> {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let r = self.send_once(op, key, repo, url, body.clone(), headers).await;
+                let r = self.send_once(&c).await;
                 let again = match &r {
                     Ok((status, ..)) => *status >= 500,
                     Err(e) => e.is_transient(),
@@ -267,7 +285,7 @@ mod imp {
 
         pub(crate) async fn bucket_lock(&self, repo: &str) -> Result<BucketLock, StoreError> {
             let url = format!("{}?object-lock", self.bucket_url);
-            let (status, _, body) = self.send("GET", "?object-lock", repo, &url, Vec::new(), &[]).await?;
+            let (status, _, body) = self.send(Call::get("GET", "?object-lock", repo, url)).await?;
             match status {
                 200..=299 => {
                     let enabled = element(&body, "ObjectLockEnabled") == Some("Enabled");
@@ -347,7 +365,7 @@ mod imp {
             // answers it with the object itself (moto) is asked with a HEAD instead.
             let url = self.object_url(path);
             let (status, _, body) = self
-                .send("GET", key, repo, &format!("{url}?retention"), Vec::new(), &[])
+                .send(Call::get("GET", key, repo, format!("{url}?retention")))
                 .await?;
             let date = |v: &str| {
                 chrono::DateTime::parse_from_rfc3339(v.trim())
@@ -381,7 +399,7 @@ mod imp {
                     ));
                 }
             }
-            let (status, headers, body) = self.send("HEAD", key, repo, &url, Vec::new(), &[]).await?;
+            let (status, headers, body) = self.send(Call::get("HEAD", key, repo, url)).await?;
             match status {
                 200..=299 => Ok(headers
                     .get("x-amz-object-lock-retain-until-date")
@@ -427,18 +445,18 @@ mod imp {
             let sum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&body));
             let url = format!("{}?retention", self.object_url(path));
             let (status, _, text) = self
-                .send(
-                    "PUT",
+                .send(Call {
+                    op: "PUT",
                     key,
                     repo,
-                    &url,
+                    url,
                     body,
-                    &[
+                    headers: vec![
                         ("x-amz-sdk-checksum-algorithm", "SHA256".into()),
                         ("x-amz-checksum-sha256", sum),
                         ("content-type", "application/xml".into()),
                     ],
-                )
+                })
                 .await?;
             match status {
                 200..=299 => Ok(()),
