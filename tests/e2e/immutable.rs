@@ -209,15 +209,16 @@ fn immutable_repositories_on_s3_object_lock_and_attack_bw_a_marker_cannot_unlock
         .stdout;
     assert!(text.contains("held by S3 Object Lock"), "{text}");
 
-    // A prefix with characters URLs escape: the lock requests reach the same objects.
-    let odd = "s3://vault/odd+=@,x";
+    // A prefix with characters URLs escape: the objects are under the prefix as written
+    // (not a literal `%20`), and the lock requests reach them.
+    let odd = "s3://vault/équipe odd+=@,x";
     w.run_env(&["init", odd, "-r", &rcpt], &env).ok();
     w.run_env(&["backup", &db, odd, "--name", "odd.db"], &env).ok();
     let v = w.run_env(&["prune", odd, "-i", &key, "--json"], &env).ok().json();
     assert_eq!(v["object_lock"]["extended"]["failed"], 0, "{v}");
     assert!(v["object_lock"]["extended"]["objects"].as_u64().unwrap() >= 4, "{v}");
     let u = moto
-        .retain_until("vault", "odd%2B%3D%40%2Cx/config")
+        .retain_until("vault", "%C3%A9quipe%20odd%2B%3D%40%2Cx/config")
         .unwrap()
         .expect("the config under the odd prefix is locked");
     assert!(until_ms(&u) > now_ms() + DAY + DAY / 3, "extended: {u}");

@@ -547,6 +547,32 @@ fn configured<B, K: std::str::FromStr>(env: &StoreEnv, prefix: &str, base: B, se
         .fold(base, |b, (k, v)| set(b, k, v))
 }
 
+/// `%XX` sequences decoded; `None` when the result is not UTF-8. A `%` not followed by
+/// two hex digits stays as it is.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A cloud client, the metadata service it falls back to when no credentials are
 /// configured, the variables it was built from, and for S3 what its Object Lock
 /// requests need.
@@ -938,7 +964,15 @@ impl Store {
             if bucket.is_empty() {
                 return Err(invalid("missing bucket or container name"));
             }
-            let prefix = ObjPath::from(parsed.path().trim_matches('/'));
+            // The URL's path is percent-encoded (`my backups` arrives as `my%20backups`):
+            // the prefix is what it encodes, so that the objects are where the user
+            // wrote, not under a literal `%20`.
+            let decoded = percent_decode(parsed.path().trim_matches('/'))
+                .ok_or_else(|| invalid("the prefix is not valid UTF-8 once percent-decoded"))?;
+            // `parse` keeps it as written (`from` would percent-encode every non-ASCII
+            // byte into the key); what `parse` refuses (`..`, empty parts, control
+            // characters) is encoded as object_store does.
+            let prefix = ObjPath::parse(decoded.as_str()).unwrap_or_else(|_| ObjPath::from(decoded.as_str()));
             cloud_bucket = Some(bucket.to_string());
             // The location (what pins are keyed by) comes from the configuration the
             // client uses, the AWS shared files included.
@@ -1035,11 +1069,15 @@ impl Store {
     }
 
     fn path(&self, key: &str) -> ObjPath {
-        if self.prefix.as_ref().is_empty() {
-            ObjPath::from(key)
-        } else {
-            ObjPath::from(format!("{}/{key}", self.prefix))
-        }
+        // The prefix's parts as they are (re-encoding its text would turn a non-ASCII
+        // prefix into another key), then the key's.
+        ObjPath::from_iter(
+            self.prefix.parts().chain(
+                key.split('/')
+                    .filter(|p| !p.is_empty())
+                    .map(object_store::path::PathPart::from),
+            ),
+        )
     }
 
     fn map_err(&self, op: &'static str, key: &str, e: object_store::Error) -> StoreError {
@@ -1360,6 +1398,18 @@ pub use s3lock::{BucketLock, LockMode};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_prefixes_are_what_their_percent_encoding_says() {
+        assert_eq!(
+            percent_decode("my%20backups/%C3%A9quipe").as_deref(),
+            Some("my backups/équipe")
+        );
+        assert_eq!(percent_decode("plain/prefix").as_deref(), Some("plain/prefix"));
+        assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
+        assert_eq!(percent_decode("%zz%4").as_deref(), Some("%zz%4"));
+        assert_eq!(percent_decode("%FF%FE"), None);
+    }
 
     async fn contract(store: &Store) {
         store.put("a/x", Bytes::from_static(b"1")).await.unwrap();
