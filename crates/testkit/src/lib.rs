@@ -538,7 +538,10 @@ impl SeaweedServer {
                 "-ip.bind=127.0.0.1",
                 "-master.telemetry=false",
                 "-master.volumeSizeLimitMB=64",
-                "-volume.max=8",
+                // Each bucket is a collection that grows 7 volumes at its first write:
+                // with 8, a third bucket gets none and every PUT into it fails (500).
+                // Volume files start small and grow, so 32 costs no disk up front.
+                "-volume.max=32",
                 "-s3",
                 // Its Iceberg and Lance listeners default to fixed ports: off.
                 "-s3.port.iceberg=0",
