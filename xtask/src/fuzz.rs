@@ -36,6 +36,7 @@ const TARGETS: &[(&str, Option<&str>)] = &[
     ("ids_keys", None),
     ("cdc", None),
     ("load", Some("sqlite")),
+    ("wal", Some("sqlite")),
     ("evidence", Some("engine")),
 ];
 

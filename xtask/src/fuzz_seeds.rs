@@ -151,6 +151,21 @@ fn base_seq(n: u8) -> ChunkSeq {
 /// A small database with what a dump has to carry (rowid and WITHOUT ROWID tables,
 /// every storage class, an index, a view, a trigger, AUTOINCREMENT), dumped by the real
 /// dumper; and a plain SQL file as a user would hand to `sqlvault load`.
+/// A WAL as SQLite writes it: three commits on 512-byte pages, copied while the writer
+/// holds it open (closing would checkpoint it away).
+fn wal_seed() -> Result<Vec<u8>> {
+    let dir = sqlvault_engine::sqlite::tempfile::tempdir()?;
+    let db = dir.path().join("seed.db");
+    let c = rusqlite::Connection::open(&db)?;
+    c.execute_batch(
+        "PRAGMA page_size=512; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+         CREATE TABLE t(x); INSERT INTO t VALUES('row0'); INSERT INTO t VALUES('row1');",
+    )?;
+    let wal = std::fs::read(dir.path().join("seed.db-wal"))?;
+    drop(c);
+    Ok(wal)
+}
+
 fn sql_seeds() -> Result<Vec<Vec<u8>>> {
     let dir = sqlvault_engine::sqlite::tempfile::tempdir()?;
     let db = dir.path().join("seed.db");
@@ -309,6 +324,7 @@ pub fn write(corpus: &Path) -> Result<()> {
     let sql = sql_seeds()?;
     put(corpus, "cdc", vec![sql[0].clone()])?;
     put(corpus, "load", sql)?;
+    put(corpus, "wal", vec![wal_seed()?])?;
 
     let evidence = |ok: bool| Evidence {
         kind: if ok { "verify" } else { "drill" }.into(),

@@ -124,6 +124,7 @@ mod scratch;
 // snapshot freed once.
 #[allow(unsafe_code)]
 mod snapshot;
+pub mod wal;
 
 pub use audit::{
     AuditOptions, AuditReport, AuditStats, Auditor, DbFacts, Finding, KNOWN_BUGS, KnownBug, Severity, db_facts,

@@ -12,3 +12,4 @@ mod dump;
 mod hostile;
 #[cfg(not(feature = "sqlcipher"))]
 mod no_sqlcipher;
+mod wal;
