@@ -238,6 +238,11 @@ impl StoreError {
 
 fn is_transient(e: &object_store::Error) -> bool {
     use object_store::Error as E;
+    // A client error the server answered (a GCS 400, say) arrives untyped, as a generic
+    // error whose text carries the status: retrying cannot change the answer.
+    if final_client_status(e).is_some() {
+        return false;
+    }
     !matches!(
         e,
         E::NotFound { .. }
@@ -251,6 +256,22 @@ fn is_transient(e: &object_store::Error) -> bool {
             | E::Unauthenticated { .. }
             | E::UnknownConfigurationKey { .. }
     )
+}
+
+/// The 4xx status (but 408 and 429, which may pass) an HTTP answer gave, as object_store
+/// words it in an error's text (`… status code: 400 Bad Request …`) when it has no typed
+/// variant for it.
+fn final_client_status(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if let Some(i) = text.find("status code: ") {
+            let code: u16 = text[i + 13..].get(..3)?.parse().ok()?;
+            return ((400..500).contains(&code) && code != 408 && code != 429).then_some(code);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Whether a cloud client's error comes from the EC2 instance metadata service at
@@ -1398,6 +1419,25 @@ pub use s3lock::{BucketLock, LockMode};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_untyped_client_error_is_final_and_throttling_is_not() {
+        let generic = |msg: &str| object_store::Error::Generic {
+            store: "GCS",
+            source: msg.to_string().into(),
+        };
+        let bad = generic(
+            "Error performing PUT http://x/y - Server returned non-2xx status code: 400 Bad Request: invalid uploadType",
+        );
+        assert!(!is_transient(&bad));
+        assert!(is_transient(&generic(
+            "Server returned non-2xx status code: 429 Too Many Requests"
+        )));
+        assert!(is_transient(&generic(
+            "Server returned non-2xx status code: 503 Service Unavailable"
+        )));
+        assert!(is_transient(&generic("connection reset by peer")));
+    }
 
     #[test]
     fn url_prefixes_are_what_their_percent_encoding_says() {
