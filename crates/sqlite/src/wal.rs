@@ -168,6 +168,81 @@ impl WalScan {
     pub fn commit_size(&self) -> Option<u32> {
         self.committed().last().map(|f| f.commit_size)
     }
+
+    /// Where a follower that has shipped every committed frame stands.
+    pub fn position(&self) -> Position {
+        let last = self.committed().last();
+        Position {
+            salt: self.header.salt,
+            checkpoint_seq: self.header.checkpoint_seq,
+            frame: last.map_or(0, |f| f.n),
+            checksum: last.map_or(self.header.checksum, |f| f.checksum),
+        }
+    }
+
+    /// How this WAL continues from `p`, where a follower stopped (module docs of what
+    /// each answer means for it).
+    pub fn since(&self, p: &Position) -> Continuity {
+        if self.header.salt != p.salt {
+            return Continuity::Restarted;
+        }
+        let at = p.frame as usize;
+        let here = match at {
+            0 => Some(self.header.checksum),
+            n => self.frames.get(n - 1).map(|f| f.checksum),
+        };
+        match here {
+            None => Continuity::Truncated {
+                valid: self.frames.len() as u32,
+            },
+            Some(c) if c != p.checksum => Continuity::Overwritten,
+            Some(_) => Continuity::Continues {
+                new: at..self.committed().len().max(at),
+            },
+        }
+    }
+}
+
+/// Where a follower of a WAL stopped: after frame `frame` (0: none yet) of the WAL
+/// generation whose header carries `salt`, the checksum chain then being `checksum`.
+/// The chain value stands for every byte of every frame up to there: a later scan that
+/// finds it at the same frame knows nothing before was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The generation's salts.
+    pub salt: [u32; 2],
+    /// The generation's checkpoint sequence (one more per restart).
+    pub checkpoint_seq: u32,
+    /// The last frame shipped.
+    pub frame: u32,
+    /// The checksum chain after it (the header's checksum for frame 0).
+    pub checksum: [u32; 2],
+}
+
+/// What became of the WAL since a [`Position`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Continuity {
+    /// The same generation still holds everything up to the position unchanged; the
+    /// committed frames at these indices (into [`WalScan::frames`]) are new, maybe none.
+    Continues {
+        /// Indices of the new committed frames.
+        new: std::ops::Range<usize>,
+    },
+    /// Another generation: the WAL was restarted after a checkpoint copied it into the
+    /// database. Whether commits were made (and checkpointed away) between the
+    /// position and the restart cannot be told from the WAL: only a follower that held
+    /// a read mark at its position (which stops the restart) may go on without a new
+    /// base.
+    Restarted,
+    /// The same generation holds fewer valid frames than the position: truncated, or
+    /// its tail damaged. A break: what was shipped is no longer what the WAL says.
+    Truncated {
+        /// Valid frames left.
+        valid: u32,
+    },
+    /// The frame at the position carries another checksum chain: frames up to it were
+    /// rewritten. A break.
+    Overwritten,
 }
 
 /// Reads the WAL from its start: `Ok(None)` when it is shorter than a header (empty:
@@ -307,6 +382,37 @@ mod tests {
         old.extend(frame(false, &mut chain, [9, 9], 2, 2, 7));
         let s = scan(&mut std::io::Cursor::new(&old)).unwrap().unwrap();
         assert_eq!(s.frames.len(), 1);
+    }
+
+    #[test]
+    fn a_follower_sees_appends_rewrites_truncation_and_restarts() {
+        let scan_of = |w: &[u8]| scan(&mut std::io::Cursor::new(w)).unwrap().unwrap();
+        let a = scan_of(&wal(false, &[(1, 0), (2, 2)]));
+        let p = a.position();
+        assert_eq!(p.frame, 2);
+        assert_eq!(a.since(&p), Continuity::Continues { new: 2..2 });
+        // Appended: one uncommitted frame, then a commit.
+        let b = scan_of(&wal(false, &[(1, 0), (2, 2), (3, 0)]));
+        assert_eq!(b.since(&p), Continuity::Continues { new: 2..2 }, "not committed yet");
+        let c = scan_of(&wal(false, &[(1, 0), (2, 2), (3, 0), (1, 3)]));
+        assert_eq!(c.since(&p), Continuity::Continues { new: 2..4 });
+        // From the very start (nothing shipped yet).
+        let empty = scan_of(&wal(false, &[]));
+        assert_eq!(c.since(&empty.position()), Continuity::Continues { new: 0..4 });
+        // Truncated below the position.
+        let t = scan_of(&wal(false, &[(1, 1)]));
+        assert_eq!(t.since(&p), Continuity::Truncated { valid: 1 });
+        // Same salts, other content up to the position.
+        let mut o = header(false, 512, [0x1111, 0x2222]);
+        let mut chain = WalHeader::parse(&o).unwrap().checksum;
+        o.extend(frame(false, &mut chain, [0x1111, 0x2222], 1, 0, 0));
+        o.extend(frame(false, &mut chain, [0x1111, 0x2222], 2, 2, 99));
+        assert_eq!(scan_of(&o).since(&p), Continuity::Overwritten);
+        // Another generation.
+        let mut r = header(false, 512, [0x1112, 0x3333]);
+        let mut chain = WalHeader::parse(&r).unwrap().checksum;
+        r.extend(frame(false, &mut chain, [0x1112, 0x3333], 1, 1, 0));
+        assert_eq!(scan_of(&r).since(&p), Continuity::Restarted);
     }
 
     #[test]

@@ -97,3 +97,51 @@ fn a_torn_wal_tail_loses_only_the_torn_transaction() {
     let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(ok, "ok");
 }
+
+#[test]
+fn a_follower_of_a_live_wal_sees_each_commit_and_each_restart() {
+    use sqlvault_sqlite::wal::Continuity;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let wal = dir.path().join("app.db-wal");
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(v);
+         INSERT INTO t VALUES(randomblob(100));",
+    )
+    .unwrap();
+    let read = || scan(&mut std::fs::File::open(&wal).unwrap()).unwrap();
+    let first = read().unwrap();
+    let p = first.position();
+    assert_eq!(
+        first.since(&p),
+        Continuity::Continues {
+            new: p.frame as usize..p.frame as usize
+        }
+    );
+
+    // Three more commits: exactly their frames are new, ending at a commit frame.
+    for _ in 0..3 {
+        c.execute("INSERT INTO t VALUES(randomblob(3000))", []).unwrap();
+    }
+    let later = read().unwrap();
+    let Continuity::Continues { new } = later.since(&p) else {
+        panic!("{:?}", later.since(&p));
+    };
+    let commits = later.frames[new.clone()].iter().filter(|f| f.commit_size != 0).count();
+    assert_eq!(commits, 3);
+    assert_eq!(new.end, later.committed().len());
+
+    // The application checkpoints and restarts the WAL, then commits: another
+    // generation, with a checkpoint sequence one higher.
+    let p = later.position();
+    c.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())).unwrap();
+    c.execute("INSERT INTO t VALUES(1)", []).unwrap();
+    let restarted = read().unwrap();
+    assert_eq!(restarted.since(&p), Continuity::Restarted);
+    assert_eq!(restarted.header.checkpoint_seq, p.checkpoint_seq + 1);
+
+    // TRUNCATE empties the file: nothing to follow until the next commit.
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    assert_eq!(read(), None);
+}
