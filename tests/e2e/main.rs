@@ -21,6 +21,7 @@ mod keys_and_errors;
 mod leases;
 mod lifecycle;
 mod realworld;
+mod replication;
 mod s3;
 mod sqlcipher;
 mod stock_tools;

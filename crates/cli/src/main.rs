@@ -50,6 +50,9 @@ struct Cli {
 /// thread inherits the mask and only the `signals` thread takes them, with `sigwait`:
 /// the cleanup runs in an ordinary thread, not in a signal handler. It holds the
 /// temporary-file registry until `_exit`, so no new temporary appears after it.
+/// Set by a command that stops gracefully on SIGINT/SIGTERM (see `handle_signals`).
+pub static GRACEFUL: std::sync::OnceLock<sqlvault_engine::Cancel> = std::sync::OnceLock::new();
+
 fn handle_signals(json: bool) {
     let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
     // SAFETY: sigset functions on a local, zero-initialised set; pthread_sigmask
@@ -67,6 +70,20 @@ fn handle_signals(json: bool) {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` is a valid signal set and `sig` a valid out-parameter.
         while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+        // A command that stops gracefully (replicate: ship what is committed, exit 0)
+        // takes the first SIGINT or SIGTERM; a second one ends the process as below.
+        if sig != libc::SIGHUP
+            && let Some(stop) = GRACEFUL.get()
+        {
+            stop.cancel();
+            let line = "stopping: shipping what is committed (send the signal again to exit at once)\n";
+            // SAFETY: a write of a valid buffer to stderr.
+            unsafe {
+                libc::write(2, line.as_ptr().cast(), line.len());
+            }
+            // SAFETY: as above.
+            while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+        }
         let removed = sqlvault_sqlite::remove_all_for_exit();
         let name = match sig {
             libc::SIGINT => "SIGINT",

@@ -72,6 +72,10 @@ pub struct BackupOptions {
     /// renewals, so that no other host backs up the same name meanwhile; `None`: no
     /// lease is taken or checked.
     pub lease: Option<Duration>,
+    /// Run inside the snapshot's read transaction (replication's base).
+    pub(crate) on_read: Option<sqlvault_sqlite::ReadHook>,
+    /// Mark the manifest as the base of a replication chain.
+    pub(crate) replicated: bool,
 }
 
 /// What a snapshot holds.
@@ -104,6 +108,8 @@ impl Default for BackupOptions {
             integrity_check: false,
             adopt_name: false,
             lease: None,
+            on_read: None,
+            replicated: false,
         }
     }
 }
@@ -1278,6 +1284,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
             chunker: DUMP_CHUNKER.describe(),
         }),
         source_check: source_check.clone(),
+        replicated: opts.replicated,
     };
     let committed = crate::commit::commit(crate::commit::Commit {
         repo,
@@ -1547,6 +1554,7 @@ fn run_pipeline(shared: Arc<Shared>, db: &Path, threads: usize, up: Uploads) -> 
         .with_force_backup_copy(shared.opts.force_backup_copy)
         .with_unlock(shared.opts.unlock.clone())
         .with_integrity_check(shared.opts.integrity_check)
+        .with_on_read(shared.opts.on_read.clone())
         .with_temp_dir(shared.session.temp_dir().to_path_buf());
     let snap = match shared.opts.kind {
         BackupKind::Pages => read_pages(&shared, db, src_opts, &tx),

@@ -173,6 +173,24 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
                 .collect(),
         });
     }
+    // A replication chain's base stays while segments follow it: they are restorable
+    // points only on top of it (point-in-time retention, which would remove chains as
+    // a whole, is not there yet).
+    let mut chained = std::collections::HashSet::new();
+    for m in doomed.iter().filter(|m| m.replicated) {
+        if !repo.store.list(&layout::chain(&m.id)).await?.is_empty() {
+            chained.insert(m.id);
+        }
+    }
+    if !chained.is_empty() {
+        doomed.retain(|m| !chained.contains(&m.id));
+        for e in groups.iter_mut().flat_map(|g| g.snapshots.iter_mut()) {
+            if chained.iter().any(|id| id.to_string() == e.id) {
+                e.keep = true;
+                e.reasons.push("replication chain".into());
+            }
+        }
+    }
     // Under Object Lock, a manifest still locked is not deleted: the DELETE would only
     // hide it behind a delete marker while its locked version stays (immutable.rs).
     let mut locked = 0usize;

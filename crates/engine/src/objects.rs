@@ -36,17 +36,25 @@ const INDEX_KIB_IN_FLIGHT: u64 = 16 << 10;
 impl Repo {
     /// Fetches, decrypts and authenticates each map object a manifest lists, in order,
     /// handing its plaintext to `apply`.
-    pub(crate) async fn each_map(
+    pub(crate) async fn each_map(&self, m: &Manifest, apply: impl FnMut(&MapRef, &[u8]) -> Result<()>) -> Result<()> {
+        self.each_map_of(&m.maps, &format!("snapshot {}", m.id.short()), apply)
+            .await
+    }
+
+    /// [`Repo::each_map`] over any list of maps (a segment's); `owner` names what lists
+    /// them in errors.
+    pub(crate) async fn each_map_of(
         &self,
-        m: &Manifest,
+        maps: &[MapRef],
+        owner: &str,
         mut apply: impl FnMut(&MapRef, &[u8]) -> Result<()>,
     ) -> Result<()> {
-        for r in &m.maps {
+        for r in maps {
             let ct = get_or(&self.store, &layout::map(&r.id), || {
                 Error::new(
                     ErrorKind::Integrity,
                     "repo.missing-object",
-                    format!("page map {} of snapshot {} is missing", r.id.short(), m.id.short()),
+                    format!("page map {} of {owner} is missing", r.id.short()),
                 )
             })
             .await?;
@@ -57,11 +65,7 @@ impl Repo {
                 return Err(Error::new(
                     ErrorKind::Integrity,
                     "repo.corrupt-object",
-                    format!(
-                        "page map {} of snapshot {} fails authentication",
-                        r.id.short(),
-                        m.id.short()
-                    ),
+                    format!("page map {} of {owner} fails authentication", r.id.short()),
                 ));
             }
             apply(r, &pt)?;

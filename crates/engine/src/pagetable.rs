@@ -73,6 +73,39 @@ impl PageTable {
     pub(crate) fn read(&self, first: u32, n: usize) -> Result<Vec<ChunkId>> {
         read_ids(&self.file, first, n).map_err(|e| io_err("cannot read the restore's page table", e))
     }
+
+    /// The id of page `pgno`, when it is within the table.
+    pub(crate) fn get(&self, pgno: u32) -> Result<Option<ChunkId>> {
+        if pgno == 0 || pgno > self.pages {
+            return Ok(None);
+        }
+        Ok(self.read(pgno, 1)?.pop())
+    }
+
+    /// Sets page `pgno`'s id (replication keeps a chain's newest table this way).
+    pub(crate) fn set(&self, pgno: u32, id: &ChunkId) -> Result<()> {
+        self.file
+            .write_all_at(&id.0, (pgno as u64 - 1) * ID as u64)
+            .map_err(|e| io_err("cannot write a page table", e))
+    }
+
+    /// Sets the page count (pages past it are forgotten; new ones must be [`set`]).
+    ///
+    /// [`set`]: PageTable::set
+    pub(crate) fn set_pages(&mut self, pages: u32) {
+        self.pages = pages;
+    }
+
+    /// The state checksum of the table (docs/format.md, "Segments").
+    pub(crate) fn state(&self, key: &sqlvault_format::StateKey) -> Result<sqlvault_format::StateChecksum> {
+        let mut x = sqlvault_format::StateChecksum::default();
+        for (first, n) in passes(self.pages, 64 << 10) {
+            for (i, id) in self.read(first, n)?.iter().enumerate() {
+                x.toggle(key, first + i as u32, id);
+            }
+        }
+        Ok(x)
+    }
 }
 
 /// The ranges `(first page, pages)` of passes of at most `per` pages over `pages`.

@@ -587,6 +587,30 @@ async fn view(repo: &Repo, young_since: Option<i64>) -> Result<View> {
         }
         referenced.extend(ids);
     }
+    // Replication segments are roots as manifests are: their delta maps and every
+    // chunk those list stay (forget keeps a chain's base while it has segments).
+    for seg in crate::pitr::all_segments(repo)
+        .await
+        .map_err(|e| refuse("a replication segment cannot be read", e))?
+    {
+        referenced_maps.extend(seg.maps.iter().map(|r| r.id));
+        let what = format!("segment {} of chain {}", seg.seq, seg.chain.short());
+        let mut ids = Vec::new();
+        repo.each_map_of(&seg.maps, &what, |r, pt| {
+            sqlvault_format::PageMap::decode_with(pt, |_, id| ids.push(id))
+                .map(|_| ())
+                .map_err(|e| crate::error::corrupt(format!("page map {}", r.id.short()), e))
+        })
+        .await
+        .map_err(|e| refuse(&format!("{what} cannot be read"), e))?;
+        if let (Some(y), Some(since)) = (young.as_mut(), young_since)
+            && seg.observed_ms >= since
+        {
+            y.chunks.extend(ids.iter().copied());
+            y.maps.extend(seg.maps.iter().map(|r| r.id));
+        }
+        referenced.extend(ids);
+    }
     let packs = ids_of(repo.store.list(layout::PACKS).await?);
     let maps = ids_of(repo.store.list(layout::MAPS).await?);
     let indexes: HashMap<String, u64> = repo.store.list(layout::INDEX).await?.into_iter().collect();

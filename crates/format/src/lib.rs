@@ -82,6 +82,7 @@ mod index;
 mod keys;
 mod manifest;
 mod pagemap;
+mod segment;
 
 pub use cdc::{ChunkerParams, DUMP_CHUNKER};
 pub use chunkseq::{ChunkSeq, SeqOp};
@@ -97,6 +98,7 @@ pub use manifest::{
     StoredRequests, decode_manifest, encode_manifest, is_repo_id, kind,
 };
 pub use pagemap::{PageMap, PageMapKind};
+pub use segment::{MAX_SEGMENT, Segment, StateChecksum, StateKey};
 
 /// The repository format version this crate reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -137,6 +139,18 @@ pub mod layout {
     pub const PRUNE_PENDING: &str = "prune/pending";
     /// Held by a running prune (create-if-absent), refreshed while it runs.
     pub const PRUNE_LOCK: &str = "prune/lock";
+
+    /// Directory of replication segments: `segments/<base snapshot id>/<seq>`.
+    pub const SEGMENTS: &str = "segments";
+
+    /// `segments/<chain>/` — the prefix listing one chain.
+    pub fn chain(chain: &ObjectId) -> String {
+        format!("{SEGMENTS}/{chain}/")
+    }
+    /// `segments/<chain>/<seq, 20 digits>`
+    pub fn segment(chain: &ObjectId, seq: u64) -> String {
+        format!("{SEGMENTS}/{chain}/{seq:020}")
+    }
 
     /// `snapshots/<id>`
     pub fn snapshot(id: &ObjectId) -> String {

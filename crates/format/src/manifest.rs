@@ -281,6 +281,10 @@ pub struct Manifest {
     /// `integrity_check` said of exactly the state this snapshot holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_check: Option<SourceCheck>,
+    /// The base of a replication chain (`sqlvault replicate`): segments
+    /// `segments/<id>/…` may follow it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replicated: bool,
 }
 
 /// The source's own `integrity_check` at backup time, on the snapshot's state.
@@ -448,6 +452,7 @@ mod tests {
             dump: None,
             cipher: None,
             source_check: None,
+            replicated: false,
         }
     }
 

@@ -125,6 +125,10 @@ mod scratch;
 #[allow(unsafe_code)]
 mod snapshot;
 pub mod wal;
+// SAFETY (module): `sqlite3_snapshot_get/free` on a connection it owns, the 48
+// opaque bytes copied out before the snapshot is freed.
+#[allow(unsafe_code)]
+pub mod follow;
 
 pub use audit::{
     AuditOptions, AuditReport, AuditStats, Auditor, DbFacts, Finding, KNOWN_BUGS, KnownBug, Severity, db_facts,
@@ -145,7 +149,7 @@ pub use scratch::{
     sweep,
 };
 pub use snapshot::{
-    DbInfo, SnapshotError, SnapshotMethod, Source, SourceOptions, VerifyReport, check_header, verify_file,
+    DbInfo, ReadHook, SnapshotError, SnapshotMethod, Source, SourceOptions, VerifyReport, check_header, verify_file,
     verify_file_with,
 };
 pub use tempfile;

@@ -58,6 +58,22 @@ pub struct SourceOptions {
     /// Also run `integrity_check` (and `cipher_integrity_check`) on exactly the state
     /// the snapshot holds, alongside the pages; see [`Source::integrity_problems`].
     pub integrity_check: bool,
+    /// Called inside a WAL-mode snapshot's read transaction, before any page is read,
+    /// with its read mark (continuous replication starts following the WAL from
+    /// exactly the state a base snapshot holds). Not called by the backup-copy method.
+    pub on_read: Option<ReadHook>,
+}
+
+/// A callback run inside a snapshot's read transaction with its read mark (`None`
+/// when SQLite cannot tell one: the transaction reads no WAL frame). An error aborts
+/// the snapshot.
+#[derive(Clone)]
+pub struct ReadHook(pub std::sync::Arc<dyn Fn(Option<crate::follow::WalMark>) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for ReadHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadHook")
+    }
 }
 
 impl Default for SourceOptions {
@@ -68,6 +84,7 @@ impl Default for SourceOptions {
             force_backup_copy: false,
             unlock: None,
             integrity_check: false,
+            on_read: None,
         }
     }
 }
@@ -91,6 +108,11 @@ impl SourceOptions {
     /// Sets the key of a SQLCipher database.
     pub fn with_unlock(mut self, unlock: Option<Unlock>) -> Self {
         self.unlock = unlock;
+        self
+    }
+    /// Sets the hook run inside the snapshot's read transaction.
+    pub fn with_on_read(mut self, hook: Option<ReadHook>) -> Self {
+        self.on_read = hook;
         self
     }
     /// Checks the snapshot's state with `integrity_check` too.
@@ -254,6 +276,15 @@ impl Source {
             self.conn
                 .execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
                 .map_err(|e| SnapshotError::Db(self.err(e)))?;
+            if let Some(hook) = &self.opts.on_read
+                && let Err(detail) = (hook.0)(crate::follow::snapshot_mark(&self.conn))
+            {
+                let _ = self.conn.execute_batch("COMMIT");
+                return Err(SnapshotError::Db(SqliteError::Inconsistent {
+                    path: self.path.clone(),
+                    detail,
+                }));
+            }
             let r = self.snapshot_dbpage(&mut page);
             let _ = self.conn.execute_batch("COMMIT");
             r.map(|(i, c, p)| {

@@ -23,6 +23,7 @@ mod join;
 mod key;
 mod load;
 mod prune;
+mod replicate;
 mod restore;
 mod snapshots;
 mod verify;
@@ -56,6 +57,7 @@ pub enum Cmd {
     Join(join::JoinArgs),
     /// Take a hot, consistent snapshot of a database into a repository.
     Backup(backup::BackupArgs),
+    Replicate(replicate::ReplicateArgs),
     /// List snapshots.
     Snapshots(snapshots::SnapshotsArgs),
     /// Restore a snapshot to a new file.
@@ -97,6 +99,7 @@ impl Cmd {
             Cmd::Init(_) => "init",
             Cmd::Join(_) => "join",
             Cmd::Backup(_) => "backup",
+            Cmd::Replicate(_) => "replicate",
             Cmd::Snapshots(_) => "snapshots",
             Cmd::Restore(_) => "restore",
             Cmd::Verify(_) => "verify",
@@ -121,6 +124,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<u8, Error> {
         Cmd::Init(a) => init::run(a, ctx).await,
         Cmd::Join(a) => join::run(a, ctx).await,
         Cmd::Backup(a) => backup::run(a, ctx).await,
+        Cmd::Replicate(a) => replicate::run(a, ctx).await,
         Cmd::Snapshots(a) => snapshots::run(a, ctx).await,
         Cmd::Restore(a) => restore::run(a, ctx).await,
         Cmd::Verify(a) => verify::run(a, ctx).await,
@@ -239,6 +243,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a duration such as 90m, 24h or 7d"))?;
     let secs = match unit {
+        "ms" => 0.001,
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,

@@ -1,0 +1,391 @@
+//! Point-in-time restore: the newest state of a database shipped at or before a time
+//! (or after a given transaction), rebuilt from a base snapshot and the segments of
+//! its replication chain (docs/format.md, "Segments").
+//!
+//! A point is chosen among every snapshot of the database (a plain backup taken after
+//! the chain's last segment wins) and the segments of the newest replication base at
+//! or before the time. The chain is read in order from segment 1, each segment's MAC,
+//! its `prev` link and its identity checked; the restore applies the base's maps and
+//! every segment's delta, then refuses unless the rebuilt page table has exactly the
+//! state checksum the point's segment records. A missing segment before the point,
+//! or a time with no state at or before it, is a named error, never an older state
+//! passed off as the one asked for.
+
+use serde::Serialize;
+use sqlvault_format::{Manifest, ObjectId, Segment, StateChecksum, kind, layout};
+
+use crate::error::{Error, ErrorKind, Result, corrupt};
+use crate::repo::{Repo, get_or};
+use crate::restore::{PointCheck, RestoreOptions, RestoreReport, restore_snapshot};
+use crate::retention::iso_time;
+
+/// Which state to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PointSpec {
+    /// The newest state observed at or before this instant (unix ms).
+    At(i64),
+    /// The state right after this transaction of the newest chain (counted from its
+    /// base, as the segments record it).
+    Txid(u64),
+}
+
+/// The plan of a point-in-time restore (`restore --at … --dry-run` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct PointPlan {
+    /// Database name, host and source path.
+    pub name: String,
+    /// Host.
+    pub host: String,
+    /// Source path.
+    pub source_path: String,
+    /// The snapshot the state is rebuilt from.
+    pub base: String,
+    /// When that snapshot was taken (unix ms).
+    pub base_created_ms: i64,
+    /// Segments applied on top of it (0: the snapshot itself is the point).
+    pub segments: u64,
+    /// When the chosen state was observed (unix ms).
+    pub observed_ms: i64,
+    /// The chosen state's transaction count in its chain, when it is a segment.
+    pub txid: Option<u64>,
+    /// Pages and page size of the state.
+    pub page_count: u32,
+    /// Page size.
+    pub page_size: u32,
+    /// Segments' bytes stored (what the segments uploaded, maps included).
+    pub segment_bytes: u64,
+    #[serde(skip)]
+    manifest: Manifest,
+    #[serde(skip)]
+    check: Option<PointCheck>,
+}
+
+/// Finds the state of database `name` (or the only one) that `spec` names.
+pub async fn plan_point(repo: &Repo, name: Option<&str>, spec: PointSpec) -> Result<PointPlan> {
+    let all = repo.snapshots().await?;
+    let of_name: Vec<&Manifest> = all.iter().filter(|m| name.is_none_or(|n| m.name == n)).collect();
+    let mut idents: Vec<(&str, &str, &str)> = of_name
+        .iter()
+        .map(|m| (m.name.as_str(), m.host.as_str(), m.source_path.as_str()))
+        .collect();
+    idents.sort();
+    idents.dedup();
+    let Some(&(n, h, p)) = idents.first() else {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "snapshot.not-found",
+            match name {
+                Some(n) => format!("no snapshot of {n} in the repository"),
+                None => "the repository holds no snapshot".to_string(),
+            },
+        ));
+    };
+    if idents.len() > 1 {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "restore.ambiguous",
+            format!(
+                "{} databases match ({}); name one with --name",
+                idents.len(),
+                idents
+                    .iter()
+                    .map(|(n, h, p)| format!("{n} from {h}:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let mut mine: Vec<&Manifest> = of_name
+        .into_iter()
+        .filter(|m| (m.name.as_str(), m.host.as_str(), m.source_path.as_str()) == (n, h, p))
+        .collect();
+    mine.sort_by_key(|m| (m.created_ms, m.id));
+    let limit = match spec {
+        PointSpec::At(t) => t,
+        PointSpec::Txid(_) => i64::MAX,
+    };
+    let snap = mine.iter().rev().find(|m| m.created_ms <= limit).copied();
+    let chain_base = mine
+        .iter()
+        .rev()
+        .find(|m| m.replicated && m.kind == kind::PAGES && m.created_ms <= limit)
+        .copied();
+    let (segs, bytes) = match chain_base {
+        Some(b) => load_chain(repo, b, spec).await?,
+        None => (Vec::new(), 0),
+    };
+    if let PointSpec::Txid(t) = spec {
+        let base = chain_base.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                "restore.no-point",
+                format!("{n} has no replication chain: --txid names a transaction of one"),
+            )
+        })?;
+        return match segs.last() {
+            Some(s) if s.txid == t => Ok(plan_of(base, &segs, bytes)),
+            _ if t == 0 => Ok(plan_of(base, &[], 0)),
+            _ => Err(Error::new(
+                ErrorKind::NotFound,
+                "restore.no-point",
+                format!(
+                    "no state of {n} right after transaction {t} of chain {}: {}",
+                    base.id.short(),
+                    nearest_txids(&segs, t)
+                ),
+            )),
+        };
+    }
+    let seg_time = segs.last().map(|s| s.observed_ms);
+    match (snap, chain_base, seg_time) {
+        (Some(s), Some(b), Some(st)) if st >= s.created_ms => Ok(plan_of(b, &segs, bytes)),
+        (Some(s), _, _) => Ok(plan_of(s, &[], 0)),
+        (None, _, _) => {
+            let earliest = mine.first().map(|m| iso_time(m.created_ms)).unwrap_or_default();
+            Err(Error::new(
+                ErrorKind::NotFound,
+                "restore.no-point",
+                format!(
+                    "no state of {n} at or before {}: the earliest is {earliest}",
+                    iso_time(limit)
+                ),
+            ))
+        }
+    }
+}
+
+fn nearest_txids(segs: &[Segment], t: u64) -> String {
+    let below = segs.iter().rev().find(|s| s.txid < t).map(|s| s.txid);
+    let above = segs.iter().find(|s| s.txid > t).map(|s| s.txid);
+    match (below, above) {
+        (None, None) => "the chain has no segment".into(),
+        (b, a) => format!(
+            "the nearest restorable transactions are {}",
+            [b, a]
+                .iter()
+                .flatten()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ),
+    }
+}
+
+fn plan_of(base: &Manifest, segs: &[Segment], bytes: u64) -> PointPlan {
+    let mut m = base.clone();
+    let check = segs.last().map(|s| PointCheck {
+        state: StateChecksum::from_hex(&s.state).expect("checked when decoded"),
+        what: format!("segment {} of chain {}", s.seq, base.id.short()),
+    });
+    for s in segs {
+        m.maps.extend(s.maps.iter().cloned());
+    }
+    if let Some(s) = segs.last() {
+        m.page_count = s.page_count;
+    }
+    PointPlan {
+        name: base.name.clone(),
+        host: base.host.clone(),
+        source_path: base.source_path.clone(),
+        base: base.id.to_string(),
+        base_created_ms: base.created_ms,
+        segments: segs.len() as u64,
+        observed_ms: segs.last().map_or(base.created_ms, |s| s.observed_ms),
+        txid: segs.last().map(|s| s.txid),
+        page_count: m.page_count,
+        page_size: m.page_size,
+        segment_bytes: bytes,
+        manifest: m,
+        check,
+    }
+}
+
+/// The segments of `base`'s chain up to the point `spec` names, checked in order.
+/// With [`PointSpec::At`], a segment missing before the time is an error; one missing
+/// after it is not this restore's concern.
+async fn load_chain(repo: &Repo, base: &Manifest, spec: PointSpec) -> Result<(Vec<Segment>, u64)> {
+    let listed = repo.store.list(&layout::chain(&base.id)).await?;
+    let mut seqs: Vec<u64> = listed
+        .iter()
+        .filter(|(n, _)| n.len() == 20)
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect();
+    seqs.sort_unstable();
+    let mut out: Vec<Segment> = Vec::new();
+    let mut prev = Segment::first_prev(&base.id);
+    let mut bytes = 0;
+    for (i, &seq) in seqs.iter().enumerate() {
+        let want = i as u64 + 1;
+        let (s, hash) = read_segment(repo, &base.id, seq).await?;
+        if seq != want {
+            // A gap, reached only when the point may lie in it or after it: the
+            // missing segment's time is unknown, so no older state may stand in.
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "restore.segment-missing",
+                format!(
+                    "segment {want} of chain {} ({}) is missing: states after {} cannot be restored from it",
+                    base.id.short(),
+                    base.name,
+                    out.last()
+                        .map_or(iso_time(base.created_ms), |s| iso_time(s.observed_ms))
+                ),
+            ));
+        }
+        match spec {
+            PointSpec::At(t) if s.observed_ms > t => break,
+            PointSpec::Txid(t) if s.txid > t => break,
+            _ => {}
+        }
+        if s.prev != prev
+            || (s.name.as_str(), s.host.as_str(), s.source_path.as_str())
+                != (base.name.as_str(), base.host.as_str(), base.source_path.as_str())
+            || s.page_size != base.page_size
+        {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "restore.chain-broken",
+                format!(
+                    "segment {seq} of chain {} does not follow segment {} (replayed or swapped)",
+                    base.id.short(),
+                    seq - 1
+                ),
+            ));
+        }
+        prev = hash;
+        bytes += s.bytes_new;
+        out.push(s);
+    }
+    Ok((out, bytes))
+}
+
+async fn read_segment(repo: &Repo, chain: &ObjectId, seq: u64) -> Result<(Segment, String)> {
+    let key = layout::segment(chain, seq);
+    let what = format!("segment {seq} of chain {}", chain.short());
+    let ct = get_or(&repo.store, &key, || {
+        Error::new(
+            ErrorKind::Integrity,
+            "restore.segment-missing",
+            format!("{what} is missing"),
+        )
+    })
+    .await?;
+    if ct.len() > sqlvault_format::MAX_SEGMENT * 2 {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "repo.corrupt-object",
+            format!("{what} is larger than any segment"),
+        ));
+    }
+    let pt = repo.decrypt_meta(&what, &ct)?;
+    Segment::decode(&repo.keys, &pt, chain, seq).map_err(|e| corrupt(&what, e))
+}
+
+/// Every segment in the repository, authenticated, with the chain it belongs to.
+/// Objects under `segments/` that are not named like segments are skipped; one that
+/// is named like one but does not authenticate is an error (prune must not act on
+/// partial knowledge).
+pub(crate) async fn all_segments(repo: &Repo) -> Result<Vec<Segment>> {
+    let listed = repo.store.list(layout::SEGMENTS).await?;
+    let mut out = Vec::with_capacity(listed.len());
+    for (name, _) in listed {
+        let Some((chain, seq)) = name.split_once('/') else {
+            continue;
+        };
+        let (Ok(chain), Ok(seq)) = (chain.parse::<ObjectId>(), seq.parse::<u64>()) else {
+            continue;
+        };
+        if seq.to_string().len() > 20 || name.len() != chain.to_string().len() + 21 {
+            continue;
+        }
+        out.push(read_segment(repo, &chain, seq).await?.0);
+    }
+    Ok(out)
+}
+
+/// Restores the state `plan` names to `dest` (as [`crate::restore_snapshot`] does a
+/// snapshot), checking the state checksum of a segment's state.
+pub async fn restore_point(
+    repo: &Repo,
+    plan: &PointPlan,
+    dest: &std::path::Path,
+    opts: RestoreOptions,
+) -> Result<RestoreReport> {
+    let mut opts = opts;
+    opts.point = plan.check.clone();
+    restore_snapshot(repo, &plan.manifest, dest, &opts).await
+}
+
+/// Parses a time for `--at`: RFC 3339 in UTC (`2026-11-28T14:03:07Z`, fractions of a
+/// second allowed, `+00:00` for `Z`), or an offset back from `now_ms` (`-15m`, `-90s`,
+/// `-2h`, `-1d`). Returns unix milliseconds.
+pub fn parse_time(s: &str, now_ms: i64) -> Option<i64> {
+    let s = s.trim();
+    if let Some(rel) = s.strip_prefix('-') {
+        let (num, unit) = rel.split_at(rel.find(|c: char| !c.is_ascii_digit() && c != '.')?);
+        let n: f64 = num.parse().ok()?;
+        let ms = match unit {
+            "ms" => 1.0,
+            "s" => 1e3,
+            "m" | "min" => 60e3,
+            "h" => 3600e3,
+            "d" => 86_400e3,
+            _ => return None,
+        };
+        return Some(now_ms - (n * ms) as i64);
+    }
+    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
+    let (date, time) = s.split_once(['T', ' '])?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let ms_frac = if frac.is_empty() {
+        0
+    } else {
+        if !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let f = format!("{frac:0<3}");
+        f[..3].parse::<i64>().ok()?
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + ms_frac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_utc_or_offsets() {
+        assert_eq!(parse_time("1970-01-01T00:00:00Z", 0), Some(0));
+        assert_eq!(parse_time("2026-11-28T14:03:07Z", 0), Some(1_795_874_587_000));
+        assert_eq!(parse_time("2026-11-28T14:03:07.25Z", 0), Some(1_795_874_587_250));
+        assert_eq!(parse_time("2026-11-28T14:03:07+00:00", 0), Some(1_795_874_587_000));
+        assert_eq!(parse_time("-15m", 1_000_000), Some(100_000));
+        assert_eq!(parse_time("-1.5s", 10_000), Some(8_500));
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-11-28T14:03:07",
+            "-5y",
+            "-m",
+        ] {
+            assert_eq!(parse_time(bad, 0), None, "{bad}");
+        }
+        assert_eq!(iso_time(1_795_874_587_000).get(..19), Some("2026-11-28T14:03:07"));
+    }
+}

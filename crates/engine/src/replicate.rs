@@ -1,0 +1,739 @@
+//! Continuous replication (`sqlvault replicate`): every committed change of a live
+//! WAL-mode database shipped within an interval, as segments of a chain that starts
+//! at a base snapshot, to one or several repositories (docs/architecture.md,
+//! "Continuous replication"; docs/format.md, "Segments").
+//!
+//! The SQLite side is [`sqlvault_sqlite::follow::Follower`]: a read pin always held,
+//! handed over every quarter interval (at most 250 ms), the WAL frames between two
+//! pins read and checked against SQLite's own checksum chain. Which pages changed is
+//! all that is kept per destination between cuts (a set of page numbers, so a slow
+//! or unreachable destination costs memory bounded by the database's page count, not
+//! by how much was written); at each cut the current content of those pages is read
+//! under the newest pin and handed to the destination's shipper, which hashes them
+//! under that repository's key, packs what is new, writes one index, one delta map
+//! and the segment (create-if-absent, last), then updates its copy of the chain's
+//! page table and state checksum. A destination still busy with its previous
+//! segment is skipped at a cut and catches up at the next one with everything
+//! changed meanwhile: its timeline is coarser for that stretch, never broken.
+//!
+//! A continuity break (the file replaced, the WAL truncated or overwritten or
+//! restarted more than once, a chain mismatch), a change larger than
+//! [`ReplicateOptions::max_cut_bytes`], or a destination whose segment write failed
+//! starts a new chain: every pin is released, a base snapshot is taken through the
+//! ordinary backup path (only changed pages upload), and the new pin is taken inside
+//! the base's own read transaction, so the chain follows on from exactly the state
+//! the base holds.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use sqlvault_format::{
+    ChunkId, FORMAT_VERSION, ObjectId, PageMap, PageMapKind, Segment, StateChecksum, StateKey, layout,
+};
+use sqlvault_sqlite::follow::{Break, FollowPosition, Follower, WalMark};
+
+use crate::backup::{BackupOptions, backup_to_all};
+use crate::error::{Error, ErrorKind, Result};
+use crate::packer::{Packer, on_cpu, write_index_for};
+use crate::pagetable::PageTable;
+use crate::repo::{Repo, now_ms};
+
+/// Options of [`replicate`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReplicateOptions {
+    /// Longest time between a commit and the cut that ships it.
+    pub interval: Duration,
+    /// Options of the base snapshots (name, key of a SQLCipher database, busy timeout).
+    pub base: BackupOptions,
+    /// A cut whose changed pages exceed this many bytes starts a new chain instead (the
+    /// base reads the database but uploads only what changed, with bounded memory).
+    pub max_cut_bytes: usize,
+    /// Stops replication: what is committed is shipped, then [`replicate`] returns.
+    /// (Not the session's cancel flag, which would abort that last segment.)
+    pub stop: crate::Cancel,
+}
+
+impl Default for ReplicateOptions {
+    fn default() -> Self {
+        ReplicateOptions {
+            interval: Duration::from_secs(1),
+            base: BackupOptions::default(),
+            max_cut_bytes: 64 << 20,
+            stop: crate::Cancel::default(),
+        }
+    }
+}
+
+impl ReplicateOptions {
+    /// Sets the interval.
+    pub fn with_interval(mut self, d: Duration) -> Self {
+        self.interval = d;
+        self
+    }
+    /// Sets the base snapshots' options.
+    pub fn with_base(mut self, b: BackupOptions) -> Self {
+        self.base = b;
+        self
+    }
+    /// Sets the stop flag.
+    pub fn with_stop(mut self, stop: crate::Cancel) -> Self {
+        self.stop = stop;
+        self
+    }
+    /// Sets the largest cut shipped as a segment.
+    pub fn with_max_cut_bytes(mut self, n: usize) -> Self {
+        self.max_cut_bytes = n;
+        self
+    }
+}
+
+/// What one destination received.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DestinationReport {
+    /// The repository.
+    pub repo: String,
+    /// The current chain (its base snapshot id).
+    pub chain: String,
+    /// Segments written, all chains.
+    pub segments: u64,
+    /// The newest segment of the current chain.
+    pub last_seq: u64,
+    /// When the newest state it holds was observed (unix ms).
+    pub last_observed_ms: i64,
+    /// Bytes uploaded by segments.
+    pub bytes_new: u64,
+    /// Cuts that failed (retried at the next one).
+    pub errors: u64,
+    /// The last failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// What [`replicate`] did until it was stopped.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ReplicateReport {
+    /// Database name.
+    pub name: String,
+    /// Base snapshots taken (the first included).
+    pub bases: u64,
+    /// Why new chains were started, by reason, with counts.
+    pub breaks: BTreeMap<String, u64>,
+    /// WAL restarts followed without a break (checkpoints of the application's).
+    pub wal_restarts: u64,
+    /// Transactions followed.
+    pub commits: u64,
+    /// Per destination, in order.
+    pub destinations: Vec<DestinationReport>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// A segment's pages, shared by the destinations shipped at one cut.
+type CutPages = Arc<Vec<(u32, Bytes)>>;
+
+/// One destination's chain.
+struct Dest {
+    repo: Repo,
+    chain: Option<ObjectId>,
+    seq: u64,
+    prev: String,
+    txid: u64,
+    /// The chain's newest page table and its state checksum (away while shipping).
+    table: Option<PageTable>,
+    state: StateChecksum,
+    key: StateKey,
+    /// Pages changed since the last segment that landed, transactions and events.
+    dirty: BTreeSet<u32>,
+    commits: u64,
+    events: Vec<String>,
+    /// Chunks this destination's segments stored lately (dedup; bounded).
+    recent: HashSet<ChunkId>,
+    inflight: Option<tokio::task::JoinHandle<Shipped>>,
+    needs_base: bool,
+    /// The base's name, host and source path, and page size.
+    id: Arc<(String, String, String)>,
+    page_size: u32,
+    report: DestinationReport,
+}
+
+/// What a shipper hands back: the table always, and the outcome.
+struct Shipped {
+    table: PageTable,
+    cut: BTreeSet<u32>,
+    outcome: std::result::Result<Landed, (Error, bool)>,
+}
+
+struct Landed {
+    state: StateChecksum,
+    seq: u64,
+    prev: String,
+    txid: u64,
+    observed_ms: i64,
+    bytes_new: u64,
+    stored: Vec<ChunkId>,
+}
+
+/// Chunks remembered per destination for dedup before the set is cleared.
+const RECENT_MAX: usize = 256 << 10;
+
+/// Replicates the database at `db` to every repository of `repos` until
+/// [`ReplicateOptions::stop`] is set (SIGTERM, SIGINT), then ships what is committed
+/// and returns (the session's cancel flag aborts at once instead). Fails
+/// when the database cannot be followed or no destination takes a base.
+pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Result<ReplicateReport> {
+    let t0 = Instant::now();
+    let Some(first) = repos.first() else {
+        return Err(Error::new(ErrorKind::Usage, "usage", "no repository to replicate to"));
+    };
+    let session = first.session.clone();
+    let busy = opts.base.busy_timeout;
+    let unlock = opts.base.unlock.clone();
+    let db_path: PathBuf = db.to_path_buf();
+    let follower = {
+        let (p, u) = (db_path.clone(), unlock.clone());
+        on_cpu(move || Ok(Follower::open(&p, u.as_ref(), busy)?)).await?
+    };
+    let follower = Arc::new(Mutex::new(follower));
+    let mut dests: Vec<Dest> = repos
+        .iter()
+        .map(|r| Dest {
+            repo: r.clone(),
+            chain: None,
+            seq: 0,
+            prev: String::new(),
+            txid: 0,
+            table: None,
+            state: StateChecksum::default(),
+            key: StateKey::new(&r.keys),
+            dirty: BTreeSet::new(),
+            commits: 0,
+            events: Vec::new(),
+            recent: HashSet::new(),
+            inflight: None,
+            needs_base: true,
+            id: Arc::new(Default::default()),
+            page_size: 0,
+            report: DestinationReport {
+                repo: r.store.describe().to_string(),
+                ..Default::default()
+            },
+        })
+        .collect();
+    let mut report = ReplicateReport::default();
+    let tick = (opts.interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let mut pos = base(&follower, &mut dests, db, &opts, &mut report, "start").await?;
+    let mut last_cut = Instant::now();
+    let mut mark_pages = 0u32;
+    let mut observed_ms = now_ms();
+    loop {
+        let stopping = opts.stop.is_cancelled();
+        session.cancel().check()?;
+        if !stopping {
+            tokio::time::sleep(tick).await;
+        }
+        // Handover: the next pin, the frames since the last one, the older released.
+        let f = follower.clone();
+        let from = pos;
+        let step = on_cpu(move || {
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            let mark = f.pin()?;
+            let seen = now_ms();
+            let adv = f.advance(&from, &mark)?;
+            if adv.is_ok() {
+                f.release_older();
+            }
+            Ok((mark, seen, adv))
+        })
+        .await;
+        let (mark, seen, adv) = match step {
+            Ok(s) => s,
+            Err(e) => {
+                // The database went away or cannot be read: a break if it comes back.
+                tracing::warn!("cannot follow {}: {}", db.display(), e.one_line());
+                pos = rebreak(&follower, &mut dests, db, &opts, &mut report, "unreadable", &db_path).await?;
+                continue;
+            }
+        };
+        match adv {
+            Err(brk) => {
+                let reason = break_code(&brk);
+                tracing::warn!("{}: {brk}; starting a new chain", db.display());
+                settle_all(&mut dests, &mut report).await;
+                pos = rebreak(&follower, &mut dests, db, &opts, &mut report, reason, &db_path).await?;
+                last_cut = Instant::now();
+                continue;
+            }
+            Ok(a) => {
+                pos = a.position.unwrap_or(pos);
+                report.commits += a.commits;
+                if a.restarted {
+                    report.wal_restarts += 1;
+                    tracing::debug!("{}: the WAL was restarted by a checkpoint; followed", db.display());
+                }
+                if a.commits > 0 || !a.pages.is_empty() {
+                    observed_ms = seen;
+                    mark_pages = mark.pages;
+                }
+                for d in dests.iter_mut() {
+                    d.dirty.extend(a.pages.iter().copied());
+                    d.commits += a.commits;
+                    if a.restarted {
+                        d.events.push("wal-restarted".into());
+                    }
+                }
+            }
+        }
+        collect_finished(&mut dests, &mut report, false).await;
+        if dests.iter().any(|d| d.needs_base) {
+            settle_all(&mut dests, &mut report).await;
+            pos = rebreak(&follower, &mut dests, db, &opts, &mut report, "destination", &db_path).await?;
+            last_cut = Instant::now();
+            continue;
+        }
+        let due = stopping || last_cut.elapsed() >= opts.interval;
+        if due {
+            let ready: Vec<usize> = (0..dests.len())
+                .filter(|&i| {
+                    let d = &dests[i];
+                    d.inflight.is_none() && d.table.is_some() && d.commits > 0
+                })
+                .collect();
+            if !ready.is_empty() {
+                let mut want = BTreeSet::new();
+                for &i in &ready {
+                    let d = &mut dests[i];
+                    // Pages a commit added must be listed even if no frame carried
+                    // them (the delta map's rule).
+                    let old = d.table.as_ref().map_or(0, |t| t.pages());
+                    d.dirty.extend(old + 1..=mark_pages);
+                    want.extend(d.dirty.iter().copied().filter(|&p| p <= mark_pages));
+                }
+                let f = follower.clone();
+                let pages: Vec<u32> = want.iter().copied().collect();
+                let max = opts.max_cut_bytes;
+                let cut = on_cpu(move || {
+                    let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut out = Vec::with_capacity(pages.len());
+                    let mut bytes = 0usize;
+                    let r = f.read_pages(pages, |pgno, data| {
+                        bytes += data.len();
+                        if bytes > max {
+                            return Err(());
+                        }
+                        out.push((pgno, Bytes::copy_from_slice(data)));
+                        Ok(())
+                    })?;
+                    Ok(r.map(|()| out).ok())
+                })
+                .await?;
+                let Some(cut) = cut else {
+                    tracing::info!(
+                        "{}: {} changed pages exceed the segment limit; starting a new chain",
+                        db.display(),
+                        want.len()
+                    );
+                    settle_all(&mut dests, &mut report).await;
+                    pos = rebreak(&follower, &mut dests, db, &opts, &mut report, "large-change", &db_path).await?;
+                    last_cut = Instant::now();
+                    continue;
+                };
+                let cut: CutPages = Arc::new(cut);
+                for &i in &ready {
+                    ship(&mut dests[i], &cut, mark_pages, observed_ms);
+                }
+                last_cut = Instant::now();
+            }
+        }
+        if stopping {
+            settle_all(&mut dests, &mut report).await;
+            let pending = dests.iter().any(|d| d.commits > 0 && d.table.is_some());
+            let failing = dests.iter().all(|d| d.report.last_error.is_some());
+            if !pending || failing {
+                break;
+            }
+        }
+    }
+    let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
+    f.release_all();
+    report.destinations = dests.into_iter().map(|d| d.report).collect();
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn break_code(b: &Break) -> &'static str {
+    match b {
+        Break::Replaced => "file-replaced",
+        Break::Truncated { .. } => "wal-truncated",
+        Break::Overwritten { .. } => "wal-overwritten",
+        Break::Restarts => "wal-restarted-unfollowed",
+        Break::Mismatch(_) => "wal-mismatch",
+        Break::NotWal => "not-wal",
+        _ => "other",
+    }
+}
+
+/// Waits for every destination's segment in flight.
+async fn settle_all(dests: &mut [Dest], report: &mut ReplicateReport) {
+    collect_finished(dests, report, true).await;
+}
+
+/// Takes back what finished shippers hand back (all of them when `wait`).
+async fn collect_finished(dests: &mut [Dest], _report: &mut ReplicateReport, wait: bool) {
+    for d in dests.iter_mut() {
+        let done = d.inflight.as_ref().is_some_and(|h| wait || h.is_finished());
+        if !done {
+            continue;
+        }
+        let h = d.inflight.take().expect("present");
+        let shipped = match h.await {
+            Ok(s) => s,
+            Err(e) => {
+                d.report.errors += 1;
+                d.report.last_error = Some(format!("shipper panicked: {e}"));
+                d.needs_base = true;
+                continue;
+            }
+        };
+        d.table = Some(shipped.table);
+        match shipped.outcome {
+            Ok(l) => {
+                d.state = l.state;
+                d.seq = l.seq;
+                d.prev = l.prev;
+                d.txid = l.txid;
+                if d.recent.len() + l.stored.len() > RECENT_MAX {
+                    d.recent.clear();
+                }
+                d.recent.extend(l.stored);
+                d.report.segments += 1;
+                d.report.last_seq = l.seq;
+                d.report.last_observed_ms = l.observed_ms;
+                d.report.bytes_new += l.bytes_new;
+                d.report.last_error = None;
+            }
+            Err((e, fatal)) => {
+                // The pages go back: the next cut ships them with what came since.
+                d.dirty.extend(shipped.cut);
+                d.report.errors += 1;
+                tracing::warn!("segment to {} failed: {}", d.report.repo, e.one_line());
+                d.report.last_error = Some(e.one_line());
+                if fatal {
+                    d.needs_base = true;
+                }
+            }
+        }
+    }
+}
+
+/// Starts shipping the destination's changed pages (from `cut`) as its next segment.
+fn ship(d: &mut Dest, cut: &CutPages, page_count: u32, observed_ms: i64) {
+    let table = d.table.take().expect("checked by the caller");
+    let mine = std::mem::take(&mut d.dirty);
+    let commits = std::mem::take(&mut d.commits);
+    let events = std::mem::take(&mut d.events);
+    let job = Job {
+        repo: d.repo.clone(),
+        key: d.key.clone(),
+        chain: d.chain.expect("a chain"),
+        seq: d.seq + 1,
+        prev: d.prev.clone(),
+        txid: d.txid + commits,
+        commits,
+        events,
+        state: d.state,
+        page_count,
+        observed_ms,
+        recent: d.recent.clone(),
+        id: d.id.clone(),
+        page_size: d.page_size,
+    };
+    let cut = cut.clone();
+    d.inflight = Some(tokio::spawn(async move {
+        let mut table = table;
+        let outcome = job.run(&mut table, &cut, &mine).await;
+        Shipped {
+            table,
+            cut: mine,
+            outcome,
+        }
+    }));
+}
+
+struct Job {
+    repo: Repo,
+    key: StateKey,
+    chain: ObjectId,
+    seq: u64,
+    prev: String,
+    txid: u64,
+    commits: u64,
+    events: Vec<String>,
+    state: StateChecksum,
+    page_count: u32,
+    observed_ms: i64,
+    recent: HashSet<ChunkId>,
+    /// Name, host, source path.
+    id: Arc<(String, String, String)>,
+    page_size: u32,
+}
+
+impl Job {
+    /// Packs, index, delta map, segment (created if absent, last); then the table.
+    /// `Err((_, true))` when the segment's own write failed: whether it landed is not
+    /// known, so the chain cannot go on.
+    async fn run(
+        self,
+        table: &mut PageTable,
+        cut: &CutPages,
+        mine: &BTreeSet<u32>,
+    ) -> std::result::Result<Landed, (Error, bool)> {
+        let soft = |e: Error| (e, false);
+        let repo = &self.repo;
+        let pages: Vec<(u32, Bytes)> = cut
+            .iter()
+            .filter(|(p, _)| mine.contains(p) && *p <= self.page_count)
+            .cloned()
+            .collect();
+        let keys = repo.keys.clone();
+        let ids = on_cpu(move || {
+            Ok(pages
+                .into_iter()
+                .map(|(p, data)| (p, keys.chunk_id(&data), data))
+                .collect::<Vec<_>>())
+        })
+        .await
+        .map_err(soft)?;
+        let old_pages = table.pages();
+        let mut state = self.state;
+        let mut delta: Vec<(u32, ChunkId)> = Vec::new();
+        let mut packer: Option<Packer> = None;
+        let mut stored = Vec::new();
+        let mut seen = HashSet::new();
+        for (pgno, id, data) in &ids {
+            let old = table.get(*pgno).map_err(soft)?;
+            if old.as_ref() == Some(id) {
+                continue;
+            }
+            if let Some(o) = &old {
+                state.toggle(&self.key, *pgno, o);
+            }
+            state.toggle(&self.key, *pgno, id);
+            delta.push((*pgno, *id));
+            if !self.recent.contains(id) && seen.insert(*id) {
+                let p = match packer.as_mut() {
+                    Some(p) => p,
+                    None => packer.insert(Packer::new(repo, 16 << 20).map_err(soft)?),
+                };
+                p.add(*id, data).await.map_err(soft)?;
+                stored.push(*id);
+            }
+        }
+        // Pages past the new end leave the state.
+        for pgno in self.page_count + 1..=old_pages {
+            if let Some(o) = table.get(pgno).map_err(soft)? {
+                state.toggle(&self.key, pgno, &o);
+            }
+        }
+        let mut bytes_new = 0u64;
+        if let Some(p) = packer {
+            let packs = p.finish().await.map_err(soft)?;
+            bytes_new += packs.iter().map(|p| p.size).sum::<u64>();
+            bytes_new += write_index_for(repo, &packs).await.map_err(soft)?;
+        }
+        let map = PageMap {
+            kind: PageMapKind::Delta,
+            page_count: self.page_count,
+            entries: delta.clone(),
+        };
+        let pt = map.encode();
+        let mac = repo.keys.mac(&pt);
+        let ct = repo.encrypt_meta(&pt).map_err(soft)?;
+        let (mref, n) = crate::mapparts::put_map(repo, ct, mac).await.map_err(soft)?;
+        bytes_new += n;
+        let seg = Segment {
+            version: FORMAT_VERSION,
+            chain: self.chain,
+            seq: self.seq,
+            prev: self.prev.clone(),
+            name: self.id.0.clone(),
+            host: self.id.1.clone(),
+            source_path: self.id.2.clone(),
+            observed_ms: self.observed_ms,
+            txid: self.txid,
+            commits: self.commits,
+            page_size: self.page_size,
+            page_count: self.page_count,
+            state: state.to_hex(),
+            maps: vec![mref],
+            pages: delta.len() as u64,
+            bytes_new,
+            events: self.events.clone(),
+        };
+        let (pt, hash) = seg.encode(&repo.keys);
+        let ct = repo.encrypt_meta(&pt).map_err(soft)?;
+        // The commit point. A failure here leaves unknown whether it landed.
+        repo.store
+            .appender()
+            .put_if_absent(&layout::segment(&self.chain, self.seq), Bytes::from(ct))
+            .await
+            .map_err(|e| (Error::from(e), true))?;
+        for (pgno, id) in &delta {
+            table.set(*pgno, id).map_err(|e| (e, true))?;
+        }
+        table.set_pages(self.page_count);
+        Ok(Landed {
+            state,
+            seq: self.seq,
+            prev: hash,
+            txid: self.txid,
+            observed_ms: self.observed_ms,
+            bytes_new,
+            stored,
+        })
+    }
+}
+
+/// A break: pins released, the follower reopened when the file was replaced, a new
+/// base for every destination.
+async fn rebreak(
+    follower: &Arc<Mutex<Follower>>,
+    dests: &mut [Dest],
+    db: &Path,
+    opts: &ReplicateOptions,
+    report: &mut ReplicateReport,
+    reason: &'static str,
+    db_path: &Path,
+) -> Result<FollowPosition> {
+    *report.breaks.entry(reason.to_string()).or_default() += 1;
+    {
+        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
+        f.release_all();
+    }
+    let replaced = {
+        let f = follower.lock().unwrap_or_else(|e| e.into_inner());
+        f.replaced()
+    };
+    if replaced {
+        let (p, u, busy) = (db_path.to_path_buf(), opts.base.unlock.clone(), opts.base.busy_timeout);
+        let fresh = on_cpu(move || Ok(Follower::open(&p, u.as_ref(), busy)?)).await?;
+        *follower.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+    }
+    base(follower, dests, db, opts, report, reason).await
+}
+
+/// Takes a base snapshot into every destination through the backup path, pinning the
+/// follower inside the base's read transaction; returns the position the chains
+/// start from. Destinations whose base fails stay without a chain (`needs_base`).
+async fn base(
+    follower: &Arc<Mutex<Follower>>,
+    dests: &mut [Dest],
+    db: &Path,
+    opts: &ReplicateOptions,
+    report: &mut ReplicateReport,
+    reason: &str,
+) -> Result<FollowPosition> {
+    let captured: Arc<Mutex<Option<std::result::Result<FollowPosition, String>>>> = Arc::new(Mutex::new(None));
+    let hook = {
+        let (f, c) = (follower.clone(), captured.clone());
+        sqlvault_sqlite::ReadHook(Arc::new(move |mark: Option<WalMark>| {
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            let r = (|| {
+                f.release_all();
+                f.pin().map_err(|e| e.to_string())?;
+                let m = mark.unwrap_or(WalMark {
+                    frames: 0,
+                    pages: 0,
+                    checksum: [0; 2],
+                    salt: [0; 2],
+                });
+                f.position_of(&m).map_err(|e| e.to_string())
+            })();
+            let ok = r.as_ref().map(|_| ()).map_err(Clone::clone);
+            *c.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            ok
+        }))
+    };
+    let mut bopts = opts.base.clone();
+    bopts.on_read = Some(hook);
+    bopts.replicated = true;
+    let repos: Vec<Repo> = dests.iter().map(|d| d.repo.clone()).collect();
+    let results = backup_to_all(&repos, db, bopts).await?;
+    let pos = match captured.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(Ok(p)) => p,
+        Some(Err(detail)) => {
+            return Err(Error::new(
+                ErrorKind::Source,
+                "replicate.cannot-follow",
+                format!("cannot follow {}: {detail}", db.display()),
+            ));
+        }
+        None => {
+            return Err(Error::new(
+                ErrorKind::Source,
+                "replicate.cannot-follow",
+                format!(
+                    "cannot follow {}: its base snapshot was not read in one WAL read transaction",
+                    db.display()
+                ),
+            ));
+        }
+    };
+    report.bases += 1;
+    let mut any = false;
+    for (d, r) in dests.iter_mut().zip(results) {
+        d.dirty.clear();
+        d.commits = 0;
+        d.events.clear();
+        d.table = None;
+        d.chain = None;
+        d.needs_base = true;
+        let rep = match r {
+            Ok(rep) => rep,
+            Err(e) => {
+                tracing::warn!("base snapshot to {} failed: {}", d.report.repo, e.one_line());
+                d.report.errors += 1;
+                d.report.last_error = Some(e.one_line());
+                continue;
+            }
+        };
+        let id: ObjectId = match rep.snapshot_id.parse() {
+            Ok(id) => id,
+            Err(_) => continue,
+        };
+        let m = d.repo.load_manifest(&id).await?;
+        let table = PageTable::build(&d.repo, &m).await?;
+        d.state = table.state(&d.key)?;
+        d.table = Some(table);
+        d.chain = Some(id);
+        d.seq = 0;
+        d.prev = Segment::first_prev(&id);
+        d.txid = 0;
+        d.needs_base = false;
+        d.id = Arc::new((m.name.clone(), m.host.clone(), m.source_path.clone()));
+        d.page_size = m.page_size;
+        report.name = m.name.clone();
+        d.report.chain = id.to_string();
+        d.report.last_seq = 0;
+        d.report.last_observed_ms = m.created_ms;
+        any = true;
+        tracing::info!(
+            "{}: chain {} started in {} ({reason})",
+            db.display(),
+            id.short(),
+            d.report.repo
+        );
+    }
+    if !any {
+        return Err(Error::new(
+            ErrorKind::Store,
+            "replicate.no-destination",
+            format!("no destination took a base snapshot of {}", db.display()),
+        ));
+    }
+    Ok(pos)
+}

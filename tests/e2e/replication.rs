@@ -1,0 +1,309 @@
+//! Continuous replication (`sqlvault replicate`) and point-in-time restore
+//! (`restore --at/--txid`), with the application a separate process (python3's
+//! sqlite3) so that its locks and checkpoints are real: every restored state must be
+//! the state right after one of the writer's logged commits, recent enough, and the
+//! application's own checkpoints of every mode must complete without a break.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::World;
+
+/// The application: one transaction per row (a log row and a counter), its time taken
+/// right before COMMIT (so a state that holds commit n was observed after t_n), and
+/// every `ck_every` commits a checkpoint of the next mode in `modes`, its result and
+/// how long it took logged.
+const WRITER: &str = r#"
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE IF NOT EXISTS wlog(n INTEGER PRIMARY KEY, pad TEXT)")
+db.execute("CREATE TABLE IF NOT EXISTS wc(k INTEGER PRIMARY KEY, n INTEGER)")
+db.execute("INSERT OR IGNORE INTO wc VALUES(1, 0)")
+log = open(sys.argv[2], "a")
+dur, ck_every = float(sys.argv[3]), int(sys.argv[4])
+modes = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else []
+end = time.time() + dur
+n = db.execute("SELECT n FROM wc").fetchone()[0]
+k = 0
+while time.time() < end:
+    n += 1
+    db.execute("BEGIN")
+    db.execute("INSERT INTO wlog VALUES(?, ?)", (n, "p" * (50 + n % 400)))
+    db.execute("UPDATE wc SET n=?", (n,))
+    t = time.time()
+    db.execute("COMMIT")
+    log.write("c %d %.4f\n" % (n, t))
+    if modes and n % ck_every == 0:
+        m = modes[k % len(modes)]; k += 1
+        t0 = time.time()
+        r = db.execute("PRAGMA wal_checkpoint(%s)" % m).fetchone()
+        log.write("k %s %d %.4f\n" % (m, r[0], time.time() - t0))
+    log.flush()
+    time.sleep(0.004)
+"#;
+
+struct Log {
+    commits: Vec<(i64, f64)>,
+    checkpoints: Vec<(String, i64, f64)>,
+}
+
+fn read_log(p: &Path) -> Log {
+    let text = std::fs::read_to_string(p).unwrap();
+    let mut l = Log {
+        commits: Vec::new(),
+        checkpoints: Vec::new(),
+    };
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        match f[0] {
+            "c" => l.commits.push((f[1].parse().unwrap(), f[2].parse().unwrap())),
+            "k" => l
+                .checkpoints
+                .push((f[1].to_string(), f[2].parse().unwrap(), f[3].parse().unwrap())),
+            _ => panic!("{line}"),
+        }
+    }
+    l
+}
+
+fn write(w: &World, db: &str, log: &str, secs: f64, ck_every: u32, modes: &str) {
+    let script = w.path("writer.py");
+    std::fs::write(&script, WRITER).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([db, log, &secs.to_string(), &ck_every.to_string(), modes])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "writer: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn start(w: &World, db: &str, repos: &[&str], interval: &str) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sqlvault"));
+    c.args(["--json", "replicate", db])
+        .args(repos)
+        .args(["--interval", interval])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in &w.env {
+        c.env(k, v);
+    }
+    c.spawn().expect("replicate")
+}
+
+/// Waits for the first base snapshot in a local repository.
+fn wait_base(repo: &Path, child: &mut Child) {
+    let t0 = Instant::now();
+    loop {
+        let n = std::fs::read_dir(repo.join("snapshots")).map_or(0, |d| d.count());
+        if n > 0 {
+            return;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("replicate exited early: {st}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no base snapshot after 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM, then the report (exit 0 required).
+fn stop(child: Child) -> serde_json::Value {
+    // SAFETY: a signal to a child this test spawned and still owns.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "replicate after SIGTERM: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// RFC 3339 with milliseconds.
+fn iso(t: f64) -> String {
+    let ms = (t * 1000.0).floor() as i64;
+    let secs = sqlvault_engine::retention::iso_time(ms - ms % 1000);
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), ms % 1000)
+}
+
+/// Restores at `at` and returns the writer's counter there, checking that the state
+/// is a whole commit's (the log rows and the counter agree).
+fn restored_n(w: &World, repo: &str, key: &str, args: &[&str], n0: i64) -> i64 {
+    let dest = w.path("pitr.db");
+    let _ = std::fs::remove_file(&dest);
+    let mut a = vec!["restore", repo, dest.to_str().unwrap(), "-i", key, "--name", "app.db"];
+    a.extend_from_slice(args);
+    w.run(&a).ok();
+    let c = rusqlite::Connection::open(&dest).unwrap();
+    let n: i64 = c.query_row("SELECT n FROM wc", [], |r| r.get(0)).unwrap();
+    let rows: i64 = c.query_row("SELECT count(*) FROM wlog", [], |r| r.get(0)).unwrap();
+    assert_eq!(
+        rows,
+        n - n0,
+        "a restored state must be one commit's: counter {n}, {rows} log rows"
+    );
+    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+    n
+}
+
+#[test]
+fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 256 << 10, true);
+    let log = w.s("writes.log");
+    // The counter starts at 0 in a fresh table: n0 = 0.
+    write(&w, &db, &log, 0.05, 1000, "");
+    let n0 = 0;
+    let interval = 0.4;
+    let warm = read_log(Path::new(&log)).commits.last().unwrap().0;
+    let mut child = start(&w, &db, &[&repo], "400ms");
+    wait_base(Path::new(&repo), &mut child);
+    write(&w, &db, &log, 5.0, 60, "PASSIVE,FULL,RESTART,TRUNCATE");
+    std::thread::sleep(Duration::from_millis(1200));
+    // Idle: nothing more is written to the repository.
+    let count = |p: &str| crate::support::files(Path::new(p)).len();
+    let before = count(&repo);
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(count(&repo), before, "an idle database must cost nothing");
+    let report = stop(child);
+    let l = read_log(Path::new(&log));
+
+    // The application's checkpoints all completed, none waited out its busy timeout:
+    // the replicator's pins are handed over every quarter interval.
+    assert!(l.checkpoints.len() >= 8, "{:?}", l.checkpoints);
+    for (mode, busy, secs) in &l.checkpoints {
+        assert_eq!(*busy, 0, "wal_checkpoint({mode}) reported busy");
+        assert!(*secs < interval, "wal_checkpoint({mode}) took {secs:.3}s");
+    }
+    assert!(report["breaks"].as_object().unwrap().is_empty(), "{report}");
+    assert!(report["wal_restarts"].as_u64().unwrap() >= 2, "{report}");
+    let dest = &report["destinations"][0];
+    assert!(dest["segments"].as_u64().unwrap() >= 5, "{report}");
+    assert_eq!(dest["errors"], 0, "{report}");
+
+    // The newest state is the final commit exactly.
+    let last = l.commits.last().unwrap().0;
+    assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], n0), last);
+
+    // Random times: the state of a logged commit within [T − interval − 0.2 s, T].
+    // (From the replicated run's first commit: the setup's few came long before.)
+    let first = l.commits.iter().find(|c| c.0 > warm).unwrap();
+    let (t_first, t_last) = (first.1, l.commits.last().unwrap().1);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let t = t_first + 0.6 + (x % 10_000) as f64 / 10_000.0 * (t_last - t_first - 0.6);
+        let at = iso(t);
+        let t = (t * 1000.0).floor() / 1000.0;
+        let n = restored_n(&w, &repo, &key, &["--at", &at], n0);
+        let tn = l.commits.iter().find(|c| c.0 == n).map(|c| c.1).unwrap();
+        assert!(
+            tn <= t + 0.001,
+            "--at {at}: commit {n} was made at {tn:.3}, after {t:.3}"
+        );
+        // A little slack for a loaded CI machine on top of the bound.
+        assert!(
+            tn >= t - interval - 0.2 - 0.3,
+            "--at {at}: commit {n} at {tn:.3} is {:.3}s old",
+            t - tn
+        );
+    }
+
+    // --txid: a segment's own transaction count restores exactly; --dry-run plans.
+    let plan = w
+        .run(&[
+            "--json",
+            "restore",
+            &repo,
+            &w.s("x.db"),
+            "-i",
+            &key,
+            "--at",
+            "-0s",
+            "--dry-run",
+        ])
+        .ok()
+        .json();
+    assert!(plan["segments"].as_u64().unwrap() >= 5, "{plan}");
+    assert!(!w.path("x.db").exists());
+    let txid = plan["txid"].as_u64().unwrap();
+    assert_eq!(
+        restored_n(&w, &repo, &key, &["--txid", &txid.to_string()], n0),
+        last,
+        "the newest segment's transaction"
+    );
+
+    // Before the first state: a named error, nothing written.
+    let r = w
+        .run(&[
+            "restore",
+            &repo,
+            &w.s("y.db"),
+            "-i",
+            &key,
+            "--at",
+            "2001-01-01T00:00:00Z",
+        ])
+        .fails(4);
+    assert!(r.stderr.contains("no state of app.db at or before"), "{}", r.stderr);
+    assert!(!w.path("y.db").exists());
+
+    // A missing segment: every later point fails, naming it; earlier ones restore.
+    let chain = dest["chain"].as_str().unwrap();
+    let segs = w.path("repo").join("segments").join(chain);
+    let seg2 = segs.join(format!("{:020}", 2));
+    std::fs::rename(&seg2, w.path("seg2")).unwrap();
+    let r = w
+        .run(&["restore", &repo, &w.s("y.db"), "-i", &key, "--at", "-0s"])
+        .fails(6);
+    assert!(r.stderr.contains("segment 2 of chain"), "{}", r.stderr);
+    assert!(!w.path("y.db").exists());
+    std::fs::rename(w.path("seg2"), &seg2).unwrap();
+    // A segment from another place in the chain under this name: refused.
+    let seg3 = segs.join(format!("{:020}", 3));
+    std::fs::copy(&seg3, w.path("seg3")).unwrap();
+    std::fs::copy(segs.join(format!("{:020}", 4)), &seg3).unwrap();
+    w.run(&["restore", &repo, &w.s("y.db"), "-i", &key, "--at", "-0s"])
+        .fails(6);
+    std::fs::copy(w.path("seg3"), &seg3).unwrap();
+    assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], n0), last);
+
+    // Prune keeps everything the chain needs; forget keeps the chain's base.
+    w.run(&["forget", &repo, "--keep-last", "1", "--prune"]).ok();
+    assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], n0), last);
+}
+
+#[test]
+fn replication_starts_a_new_chain_when_the_file_is_replaced() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 128 << 10, true);
+    let log = w.s("writes.log");
+    write(&w, &db, &log, 0.05, 1000, "");
+    let mut child = start(&w, &db, &[&repo], "300ms");
+    wait_base(Path::new(&repo), &mut child);
+    write(&w, &db, &log, 1.0, 1000, "");
+    // Replaced behind the replicator's back: a compacted copy renamed over it.
+    let new = w.s("new.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute("VACUUM INTO ?1", [&new]).unwrap();
+    drop(c);
+    let c = rusqlite::Connection::open(&new).unwrap();
+    c.execute_batch("PRAGMA journal_mode=WAL").unwrap();
+    drop(c);
+    std::fs::rename(&new, &db).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    write(&w, &db, &log, 1.0, 1000, "");
+    std::thread::sleep(Duration::from_millis(900));
+    let report = stop(child);
+    assert_eq!(report["breaks"]["file-replaced"], 1, "{report}");
+    assert_eq!(report["bases"], 2, "{report}");
+    let l = read_log(Path::new(&log));
+    let last = l.commits.last().unwrap().0;
+    assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], 0), last);
+}
