@@ -17,7 +17,7 @@ use crate::support::World;
 const WRITER: &str = r#"
 import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
-db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA journal_mode=%s" % (sys.argv[6] if len(sys.argv) > 6 else "WAL"))
 db.execute("CREATE TABLE IF NOT EXISTS wlog(n INTEGER PRIMARY KEY, pad TEXT)")
 db.execute("CREATE TABLE IF NOT EXISTS wc(k INTEGER PRIMARY KEY, n INTEGER)")
 db.execute("INSERT OR IGNORE INTO wc VALUES(1, 0)")
@@ -69,11 +69,15 @@ fn read_log(p: &Path) -> Log {
 }
 
 fn write(w: &World, db: &str, log: &str, secs: f64, ck_every: u32, modes: &str) {
+    write_mode(w, db, log, secs, ck_every, modes, "WAL")
+}
+
+fn write_mode(w: &World, db: &str, log: &str, secs: f64, ck_every: u32, modes: &str, journal: &str) {
     let script = w.path("writer.py");
     std::fs::write(&script, WRITER).unwrap();
     let out = Command::new("python3")
         .arg(&script)
-        .args([db, log, &secs.to_string(), &ck_every.to_string(), modes])
+        .args([db, log, &secs.to_string(), &ck_every.to_string(), modes, journal])
         .output()
         .expect("python3");
     assert!(out.status.success(), "writer: {}", String::from_utf8_lossy(&out.stderr));
@@ -183,6 +187,18 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
     let dest = &report["destinations"][0];
     assert!(dest["segments"].as_u64().unwrap() >= 5, "{report}");
     assert_eq!(dest["errors"], 0, "{report}");
+
+    let t = w
+        .run(&["--json", "snapshots", &repo, "--timeline", "-i", &key])
+        .ok()
+        .json();
+    let c = &t["timeline"][0]["chains"][0];
+    assert_eq!(c["segments"], dest["segments"], "{t}");
+    let res = c["resolution_ms"].as_i64().unwrap();
+    assert!(
+        (100..=700).contains(&res),
+        "one segment every {res} ms at a 400 ms interval: {t}"
+    );
 
     // The newest state is the final commit exactly.
     let last = l.commits.last().unwrap().0;
@@ -303,7 +319,47 @@ fn replication_starts_a_new_chain_when_the_file_is_replaced() {
     let report = stop(child);
     assert_eq!(report["breaks"]["file-replaced"], 1, "{report}");
     assert_eq!(report["bases"], 2, "{report}");
+    let t = w
+        .run(&["--json", "snapshots", &repo, "--timeline", "-i", &key])
+        .ok()
+        .json();
+    let chains = t["timeline"][0]["chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 2, "{t}");
+    assert_eq!(chains[0]["started_by"], "start", "{t}");
+    assert_eq!(chains[1]["started_by"], "file-replaced", "{t}");
     let l = read_log(Path::new(&log));
     let last = l.commits.last().unwrap().0;
     assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], 0), last);
+}
+
+#[test]
+fn replication_of_a_rollback_journal_database_snapshots_each_changed_interval() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 128 << 10, false);
+    let log = w.s("writes.log");
+    write_mode(&w, &db, &log, 0.05, 1000, "", "DELETE");
+    let warm = read_log(Path::new(&log)).commits.last().unwrap().0;
+    let mut child = start(&w, &db, &[&repo], "500ms");
+    wait_base(Path::new(&repo), &mut child);
+    write_mode(&w, &db, &log, 3.0, 1000, "", "DELETE");
+    std::thread::sleep(Duration::from_millis(1200));
+    let snaps = || std::fs::read_dir(w.path("repo").join("snapshots")).unwrap().count();
+    let idle = snaps();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(snaps(), idle, "no snapshot while nothing changes");
+    let report = stop(child);
+    assert!(report["bases"].as_u64().unwrap() >= 4, "{report}");
+    let l = read_log(Path::new(&log));
+    let last = l.commits.last().unwrap().0;
+    assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], 0), last);
+    let first = l.commits.iter().find(|c| c.0 > warm).unwrap().1;
+    for k in 1..=4 {
+        let t = first + 0.7 * k as f64;
+        let at = iso(t);
+        let t = (t * 1000.0).floor() / 1000.0;
+        let n = restored_n(&w, &repo, &key, &["--at", &at], 0);
+        let tn = l.commits.iter().find(|c| c.0 == n).map(|c| c.1).unwrap();
+        assert!(tn <= t + 0.001 && tn >= t - 2.0, "--at {at}: commit {n} at {tn:.3}");
+    }
 }

@@ -111,9 +111,12 @@ pub async fn plan_point(repo: &Repo, name: Option<&str>, spec: PointSpec) -> Res
         .rev()
         .find(|m| m.replicated && m.kind == kind::PAGES && m.created_ms <= limit)
         .copied();
-    let (segs, bytes) = match chain_base {
-        Some(b) => load_chain(repo, b, spec).await?,
-        None => (Vec::new(), 0),
+    let (segs, bytes, next_txid) = match chain_base {
+        Some(b) => {
+            let c = load_chain(repo, b, spec).await?;
+            (c.segments, c.bytes, c.next_txid)
+        }
+        None => (Vec::new(), 0, None),
     };
     if let PointSpec::Txid(t) = spec {
         let base = chain_base.ok_or_else(|| {
@@ -132,7 +135,7 @@ pub async fn plan_point(repo: &Repo, name: Option<&str>, spec: PointSpec) -> Res
                 format!(
                     "no state of {n} right after transaction {t} of chain {}: {}",
                     base.id.short(),
-                    nearest_txids(&segs, t)
+                    nearest_txids(&segs, next_txid, t)
                 ),
             )),
         };
@@ -155,9 +158,8 @@ pub async fn plan_point(repo: &Repo, name: Option<&str>, spec: PointSpec) -> Res
     }
 }
 
-fn nearest_txids(segs: &[Segment], t: u64) -> String {
+fn nearest_txids(segs: &[Segment], above: Option<u64>, t: u64) -> String {
     let below = segs.iter().rev().find(|s| s.txid < t).map(|s| s.txid);
-    let above = segs.iter().find(|s| s.txid > t).map(|s| s.txid);
     match (below, above) {
         (None, None) => "the chain has no segment".into(),
         (b, a) => format!(
@@ -204,20 +206,21 @@ fn plan_of(base: &Manifest, segs: &[Segment], bytes: u64) -> PointPlan {
 /// The segments of `base`'s chain up to the point `spec` names, checked in order.
 /// With [`PointSpec::At`], a segment missing before the time is an error; one missing
 /// after it is not this restore's concern.
-async fn load_chain(repo: &Repo, base: &Manifest, spec: PointSpec) -> Result<(Vec<Segment>, u64)> {
+async fn load_chain(repo: &Repo, base: &Manifest, spec: PointSpec) -> Result<Chain> {
     let listed = repo.store.list(&layout::chain(&base.id)).await?;
-    let mut seqs: Vec<u64> = listed
+    let mut seqs: Vec<(u64, u64)> = listed
         .iter()
-        .filter(|(n, _)| n.len() == 20)
-        .filter_map(|(n, _)| n.parse().ok())
+        .filter(|(n, _)| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|(n, size)| Some((n.parse().ok()?, *size)))
         .collect();
     seqs.sort_unstable();
     let mut out: Vec<Segment> = Vec::new();
     let mut prev = Segment::first_prev(&base.id);
     let mut bytes = 0;
-    for (i, &seq) in seqs.iter().enumerate() {
+    let mut next = None;
+    for (i, &(seq, size)) in seqs.iter().enumerate() {
         let want = i as u64 + 1;
-        let (s, hash) = read_segment(repo, &base.id, seq).await?;
+        let (s, hash) = read_segment(repo, &base.id, seq, size).await?;
         if seq != want {
             // A gap, reached only when the point may lie in it or after it: the
             // missing segment's time is unknown, so no older state may stand in.
@@ -235,7 +238,10 @@ async fn load_chain(repo: &Repo, base: &Manifest, spec: PointSpec) -> Result<(Ve
         }
         match spec {
             PointSpec::At(t) if s.observed_ms > t => break,
-            PointSpec::Txid(t) if s.txid > t => break,
+            PointSpec::Txid(t) if s.txid > t => {
+                next = Some(s.txid);
+                break;
+            }
             _ => {}
         }
         if s.prev != prev
@@ -257,12 +263,34 @@ async fn load_chain(repo: &Repo, base: &Manifest, spec: PointSpec) -> Result<(Ve
         bytes += s.bytes_new;
         out.push(s);
     }
-    Ok((out, bytes))
+    Ok(Chain {
+        segments: out,
+        bytes,
+        next_txid: next,
+    })
 }
 
-async fn read_segment(repo: &Repo, chain: &ObjectId, seq: u64) -> Result<(Segment, String)> {
+/// A chain read up to a point.
+struct Chain {
+    segments: Vec<Segment>,
+    bytes: u64,
+    /// With [`PointSpec::Txid`]: the transaction count of the first segment past it.
+    next_txid: Option<u64>,
+}
+
+async fn read_segment(repo: &Repo, chain: &ObjectId, seq: u64, listed: u64) -> Result<(Segment, String)> {
     let key = layout::segment(chain, seq);
     let what = format!("segment {seq} of chain {}", chain.short());
+    // age adds a little to the plaintext: anything far larger is not a segment, and is
+    // not read into memory to find that out.
+    let most = 2 * sqlvault_format::MAX_SEGMENT as u64;
+    if listed > most {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "repo.corrupt-object",
+            format!("{what} is {listed} bytes, more than any segment ({most})"),
+        ));
+    }
     let ct = get_or(&repo.store, &key, || {
         Error::new(
             ErrorKind::Integrity,
@@ -282,6 +310,122 @@ async fn read_segment(repo: &Repo, chain: &ObjectId, seq: u64) -> Result<(Segmen
     Segment::decode(&repo.keys, &pt, chain, seq).map_err(|e| corrupt(&what, e))
 }
 
+/// One database's restorable span (`snapshots --timeline`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeline {
+    /// Database name.
+    pub name: String,
+    /// Host.
+    pub host: String,
+    /// Source path.
+    pub source_path: String,
+    /// Snapshots (bases included).
+    pub snapshots: usize,
+    /// The oldest restorable state (unix ms).
+    pub from_ms: i64,
+    /// The newest restorable state (unix ms).
+    pub to_ms: i64,
+    /// Replication chains, oldest first.
+    pub chains: Vec<ChainSpan>,
+}
+
+/// One replication chain in a [`Timeline`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainSpan {
+    /// Its base snapshot.
+    pub base: String,
+    /// The base's time (unix ms).
+    pub from_ms: i64,
+    /// Its newest segment's time (the base's when it has none).
+    pub to_ms: i64,
+    /// Segments.
+    pub segments: u64,
+    /// Mean time between segments (ms): the resolution of `restore --at` while the
+    /// database was changing.
+    pub resolution_ms: Option<i64>,
+    /// Why the chain began (`start`, or the break that ended the previous one:
+    /// `file-replaced`, `wal-truncated`, …), when its first segment says.
+    pub started_by: Option<String>,
+    /// Segment numbers missing below the newest: points past the first are not
+    /// restorable from this chain.
+    pub missing: Vec<u64>,
+}
+
+/// Every database's restorable span: one LIST of the segments, and per chain a GET of
+/// its first and newest segment.
+pub async fn timeline(repo: &Repo, name: Option<&str>) -> Result<Vec<Timeline>> {
+    let all = repo.snapshots().await?;
+    let listed = repo.store.list(layout::SEGMENTS).await?;
+    let mut by_chain: std::collections::HashMap<ObjectId, Vec<(u64, u64)>> = std::collections::HashMap::new();
+    for (n, size) in listed {
+        let Some((c, q)) = n.split_once('/') else {
+            continue;
+        };
+        if let (Ok(c), Ok(q)) = (c.parse::<ObjectId>(), q.parse::<u64>())
+            && q.to_string().len() <= 20
+        {
+            by_chain.entry(c).or_default().push((q, size));
+        }
+    }
+    let mut groups: std::collections::BTreeMap<(String, String, String), Vec<&Manifest>> = Default::default();
+    for m in all.iter().filter(|m| name.is_none_or(|n| m.name == n)) {
+        groups
+            .entry((m.name.clone(), m.host.clone(), m.source_path.clone()))
+            .or_default()
+            .push(m);
+    }
+    let mut out = Vec::new();
+    for ((n, h, p), mut ms) in groups {
+        ms.sort_by_key(|m| (m.created_ms, m.id));
+        let mut chains = Vec::new();
+        for m in ms.iter().filter(|m| m.replicated) {
+            let mut segs = by_chain.remove(&m.id).unwrap_or_default();
+            segs.sort_unstable();
+            let mut span = ChainSpan {
+                base: m.id.to_string(),
+                from_ms: m.created_ms,
+                to_ms: m.created_ms,
+                segments: segs.len() as u64,
+                resolution_ms: None,
+                started_by: None,
+                missing: Vec::new(),
+            };
+            let newest = segs.last().map_or(0, |s| s.0);
+            let present: std::collections::HashSet<u64> = segs.iter().map(|s| s.0).collect();
+            span.missing = (1..newest).filter(|q| !present.contains(q)).take(100).collect();
+            if let (Some(&(f, fs)), Some(&(l, ls))) = (segs.first(), segs.last()) {
+                let first = read_segment(repo, &m.id, f, fs).await?.0;
+                let last = read_segment(repo, &m.id, l, ls).await?.0;
+                span.started_by = first
+                    .events
+                    .iter()
+                    .find_map(|e| e.strip_prefix("chain-started:").map(str::to_string));
+                span.to_ms = last.observed_ms;
+                if segs.len() > 1 {
+                    span.resolution_ms = Some((last.observed_ms - first.observed_ms) / (segs.len() as i64 - 1));
+                }
+            }
+            chains.push(span);
+        }
+        let to = ms
+            .iter()
+            .map(|m| m.created_ms)
+            .chain(chains.iter().map(|c| c.to_ms))
+            .max()
+            .unwrap_or(0);
+        out.push(Timeline {
+            name: n,
+            host: h,
+            source_path: p,
+            snapshots: ms.len(),
+            from_ms: ms.first().map_or(0, |m| m.created_ms),
+            to_ms: to,
+            chains,
+        });
+    }
+    Ok(out)
+}
+
 /// Every segment in the repository, authenticated, with the chain it belongs to.
 /// Objects under `segments/` that are not named like segments are skipped; one that
 /// is named like one but does not authenticate is an error (prune must not act on
@@ -289,7 +433,7 @@ async fn read_segment(repo: &Repo, chain: &ObjectId, seq: u64) -> Result<(Segmen
 pub(crate) async fn all_segments(repo: &Repo) -> Result<Vec<Segment>> {
     let listed = repo.store.list(layout::SEGMENTS).await?;
     let mut out = Vec::with_capacity(listed.len());
-    for (name, _) in listed {
+    for (name, size) in listed {
         let Some((chain, seq)) = name.split_once('/') else {
             continue;
         };
@@ -299,7 +443,7 @@ pub(crate) async fn all_segments(repo: &Repo) -> Result<Vec<Segment>> {
         if seq.to_string().len() > 20 || name.len() != chain.to_string().len() + 21 {
             continue;
         }
-        out.push(read_segment(repo, &chain, seq).await?.0);
+        out.push(read_segment(repo, &chain, seq, size).await?.0);
     }
     Ok(out)
 }

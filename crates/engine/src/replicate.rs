@@ -191,6 +191,9 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         return Err(Error::new(ErrorKind::Usage, "usage", "no repository to replicate to"));
     };
     let session = first.session.clone();
+    if !is_wal(db)? {
+        return replicate_rollback(repos, db, &opts, t0).await;
+    }
     let busy = opts.base.busy_timeout;
     let unlock = opts.base.unlock.clone();
     let db_path: PathBuf = db.to_path_buf();
@@ -361,6 +364,97 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
     let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
     f.release_all();
     report.destinations = dests.into_iter().map(|d| d.report).collect();
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Whether the database's header says WAL mode (bytes 18 and 19 are 2).
+fn is_wal(db: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut h = [0u8; 100];
+    let mut f = sqlvault_sqlite::open_regular(db, true)?;
+    f.read_exact(&mut h)
+        .map_err(|e| crate::error::io_err(format!("cannot read {}", db.display()), e))?;
+    Ok(h[18] == 2 && h[19] == 2)
+}
+
+/// A rollback-journal database has no WAL to follow: its header's file change counter
+/// (offset 24, bumped by every committing transaction) is read once per interval, and
+/// when it moved, an ordinary incremental snapshot is taken (only changed pages
+/// upload). Each is a point `restore --at` can pick. The counter is read through one
+/// descriptor kept open until the end, so no POSIX lock of SQLite's is ever dropped by
+/// a close; a torn read only costs an extra snapshot.
+async fn replicate_rollback(
+    repos: &[Repo],
+    db: &Path,
+    opts: &ReplicateOptions,
+    t0: Instant,
+) -> Result<ReplicateReport> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let mut report = ReplicateReport {
+        destinations: repos
+            .iter()
+            .map(|r| DestinationReport {
+                repo: r.store.describe().to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let session = repos[0].session.clone();
+    let mut fd = sqlvault_sqlite::open_regular(db, true)?;
+    let counter = |fd: &std::fs::File| -> Option<u32> {
+        let mut b = [0u8; 4];
+        fd.read_exact_at(&mut b, 24).ok()?;
+        Some(u32::from_be_bytes(b))
+    };
+    let mut last: Option<u32> = None;
+    loop {
+        let stopping = opts.stop.is_cancelled();
+        session.cancel().check()?;
+        // A file renamed over the path: follow the new one.
+        if let (Ok(now), Ok(ours)) = (std::fs::metadata(db), fd.metadata())
+            && (now.dev(), now.ino()) != (ours.dev(), ours.ino())
+        {
+            fd = sqlvault_sqlite::open_regular(db, true)?;
+            last = None;
+            *report.breaks.entry("file-replaced".into()).or_default() += 1;
+        }
+        let c = counter(&fd);
+        if c.is_none() || c != last {
+            let results = backup_to_all(repos, db, opts.base.clone()).await?;
+            report.bases += 1;
+            let mut any = false;
+            for (d, r) in report.destinations.iter_mut().zip(results) {
+                match r {
+                    Ok(rep) => {
+                        any = true;
+                        report.name = rep.name.clone();
+                        d.chain = rep.snapshot_id.clone();
+                        d.segments += 1;
+                        d.bytes_new += rep.bytes_new;
+                        d.last_observed_ms = now_ms();
+                        d.last_error = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!("snapshot to {} failed: {}", d.repo, e.one_line());
+                        d.errors += 1;
+                        d.last_error = Some(e.one_line());
+                    }
+                }
+            }
+            if any {
+                last = c;
+            }
+        }
+        if stopping {
+            break;
+        }
+        let until = Instant::now() + opts.interval;
+        while Instant::now() < until && !opts.stop.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(20).min(opts.interval)).await;
+        }
+    }
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -714,6 +808,7 @@ async fn base(
         d.prev = Segment::first_prev(&id);
         d.txid = 0;
         d.needs_base = false;
+        d.events.push(format!("chain-started:{reason}"));
         d.id = Arc::new((m.name.clone(), m.host.clone(), m.source_path.clone()));
         d.page_size = m.page_size;
         report.name = m.name.clone();
