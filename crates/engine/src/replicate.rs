@@ -191,11 +191,15 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         return Err(Error::new(ErrorKind::Usage, "usage", "no repository to replicate to"));
     };
     let session = first.session.clone();
-    if !is_wal(db)? {
-        return replicate_rollback(repos, db, &opts, t0).await;
-    }
     let busy = opts.base.busy_timeout;
     let unlock = opts.base.unlock.clone();
+    let mode = {
+        let (p, u) = (db.to_path_buf(), unlock.clone());
+        on_cpu(move || Ok(sqlvault_sqlite::follow::journal_mode(&p, u.as_ref(), busy)?)).await?
+    };
+    if mode != "wal" {
+        return replicate_rollback(repos, db, &opts, t0).await;
+    }
     let db_path: PathBuf = db.to_path_buf();
     let follower = {
         let (p, u) = (db_path.clone(), unlock.clone());
@@ -368,18 +372,10 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
     Ok(report)
 }
 
-/// Whether the database's header says WAL mode (bytes 18 and 19 are 2).
-fn is_wal(db: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut h = [0u8; 100];
-    let mut f = sqlvault_sqlite::open_regular(db, true)?;
-    f.read_exact(&mut h)
-        .map_err(|e| crate::error::io_err(format!("cannot read {}", db.display()), e))?;
-    Ok(h[18] == 2 && h[19] == 2)
-}
-
 /// A rollback-journal database has no WAL to follow: its header's file change counter
-/// (offset 24, bumped by every committing transaction) is read once per interval, and
+/// (offset 24, bumped by every committing transaction; in a SQLCipher database the
+/// ciphertext there, which changes whenever page 1 is rewritten, as every commit does)
+/// is read once per interval, and
 /// when it moved, an ordinary incremental snapshot is taken (only changed pages
 /// upload). Each is a point `restore --at` can pick. The counter is read through one
 /// descriptor kept open until the end, so no POSIX lock of SQLite's is ever dropped by

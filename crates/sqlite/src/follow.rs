@@ -465,6 +465,20 @@ impl Drop for Follower {
     }
 }
 
+/// The database's journal mode as SQLite reports it (lowercase), read on a read-only
+/// connection keyed with `unlock` (a SQLCipher database's header is encrypted, so the
+/// mode cannot be read from the file). The connection is closed before returning:
+/// call it before any read transaction of this process is open on the file.
+pub fn journal_mode(path: &Path, unlock: Option<&Unlock>, busy_timeout: Duration) -> Result<String, SqliteError> {
+    crate::key::head(path)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let (c, _) = crate::key::open_db(path, unlock, flags, busy_timeout)?;
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(|e| SqliteError::from_sqlite(path, busy_timeout, e))?;
+    Ok(mode.to_lowercase())
+}
+
 /// The `-wal` file of a database.
 pub fn wal_path(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
