@@ -257,6 +257,10 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             Ok((mark, seen, adv))
         })
         .await;
+        tracing::trace!(
+            "handover: {:?}",
+            step.as_ref().map(|(m, _, a)| (m, a.as_ref().map(|a| a.commits)))
+        );
         let (mark, seen, adv) = match step {
             Ok(s) => s,
             Err(e) => {
@@ -349,6 +353,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                     last_cut = Instant::now();
                     continue;
                 };
+                tracing::debug!("cut of {} pages for {} destinations", cut.len(), ready.len());
                 let cut: CutPages = Arc::new(cut);
                 for &i in &ready {
                     ship(&mut dests[i], &cut, mark_pages, observed_ms);
@@ -377,9 +382,10 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
 /// ciphertext there, which changes whenever page 1 is rewritten, as every commit does)
 /// is read once per interval, and
 /// when it moved, an ordinary incremental snapshot is taken (only changed pages
-/// upload). Each is a point `restore --at` can pick. The counter is read through one
-/// descriptor kept open until the end, so no POSIX lock of SQLite's is ever dropped by
-/// a close; a torn read only costs an extra snapshot.
+/// upload). Each is a point `restore --at` can pick. The counter is read through the
+/// process's held descriptor of the file ([`sqlvault_sqlite::held_file`]), never
+/// closed, so no POSIX lock of SQLite's is ever dropped by a close; a torn read only
+/// costs an extra snapshot.
 async fn replicate_rollback(
     repos: &[Repo],
     db: &Path,
@@ -398,7 +404,7 @@ async fn replicate_rollback(
         ..Default::default()
     };
     let session = repos[0].session.clone();
-    let mut fd = sqlvault_sqlite::open_regular(db, true)?;
+    let mut fd = sqlvault_sqlite::held_file(db)?;
     let counter = |fd: &std::fs::File| -> Option<u32> {
         let mut b = [0u8; 4];
         fd.read_exact_at(&mut b, 24).ok()?;
@@ -412,7 +418,7 @@ async fn replicate_rollback(
         if let (Ok(now), Ok(ours)) = (std::fs::metadata(db), fd.metadata())
             && (now.dev(), now.ino()) != (ours.dev(), ours.ino())
         {
-            fd = sqlvault_sqlite::open_regular(db, true)?;
+            fd = sqlvault_sqlite::held_file(db)?;
             last = None;
             *report.breaks.entry("file-replaced".into()).or_default() += 1;
         }
@@ -500,6 +506,12 @@ async fn collect_finished(dests: &mut [Dest], _report: &mut ReplicateReport, wai
                     d.recent.clear();
                 }
                 d.recent.extend(l.stored);
+                tracing::debug!(
+                    "segment {} to {} landed ({} new bytes)",
+                    l.seq,
+                    d.report.repo,
+                    l.bytes_new
+                );
                 d.report.segments += 1;
                 d.report.last_seq = l.seq;
                 d.report.last_observed_ms = l.observed_ms;

@@ -117,7 +117,7 @@ pub struct Follower {
     // Kept open for the follower's life, after the connections in drop order: see the
     // module docs.
     wal: Option<File>,
-    db: File,
+    db: std::sync::Arc<File>,
     ident: (u64, u64),
 }
 
@@ -143,7 +143,7 @@ impl Follower {
             path: path.to_path_buf(),
             source,
         })?;
-        let db = crate::open_regular(&path, true)?;
+        let db = crate::held_file(&path)?;
         let meta = db.metadata().map_err(|source| SqliteError::Io {
             path: path.clone(),
             source,

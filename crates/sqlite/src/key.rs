@@ -369,15 +369,17 @@ pub(crate) enum Head {
 /// file (a FIFO, socket or device) is [`SqliteError::NotRegular`], found without
 /// blocking.
 pub(crate) fn head(path: &Path) -> Result<Head, SqliteError> {
+    use std::os::unix::fs::FileExt;
     let io = |source| SqliteError::io_at(path, source);
-    let mut f = crate::open_regular(path, true)?;
+    // Held, never closed: this process may hold SQLite locks on the file.
+    let f = crate::held_file(path)?;
     let len = f.metadata().map_err(io)?.len();
     if len == 0 {
         return Ok(Head::Empty);
     }
     let mut head = [0u8; 16];
     if len >= 16 {
-        f.read_exact(&mut head).map_err(io)?;
+        f.read_exact_at(&mut head, 0).map_err(io)?;
         if &head == HEADER {
             return Ok(Head::Plain);
         }
@@ -421,13 +423,15 @@ impl Unlock {
 fn salt_for(conn: &Connection) -> Option<[u8; 16]> {
     let path = conn.path().filter(|p| !p.is_empty())?;
     let mut salt = [0u8; 16];
-    match crate::open_regular(Path::new(path), true) {
-        Ok(mut f) => {
+    // Held, never closed: other connections of this process may hold locks on it.
+    match crate::held_file(Path::new(path)) {
+        Ok(f) => {
+            use std::os::unix::fs::FileExt;
             let len = f.metadata().ok()?.len();
             if len == 0 {
                 return random_salt();
             }
-            if len < 512 || f.read_exact(&mut salt).is_err() || &salt == HEADER {
+            if len < 512 || f.read_exact_at(&mut salt, 0).is_err() || &salt == HEADER {
                 return None;
             }
             Some(salt)

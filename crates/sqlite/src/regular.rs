@@ -41,6 +41,55 @@ pub fn file_kind(ft: std::fs::FileType) -> &'static str {
     }
 }
 
+/// Descriptors of database files this process has read itself, by (device, inode).
+static HELD: std::sync::Mutex<Vec<Held>> = std::sync::Mutex::new(Vec::new());
+
+/// One held descriptor and the (device, inode) it was opened on.
+type Held = ((u64, u64), std::sync::Arc<File>);
+
+/// Files held open at most (beyond it the oldest is let go: a process that read this many
+/// distinct databases is not holding SQLite locks on all of them at once).
+const HELD_MAX: usize = 4096;
+
+/// [`open_regular`] for a file SQLite may hold locks on in this process (a database):
+/// the descriptor is opened once per (device, inode) and kept for the process's life,
+/// never closed. Closing *any* descriptor of a file drops *every* POSIX lock the
+/// process holds on it — SQLite's shared lock of a WAL-mode connection included, which
+/// is what stops another process's last close from checkpointing and deleting the WAL
+/// under a reader, as happened to replication's read pins when a plain read of the
+/// database's header closed its descriptor. Read through it with positioned reads
+/// (`FileExt::read_exact_at`), which share no file offset.
+pub fn held_file(path: &Path) -> Result<std::sync::Arc<File>, SqliteError> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let key = (m.dev(), m.ino());
+        let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, f)) = held.iter().find(|(k, _)| *k == key) {
+            return Ok(f.clone());
+        }
+    }
+    let f = open_regular(path, true)?;
+    let m = f.metadata().map_err(|source| SqliteError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let key = (m.dev(), m.ino());
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, existing)) = held.iter().find(|(k, _)| *k == key) {
+        // Raced with another thread: keep the first (closing this one would be the
+        // very close this function exists to avoid, so it is kept too, leaked).
+        let existing = existing.clone();
+        std::mem::forget(f);
+        return Ok(existing);
+    }
+    let f = std::sync::Arc::new(f);
+    if held.len() >= HELD_MAX {
+        held.remove(0);
+    }
+    held.push((key, f.clone()));
+    Ok(f)
+}
+
 /// Opens `path` for reading only if it is a regular file, without ever blocking: the
 /// open uses `O_NONBLOCK` (a FIFO opens at once instead of waiting for a writer) and
 /// the type is checked on the opened descriptor. With `follow == false` a symbolic link
