@@ -538,3 +538,52 @@ fn replication_to_s3_azure_and_a_failing_disk_keeps_each_chain() {
         assert_eq!(n, last, "{r}");
     }
 }
+
+/// kill -9 of the replicator at any moment loses no shipped state: a restart begins a
+/// new chain (its base uploads only what changed), every point of both chains still
+/// restores to a whole commit's state, and the newest equals the final commit.
+#[test]
+fn replication_survives_kill_9_and_a_restart() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 128 << 10, true);
+    let log = w.s("writes.log");
+    write(&w, &db, &log, 0.05, 1000, "");
+    let mut child = start(&w, &db, &[&repo], "300ms");
+    wait_base(Path::new(&repo), &mut child);
+    let script = w.path("writer.py");
+    let mut writer = Command::new("python3")
+        .arg(&script)
+        .args([db.as_str(), log.as_str(), "3.0", "1000", "", "WAL"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let child = start(&w, &db, &[&repo], "300ms");
+    assert!(writer.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let report = stop(child);
+    assert_eq!(report["bases"], 1, "{report}");
+    let l = read_log(Path::new(&log));
+    let last = l.commits.last().unwrap().0;
+    assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], 0), last);
+    let t = w
+        .run(&["--json", "snapshots", &repo, "--timeline", "-i", &key])
+        .ok()
+        .json();
+    let chains = t["timeline"][0]["chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 2, "{t}");
+    // Points across both chains, the kill's moment included.
+    let (t0, t1) = (l.commits[2].1 + 0.5, l.commits.last().unwrap().1);
+    for k in 0..8 {
+        let at_t = t0 + (t1 - t0) * k as f64 / 7.0;
+        let n = restored_n(&w, &repo, &key, &["--at", &iso(at_t)], 0);
+        let tn = l.commits.iter().find(|c| c.0 == n).map(|c| c.1).unwrap();
+        assert!(
+            tn <= (at_t * 1000.0).floor() / 1000.0 + 0.001,
+            "--at {}: commit {n}",
+            iso(at_t)
+        );
+    }
+}
