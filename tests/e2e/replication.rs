@@ -22,6 +22,10 @@ db.execute("CREATE TABLE IF NOT EXISTS wlog(n INTEGER PRIMARY KEY, pad TEXT)")
 db.execute("CREATE TABLE IF NOT EXISTS wc(k INTEGER PRIMARY KEY, n INTEGER)")
 db.execute("INSERT OR IGNORE INTO wc VALUES(1, 0)")
 log = open(sys.argv[2], "a")
+# With "2": commits alternate between two connections and checkpoints run on the one
+# that did not commit last (a pool: SQLite draws random salts for a connection that
+# never restarted the WAL itself).
+conns = [db] + ([sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)] if len(sys.argv) > 7 and sys.argv[7] == "2" else [])
 dur, ck_every = float(sys.argv[3]), int(sys.argv[4])
 modes = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else []
 end = time.time() + dur
@@ -29,11 +33,13 @@ n = db.execute("SELECT n FROM wc").fetchone()[0]
 k = 0
 while time.time() < end:
     n += 1
+    db = conns[n % len(conns)]
     db.execute("BEGIN")
     db.execute("INSERT INTO wlog VALUES(?, ?)", (n, "p" * (50 + n % 400)))
     db.execute("UPDATE wc SET n=?", (n,))
     t = time.time()
     db.execute("COMMIT")
+    db = conns[(n + 1) % len(conns)]
     log.write("c %d %.4f\n" % (n, t))
     if modes and n % ck_every == 0:
         m = modes[k % len(modes)]; k += 1
@@ -73,11 +79,16 @@ fn write(w: &World, db: &str, log: &str, secs: f64, ck_every: u32, modes: &str) 
 }
 
 fn write_mode(w: &World, db: &str, log: &str, secs: f64, ck_every: u32, modes: &str, journal: &str) {
+    write_with(w, db, log, secs, ck_every, modes, journal, "1")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_with(w: &World, db: &str, log: &str, secs: f64, ck_every: u32, modes: &str, journal: &str, conns: &str) {
     let script = w.path("writer.py");
     std::fs::write(&script, WRITER).unwrap();
     let out = Command::new("python3")
         .arg(&script)
-        .args([db, log, &secs.to_string(), &ck_every.to_string(), modes, journal])
+        .args([db, log, &secs.to_string(), &ck_every.to_string(), modes, journal, conns])
         .output()
         .expect("python3");
     assert!(out.status.success(), "writer: {}", String::from_utf8_lossy(&out.stderr));
@@ -178,7 +189,7 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
     let warm = read_log(Path::new(&log)).commits.last().unwrap().0;
     let mut child = start(&w, &db, &[&repo], "400ms");
     wait_base(Path::new(&repo), &mut child);
-    write(&w, &db, &log, 5.0, 60, "PASSIVE,FULL,RESTART,TRUNCATE");
+    write_with(&w, &db, &log, 5.0, 60, "PASSIVE,FULL,RESTART,TRUNCATE", "WAL", "2");
     std::thread::sleep(Duration::from_millis(1200));
     // Idle: nothing more is written to the repository.
     let count = |p: &str| crate::support::files(Path::new(p)).len();
@@ -302,8 +313,31 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
     std::fs::copy(w.path("seg3"), &seg3).unwrap();
     assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], n0), last);
 
-    // Prune keeps everything the chain needs; forget keeps the chain's base.
-    w.run(&["forget", &repo, "--keep-last", "1", "--prune"]).ok();
+    // A plain backup after the chain: forget --keep-last 1 keeps it *and* the chain's
+    // base (segments follow it), and prune marks nothing the segments reference.
+    w.run(&["backup", &db, &repo]).ok();
+    let f = w.run(&["--json", "forget", &repo, "--keep-last", "1"]).ok().json();
+    assert_eq!(f["removed"], 0, "{f}");
+    let p = w.run(&["--json", "prune", &repo]).ok().json();
+    assert_eq!(p["marked"]["packs"], 0, "{p}");
+    assert_eq!(p["marked"]["maps"], 0, "{p}");
+    let mid = iso(t_first + (t_last - t_first) / 2.0);
+    let plan = w
+        .run(&[
+            "--json",
+            "restore",
+            &repo,
+            &w.s("z.db"),
+            "-i",
+            &key,
+            "--at",
+            &mid,
+            "--dry-run",
+        ])
+        .ok()
+        .json();
+    assert!(plan["segments"].as_u64().unwrap() >= 1, "{plan}");
+    assert!(restored_n(&w, &repo, &key, &["--at", &mid], n0) > 0);
     assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], n0), last);
 }
 

@@ -177,15 +177,33 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
     // points only on top of it (point-in-time retention, which would remove chains as
     // a whole, is not there yet).
     let mut chained = std::collections::HashSet::new();
-    for m in doomed.iter().filter(|m| m.replicated) {
-        if !repo.store.list(&layout::chain(&m.id)).await?.is_empty() {
-            chained.insert(m.id);
+    // The newest base of each database is kept even before its first segment: a
+    // replicator may be appending to it right now.
+    let mut newest: std::collections::HashMap<(String, SourceId), (i64, sqlvault_format::ObjectId)> =
+        std::collections::HashMap::new();
+    for m in snaps.iter().filter(|m| m.replicated) {
+        let e = newest
+            .entry((m.name.clone(), SourceId::of(m)))
+            .or_insert((m.created_ms, m.id));
+        if (m.created_ms, m.id) > *e {
+            *e = (m.created_ms, m.id);
+        }
+    }
+    chained.extend(newest.values().map(|(_, id)| *id));
+    let candidates: Vec<sqlvault_format::ObjectId> = doomed
+        .iter()
+        .filter(|m| m.replicated && !chained.contains(&m.id))
+        .map(|m| m.id)
+        .collect();
+    for id in candidates {
+        if !repo.store.list(&layout::chain(&id)).await?.is_empty() {
+            chained.insert(id);
         }
     }
     if !chained.is_empty() {
         doomed.retain(|m| !chained.contains(&m.id));
         for e in groups.iter_mut().flat_map(|g| g.snapshots.iter_mut()) {
-            if chained.iter().any(|id| id.to_string() == e.id) {
+            if !e.keep && chained.iter().any(|id| id.to_string() == e.id) {
                 e.keep = true;
                 e.reasons.push("replication chain".into());
             }

@@ -155,6 +155,9 @@ struct Dest {
     recent: HashSet<ChunkId>,
     inflight: Option<tokio::task::JoinHandle<Shipped>>,
     needs_base: bool,
+    /// A destination whose base failed tries again after this, backing off.
+    base_after: Instant,
+    base_failures: u32,
     /// The base's name, host and source path, and page size.
     id: Arc<(String, String, String)>,
     page_size: u32,
@@ -163,8 +166,12 @@ struct Dest {
 
 /// What a shipper hands back: the table always, and the outcome.
 struct Shipped {
+    /// The chain it was cut for: a result for an older chain is dropped.
+    chain: ObjectId,
     table: PageTable,
     cut: BTreeSet<u32>,
+    commits: u64,
+    events: Vec<String>,
     outcome: std::result::Result<Landed, (Error, bool)>,
 }
 
@@ -223,6 +230,8 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             recent: HashSet::new(),
             inflight: None,
             needs_base: true,
+            base_after: Instant::now(),
+            base_failures: 0,
             id: Arc::new(Default::default()),
             page_size: 0,
             report: DestinationReport {
@@ -233,7 +242,11 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         .collect();
     let mut report = ReplicateReport::default();
     let tick = (opts.interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
-    let mut pos = base(&follower, &mut dests, db, &opts, &mut report, "start").await?;
+    let all: Vec<usize> = (0..dests.len()).collect();
+    let mut pos = base(&follower, &mut dests, &all, db, &opts, &mut report, "start")
+        .await?
+        .expect("a first base pins");
+    let mut after_stop = 0u32;
     let mut last_cut = Instant::now();
     let mut mark_pages = 0u32;
     let mut observed_ms = now_ms();
@@ -300,18 +313,30 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             }
         }
         collect_finished(&mut dests, &mut report, false).await;
-        if dests.iter().any(|d| d.needs_base) {
-            settle_all(&mut dests, &mut report).await;
-            pos = rebreak(&follower, &mut dests, db, &opts, &mut report, "destination", &db_path).await?;
-            last_cut = Instant::now();
-            continue;
+        // A destination without a chain (its base or a segment's own write failed)
+        // gets a base of its own, backing off; the pins stay, the others go on.
+        let now = Instant::now();
+        let lagging: Vec<usize> = (0..dests.len())
+            .filter(|&i| dests[i].needs_base && dests[i].inflight.is_none() && now >= dests[i].base_after)
+            .collect();
+        if !lagging.is_empty() && !stopping {
+            base(&follower, &mut dests, &lagging, db, &opts, &mut report, "destination").await?;
+            for &i in &lagging {
+                let d = &mut dests[i];
+                if d.needs_base {
+                    d.base_failures += 1;
+                    d.base_after = Instant::now() + Duration::from_secs(1 << d.base_failures.min(7));
+                } else {
+                    d.base_failures = 0;
+                }
+            }
         }
         let due = stopping || last_cut.elapsed() >= opts.interval;
         if due {
             let ready: Vec<usize> = (0..dests.len())
                 .filter(|&i| {
                     let d = &dests[i];
-                    d.inflight.is_none() && d.table.is_some() && d.commits > 0
+                    d.inflight.is_none() && d.table.is_some() && (d.commits > 0 || !d.dirty.is_empty())
                 })
                 .collect();
             if !ready.is_empty() {
@@ -363,9 +388,23 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         }
         if stopping {
             settle_all(&mut dests, &mut report).await;
-            let pending = dests.iter().any(|d| d.commits > 0 && d.table.is_some());
-            let failing = dests.iter().all(|d| d.report.last_error.is_some());
-            if !pending || failing {
+            let pending = dests
+                .iter()
+                .any(|d| (d.commits > 0 || !d.dirty.is_empty()) && d.table.is_some());
+            // What is committed gets a few tries; a destination still failing then
+            // is reported (exit 10), with what it lacks.
+            after_stop += 1;
+            if !pending || after_stop > 5 {
+                for d in dests
+                    .iter()
+                    .filter(|d| d.commits > 0 || !d.dirty.is_empty() || d.needs_base)
+                {
+                    tracing::warn!(
+                        "{}: stopped with {} transactions not shipped there",
+                        d.report.repo,
+                        d.commits
+                    );
+                }
                 break;
             }
         }
@@ -492,9 +531,14 @@ async fn collect_finished(dests: &mut [Dest], _report: &mut ReplicateReport, wai
                 d.report.errors += 1;
                 d.report.last_error = Some(format!("shipper panicked: {e}"));
                 d.needs_base = true;
+                d.table = None;
                 continue;
             }
         };
+        if d.chain != Some(shipped.chain) {
+            // Cut for a chain that has since been replaced by a new base.
+            continue;
+        }
         d.table = Some(shipped.table);
         match shipped.outcome {
             Ok(l) => {
@@ -519,13 +563,20 @@ async fn collect_finished(dests: &mut [Dest], _report: &mut ReplicateReport, wai
                 d.report.last_error = None;
             }
             Err((e, fatal)) => {
-                // The pages go back: the next cut ships them with what came since.
+                // The pages, transactions and events go back: the next cut ships them
+                // with what came since.
                 d.dirty.extend(shipped.cut);
+                d.commits += shipped.commits;
+                let mut ev = shipped.events;
+                ev.append(&mut d.events);
+                d.events = ev;
                 d.report.errors += 1;
                 tracing::warn!("segment to {} failed: {}", d.report.repo, e.one_line());
                 d.report.last_error = Some(e.one_line());
                 if fatal {
                     d.needs_base = true;
+                    d.table = None;
+                    d.chain = None;
                 }
             }
         }
@@ -555,12 +606,17 @@ fn ship(d: &mut Dest, cut: &CutPages, page_count: u32, observed_ms: i64) {
         page_size: d.page_size,
     };
     let cut = cut.clone();
+    let chain = job.chain;
+    let (c, ev) = (job.commits, job.events.clone());
     d.inflight = Some(tokio::spawn(async move {
         let mut table = table;
         let outcome = job.run(&mut table, &cut, &mine).await;
         Shipped {
+            chain,
             table,
             cut: mine,
+            commits: c,
+            events: ev,
             outcome,
         }
     }));
@@ -595,6 +651,7 @@ impl Job {
         mine: &BTreeSet<u32>,
     ) -> std::result::Result<Landed, (Error, bool)> {
         let soft = |e: Error| (e, false);
+        let started = Instant::now();
         let repo = &self.repo;
         let pages: Vec<(u32, Bytes)> = cut
             .iter()
@@ -676,6 +733,17 @@ impl Job {
             bytes_new,
             events: self.events.clone(),
         };
+        // Prune deletes what no snapshot or segment references once its grace has
+        // passed, and the grace is never shorter than MIN_GRACE: a segment that would
+        // land later than half of that after its first upload is not written (its
+        // packs may be gone); the pages go back and the next cut uploads them again.
+        if started.elapsed() > crate::prune::MIN_GRACE / 2 {
+            return Err(soft(Error::new(
+                ErrorKind::Store,
+                "replicate.too-slow",
+                "a segment took longer than half of prune's shortest grace; shipped again",
+            )));
+        }
         let (pt, hash) = seg.encode(&repo.keys);
         let ct = repo.encrypt_meta(&pt).map_err(soft)?;
         // The commit point. A failure here leaves unknown whether it landed.
@@ -712,6 +780,7 @@ async fn rebreak(
     db_path: &Path,
 ) -> Result<FollowPosition> {
     *report.breaks.entry(reason.to_string()).or_default() += 1;
+    settle_all(dests, report).await;
     {
         let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
         f.release_all();
@@ -725,24 +794,48 @@ async fn rebreak(
         let fresh = on_cpu(move || Ok(Follower::open(&p, u.as_ref(), busy)?)).await?;
         *follower.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
-    base(follower, dests, db, opts, report, reason).await
+    let all: Vec<usize> = (0..dests.len()).collect();
+    Ok(base(follower, dests, &all, db, opts, report, reason)
+        .await?
+        .expect("a base of every destination pins"))
 }
 
-/// Takes a base snapshot into every destination through the backup path, pinning the
-/// follower inside the base's read transaction; returns the position the chains
-/// start from. Destinations whose base fails stay without a chain (`needs_base`).
+/// Takes a base snapshot into the destinations `which` through the backup path.
+/// When they are all of them, every pin is released first and the follower pinned
+/// again inside the base's read transaction: the returned position is where the
+/// chains start from. For some of them only (a destination that lost its chain), the
+/// pins stay held and the follower's position stands: the base holds everything up
+/// to it, and the next handover marks every page changed since as dirty for them too
+/// (some already in the base: harmless). Destinations whose base fails stay without a
+/// chain (`needs_base`); a first base that reaches none is an error.
 async fn base(
     follower: &Arc<Mutex<Follower>>,
     dests: &mut [Dest],
+    which: &[usize],
     db: &Path,
     opts: &ReplicateOptions,
     report: &mut ReplicateReport,
     reason: &str,
-) -> Result<FollowPosition> {
+) -> Result<Option<FollowPosition>> {
+    let repin = which.len() == dests.len();
+    for &i in which {
+        if let Some(h) = dests[i].inflight.take() {
+            let _ = h.await;
+        }
+    }
     let captured: Arc<Mutex<Option<std::result::Result<FollowPosition, String>>>> = Arc::new(Mutex::new(None));
     let hook = {
         let (f, c) = (follower.clone(), captured.clone());
         sqlvault_sqlite::ReadHook(Arc::new(move |mark: Option<WalMark>| {
+            if !repin {
+                *c.lock().unwrap_or_else(|e| e.into_inner()) = Some(Ok(FollowPosition {
+                    salt: [0; 2],
+                    checkpoint_seq: 0,
+                    frame: 0,
+                    checksum: [0; 2],
+                }));
+                return Ok(());
+            }
             let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
             let r = (|| {
                 f.release_all();
@@ -763,7 +856,7 @@ async fn base(
     let mut bopts = opts.base.clone();
     bopts.on_read = Some(hook);
     bopts.replicated = true;
-    let repos: Vec<Repo> = dests.iter().map(|d| d.repo.clone()).collect();
+    let repos: Vec<Repo> = which.iter().map(|&i| dests[i].repo.clone()).collect();
     let results = backup_to_all(&repos, db, bopts).await?;
     let pos = match captured.lock().unwrap_or_else(|e| e.into_inner()).take() {
         Some(Ok(p)) => p,
@@ -787,7 +880,8 @@ async fn base(
     };
     report.bases += 1;
     let mut any = false;
-    for (d, r) in dests.iter_mut().zip(results) {
+    for (&i, r) in which.iter().zip(results) {
+        let d = &mut dests[i];
         d.dirty.clear();
         d.commits = 0;
         d.events.clear();
@@ -807,9 +901,27 @@ async fn base(
             Ok(id) => id,
             Err(_) => continue,
         };
-        let m = d.repo.load_manifest(&id).await?;
-        let table = PageTable::build(&d.repo, &m).await?;
-        d.state = table.state(&d.key)?;
+        let built = async {
+            let m = d.repo.load_manifest(&id).await?;
+            let table = PageTable::build(&d.repo, &m).await?;
+            let state = table.state(&d.key)?;
+            Ok::<_, Error>((m, table, state))
+        }
+        .await;
+        let (m, table, state) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(
+                    "base snapshot in {} cannot be read back: {}",
+                    d.report.repo,
+                    e.one_line()
+                );
+                d.report.errors += 1;
+                d.report.last_error = Some(e.one_line());
+                continue;
+            }
+        };
+        d.state = state;
         d.table = Some(table);
         d.chain = Some(id);
         d.seq = 0;
@@ -831,12 +943,12 @@ async fn base(
             d.report.repo
         );
     }
-    if !any {
+    if !any && repin {
         return Err(Error::new(
             ErrorKind::Store,
             "replicate.no-destination",
             format!("no destination took a base snapshot of {}", db.display()),
         ));
     }
-    Ok(pos)
+    Ok(repin.then_some(pos))
 }

@@ -41,7 +41,8 @@ use crate::key::{CipherSettings, Unlock};
 use crate::wal::{FRAME_HEADER, Position, WAL_HEADER, WalHeader, checksum};
 
 /// What one pin sees of the WAL: SQLite's WAL-index header as the read transaction
-/// started (`sqlite3_snapshot_get`).
+/// started (`sqlite3_snapshot_get`). With `frames == 0` SQLite gives no snapshot and
+/// the other fields are zero here (they mean nothing then).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalMark {
     /// Frames of the WAL the pin reads (0: it reads the database file only).
@@ -93,8 +94,9 @@ pub enum Break {
         /// The frame.
         frame: u32,
     },
-    /// Another generation of the WAL that is not the next one after the position.
-    #[error("the WAL was restarted more than once, or while no read mark was held")]
+    /// The WAL was restarted while no read mark was held (reserved for a caller that
+    /// resumes from a saved position).
+    #[error("the WAL was restarted while no read mark was held")]
     Restarts,
     /// The frames in the file do not chain to what the pin reads.
     #[error("the WAL does not match the read transaction: {0}")]
@@ -218,8 +220,11 @@ impl Follower {
         }
         let conn = &self.conns[next];
         let err = sqlite_err(&self.path, self.busy_timeout);
-        conn.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")
-            .map_err(&err)?;
+        if let Err(e) = conn.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;") {
+            // Never left inside a BEGIN whose read failed: the next pin would fail too.
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(err(e));
+        }
         self.held[next] = true;
         self.newest = next;
         let mark = match snapshot_mark(conn) {
@@ -255,7 +260,9 @@ impl Follower {
     }
 
     fn end(&mut self, i: usize) {
-        let _ = self.conns[i].execute_batch("COMMIT");
+        if self.conns[i].execute_batch("COMMIT").is_err() {
+            let _ = self.conns[i].execute_batch("ROLLBACK");
+        }
         self.held[i] = false;
     }
 
@@ -273,6 +280,12 @@ impl Follower {
             return Ok(Err(Break::Replaced));
         }
         let mut out = Advance::default();
+        if mark.frames > 0 && mark.frames == from.frame && mark.salt == from.salt && mark.checksum == from.checksum {
+            // Nothing committed since: no I/O at all (and nothing a concurrent
+            // checkpoint of the application's could race).
+            out.position = Some(*from);
+            return Ok(Ok(out));
+        }
         if mark.frames == 0 {
             // The pin reads the database file only. A position inside a generation
             // means that generation was checkpointed and the WAL restarted since, once
@@ -295,8 +308,27 @@ impl Follower {
             self.wal = Some(crate::open_regular(&wal_path(&self.path), true)?);
         }
         let wal = self.wal.as_ref().expect("opened");
+        // The -wal is never deleted while this process holds its locks; one that was is
+        // a sign the locks were lost, and nothing read through the old one can be trusted.
+        let same = match (std::fs::metadata(wal_path(&self.path)), wal.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        };
+        if !same {
+            self.wal = None;
+            return Ok(Err(Break::Mismatch("the -wal file was deleted or replaced".into())));
+        }
+        let short = |e: &std::io::Error| e.kind() == std::io::ErrorKind::UnexpectedEof;
         let mut head = [0u8; WAL_HEADER];
-        wal.read_exact_at(&mut head, 0).map_err(io)?;
+        if let Err(e) = wal.read_exact_at(&mut head, 0) {
+            return match short(&e) {
+                true => Ok(Err(Break::Truncated {
+                    had: from.frame,
+                    now: 0,
+                })),
+                false => Err(io(e)),
+            };
+        }
         let header = match WalHeader::parse(&head) {
             Ok(h) => h,
             Err(e) => return Ok(Err(Break::Mismatch(format!("WAL header: {e}")))),
@@ -314,32 +346,43 @@ impl Follower {
                 }));
             }
             let mut fh = [0u8; FRAME_HEADER];
-            wal.read_exact_at(&mut fh, header.frame_offset(from.frame))
-                .map_err(io)?;
+            if let Err(e) = wal.read_exact_at(&mut fh, header.frame_offset(from.frame)) {
+                return match short(&e) {
+                    true => Ok(Err(Break::Truncated {
+                        had: from.frame,
+                        now: mark.frames,
+                    })),
+                    false => Err(io(e)),
+                };
+            }
             let be = |i: usize| u32::from_be_bytes(fh[i..i + 4].try_into().expect("4 bytes"));
             if [be(8), be(12)] != header.salt || [be(16), be(20)] != from.checksum {
                 return Ok(Err(Break::Overwritten { frame: from.frame }));
             }
             (from.frame, from.checksum)
         } else {
-            // Another generation: acceptable only as the one right after the position
-            // (salt 1 and the checkpoint sequence one more), or after a position that
-            // did not know its generation yet.
-            let unknown = from.salt == [0, 0] && from.frame == 0;
-            let next = header.salt[0] == from.salt[0].wrapping_add(1)
-                && header.checkpoint_seq == from.checkpoint_seq.wrapping_add(1);
-            let same_empty = from.salt == header.salt && from.frame == 0;
-            if !(unknown || next || same_empty) {
-                return Ok(Err(Break::Restarts));
-            }
-            out.restarted = !unknown && !same_empty;
+            // Another generation. Under a pin held without interruption since `from`
+            // (the caller's contract), the locks prove it began right after the frames
+            // `from` accounts for (module docs), whatever its salts: SQLite draws them
+            // at random when the writing connection never restarted a WAL before, and
+            // a restart of an already empty WAL adds another. So its frames are read
+            // from the first, chained from its header.
+            out.restarted = from.frame > 0 || from.salt != [0, 0];
             (0, header.checksum)
         };
         let mut buf = vec![0u8; FRAME_HEADER + header.page_size as usize];
         let mut c = chain;
         let mut last_size = 0;
         for n in start + 1..=mark.frames {
-            wal.read_exact_at(&mut buf, header.frame_offset(n)).map_err(io)?;
+            if let Err(e) = wal.read_exact_at(&mut buf, header.frame_offset(n)) {
+                return match short(&e) {
+                    true => Ok(Err(Break::Truncated {
+                        had: n - 1,
+                        now: mark.frames,
+                    })),
+                    false => Err(io(e)),
+                };
+            }
             let be = |i: usize| u32::from_be_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
             if [be(8), be(12)] != header.salt {
                 return Ok(Err(Break::Mismatch(format!("frame {n} carries other salts"))));
@@ -391,15 +434,12 @@ impl Follower {
             self.wal = Some(crate::open_regular(&wal_path(&self.path), true)?);
         }
         let mut head = [0u8; WAL_HEADER];
-        self.wal
-            .as_ref()
-            .expect("opened")
-            .read_exact_at(&mut head, 0)
-            .map_err(|source| SqliteError::Io {
-                path: wal_path(&self.path),
-                source,
-            })?;
-        let seq = WalHeader::parse(&head).map(|h| h.checkpoint_seq).unwrap_or(0);
+        // Informational only (continuity rests on the locks and the chain): a header
+        // that cannot be read gives 0.
+        let seq = match self.wal.as_ref().expect("opened").read_exact_at(&mut head, 0) {
+            Ok(()) => WalHeader::parse(&head).map(|h| h.checkpoint_seq).unwrap_or(0),
+            Err(_) => 0,
+        };
         Ok(Position {
             salt: mark.salt,
             checkpoint_seq: seq,
