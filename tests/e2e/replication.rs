@@ -99,6 +99,10 @@ fn start(w: &World, db: &str, repos: &[&str], interval: &str) -> Child {
 }
 
 fn start_env(w: &World, db: &str, repos: &[&str], interval: &str, extra: &[(&str, &str)]) -> Child {
+    start_full(w, db, repos, interval, extra, &[])
+}
+
+fn start_full(w: &World, db: &str, repos: &[&str], interval: &str, extra: &[(&str, &str)], args: &[&str]) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sqlvault"));
     for (k, v) in extra {
         c.env(k, v);
@@ -106,6 +110,7 @@ fn start_env(w: &World, db: &str, repos: &[&str], interval: &str, extra: &[(&str
     c.args(["--json", "replicate", db])
         .args(repos)
         .args(["--interval", interval])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in &w.env {
@@ -187,7 +192,9 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
     let n0 = 0;
     let interval = 0.4;
     let warm = read_log(Path::new(&log)).commits.last().unwrap().0;
-    let mut child = start(&w, &db, &[&repo], "400ms");
+    // Compacted every 4 segments: the points below span several chains and their
+    // compaction snapshots.
+    let mut child = start_full(&w, &db, &[&repo], "400ms", &[], &["--compact-segments", "4"]);
     wait_base(Path::new(&repo), &mut child);
     write_with(&w, &db, &log, 5.0, 60, "PASSIVE,FULL,RESTART,TRUNCATE", "WAL", "2");
     std::thread::sleep(Duration::from_millis(1200));
@@ -216,9 +223,14 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
         .run(&["--json", "snapshots", &repo, "--timeline", "-i", &key])
         .ok()
         .json();
-    let c = &t["timeline"][0]["chains"][0];
-    assert_eq!(c["segments"], dest["segments"], "{t}");
-    let res = c["resolution_ms"].as_i64().unwrap();
+    let chains = t["timeline"][0]["chains"].as_array().unwrap();
+    let total: u64 = chains.iter().map(|c| c["segments"].as_u64().unwrap()).sum();
+    assert_eq!(total, dest["segments"].as_u64().unwrap(), "{t}");
+    assert!(dest["compactions"].as_u64().unwrap() >= 2, "{report}");
+    assert_eq!(chains.len() as u64, 1 + dest["compactions"].as_u64().unwrap(), "{t}");
+    assert!(chains[1..].iter().all(|c| c["started_by"] == "compaction"), "{t}");
+    assert_eq!(chains[0]["segments"], 4, "{t}");
+    let res = chains[0]["resolution_ms"].as_i64().unwrap();
     assert!(
         (100..=700).contains(&res),
         "one segment every {res} ms at a 400 ms interval: {t}"
@@ -269,7 +281,7 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
         ])
         .ok()
         .json();
-    assert!(plan["segments"].as_u64().unwrap() >= 5, "{plan}");
+    assert!(plan["segments"].as_u64().unwrap() <= 4, "compacted: {plan}");
     assert!(!w.path("x.db").exists());
     let txid = plan["txid"].as_u64().unwrap();
     assert_eq!(
@@ -293,13 +305,17 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
     assert!(r.stderr.contains("no state of app.db at or before"), "{}", r.stderr);
     assert!(!w.path("y.db").exists());
 
-    // A missing segment: every later point fails, naming it; earlier ones restore.
-    let chain = dest["chain"].as_str().unwrap();
+    // A missing segment: every later point of its chain fails, naming it. (Just before
+    // the first chain's last segment, so that its compaction does not stand in.)
+    let chain = chains[0]["base"].as_str().unwrap();
+    let before_compaction = (chains[0]["to_ms"].as_i64().unwrap() - 1) as f64 / 1000.0;
+    let at0 = iso(before_compaction);
+    assert!(restored_n(&w, &repo, &key, &["--at", &at0], n0) > 0);
     let segs = w.path("repo").join("segments").join(chain);
     let seg2 = segs.join(format!("{:020}", 2));
     std::fs::rename(&seg2, w.path("seg2")).unwrap();
     let r = w
-        .run(&["restore", &repo, &w.s("y.db"), "-i", &key, "--at", "-0s"])
+        .run(&["restore", &repo, &w.s("y.db"), "-i", &key, "--at", &at0])
         .fails(6);
     assert!(r.stderr.contains("segment 2 of chain"), "{}", r.stderr);
     assert!(!w.path("y.db").exists());
@@ -308,9 +324,10 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
     let seg3 = segs.join(format!("{:020}", 3));
     std::fs::copy(&seg3, w.path("seg3")).unwrap();
     std::fs::copy(segs.join(format!("{:020}", 4)), &seg3).unwrap();
-    w.run(&["restore", &repo, &w.s("y.db"), "-i", &key, "--at", "-0s"])
+    w.run(&["restore", &repo, &w.s("y.db"), "-i", &key, "--at", &at0])
         .fails(6);
     std::fs::copy(w.path("seg3"), &seg3).unwrap();
+    assert!(restored_n(&w, &repo, &key, &["--at", &at0], n0) > 0);
     assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], n0), last);
 
     // A plain backup after the chain: forget --keep-last 1 keeps it *and* the chain's
@@ -339,6 +356,10 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
     assert!(plan["segments"].as_u64().unwrap() >= 1, "{plan}");
     assert!(restored_n(&w, &repo, &key, &["--at", &mid], n0) > 0);
     assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], n0), last);
+    // Compaction snapshots verify by their state checksum; the whole repository checks.
+    w.run(&["verify", &repo, "-i", &key, "--all"]).ok();
+    w.run(&["drill", &repo, "-i", &key, "--all-databases"]).ok();
+    w.run(&["check", &repo, "-i", &key, "--read-data"]).ok();
 }
 
 #[test]

@@ -96,6 +96,7 @@ fn manifest(kind: &str) -> Manifest {
         source_check: (kind == "dump")
             .then(|| sqlvault_engine::format::SourceCheck::of(&["row 1 missing from index i".into()])),
         replicated: kind == "pages",
+        state: None,
     }
 }
 

@@ -1285,6 +1285,7 @@ async fn finish_dest(ctx: Finish<'_>) -> Result<BackupReport> {
         }),
         source_check: source_check.clone(),
         replicated: opts.replicated,
+        state: None,
     };
     let committed = crate::commit::commit(crate::commit::Commit {
         repo,

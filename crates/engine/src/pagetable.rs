@@ -96,6 +96,18 @@ impl PageTable {
         self.pages = pages;
     }
 
+    /// A second handle on the table's file (a scratch file of this process: no lock of
+    /// SQLite's lives on it), for a reader on another thread.
+    pub(crate) fn reader(&self) -> Result<TableReader> {
+        Ok(TableReader {
+            file: self
+                .file
+                .try_clone()
+                .map_err(|e| io_err("cannot reopen a page table", e))?,
+            pages: self.pages,
+        })
+    }
+
     /// The state checksum of the table (docs/format.md, "Segments").
     pub(crate) fn state(&self, key: &sqlvault_format::StateKey) -> Result<sqlvault_format::StateChecksum> {
         let mut x = sqlvault_format::StateChecksum::default();
@@ -105,6 +117,24 @@ impl PageTable {
             }
         }
         Ok(x)
+    }
+}
+
+/// A read-only handle on a [`PageTable`]'s file.
+pub(crate) struct TableReader {
+    file: File,
+    pages: u32,
+}
+
+impl TableReader {
+    /// Pages in the table when the handle was made.
+    pub(crate) fn pages(&self) -> u32 {
+        self.pages
+    }
+
+    /// The ids of pages `first..first + n` (1-based).
+    pub(crate) fn read(&self, first: u32, n: usize) -> Result<Vec<ChunkId>> {
+        read_ids(&self.file, first, n).map_err(|e| io_err("cannot read a page table", e))
     }
 }
 

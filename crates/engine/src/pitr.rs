@@ -119,26 +119,56 @@ pub async fn plan_point(repo: &Repo, name: Option<&str>, spec: PointSpec) -> Res
         None => (Vec::new(), 0, None),
     };
     if let PointSpec::Txid(t) = spec {
-        let base = chain_base.ok_or_else(|| {
-            Error::new(
+        // Compactions continue a chain's transaction count under a new base: look back
+        // through the bases until the one whose segments hold transaction t.
+        let bases: Vec<&Manifest> = mine
+            .iter()
+            .rev()
+            .filter(|m| m.replicated && m.kind == kind::PAGES)
+            .copied()
+            .collect();
+        if bases.is_empty() {
+            return Err(Error::new(
                 ErrorKind::NotFound,
                 "restore.no-point",
                 format!("{n} has no replication chain: --txid names a transaction of one"),
-            )
-        })?;
-        return match segs.last() {
-            Some(s) if s.txid == t => Ok(plan_of(base, &segs, bytes)),
-            _ if t == 0 => Ok(plan_of(base, &[], 0)),
-            _ => Err(Error::new(
-                ErrorKind::NotFound,
-                "restore.no-point",
-                format!(
-                    "no state of {n} right after transaction {t} of chain {}: {}",
-                    base.id.short(),
-                    nearest_txids(&segs, next_txid, t)
-                ),
-            )),
-        };
+            ));
+        }
+        let mut seen: Vec<Segment> = Vec::new();
+        for (i, b) in bases.iter().enumerate() {
+            let c = if i == 0 {
+                Chain {
+                    segments: segs.clone(),
+                    bytes,
+                    next_txid,
+                }
+            } else {
+                load_chain(repo, b, spec).await?
+            };
+            if let Some(s) = c.segments.last()
+                && s.txid == t
+            {
+                return Ok(plan_of(b, &c.segments, c.bytes));
+            }
+            let start = c.segments.first().map(|s| s.txid - s.commits).or(c.next_txid);
+            if start == Some(t) {
+                return Ok(plan_of(b, &[], 0));
+            }
+            seen.extend(c.segments.iter().cloned());
+            if start.is_some_and(|s| s < t) || start.is_none() && i > 0 {
+                break;
+            }
+        }
+        seen.sort_by_key(|s| s.txid);
+        let above = seen.iter().find(|s| s.txid > t).map(|s| s.txid).or(next_txid);
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "restore.no-point",
+            format!(
+                "no state of {n} right after transaction {t}: {}",
+                nearest_txids(&seen, above, t)
+            ),
+        ));
     }
     let seg_time = segs.last().map(|s| s.observed_ms);
     match (snap, chain_base, seg_time) {

@@ -53,6 +53,12 @@ pub struct ReplicateOptions {
     /// A cut whose changed pages exceed this many bytes starts a new chain instead (the
     /// base reads the database but uploads only what changed, with bounded memory).
     pub max_cut_bytes: usize,
+    /// A chain is compacted after this many segments: a snapshot manifest of its newest
+    /// state is written from the maps alone (no database read, no page upload) and the
+    /// chain goes on from it, so a restore applies at most this many segments.
+    pub compact_segments: u64,
+    /// …or once its first segment is this old.
+    pub compact_after: Duration,
     /// Stops replication: what is committed is shipped, then [`replicate`] returns.
     /// (Not the session's cancel flag, which would abort that last segment.)
     pub stop: crate::Cancel,
@@ -64,6 +70,8 @@ impl Default for ReplicateOptions {
             interval: Duration::from_secs(1),
             base: BackupOptions::default(),
             max_cut_bytes: 64 << 20,
+            compact_segments: 300,
+            compact_after: Duration::from_secs(300),
             stop: crate::Cancel::default(),
         }
     }
@@ -78,6 +86,12 @@ impl ReplicateOptions {
     /// Sets the base snapshots' options.
     pub fn with_base(mut self, b: BackupOptions) -> Self {
         self.base = b;
+        self
+    }
+    /// Sets when chains are compacted (segments, age of the first).
+    pub fn with_compaction(mut self, segments: u64, after: Duration) -> Self {
+        self.compact_segments = segments.max(1);
+        self.compact_after = after;
         self
     }
     /// Sets the stop flag.
@@ -109,6 +123,8 @@ pub struct DestinationReport {
     pub bytes_new: u64,
     /// Cuts that failed (retried at the next one).
     pub errors: u64,
+    /// Chains compacted into a snapshot manifest.
+    pub compactions: u64,
     /// The last failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -158,6 +174,12 @@ struct Dest {
     /// A destination whose base failed tries again after this, backing off.
     base_after: Instant,
     base_failures: u32,
+    /// The manifest compactions extend (the base, or the last compaction that wrote a
+    /// full map) and the pages changed since it, one bit each.
+    root: Option<sqlvault_format::Manifest>,
+    since_root: Vec<u64>,
+    /// When the current chain's first segment landed.
+    chain_first: Option<Instant>,
     /// The base's name, host and source path, and page size.
     id: Arc<(String, String, String)>,
     page_size: u32,
@@ -176,6 +198,8 @@ struct Shipped {
 }
 
 struct Landed {
+    /// Pages the segment's delta listed.
+    listed: Vec<u32>,
     state: StateChecksum,
     seq: u64,
     prev: String,
@@ -232,6 +256,9 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             needs_base: true,
             base_after: Instant::now(),
             base_failures: 0,
+            root: None,
+            since_root: Vec::new(),
+            chain_first: None,
             id: Arc::new(Default::default()),
             page_size: 0,
             report: DestinationReport {
@@ -329,6 +356,22 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                 } else {
                     d.base_failures = 0;
                 }
+            }
+        }
+        // Compaction: between segments, from the maps alone.
+        for d in dests.iter_mut() {
+            let old = d.chain_first.is_some_and(|t| t.elapsed() >= opts.compact_after);
+            if d.inflight.is_none()
+                && d.table.is_some()
+                && d.seq > 0
+                && (d.seq >= opts.compact_segments || old)
+                && let Err(e) = compact(d).await
+            {
+                tracing::warn!("compaction in {} failed: {}", d.report.repo, e.one_line());
+                d.report.errors += 1;
+                d.report.last_error = Some(e.one_line());
+                // Tried again at the next chance; the chain goes on meanwhile.
+                d.chain_first = Some(Instant::now());
             }
         }
         let due = stopping || last_cut.elapsed() >= opts.interval;
@@ -550,6 +593,14 @@ async fn collect_finished(dests: &mut [Dest], _report: &mut ReplicateReport, wai
                     d.recent.clear();
                 }
                 d.recent.extend(l.stored);
+                for p in l.listed {
+                    let (w, b) = ((p as usize) / 64, p % 64);
+                    if d.since_root.len() <= w {
+                        d.since_root.resize(w + 1, 0);
+                    }
+                    d.since_root[w] |= 1 << b;
+                }
+                d.chain_first.get_or_insert_with(Instant::now);
                 tracing::debug!(
                     "segment {} to {} landed ({} new bytes)",
                     l.seq,
@@ -757,6 +808,7 @@ impl Job {
         }
         table.set_pages(self.page_count);
         Ok(Landed {
+            listed: delta.iter().map(|(p, _)| *p).collect(),
             state,
             seq: self.seq,
             prev: hash,
@@ -929,6 +981,9 @@ async fn base(
         d.txid = 0;
         d.needs_base = false;
         d.events.push(format!("chain-started:{reason}"));
+        d.root = Some(m.clone());
+        d.since_root.clear();
+        d.chain_first = None;
         d.id = Arc::new((m.name.clone(), m.host.clone(), m.source_path.clone()));
         d.page_size = m.page_size;
         report.name = m.name.clone();
@@ -951,4 +1006,93 @@ async fn base(
         ));
     }
     Ok(repin.then_some(pos))
+}
+
+/// Compacts the destination's chain: a snapshot manifest of its newest state, made of
+/// the root's maps and one delta of every page changed since the root (or a full map
+/// of the table when that is more than half the pages, which becomes the new root),
+/// with the state checksum in place of a logical checksum. Nothing is read from the
+/// database and no page is uploaded: the chunks are the segments'. The chain then goes
+/// on from it: new segments `segments/<its id>/1…`, the transaction count continuing.
+async fn compact(d: &mut Dest) -> Result<()> {
+    use crate::mapparts::{MapParts, PART_ENTRIES, write_parts};
+    let root = d.root.clone().expect("a chain has a root");
+    let table = d.table.as_ref().expect("checked by the caller");
+    let pages = table.pages();
+    let changed: Vec<u32> = (1..=pages)
+        .filter(|&p| {
+            d.since_root
+                .get(p as usize / 64)
+                .is_some_and(|w| w & (1 << (p % 64)) != 0)
+        })
+        .collect();
+    let full = changed.len() as u64 * 2 > pages as u64;
+    let reader = table.reader()?;
+    let base_count = root.page_count;
+    let (maps, bytes) = write_parts(&d.repo, move |emit| {
+        if full {
+            let mut parts = MapParts::full(PART_ENTRIES, pages, emit);
+            for (first, n) in crate::pagetable::passes(reader.pages(), 64 << 10) {
+                for (i, id) in reader.read(first, n)?.into_iter().enumerate() {
+                    parts.push(first + i as u32, id)?;
+                }
+            }
+            parts.finish().map(|_| ())
+        } else {
+            let mut parts = MapParts::delta(PART_ENTRIES, base_count, pages, emit);
+            for p in changed {
+                let id = reader.read(p, 1)?.pop().expect("one id");
+                parts.push(p, id)?;
+            }
+            parts.finish().map(|_| ())
+        }
+    })
+    .await?;
+    let mut m = root.clone();
+    m.id = ObjectId::random();
+    m.created_ms = d.report.last_observed_ms;
+    m.page_count = pages;
+    m.maps = if full {
+        maps
+    } else {
+        root.maps.iter().cloned().chain(maps).collect()
+    };
+    m.parent = Some(root.id);
+    m.logical_checksum = String::new();
+    m.state = Some(d.state.to_hex());
+    m.replicated = true;
+    m.source_check = None;
+    m.stats = sqlvault_format::SnapshotStats {
+        bytes_new: bytes,
+        ..Default::default()
+    };
+    let ct = d
+        .repo
+        .encrypt_meta(&sqlvault_format::encode_manifest(&d.repo.keys, &m))?;
+    d.repo
+        .store
+        .appender()
+        .put_if_absent(&layout::snapshot(&m.id), Bytes::from(ct))
+        .await?;
+    tracing::debug!(
+        "compacted chain {} of {} at segment {} into {} ({} map)",
+        d.chain.map(|c| c.short()).unwrap_or_default(),
+        d.report.repo,
+        d.seq,
+        m.id.short(),
+        if full { "full" } else { "delta" }
+    );
+    d.chain = Some(m.id);
+    d.seq = 0;
+    d.prev = Segment::first_prev(&m.id);
+    d.chain_first = None;
+    d.events.push("chain-started:compaction".into());
+    d.report.chain = m.id.to_string();
+    d.report.last_seq = 0;
+    d.report.compactions += 1;
+    if full {
+        d.since_root.clear();
+        d.root = Some(m);
+    }
+    Ok(())
 }

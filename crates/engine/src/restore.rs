@@ -334,6 +334,19 @@ pub async fn restore_snapshot(repo: &Repo, m: &Manifest, dest: &Path, opts: &Res
         other => return Err(unknown_kind(m, other)),
     }
     let table = PageTable::build(repo, m).await?;
+    // A compaction point of a chain carries a state checksum instead of a logical one.
+    let compacted = (m.logical_checksum.is_empty())
+        .then(|| m.state.as_deref().and_then(sqlvault_format::StateChecksum::from_hex))
+        .flatten()
+        .map(|state| PointCheck {
+            state,
+            what: format!("compaction point {}", m.id.short()),
+        });
+    let mut opts = std::borrow::Cow::Borrowed(opts);
+    if opts.point.is_none() && compacted.is_some() {
+        opts.to_mut().point = compacted;
+    }
+    let opts: &RestoreOptions = &opts;
     if let Some(p) = &opts.point {
         let got = table.state(&sqlvault_format::StateKey::new(&repo.keys))?;
         if got != p.state {
@@ -757,6 +770,7 @@ mod tests {
             cipher: None,
             source_check,
             replicated: false,
+            state: None,
         }
     }
 

@@ -285,6 +285,11 @@ pub struct Manifest {
     /// `segments/<id>/…` may follow it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replicated: bool,
+    /// A compaction point of a replication chain: the hex state checksum of its pages
+    /// (docs/format.md, "Segments"), which restore checks instead of the logical
+    /// checksum (empty then: no statement of the database was run to make it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 /// The source's own `integrity_check` at backup time, on the snapshot's state.
@@ -453,6 +458,7 @@ mod tests {
             cipher: None,
             source_check: None,
             replicated: false,
+            state: None,
         }
     }
 

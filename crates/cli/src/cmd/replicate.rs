@@ -30,6 +30,14 @@ pub struct ReplicateArgs {
     /// (a base snapshot that uploads only what changed) instead of one large segment.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     max_segment: usize,
+    /// Compact a chain after this many segments: a snapshot of its newest state is
+    /// written from the maps alone (no database read, no upload of pages) and the
+    /// chain goes on from it, so a restore applies at most this many segments.
+    #[arg(long, default_value_t = 300, value_name = "N")]
+    compact_segments: u64,
+    /// …or once its first segment is this old (e.g. 5m).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "AGE")]
+    compact_after: std::time::Duration,
     #[command(flatten)]
     db_key: DbKeyArgs,
 }
@@ -48,6 +56,7 @@ pub async fn run(a: ReplicateArgs, ctx: &Ctx) -> Result<u8, Error> {
         .with_interval(a.interval)
         .with_base(base)
         .with_max_cut_bytes(a.max_segment.max(1) << 20)
+        .with_compaction(a.compact_segments, a.compact_after)
         .with_stop(stop);
     let mut repos = Vec::new();
     for url in &a.repos {
