@@ -732,18 +732,26 @@ impl Run<'_> {
         self.index_sealed().await?;
         drop(chunks);
 
+        // A compaction point of a replication chain is checked by its state checksum,
+        // keyed by its repository and over its chunk ids: computed anew for the
+        // destination's ids as the map is written.
+        let state = std::sync::Arc::new(std::sync::Mutex::new(sqlvault_format::StateChecksum::default()));
         let (new_maps, maps_len) = match out {
             Out::Pages(f, dir) => {
                 let r = crate::mapparts::write_parts(dst, {
                     let part = crate::mapparts::PART_ENTRIES;
+                    let (state, key) = (state.clone(), sqlvault_format::StateKey::new(&dst.keys));
                     move |emit| {
                         let mut parts = crate::mapparts::MapParts::full(part, total, emit);
                         let mut cur = f.reader(total).map_err(scratch_err)?;
                         let mut pgno = 0u32;
+                        let mut x = sqlvault_format::StateChecksum::default();
                         while let Some(id) = cur.next_id().map_err(scratch_err)? {
                             pgno += 1;
+                            x.toggle(&key, pgno, &id);
                             parts.push(pgno, id)?;
                         }
+                        *state.lock().unwrap_or_else(|e| e.into_inner()) = x;
                         parts.finish().map(|_| ())
                     }
                 })
@@ -760,6 +768,9 @@ impl Run<'_> {
         let mut manifest = m.clone();
         manifest.maps = Vec::new();
         manifest.parent = None;
+        if manifest.state.is_some() {
+            manifest.state = Some(state.lock().unwrap_or_else(|e| e.into_inner()).to_hex());
+        }
         manifest.stats.chunks_new = chunks_sent;
         let committed = crate::commit::commit(crate::commit::Commit {
             repo: dst,
