@@ -652,3 +652,64 @@ fn replication_survives_kill_9_and_a_restart() {
         );
     }
 }
+
+/// `forget --pitr-window`: every state in the window stays restorable as before; the
+/// segments of chains that ended before it go, and prune may then collect their maps.
+#[test]
+fn replication_retention_keeps_every_point_of_the_window() {
+    let w = World::new();
+    let repo = w.s("repo");
+    let (key, db) = w.setup(&repo, 96 << 10, true);
+    let log = w.s("writes.log");
+    write(&w, &db, &log, 0.05, 1000, "");
+    let warm = read_log(Path::new(&log)).commits.last().unwrap().0;
+    let mut child = start_full(&w, &db, &[&repo], "300ms", &[], &["--compact-segments", "3"]);
+    wait_base(Path::new(&repo), &mut child);
+    write(&w, &db, &log, 4.0, 1000, "");
+    std::thread::sleep(Duration::from_millis(800));
+    let report = stop(child);
+    assert!(
+        report["destinations"][0]["compactions"].as_u64().unwrap() >= 3,
+        "{report}"
+    );
+    let l = read_log(Path::new(&log));
+    let first = l.commits.iter().find(|c| c.0 > warm).unwrap().1;
+    let last = l.commits.last().unwrap();
+    let start = first + 2.0;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let window = format!("{}ms", ((now - start) * 1000.0) as u64);
+    let plan = w
+        .run(&["--json", "forget", &repo, "--pitr-window", &window, "--dry-run"])
+        .ok()
+        .json();
+    let to_remove = plan["segments_removed"].as_u64().unwrap();
+    assert!(to_remove >= 3, "{plan}");
+    let before = crate::support::files(&w.path("repo").join("segments")).len();
+    let f = w
+        .run(&["--json", "forget", &repo, "--pitr-window", &window])
+        .ok()
+        .json();
+    assert_eq!(f["segments_removed"].as_u64().unwrap(), to_remove, "{f}");
+    assert_eq!(
+        crate::support::files(&w.path("repo").join("segments")).len() as u64,
+        before as u64 - to_remove
+    );
+    // Every point of the window as before: a logged commit within the bound.
+    for k in 0..6 {
+        let t = start + 0.3 + (last.1 - start - 0.3) * k as f64 / 5.0;
+        let at = iso(t);
+        let t = (t * 1000.0).floor() / 1000.0;
+        let n = restored_n(&w, &repo, &key, &["--at", &at], 0);
+        let tn = l.commits.iter().find(|c| c.0 == n).map(|c| c.1).unwrap();
+        assert!(
+            tn <= t + 0.001 && tn >= t - 0.3 - 0.2 - 0.3,
+            "--at {at}: commit {n} at {tn:.3}"
+        );
+    }
+    assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], 0), last.0);
+    let p = w.run(&["--json", "prune", &repo]).ok().json();
+    assert!(p["marked"]["maps"].as_u64().unwrap() >= to_remove, "{p}");
+}

@@ -28,6 +28,11 @@ pub struct ForgetOptions {
     pub dry_run: bool,
     /// Allow a plan that removes every snapshot of a database name.
     pub allow_remove_all: bool,
+    /// Point-in-time window: every state shipped by `replicate` within this long before
+    /// now stays restorable (snapshots in it are kept, and the segments of every chain
+    /// that reaches into it); the segments of chains that ended before it are removed,
+    /// leaving their bases to the policy.
+    pub pitr_window: Option<std::time::Duration>,
 }
 
 impl ForgetOptions {
@@ -46,6 +51,11 @@ impl ForgetOptions {
     /// Plans without removing.
     pub fn with_dry_run(mut self, yes: bool) -> Self {
         self.dry_run = yes;
+        self
+    }
+    /// Sets the point-in-time window.
+    pub fn with_pitr_window(mut self, w: Option<std::time::Duration>) -> Self {
+        self.pitr_window = w;
         self
     }
     /// Allows removing every snapshot of a name.
@@ -106,6 +116,9 @@ pub struct ForgetReport {
     pub locked: usize,
     /// Future-dated snapshots (counted in `kept`).
     pub future_dated: usize,
+    /// Replication segments removed (or to remove): those of chains that ended before
+    /// the point-in-time window, and of chains whose base is gone.
+    pub segments_removed: usize,
 }
 
 /// Applies the policy to the repository's snapshots, by database name, and deletes the
@@ -138,7 +151,18 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
             .filter(|m| m.name == name && SourceId::of(m) == source)
             .collect();
         let times: Vec<i64> = group.iter().map(|m| m.created_ms).collect();
-        let verdicts = retention::apply(&times, now, &opts.policy, retention::local_civil);
+        let mut verdicts = retention::apply(&times, now, &opts.policy, retention::local_civil);
+        if let Some(w) = opts.pitr_window {
+            let start = now - w.as_millis() as i64;
+            for v in verdicts
+                .iter_mut()
+                .filter(|v| times[v.index] >= start && !v.future_dated)
+            {
+                v.keep = true;
+                v.reasons
+                    .push(format!("within the point-in-time window ({})", retention::describe(w)));
+            }
+        }
         // Future-dated snapshots are kept by no rule: they do not make a policy that
         // removes every real snapshot of the name acceptable.
         if verdicts.iter().any(|v| !v.future_dated)
@@ -176,6 +200,13 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
     // A replication chain's base stays while segments follow it: they are restorable
     // points only on top of it (point-in-time retention, which would remove chains as
     // a whole, is not there yet).
+    // Chains that ended before the window: their segments go (first, so that a kill
+    // leaves bases without segments, never segments without their base).
+    let expired = match opts.pitr_window {
+        Some(w) => crate::pitr::expired_chains(repo, &snaps, opts.name.as_deref(), now - w.as_millis() as i64).await?,
+        None => Vec::new(),
+    };
+    let expired_ids: std::collections::HashSet<sqlvault_format::ObjectId> = expired.iter().map(|(c, _)| *c).collect();
     let mut chained = std::collections::HashSet::new();
     // The newest base of each database is kept even before its first segment: a
     // replicator may be appending to it right now.
@@ -192,7 +223,7 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
     chained.extend(newest.values().map(|(_, id)| *id));
     let candidates: Vec<sqlvault_format::ObjectId> = doomed
         .iter()
-        .filter(|m| m.replicated && !chained.contains(&m.id))
+        .filter(|m| m.replicated && !chained.contains(&m.id) && !expired_ids.contains(&m.id))
         .map(|m| m.id)
         .collect();
     for id in candidates {
@@ -258,6 +289,22 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
             retention::describe(retention::CLOCK_SKEW)
         );
     }
+    let mut segments_removed = 0usize;
+    let mut segment_keys: Vec<(String, i64)> = expired.into_iter().flat_map(|(_, keys)| keys).collect();
+    if !segment_keys.is_empty()
+        && let Some(lock) = crate::immutable::lock_state(repo).await?
+    {
+        let until = crate::immutable::still_locked(repo, &lock, &segment_keys).await?;
+        segment_keys.retain(|(k, _)| !until.contains_key(k));
+    }
+    if !opts.dry_run {
+        for (k, _) in &segment_keys {
+            repo.store.delete(k).await?;
+            segments_removed += 1;
+        }
+    } else {
+        segments_removed = segment_keys.len();
+    }
     if !opts.dry_run {
         // One manifest at a time: a kill leaves some forgotten and the rest intact, and
         // running forget again applies the policy to what is left.
@@ -274,5 +321,6 @@ pub async fn forget(repo: &Repo, opts: &ForgetOptions) -> Result<ForgetReport> {
         removed,
         locked,
         future_dated,
+        segments_removed,
     })
 }

@@ -469,6 +469,63 @@ pub async fn timeline(repo: &Repo, name: Option<&str>) -> Result<Vec<Timeline>> 
     Ok(out)
 }
 
+/// The chains whose segments a point-in-time window starting at `start` (unix ms) no
+/// longer needs, with their objects' keys and modification times: per database, every
+/// chain but the newest whose successor base was taken at or before `start` (its
+/// points are all older than the window, and the successor's reach it), and chains
+/// whose base manifest is gone (unrestorable) once their objects are older than the
+/// window and an hour (a base is written before its first segment, so a younger one
+/// may belong to a chain committed after `snaps` was listed).
+pub(crate) async fn expired_chains(
+    repo: &Repo,
+    snaps: &[Manifest],
+    name: Option<&str>,
+    start: i64,
+) -> Result<Vec<(ObjectId, Vec<(String, i64)>)>> {
+    let listed = repo.store.list_versions(layout::SEGMENTS).await?;
+    let mut by_chain: std::collections::HashMap<ObjectId, Vec<(String, i64)>> = std::collections::HashMap::new();
+    for o in listed {
+        if let Some((c, _)) = o.name.split_once('/')
+            && let Ok(c) = c.parse::<ObjectId>()
+        {
+            by_chain
+                .entry(c)
+                .or_default()
+                .push((format!("{}/{}", layout::SEGMENTS, o.name), o.modified_ms));
+        }
+    }
+    let mut bases: std::collections::BTreeMap<(&str, &str, &str), Vec<&Manifest>> = Default::default();
+    for m in snaps.iter().filter(|m| m.replicated) {
+        bases
+            .entry((m.name.as_str(), m.host.as_str(), m.source_path.as_str()))
+            .or_default()
+            .push(m);
+    }
+    let mut out = Vec::new();
+    for ((n, _, _), mut bs) in bases {
+        if name.is_some_and(|w| w != n) {
+            continue;
+        }
+        bs.sort_by_key(|m| (m.created_ms, m.id));
+        for pair in bs.windows(2) {
+            if pair[1].created_ms <= start
+                && let Some(keys) = by_chain.remove(&pair[0].id)
+            {
+                out.push((pair[0].id, keys));
+            }
+        }
+    }
+    if name.is_none() {
+        let known: std::collections::HashSet<ObjectId> = snaps.iter().map(|m| m.id).collect();
+        for (c, keys) in by_chain {
+            if !known.contains(&c) && keys.iter().all(|(_, t)| *t < start - 3_600_000) {
+                out.push((c, keys));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Every segment in the repository, authenticated, with the chain it belongs to.
 /// Objects under `segments/` that are not named like segments are skipped; one that
 /// is named like one but does not authenticate is an error (prune must not act on

@@ -36,6 +36,11 @@ pub struct ForgetArgs {
     /// Keep every snapshot made within this long before the newest one (e.g. 36h, 14d).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     keep_within: Option<Duration>,
+    /// Point-in-time window of replicated databases (`sqlvault replicate`): every state
+    /// shipped within this long before now stays restorable; the segments of chains
+    /// that ended before it are removed (their bases then follow the other rules).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pitr_window: Option<Duration>,
     /// Only snapshots of this database name.
     #[arg(long)]
     name: Option<String>,
@@ -68,7 +73,7 @@ pub async fn run(a: ForgetArgs, ctx: &Ctx) -> Result<u8, Error> {
         .with_monthly(a.keep_monthly)
         .with_yearly(a.keep_yearly)
         .with_within(a.keep_within);
-    if policy.is_empty() && !a.remove_all {
+    if policy.is_empty() && !a.remove_all && a.pitr_window.is_none() {
         return Err(usage(
             "no policy given: use --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly/--keep-within (or --remove-all)",
         ));
@@ -78,7 +83,8 @@ pub async fn run(a: ForgetArgs, ctx: &Ctx) -> Result<u8, Error> {
     let opts = sqlvault_engine::ForgetOptions::new(policy)
         .with_name(a.name.clone())
         .with_dry_run(a.dry_run)
-        .with_allow_remove_all(a.remove_all);
+        .with_allow_remove_all(a.remove_all)
+        .with_pitr_window(a.pitr_window);
     let rep = sqlvault_engine::forget(&repo, &opts).await?;
     let pruned = if a.prune {
         Some(sqlvault_engine::prune(&repo, &prune_opts).await?)
