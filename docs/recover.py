@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """Rebuild a sqlvault snapshot with only `age`, `zstd` and this script.
 
-Usage: recover.py REPO_DIR IDENTITY_FILE OUT [SNAPSHOT_ID_PREFIX]
+Usage: recover.py REPO_DIR IDENTITY_FILE OUT [SNAPSHOT_ID_PREFIX] [--at TIME]
 
 OUT is the database file for a page snapshot, and the SQL dump for a dump snapshot
 (then: `sqlite3 new.db < OUT`).
 
 REPO_DIR is a local copy of the repository (for a bucket: `aws s3 sync s3://b/p REPO_DIR`
 or any equivalent). The newest snapshot is rebuilt unless an id prefix is given.
+With --at TIME (RFC 3339 UTC, e.g. 2026-11-28T14:03:07Z), the newest state of a
+replicated database observed at or before TIME: a snapshot, or a replication base
+followed by its segments (docs/format.md, "Segments").
 This script follows docs/format.md (format version 1). It does not check the
 repository MACs (that needs the repository secret); check the result with
 `sqlite3 OUT.db 'PRAGMA integrity_check'`. Python 3 standard library only.
 """
+import datetime
 import json
 import os
 import struct
@@ -27,9 +31,34 @@ def zstd_decompress(frame):
     return subprocess.run(["zstd", "-d", "-c", "-q"], input=frame, check=True, capture_output=True).stdout
 
 
+def segments_until(repo, identity, base, at_ms):
+    """The segments of `base`'s chain observed at or before at_ms, in order from 1
+    (a missing number ends the search with an error: later states need it)."""
+    d = os.path.join(repo, "segments", base["id"])
+    if not os.path.isdir(d):
+        return []
+    seqs = sorted(int(n) for n in os.listdir(d) if n.isdigit() and len(n) == 20)
+    out = []
+    for i, seq in enumerate(seqs):
+        body = json.loads(age_decrypt(os.path.join(d, "%020d" % seq), identity).split(b"\n")[0])
+        if body["observed_ms"] > at_ms:
+            break
+        if seq != i + 1:
+            sys.exit("segment %d of chain %s is missing" % (i + 1, base["id"]))
+        out.append(body)
+    return out
+
+
 def main():
-    repo, identity, out = sys.argv[1], sys.argv[2], sys.argv[3]
-    want = sys.argv[4] if len(sys.argv) > 4 else ""
+    args = sys.argv[1:]
+    at_ms = None
+    if "--at" in args:
+        i = args.index("--at")
+        t = args[i + 1].replace("Z", "+00:00")
+        at_ms = int(datetime.datetime.fromisoformat(t).timestamp() * 1000)
+        del args[i:i + 2]
+    repo, identity, out = args[0], args[1], args[2]
+    want = args[3] if len(args) > 3 else ""
 
     # 1. Snapshot manifests: line 1 is the JSON body, line 2 its MAC.
     manifests = []
@@ -37,9 +66,23 @@ def main():
         if name.startswith(want):
             body = age_decrypt(os.path.join(repo, "snapshots", name), identity).split(b"\n")[0]
             manifests.append(json.loads(body))
+    if at_ms is not None:
+        manifests = [x for x in manifests if x["created_ms"] <= at_ms]
     if not manifests:
         sys.exit("no matching snapshot")
     m = max(manifests, key=lambda x: x["created_ms"])
+    if at_ms is not None:
+        # A replication base at or before the time, with the segments observed by then,
+        # wins over a plain snapshot taken before its newest segment.
+        bases = [x for x in manifests if x.get("replicated") and x["name"] == m["name"]]
+        if bases:
+            b = max(bases, key=lambda x: x["created_ms"])
+            segs = segments_until(repo, identity, b, at_ms)
+            if segs and segs[-1]["observed_ms"] >= m["created_ms"]:
+                m = dict(b)
+                m["maps"] = b["maps"] + [r for s in segs for r in s["maps"]]
+                m["page_count"] = segs[-1]["page_count"]
+                m["id"] = "%s+%d" % (b["id"], len(segs))
     page_size, page_count = m["page_size"], m["page_count"]
     dump = m.get("kind", "pages") == "dump"
 

@@ -356,6 +356,25 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
     assert!(plan["segments"].as_u64().unwrap() >= 1, "{plan}");
     assert!(restored_n(&w, &repo, &key, &["--at", &mid], n0) > 0);
     assert_eq!(restored_n(&w, &repo, &key, &["--at", "-0s"], n0), last);
+    // The stock-tool path (age, zstd, docs/recover.py) rebuilds the same points byte
+    // for byte: one inside a chain, one at its newest state.
+    for at in [at0.as_str(), mid.as_str()] {
+        let ours = w.path("ours.db");
+        let _ = std::fs::remove_file(&ours);
+        w.run(&["restore", &repo, ours.to_str().unwrap(), "-i", &key, "--at", at])
+            .ok();
+        let theirs = w.s("theirs.db");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/recover.py");
+        let o = Command::new("python3")
+            .args([script, &repo, &key, &theirs, "--at", at])
+            .output()
+            .expect("python3");
+        assert!(o.status.success(), "recover.py: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+            "--at {at}"
+        );
+    }
     // Compaction snapshots verify by their state checksum; the whole repository checks.
     w.run(&["verify", &repo, "-i", &key, "--all"]).ok();
     w.run(&["drill", &repo, "-i", &key, "--all-databases"]).ok();
