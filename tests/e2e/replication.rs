@@ -379,6 +379,17 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
     w.run(&["verify", &repo, "-i", &key, "--all"]).ok();
     w.run(&["drill", &repo, "-i", &key, "--all-databases"]).ok();
     w.run(&["check", &repo, "-i", &key, "--read-data"]).ok();
+    let v = w
+        .run(&["--json", "verify", &repo, "-i", &key, "--points", "5"])
+        .ok()
+        .json();
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 5, "{v}");
+    assert!(
+        points.iter().all(|p| p["ok"] == true && p["evidence"].is_string()),
+        "{v}"
+    );
+    w.run(&["verify", &repo, "-i", &key, "--at", &at0]).ok();
     // Copied elsewhere, compaction points carry a state checksum for their new home.
     let rcpt = std::fs::read_to_string(&key)
         .unwrap()

@@ -122,7 +122,9 @@ pub use forget::{ForgetOptions, ForgetReport, GroupPlan, PlanEntry, forget};
 pub use keys::{KeyChange, RewrapReport, change_recipients, rewrap};
 pub use local::WriteKey;
 pub use logical::{DumpOptions, DumpSummary, LoadSummary, dump_to_file, dump_to_writer, load_file, load_file_with};
-pub use pitr::{ChainSpan, PointPlan, PointSpec, Timeline, parse_time, plan_point, restore_point, timeline};
+pub use pitr::{
+    ChainSpan, PointPlan, PointSpec, Timeline, parse_time, plan_point, restore_point, timeline, verify_points,
+};
 pub use prune::{DEFAULT_GRACE, MIN_GRACE, PruneOptions, PruneReport, Tally, check_grace, prune};
 pub use replicate::{DestinationReport, ReplicateOptions, ReplicateReport, replicate};
 pub use repo::{Access, InitKeys, InitReport, Repo, Skipped, Trust, escape_name};

@@ -568,6 +568,31 @@ pub async fn restore_point(
     restore_snapshot(repo, &plan.manifest, dest, &opts).await
 }
 
+/// Verifies points in time as [`crate::verify`] verifies snapshots: each restored into a
+/// scratch directory, its state checksum (or logical checksum, for a plain snapshot)
+/// and `integrity_check` checked, then deleted; with evidence when asked.
+pub async fn verify_points(
+    repo: &Repo,
+    plans: Vec<PointPlan>,
+    opts: &RestoreOptions,
+) -> Result<Vec<crate::restore::VerifyReport>> {
+    let items = plans
+        .into_iter()
+        .map(|p| {
+            let label = format!(
+                "{} ({})",
+                iso_time(p.observed_ms),
+                match p.segments {
+                    0 => format!("snapshot {}", &p.base[..8]),
+                    n => format!("snapshot {} + {n} segments", &p.base[..8]),
+                }
+            );
+            (p.manifest, p.check, Some(label))
+        })
+        .collect();
+    crate::restore::verify_each(repo, items, opts).await
+}
+
 /// Parses a time for `--at`: RFC 3339 in UTC (`2026-11-28T14:03:07Z`, fractions of a
 /// second allowed, `+00:00` for `Z`), or an offset back from `now_ms` (`-15m`, `-90s`,
 /// `-2h`, `-1d`). Returns unix milliseconds.

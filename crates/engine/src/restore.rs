@@ -275,6 +275,9 @@ pub struct VerifyReport {
     /// Checks that could not run, naming each index and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_checked: Vec<String>,
+    /// A point in time of a replication chain (`verify --at`): which one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
 }
 
 /// Restores a snapshot to `dest`.
@@ -660,15 +663,26 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 /// checked with it (`cipher_integrity_check` too); only `db_key`, `threads` and
 /// `pass_pages` of `opts` apply.
 pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions) -> Result<Vec<VerifyReport>> {
+    verify_each(repo, snapshots.into_iter().map(|m| (m, None, None)).collect(), opts).await
+}
+
+/// [`verify`] of manifests, each with the point check it needs (a point of a
+/// replication chain: its rebuilt manifest and state checksum) and a label.
+pub(crate) async fn verify_each(
+    repo: &Repo,
+    items: Vec<(Manifest, Option<PointCheck>, Option<String>)>,
+    opts: &RestoreOptions,
+) -> Result<Vec<VerifyReport>> {
     repo.require_data_access("verify")?;
     let dir = repo.session.scratch("verify")?;
     let mut out = Vec::new();
-    for m in snapshots {
+    for (m, point, label) in items {
         let dest = dir.path().join(format!("{}.db", m.id));
         let one = RestoreOptions {
             threads: opts.threads,
             db_key: opts.db_key.clone(),
             pass_pages: opts.pass_pages,
+            point,
             ..RestoreOptions::default()
         };
         let r = restore_snapshot(repo, &m, &dest, &one).await;
@@ -684,6 +698,7 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
                 check_seconds: rep.check_seconds,
                 evidence: None,
                 not_checked: rep.not_checked,
+                point: label.clone(),
             },
             Err(e) if matches!(e.kind(), ErrorKind::Store | ErrorKind::Io | ErrorKind::Auth) => {
                 return Err(e);
@@ -698,6 +713,7 @@ pub async fn verify(repo: &Repo, snapshots: Vec<Manifest>, opts: &RestoreOptions
                 check_seconds: 0.0,
                 evidence: None,
                 not_checked: Vec::new(),
+                point: label.clone(),
             },
         };
         if opts.evidence {
