@@ -31,10 +31,21 @@ macro_rules! out {
 pub struct BenchArgs {
     /// Size of the generated database in MiB (the headline rows use ≥ 1024).
     #[arg(long, default_value_t = 1024)]
-    size_mib: u64,
+    pub(crate) size_mib: u64,
     /// Working directory (databases are reused between runs when present).
     #[arg(long)]
-    dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
+    /// Benchmark continuous replication instead: `sqlvault replicate` and Litestream's
+    /// daemon under the same steady writer, and the writer alone (lag, CPU, RSS, commit
+    /// latency, TRUNCATE checkpoints, PUTs, bytes, restores).
+    #[arg(long, conflicts_with_all = ["dump", "sqlcipher", "memory"])]
+    replicate: bool,
+    /// With `--replicate`: the writer's transactions per second.
+    #[arg(long, default_value_t = 500, requires = "replicate")]
+    rate: u32,
+    /// With `--replicate`: how long the writer runs.
+    #[arg(long, default_value_t = 60, requires = "replicate")]
+    seconds: u64,
     /// Fraction of order rows updated at random for the incremental row.
     #[arg(long, default_value_t = 0.01)]
     update_fraction: f64,
@@ -131,7 +142,7 @@ fn measure(cmd: &mut Command) -> Result<Measured> {
 
 /// Bytes and number of files under `p`, in one walk. The file count is what a peer
 /// writing a local repository would have PUT to an object store: one object per file.
-fn tree(p: &Path) -> (u64, u64) {
+pub(crate) fn tree(p: &Path) -> (u64, u64) {
     let (mut bytes, mut files) = (0, 0);
     if let Ok(rd) = fs::read_dir(p) {
         for e in rd.flatten() {
@@ -160,7 +171,7 @@ impl std::io::Write for Counter {
     }
 }
 
-fn sh(script: &str) -> Command {
+pub(crate) fn sh(script: &str) -> Command {
     let mut c = Command::new("sh");
     c.args(["-c", script]);
     c
@@ -385,7 +396,7 @@ fn changed_pages(before: &Path, after: &Path, page_size: usize) -> Result<(u64, 
 
 /// The bench's working directory, its generated database of `size_mib` (made once,
 /// kept pristine) and the path of the working copy each run starts from.
-fn bench_databases(dir: Option<PathBuf>, size_mib: u64) -> Result<(PathBuf, PathBuf, PathBuf)> {
+pub(crate) fn bench_databases(dir: Option<PathBuf>, size_mib: u64) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let dir = dir.unwrap_or_else(|| crate::root().join("target/bench"));
     fs::create_dir_all(&dir)?;
     let db = dir.join(format!("bench-{size_mib}m.db"));
@@ -409,6 +420,9 @@ fn bench_databases(dir: Option<PathBuf>, size_mib: u64) -> Result<(PathBuf, Path
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.memory {
         return memory(a);
+    }
+    if a.replicate {
+        return crate::bench_replicate::run(&a, a.rate, a.seconds);
     }
     for tool in ["sqlite3", "zstd", "age", "restic", "litestream"] {
         if Command::new(tool)
@@ -482,7 +496,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 /// Prints a report and writes it into docs/benchmarks.md between the markers of its
 /// section (appended when new), with the command and the machine it ran on, so every
 /// figure there can be traced to a run anyone can repeat.
-fn publish(section: &str, command: &str, body: &str) -> Result<()> {
+pub(crate) fn publish(section: &str, command: &str, body: &str) -> Result<()> {
     print!("{body}");
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -534,7 +548,7 @@ fn new_identity(sv: &dyn Fn(&[&str]) -> Command, key: &Path) -> Result<String> {
 /// Copies `pristine` to `db` and removes a stale `-wal` of `db`, which SQLite would
 /// otherwise replay onto the copy, and Litestream's local state of an earlier run
 /// (`.<name>-litestream`), which it would otherwise ship into the new replica.
-fn copy_db(pristine: &Path, db: &Path) -> Result<()> {
+pub(crate) fn copy_db(pristine: &Path, db: &Path) -> Result<()> {
     fs::copy(pristine, db)?;
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");

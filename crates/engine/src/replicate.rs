@@ -4,8 +4,11 @@
 //! "Continuous replication"; docs/format.md, "Segments").
 //!
 //! The SQLite side is [`sqlvault_sqlite::follow::Follower`]: a read pin always held,
-//! handed over every quarter interval (at most 250 ms), the WAL frames between two
-//! pins read and checked against SQLite's own checksum chain. Which pages changed is
+//! handed over once an interval (and every 10 ms while another process holds the
+//! checkpoint lock: an application's FULL, RESTART or TRUNCATE checkpoint waits for
+//! it), the WAL frames between two pins read and checked against SQLite's own
+//! checksum chain. Not more often: each move lets the application's autocheckpoint
+//! copy (and fsync) the frames since, a cost its commits would pay. Which pages changed is
 //! all that is kept per destination between cuts (a set of page numbers, so a slow
 //! or unreachable destination costs memory bounded by the database's page count, not
 //! by how much was written); at each cut the current content of those pages is read
@@ -143,6 +146,9 @@ pub struct ReplicateReport {
     pub wal_restarts: u64,
     /// Transactions followed.
     pub commits: u64,
+    /// Store requests made after the first base snapshot (segments, compactions, later
+    /// bases): zero while the database does not change.
+    pub requests_following: crate::Requests,
     /// Per destination, in order.
     pub destinations: Vec<DestinationReport>,
     /// Wall time.
@@ -268,21 +274,50 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         })
         .collect();
     let mut report = ReplicateReport::default();
-    let tick = (opts.interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
     let all: Vec<usize> = (0..dests.len()).collect();
     let mut pos = base(&follower, &mut dests, &all, db, &opts, &mut report, "start")
         .await?
         .expect("a first base pins");
     let mut after_stop = 0u32;
+    let following_from = session.requests();
     let mut last_cut = Instant::now();
+    let mut last_handover = Instant::now();
     let mut mark_pages = 0u32;
     let mut observed_ms = now_ms();
     loop {
-        let stopping = opts.stop.is_cancelled();
+        let mut stopping = opts.stop.is_cancelled();
         session.cancel().check()?;
+        // The pin moves once an interval, or at once (at most every 10 ms) while a
+        // checkpoint of the application's runs: a FULL, RESTART or TRUNCATE one waits
+        // for it. Moving it more often would let the application's autocheckpoint
+        // copy a few frames (and fsync) at every move: commit latency.
+        let mut periodic = stopping;
         if !stopping {
-            tokio::time::sleep(tick).await;
+            let until = last_handover + opts.interval;
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if opts.stop.is_cancelled() {
+                    stopping = true;
+                    periodic = true;
+                    break;
+                }
+                // A destination that was still shipping at the last cut is served as
+                // soon as it is free, not a whole interval later.
+                let freed = last_cut.elapsed() >= opts.interval
+                    && dests
+                        .iter()
+                        .any(|d| d.inflight.as_ref().is_some_and(|h| h.is_finished()));
+                if Instant::now() >= until || freed {
+                    periodic = true;
+                    break;
+                }
+                let running = follower.lock().unwrap_or_else(|e| e.into_inner()).checkpoint_running();
+                if running {
+                    break;
+                }
+            }
         }
+        last_handover = Instant::now();
         // Handover: the next pin, the frames since the last one, the older released.
         let f = follower.clone();
         let from = pos;
@@ -374,7 +409,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                 d.chain_first = Some(Instant::now());
             }
         }
-        let due = stopping || last_cut.elapsed() >= opts.interval;
+        let due = stopping || periodic || last_cut.elapsed() >= opts.interval;
         if due {
             let ready: Vec<usize> = (0..dests.len())
                 .filter(|&i| {
@@ -455,6 +490,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
     let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
     f.release_all();
     report.destinations = dests.into_iter().map(|d| d.report).collect();
+    report.requests_following = session.requests().since(following_from);
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -13,9 +13,12 @@
 //! exactly what that reader saw. So while some pin is held, two consecutive pins see
 //! either the same generation of the WAL (the second's frames extend the first's) or
 //! the next one, which began right after the frames the first saw. Each pin is held
-//! only from one handover to the next, so an application's own checkpoints, PASSIVE
-//! or FULL or RESTART or TRUNCATE, wait at most two handovers, and its commits never
-//! wait at all: nothing here takes a write lock or checkpoints.
+//! only from one handover to the next, so an application's FULL, RESTART or TRUNCATE
+//! checkpoint waits for at most two handovers (a caller that sees it running, with
+//! [`Follower::checkpoint_running`], hands over at once), its PASSIVE checkpoints and
+//! its commits never wait at all: nothing here takes a write lock or checkpoints.
+//! (While a caller holds a pin for long — a base snapshot's read — those checkpoints
+//! wait that long.)
 //!
 //! What a pin sees comes from `sqlite3_snapshot_get`: its read mark (the last frame it
 //! reads, the database size, the checksum chain there, the generation's salts). The
@@ -491,6 +494,30 @@ impl Follower {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Whether another process holds the WAL's checkpoint lock (byte 121 of the
+    /// `-shm` file, SQLite's `WAL_CKPT_LOCK`): a checkpoint of the application's is
+    /// running, and a FULL, RESTART or TRUNCATE one may be waiting for this follower's
+    /// pin to move. A lock probe (`F_GETLK`) only: nothing is locked. The `-shm` is
+    /// opened once and held (closing it would drop the pins' own locks on it).
+    pub fn checkpoint_running(&mut self) -> bool {
+        let mut s = self.path.as_os_str().to_owned();
+        s.push("-shm");
+        let Ok(f) = crate::held_file(Path::new(&s)) else {
+            return false;
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: an all-zero flock is a valid value to fill in; F_GETLK only reads
+        // the lock table into it; the descriptor is open for the call's duration.
+        unsafe {
+            let mut fl: libc::flock = std::mem::zeroed();
+            fl.l_type = libc::F_WRLCK as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            fl.l_start = 121;
+            fl.l_len = 1;
+            libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) == 0 && fl.l_type != libc::F_UNLCK as libc::c_short
+        }
     }
 
     /// The database file's descriptor (kept open; see the module docs).

@@ -48,7 +48,11 @@ pub async fn run(a: ReplicateArgs, ctx: &Ctx) -> Result<u8, Error> {
     }
     let stop = sqlvault_engine::Cancel::default();
     let _ = crate::GRACEFUL.set(stop.clone());
+    // A long-lived process: its bases read with one worker and smaller packs, so its
+    // peak memory stays low (a base is rare; its speed matters less than a backup's).
     let base = sqlvault_engine::BackupOptions::default()
+        .with_threads(1)
+        .with_pack_target(8 << 20)
         .with_name(a.name.clone())
         .with_busy_timeout(busy(a.busy_timeout)?)
         .with_unlock(source_unlock(&a.db, &a.db_key)?);
