@@ -45,6 +45,12 @@ use crate::packer::{Packer, on_cpu, write_index_for};
 use crate::pagetable::PageTable;
 use crate::repo::{Repo, now_ms};
 
+mod compact;
+mod rollback;
+
+use compact::compact;
+use rollback::replicate_rollback;
+
 /// Options of [`replicate`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -491,90 +497,6 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
     f.release_all();
     report.destinations = dests.into_iter().map(|d| d.report).collect();
     report.requests_following = session.requests().since(following_from);
-    report.seconds = t0.elapsed().as_secs_f64();
-    Ok(report)
-}
-
-/// A rollback-journal database has no WAL to follow: its header's file change counter
-/// (offset 24, bumped by every committing transaction; in a SQLCipher database the
-/// ciphertext there, which changes whenever page 1 is rewritten, as every commit does)
-/// is read once per interval, and
-/// when it moved, an ordinary incremental snapshot is taken (only changed pages
-/// upload). Each is a point `restore --at` can pick. The counter is read through the
-/// process's held descriptor of the file ([`sqlvault_sqlite::held_file`]), never
-/// closed, so no POSIX lock of SQLite's is ever dropped by a close; a torn read only
-/// costs an extra snapshot.
-async fn replicate_rollback(
-    repos: &[Repo],
-    db: &Path,
-    opts: &ReplicateOptions,
-    t0: Instant,
-) -> Result<ReplicateReport> {
-    use std::os::unix::fs::{FileExt, MetadataExt};
-    let mut report = ReplicateReport {
-        destinations: repos
-            .iter()
-            .map(|r| DestinationReport {
-                repo: r.store.describe().to_string(),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let session = repos[0].session.clone();
-    let mut fd = sqlvault_sqlite::held_file(db)?;
-    let counter = |fd: &std::fs::File| -> Option<u32> {
-        let mut b = [0u8; 4];
-        fd.read_exact_at(&mut b, 24).ok()?;
-        Some(u32::from_be_bytes(b))
-    };
-    let mut last: Option<u32> = None;
-    loop {
-        let stopping = opts.stop.is_cancelled();
-        session.cancel().check()?;
-        // A file renamed over the path: follow the new one.
-        if let (Ok(now), Ok(ours)) = (std::fs::metadata(db), fd.metadata())
-            && (now.dev(), now.ino()) != (ours.dev(), ours.ino())
-        {
-            fd = sqlvault_sqlite::held_file(db)?;
-            last = None;
-            *report.breaks.entry("file-replaced".into()).or_default() += 1;
-        }
-        let c = counter(&fd);
-        if c.is_none() || c != last {
-            let results = backup_to_all(repos, db, opts.base.clone()).await?;
-            report.bases += 1;
-            let mut any = false;
-            for (d, r) in report.destinations.iter_mut().zip(results) {
-                match r {
-                    Ok(rep) => {
-                        any = true;
-                        report.name = rep.name.clone();
-                        d.chain = rep.snapshot_id.clone();
-                        d.segments += 1;
-                        d.bytes_new += rep.bytes_new;
-                        d.last_observed_ms = now_ms();
-                        d.last_error = None;
-                    }
-                    Err(e) => {
-                        tracing::warn!("snapshot to {} failed: {}", d.repo, e.one_line());
-                        d.errors += 1;
-                        d.last_error = Some(e.one_line());
-                    }
-                }
-            }
-            if any {
-                last = c;
-            }
-        }
-        if stopping {
-            break;
-        }
-        let until = Instant::now() + opts.interval;
-        while Instant::now() < until && !opts.stop.is_cancelled() {
-            tokio::time::sleep(Duration::from_millis(20).min(opts.interval)).await;
-        }
-    }
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -1042,93 +964,4 @@ async fn base(
         ));
     }
     Ok(repin.then_some(pos))
-}
-
-/// Compacts the destination's chain: a snapshot manifest of its newest state, made of
-/// the root's maps and one delta of every page changed since the root (or a full map
-/// of the table when that is more than half the pages, which becomes the new root),
-/// with the state checksum in place of a logical checksum. Nothing is read from the
-/// database and no page is uploaded: the chunks are the segments'. The chain then goes
-/// on from it: new segments `segments/<its id>/1…`, the transaction count continuing.
-async fn compact(d: &mut Dest) -> Result<()> {
-    use crate::mapparts::{MapParts, PART_ENTRIES, write_parts};
-    let root = d.root.clone().expect("a chain has a root");
-    let table = d.table.as_ref().expect("checked by the caller");
-    let pages = table.pages();
-    let changed: Vec<u32> = (1..=pages)
-        .filter(|&p| {
-            d.since_root
-                .get(p as usize / 64)
-                .is_some_and(|w| w & (1 << (p % 64)) != 0)
-        })
-        .collect();
-    let full = changed.len() as u64 * 2 > pages as u64;
-    let reader = table.reader()?;
-    let base_count = root.page_count;
-    let (maps, bytes) = write_parts(&d.repo, move |emit| {
-        if full {
-            let mut parts = MapParts::full(PART_ENTRIES, pages, emit);
-            for (first, n) in crate::pagetable::passes(reader.pages(), 64 << 10) {
-                for (i, id) in reader.read(first, n)?.into_iter().enumerate() {
-                    parts.push(first + i as u32, id)?;
-                }
-            }
-            parts.finish().map(|_| ())
-        } else {
-            let mut parts = MapParts::delta(PART_ENTRIES, base_count, pages, emit);
-            for p in changed {
-                let id = reader.read(p, 1)?.pop().expect("one id");
-                parts.push(p, id)?;
-            }
-            parts.finish().map(|_| ())
-        }
-    })
-    .await?;
-    let mut m = root.clone();
-    m.id = ObjectId::random();
-    m.created_ms = d.report.last_observed_ms;
-    m.page_count = pages;
-    m.maps = if full {
-        maps
-    } else {
-        root.maps.iter().cloned().chain(maps).collect()
-    };
-    m.parent = Some(root.id);
-    m.logical_checksum = String::new();
-    m.state = Some(d.state.to_hex());
-    m.replicated = true;
-    m.source_check = None;
-    m.stats = sqlvault_format::SnapshotStats {
-        bytes_new: bytes,
-        ..Default::default()
-    };
-    let ct = d
-        .repo
-        .encrypt_meta(&sqlvault_format::encode_manifest(&d.repo.keys, &m))?;
-    d.repo
-        .store
-        .appender()
-        .put_if_absent(&layout::snapshot(&m.id), Bytes::from(ct))
-        .await?;
-    tracing::debug!(
-        "compacted chain {} of {} at segment {} into {} ({} map)",
-        d.chain.map(|c| c.short()).unwrap_or_default(),
-        d.report.repo,
-        d.seq,
-        m.id.short(),
-        if full { "full" } else { "delta" }
-    );
-    d.chain = Some(m.id);
-    d.seq = 0;
-    d.prev = Segment::first_prev(&m.id);
-    d.chain_first = None;
-    d.events.push("chain-started:compaction".into());
-    d.report.chain = m.id.to_string();
-    d.report.last_seq = 0;
-    d.report.compactions += 1;
-    if full {
-        d.since_root.clear();
-        d.root = Some(m);
-    }
-    Ok(())
 }

@@ -9,6 +9,7 @@ mod at_rest;
 #[cfg(feature = "sqlcipher")]
 mod cipher;
 mod dump;
+mod follow;
 mod hostile;
 #[cfg(not(feature = "sqlcipher"))]
 mod no_sqlcipher;

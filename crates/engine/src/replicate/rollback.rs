@@ -1,0 +1,93 @@
+//! Replication of a rollback-journal database: a snapshot per changed interval.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{DestinationReport, ReplicateOptions, ReplicateReport};
+use crate::backup::backup_to_all;
+use crate::error::Result;
+use crate::repo::{Repo, now_ms};
+
+/// A rollback-journal database has no WAL to follow: its header's file change counter
+/// (offset 24, bumped by every committing transaction; in a SQLCipher database the
+/// ciphertext there, which changes whenever page 1 is rewritten, as every commit does)
+/// is read once per interval, and
+/// when it moved, an ordinary incremental snapshot is taken (only changed pages
+/// upload). Each is a point `restore --at` can pick. The counter is read through the
+/// process's held descriptor of the file ([`sqlvault_sqlite::held_file`]), never
+/// closed, so no POSIX lock of SQLite's is ever dropped by a close; a torn read only
+/// costs an extra snapshot.
+pub(super) async fn replicate_rollback(
+    repos: &[Repo],
+    db: &Path,
+    opts: &ReplicateOptions,
+    t0: Instant,
+) -> Result<ReplicateReport> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let mut report = ReplicateReport {
+        destinations: repos
+            .iter()
+            .map(|r| DestinationReport {
+                repo: r.store.describe().to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let session = repos[0].session.clone();
+    let mut fd = sqlvault_sqlite::held_file(db)?;
+    let counter = |fd: &std::fs::File| -> Option<u32> {
+        let mut b = [0u8; 4];
+        fd.read_exact_at(&mut b, 24).ok()?;
+        Some(u32::from_be_bytes(b))
+    };
+    let mut last: Option<u32> = None;
+    loop {
+        let stopping = opts.stop.is_cancelled();
+        session.cancel().check()?;
+        // A file renamed over the path: follow the new one.
+        if let (Ok(now), Ok(ours)) = (std::fs::metadata(db), fd.metadata())
+            && (now.dev(), now.ino()) != (ours.dev(), ours.ino())
+        {
+            fd = sqlvault_sqlite::held_file(db)?;
+            last = None;
+            *report.breaks.entry("file-replaced".into()).or_default() += 1;
+        }
+        let c = counter(&fd);
+        if c.is_none() || c != last {
+            let results = backup_to_all(repos, db, opts.base.clone()).await?;
+            report.bases += 1;
+            let mut any = false;
+            for (d, r) in report.destinations.iter_mut().zip(results) {
+                match r {
+                    Ok(rep) => {
+                        any = true;
+                        report.name = rep.name.clone();
+                        d.chain = rep.snapshot_id.clone();
+                        d.segments += 1;
+                        d.bytes_new += rep.bytes_new;
+                        d.last_observed_ms = now_ms();
+                        d.last_error = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!("snapshot to {} failed: {}", d.repo, e.one_line());
+                        d.errors += 1;
+                        d.last_error = Some(e.one_line());
+                    }
+                }
+            }
+            if any {
+                last = c;
+            }
+        }
+        if stopping {
+            break;
+        }
+        let until = Instant::now() + opts.interval;
+        while Instant::now() < until && !opts.stop.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(20).min(opts.interval)).await;
+        }
+    }
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
