@@ -158,6 +158,15 @@ fn stop_err(child: Child) -> (serde_json::Value, String) {
     (v, stderr.into_owned())
 }
 
+/// The recipient of an identity file `key generate` wrote.
+fn recipient(key: &str) -> String {
+    std::fs::read_to_string(key)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
+        .unwrap()
+}
+
 /// RFC 3339 with milliseconds.
 fn iso(t: f64) -> String {
     let ms = (t * 1000.0).floor() as i64;
@@ -414,11 +423,7 @@ fn replication_follows_every_commit_through_checkpoints_of_every_mode() {
     );
     w.run(&["verify", &repo, "-i", &key, "--at", &at0]).ok();
     // Copied elsewhere, compaction points carry a state checksum for their new home.
-    let rcpt = std::fs::read_to_string(&key)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
-        .unwrap();
+    let rcpt = recipient(&key);
     let other = w.s("other");
     w.run(&["init", &other, "-r", &rcpt]).ok();
     w.run(&["copy", &repo, &other, "-i", &key]).ok();
@@ -592,11 +597,7 @@ fn replication_to_s3_azure_and_a_failing_disk_keeps_each_chain() {
     let w = World::new();
     let local = w.s("repo");
     let (key, db) = w.setup(&local, 96 << 10, true);
-    let rcpt = std::fs::read_to_string(&key)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
-        .unwrap();
+    let rcpt = recipient(&key);
     let (s3, azr) = ("s3://backups/app", "az://backups/app");
     for r in [s3, azr] {
         w.run_env(&["init", r, "-r", &rcpt], &envs).ok();
@@ -779,11 +780,7 @@ fn attack_bw_forged_and_junk_segments_never_pass_for_a_state() {
     let w = World::new();
     let repo = w.s("repo");
     let (key, db) = w.setup(&repo, 64 << 10, true);
-    let rcpt = std::fs::read_to_string(&key)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_string))
-        .unwrap();
+    let rcpt = recipient(&key);
     let log = w.s("writes.log");
     write(&w, &db, &log, 0.05, 1000, "");
     let mut child = start(&w, &db, &[&repo], "300ms");

@@ -257,30 +257,14 @@ impl LitestreamDaemon {
         Ok(d)
     }
 
-    fn proc(&self, file: &str) -> Result<String> {
-        Ok(fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))?)
-    }
-
     /// User + system CPU seconds of the daemon so far.
     fn cpu(&self) -> Result<f64> {
-        let stat = self.proc("stat")?;
-        // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let rest = &stat[stat.rfind(')').context("odd /proc stat")? + 2..];
-        let f: Vec<&str> = rest.split(' ').collect();
-        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok(ticks as f64 / hz)
+        proc_cpu(self.child.id())
     }
 
     /// Peak RSS of the daemon so far, KiB.
     fn hwm_kib(&self) -> Result<u64> {
-        let status = self.proc("status")?;
-        let line = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .context("no VmHWM")?;
-        Ok(line.trim().trim_end_matches("kB").trim().parse()?)
+        proc_hwm_kib(self.child.id())
     }
 
     /// Waits until `look` has been unchanged for 3 s (after changing at least once if
@@ -340,6 +324,28 @@ impl LitestreamDaemon {
             },
         ))
     }
+}
+
+/// User + system CPU seconds of process `pid` so far.
+pub(crate) fn proc_cpu(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').context("odd /proc stat")? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks as f64 / hz)
+}
+
+/// Peak RSS of process `pid` so far, KiB.
+pub(crate) fn proc_hwm_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .context("no VmHWM")?;
+    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }
 
 impl Drop for LitestreamDaemon {

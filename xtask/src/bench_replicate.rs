@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::bench::{BenchArgs, copy_db, publish, sh, tree};
+use crate::bench::{BenchArgs, copy_db, proc_cpu, publish, sh, tree};
 
 /// Files under `p`, tolerating files that vanish during the walk (a replicator's
 /// compaction deletes some while the poller counts).
@@ -44,6 +44,7 @@ fn now() -> f64 {
 }
 
 /// What the writer saw.
+#[derive(Default)]
 struct Written {
     /// (n, time right after COMMIT returned).
     commits: Vec<(i64, f64)>,
@@ -149,27 +150,8 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s[((s.len() - 1) as f64 * p).round() as usize]
 }
 
-fn proc_cpu(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &stat[stat.rfind(')').context("odd /proc stat")? + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks as f64 / hz)
-}
-
 fn proc_hwm_mib(pid: u32) -> Result<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .context("no VmHWM")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kib / 1024.0)
+    Ok(crate::bench::proc_hwm_kib(pid)? as f64 / 1024.0)
 }
 
 /// One replicator's run.
@@ -188,27 +170,11 @@ struct Run {
     restore_full: Option<f64>,
 }
 
+/// RFC 3339 UTC with milliseconds.
 fn iso_ms(t: f64) -> String {
     let ms = (t * 1000.0) as i64;
-    let secs = ms / 1000;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        ms % 1000
-    )
+    let secs = sqlvault_engine::retention::iso_time(ms - ms % 1000);
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), ms % 1000)
 }
 
 /// Objects a replicator adds under `dir` during 30 s in which nothing commits.
@@ -231,6 +197,45 @@ fn timed(cmd: &mut Command) -> Result<f64> {
         bail!("{cmd:?} failed: {st}");
     }
     Ok(t.elapsed().as_secs_f64())
+}
+
+/// The writer's run against a replicator (`child`, writing under `dir`, whose new
+/// objects appear under `watch`): lag, CPU, objects and bytes, then 30 s idle, peak
+/// RSS; the replicator is stopped (SIGTERM) before returning.
+fn under_writer(
+    child: &mut std::process::Child,
+    dir: &Path,
+    watch: &Path,
+    db: &Path,
+    rate: u32,
+    seconds: u64,
+) -> Result<Run> {
+    let pid = child.id();
+    let (bytes0, objects0) = tree(dir);
+    let cpu0 = proc_cpu(pid)?;
+    let poller = Poller::start(watch.to_path_buf());
+    let written = writer(db, rate, seconds)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let appeared = poller.finish();
+    let cpu = proc_cpu(pid)? - cpu0;
+    let (bytes1, objects1) = tree(dir);
+    let idle_objects = idle(dir);
+    let rss_mib = proc_hwm_mib(pid)?;
+    // SAFETY: our child, not yet reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    child.wait()?;
+    Ok(Run {
+        lags: lags(&written.commits, &appeared),
+        written,
+        cpu,
+        rss_mib,
+        objects: objects1 - objects0,
+        bytes: bytes1 - bytes0,
+        restore_newest: 0.0,
+        restore_half: 0.0,
+        idle_objects,
+        restore_full: None,
+    })
 }
 
 fn sqlvault_run(bin: &Path, work: &Path, db: &Path, rate: u32, seconds: u64) -> Result<Run> {
@@ -256,7 +261,6 @@ fn sqlvault_run(bin: &Path, work: &Path, db: &Path, rate: u32, seconds: u64) -> 
     ])
     .stdout(Stdio::null())
     .spawn()?;
-    let pid = child.id();
     let t = Instant::now();
     while fs::read_dir(repo.join("snapshots")).map_or(0, |d| d.count()) == 0 {
         if t.elapsed() > Duration::from_secs(600) {
@@ -266,19 +270,8 @@ fn sqlvault_run(bin: &Path, work: &Path, db: &Path, rate: u32, seconds: u64) -> 
     }
     eprintln!("bench: sqlvault's base took {:.1}s", t.elapsed().as_secs_f64());
     std::thread::sleep(Duration::from_secs(2));
-    let (bytes0, objects0) = tree(&repo);
-    let cpu0 = proc_cpu(pid)?;
-    let poller = Poller::start(repo.join("segments"));
-    let written = writer(db, rate, seconds)?;
-    std::thread::sleep(Duration::from_secs(3));
-    let appeared = poller.finish();
-    let cpu = proc_cpu(pid)? - cpu0;
-    let (bytes1, objects1) = tree(&repo);
-    let idle_objects = idle(&repo);
-    let rss_mib = proc_hwm_mib(pid)?;
-    // SAFETY: our child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    child.wait()?;
+    let mut m = under_writer(&mut child, &repo, &repo.join("segments"), db, rate, seconds)?;
+    let written = std::mem::take(&mut m.written);
     let last = written.commits.last().map_or(0, |c| c.0);
     let out = work.join("restored.db");
     let key_s = key.to_str().unwrap();
@@ -329,16 +322,11 @@ fn sqlvault_run(bin: &Path, work: &Path, db: &Path, rate: u32, seconds: u64) -> 
         &base_id,
     ]))?);
     Ok(Run {
-        idle_objects,
         restore_full,
-        lags: lags(&written.commits, &appeared),
         written,
-        cpu,
-        rss_mib,
-        objects: objects1 - objects0,
-        bytes: bytes1 - bytes0,
         restore_newest,
         restore_half,
+        ..m
     })
 }
 
@@ -353,7 +341,6 @@ fn litestream_run(work: &Path, db: &Path, rate: u32, seconds: u64) -> Result<Run
     .stdout(Stdio::null())
     .spawn()
     .context("cannot start the Litestream daemon")?;
-    let pid = child.id();
     // Its first snapshot: until the replica stops changing for 3 s.
     let t = Instant::now();
     let (mut last, mut changed) = (tree(&replica), Instant::now());
@@ -371,19 +358,8 @@ fn litestream_run(work: &Path, db: &Path, rate: u32, seconds: u64) -> Result<Run
         }
     }
     eprintln!("bench: Litestream's snapshot took {:.1}s", t.elapsed().as_secs_f64());
-    let (bytes0, objects0) = tree(&replica);
-    let cpu0 = proc_cpu(pid)?;
-    let poller = Poller::start(replica.join("ltx").join("0"));
-    let written = writer(db, rate, seconds)?;
-    std::thread::sleep(Duration::from_secs(3));
-    let appeared = poller.finish();
-    let cpu = proc_cpu(pid)? - cpu0;
-    let (bytes1, objects1) = tree(&replica);
-    let idle_objects = idle(&replica);
-    let rss_mib = proc_hwm_mib(pid)?;
-    // SAFETY: our child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    child.wait()?;
+    let mut m = under_writer(&mut child, &replica, &replica.join("ltx").join("0"), db, rate, seconds)?;
+    let written = std::mem::take(&mut m.written);
     let last = written.commits.last().map_or(0, |c| c.0);
     let out = work.join("restored.db");
     let restore_newest =
@@ -405,16 +381,10 @@ fn litestream_run(work: &Path, db: &Path, rate: u32, seconds: u64) -> Result<Run
         .env_remove("AWS_CA_BUNDLE"),
     )?;
     Ok(Run {
-        idle_objects,
-        restore_full: None,
-        lags: lags(&written.commits, &appeared),
         written,
-        cpu,
-        rss_mib,
-        objects: objects1 - objects0,
-        bytes: bytes1 - bytes0,
         restore_newest,
         restore_half,
+        ..m
     })
 }
 

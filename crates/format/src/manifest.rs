@@ -384,7 +384,12 @@ impl Manifest {
 
 /// Manifest plaintext: the JSON body, a newline, the hex MAC of the body, a newline.
 pub fn encode_manifest(keys: &RepoKeys, m: &Manifest) -> Vec<u8> {
-    let mut body = serde_json::to_vec(m).expect("manifest serialises");
+    mac_lines(keys, serde_json::to_vec(m).expect("manifest serialises"))
+}
+
+/// `body`, a newline, the hex MAC of `body`, a newline: how manifests and segments
+/// are stored.
+pub(crate) fn mac_lines(keys: &RepoKeys, mut body: Vec<u8>) -> Vec<u8> {
     let mac = hex::encode(keys.mac(&body));
     body.push(b'\n');
     body.extend_from_slice(mac.as_bytes());
@@ -392,9 +397,8 @@ pub fn encode_manifest(keys: &RepoKeys, m: &Manifest) -> Vec<u8> {
     body
 }
 
-/// Parses a manifest and checks its MAC; `expected_id` must match the object name.
-pub fn decode_manifest(keys: &RepoKeys, bytes: &[u8], expected_id: &ObjectId) -> Result<Manifest, FormatError> {
-    let kind = "manifest";
+/// The body of what [`mac_lines`] wrote, once its MAC is checked.
+pub(crate) fn checked_body<'a>(keys: &RepoKeys, bytes: &'a [u8], kind: &'static str) -> Result<&'a [u8], FormatError> {
     let text = bytes
         .strip_suffix(b"\n")
         .ok_or(FormatError::malformed(kind, "missing final newline"))?;
@@ -408,6 +412,13 @@ pub fn decode_manifest(keys: &RepoKeys, bytes: &[u8], expected_id: &ObjectId) ->
     if !keys.verify_mac(body, &mac) {
         return Err(FormatError::Unauthentic { kind });
     }
+    Ok(body)
+}
+
+/// Parses a manifest and checks its MAC; `expected_id` must match the object name.
+pub fn decode_manifest(keys: &RepoKeys, bytes: &[u8], expected_id: &ObjectId) -> Result<Manifest, FormatError> {
+    let kind = "manifest";
+    let body = checked_body(keys, bytes, kind)?;
     let m: Manifest = serde_json::from_slice(body).map_err(|source| FormatError::Json { kind, source })?;
     if m.version != FORMAT_VERSION {
         return Err(FormatError::Version {

@@ -73,31 +73,14 @@ impl Segment {
     pub fn encode(&self, keys: &RepoKeys) -> (Vec<u8>, String) {
         let body = serde_json::to_vec(self).expect("segment serialises");
         let hash = Self::body_hash(&body);
-        let mac = hex::encode(keys.mac(&body));
-        let mut out = body;
-        out.push(b'\n');
-        out.extend_from_slice(mac.as_bytes());
-        out.push(b'\n');
-        (out, hash)
+        (crate::manifest::mac_lines(keys, body), hash)
     }
 
     /// Parses and authenticates a segment read from `segments/<chain>/<seq>`;
     /// returns it and its body hash.
     pub fn decode(keys: &RepoKeys, bytes: &[u8], chain: &ObjectId, seq: u64) -> Result<(Segment, String), FormatError> {
         let kind = "segment";
-        let text = bytes
-            .strip_suffix(b"\n")
-            .ok_or(FormatError::malformed(kind, "missing final newline"))?;
-        let split = text
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .ok_or(FormatError::malformed(kind, "missing mac line"))?;
-        let (body, mac_hex) = (&text[..split], &text[split + 1..]);
-        let mut mac = [0u8; 32];
-        hex::decode_to_slice(mac_hex, &mut mac).map_err(|_| FormatError::malformed(kind, "mac is not hex"))?;
-        if !keys.verify_mac(body, &mac) {
-            return Err(FormatError::Unauthentic { kind });
-        }
+        let body = crate::manifest::checked_body(keys, bytes, kind)?;
         let s: Segment = serde_json::from_slice(body).map_err(|source| FormatError::Json { kind, source })?;
         if s.version != FORMAT_VERSION {
             return Err(FormatError::Version {

@@ -27,9 +27,10 @@
 //! the pin agree and that nothing before was rewritten. Any disagreement is a
 //! [`Break`], named, and the caller starts again from a new base.
 //!
-//! The database file and its `-wal` are each opened once, by SQLite and by this
-//! module, and never closed while the connections live: closing any descriptor of a
-//! file drops every POSIX lock the process holds on it, the pins' included.
+//! The database file, its `-wal` and its `-shm` are each opened once by this module
+//! ([`crate::hold_file`]) and closed only after the connections: closing any
+//! descriptor of a file drops every POSIX lock the process holds on it, the pins'
+//! included.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -122,6 +123,7 @@ pub struct Follower {
     // Kept open for the follower's life, after the connections in drop order: see the
     // module docs.
     wal: Option<File>,
+    shm: Option<std::sync::Arc<File>>,
     db: std::sync::Arc<File>,
     ident: (u64, u64),
 }
@@ -148,7 +150,7 @@ impl Follower {
             path: path.to_path_buf(),
             source,
         })?;
-        let db = crate::held_file(&path)?;
+        let db = crate::hold_file(&path)?;
         let meta = db.metadata().map_err(|source| SqliteError::Io {
             path: path.clone(),
             source,
@@ -191,6 +193,7 @@ impl Follower {
             newest: 0,
             reserve: 0,
             wal: None,
+            shm: None,
             db,
         })
     }
@@ -502,9 +505,12 @@ impl Follower {
     /// pin to move. A lock probe (`F_GETLK`) only: nothing is locked. The `-shm` is
     /// opened once and held (closing it would drop the pins' own locks on it).
     pub fn checkpoint_running(&mut self) -> bool {
-        let mut s = self.path.as_os_str().to_owned();
-        s.push("-shm");
-        let Ok(f) = crate::held_file(Path::new(&s)) else {
+        if self.shm.is_none() {
+            let mut s = self.path.as_os_str().to_owned();
+            s.push("-shm");
+            self.shm = crate::hold_file(Path::new(&s)).ok();
+        }
+        let Some(f) = self.shm.as_ref() else {
             return false;
         };
         use std::os::fd::AsRawFd;

@@ -371,8 +371,12 @@ pub(crate) enum Head {
 pub(crate) fn head(path: &Path) -> Result<Head, SqliteError> {
     use std::os::unix::fs::FileExt;
     let io = |source| SqliteError::io_at(path, source);
-    // Held, never closed: this process may hold SQLite locks on the file.
-    let f = crate::held_file(path)?;
+    // Through the descriptor this process holds when it has connections on the file:
+    // closing another would drop their locks (regular.rs, `hold_file`).
+    let f = match crate::held(path) {
+        Some(f) => f,
+        None => std::sync::Arc::new(crate::open_regular(path, true)?),
+    };
     let len = f.metadata().map_err(io)?.len();
     if len == 0 {
         return Ok(Head::Empty);
@@ -423,8 +427,13 @@ impl Unlock {
 fn salt_for(conn: &Connection) -> Option<[u8; 16]> {
     let path = conn.path().filter(|p| !p.is_empty())?;
     let mut salt = [0u8; 16];
-    // Held, never closed: other connections of this process may hold locks on it.
-    match crate::held_file(Path::new(path)) {
+    // Through the descriptor this process holds when it has connections on the file:
+    // closing another would drop their locks (regular.rs, `hold_file`).
+    let opened = match crate::held(Path::new(path)) {
+        Some(f) => Ok(f),
+        None => crate::open_regular(Path::new(path), true).map(std::sync::Arc::new),
+    };
+    match opened {
         Ok(f) => {
             use std::os::unix::fs::FileExt;
             let len = f.metadata().ok()?.len();

@@ -142,7 +142,7 @@ pub use error::SqliteError;
 pub use image::encrypt_image;
 pub use key::{AtRest, CipherSettings, DbKey, MAX_KDF_ITER, Unlock, has_sqlcipher, probe, sqlcipher_version};
 pub use load::{LoadOptions, LoadReport, ensure_not_in_use, install, load};
-pub use regular::{file_kind, guard_sqlite_opens, held_file, open_regular};
+pub use regular::{file_kind, guard_sqlite_opens, held, hold_file, open_regular};
 pub use rusqlite;
 pub use scratch::{
     LEGACY_MIN_AGE, SCRATCH_TAG, ScratchOwner, parse_scratch_name, remove_all_for_exit, scratch_dir, scratch_file,

@@ -41,53 +41,47 @@ pub fn file_kind(ft: std::fs::FileType) -> &'static str {
     }
 }
 
-/// Descriptors of database files this process has read itself, by (device, inode).
+/// Descriptors of database files held by something of this process that has SQLite
+/// connections on them, by (device, inode); weak, so a file is closed when its last
+/// holder lets go.
 static HELD: std::sync::Mutex<Vec<Held>> = std::sync::Mutex::new(Vec::new());
 
 /// One held descriptor and the (device, inode) it was opened on.
-type Held = ((u64, u64), std::sync::Arc<File>);
+type Held = ((u64, u64), std::sync::Weak<File>);
 
-/// Files held open at most (beyond it the oldest is let go: a process that read this many
-/// distinct databases is not holding SQLite locks on all of them at once).
-const HELD_MAX: usize = 4096;
-
-/// [`open_regular`] for a file SQLite may hold locks on in this process (a database):
-/// the descriptor is opened once per (device, inode) and kept for the process's life,
-/// never closed. Closing *any* descriptor of a file drops *every* POSIX lock the
-/// process holds on it — SQLite's shared lock of a WAL-mode connection included, which
-/// is what stops another process's last close from checkpointing and deleting the WAL
-/// under a reader, as happened to replication's read pins when a plain read of the
-/// database's header closed its descriptor. Read through it with positioned reads
+/// [`open_regular`] for a database this process is about to hold SQLite connections
+/// on (a source being read, a replicated database): the caller keeps the returned
+/// descriptor for as long as those connections live, and every read of the file by
+/// this crate meanwhile goes through it ([`held`]) instead of opening and closing
+/// another. Closing *any* descriptor of a file drops *every* POSIX lock the process
+/// holds on it — SQLite's shared lock of a WAL-mode connection included, which is what
+/// stops another process's last close from checkpointing and deleting the WAL under a
+/// reader, as happened to replication's read pins when a read of the database's header
+/// closed its descriptor. Read through it with positioned reads
 /// (`FileExt::read_exact_at`), which share no file offset.
-pub fn held_file(path: &Path) -> Result<std::sync::Arc<File>, SqliteError> {
+pub fn hold_file(path: &Path) -> Result<std::sync::Arc<File>, SqliteError> {
     use std::os::unix::fs::MetadataExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        let key = (m.dev(), m.ino());
-        let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, f)) = held.iter().find(|(k, _)| *k == key) {
-            return Ok(f.clone());
-        }
+    if let Some(f) = held(path) {
+        return Ok(f);
     }
-    let f = open_regular(path, true)?;
+    let f = std::sync::Arc::new(open_regular(path, true)?);
     let m = f.metadata().map_err(|source| SqliteError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let key = (m.dev(), m.ino());
-    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, existing)) = held.iter().find(|(k, _)| *k == key) {
-        // Raced with another thread: keep the first (closing this one would be the
-        // very close this function exists to avoid, so it is kept too, leaked).
-        let existing = existing.clone();
-        std::mem::forget(f);
-        return Ok(existing);
-    }
-    let f = std::sync::Arc::new(f);
-    if held.len() >= HELD_MAX {
-        held.remove(0);
-    }
-    held.push((key, f.clone()));
+    let mut all = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|(_, w)| w.strong_count() > 0);
+    all.push(((m.dev(), m.ino()), std::sync::Arc::downgrade(&f)));
     Ok(f)
+}
+
+/// The descriptor of `path` something of this process holds ([`hold_file`]), if any.
+pub fn held(path: &Path) -> Option<std::sync::Arc<File>> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let key = (m.dev(), m.ino());
+    let all = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    all.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade())
 }
 
 /// Opens `path` for reading only if it is a regular file, without ever blocking: the

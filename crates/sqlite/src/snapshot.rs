@@ -143,6 +143,9 @@ pub struct Source {
     opts: SourceOptions,
     cipher: Option<CipherSettings>,
     checked: Option<Vec<String>>,
+    // After the connection, so dropped after it: this process's descriptor of the file
+    // while it has connections on it (see `hold_file`).
+    _hold: Option<std::sync::Arc<std::fs::File>>,
 }
 
 fn pragma_i64(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
@@ -187,6 +190,7 @@ impl Source {
             path: path.to_path_buf(),
             source,
         })?;
+        let hold = crate::hold_file(&path).ok();
         let (conn, cipher) = open_db(
             &path,
             opts.unlock.as_ref(),
@@ -201,6 +205,7 @@ impl Source {
             opts,
             cipher,
             checked: None,
+            _hold: hold,
         })
     }
 

@@ -14,9 +14,9 @@ use crate::repo::{Repo, now_ms};
 /// is read once per interval, and
 /// when it moved, an ordinary incremental snapshot is taken (only changed pages
 /// upload). Each is a point `restore --at` can pick. The counter is read through the
-/// process's held descriptor of the file ([`sqlvault_sqlite::held_file`]), never
-/// closed, so no POSIX lock of SQLite's is ever dropped by a close; a torn read only
-/// costs an extra snapshot.
+/// process's held descriptor of the file ([`sqlvault_sqlite::hold_file`]), which the
+/// snapshots' own reads of the file go through, so no POSIX lock of SQLite's is
+/// dropped by a close; a torn read only costs an extra snapshot.
 pub(super) async fn replicate_rollback(
     repos: &[Repo],
     db: &Path,
@@ -35,7 +35,7 @@ pub(super) async fn replicate_rollback(
         ..Default::default()
     };
     let session = repos[0].session.clone();
-    let mut fd = sqlvault_sqlite::held_file(db)?;
+    let mut fd = sqlvault_sqlite::hold_file(db)?;
     let counter = |fd: &std::fs::File| -> Option<u32> {
         let mut b = [0u8; 4];
         fd.read_exact_at(&mut b, 24).ok()?;
@@ -49,7 +49,7 @@ pub(super) async fn replicate_rollback(
         if let (Ok(now), Ok(ours)) = (std::fs::metadata(db), fd.metadata())
             && (now.dev(), now.ino()) != (ours.dev(), ours.ino())
         {
-            fd = sqlvault_sqlite::held_file(db)?;
+            fd = sqlvault_sqlite::hold_file(db)?;
             last = None;
             *report.breaks.entry("file-replaced".into()).or_default() += 1;
         }
