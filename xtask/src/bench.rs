@@ -238,15 +238,7 @@ fn ltx_files(replica: &Path) -> Vec<(u32, u64, u64, u64)> {
 
 impl LitestreamDaemon {
     fn start(db: &Path, url: &str, replica: &Path) -> Result<LitestreamDaemon> {
-        // `exec` keeps the pid: a pyenv shim execs its way to the binary too.
-        let child = sh(&format!(
-            "exec litestream replicate -log-level warn '{}' '{url}'",
-            db.display()
-        ))
-        .env_remove("AWS_CA_BUNDLE")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("cannot start the Litestream daemon")?;
+        let child = spawn_litestream(db, url)?;
         let mut d = LitestreamDaemon {
             child,
             replica: replica.to_path_buf(),
@@ -324,6 +316,19 @@ impl LitestreamDaemon {
             },
         ))
     }
+}
+
+/// Starts `litestream replicate DB URL`, quiet below warnings.
+pub(crate) fn spawn_litestream(db: &Path, url: &str) -> Result<std::process::Child> {
+    // `exec` keeps the pid: a pyenv shim execs its way to the binary too.
+    sh(&format!(
+        "exec litestream replicate -log-level warn '{}' '{url}'",
+        db.display()
+    ))
+    .env_remove("AWS_CA_BUNDLE")
+    .stdout(Stdio::null())
+    .spawn()
+    .context("cannot start the Litestream daemon")
 }
 
 /// User + system CPU seconds of process `pid` so far.

@@ -274,36 +274,31 @@ fn sqlvault_run(bin: &Path, work: &Path, db: &Path, rate: u32, seconds: u64) -> 
     let written = std::mem::take(&mut m.written);
     let last = written.commits.last().map_or(0, |c| c.0);
     let out = work.join("restored.db");
-    let key_s = key.to_str().unwrap();
+    // One restore of the run's repository to `out`, by `--at TIME` or `--snapshot ID`.
+    let restore = |how: &str, what: &str| -> Result<f64> {
+        let _ = fs::remove_file(&out);
+        timed(&mut sv(&[
+            "restore",
+            repo.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "-i",
+            key.to_str().unwrap(),
+            how,
+            what,
+        ]))
+    };
     let base_id = fs::read_dir(repo.join("snapshots"))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .min()
         .context("no snapshot")?;
-    let restore_newest = timed(&mut sv(&[
-        "restore",
-        repo.to_str().unwrap(),
-        out.to_str().unwrap(),
-        "-i",
-        key_s,
-        "--at",
-        "-0s",
-    ]))?;
+    let restore_newest = restore("--at", "-0s")?;
     let got = last_tx(&out)?;
     if got != last {
         bail!("sqlvault's newest state holds transaction {got}, the writer's last was {last}");
     }
     let half = written.commits[written.commits.len() / 2];
-    let _ = fs::remove_file(&out);
-    let restore_half = timed(&mut sv(&[
-        "restore",
-        repo.to_str().unwrap(),
-        out.to_str().unwrap(),
-        "-i",
-        key_s,
-        "--at",
-        &iso_ms(half.1),
-    ]))?;
+    let restore_half = restore("--at", &iso_ms(half.1))?;
     let got = last_tx(&out)?;
     if got > half.0 || got + (rate as i64) * 3 < half.0 {
         bail!(
@@ -311,16 +306,7 @@ fn sqlvault_run(bin: &Path, work: &Path, db: &Path, rate: u32, seconds: u64) -> 
             half.0
         );
     }
-    let _ = fs::remove_file(&out);
-    let restore_full = Some(timed(&mut sv(&[
-        "restore",
-        repo.to_str().unwrap(),
-        out.to_str().unwrap(),
-        "-i",
-        key_s,
-        "--snapshot",
-        &base_id,
-    ]))?);
+    let restore_full = Some(restore("--snapshot", &base_id)?);
     Ok(Run {
         restore_full,
         written,
@@ -333,14 +319,7 @@ fn sqlvault_run(bin: &Path, work: &Path, db: &Path, rate: u32, seconds: u64) -> 
 fn litestream_run(work: &Path, db: &Path, rate: u32, seconds: u64) -> Result<Run> {
     let replica = work.join("replica");
     let url = format!("file://{}", replica.display());
-    let mut child = sh(&format!(
-        "exec litestream replicate -log-level warn '{}' '{url}'",
-        db.display()
-    ))
-    .env_remove("AWS_CA_BUNDLE")
-    .stdout(Stdio::null())
-    .spawn()
-    .context("cannot start the Litestream daemon")?;
+    let mut child = crate::bench::spawn_litestream(db, &url)?;
     // Its first snapshot: until the replica stops changing for 3 s.
     let t = Instant::now();
     let (mut last, mut changed) = (tree(&replica), Instant::now());

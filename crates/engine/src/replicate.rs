@@ -355,7 +355,6 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             Err(brk) => {
                 let reason = break_code(&brk);
                 tracing::warn!("{}: {brk}; starting a new chain", db.display());
-                settle_all(&mut dests, &mut report).await;
                 pos = rebreak(&follower, &mut dests, db, &opts, &mut report, reason, &db_path).await?;
                 last_cut = Instant::now();
                 continue;
@@ -380,7 +379,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                 }
             }
         }
-        collect_finished(&mut dests, &mut report, false).await;
+        collect_finished(&mut dests, false).await;
         // A destination without a chain (its base or a segment's own write failed)
         // gets a base of its own, backing off; the pins stay, the others go on.
         let now = Instant::now();
@@ -457,7 +456,6 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                         db.display(),
                         want.len()
                     );
-                    settle_all(&mut dests, &mut report).await;
                     pos = rebreak(&follower, &mut dests, db, &opts, &mut report, "large-change", &db_path).await?;
                     last_cut = Instant::now();
                     continue;
@@ -471,7 +469,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             }
         }
         if stopping {
-            settle_all(&mut dests, &mut report).await;
+            settle_all(&mut dests).await;
             let pending = dests
                 .iter()
                 .any(|d| (d.commits > 0 || !d.dirty.is_empty()) && d.table.is_some());
@@ -514,12 +512,12 @@ fn break_code(b: &Break) -> &'static str {
 }
 
 /// Waits for every destination's segment in flight.
-async fn settle_all(dests: &mut [Dest], report: &mut ReplicateReport) {
-    collect_finished(dests, report, true).await;
+async fn settle_all(dests: &mut [Dest]) {
+    collect_finished(dests, true).await;
 }
 
 /// Takes back what finished shippers hand back (all of them when `wait`).
-async fn collect_finished(dests: &mut [Dest], _report: &mut ReplicateReport, wait: bool) {
+async fn collect_finished(dests: &mut [Dest], wait: bool) {
     for d in dests.iter_mut() {
         let done = d.inflight.as_ref().is_some_and(|h| wait || h.is_finished());
         if !done {
@@ -790,7 +788,7 @@ async fn rebreak(
     db_path: &Path,
 ) -> Result<FollowPosition> {
     *report.breaks.entry(reason.to_string()).or_default() += 1;
-    settle_all(dests, report).await;
+    settle_all(dests).await;
     {
         let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
         f.release_all();
