@@ -171,7 +171,7 @@ struct Run {
 }
 
 /// RFC 3339 UTC with milliseconds.
-fn iso_ms(t: f64) -> String {
+pub(crate) fn iso_ms(t: f64) -> String {
     let ms = (t * 1000.0) as i64;
     let secs = sqlvault_engine::retention::iso_time(ms - ms % 1000);
     format!("{}.{:03}Z", secs.trim_end_matches('Z'), ms % 1000)

@@ -7,7 +7,8 @@
 //! checksum, and for backups taken under a concurrent writer, content equal to a state
 //! the source had committed — or fails with the exit code expected. Anything else (a
 //! silent success with wrong data, a wrong code, a panic) fails the drill. The seed makes
-//! every kill moment, damaged byte and injected fault reproducible.
+//! every kill moment, damaged byte and injected fault reproducible. Continuous
+//! replication has its own part (`replicate.rs`).
 
 // (tidy: long file — the scenario matrix, one function per scenario, listed together
 // so the report and the code read in the same order.)
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use sqlvault_testkit::Rng;
+
+mod replicate;
 
 /// The signed recipient set the damage scenario's `key add` publishes (generation 1).
 const RECIPIENT_SET: &str = "keys/recipients-00000000000000000001";
@@ -42,6 +45,10 @@ pub struct DrillArgs {
     /// Backends to drill (default: all).
     #[arg(long, value_delimiter = ',', value_parser = ["local", "s3", "s3-seaweedfs", "gcs", "azure"])]
     backends: Vec<String>,
+    /// Parts of the drill to run (default: all): the backup matrix, damaged objects,
+    /// continuous replication.
+    #[arg(long, value_delimiter = ',', value_parser = ["matrix", "damage", "replication"])]
+    parts: Vec<String>,
     /// Where the JSON report goes (default: target/drill/report.json).
     #[arg(long)]
     report: Option<PathBuf>,
@@ -59,6 +66,7 @@ impl DrillArgs {
             full: false,
             seed: None,
             backends: Vec::new(),
+            parts: Vec::new(),
             report: None,
             work: None,
         }
@@ -82,6 +90,9 @@ struct Backend {
     faulty_env: Option<Vec<(String, String)>>,
     /// Requests that proxy failed so far.
     injected: Option<Arc<AtomicU64>>,
+    /// The environment variable naming the endpoint, and the server's port (remote
+    /// backends), for scenarios that put a proxy of their own in front.
+    upstream: Option<(&'static str, u16)>,
 }
 
 impl Backend {
@@ -231,12 +242,13 @@ pub fn run(a: DrillArgs) -> Result<()> {
             env: Vec::new(),
             faulty_env: None,
             injected: None,
+            upstream: None,
         });
     }
     // A remote backend: its environment, and the same with its endpoint variable
     // pointing at a proxy that fails 20% of requests.
     let mut remote =
-        |name: &'static str, base: &str, env: Vec<(String, String)>, endpoint: &str, port: u16, seed: u64| {
+        |name: &'static str, base: &str, env: Vec<(String, String)>, endpoint: &'static str, port: u16, seed: u64| {
             let p = FaultProxy::start(port, 0.2, seed)?;
             let faulty = env
                 .iter()
@@ -255,6 +267,7 @@ pub fn run(a: DrillArgs) -> Result<()> {
                 env,
                 faulty_env: Some(faulty),
                 injected: Some(p.injected.clone()),
+                upstream: Some((endpoint, port)),
             });
             proxies.push(p);
             anyhow::Ok(())
@@ -315,11 +328,19 @@ pub fn run(a: DrillArgs) -> Result<()> {
     d.other_rcpt = g.stdout.trim().to_string();
 
     let t0 = Instant::now();
+    let part = |p: &str| a.parts.is_empty() || a.parts.iter().any(|x| x == p);
     for b in &backends {
-        for (i, spec) in dbs.iter().enumerate() {
-            d.matrix(b, spec, seed.wrapping_add(i as u64))?;
+        if part("matrix") {
+            for (i, spec) in dbs.iter().enumerate() {
+                d.matrix(b, spec, seed.wrapping_add(i as u64))?;
+            }
         }
-        d.damage(b)?;
+        if part("damage") {
+            d.damage(b)?;
+        }
+    }
+    if part("replication") {
+        d.replication(&backends, full, seed)?;
     }
     drop(proxies);
     drop(moto);
@@ -1024,10 +1045,19 @@ fn same_content(restored: &Path, source: &Path) -> Result<()> {
 
 /// An HTTP/1.1 proxy on 127.0.0.1 that answers a fraction of requests itself with
 /// 503 and forwards the rest, one request per connection (it asks both sides to close).
+/// The fraction can be changed while it runs, and it can be taken down: every
+/// connection closed at once (a host that went away), or held unanswered until it is
+/// up again (a host that hangs). It counts what it is asked.
 struct FaultProxy {
     port: u16,
     stop: Arc<AtomicBool>,
     injected: Arc<AtomicU64>,
+    /// Failure rate in parts per million.
+    rate_ppm: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
+    hang: Arc<AtomicBool>,
+    /// Connections accepted (one request each).
+    requests: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -1037,13 +1067,39 @@ impl FaultProxy {
         l.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let injected = Arc::new(AtomicU64::new(0));
-        let (s, inj) = (stop.clone(), injected.clone());
+        let rate_ppm = Arc::new(AtomicU64::new((rate * 1_000_000.0) as u64));
+        let down = Arc::new(AtomicBool::new(false));
+        let hang = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (s, inj, ppm, dn, hg, reqs) = (
+            stop.clone(),
+            injected.clone(),
+            rate_ppm.clone(),
+            down.clone(),
+            hang.clone(),
+            requests.clone(),
+        );
         std::thread::spawn(move || {
             let mut rng = Rng::new(seed);
             while !s.load(Ordering::SeqCst) {
                 match l.accept() {
                     Ok((c, _)) => {
-                        let fail = (rng.below(1_000_000) as f64) < rate * 1_000_000.0;
+                        reqs.fetch_add(1, Ordering::SeqCst);
+                        if dn.load(Ordering::SeqCst) {
+                            drop(c);
+                            continue;
+                        }
+                        if hg.load(Ordering::SeqCst) {
+                            let (hg, s) = (hg.clone(), s.clone());
+                            std::thread::spawn(move || {
+                                while hg.load(Ordering::SeqCst) && !s.load(Ordering::SeqCst) {
+                                    std::thread::sleep(Duration::from_millis(100));
+                                }
+                                drop(c);
+                            });
+                            continue;
+                        }
+                        let fail = rng.below(1_000_000) < ppm.load(Ordering::SeqCst);
                         if fail {
                             inj.fetch_add(1, Ordering::SeqCst);
                         }
@@ -1058,7 +1114,31 @@ impl FaultProxy {
                 }
             }
         });
-        Ok(FaultProxy { port, stop, injected })
+        Ok(FaultProxy {
+            port,
+            stop,
+            injected,
+            rate_ppm,
+            down,
+            hang,
+            requests,
+        })
+    }
+
+    fn set_hang(&self, hang: bool) {
+        self.hang.store(hang, Ordering::SeqCst);
+    }
+
+    fn set_rate(&self, rate: f64) {
+        self.rate_ppm.store((rate * 1_000_000.0) as u64, Ordering::SeqCst);
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
     }
 }
 

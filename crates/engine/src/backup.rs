@@ -680,12 +680,13 @@ async fn backup_leased(
 
     let befores: Vec<RequestCounts> = repos.iter().map(|r| r.store.stats()).collect();
     let adopt = opts.adopt_name;
-    let preps = futures::future::join_all(
-        repos
-            .iter()
-            .map(|r| prepare(r, &name, kind, &source, adopt, opts.lease, leases)),
-    )
-    .await;
+    // Collected before they are awaited: a lazy map over borrowed repositories would
+    // make this future not `Send` (rust-lang/rust#102211), and a service spawns it.
+    let preps: Vec<_> = repos
+        .iter()
+        .map(|r| prepare(r, &name, kind, &source, adopt, opts.lease, leases))
+        .collect();
+    let preps = futures::future::join_all(preps).await;
     let mut results: Vec<Option<Result<BackupReport>>> = (0..repos.len()).map(|_| None).collect();
     let mut live: Vec<(usize, Prep)> = Vec::new();
     for (i, p) in preps.into_iter().enumerate() {
@@ -874,8 +875,10 @@ async fn discard_packs(repo: &Repo, ids: &[ObjectId]) {
     let left = if repo.store.delete(&keys[0]).await.is_err() {
         keys.len()
     } else {
-        futures::stream::iter(keys[1..].iter())
-            .map(|k| async move { repo.store.delete(k).await.is_err() })
+        // Owned keys: a closure over borrowed ones makes this future (and every
+        // caller's) not `Send` for a service's `tokio::spawn` (rust-lang/rust#102211).
+        futures::stream::iter(keys[1..].to_vec())
+            .map(|k| async move { repo.store.delete(&k).await.is_err() })
             .buffer_unordered(8)
             .filter(|failed| std::future::ready(*failed))
             .count()
@@ -1059,7 +1062,7 @@ async fn missing_packs(repo: &Repo, cached: &[ObjectId]) -> Result<std::collecti
 }
 
 async fn head_packs(repo: &Repo, cached: &[ObjectId]) -> Result<std::collections::HashSet<ObjectId>> {
-    let heads = futures::stream::iter(cached.iter().map(|&p| {
+    let heads = futures::stream::iter(cached.iter().copied().map(|p| {
         let store = repo.store.clone();
         async move { store.head(&layout::pack(&p)).await.map(|s| (p, s.is_none())) }
     }))

@@ -260,16 +260,18 @@ pub(crate) async fn extend(repo: &Repo, lock: &LockState, referenced: &[(String,
     let mut rec = Record::load(repo);
     let now = now_ms();
     let (threshold, target) = (now + p + p / 4, now + p + p / 2);
-    let todo: Vec<&String> = referenced
+    // Owned keys: futures made by a closure over borrowed ones would make prune's
+    // future not `Send` (rust-lang/rust#102211), and a service spawns it.
+    let todo: Vec<String> = referenced
         .iter()
         .filter(|(k, m)| known_until(lock, &rec, k, *m) < threshold)
-        .map(|(k, _)| k)
+        .map(|(k, _)| k.clone())
         .collect();
     rep.already = referenced.len() - todo.len();
     let mode = lock.mode();
     let results: Vec<(String, Result<()>)> = futures::stream::iter(todo.into_iter().map(|k| async move {
-        let r = repo.store.extend_lock(k, mode, target).await.map_err(Error::from);
-        (k.clone(), r)
+        let r = repo.store.extend_lock(&k, mode, target).await.map_err(Error::from);
+        (k, r)
     }))
     .buffer_unordered(8)
     .collect()

@@ -512,6 +512,32 @@ pub async fn prune(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
     r
 }
 
+/// Every surviving pack that a doomed index lists, to go into one new index.
+fn surviving_packs(v: &View, delete_indexes: &[String], gone: &HashSet<ObjectId>) -> Vec<packer::SealedPack> {
+    let doomed: HashSet<&String> = delete_indexes.iter().collect();
+    let mut keep: Vec<packer::SealedPack> = Vec::new();
+    let mut seen = HashSet::new();
+    for (n, ps) in &v.index_packs {
+        if !doomed.contains(n) {
+            continue;
+        }
+        for p in ps {
+            if !gone.contains(p)
+                && seen.insert(*p)
+                && let Some(es) = v.entries.get(p)
+            {
+                keep.push(packer::SealedPack {
+                    id: *p,
+                    entries: sqlvault_format::encode_entries(es),
+                    chunks: es.len() as u64,
+                    size: object_size(v, &key(layout::PACKS, p)).unwrap_or(0),
+                });
+            }
+        }
+    }
+    keep
+}
+
 /// What the repository holds and what its snapshots reference, at one moment.
 struct View {
     snapshots: usize,
@@ -905,28 +931,7 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     // Phase 2 of earlier marks: consolidated index first, then deletions.
     if !opts.dry_run {
         if !delete_indexes.is_empty() {
-            // Every surviving pack that a doomed index lists goes into one new index.
-            let doomed: HashSet<&String> = delete_indexes.iter().collect();
-            let mut keep: Vec<packer::SealedPack> = Vec::new();
-            let mut seen = HashSet::new();
-            for (n, ps) in &v.index_packs {
-                if !doomed.contains(n) {
-                    continue;
-                }
-                for p in ps {
-                    if !gone.contains(p)
-                        && seen.insert(*p)
-                        && let Some(es) = v.entries.get(p)
-                    {
-                        keep.push(packer::SealedPack {
-                            id: *p,
-                            entries: sqlvault_format::encode_entries(es),
-                            chunks: es.len() as u64,
-                            size: object_size(&v, &key(layout::PACKS, p)).unwrap_or(0),
-                        });
-                    }
-                }
-            }
+            let keep = surviving_packs(&v, &delete_indexes, &gone);
             if !keep.is_empty() {
                 packer::write_index_for(repo, &keep).await?;
                 rep.indexes_written += 1;
@@ -943,7 +948,10 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
             l.refresh().await?;
         }
         repo.session.cancel().check()?;
-        futures::stream::iter(doomed.iter().map(|k| repo.store.delete(k)))
+        // Owned keys: a lazy map over borrowed ones would make prune's future not
+        // `Send` (rust-lang/rust#102211), and a service spawns it.
+        let store = &repo.store;
+        futures::stream::iter(doomed.iter().cloned().map(|k| async move { store.delete(&k).await }))
             .buffer_unordered(8)
             .try_collect::<Vec<()>>()
             .await?;
@@ -957,25 +965,28 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
 
     // Repack: live chunks of mostly-unused packs (not marked) into new packs.
     let mut repacked: Vec<ObjectId> = Vec::new();
-    let live_fraction = |es: &Vec<IndexEntry>| -> (u64, u64) {
-        let total: u64 = es.iter().map(|e| e.len as u64).sum();
-        let live: u64 = es
+    let candidates: Vec<ObjectId> = {
+        // In a block of its own: a closure over a borrowed argument alive across an
+        // await makes this future not `Send` (rust-lang/rust#102211).
+        let live_fraction = |es: &Vec<IndexEntry>| -> (u64, u64) {
+            let total: u64 = es.iter().map(|e| e.len as u64).sum();
+            let live: u64 = es
+                .iter()
+                .filter(|e| v.referenced.contains(&e.id))
+                .map(|e| e.len as u64)
+                .sum();
+            (live, total)
+        };
+        v.entries
             .iter()
-            .filter(|e| v.referenced.contains(&e.id))
-            .map(|e| e.len as u64)
-            .sum();
-        (live, total)
+            .filter(|(p, _)| !gone.contains(p) && !marked.contains(&key(layout::PACKS, p)))
+            .filter(|(_, es)| {
+                let (live, total) = live_fraction(es);
+                live > 0 && (live as f64) < opts.repack_below * total as f64
+            })
+            .map(|(p, _)| *p)
+            .collect()
     };
-    let candidates: Vec<ObjectId> = v
-        .entries
-        .iter()
-        .filter(|(p, _)| !gone.contains(p) && !marked.contains(&key(layout::PACKS, p)))
-        .filter(|(_, es)| {
-            let (live, total) = live_fraction(es);
-            live > 0 && (live as f64) < opts.repack_below * total as f64
-        })
-        .map(|(p, _)| *p)
-        .collect();
     if !candidates.is_empty() {
         if !repo.can_read_data {
             rep.repack_skipped = Some(format!(
@@ -1036,49 +1047,54 @@ async fn run(repo: &Repo, opts: &PruneOptions, mut lock: Option<&mut PruneLock>)
     // Phase 1: new marks.
     let mark_at = now_ms();
     let mut new_marks: Vec<Mark> = Vec::new();
-    let mut add = |key: String, size: u64, rep: &mut PruneReport| {
-        if marked.contains(&key) || deleted_keys.contains(&key) {
-            return;
-        }
-        rep.marked.count(&key, size);
-        new_marks.push(Mark {
-            key,
-            at_ms: mark_at,
-            grace_ms: mark_grace,
-        });
-    };
-    let repacked_set: HashSet<ObjectId> = repacked.iter().copied().collect();
-    let mut dead_packs: HashSet<ObjectId> = HashSet::new();
-    for (p, size) in &v.packs {
-        if gone.contains(p) {
-            continue;
-        }
-        let unused = match v.entries.get(p) {
-            // Not in any index: a backup still running, or one that died — unless an
-            // index could not be read, which may be the one that lists it.
-            None => !index_doubt,
-            Some(es) => !es.iter().any(|e| v.referenced.contains(&e.id)),
+    // In a block of its own: a closure over a borrowed argument alive across an await
+    // makes this future not `Send` (rust-lang/rust#102211).
+    {
+        let mut add = |key: String, size: u64, rep: &mut PruneReport| {
+            if marked.contains(&key) || deleted_keys.contains(&key) {
+                return;
+            }
+            rep.marked.count(&key, size);
+            new_marks.push(Mark {
+                key,
+                at_ms: mark_at,
+                grace_ms: mark_grace,
+            });
         };
-        if unused || repacked_set.contains(p) {
-            dead_packs.insert(*p);
-            add(key(layout::PACKS, p), *size, &mut rep);
+        let repacked_set: HashSet<ObjectId> = repacked.iter().copied().collect();
+        let mut dead_packs: HashSet<ObjectId> = HashSet::new();
+        for (p, size) in &v.packs {
+            if gone.contains(p) {
+                continue;
+            }
+            let unused = match v.entries.get(p) {
+                // Not in any index: a backup still running, or one that died — unless an
+                // index could not be read, which may be the one that lists it.
+                None => !index_doubt,
+                Some(es) => !es.iter().any(|e| v.referenced.contains(&e.id)),
+            };
+            if unused || repacked_set.contains(p) {
+                dead_packs.insert(*p);
+                add(key(layout::PACKS, p), *size, &mut rep);
+            }
         }
-    }
-    for (m, size) in &v.maps {
-        if !v.referenced_maps.contains(m) {
-            add(key(layout::MAPS, m), *size, &mut rep);
+        for (m, size) in &v.maps {
+            if !v.referenced_maps.contains(m) {
+                add(key(layout::MAPS, m), *size, &mut rep);
+            }
         }
-    }
-    // An index is consolidated (marked, then rewritten without its dead packs) when
-    // it lists a pack that is gone or marked, or when there are many small ones.
-    let many = v.indexes.len() > 32;
-    for (n, size) in &v.indexes {
-        let dead = v.index_packs.get(n).is_some_and(|ps| {
-            ps.iter()
-                .any(|p| !v.packs.contains_key(p) || dead_packs.contains(p) || marked.contains(&key(layout::PACKS, p)))
-        });
-        if dead || many {
-            add(key(layout::INDEX, n), *size, &mut rep);
+        // An index is consolidated (marked, then rewritten without its dead packs) when
+        // it lists a pack that is gone or marked, or when there are many small ones.
+        let many = v.indexes.len() > 32;
+        for (n, size) in &v.indexes {
+            let dead = v.index_packs.get(n).is_some_and(|ps| {
+                ps.iter().any(|p| {
+                    !v.packs.contains_key(p) || dead_packs.contains(p) || marked.contains(&key(layout::PACKS, p))
+                })
+            });
+            if dead || many {
+                add(key(layout::INDEX, n), *size, &mut rep);
+            }
         }
     }
     // Marks of earlier runs still waiting for their grace period.

@@ -186,6 +186,8 @@ struct Dest {
     /// A destination whose base failed tries again after this, backing off.
     base_after: Instant,
     base_failures: u32,
+    /// When its last segment was cut (or its chain began).
+    last_cut: Instant,
     /// The manifest compactions extend (the base, or the last compaction that wrote a
     /// full map) and the pages changed since it, one bit each.
     root: Option<sqlvault_format::Manifest>,
@@ -268,6 +270,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             needs_base: true,
             base_after: Instant::now(),
             base_failures: 0,
+            last_cut: Instant::now(),
             root: None,
             since_root: Vec::new(),
             chain_first: None,
@@ -286,8 +289,11 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         .expect("a first base pins");
     let mut after_stop = 0u32;
     let following_from = session.requests();
-    let mut last_cut = Instant::now();
-    let mut last_handover = Instant::now();
+    // The cadence of cuts: one every interval, kept on its own clock so that a pin
+    // moved in between (an application's checkpoint, a destination freed) does not
+    // push the next cut back — a point's staleness is bounded by the interval.
+    let mut next_tick = Instant::now() + opts.interval;
+    let mut pending_base: Option<PendingBase> = None;
     let mut mark_pages = 0u32;
     let mut observed_ms = now_ms();
     loop {
@@ -297,24 +303,30 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         // checkpoint of the application's runs: a FULL, RESTART or TRUNCATE one waits
         // for it. Moving it more often would let the application's autocheckpoint
         // copy a few frames (and fsync) at every move: commit latency.
-        let mut periodic = stopping;
+        let mut tick = stopping;
         if !stopping {
-            let until = last_handover + opts.interval;
             loop {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 if opts.stop.is_cancelled() {
                     stopping = true;
-                    periodic = true;
+                    tick = true;
                     break;
                 }
-                // A destination that was still shipping at the last cut is served as
-                // soon as it is free, not a whole interval later.
-                let freed = last_cut.elapsed() >= opts.interval
-                    && dests
-                        .iter()
-                        .any(|d| d.inflight.as_ref().is_some_and(|h| h.is_finished()));
-                if Instant::now() >= until || freed {
-                    periodic = true;
+                let now = Instant::now();
+                if now >= next_tick {
+                    tick = true;
+                    next_tick += opts.interval;
+                    if next_tick <= now {
+                        next_tick = now + opts.interval;
+                    }
+                    break;
+                }
+                // A destination that was still shipping at its cut is served as soon
+                // as it is free, not at the next tick.
+                let freed = dests.iter().any(|d| {
+                    d.last_cut.elapsed() >= opts.interval && d.inflight.as_ref().is_some_and(|h| h.is_finished())
+                });
+                if freed {
                     break;
                 }
                 let running = follower.lock().unwrap_or_else(|e| e.into_inner()).checkpoint_running();
@@ -323,7 +335,6 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                 }
             }
         }
-        last_handover = Instant::now();
         // Handover: the next pin, the frames since the last one, the older released.
         let f = follower.clone();
         let from = pos;
@@ -347,6 +358,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             Err(e) => {
                 // The database went away or cannot be read: a break if it comes back.
                 tracing::warn!("cannot follow {}: {}", db.display(), e.one_line());
+                finish_base(&mut pending_base, true, &mut dests, &mut report, db).await;
                 pos = rebreak(&follower, &mut dests, db, &opts, &mut report, "unreadable", &db_path).await?;
                 continue;
             }
@@ -355,8 +367,8 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             Err(brk) => {
                 let reason = break_code(&brk);
                 tracing::warn!("{}: {brk}; starting a new chain", db.display());
+                finish_base(&mut pending_base, true, &mut dests, &mut report, db).await;
                 pos = rebreak(&follower, &mut dests, db, &opts, &mut report, reason, &db_path).await?;
-                last_cut = Instant::now();
                 continue;
             }
             Ok(a) => {
@@ -382,20 +394,20 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         collect_finished(&mut dests, false).await;
         // A destination without a chain (its base or a segment's own write failed)
         // gets a base of its own, backing off; the pins stay, the others go on.
+        finish_base(&mut pending_base, stopping, &mut dests, &mut report, db).await;
         let now = Instant::now();
         let lagging: Vec<usize> = (0..dests.len())
             .filter(|&i| dests[i].needs_base && dests[i].inflight.is_none() && now >= dests[i].base_after)
             .collect();
-        if !lagging.is_empty() && !stopping {
-            base(&follower, &mut dests, &lagging, db, &opts, &mut report, "destination").await?;
-            for &i in &lagging {
-                let d = &mut dests[i];
-                if d.needs_base {
-                    d.base_failures += 1;
-                    d.base_after = Instant::now() + Duration::from_secs(1 << d.base_failures.min(7));
-                } else {
-                    d.base_failures = 0;
+        if !lagging.is_empty() && !stopping && pending_base.is_none() {
+            if lagging.len() == dests.len() {
+                // Nobody to hold up: in line, re-pinning the follower inside it.
+                if let Some(p) = base(&follower, &mut dests, &lagging, db, &opts, &mut report, "destination").await? {
+                    pos = p;
                 }
+                back_off(&mut dests, &lagging);
+            } else {
+                pending_base = Some(start_base(&mut dests, lagging, db, &opts));
             }
         }
         // Compaction: between segments, from the maps alone.
@@ -414,12 +426,16 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                 d.chain_first = Some(Instant::now());
             }
         }
-        let due = stopping || periodic || last_cut.elapsed() >= opts.interval;
-        if due {
+        {
+            // At a tick every free destination with changes is cut; in between, one
+            // whose last cut is an interval old (it was shipping at the tick).
             let ready: Vec<usize> = (0..dests.len())
                 .filter(|&i| {
                     let d = &dests[i];
-                    d.inflight.is_none() && d.table.is_some() && (d.commits > 0 || !d.dirty.is_empty())
+                    d.inflight.is_none()
+                        && d.table.is_some()
+                        && (d.commits > 0 || !d.dirty.is_empty())
+                        && (tick || d.last_cut.elapsed() >= opts.interval)
                 })
                 .collect();
             if !ready.is_empty() {
@@ -456,16 +472,16 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                         db.display(),
                         want.len()
                     );
+                    finish_base(&mut pending_base, true, &mut dests, &mut report, db).await;
                     pos = rebreak(&follower, &mut dests, db, &opts, &mut report, "large-change", &db_path).await?;
-                    last_cut = Instant::now();
                     continue;
                 };
                 tracing::debug!("cut of {} pages for {} destinations", cut.len(), ready.len());
                 let cut: CutPages = Arc::new(cut);
                 for &i in &ready {
                     ship(&mut dests[i], &cut, mark_pages, observed_ms);
+                    dests[i].last_cut = Instant::now();
                 }
-                last_cut = Instant::now();
             }
         }
         if stopping {
@@ -866,7 +882,9 @@ async fn base(
     bopts.replicated = true;
     let repos: Vec<Repo> = which.iter().map(|&i| dests[i].repo.clone()).collect();
     let results = backup_to_all(&repos, db, bopts).await?;
-    let pos = match captured.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    let first = reason == "start";
+    let captured = captured.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let pos = match captured {
         Some(Ok(p)) => p,
         Some(Err(detail)) => {
             return Err(Error::new(
@@ -875,24 +893,138 @@ async fn base(
                 format!("cannot follow {}: {detail}", db.display()),
             ));
         }
+        // The database was never read: every destination failed before (a store
+        // down, its configuration unreadable). Their errors are counted below; the
+        // follower is pinned again where the database is now (a break released its
+        // pins), and they get a base of their own later.
+        None if !first && repin => {
+            let (f, p) = (follower.clone(), db.to_path_buf());
+            on_cpu(move || {
+                let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+                f.release_all();
+                let mark = f.pin()?;
+                f.position_of(&mark).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Source,
+                        "replicate.cannot-follow",
+                        format!("cannot follow {}: {e}", p.display()),
+                    )
+                })
+            })
+            .await?
+        }
+        None if !first => FollowPosition {
+            salt: [0; 2],
+            checkpoint_seq: 0,
+            frame: 0,
+            checksum: [0; 2],
+        },
         None => {
+            let why = results
+                .iter()
+                .find_map(|r| r.as_ref().err().map(|e| e.one_line()))
+                .unwrap_or_else(|| "its base snapshot was not read in one WAL read transaction".into());
             return Err(Error::new(
-                ErrorKind::Source,
-                "replicate.cannot-follow",
-                format!(
-                    "cannot follow {}: its base snapshot was not read in one WAL read transaction",
-                    db.display()
-                ),
+                ErrorKind::Store,
+                "replicate.no-destination",
+                format!("no destination took a base snapshot of {}: {why}", db.display()),
             ));
         }
     };
-    report.bases += 1;
-    let mut any = false;
-    for (&i, r) in which.iter().zip(results) {
+    for &i in which {
         let d = &mut dests[i];
         d.dirty.clear();
         d.commits = 0;
         d.events.clear();
+    }
+    let any = adopt_bases(dests, which, results, report, reason, db).await;
+    if !any && first {
+        return Err(Error::new(
+            ErrorKind::Store,
+            "replicate.no-destination",
+            format!("no destination took a base snapshot of {}", db.display()),
+        ));
+    }
+    Ok(repin.then_some(pos))
+}
+
+/// A base snapshot of some destinations (those that lost their chain) taken while the
+/// others go on: a task of its own, so that a destination that is down or slow holds
+/// up nobody. Their changed pages were cleared when it began, before its read
+/// transaction: every page changed after that read is marked again by the handovers
+/// meanwhile, and goes in the first segment after the base.
+struct PendingBase {
+    which: Vec<usize>,
+    task: tokio::task::JoinHandle<Result<Vec<Result<crate::BackupReport>>>>,
+}
+
+fn start_base(dests: &mut [Dest], which: Vec<usize>, db: &Path, opts: &ReplicateOptions) -> PendingBase {
+    for &i in &which {
+        let d = &mut dests[i];
+        d.dirty.clear();
+        d.commits = 0;
+        d.events.clear();
+    }
+    let mut bopts = opts.base.clone();
+    bopts.on_read = None;
+    bopts.replicated = true;
+    let repos: Vec<Repo> = which.iter().map(|&i| dests[i].repo.clone()).collect();
+    let db = db.to_path_buf();
+    let task = tokio::spawn(async move { backup_to_all(&repos, &db, bopts).await });
+    PendingBase { which, task }
+}
+
+/// Takes in a finished (or, with `wait`, any) pending base: the destinations that got
+/// it start their chains, the others back off.
+async fn finish_base(
+    pending: &mut Option<PendingBase>,
+    wait: bool,
+    dests: &mut [Dest],
+    report: &mut ReplicateReport,
+    db: &Path,
+) {
+    if !pending.as_ref().is_some_and(|p| wait || p.task.is_finished()) {
+        return;
+    }
+    let p = pending.take().expect("checked");
+    let failed = |kind, code, msg: String| p.which.iter().map(|_| Err(Error::new(kind, code, msg.clone()))).collect();
+    let results = match p.task.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => failed(e.kind(), e.code(), e.one_line()),
+        Err(e) => failed(ErrorKind::Internal, "replicate.base-panicked", e.to_string()),
+    };
+    adopt_bases(dests, &p.which, results, report, "destination", db).await;
+    back_off(dests, &p.which);
+}
+
+/// After a base of `which`: those still without a chain try again later, backing off
+/// up to 16 s (a store back after an outage is served soon).
+fn back_off(dests: &mut [Dest], which: &[usize]) {
+    for &i in which {
+        let d = &mut dests[i];
+        if d.needs_base {
+            d.base_failures += 1;
+            d.base_after = Instant::now() + Duration::from_secs(1 << d.base_failures.min(4));
+        } else {
+            d.base_failures = 0;
+        }
+    }
+}
+
+/// Starts the chains of the destinations `which` from their base snapshots' results;
+/// whether any did.
+async fn adopt_bases(
+    dests: &mut [Dest],
+    which: &[usize],
+    results: Vec<Result<crate::BackupReport>>,
+    report: &mut ReplicateReport,
+    reason: &str,
+    db: &Path,
+) -> bool {
+    report.bases += 1;
+    let mut any = false;
+    for (&i, r) in which.iter().zip(results) {
+        let d = &mut dests[i];
         d.table = None;
         d.chain = None;
         d.needs_base = true;
@@ -954,12 +1086,5 @@ async fn base(
             d.report.repo
         );
     }
-    if !any && repin {
-        return Err(Error::new(
-            ErrorKind::Store,
-            "replicate.no-destination",
-            format!("no destination took a base snapshot of {}", db.display()),
-        ));
-    }
-    Ok(repin.then_some(pos))
+    any
 }

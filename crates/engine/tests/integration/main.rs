@@ -12,5 +12,6 @@ mod flaky;
 mod lifecycle;
 mod prune;
 mod restore;
+mod send;
 mod session;
 mod support;
