@@ -23,5 +23,6 @@ mod lifecycle;
 mod realworld;
 mod replication;
 mod s3;
+mod service;
 mod sqlcipher;
 mod stock_tools;

@@ -4,7 +4,7 @@
 //!
 //! - the leaf crates (format, sqlite, compress, crypt, store) depend on no other
 //!   sqlvault crate, and no library depends on the binary or on xtask;
-//! - tokio only in the crates allowed to be async (store, engine, the binary, test
+//! - tokio only in the crates allowed to be async (store, engine, service, the binary, test
 //!   support and xtask);
 //! - clap and anyhow only in binaries (the CLI and xtask);
 //! - no library reads the process environment (`std::env::var`, `temp_dir`,
@@ -42,6 +42,7 @@ const LIBRARIES: &[&str] = &[
 const ASYNC_ALLOWED: &[&str] = &[
     "sqlvault-store",
     "sqlvault-engine",
+    "sqlvault-service",
     "sqlvault-cli",
     "sqlvault-testkit",
     "xtask",

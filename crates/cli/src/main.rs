@@ -52,6 +52,8 @@ struct Cli {
 /// temporary-file registry until `_exit`, so no new temporary appears after it.
 /// Set by a command that stops gracefully on SIGINT/SIGTERM (see `handle_signals`).
 pub static GRACEFUL: std::sync::OnceLock<sqlvault_engine::Cancel> = std::sync::OnceLock::new();
+/// Set by a command that reloads on SIGHUP (the daemon) instead of exiting.
+pub static RELOAD: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
 
 fn handle_signals(json: bool) {
     let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
@@ -68,21 +70,34 @@ fn handle_signals(json: bool) {
     };
     let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
         let mut sig: libc::c_int = 0;
-        // SAFETY: `set` is a valid signal set and `sig` a valid out-parameter.
-        while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
-        // A command that stops gracefully (replicate: ship what is committed, exit 0)
-        // takes the first SIGINT or SIGTERM; a second one ends the process as below.
-        if sig != libc::SIGHUP
-            && let Some(stop) = GRACEFUL.get()
-        {
-            stop.cancel();
-            let line = "stopping: shipping what is committed (send the signal again to exit at once)\n";
-            // SAFETY: a write of a valid buffer to stderr.
-            unsafe {
-                libc::write(2, line.as_ptr().cast(), line.len());
-            }
-            // SAFETY: as above.
+        let mut stopping = false;
+        loop {
+            // SAFETY: `set` is a valid signal set and `sig` a valid out-parameter.
             while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+            // The daemon reads its configuration again on SIGHUP.
+            if sig == libc::SIGHUP
+                && let Some(r) = RELOAD.get()
+            {
+                r.store(true, std::sync::atomic::Ordering::SeqCst);
+                continue;
+            }
+            // A command that stops gracefully (replicate, daemon: ship what is
+            // committed, exit 0) takes the first SIGINT or SIGTERM; a second one ends
+            // the process as below.
+            if sig != libc::SIGHUP
+                && !stopping
+                && let Some(stop) = GRACEFUL.get()
+            {
+                stopping = true;
+                stop.cancel();
+                let line = "stopping: shipping what is committed (send the signal again to exit at once)\n";
+                // SAFETY: a write of a valid buffer to stderr.
+                unsafe {
+                    libc::write(2, line.as_ptr().cast(), line.len());
+                }
+                continue;
+            }
+            break;
         }
         let removed = sqlvault_sqlite::remove_all_for_exit();
         let name = match sig {

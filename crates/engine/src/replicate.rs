@@ -45,9 +45,11 @@ use crate::packer::{Packer, on_cpu, write_index_for};
 use crate::pagetable::PageTable;
 use crate::repo::{Repo, now_ms};
 
+mod bases;
 mod compact;
 mod rollback;
 
+use bases::{PendingBase, back_off, base, finish_base, start_base};
 use compact::compact;
 use rollback::replicate_rollback;
 
@@ -71,6 +73,9 @@ pub struct ReplicateOptions {
     /// Stops replication: what is committed is shipped, then [`replicate`] returns.
     /// (Not the session's cancel flag, which would abort that last segment.)
     pub stop: crate::Cancel,
+    /// Where the report so far is published while replication runs (a service's
+    /// metrics and status read it): updated at every handover.
+    pub live: Option<Arc<Mutex<ReplicateReport>>>,
 }
 
 impl Default for ReplicateOptions {
@@ -82,6 +87,7 @@ impl Default for ReplicateOptions {
             compact_segments: 300,
             compact_after: Duration::from_secs(300),
             stop: crate::Cancel::default(),
+            live: None,
         }
     }
 }
@@ -106,6 +112,11 @@ impl ReplicateOptions {
     /// Sets the stop flag.
     pub fn with_stop(mut self, stop: crate::Cancel) -> Self {
         self.stop = stop;
+        self
+    }
+    /// Publishes the report so far into `live` while replication runs.
+    pub fn with_live(mut self, live: Arc<Mutex<ReplicateReport>>) -> Self {
+        self.live = Some(live);
         self
     }
     /// Sets the largest cut shipped as a segment.
@@ -137,6 +148,11 @@ pub struct DestinationReport {
     /// The last failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Since when (unix ms) a committed state has been waiting to reach this
+    /// destination: its replication lag is now minus this. None: it has everything
+    /// observed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_since_ms: Option<i64>,
 }
 
 /// What [`replicate`] did until it was stopped.
@@ -188,6 +204,10 @@ struct Dest {
     base_failures: u32,
     /// When its last segment was cut (or its chain began).
     last_cut: Instant,
+    /// Since when a state observed has been waiting for this destination: not yet
+    /// cut, and in the cut in flight.
+    unshipped_since: Option<i64>,
+    inflight_since: Option<i64>,
     /// The manifest compactions extend (the base, or the last compaction that wrote a
     /// full map) and the pages changed since it, one bit each.
     root: Option<sqlvault_format::Manifest>,
@@ -271,6 +291,8 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             base_after: Instant::now(),
             base_failures: 0,
             last_cut: Instant::now(),
+            unshipped_since: None,
+            inflight_since: None,
             root: None,
             since_root: Vec::new(),
             chain_first: None,
@@ -294,6 +316,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
     // push the next cut back — a point's staleness is bounded by the interval.
     let mut next_tick = Instant::now() + opts.interval;
     let mut pending_base: Option<PendingBase> = None;
+    let mut handed_ms = now_ms();
     let mut mark_pages = 0u32;
     let mut observed_ms = now_ms();
     loop {
@@ -378,17 +401,23 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                     report.wal_restarts += 1;
                     tracing::debug!("{}: the WAL was restarted by a checkpoint; followed", db.display());
                 }
-                if a.commits > 0 || !a.pages.is_empty() {
+                let changed = a.commits > 0 || !a.pages.is_empty();
+                if changed {
                     observed_ms = seen;
                     mark_pages = mark.pages;
                 }
                 for d in dests.iter_mut() {
+                    if changed {
+                        // Committed after the previous handover: lag counts from there.
+                        d.unshipped_since.get_or_insert(handed_ms);
+                    }
                     d.dirty.extend(a.pages.iter().copied());
                     d.commits += a.commits;
                     if a.restarted {
                         d.events.push("wal-restarted".into());
                     }
                 }
+                handed_ms = seen;
             }
         }
         collect_finished(&mut dests, false).await;
@@ -484,6 +513,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                 }
             }
         }
+        publish(&opts, &report, &dests);
         if stopping {
             settle_all(&mut dests).await;
             let pending = dests
@@ -527,6 +557,24 @@ fn break_code(b: &Break) -> &'static str {
     }
 }
 
+/// The report so far into [`ReplicateOptions::live`], when set.
+fn publish(opts: &ReplicateOptions, report: &ReplicateReport, dests: &[Dest]) {
+    let Some(live) = &opts.live else { return };
+    let mut r = report.clone();
+    r.destinations = dests
+        .iter()
+        .map(|d| {
+            let mut x = d.report.clone();
+            x.pending_since_ms = match (d.unshipped_since, d.inflight_since) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            x
+        })
+        .collect();
+    *live.lock().unwrap_or_else(|e| e.into_inner()) = r;
+}
+
 /// Waits for every destination's segment in flight.
 async fn settle_all(dests: &mut [Dest]) {
     collect_finished(dests, true).await;
@@ -547,11 +595,17 @@ async fn collect_finished(dests: &mut [Dest], wait: bool) {
                 d.report.last_error = Some(format!("shipper panicked: {e}"));
                 d.needs_base = true;
                 d.table = None;
+                d.unshipped_since = match (d.unshipped_since, d.inflight_since.take()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 continue;
             }
         };
         if d.chain != Some(shipped.chain) {
-            // Cut for a chain that has since been replaced by a new base.
+            // Cut for a chain that has since been replaced by a new base (which holds
+            // what it carried).
+            d.inflight_since = None;
             continue;
         }
         d.table = Some(shipped.table);
@@ -584,12 +638,17 @@ async fn collect_finished(dests: &mut [Dest], wait: bool) {
                 d.report.last_observed_ms = l.observed_ms;
                 d.report.bytes_new += l.bytes_new;
                 d.report.last_error = None;
+                d.inflight_since = None;
             }
             Err((e, fatal)) => {
                 // The pages, transactions and events go back: the next cut ships them
                 // with what came since.
                 d.dirty.extend(shipped.cut);
                 d.commits += shipped.commits;
+                d.unshipped_since = match (d.unshipped_since, d.inflight_since.take()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 let mut ev = shipped.events;
                 ev.append(&mut d.events);
                 d.events = ev;
@@ -609,6 +668,7 @@ async fn collect_finished(dests: &mut [Dest], wait: bool) {
 /// Starts shipping the destination's changed pages (from `cut`) as its next segment.
 fn ship(d: &mut Dest, cut: &CutPages, page_count: u32, observed_ms: i64) {
     let table = d.table.take().expect("checked by the caller");
+    d.inflight_since = d.unshipped_since.take();
     let mine = std::mem::take(&mut d.dirty);
     let commits = std::mem::take(&mut d.commits);
     let events = std::mem::take(&mut d.events);
@@ -822,269 +882,4 @@ async fn rebreak(
     Ok(base(follower, dests, &all, db, opts, report, reason)
         .await?
         .expect("a base of every destination pins"))
-}
-
-/// Takes a base snapshot into the destinations `which` through the backup path.
-/// When they are all of them, every pin is released first and the follower pinned
-/// again inside the base's read transaction: the returned position is where the
-/// chains start from. For some of them only (a destination that lost its chain), the
-/// pins stay held and the follower's position stands: the base holds everything up
-/// to it, and the next handover marks every page changed since as dirty for them too
-/// (some already in the base: harmless). Destinations whose base fails stay without a
-/// chain (`needs_base`); a first base that reaches none is an error.
-async fn base(
-    follower: &Arc<Mutex<Follower>>,
-    dests: &mut [Dest],
-    which: &[usize],
-    db: &Path,
-    opts: &ReplicateOptions,
-    report: &mut ReplicateReport,
-    reason: &str,
-) -> Result<Option<FollowPosition>> {
-    let repin = which.len() == dests.len();
-    for &i in which {
-        if let Some(h) = dests[i].inflight.take() {
-            let _ = h.await;
-        }
-    }
-    let captured: Arc<Mutex<Option<std::result::Result<FollowPosition, String>>>> = Arc::new(Mutex::new(None));
-    let hook = {
-        let (f, c) = (follower.clone(), captured.clone());
-        sqlvault_sqlite::ReadHook(Arc::new(move |mark: Option<WalMark>| {
-            if !repin {
-                *c.lock().unwrap_or_else(|e| e.into_inner()) = Some(Ok(FollowPosition {
-                    salt: [0; 2],
-                    checkpoint_seq: 0,
-                    frame: 0,
-                    checksum: [0; 2],
-                }));
-                return Ok(());
-            }
-            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
-            let r = (|| {
-                f.release_all();
-                f.pin().map_err(|e| e.to_string())?;
-                let m = mark.unwrap_or(WalMark {
-                    frames: 0,
-                    pages: 0,
-                    checksum: [0; 2],
-                    salt: [0; 2],
-                });
-                f.position_of(&m).map_err(|e| e.to_string())
-            })();
-            let ok = r.as_ref().map(|_| ()).map_err(Clone::clone);
-            *c.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-            ok
-        }))
-    };
-    let mut bopts = opts.base.clone();
-    bopts.on_read = Some(hook);
-    bopts.replicated = true;
-    let repos: Vec<Repo> = which.iter().map(|&i| dests[i].repo.clone()).collect();
-    let results = backup_to_all(&repos, db, bopts).await?;
-    let first = reason == "start";
-    let captured = captured.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let pos = match captured {
-        Some(Ok(p)) => p,
-        Some(Err(detail)) => {
-            return Err(Error::new(
-                ErrorKind::Source,
-                "replicate.cannot-follow",
-                format!("cannot follow {}: {detail}", db.display()),
-            ));
-        }
-        // The database was never read: every destination failed before (a store
-        // down, its configuration unreadable). Their errors are counted below; the
-        // follower is pinned again where the database is now (a break released its
-        // pins), and they get a base of their own later.
-        None if !first && repin => {
-            let (f, p) = (follower.clone(), db.to_path_buf());
-            on_cpu(move || {
-                let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
-                f.release_all();
-                let mark = f.pin()?;
-                f.position_of(&mark).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Source,
-                        "replicate.cannot-follow",
-                        format!("cannot follow {}: {e}", p.display()),
-                    )
-                })
-            })
-            .await?
-        }
-        None if !first => FollowPosition {
-            salt: [0; 2],
-            checkpoint_seq: 0,
-            frame: 0,
-            checksum: [0; 2],
-        },
-        None => {
-            let why = results
-                .iter()
-                .find_map(|r| r.as_ref().err().map(|e| e.one_line()))
-                .unwrap_or_else(|| "its base snapshot was not read in one WAL read transaction".into());
-            return Err(Error::new(
-                ErrorKind::Store,
-                "replicate.no-destination",
-                format!("no destination took a base snapshot of {}: {why}", db.display()),
-            ));
-        }
-    };
-    for &i in which {
-        let d = &mut dests[i];
-        d.dirty.clear();
-        d.commits = 0;
-        d.events.clear();
-    }
-    let any = adopt_bases(dests, which, results, report, reason, db).await;
-    if !any && first {
-        return Err(Error::new(
-            ErrorKind::Store,
-            "replicate.no-destination",
-            format!("no destination took a base snapshot of {}", db.display()),
-        ));
-    }
-    Ok(repin.then_some(pos))
-}
-
-/// A base snapshot of some destinations (those that lost their chain) taken while the
-/// others go on: a task of its own, so that a destination that is down or slow holds
-/// up nobody. Their changed pages were cleared when it began, before its read
-/// transaction: every page changed after that read is marked again by the handovers
-/// meanwhile, and goes in the first segment after the base.
-struct PendingBase {
-    which: Vec<usize>,
-    task: tokio::task::JoinHandle<Result<Vec<Result<crate::BackupReport>>>>,
-}
-
-fn start_base(dests: &mut [Dest], which: Vec<usize>, db: &Path, opts: &ReplicateOptions) -> PendingBase {
-    for &i in &which {
-        let d = &mut dests[i];
-        d.dirty.clear();
-        d.commits = 0;
-        d.events.clear();
-    }
-    let mut bopts = opts.base.clone();
-    bopts.on_read = None;
-    bopts.replicated = true;
-    let repos: Vec<Repo> = which.iter().map(|&i| dests[i].repo.clone()).collect();
-    let db = db.to_path_buf();
-    let task = tokio::spawn(async move { backup_to_all(&repos, &db, bopts).await });
-    PendingBase { which, task }
-}
-
-/// Takes in a finished (or, with `wait`, any) pending base: the destinations that got
-/// it start their chains, the others back off.
-async fn finish_base(
-    pending: &mut Option<PendingBase>,
-    wait: bool,
-    dests: &mut [Dest],
-    report: &mut ReplicateReport,
-    db: &Path,
-) {
-    if !pending.as_ref().is_some_and(|p| wait || p.task.is_finished()) {
-        return;
-    }
-    let p = pending.take().expect("checked");
-    let failed = |kind, code, msg: String| p.which.iter().map(|_| Err(Error::new(kind, code, msg.clone()))).collect();
-    let results = match p.task.await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => failed(e.kind(), e.code(), e.one_line()),
-        Err(e) => failed(ErrorKind::Internal, "replicate.base-panicked", e.to_string()),
-    };
-    adopt_bases(dests, &p.which, results, report, "destination", db).await;
-    back_off(dests, &p.which);
-}
-
-/// After a base of `which`: those still without a chain try again later, backing off
-/// up to 16 s (a store back after an outage is served soon).
-fn back_off(dests: &mut [Dest], which: &[usize]) {
-    for &i in which {
-        let d = &mut dests[i];
-        if d.needs_base {
-            d.base_failures += 1;
-            d.base_after = Instant::now() + Duration::from_secs(1 << d.base_failures.min(4));
-        } else {
-            d.base_failures = 0;
-        }
-    }
-}
-
-/// Starts the chains of the destinations `which` from their base snapshots' results;
-/// whether any did.
-async fn adopt_bases(
-    dests: &mut [Dest],
-    which: &[usize],
-    results: Vec<Result<crate::BackupReport>>,
-    report: &mut ReplicateReport,
-    reason: &str,
-    db: &Path,
-) -> bool {
-    report.bases += 1;
-    let mut any = false;
-    for (&i, r) in which.iter().zip(results) {
-        let d = &mut dests[i];
-        d.table = None;
-        d.chain = None;
-        d.needs_base = true;
-        let rep = match r {
-            Ok(rep) => rep,
-            Err(e) => {
-                tracing::warn!("base snapshot to {} failed: {}", d.report.repo, e.one_line());
-                d.report.errors += 1;
-                d.report.last_error = Some(e.one_line());
-                continue;
-            }
-        };
-        let id: ObjectId = match rep.snapshot_id.parse() {
-            Ok(id) => id,
-            Err(_) => continue,
-        };
-        let built = async {
-            let m = d.repo.load_manifest(&id).await?;
-            let table = PageTable::build(&d.repo, &m).await?;
-            let state = table.state(&d.key)?;
-            Ok::<_, Error>((m, table, state))
-        }
-        .await;
-        let (m, table, state) = match built {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(
-                    "base snapshot in {} cannot be read back: {}",
-                    d.report.repo,
-                    e.one_line()
-                );
-                d.report.errors += 1;
-                d.report.last_error = Some(e.one_line());
-                continue;
-            }
-        };
-        d.state = state;
-        d.table = Some(table);
-        d.chain = Some(id);
-        d.seq = 0;
-        d.prev = Segment::first_prev(&id);
-        d.txid = 0;
-        d.needs_base = false;
-        d.events.push(format!("chain-started:{reason}"));
-        d.root = Some(m.clone());
-        d.since_root.clear();
-        d.chain_first = None;
-        d.id = Arc::new((m.name.clone(), m.host.clone(), m.source_path.clone()));
-        d.page_size = m.page_size;
-        report.name = m.name.clone();
-        d.report.chain = id.to_string();
-        d.report.last_seq = 0;
-        d.report.last_observed_ms = m.created_ms;
-        any = true;
-        tracing::info!(
-            "{}: chain {} started in {} ({reason})",
-            db.display(),
-            id.short(),
-            d.report.repo
-        );
-    }
-    any
 }

@@ -25,6 +25,7 @@ mod load;
 mod prune;
 mod replicate;
 mod restore;
+mod service;
 mod snapshots;
 mod verify;
 
@@ -89,6 +90,16 @@ pub enum Cmd {
     /// Audit databases, their files and directories, keys and repositories; --fix
     /// tightens permissions. Exit code: 0 clean, 11 low, 12 medium, 13 high.
     Audit(audit::AuditArgs),
+    /// Run as a service: every database of a configuration file replicated, with
+    /// snapshots, retention and verification on their schedules, /metrics and
+    /// /healthz; SIGHUP reloads the configuration, SIGTERM ships what is committed.
+    Daemon(service::DaemonArgs),
+    /// The daemon's status, from its local state (running or not). Exit 14 when
+    /// unhealthy.
+    Status(service::StatusArgs),
+    /// Write (`example`) or validate (`check`) a service configuration.
+    #[command(subcommand)]
+    Config(service::ConfigCmd),
 }
 
 impl Cmd {
@@ -112,6 +123,9 @@ impl Cmd {
             Cmd::Forget(_) => "forget",
             Cmd::Prune(_) => "prune",
             Cmd::Audit(_) => "audit",
+            Cmd::Daemon(_) => "daemon",
+            Cmd::Status(_) => "status",
+            Cmd::Config(c) => c.name(),
         }
     }
 }
@@ -137,6 +151,9 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<u8, Error> {
         Cmd::Forget(a) => forget::run(a, ctx).await,
         Cmd::Prune(a) => prune::run(a, ctx).await,
         Cmd::Audit(a) => audit::run(a, ctx).await,
+        Cmd::Daemon(a) => service::daemon(a, ctx).await,
+        Cmd::Status(a) => service::status(a, ctx).await,
+        Cmd::Config(c) => service::config(c, ctx).await,
     }
 }
 

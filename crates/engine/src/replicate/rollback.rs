@@ -41,7 +41,11 @@ pub(super) async fn replicate_rollback(
         fd.read_exact_at(&mut b, 24).ok()?;
         Some(u32::from_be_bytes(b))
     };
-    let mut last: Option<u32> = None;
+    // Per destination: the change counter its newest snapshot holds, and since when
+    // it has lacked a change (its lag). One that failed is tried again at the next
+    // interval, alone, even when the database has not changed since.
+    let mut last: Vec<Option<u32>> = vec![None; repos.len()];
+    let mut since: Vec<Option<i64>> = vec![None; repos.len()];
     loop {
         let stopping = opts.stop.is_cancelled();
         session.cancel().check()?;
@@ -50,18 +54,25 @@ pub(super) async fn replicate_rollback(
             && (now.dev(), now.ino()) != (ours.dev(), ours.ino())
         {
             fd = sqlvault_sqlite::hold_file(db)?;
-            last = None;
+            last.iter_mut().for_each(|l| *l = None);
             *report.breaks.entry("file-replaced".into()).or_default() += 1;
         }
         let c = counter(&fd);
-        if c.is_none() || c != last {
-            let results = backup_to_all(repos, db, opts.base.clone()).await?;
+        let t = now_ms();
+        let behind: Vec<usize> = (0..repos.len()).filter(|&i| c.is_none() || c != last[i]).collect();
+        if !behind.is_empty() {
+            for &i in &behind {
+                since[i].get_or_insert(t);
+            }
+            let subset: Vec<Repo> = behind.iter().map(|&i| repos[i].clone()).collect();
+            let results = backup_to_all(&subset, db, opts.base.clone()).await?;
             report.bases += 1;
-            let mut any = false;
-            for (d, r) in report.destinations.iter_mut().zip(results) {
+            for (&i, r) in behind.iter().zip(results) {
+                let d = &mut report.destinations[i];
                 match r {
                     Ok(rep) => {
-                        any = true;
+                        last[i] = c;
+                        since[i] = None;
                         report.name = rep.name.clone();
                         d.chain = rep.snapshot_id.clone();
                         d.segments += 1;
@@ -76,9 +87,12 @@ pub(super) async fn replicate_rollback(
                     }
                 }
             }
-            if any {
-                last = c;
-            }
+        }
+        for (d, s) in report.destinations.iter_mut().zip(&since) {
+            d.pending_since_ms = *s;
+        }
+        if let Some(l) = &opts.live {
+            *l.lock().unwrap_or_else(|e| e.into_inner()) = report.clone();
         }
         if stopping {
             break;
