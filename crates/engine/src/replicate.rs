@@ -359,6 +359,12 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             }
         }
         // Handover: the next pin, the frames since the last one, the older released.
+        // A destination's own base is taken in before the pin moves, never after: its
+        // read happened before this pin, so the first cut (read under this pin or a
+        // later one) is no older than the base, and the pages changed since its read
+        // are all in the dirty set. Taken in after the handover, a base read later than
+        // the pin would be followed by a segment of older pages: a torn state.
+        finish_base(&mut pending_base, stopping, &mut dests, &mut report, db).await;
         let f = follower.clone();
         let from = pos;
         let step = on_cpu(move || {
@@ -423,7 +429,6 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         collect_finished(&mut dests, false).await;
         // A destination without a chain (its base or a segment's own write failed)
         // gets a base of its own, backing off; the pins stay, the others go on.
-        finish_base(&mut pending_base, stopping, &mut dests, &mut report, db).await;
         let now = Instant::now();
         let lagging: Vec<usize> = (0..dests.len())
             .filter(|&i| dests[i].needs_base && dests[i].inflight.is_none() && now >= dests[i].base_after)

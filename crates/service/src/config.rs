@@ -553,7 +553,18 @@ impl Resolver<'_> {
             }
             let db_key = match (&d.db_key_file, &d.db_key_env) {
                 (Some(f), None) => Some(KeySource::File(self.path_value(f)?)),
-                (None, Some(e)) => Some(KeySource::Env(self.expand(e)?)),
+                // The variable's name, not expanded: `${DB_KEY}` here would make the
+                // key itself the name, and it would then be quoted in errors.
+                (None, Some(e)) => {
+                    let v = e.get_ref();
+                    if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(self.err(
+                            e,
+                            "db_key_env is the name of a variable (e.g. APP_DB_KEY), not its value",
+                        ));
+                    }
+                    Some(KeySource::Env(v.clone()))
+                }
                 (None, None) => None,
                 (Some(f), Some(_)) => return Err(self.err(f, "give db_key_file or db_key_env, not both")),
             };
@@ -569,9 +580,10 @@ impl Resolver<'_> {
         for (n, i) in &raw.identities {
             let recipient = self.expand(&i.recipient)?;
             if !recipient.starts_with("age1") && !recipient.starts_with("ssh-") {
+                // Not quoted: what was written there may be a secret key.
                 return Err(self.err(
                     &i.recipient,
-                    format!("identity {n}: {recipient:?} is not a recipient (age1… or ssh-…): public facts only"),
+                    format!("identity {n}: the recipient is not one (age1… or ssh-…): public facts only"),
                 ));
             }
             identities.insert(
@@ -630,19 +642,28 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (secs.is_finite() && (0.0..1e10).contains(&secs)).then(|| Duration::from_secs_f64(secs))
 }
 
-/// Whether `name` matches a pattern of `*` (any run) and `?` (one character).
+/// Whether `name` matches a pattern of `*` (any run) and `?` (one character), in
+/// O(pattern × name) whatever the input (a hostile file name cannot stall the daemon).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[char], n: &[char]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some('?'), Some(_)) => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
-            _ => false,
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some((i, j));
+            i += 1;
+        } else if let Some((si, sj)) = star {
+            i = si + 1;
+            j = sj + 1;
+            star = Some((si, sj + 1));
+        } else {
+            return false;
         }
     }
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    go(&p, &n)
+    p[i..].iter().all(|&c| c == '*')
 }
 
 impl Source {
@@ -751,4 +772,22 @@ pub fn requests_per_month(c: &Config) -> serde_json::Value {
         busy += (jobs + MONTH / s.interval.as_secs_f64() * 4.0 * 1.01) * dests;
     }
     serde_json::json!({"idle": idle.round() as u64, "busy": busy.round() as u64})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob_matches_as_a_shell_does_and_never_backtracks_exponentially() {
+        assert!(glob_match("*.db", "tenant-1.db"));
+        assert!(glob_match("t?.db", "t1.db"));
+        assert!(!glob_match("t?.db", "t12.db"));
+        assert!(!glob_match("*.db", "x.db-wal"));
+        assert!(glob_match("*-*-*.db", "a-b-c.db"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("a*", ""));
+        let hostile = "-".repeat(5000) + "x";
+        assert!(!glob_match("*-*-*-*-*-*-*-*.db", &hostile));
+    }
 }

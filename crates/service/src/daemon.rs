@@ -181,7 +181,9 @@ async fn reconcile(config: &Config, workers: &mut BTreeMap<PathBuf, Worker>, sha
     }
     let gone: Vec<PathBuf> = workers
         .iter()
-        .filter(|(p, w)| want.get(*p) != Some(&w.job))
+        // Removed, changed, or ended (a worker only ends when stopped, or on a panic:
+        // it is started again).
+        .filter(|(p, w)| want.get(*p) != Some(&w.job) || w.task.is_finished())
         .map(|(p, _)| p.clone())
         .collect();
     for p in gone {
@@ -317,7 +319,7 @@ fn db_key(spec: &DatabaseSpec, env: &[(String, String)]) -> Result<Option<sqlvau
                 Error::new(
                     ErrorKind::Usage,
                     "config.db-key",
-                    format!("${v} (the database key) is not set"),
+                    format!("the database key variable named by db_key_env ({v}) is not set"),
                 )
             })?,
     };
@@ -395,9 +397,10 @@ async fn worker(job: Job, shared: Arc<Shared>, stop: Cancel) {
                 if due(&last_snapshot, sch.snapshot) {
                     last_snapshot.insert(d.name.clone(), Instant::now());
                     match sqlvault_engine::backup_to_all(std::slice::from_ref(repo), &path, base.clone()).await {
-                        Ok(mut r) => match r.remove(0) {
-                            Ok(_) => shared.success(&path, &d.name, "snapshot"),
-                            Err(e) => shared.failure(&path, &d.name, "snapshot", &e),
+                        Ok(r) => match r.into_iter().next() {
+                            Some(Ok(_)) => shared.success(&path, &d.name, "snapshot"),
+                            Some(Err(e)) => shared.failure(&path, &d.name, "snapshot", &e),
+                            None => {}
                         },
                         Err(e) => shared.failure(&path, &d.name, "snapshot", &e),
                     }
