@@ -155,6 +155,10 @@ destinations = ["local"]
     });
     let (_, m) = get(port, "/metrics").unwrap();
     assert_eq!(metric(&m, "sqlvault_up"), Some(1.0), "{m}");
+    // One daemon per state directory.
+    let second = w.run(&["daemon", "--config", &config, "--metrics-addr", "127.0.0.1:0"]);
+    assert_eq!(second.code, 14, "{}", second.stderr);
+    assert!(second.stderr.contains("another daemon"), "{}", second.stderr);
     assert!(m.contains("sqlvault_requests_total{"), "{m}");
 
     // A database appearing under the glob is picked up.
@@ -227,7 +231,23 @@ fn config_errors_name_their_line_and_refuse_secrets_in_the_file() {
     let w = World::new();
     let config = w.s("bad.toml");
     for (text, line, needle) in [
-        ("[service]\nlog = \"xml\"\n", 2, "log is"),
+        ("[service]\nmetrics_addr = \"everywhere\"\n", 2, "not an address"),
+        (
+            "[destination.s3]\nrepo = \"s3://b/r\"\nenv = { AWS_SECRET_ACCESS_KEY = \"hunter2$$\" }\n",
+            3,
+            "holds a credential",
+        ),
+        (
+            "[destination.s3]\nrepo = \"s3://b/r\"\nenv = { S3_KEY_ID = \"x\" }\n",
+            3,
+            "not a store setting",
+        ),
+        ("[schedule]\nverify = \"0s\"\n", 2, "at least 1s"),
+        (
+            "[destination.d]\nrepo = \"/r\"\n[[database]]\npath = \"/x.db\"\ndestinations = [\"d\"]\ndb_key_env = \"hunter2 is the key\"\n",
+            6,
+            "name of a variable",
+        ),
         (
             "[[database]]\npath = \"/x.db\"\ndestinations = [\"nowhere\"]\n",
             3,

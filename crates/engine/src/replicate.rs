@@ -387,8 +387,11 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             Err(e) => {
                 // The database went away or cannot be read: a break if it comes back.
                 tracing::warn!("cannot follow {}: {}", db.display(), e.one_line());
-                finish_base(&mut pending_base, true, &mut dests, &mut report, db).await;
+                // The new base covers every destination: a pending one is dropped (a
+                // hung store must not hold up the break).
+                pending_base = None;
                 pos = rebreak(&follower, &mut dests, db, &opts, &mut report, "unreadable", &db_path).await?;
+                handed_ms = now_ms();
                 continue;
             }
         };
@@ -396,8 +399,11 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
             Err(brk) => {
                 let reason = break_code(&brk);
                 tracing::warn!("{}: {brk}; starting a new chain", db.display());
-                finish_base(&mut pending_base, true, &mut dests, &mut report, db).await;
+                // The new base covers every destination: a pending one is dropped (a
+                // hung store must not hold up the break).
+                pending_base = None;
                 pos = rebreak(&follower, &mut dests, db, &opts, &mut report, reason, &db_path).await?;
+                handed_ms = now_ms();
                 continue;
             }
             Ok(a) => {
@@ -506,8 +512,9 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                         db.display(),
                         want.len()
                     );
-                    finish_base(&mut pending_base, true, &mut dests, &mut report, db).await;
+                    pending_base = None;
                     pos = rebreak(&follower, &mut dests, db, &opts, &mut report, "large-change", &db_path).await?;
+                    handed_ms = now_ms();
                     continue;
                 };
                 tracing::debug!("cut of {} pages for {} destinations", cut.len(), ready.len());

@@ -45,8 +45,6 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawService {
     metrics_addr: Option<S>,
-    state_dir: Option<S>,
-    log: Option<S>,
     rescan: Option<S>,
 }
 
@@ -135,10 +133,6 @@ pub struct Config {
 pub struct ServiceSettings {
     /// Where `/metrics` and `/healthz` are served (None: not served).
     pub metrics_addr: Option<SocketAddr>,
-    /// The local state directory (caches, status), when set in the file.
-    pub state_dir: Option<PathBuf>,
-    /// JSON log lines.
-    pub json_log: bool,
     /// How often globs are read again for new databases.
     pub rescan: Duration,
 }
@@ -365,12 +359,16 @@ impl Resolver<'_> {
         parse_duration(&v).ok_or_else(|| self.err(s, format!("{v:?} is not a duration (e.g. 500ms, 30s, 5m, 24h, 7d)")))
     }
 
-    /// A schedule entry: a duration, or "off".
+    /// A schedule entry: a duration of at least a second, or "off".
     fn every(&self, s: &S) -> Result<Option<Duration>, ConfigError> {
         if s.get_ref() == "off" {
             return Ok(None);
         }
-        self.duration(s).map(Some)
+        let d = self.duration(s)?;
+        if d < Duration::from_secs(1) {
+            return Err(self.err(s, "a schedule is at least 1s (or \"off\")"));
+        }
+        Ok(Some(d))
     }
 
     fn schedule(&self, base: &Schedule, r: &RawSchedule) -> Result<Schedule, ConfigError> {
@@ -427,18 +425,15 @@ impl Resolver<'_> {
                     )
                 }
             },
-            state_dir: raw.service.state_dir.as_ref().map(|s| self.path_value(s)).transpose()?,
-            json_log: match &raw.service.log {
-                None => false,
-                Some(s) => match self.expand(s)?.as_str() {
-                    "text" => false,
-                    "json" => true,
-                    v => return Err(self.err(s, format!("log is \"text\" or \"json\", not {v:?}"))),
-                },
-            },
             rescan: match &raw.service.rescan {
                 None => Duration::from_secs(30),
-                Some(s) => self.duration(s)?,
+                Some(s) => {
+                    let d = self.duration(s)?;
+                    if d < Duration::from_millis(100) {
+                        return Err(self.err(s, "rescan is at least 100ms"));
+                    }
+                    d
+                }
             },
         };
         let defaults = self.schedule(&Schedule::default(), &raw.schedule)?;
@@ -451,21 +446,41 @@ impl Resolver<'_> {
             }
             let mut env = Vec::new();
             for (k, v) in &d.env {
-                if !k
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-                {
+                // Only what a store client reads: anything else would be dropped
+                // silently (a typo must not look like a setting that took effect).
+                let store_setting = ["AWS_", "GOOGLE_", "AZURE_", "AZURITE_"]
+                    .iter()
+                    .any(|p| k.starts_with(p))
+                    && k.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                if !store_setting {
                     return Err(self.err(
                         v,
-                        format!("destination {name}: {k:?} is not an environment variable name"),
+                        format!("destination {name}: {k:?} is not a store setting (AWS_*, GOOGLE_*, AZURE_*)"),
                     ));
                 }
-                let looks_secret = ["SECRET", "KEY", "TOKEN", "PASSWORD", "SAS", "CREDENTIAL"]
-                    .iter()
-                    .any(|w| k.contains(w))
+                let looks_secret = [
+                    "SECRET",
+                    "KEY",
+                    "TOKEN",
+                    "PASSWORD",
+                    "SAS",
+                    "CREDENTIAL",
+                    "CONNECTION_STRING",
+                ]
+                .iter()
+                .any(|w| k.contains(w))
                     && k != "AWS_ACCESS_KEY_ID"
                     && k != "AZURE_STORAGE_ACCOUNT_NAME";
-                if looks_secret && !v.get_ref().contains('$') {
+                // The whole value one variable: `secret$$` or `x${A}` is not that.
+                let one_var = |v: &str| {
+                    let n = v
+                        .strip_prefix("${")
+                        .and_then(|r| r.strip_suffix('}'))
+                        .or_else(|| v.strip_prefix('$'));
+                    n.is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                };
+                if looks_secret && !one_var(v.get_ref()) {
                     return Err(self.err(
                         v,
                         format!(
@@ -711,7 +726,6 @@ pub fn example(db: &Path, repo: &str, recipients: &[String]) -> String {
 
 [service]
 metrics_addr = "127.0.0.1:9877"   # /metrics (Prometheus) and /healthz; "" turns them off
-log = "text"                      # or "json"
 rescan = "30s"                    # how often globs are listed again for new databases
 
 # Schedules every database inherits ([database.schedule] overrides them).

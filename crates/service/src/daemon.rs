@@ -10,10 +10,14 @@
 //! restarts with it (its first base uploads only what changed). A worker that fails
 //! records why and tries again; it never stops another.
 //!
-//! Every `rescan`, and at once when `reload` is set (SIGHUP), the configuration is read
-//! again and globs listed: new databases get a worker, removed ones are stopped (what
-//! is committed is shipped first), changed ones are restarted. A configuration that
-//! no longer parses leaves the running one in force and says so in the status.
+//! Every `rescan` the globs are listed again, and when `reload` is set (SIGHUP) the
+//! configuration is read again too: new databases get a worker, removed ones are
+//! stopped (what is committed is shipped first), changed ones are restarted, and a
+//! worker that ended (a panic) is started again. A configuration that no longer
+//! parses leaves the running one in force and says so in the status. Jobs are spread
+//! over their period (by path and destination) so that a restart, or a thousand
+//! tenants, do not run them all at once; the snapshot clock starts from the newest
+//! snapshot the repository holds. One daemon per state directory (a lock file).
 //! `stop` (SIGTERM) stops every worker the same way and returns.
 
 use std::collections::BTreeMap;
@@ -78,6 +82,7 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), Error> {
     let mut config = crate::config::load(&opts.config, &lookup)?;
     let state_dir = opts.session.state_dir().to_path_buf();
     let status_file = status_path(&state_dir);
+    let _lock = lock_state_dir(&state_dir)?;
     let status = Arc::new(Mutex::new(Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
@@ -144,11 +149,45 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), Error> {
     for w in workers.values() {
         w.stop.cancel();
     }
-    for (_, w) in std::mem::take(&mut workers) {
-        let _ = w.task.await;
+    for (p, mut w) in std::mem::take(&mut workers) {
+        if tokio::time::timeout(Duration::from_secs(120), &mut w.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("{}: its worker did not stop within 2 minutes; aborted", p.display());
+            w.task.abort();
+        }
     }
     write_status(&status, &status_file, false);
     Ok(())
+}
+
+/// One daemon per state directory: an exclusive lock on `service/daemon.lock`, held
+/// for the process's life (two daemons would overwrite each other's status).
+fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let dir = state_dir.join("service");
+    let io = |e: std::io::Error| Error::new(ErrorKind::Io, "daemon.state", format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join("daemon.lock"))
+        .map_err(io)?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            "daemon.running",
+            format!("another daemon runs with the state directory {}", state_dir.display()),
+        ));
+    }
+    Ok(f)
 }
 
 fn write_status(status: &Mutex<Status>, file: &Path, running: bool) {
@@ -171,10 +210,14 @@ async fn reconcile(config: &Config, workers: &mut BTreeMap<PathBuf, Worker>, sha
                 .iter()
                 .filter_map(|n| config.destinations.get(n).cloned())
                 .collect();
+            // The entry's line is not part of the job: a comment added above it
+            // restarts nothing.
+            let mut spec = spec.clone();
+            spec.line = 0;
             want.entry(path.clone()).or_insert(Job {
                 path,
                 name,
-                spec: spec.clone(),
+                spec,
                 dests,
             });
         }
@@ -186,11 +229,24 @@ async fn reconcile(config: &Config, workers: &mut BTreeMap<PathBuf, Worker>, sha
         .filter(|(p, w)| want.get(*p) != Some(&w.job) || w.task.is_finished())
         .map(|(p, _)| p.clone())
         .collect();
-    for p in gone {
-        let w = workers.remove(&p).expect("listed");
-        tracing::info!("{}: stopping (removed or changed in the configuration)", p.display());
-        w.stop.cancel();
-        let _ = w.task.await;
+    // Stopped together (each ships what is committed), each given two minutes.
+    let stopping: Vec<(PathBuf, Worker)> = gone
+        .into_iter()
+        .map(|p| {
+            let w = workers.remove(&p).expect("listed");
+            tracing::info!("{}: stopping (removed, changed or ended)", p.display());
+            w.stop.cancel();
+            (p, w)
+        })
+        .collect();
+    for (p, mut w) in stopping {
+        if tokio::time::timeout(Duration::from_secs(120), &mut w.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("{}: its worker did not stop within 2 minutes; aborted", p.display());
+            w.task.abort();
+        }
         shared
             .status
             .lock()
@@ -231,6 +287,7 @@ impl Shared {
     fn success(&self, path: &Path, dest: &str, kind: &str) {
         self.with_dest(path, dest, |t| {
             t.last_success_ms.insert(kind.to_string(), now_ms());
+            t.failing.remove(kind);
         });
     }
 
@@ -238,6 +295,7 @@ impl Shared {
         tracing::warn!("{} → {dest}: {kind} failed: {}", path.display(), e.one_line());
         self.with_dest(path, dest, |t| {
             *t.failures.entry(kind.to_string()).or_default() += 1;
+            t.failing.insert(kind.to_string(), e.one_line());
             t.last_error = Some(format!("{kind}: {}", e.one_line()));
         });
     }
@@ -255,10 +313,15 @@ impl Shared {
             Store::open_url(&d.repo, &env)?
         };
         self.session.register(&store);
-        let _one_at_a_time = self.init.lock().await;
         match Repo::open_write(&self.session, store.clone()).await {
             Ok(r) => Ok((r, store)),
-            Err(e) if e.code() == "repo.not-found" && (!d.recipients.is_empty() || d.recipients_file.is_some()) => {
+            Err(e) if e.code() == "repo.not-found" && may_init => {
+                // One creation at a time (two databases of one destination start
+                // together); held only here, so a hung store holds up no other open.
+                let _one_at_a_time = self.init.lock().await;
+                if let Ok(r) = Repo::open_write(&self.session, store.clone()).await {
+                    return Ok((r, store));
+                }
                 let mut rs = Vec::new();
                 for r in &d.recipients {
                     rs.push(r.parse().map_err(|e: sqlvault_engine::crypt::CryptError| {
@@ -327,20 +390,71 @@ fn db_key(spec: &DatabaseSpec, env: &[(String, String)]) -> Result<Option<sqlvau
     Ok(Some(sqlvault_engine::sqlite::Unlock::key(key)))
 }
 
+/// The scheduled jobs' clocks of one worker: when each last ran per destination, and
+/// when a failed identity may be opened again.
+#[derive(Default)]
+struct Clocks {
+    ran: BTreeMap<(String, &'static str), Instant>,
+    reader_retry: BTreeMap<String, Instant>,
+}
+
+impl Clocks {
+    /// Whether `kind` is due for `dest` every `every`. A job that never ran here is due
+    /// after a spread fraction of its period (0.1–0.6, by path and destination), so
+    /// that a restart or a thousand tenants do not run every job at once.
+    fn due(&mut self, dest: &str, kind: &'static str, every: Option<Duration>, spread: f64) -> bool {
+        let Some(every) = every else { return false };
+        let now = Instant::now();
+        let last = *self
+            .ran
+            .entry((dest.to_string(), kind))
+            .or_insert_with(|| now.checked_sub(every.mul_f64(1.0 - spread)).unwrap_or(now));
+        if last.elapsed() >= every {
+            self.ran.insert((dest.to_string(), kind), now);
+            return true;
+        }
+        false
+    }
+
+    /// Sets when `kind` last ran for `dest` (a snapshot found in the repository).
+    fn seed(&mut self, dest: &str, kind: &'static str, at: Instant) {
+        self.ran.insert((dest.to_string(), kind), at);
+    }
+}
+
+/// A number in 0.1..0.6 from `key` (stable across restarts).
+fn spread(key: &str) -> f64 {
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    0.1 + (h % 1000) as f64 / 2000.0
+}
+
+/// Runs `f` unless `stop` is set first (then `None`: the job is dropped where it is,
+/// as a kill would leave it; every job's crash contract holds).
+async fn unless_stopped<T>(stop: &Cancel, f: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        r = f => Some(r),
+        _ = async { while !stop.is_cancelled() { tokio::time::sleep(Duration::from_millis(100)).await; } } => None,
+    }
+}
+
 /// One database: replication to every destination that opens, and the scheduled jobs.
 async fn worker(job: Job, shared: Arc<Shared>, stop: Cancel) {
     let path = job.path.clone();
+    let name = db_name(&job);
     let sch = job.spec.schedule.clone();
     shared.with_db(&path, |d| {
+        d.name = name.clone();
+        d.since_ms = now_ms();
         d.max_lag_seconds = sch.max_lag.as_secs_f64();
-        d.snapshot_stale_seconds = sch.snapshot_stale.as_secs_f64();
+        d.snapshot_stale_seconds = sch.snapshot.map(|_| sch.snapshot_stale.as_secs_f64());
         for dest in &job.dests {
             d.destinations.entry(dest.name.clone()).or_default().repo = dest.repo.clone();
         }
     });
-    let mut last_snapshot: BTreeMap<String, Instant> = BTreeMap::new();
-    let mut last_prune: BTreeMap<String, Instant> = BTreeMap::new();
-    let mut last_verify: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut clocks = Clocks::default();
+    let mut seeded: std::collections::BTreeSet<String> = Default::default();
     while !stop.is_cancelled() {
         let unlock = match db_key(&job.spec, &shared.env) {
             Ok(u) => u,
@@ -351,15 +465,31 @@ async fn worker(job: Job, shared: Arc<Shared>, stop: Cancel) {
             }
         };
         let mut opened = Vec::new();
+        let mut missing = Vec::new();
         for d in &job.dests {
-            match shared.open(d).await {
-                Ok((repo, store)) => opened.push((d.clone(), repo, store)),
-                Err(e) => shared.failure(&path, &d.name, "open", &e),
+            match unless_stopped(&stop, shared.open(d)).await {
+                Some(Ok((repo, store))) => opened.push((d.clone(), repo, store)),
+                Some(Err(e)) => {
+                    shared.failure(&path, &d.name, "open", &e);
+                    // Whatever it lacks, it has lacked since now at the latest.
+                    shared.with_dest(&path, &d.name, |t| {
+                        t.pending_since_ms.get_or_insert(now_ms());
+                    });
+                    missing.push(d.clone());
+                }
+                None => return,
             }
         }
         if opened.is_empty() {
             wait(&stop, Duration::from_secs(30)).await;
             continue;
+        }
+        // What each repository already holds: the newest snapshot sets the snapshot
+        // clock, the timeline the restorable window.
+        for (d, repo, _) in &opened {
+            if seeded.insert(d.name.clone()) {
+                seed_from_repo(&shared, &path, &name, d, repo, &mut clocks, sch.snapshot).await;
+            }
         }
         let base = BackupOptions::default()
             .with_threads(1)
@@ -376,75 +506,40 @@ async fn worker(job: Job, shared: Arc<Shared>, stop: Cancel) {
         let repos: Vec<Repo> = opened.iter().map(|(_, r, _)| r.clone()).collect();
         let p = path.clone();
         let mut task = tokio::spawn(async move { sqlvault_engine::replicate(&repos, &p, ropts).await });
-        let all_open = opened.len() == job.dests.len();
-        let started = Instant::now();
-        let mut readers: BTreeMap<String, Option<Repo>> = BTreeMap::new();
+        let mut readers: BTreeMap<String, Repo> = BTreeMap::new();
+        let mut last_reopen = Instant::now();
         let outcome = loop {
             tokio::select! {
                 r = &mut task => break Some(r),
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
             absorb(&shared, &path, &live, &opened);
-            if stop.is_cancelled() || (!all_open && started.elapsed() >= Duration::from_secs(30)) {
+            if stop.is_cancelled() || rstop.is_cancelled() {
                 rstop.cancel();
                 continue;
             }
-            // Scheduled jobs, one at a time, each destination on its own.
-            for (d, repo, store) in &opened {
-                let due = |m: &BTreeMap<String, Instant>, every: Option<Duration>| {
-                    every.is_some_and(|e| m.get(&d.name).is_none_or(|t| t.elapsed() >= e))
-                };
-                if due(&last_snapshot, sch.snapshot) {
-                    last_snapshot.insert(d.name.clone(), Instant::now());
-                    match sqlvault_engine::backup_to_all(std::slice::from_ref(repo), &path, base.clone()).await {
-                        Ok(r) => match r.into_iter().next() {
-                            Some(Ok(_)) => shared.success(&path, &d.name, "snapshot"),
-                            Some(Err(e)) => shared.failure(&path, &d.name, "snapshot", &e),
-                            None => {}
-                        },
-                        Err(e) => shared.failure(&path, &d.name, "snapshot", &e),
-                    }
-                }
-                if d.identity_file.is_none() {
-                    continue;
-                }
-                if !readers.contains_key(&d.name) {
-                    match shared.reader(d, store).await {
-                        Ok(r) => {
-                            readers.insert(d.name.clone(), r);
+            // A destination that did not open is tried again every 30 s, beside
+            // replication; once it opens, replication restarts with it (its first
+            // base uploads only what changed).
+            if !missing.is_empty() && last_reopen.elapsed() >= Duration::from_secs(30) {
+                last_reopen = Instant::now();
+                for d in &missing {
+                    match unless_stopped(&stop, shared.open(d)).await {
+                        Some(Ok(_)) => {
+                            tracing::info!(
+                                "{} → {}: reachable again; replication restarts with it",
+                                path.display(),
+                                d.name
+                            );
+                            rstop.cancel();
                         }
-                        Err(e) => {
-                            shared.failure(&path, &d.name, "open", &e);
-                            continue;
-                        }
+                        Some(Err(e)) => shared.failure(&path, &d.name, "open", &e),
+                        None => {}
                     }
                 }
-                let Some(Some(reader)) = readers.get(&d.name) else {
-                    continue;
-                };
-                if due(&last_prune, sch.prune) && (!d.keep.is_empty() || d.pitr_window.is_some()) {
-                    last_prune.insert(d.name.clone(), Instant::now());
-                    let f = sqlvault_engine::ForgetOptions::new(d.keep)
-                        .with_name(Some(db_name(&job)))
-                        .with_pitr_window(d.pitr_window);
-                    let r = async {
-                        sqlvault_engine::forget(repo, &f).await?;
-                        sqlvault_engine::prune(reader, &sqlvault_engine::PruneOptions::default()).await
-                    }
-                    .await;
-                    match r {
-                        Ok(_) => shared.success(&path, &d.name, "prune"),
-                        Err(e) => shared.failure(&path, &d.name, "prune", &e),
-                    }
-                }
-                if due(&last_verify, sch.verify) {
-                    last_verify.insert(d.name.clone(), Instant::now());
-                    match verify_newest(reader, &db_name(&job)).await {
-                        Ok(()) => shared.success(&path, &d.name, "verify"),
-                        Err(e) => shared.failure(&path, &d.name, "verify", &e),
-                    }
-                }
+                continue;
             }
+            run_jobs(&shared, &job, &name, &base, &opened, &mut readers, &mut clocks, &stop).await;
         };
         absorb(&shared, &path, &live, &opened);
         match outcome {
@@ -463,6 +558,191 @@ async fn worker(job: Job, shared: Arc<Shared>, stop: Cancel) {
     }
 }
 
+/// Reads what `repo` holds for database `name`: its newest snapshot (the snapshot
+/// clock starts from it) and the start of its restorable timeline.
+async fn seed_from_repo(
+    shared: &Shared,
+    path: &Path,
+    name: &str,
+    d: &DestinationSpec,
+    repo: &Repo,
+    clocks: &mut Clocks,
+    every: Option<Duration>,
+) {
+    match repo.snapshots().await {
+        Ok(snaps) => {
+            if let Some(newest) = snaps.iter().filter(|m| m.name == name).map(|m| m.created_ms).max() {
+                shared.with_dest(path, &d.name, |t| {
+                    let e = t.last_success_ms.entry("snapshot".into()).or_insert(0);
+                    *e = (*e).max(newest);
+                });
+                if every.is_some() {
+                    let age = Duration::from_millis((now_ms() - newest).max(0) as u64);
+                    let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                    clocks.seed(&d.name, "snapshot", at);
+                }
+            }
+        }
+        Err(e) => shared.failure(path, &d.name, "open", &e),
+    }
+    refresh_window(shared, path, name, d, repo).await;
+}
+
+/// The restorable window: from the oldest state of the timeline.
+async fn refresh_window(shared: &Shared, path: &Path, name: &str, d: &DestinationSpec, repo: &Repo) {
+    if let Ok(t) = sqlvault_engine::timeline(repo, Some(name)).await
+        && let Some(from) = t.iter().map(|x| x.from_ms).min()
+    {
+        shared.with_dest(path, &d.name, |t| t.pitr_from_ms = from);
+    }
+}
+
+/// The jobs due now, one at a time, each destination on its own; each stops with the
+/// daemon.
+#[allow(clippy::too_many_arguments)]
+async fn run_jobs(
+    shared: &Shared,
+    job: &Job,
+    name: &str,
+    base: &BackupOptions,
+    opened: &[(DestinationSpec, Repo, Store)],
+    readers: &mut BTreeMap<String, Repo>,
+    clocks: &mut Clocks,
+    stop: &Cancel,
+) {
+    let path = &job.path;
+    let sch = &job.spec.schedule;
+    for (d, repo, store) in opened {
+        let sp = spread(&format!("{}\0{}", path.display(), d.name));
+        if clocks.due(&d.name, "snapshot", sch.snapshot, sp) {
+            let r = unless_stopped(
+                stop,
+                sqlvault_engine::backup_to_all(std::slice::from_ref(repo), path, base.clone()),
+            )
+            .await;
+            match r.map(|r| r.map(|v| v.into_iter().next())) {
+                Some(Ok(Some(Ok(_)))) => shared.success(path, &d.name, "snapshot"),
+                Some(Ok(Some(Err(e)))) | Some(Err(e)) => shared.failure(path, &d.name, "snapshot", &e),
+                Some(Ok(None)) | None => {}
+            }
+        }
+        if d.identity_file.is_none() {
+            continue;
+        }
+        if !readers.contains_key(&d.name) {
+            if clocks.reader_retry.get(&d.name).is_some_and(|t| *t > Instant::now()) {
+                continue;
+            }
+            match unless_stopped(stop, shared.reader(d, store)).await {
+                Some(Ok(Some(r))) => {
+                    readers.insert(d.name.clone(), r);
+                }
+                Some(Err(e)) => {
+                    // Tried again in a minute, not at every turn.
+                    clocks
+                        .reader_retry
+                        .insert(d.name.clone(), Instant::now() + Duration::from_secs(60));
+                    shared.failure(path, &d.name, "open", &e);
+                    continue;
+                }
+                _ => continue,
+            }
+        }
+        let reader = &readers[&d.name];
+        if (!d.keep.is_empty() || d.pitr_window.is_some()) && clocks.due(&d.name, "prune", sch.prune, sp) {
+            let f = sqlvault_engine::ForgetOptions::new(d.keep)
+                .with_name(Some(name.to_string()))
+                .with_pitr_window(d.pitr_window);
+            let r = unless_stopped(stop, async {
+                sqlvault_engine::forget(repo, &f).await?;
+                sqlvault_engine::prune(reader, &sqlvault_engine::PruneOptions::default()).await
+            })
+            .await;
+            match r {
+                Some(Ok(_)) => {
+                    shared.success(path, &d.name, "prune");
+                    refresh_window(shared, path, name, d, repo).await;
+                }
+                Some(Err(e)) => shared.failure(path, &d.name, "prune", &e),
+                None => {}
+            }
+        }
+        if clocks.due(&d.name, "verify", sch.verify, sp) {
+            match unless_stopped(stop, verify_newest(reader, name)).await {
+                Some(Ok(true)) => shared.success(path, &d.name, "verify"),
+                Some(Ok(false)) | None => {}
+                Some(Err(e)) => shared.failure(path, &d.name, "verify", &e),
+            }
+        }
+        if clocks.due(&d.name, "drill", sch.drill, sp) {
+            let key = base.unlock.as_ref().map(|u| u.key.clone());
+            match unless_stopped(stop, drill(reader, name, key)).await {
+                Some(Ok(Some((secs, bytes)))) => {
+                    shared.success(path, &d.name, "drill");
+                    shared.with_dest(path, &d.name, |t| {
+                        t.drill_seconds = secs;
+                        t.drill_bytes = bytes;
+                    });
+                }
+                Some(Ok(None)) | None => {}
+                Some(Err(e)) => shared.failure(path, &d.name, "drill", &e),
+            }
+        }
+    }
+}
+
+/// A drill: the newest snapshot restored and verified (with evidence in the
+/// repository), then one random point of the timeline checked by its state checksum.
+/// Its restore and check time and size (the measured RTO), or None when there is
+/// nothing to drill yet.
+async fn drill(
+    reader: &Repo,
+    name: &str,
+    key: Option<sqlvault_engine::sqlite::DbKey>,
+) -> Result<Option<(f64, u64)>, Error> {
+    let opts = sqlvault_engine::DrillOptions::default()
+        .with_name(Some(name.to_string()))
+        .with_db_key(key.clone())
+        .with_record_in_repo(true);
+    let rep = sqlvault_engine::drill(reader, &opts).await?;
+    if let Some(e) = rep.failure {
+        return Err(e);
+    }
+    let Some(r) = rep.records.first() else { return Ok(None) };
+    if !rep.ok {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            "daemon.drill-failed",
+            format!(
+                "the drill of {name} failed: {}",
+                r.error.as_deref().unwrap_or("(no detail)")
+            ),
+        ));
+    }
+    let (secs, bytes) = (r.evidence.restore_seconds + r.evidence.check_seconds, r.bytes);
+    let t = sqlvault_engine::timeline(reader, Some(name)).await?;
+    if let Some(tl) = t.first()
+        && tl.to_ms > tl.from_ms
+    {
+        let x = (now_ms() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) % (tl.to_ms - tl.from_ms) as u64;
+        let at = sqlvault_engine::PointSpec::At(tl.from_ms + x as i64);
+        let plan = sqlvault_engine::plan_point(reader, Some(name), at).await?;
+        let ropts = sqlvault_engine::RestoreOptions::default().with_db_key(key);
+        let reps = sqlvault_engine::verify_points(reader, vec![plan], &ropts).await?;
+        if let Some(bad) = reps.iter().find(|r| !r.ok) {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                "daemon.drill-failed",
+                format!(
+                    "a point of {name}'s timeline failed: {}",
+                    bad.error.as_deref().unwrap_or("(no detail)")
+                ),
+            ));
+        }
+    }
+    Ok(Some((secs, bytes)))
+}
+
 fn db_name(job: &Job) -> String {
     job.name.clone().unwrap_or_else(|| {
         job.path
@@ -472,19 +752,20 @@ fn db_name(job: &Job) -> String {
     })
 }
 
-/// Verifies the newest snapshot of `name` (restored into scratch and checked).
-async fn verify_newest(reader: &Repo, name: &str) -> Result<(), Error> {
+/// Verifies the newest snapshot of `name` (restored into scratch and checked);
+/// false when there is none yet.
+async fn verify_newest(reader: &Repo, name: &str) -> Result<bool, Error> {
     let snaps = reader.snapshots().await?;
     let Some(m) = snaps
         .into_iter()
         .filter(|m| m.name == name)
         .max_by_key(|m| m.created_ms)
     else {
-        return Ok(());
+        return Ok(false);
     };
     let reps = sqlvault_engine::verify(reader, vec![m], &sqlvault_engine::RestoreOptions::default()).await?;
     match reps.iter().find(|r| !r.ok) {
-        None => Ok(()),
+        None => Ok(true),
         Some(r) => Err(Error::new(
             ErrorKind::Integrity,
             "daemon.verify-failed",

@@ -111,6 +111,24 @@ pub fn render(st: &Status, now_ms: i64) -> String {
         "counter",
         "Store requests by operation.",
     );
+    head(
+        &mut o,
+        "sqlvault_job_failing",
+        "gauge",
+        "1 when the last run of this kind failed.",
+    );
+    head(
+        &mut o,
+        "sqlvault_drill_seconds",
+        "gauge",
+        "The last drill's restore and check time (measured RTO).",
+    );
+    head(
+        &mut o,
+        "sqlvault_drill_bytes",
+        "gauge",
+        "Bytes the last drill restored.",
+    );
     for (path, d) in &st.databases {
         let db = format!("database=\"{}\",path=\"{}\"", esc(&d.name), esc(path));
         let _ = writeln!(o, "sqlvault_database_error{{{db}}} {}", u8::from(d.error.is_some()));
@@ -152,6 +170,17 @@ pub fn render(st: &Status, now_ms: i64) -> String {
             for (op, n) in &t.requests {
                 let _ = writeln!(o, "sqlvault_requests_total{{{l},op=\"{}\"}} {n}", esc(op));
             }
+            for k in ["snapshot", "verify", "drill", "prune", "open"] {
+                let _ = writeln!(
+                    o,
+                    "sqlvault_job_failing{{{l},kind=\"{k}\"}} {}",
+                    u8::from(t.failing.contains_key(k))
+                );
+            }
+            if t.drill_bytes > 0 {
+                let _ = writeln!(o, "sqlvault_drill_seconds{{{l}}} {:.3}", t.drill_seconds);
+                let _ = writeln!(o, "sqlvault_drill_bytes{{{l}}} {}", t.drill_bytes);
+            }
         }
     }
     o
@@ -168,12 +197,18 @@ pub async fn serve(listener: tokio::net::TcpListener, status: Arc<Mutex<Status>>
                 continue;
             }
         };
-        let Ok((mut sock, _)) = accepted else { continue };
+        let Ok((mut sock, _)) = accepted else {
+            // Out of descriptors, most likely: no busy loop.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue; // dropped: too many at once
         };
         let status = status.clone();
-        tokio::spawn(async move {
+        // The whole exchange within 10 s: a client that never reads its answer does
+        // not keep a slot.
+        tokio::spawn(tokio::time::timeout(Duration::from_secs(10), async move {
             let _permit = permit;
             let mut head = Vec::with_capacity(512);
             let mut buf = [0u8; 1024];
@@ -188,6 +223,12 @@ pub async fn serve(listener: tokio::net::TcpListener, status: Arc<Mutex<Status>>
             })
             .await;
             if !matches!(read, Ok(true)) {
+                return;
+            }
+            if !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let _ = sock
+                    .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
                 return;
             }
             let line =
@@ -222,6 +263,6 @@ pub async fn serve(listener: tokio::net::TcpListener, status: Arc<Mutex<Status>>
                 let _ = sock.write_all(body.as_bytes()).await;
             }
             let _ = sock.shutdown().await;
-        });
+        }));
     }
 }

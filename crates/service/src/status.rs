@@ -38,11 +38,12 @@ pub struct Status {
 pub struct DbStatus {
     /// Name in the repositories.
     pub name: String,
-    /// "wal", "rollback" or "" before the first base.
-    pub mode: String,
-    /// Thresholds from the configuration (seconds).
+    /// When its worker started (unix ms): the grace for a first base counts from it.
+    pub since_ms: i64,
+    /// Thresholds from the configuration (seconds); no snapshot threshold when
+    /// snapshots are off.
     pub max_lag_seconds: f64,
-    pub snapshot_stale_seconds: f64,
+    pub snapshot_stale_seconds: Option<f64>,
     /// Transactions followed, continuity breaks by reason.
     pub commits: u64,
     pub breaks: BTreeMap<String, u64>,
@@ -62,6 +63,9 @@ pub struct DestStatus {
     pub last_success_ms: BTreeMap<String, i64>,
     /// Failures per kind, and the last one.
     pub failures: BTreeMap<String, u64>,
+    /// Kinds whose last run failed, with why (cleared by a success).
+    #[serde(default)]
+    pub failing: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// When the newest state it holds was observed (unix ms; 0: none yet).
@@ -76,6 +80,12 @@ pub struct DestStatus {
     pub requests: BTreeMap<String, u64>,
     /// Every shipped state is restorable since this time (unix ms; 0: unknown).
     pub pitr_from_ms: i64,
+    /// The last drill's restore and check time, and the bytes it restored: the
+    /// measured recovery time.
+    #[serde(default)]
+    pub drill_seconds: f64,
+    #[serde(default)]
+    pub drill_bytes: u64,
 }
 
 impl DestStatus {
@@ -87,34 +97,49 @@ impl DestStatus {
 }
 
 impl Status {
-    /// Why the service is unhealthy at `now_ms`, if it is: a destination lagging more
-    /// than its database's `max_lag`, or whose newest state is older than
-    /// `snapshot_stale` while the database has changes waiting, or that never got a
-    /// first state; a database that cannot be read.
+    /// Why the service is unhealthy at `now_ms`, if it is:
+    /// - a database that cannot be followed;
+    /// - a destination lagging more than its database's `max_lag`;
+    /// - one that shipped nothing yet, `max_lag` after its worker started, while it
+    ///   fails (or after an hour: a first base of a large database takes time);
+    /// - its last verify or drill failed;
+    /// - no snapshot for longer than `snapshot_stale` (when snapshots are on).
     pub fn unhealthy(&self, now_ms: i64) -> Vec<String> {
         let mut out = Vec::new();
         for (path, d) in &self.databases {
             if let Some(e) = &d.error {
                 out.push(format!("{path}: {e}"));
             }
+            let up_for = (now_ms - d.since_ms.max(self.started_ms)) as f64 / 1000.0;
             for (name, t) in &d.destinations {
+                let why = |t: &DestStatus| t.last_error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
                 let lag = t.lag_seconds(now_ms);
                 if lag > d.max_lag_seconds {
                     out.push(format!(
                         "{path} → {name}: replication lag {lag:.0}s exceeds max_lag {:.0}s{}",
                         d.max_lag_seconds,
-                        t.last_error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                        why(t)
                     ));
-                } else if t.newest_state_ms == 0 && (now_ms - self.started_ms) as f64 > d.max_lag_seconds * 1000.0 {
-                    out.push(format!(
-                        "{path} → {name}: no state shipped yet{}",
-                        t.last_error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
-                    ));
-                } else if t.pending_since_ms.is_some()
-                    && t.newest_state_ms > 0
-                    && (now_ms - t.newest_state_ms) as f64 > d.snapshot_stale_seconds * 1000.0
+                } else if t.newest_state_ms == 0
+                    && up_for > d.max_lag_seconds
+                    && (!t.failing.is_empty() || up_for > 3600.0)
                 {
-                    out.push(format!("{path} → {name}: newest state is stale"));
+                    out.push(format!("{path} → {name}: no state shipped yet{}", why(t)));
+                }
+                for k in ["verify", "drill"] {
+                    if let Some(e) = t.failing.get(k) {
+                        out.push(format!("{path} → {name}: the last {k} failed: {e}"));
+                    }
+                }
+                if let Some(stale) = d.snapshot_stale_seconds {
+                    let newest = t.last_success_ms.get("snapshot").copied().unwrap_or(0);
+                    let age = (now_ms - newest.max(d.since_ms).max(self.started_ms)) as f64 / 1000.0;
+                    if age > stale {
+                        out.push(format!(
+                            "{path} → {name}: no snapshot for {age:.0}s (snapshot_stale {stale:.0}s){}",
+                            t.failing.get("snapshot").map(|e| format!(": {e}")).unwrap_or_default()
+                        ));
+                    }
                 }
             }
         }
@@ -128,11 +153,13 @@ impl Status {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // A new file (never one planted there, nor a link followed).
+        let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
         f.sync_all()?;

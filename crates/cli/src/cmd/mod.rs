@@ -94,8 +94,8 @@ pub enum Cmd {
     /// snapshots, retention and verification on their schedules, /metrics and
     /// /healthz; SIGHUP reloads the configuration, SIGTERM ships what is committed.
     Daemon(service::DaemonArgs),
-    /// The daemon's status, from its local state (running or not). Exit 14 when
-    /// unhealthy.
+    /// The daemon's status, from its local state (running or not). Exit 17 when it
+    /// runs but is unhealthy, 18 when it does not run.
     Status(service::StatusArgs),
     /// Write (`example`) or validate (`check`) a service configuration.
     #[command(subcommand)]

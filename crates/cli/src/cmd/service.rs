@@ -117,8 +117,11 @@ pub async fn status(_a: StatusArgs, ctx: &Ctx) -> Result<u8, Error> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     // A status written by a daemon that is gone (killed) is not "running".
-    // SAFETY: signal 0 only checks that the process exists.
-    let exists = unsafe { libc::kill(st.pid as i32, 0) } == 0;
+    // SAFETY: signal 0 only checks that the process exists (EPERM: it does, under
+    // another user).
+    let exists = st.pid > 0
+        && (unsafe { libc::kill(st.pid as i32, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
     let alive = st.running && exists && now - st.written_ms < 30_000;
     let unhealthy = st.unhealthy(now);
     if ctx.json {
@@ -158,7 +161,13 @@ pub async fn status(_a: StatusArgs, ctx: &Ctx) -> Result<u8, Error> {
             println!("unhealthy: {u}");
         }
     }
-    Ok(if unhealthy.is_empty() { 0 } else { 14 })
+    Ok(if !alive {
+        18
+    } else if unhealthy.is_empty() {
+        0
+    } else {
+        17
+    })
 }
 
 pub async fn config(c: ConfigCmd, ctx: &Ctx) -> Result<u8, Error> {

@@ -138,6 +138,14 @@ pub(super) struct PendingBase {
     task: tokio::task::JoinHandle<Result<Vec<Result<crate::BackupReport>>>>,
 }
 
+impl Drop for PendingBase {
+    /// Dropped unfinished (a break, replication ending on an error): stopped. Its
+    /// leases expire and its packs are garbage for prune, as after a kill.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 pub(super) fn start_base(dests: &mut [Dest], which: Vec<usize>, db: &Path, opts: &ReplicateOptions) -> PendingBase {
     for &i in &which {
         let d = &mut dests[i];
@@ -170,14 +178,10 @@ pub(super) async fn finish_base(
     if !pending.as_ref().is_some_and(|p| wait || p.task.is_finished()) {
         return;
     }
-    let p = pending.take().expect("checked");
-    let failed = |kind, code, msg: String| {
-        p.which
-            .iter()
-            .map(|_| Err(Error::new(kind, code, msg.clone())))
-            .collect()
-    };
-    let results = match p.task.await {
+    let mut p = pending.take().expect("checked");
+    let which = p.which.clone();
+    let failed = |kind, code, msg: String| which.iter().map(|_| Err(Error::new(kind, code, msg.clone()))).collect();
+    let results = match (&mut p.task).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => failed(e.kind(), e.code(), e.one_line()),
         Err(e) => failed(ErrorKind::Internal, "replicate.base-panicked", e.to_string()),
@@ -224,6 +228,8 @@ async fn adopt_bases(
                 tracing::warn!("base snapshot to {} failed: {}", d.report.repo, e.one_line());
                 d.report.errors += 1;
                 d.report.last_error = Some(e.one_line());
+                // It lacks at least what changed since the base began.
+                d.unshipped_since.get_or_insert(started_ms);
                 continue;
             }
         };
