@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Rebuild a sqlvault snapshot with only `age`, `zstd` and this script.
 
-Usage: recover.py REPO_DIR IDENTITY_FILE OUT [SNAPSHOT_ID_PREFIX] [--at TIME]
+Usage: recover.py REPO_DIR IDENTITY_FILE OUT [SNAPSHOT_ID_PREFIX] [--name NAME] [--at TIME]
 
 OUT is the database file for a page snapshot, and the SQL dump for a dump snapshot
 (then: `sqlite3 new.db < OUT`).
 
 REPO_DIR is a local copy of the repository (for a bucket: `aws s3 sync s3://b/p REPO_DIR`
-or any equivalent). The newest snapshot is rebuilt unless an id prefix is given.
+or any equivalent). The newest snapshot is rebuilt unless an id prefix is given;
+--name NAME keeps to one database of a repository holding several.
 With --at TIME (RFC 3339 UTC, e.g. 2026-11-28T14:03:07Z), the newest state of a
 replicated database observed at or before TIME: a snapshot, or a replication base
 followed by its segments (docs/format.md, "Segments").
@@ -57,6 +58,11 @@ def main():
         t = args[i + 1].replace("Z", "+00:00")
         at_ms = int(datetime.datetime.fromisoformat(t).timestamp() * 1000)
         del args[i:i + 2]
+    only = None
+    if "--name" in args:
+        i = args.index("--name")
+        only = args[i + 1]
+        del args[i:i + 2]
     repo, identity, out = args[0], args[1], args[2]
     want = args[3] if len(args) > 3 else ""
 
@@ -66,6 +72,8 @@ def main():
         if name.startswith(want):
             body = age_decrypt(os.path.join(repo, "snapshots", name), identity).split(b"\n")[0]
             manifests.append(json.loads(body))
+    if only is not None:
+        manifests = [x for x in manifests if x["name"] == only]
     if at_ms is not None:
         manifests = [x for x in manifests if x["created_ms"] <= at_ms]
     if not manifests:

@@ -24,5 +24,6 @@ mod realworld;
 mod replication;
 mod s3;
 mod service;
+mod service_dr;
 mod sqlcipher;
 mod stock_tools;

@@ -506,6 +506,17 @@ async fn worker(job: Job, shared: Arc<Shared>, stop: Cancel) {
         let repos: Vec<Repo> = opened.iter().map(|(_, r, _)| r.clone()).collect();
         let p = path.clone();
         let mut task = tokio::spawn(async move { sqlvault_engine::replicate(&repos, &p, ropts).await });
+        // The replication report reaches the status on its own clock: a job that
+        // waits on a slow store must not freeze the lag the metrics show.
+        let absorber = {
+            let (shared, path, live, opened) = (shared.clone(), path.clone(), live.clone(), opened.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    absorb(&shared, &path, &live, &opened);
+                }
+            })
+        };
         let mut readers: BTreeMap<String, Repo> = BTreeMap::new();
         let mut last_reopen = Instant::now();
         let outcome = loop {
@@ -513,7 +524,6 @@ async fn worker(job: Job, shared: Arc<Shared>, stop: Cancel) {
                 r = &mut task => break Some(r),
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
-            absorb(&shared, &path, &live, &opened);
             if stop.is_cancelled() || rstop.is_cancelled() {
                 rstop.cancel();
                 continue;
@@ -541,6 +551,7 @@ async fn worker(job: Job, shared: Arc<Shared>, stop: Cancel) {
             }
             run_jobs(&shared, &job, &name, &base, &opened, &mut readers, &mut clocks, &stop).await;
         };
+        absorber.abort();
         absorb(&shared, &path, &live, &opened);
         match outcome {
             Some(Ok(Ok(_))) => {}

@@ -37,6 +37,7 @@
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod runbook;
 pub mod status;
 
 use std::path::{Path, PathBuf};

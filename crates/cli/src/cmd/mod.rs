@@ -100,6 +100,10 @@ pub enum Cmd {
     /// Write (`example`) or validate (`check`) a service configuration.
     #[command(subcommand)]
     Config(service::ConfigCmd),
+    /// Write the disaster-recovery runbook (Markdown, and HTML with --html) from the
+    /// configuration and the repositories' facts: VERIFIED only when a drill passed
+    /// after the last configuration change.
+    Runbook(service::RunbookArgs),
 }
 
 impl Cmd {
@@ -126,6 +130,7 @@ impl Cmd {
             Cmd::Daemon(_) => "daemon",
             Cmd::Status(_) => "status",
             Cmd::Config(c) => c.name(),
+            Cmd::Runbook(_) => "runbook",
         }
     }
 }
@@ -154,6 +159,7 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<u8, Error> {
         Cmd::Daemon(a) => service::daemon(a, ctx).await,
         Cmd::Status(a) => service::status(a, ctx).await,
         Cmd::Config(c) => service::config(c, ctx).await,
+        Cmd::Runbook(a) => service::runbook(a, ctx).await,
     }
 }
 

@@ -24,6 +24,22 @@ pub struct DaemonArgs {
 #[derive(Args, Debug)]
 pub struct StatusArgs {}
 
+#[derive(Args, Debug)]
+pub struct RunbookArgs {
+    /// The configuration file.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Where the Markdown runbook goes (stdout when not given).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Also write it as one self-contained HTML page.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Where the runbook's restore commands put their files.
+    #[arg(long, default_value = "/var/tmp/sqlvault-restore")]
+    restore_dir: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ConfigCmd {
     /// Validate a configuration and probe every destination; prints the expected
@@ -237,4 +253,46 @@ pub async fn config(c: ConfigCmd, ctx: &Ctx) -> Result<u8, Error> {
             Ok(if failed == 0 { 0 } else { 10 })
         }
     }
+}
+
+pub async fn runbook(a: RunbookArgs, ctx: &Ctx) -> Result<u8, Error> {
+    use sqlvault_service::runbook;
+    let vars: std::collections::BTreeMap<String, String> = env_vars().into_iter().collect();
+    let cfg = sqlvault_service::config::load(&a.config, &|k| vars.get(k).cloned())?;
+    let facts = runbook::gather(&cfg, super::session(), &env_vars()).await;
+    let opts = runbook::RunbookOptions {
+        restore_dir: a.restore_dir.clone(),
+        ..Default::default()
+    };
+    let blocks = runbook::render(&cfg, &facts, &opts);
+    let md = runbook::to_markdown(&blocks);
+    let io = |p: &std::path::Path, e: std::io::Error| {
+        Error::new(
+            ErrorKind::Io,
+            "runbook.write",
+            format!("cannot write {}: {e}", p.display()),
+        )
+    };
+    match &a.output {
+        Some(p) => runbook::write(p, &md).map_err(|e| io(p, e))?,
+        None if !ctx.json => print!("{md}"),
+        None => {}
+    }
+    if let Some(p) = &a.html {
+        runbook::write(p, &runbook::to_html(&blocks)).map_err(|e| io(p, e))?;
+    }
+    let (verified, why) = runbook::verification(&facts);
+    if ctx.json {
+        print_json(&json!({"verified": verified, "reasons": why, "markdown": a.output, "html": a.html}));
+    } else if a.output.is_some() && !ctx.quiet {
+        eprintln!(
+            "runbook: {}",
+            if verified {
+                "VERIFIED".to_string()
+            } else {
+                format!("NEEDS VERIFICATION ({})", why.len())
+            }
+        );
+    }
+    Ok(0)
 }
