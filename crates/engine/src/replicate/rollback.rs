@@ -41,11 +41,16 @@ pub(super) async fn replicate_rollback(
         fd.read_exact_at(&mut b, 24).ok()?;
         Some(u32::from_be_bytes(b))
     };
-    // Per destination: the change counter its newest snapshot holds, and since when
-    // it has lacked a change (its lag). One that failed is tried again at the next
-    // interval, alone, even when the database has not changed since.
-    let mut last: Vec<Option<u32>> = vec![None; repos.len()];
-    let mut since: Vec<Option<i64>> = vec![None; repos.len()];
+    // Per destination: the change counter its newest snapshot holds, since when it has
+    // lacked a change (its lag), and its snapshot in flight. Each destination takes
+    // its snapshots in a task of its own: one that is slow or down holds up nobody,
+    // and one that failed is tried again at the next interval, alone, even when the
+    // database has not changed since.
+    type Snap = tokio::task::JoinHandle<Result<Vec<Result<crate::BackupReport>>>>;
+    let n = repos.len();
+    let mut last: Vec<Option<u32>> = vec![None; n];
+    let mut since: Vec<Option<i64>> = vec![None; n];
+    let mut inflight: Vec<Option<(Option<u32>, Snap)>> = (0..n).map(|_| None).collect();
     loop {
         let stopping = opts.stop.is_cancelled();
         session.cancel().check()?;
@@ -59,32 +64,51 @@ pub(super) async fn replicate_rollback(
         }
         let c = counter(&fd);
         let t = now_ms();
-        let behind: Vec<usize> = (0..repos.len()).filter(|&i| c.is_none() || c != last[i]).collect();
-        if !behind.is_empty() {
-            for &i in &behind {
+        for i in 0..n {
+            if inflight[i].is_none() && (c.is_none() || c != last[i]) {
                 since[i].get_or_insert(t);
+                let (r, p, o) = (repos[i].clone(), db.to_path_buf(), opts.base.clone());
+                inflight[i] = Some((c, tokio::spawn(async move { backup_to_all(&[r], &p, o).await })));
+                report.bases += 1;
             }
-            let subset: Vec<Repo> = behind.iter().map(|&i| repos[i].clone()).collect();
-            let results = backup_to_all(&subset, db, opts.base.clone()).await?;
-            report.bases += 1;
-            for (&i, r) in behind.iter().zip(results) {
-                let d = &mut report.destinations[i];
-                match r {
-                    Ok(rep) => {
-                        last[i] = c;
-                        since[i] = None;
-                        report.name = rep.name.clone();
-                        d.chain = rep.snapshot_id.clone();
-                        d.segments += 1;
-                        d.bytes_new += rep.bytes_new;
-                        d.last_observed_ms = now_ms();
-                        d.last_error = None;
-                    }
-                    Err(e) => {
-                        tracing::warn!("snapshot to {} failed: {}", d.repo, e.one_line());
-                        d.errors += 1;
-                        d.last_error = Some(e.one_line());
-                    }
+        }
+        // What finished (everything, when stopping: what is committed is shipped).
+        for i in 0..n {
+            if !inflight[i].as_ref().is_some_and(|(_, h)| stopping || h.is_finished()) {
+                continue;
+            }
+            let (taken, h) = inflight[i].take().expect("checked");
+            let d = &mut report.destinations[i];
+            let r = match h.await {
+                Ok(Ok(mut v)) => v.pop().unwrap_or_else(|| {
+                    Err(crate::Error::new(
+                        crate::ErrorKind::Internal,
+                        "replicate.no-result",
+                        "no result",
+                    ))
+                }),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(crate::Error::new(
+                    crate::ErrorKind::Internal,
+                    "replicate.snapshot-panicked",
+                    e.to_string(),
+                )),
+            };
+            match r {
+                Ok(rep) => {
+                    last[i] = taken;
+                    since[i] = None;
+                    report.name = rep.name.clone();
+                    d.chain = rep.snapshot_id.clone();
+                    d.segments += 1;
+                    d.bytes_new += rep.bytes_new;
+                    d.last_observed_ms = now_ms();
+                    d.last_error = None;
+                }
+                Err(e) => {
+                    tracing::warn!("snapshot to {} failed: {}", d.repo, e.one_line());
+                    d.errors += 1;
+                    d.last_error = Some(e.one_line());
                 }
             }
         }
