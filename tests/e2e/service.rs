@@ -58,7 +58,7 @@ fn commit(db: &Path, n: i64) {
 
 fn start(w: &World, config: &str) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sqlvault"));
-    c.args(["daemon", "--config", config])
+    c.args(["--log-format", "json", "daemon", "--config", config])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in &w.env {
@@ -212,6 +212,19 @@ destinations = ["local"]
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert_eq!(code, Some(0), "{err}");
+    // --log-format json: every log line one JSON object; the daemon says what it does.
+    let logs: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        logs.iter().any(|v| v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("protecting"))),
+        "{err}"
+    );
+    assert!(!err.contains(&rcpt_secretless_marker()), "{err}");
     let st = w.run(&["--json", "status"]).json();
     assert_eq!(st["alive"], false, "{st}");
 
@@ -291,4 +304,9 @@ fn config_errors_name_their_line_and_refuse_secrets_in_the_file() {
         "the example does not parse: {}",
         r.stderr
     );
+}
+
+/// Nothing the daemon logs is a secret here; a marker that must never appear.
+fn rcpt_secretless_marker() -> String {
+    "AGE-SECRET-KEY-".to_string()
 }

@@ -30,6 +30,9 @@ struct Cli {
     /// Print one JSON document on stdout (errors too, with a stable `code`).
     #[arg(long, global = true)]
     json: bool,
+    /// Log lines on stderr as text or as one JSON object each (for journald, Loki…).
+    #[arg(long, global = true, env = "SQLVAULT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// No progress and no informational lines on stderr; warnings and errors still print.
     #[arg(short, long, global = true)]
     quiet: bool,
@@ -162,20 +165,26 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let cli = Cli::parse();
+    // The daemon says what it does (chains started, reloads) by default; a command
+    // only warns.
+    let daemon = matches!(cli.cmd, cmd::Cmd::Daemon(_));
     let filter = std::env::var("SQLVAULT_LOG").unwrap_or_else(|_| {
-        match cli.verbose {
-            0 => "warn",
-            1 => "info",
+        match (cli.verbose, daemon) {
+            (0, false) => "warn",
+            (0, true) | (1, _) => "info",
             _ => "debug",
         }
         .to_string()
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter));
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
         // Colour codes only on a terminal: cron mail, journald and log files get text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .init();
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     let ctx = cmd::Ctx {
         json: cli.json,
         quiet: cli.quiet,
