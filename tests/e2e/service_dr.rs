@@ -296,11 +296,12 @@ db_key_file = "{kf}"
     });
     until("healthy", 60, || get(port, "/healthz").is_some_and(|(c, _)| c == 200));
 
-    // SIGHUP with a changed configuration: people and key custody for the runbook
-    // (no worker restarts for that).
+    // SIGHUP with a changed configuration: people and key custody for the runbook, and
+    // a threshold; replication goes on (no new chain for that).
     std::thread::sleep(Duration::from_millis(1100)); // a new mtime, whatever the filesystem
     let with_people = format!(
-        "{base}\n[identity.ops]\nrecipient = \"{rcpt}\"\nlocation = \"the ops safe\"\n\n[[person]]\nname = \"Dana Ops\"\nrole = \"on-call DBA\"\ncontact = \"+1 555 0100\"\nholds = [\"ops\"]\nmay_restore = true\n"
+        "{}\n[identity.ops]\nrecipient = \"{rcpt}\"\nlocation = \"the ops safe\"\n\n[[person]]\nname = \"Dana Ops\"\nrole = \"on-call DBA\"\ncontact = \"+1 555 0100\"\nholds = [\"ops\"]\nmay_restore = true\n",
+        base.replace("max_lag = \"4s\"", "max_lag = \"5s\"")
     );
     std::fs::write(&config, &with_people).unwrap();
     // SAFETY: a signal to a child this test spawned and still owns.
@@ -393,6 +394,22 @@ db_key_file = "{kf}"
         let n = restored_n(Path::new(&out), *keyed);
         let t = commits.iter().find(|c| c.0 == n).map(|c| c.1).unwrap_or(0.0);
         assert!(n > 0 && t <= mid + 0.001, "{name} --at {at}: commit {n} made at {t}");
+    }
+
+    // One chain started by the daemon's start per replicated database: the reload did
+    // not restart replication (other chains are compactions and the S3 cut's bases).
+    let t = w
+        .run(&["--json", "snapshots", &repo, "--timeline", "-i", &key])
+        .ok()
+        .json();
+    for tl in t["timeline"].as_array().unwrap() {
+        let starts = tl["chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["started_by"] == "start")
+            .count();
+        assert!(starts <= 1, "a reload restarted replication: {tl}");
     }
 
     // The runbook: VERIFIED (a drill passed on every pair after the last change),

@@ -40,11 +40,20 @@ pub struct BenchArgs {
     /// latency, TRUNCATE checkpoints, PUTs, bytes, restores).
     #[arg(long, conflicts_with_all = ["dump", "sqlcipher", "memory"])]
     replicate: bool,
+    /// Benchmark the service instead: the daemon's overhead with `--databases` idle
+    /// databases (requests, CPU, RSS over `--seconds` without a commit), Litestream's
+    /// daemon on the same databases in the same run.
+    #[arg(long, conflicts_with_all = ["dump", "sqlcipher", "memory", "replicate"])]
+    daemon: bool,
+    /// With `--daemon`: how many databases.
+    #[arg(long, default_value_t = 100, requires = "daemon")]
+    databases: usize,
     /// With `--replicate`: the writer's transactions per second.
     #[arg(long, default_value_t = 500, requires = "replicate")]
     rate: u32,
-    /// With `--replicate`: how long the writer runs.
-    #[arg(long, default_value_t = 60, requires = "replicate")]
+    /// With `--replicate`: how long the writer runs; with `--daemon`: how long the
+    /// idle stretch is measured.
+    #[arg(long, default_value_t = 60)]
     seconds: u64,
     /// Fraction of order rows updated at random for the incremental row.
     #[arg(long, default_value_t = 0.01)]
@@ -431,6 +440,9 @@ pub(crate) fn bench_databases(dir: Option<PathBuf>, size_mib: u64) -> Result<(Pa
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.memory {
         return memory(a);
+    }
+    if a.daemon {
+        return crate::bench_daemon::run(&a, a.databases, a.seconds);
     }
     if a.replicate {
         return crate::bench_replicate::run(&a, a.rate, a.seconds);

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_daemon;
 mod bench_replicate;
 mod drill;
 mod fuzz;

@@ -71,8 +71,40 @@ struct Job {
 
 struct Worker {
     job: Job,
+    /// The job as the worker reads it: schedules, thresholds and retention change
+    /// through it without a restart.
+    tx: tokio::sync::watch::Sender<Job>,
     stop: Cancel,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Whether two versions of a job replicate the same way (same file, name, key,
+/// interval and destinations): then a reload hands the new one to the running worker,
+/// and its chains go on.
+fn same_replication(a: &Job, b: &Job) -> bool {
+    let same_dests = a.dests.len() == b.dests.len()
+        && a.dests.iter().zip(&b.dests).all(|(x, y)| {
+            (
+                &x.name,
+                &x.repo,
+                &x.env,
+                &x.recipients,
+                &x.recipients_file,
+                &x.identity_file,
+            ) == (
+                &y.name,
+                &y.repo,
+                &y.env,
+                &y.recipients,
+                &y.recipients_file,
+                &y.identity_file,
+            )
+        });
+    a.path == b.path
+        && a.name == b.name
+        && a.spec.db_key == b.spec.db_key
+        && a.spec.schedule.interval == b.spec.schedule.interval
+        && same_dests
 }
 
 /// Runs the daemon until `opts.stop`; the configuration must load at start.
@@ -116,7 +148,7 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), Error> {
         r();
     }
     let mut last_scan = Instant::now();
-    let mut last_write = Instant::now() - Duration::from_secs(60);
+    let mut last_write: Option<Instant> = None;
     while !opts.stop.is_cancelled() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let hup = opts.reload.swap(false, Ordering::SeqCst);
@@ -140,8 +172,8 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), Error> {
             }
             reconcile(&config, &mut workers, &shared).await;
         }
-        if last_write.elapsed() >= Duration::from_secs(2) {
-            last_write = Instant::now();
+        if last_write.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+            last_write = Some(Instant::now());
             write_status(&status, &status_file, true);
         }
     }
@@ -222,6 +254,20 @@ async fn reconcile(config: &Config, workers: &mut BTreeMap<PathBuf, Worker>, sha
             });
         }
     }
+    for (p, w) in workers.iter_mut() {
+        if let Some(j) = want.get(p)
+            && *j != w.job
+            && same_replication(j, &w.job)
+            && !w.task.is_finished()
+        {
+            tracing::info!(
+                "{}: schedules, thresholds or retention changed; replication goes on",
+                p.display()
+            );
+            w.tx.send_replace(j.clone());
+            w.job = j.clone();
+        }
+    }
     let gone: Vec<PathBuf> = workers
         .iter()
         // Removed, changed, or ended (a worker only ends when stopped, or on a panic:
@@ -260,8 +306,9 @@ async fn reconcile(config: &Config, workers: &mut BTreeMap<PathBuf, Worker>, sha
         }
         tracing::info!("{}: protecting, to {}", p.display(), job.spec.destinations.join(", "));
         let stop = Cancel::default();
-        let task = tokio::spawn(worker(job.clone(), shared.clone(), stop.clone()));
-        workers.insert(p, Worker { job, stop, task });
+        let (tx, rx) = tokio::sync::watch::channel(job.clone());
+        let task = tokio::spawn(worker(rx, shared.clone(), stop.clone()));
+        workers.insert(p, Worker { job, tx, stop, task });
     }
 }
 
@@ -440,19 +487,26 @@ async fn unless_stopped<T>(stop: &Cancel, f: impl std::future::Future<Output = T
 }
 
 /// One database: replication to every destination that opens, and the scheduled jobs.
-async fn worker(job: Job, shared: Arc<Shared>, stop: Cancel) {
+async fn worker(mut rx: tokio::sync::watch::Receiver<Job>, shared: Arc<Shared>, stop: Cancel) {
+    let job = rx.borrow_and_update().clone();
     let path = job.path.clone();
     let name = db_name(&job);
     let sch = job.spec.schedule.clone();
+    let thresholds = |shared: &Shared, job: &Job| {
+        let sch = &job.spec.schedule;
+        shared.with_db(&job.path, |d| {
+            d.max_lag_seconds = sch.max_lag.as_secs_f64();
+            d.snapshot_stale_seconds = sch.snapshot.map(|_| sch.snapshot_stale.as_secs_f64());
+        });
+    };
     shared.with_db(&path, |d| {
         d.name = name.clone();
         d.since_ms = now_ms();
-        d.max_lag_seconds = sch.max_lag.as_secs_f64();
-        d.snapshot_stale_seconds = sch.snapshot.map(|_| sch.snapshot_stale.as_secs_f64());
         for dest in &job.dests {
             d.destinations.entry(dest.name.clone()).or_default().repo = dest.repo.clone();
         }
     });
+    thresholds(&shared, &job);
     let mut clocks = Clocks::default();
     let mut seeded: std::collections::BTreeSet<String> = Default::default();
     while !stop.is_cancelled() {
@@ -549,7 +603,22 @@ async fn worker(job: Job, shared: Arc<Shared>, stop: Cancel) {
                 }
                 continue;
             }
-            run_jobs(&shared, &job, &name, &base, &opened, &mut readers, &mut clocks, &stop).await;
+            // The newest schedules and retention (a reload may have changed them).
+            if rx.has_changed().unwrap_or(false) {
+                thresholds(&shared, &rx.borrow_and_update());
+            }
+            let current = rx.borrow().clone();
+            run_jobs(
+                &shared,
+                &current,
+                &name,
+                &base,
+                &opened,
+                &mut readers,
+                &mut clocks,
+                &stop,
+            )
+            .await;
         };
         absorber.abort();
         absorb(&shared, &path, &live, &opened);
@@ -623,7 +692,9 @@ async fn run_jobs(
 ) {
     let path = &job.path;
     let sch = &job.spec.schedule;
-    for (d, repo, store) in opened {
+    for (opened_as, repo, store) in opened {
+        // Retention as configured now (the repository and identity are as opened).
+        let d = job.dests.iter().find(|x| x.name == opened_as.name).unwrap_or(opened_as);
         let sp = spread(&format!("{}\0{}", path.display(), d.name));
         if clocks.due(&d.name, "snapshot", sch.snapshot, sp) {
             let r = unless_stopped(
