@@ -228,6 +228,18 @@ destinations = ["local"]
     let st = w.run(&["--json", "status"]).json();
     assert_eq!(st["alive"], false, "{st}");
 
+    // The runbook before any drill: NEEDS VERIFICATION, saying why; the same bytes
+    // twice for the same configuration and repository state.
+    let (md1, md2) = (w.s("DR1.md"), w.s("DR2.md"));
+    for md in [&md1, &md2] {
+        let r = w.run(&["--json", "runbook", "--config", &config, "-o", md]).ok().json();
+        assert_eq!(r["verified"], false, "{r}");
+        assert!(r["reasons"].to_string().contains("no drill recorded"), "{r}");
+    }
+    let (a, b) = (std::fs::read(&md1).unwrap(), std::fs::read(&md2).unwrap());
+    assert_eq!(a, b, "the runbook must be deterministic");
+    assert!(String::from_utf8_lossy(&a).contains("**NEEDS VERIFICATION**"));
+
     // Every database restores at its newest state, the last commit included.
     for n in ["a.db", "b.db"] {
         let out = w.s(&format!("restored-{n}"));

@@ -317,6 +317,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
     let mut next_tick = Instant::now() + opts.interval;
     let mut pending_base: Option<PendingBase> = None;
     let mut handed_ms = now_ms();
+    let mut last_change = Instant::now();
     let mut mark_pages = 0u32;
     let mut observed_ms = now_ms();
     loop {
@@ -328,8 +329,18 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         // copy a few frames (and fsync) at every move: commit latency.
         let mut tick = stopping;
         if !stopping {
+            // The checkpoint-lock probe runs every 10 ms while the database is busy; once
+            // it has been quiet for 10 s, every quarter interval (at most 250 ms): an
+            // application's checkpoint still completes within the interval, and a
+            // service following hundreds of idle databases stays asleep.
+            let quiet = last_change.elapsed() > Duration::from_secs(10);
+            let poll = if quiet {
+                (opts.interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+            } else {
+                Duration::from_millis(10)
+            };
             loop {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(poll).await;
                 if opts.stop.is_cancelled() {
                     stopping = true;
                     tick = true;
@@ -414,6 +425,9 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                     tracing::debug!("{}: the WAL was restarted by a checkpoint; followed", db.display());
                 }
                 let changed = a.commits > 0 || !a.pages.is_empty();
+                if changed || a.restarted {
+                    last_change = Instant::now();
+                }
                 if changed {
                     observed_ms = seen;
                     mark_pages = mark.pages;

@@ -566,7 +566,7 @@ async fn worker(mut rx: tokio::sync::watch::Receiver<Job>, shared: Arc<Shared>, 
             let (shared, path, live, opened) = (shared.clone(), path.clone(), live.clone(), opened.clone());
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tokio::time::sleep(Duration::from_millis(1000)).await;
                     absorb(&shared, &path, &live, &opened);
                 }
             })
@@ -576,7 +576,7 @@ async fn worker(mut rx: tokio::sync::watch::Receiver<Job>, shared: Arc<Shared>, 
         let outcome = loop {
             tokio::select! {
                 r = &mut task => break Some(r),
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
             }
             if stop.is_cancelled() || rstop.is_cancelled() {
                 rstop.cancel();
