@@ -318,6 +318,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
     let mut pending_base: Option<PendingBase> = None;
     let mut handed_ms = now_ms();
     let mut last_change = Instant::now();
+    let mut last_sig: Option<[u8; 48]> = None;
     let mut mark_pages = 0u32;
     let mut observed_ms = now_ms();
     loop {
@@ -328,6 +329,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         // for it. Moving it more often would let the application's autocheckpoint
         // copy a few frames (and fsync) at every move: commit latency.
         let mut tick = stopping;
+        let mut ckpt = false;
         if !stopping {
             // The checkpoint-lock probe runs every 10 ms while the database is busy; once
             // it has been quiet for 10 s, every quarter interval (at most 250 ms): an
@@ -365,85 +367,100 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                 }
                 let running = follower.lock().unwrap_or_else(|e| e.into_inner()).checkpoint_running();
                 if running {
+                    ckpt = true;
                     break;
                 }
             }
         }
-        // Handover: the next pin, the frames since the last one, the older released.
-        // A destination's own base is taken in before the pin moves, never after: its
-        // read happened before this pin, so the first cut (read under this pin or a
-        // later one) is no older than the base, and the pages changed since its read
-        // are all in the dirty set. Taken in after the handover, a base read later than
-        // the pin would be followed by a segment of older pages: a torn state.
-        finish_base(&mut pending_base, stopping, &mut dests, &mut report, db).await;
-        let f = follower.clone();
-        let from = pos;
-        let step = on_cpu(move || {
-            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
-            let mark = f.pin()?;
-            let seen = now_ms();
-            let adv = f.advance(&from, &mark)?;
-            if adv.is_ok() {
-                f.release_older();
-            }
-            Ok((mark, seen, adv))
-        })
-        .await;
-        tracing::trace!(
-            "handover: {:?}",
-            step.as_ref().map(|(m, _, a)| (m, a.as_ref().map(|a| a.commits)))
-        );
-        let (mark, seen, adv) = match step {
-            Ok(s) => s,
-            Err(e) => {
-                // The database went away or cannot be read: a break if it comes back.
-                tracing::warn!("cannot follow {}: {}", db.display(), e.one_line());
-                // The new base covers every destination: a pending one is dropped (a
-                // hung store must not hold up the break).
-                pending_base = None;
-                pos = rebreak(&follower, &mut dests, db, &opts, &mut report, "unreadable", &db_path).await?;
-                handed_ms = now_ms();
-                continue;
-            }
-        };
-        match adv {
-            Err(brk) => {
-                let reason = break_code(&brk);
-                tracing::warn!("{}: {brk}; starting a new chain", db.display());
-                // The new base covers every destination: a pending one is dropped (a
-                // hung store must not hold up the break).
-                pending_base = None;
-                pos = rebreak(&follower, &mut dests, db, &opts, &mut report, reason, &db_path).await?;
-                handed_ms = now_ms();
-                continue;
-            }
-            Ok(a) => {
-                pos = a.position.unwrap_or(pos);
-                report.commits += a.commits;
-                if a.restarted {
-                    report.wal_restarts += 1;
-                    tracing::debug!("{}: the WAL was restarted by a checkpoint; followed", db.display());
+        // Nothing committed or restarted since the last handover (the WAL-index header
+        // is unchanged), no checkpoint waiting, no base to take in, the file not
+        // replaced: the pin stays where it is. An idle database costs a 48-byte read
+        // per interval.
+        let sig = follower.lock().unwrap_or_else(|e| e.into_inner()).signature();
+        let unchanged = !stopping
+            && !ckpt
+            && pending_base.is_none()
+            && sig.is_some()
+            && sig == last_sig
+            && !follower.lock().unwrap_or_else(|e| e.into_inner()).replaced();
+        if !unchanged {
+            last_sig = sig;
+            // Handover: the next pin, the frames since the last one, the older released.
+            // A destination's own base is taken in before the pin moves, never after: its
+            // read happened before this pin, so the first cut (read under this pin or a
+            // later one) is no older than the base, and the pages changed since its read
+            // are all in the dirty set. Taken in after the handover, a base read later than
+            // the pin would be followed by a segment of older pages: a torn state.
+            finish_base(&mut pending_base, stopping, &mut dests, &mut report, db).await;
+            let f = follower.clone();
+            let from = pos;
+            let step = on_cpu(move || {
+                let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+                let mark = f.pin()?;
+                let seen = now_ms();
+                let adv = f.advance(&from, &mark)?;
+                if adv.is_ok() {
+                    f.release_older();
                 }
-                let changed = a.commits > 0 || !a.pages.is_empty();
-                if changed || a.restarted {
-                    last_change = Instant::now();
+                Ok((mark, seen, adv))
+            })
+            .await;
+            tracing::trace!(
+                "handover: {:?}",
+                step.as_ref().map(|(m, _, a)| (m, a.as_ref().map(|a| a.commits)))
+            );
+            let (mark, seen, adv) = match step {
+                Ok(s) => s,
+                Err(e) => {
+                    // The database went away or cannot be read: a break if it comes back.
+                    tracing::warn!("cannot follow {}: {}", db.display(), e.one_line());
+                    // The new base covers every destination: a pending one is dropped (a
+                    // hung store must not hold up the break).
+                    pending_base = None;
+                    pos = rebreak(&follower, &mut dests, db, &opts, &mut report, "unreadable", &db_path).await?;
+                    handed_ms = now_ms();
+                    continue;
                 }
-                if changed {
-                    observed_ms = seen;
-                    mark_pages = mark.pages;
+            };
+            match adv {
+                Err(brk) => {
+                    let reason = break_code(&brk);
+                    tracing::warn!("{}: {brk}; starting a new chain", db.display());
+                    // The new base covers every destination: a pending one is dropped (a
+                    // hung store must not hold up the break).
+                    pending_base = None;
+                    pos = rebreak(&follower, &mut dests, db, &opts, &mut report, reason, &db_path).await?;
+                    handed_ms = now_ms();
+                    continue;
                 }
-                for d in dests.iter_mut() {
-                    if changed {
-                        // Committed after the previous handover: lag counts from there.
-                        d.unshipped_since.get_or_insert(handed_ms);
-                    }
-                    d.dirty.extend(a.pages.iter().copied());
-                    d.commits += a.commits;
+                Ok(a) => {
+                    pos = a.position.unwrap_or(pos);
+                    report.commits += a.commits;
                     if a.restarted {
-                        d.events.push("wal-restarted".into());
+                        report.wal_restarts += 1;
+                        tracing::debug!("{}: the WAL was restarted by a checkpoint; followed", db.display());
                     }
+                    let changed = a.commits > 0 || !a.pages.is_empty();
+                    if changed || a.restarted {
+                        last_change = Instant::now();
+                    }
+                    if changed {
+                        observed_ms = seen;
+                        mark_pages = mark.pages;
+                    }
+                    for d in dests.iter_mut() {
+                        if changed {
+                            // Committed after the previous handover: lag counts from there.
+                            d.unshipped_since.get_or_insert(handed_ms);
+                        }
+                        d.dirty.extend(a.pages.iter().copied());
+                        d.commits += a.commits;
+                        if a.restarted {
+                            d.events.push("wal-restarted".into());
+                        }
+                    }
+                    handed_ms = seen;
                 }
-                handed_ms = seen;
             }
         }
         collect_finished(&mut dests, false).await;

@@ -514,6 +514,23 @@ impl Follower {
         Ok(Ok(()))
     }
 
+    /// What a handover would find changed, read cheaply: the first copy of the
+    /// WAL-index header in the `-shm` (48 bytes, which every commit and every WAL
+    /// restart rewrites: `iChange`, `mxFrame`, the salts and checksums), through the
+    /// held descriptor. Equal between two calls: nothing was committed or restarted in
+    /// between (a checkpoint alone copies frames and changes nothing a reader sees).
+    /// None when there is no `-shm` to read.
+    pub fn signature(&mut self) -> Option<[u8; 48]> {
+        if self.shm.is_none() {
+            let mut s = self.path.as_os_str().to_owned();
+            s.push("-shm");
+            self.shm = crate::hold_file(Path::new(&s)).ok();
+        }
+        let mut h = [0u8; 48];
+        self.shm.as_ref()?.read_exact_at(&mut h, 0).ok()?;
+        Some(h)
+    }
+
     /// Whether another process holds the WAL's checkpoint lock (byte 121 of the
     /// `-shm` file, SQLite's `WAL_CKPT_LOCK`): a checkpoint of the application's is
     /// running, and a FULL, RESTART or TRUNCATE one may be waiting for this follower's
