@@ -331,13 +331,14 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
         let mut tick = stopping;
         let mut ckpt = false;
         if !stopping {
-            // The checkpoint-lock probe runs every 10 ms while the database is busy; once
-            // it has been quiet for 10 s, every quarter interval (at most 250 ms): an
-            // application's checkpoint still completes within the interval, and a
-            // service following hundreds of idle databases stays asleep.
+            // The checkpoint-lock probe runs every 10 ms while the database is busy (or a
+            // checkpoint ran lately); once it has been quiet for 10 s, every half
+            // interval (at most 500 ms): an application's checkpoint is seen within
+            // half an interval and completes 10 ms later, and a service following
+            // hundreds of idle databases stays asleep.
             let quiet = last_change.elapsed() > Duration::from_secs(10);
             let poll = if quiet {
-                (opts.interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+                (opts.interval / 2).clamp(Duration::from_millis(10), Duration::from_millis(500))
             } else {
                 Duration::from_millis(10)
             };
@@ -368,6 +369,7 @@ pub async fn replicate(repos: &[Repo], db: &Path, opts: ReplicateOptions) -> Res
                 let running = follower.lock().unwrap_or_else(|e| e.into_inner()).checkpoint_running();
                 if running {
                     ckpt = true;
+                    last_change = Instant::now();
                     break;
                 }
             }

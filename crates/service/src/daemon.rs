@@ -138,6 +138,8 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), Error> {
     }
     let shared = Arc::new(Shared {
         init: tokio::sync::Mutex::new(()),
+        starts: Arc::new(tokio::sync::Semaphore::new(2)),
+        jobs: Arc::new(tokio::sync::Semaphore::new(2)),
         session: opts.session.clone(),
         env: opts.env.clone(),
         status: status.clone(),
@@ -316,6 +318,11 @@ struct Shared {
     /// Held while a repository is created: two databases of one destination start
     /// together.
     init: tokio::sync::Mutex<()>,
+    /// Workers taking their first base snapshot, and scheduled jobs, at most two at a
+    /// time each: a daemon starting with hundreds of databases (or running their jobs)
+    /// reads and compresses two at once, not all of them, so its memory stays flat.
+    starts: Arc<tokio::sync::Semaphore>,
+    jobs: Arc<tokio::sync::Semaphore>,
     session: Session,
     env: Vec<(String, String)>,
     status: Arc<Mutex<Status>>,
@@ -486,6 +493,12 @@ async fn unless_stopped<T>(stop: &Cancel, f: impl std::future::Future<Output = T
     }
 }
 
+/// [`unless_stopped`] for a scheduled job: it waits for one of the daemon's job slots.
+async fn gated<T>(shared: &Shared, stop: &Cancel, f: impl std::future::Future<Output = T>) -> Option<T> {
+    let _slot = unless_stopped(stop, shared.jobs.acquire()).await?.ok()?;
+    unless_stopped(stop, f).await
+}
+
 /// One database: replication to every destination that opens, and the scheduled jobs.
 async fn worker(mut rx: tokio::sync::watch::Receiver<Job>, shared: Arc<Shared>, stop: Cancel) {
     let job = rx.borrow_and_update().clone();
@@ -559,14 +572,21 @@ async fn worker(mut rx: tokio::sync::watch::Receiver<Job>, shared: Arc<Shared>, 
             .with_live(live.clone());
         let repos: Vec<Repo> = opened.iter().map(|(_, r, _)| r.clone()).collect();
         let p = path.clone();
+        let Some(Ok(mut start_permit)) = unless_stopped(&stop, shared.starts.clone().acquire_owned())
+            .await
+            .map(|p| p.map(Some))
+        else {
+            return;
+        };
         let mut task = tokio::spawn(async move { sqlvault_engine::replicate(&repos, &p, ropts).await });
+        let started = Instant::now();
         // The replication report reaches the status on its own clock: a job that
         // waits on a slow store must not freeze the lag the metrics show.
         let absorber = {
             let (shared, path, live, opened) = (shared.clone(), path.clone(), live.clone(), opened.clone());
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(Duration::from_millis(1000)).await;
+                    tokio::time::sleep(Duration::from_millis(2000)).await;
                     absorb(&shared, &path, &live, &opened);
                 }
             })
@@ -576,7 +596,14 @@ async fn worker(mut rx: tokio::sync::watch::Receiver<Job>, shared: Arc<Shared>, 
         let outcome = loop {
             tokio::select! {
                 r = &mut task => break Some(r),
-                _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(2000)) => {}
+            }
+            // The start is over once the first base landed (or after two minutes).
+            if start_permit.is_some()
+                && (live.lock().unwrap_or_else(|e| e.into_inner()).bases > 0
+                    || started.elapsed() > Duration::from_secs(120))
+            {
+                start_permit = None;
             }
             if stop.is_cancelled() || rstop.is_cancelled() {
                 rstop.cancel();
@@ -697,7 +724,8 @@ async fn run_jobs(
         let d = job.dests.iter().find(|x| x.name == opened_as.name).unwrap_or(opened_as);
         let sp = spread(&format!("{}\0{}", path.display(), d.name));
         if clocks.due(&d.name, "snapshot", sch.snapshot, sp) {
-            let r = unless_stopped(
+            let r = gated(
+                shared,
                 stop,
                 sqlvault_engine::backup_to_all(std::slice::from_ref(repo), path, base.clone()),
             )
@@ -735,7 +763,7 @@ async fn run_jobs(
             let f = sqlvault_engine::ForgetOptions::new(d.keep)
                 .with_name(Some(name.to_string()))
                 .with_pitr_window(d.pitr_window);
-            let r = unless_stopped(stop, async {
+            let r = gated(shared, stop, async {
                 sqlvault_engine::forget(repo, &f).await?;
                 sqlvault_engine::prune(reader, &sqlvault_engine::PruneOptions::default()).await
             })
@@ -750,7 +778,7 @@ async fn run_jobs(
             }
         }
         if clocks.due(&d.name, "verify", sch.verify, sp) {
-            match unless_stopped(stop, verify_newest(reader, name)).await {
+            match gated(shared, stop, verify_newest(reader, name)).await {
                 Some(Ok(true)) => shared.success(path, &d.name, "verify"),
                 Some(Ok(false)) | None => {}
                 Some(Err(e)) => shared.failure(path, &d.name, "verify", &e),
@@ -758,7 +786,7 @@ async fn run_jobs(
         }
         if clocks.due(&d.name, "drill", sch.drill, sp) {
             let key = base.unlock.as_ref().map(|u| u.key.clone());
-            match unless_stopped(stop, drill(reader, name, key)).await {
+            match gated(shared, stop, drill(reader, name, key)).await {
                 Some(Ok(Some((secs, bytes)))) => {
                     shared.success(path, &d.name, "drill");
                     shared.with_dest(path, &d.name, |t| {
