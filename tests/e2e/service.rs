@@ -194,7 +194,7 @@ destinations = ["local"]
     commit(&tenants.join("a.db"), 99);
 
     // status reads the daemon's state file.
-    // (Written every 2 s: the restarted workers appear in it within a few.)
+    // (Written every 5 s: the restarted workers appear in it within a few.)
     until("status with the three databases", 30, || {
         let st = w.run(&["--json", "status"]).json();
         st["alive"] == true && st["databases"].as_object().is_some_and(|d| d.len() == 3)

@@ -152,7 +152,7 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), Error> {
     let mut last_scan = Instant::now();
     let mut last_write: Option<Instant> = None;
     while !opts.stop.is_cancelled() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let hup = opts.reload.swap(false, Ordering::SeqCst);
         if hup || last_scan.elapsed() >= config.service.rescan {
             last_scan = Instant::now();
@@ -174,7 +174,7 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), Error> {
             }
             reconcile(&config, &mut workers, &shared).await;
         }
-        if last_write.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+        if last_write.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             last_write = Some(Instant::now());
             write_status(&status, &status_file, true);
         }

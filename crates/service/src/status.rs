@@ -161,8 +161,9 @@ impl Status {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
+        // Compact, and not synced: it is rewritten every few seconds, and a crash
+        // leaves the previous version whole (the rename is atomic).
+        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
         std::fs::rename(&tmp, path)
     }
 
