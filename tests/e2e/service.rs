@@ -20,7 +20,7 @@ fn free_port() -> u16 {
 }
 
 /// GET `path` on 127.0.0.1:`port`: status code and body.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;

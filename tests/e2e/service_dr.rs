@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::service::get;
 use crate::support::{World, kit};
 
 const DB_KEY: &str = "correct horse battery staple 4c1d";
@@ -89,18 +90,6 @@ impl Drop for Cut {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
-}
-
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-    let mut r = String::new();
-    s.read_to_string(&mut r).ok()?;
-    Some((
-        r.split(' ').nth(1)?.parse().ok()?,
-        r.split_once("\r\n\r\n")?.1.to_string(),
-    ))
 }
 
 fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
