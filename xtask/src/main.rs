@@ -131,6 +131,8 @@ fn ensure_test_tools() -> Result<()> {
         ("sqlite3", "sqlite3"),
         ("sqlcipher", "sqlcipher"),
         ("ssh-keygen", "openssh-client"),
+        // The runbook's HTML is opened in a real browser (tests/e2e/service_dr.rs).
+        ("chromium", "chromium"),
     ]
     .into_iter()
     .filter(|(tool, _)| !have(tool))
