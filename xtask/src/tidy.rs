@@ -2,7 +2,7 @@
 //! from `cargo metadata` and the sources, so that a change that breaks one fails CI
 //! instead of waiting for a reviewer to notice.
 //!
-//! - the leaf crates (format, sqlite, compress, crypt, store) depend on no other
+//! - the leaf crates (format, sqlite, compress, crypt, store, policy) depend on no other
 //!   sqlvault crate, and no library depends on the binary or on xtask;
 //! - tokio only in the crates allowed to be async (store, engine, service, the binary, test
 //!   support and xtask);
@@ -26,6 +26,7 @@ const LEAVES: &[&str] = &[
     "sqlvault-compress",
     "sqlvault-crypt",
     "sqlvault-store",
+    "sqlvault-policy",
 ];
 
 /// Library crates: no environment reads, no clap or anyhow.
@@ -36,6 +37,7 @@ const LIBRARIES: &[&str] = &[
     "sqlvault-crypt",
     "sqlvault-store",
     "sqlvault-engine",
+    "sqlvault-policy",
 ];
 
 /// Where tokio may appear as a normal dependency.

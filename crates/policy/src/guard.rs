@@ -1,0 +1,432 @@
+//! The guard: a connection that acts for one principal. It installs the authorizer
+//! with the principal's role, turns on SQLite's defensive settings, and reports every
+//! decision to an optional audit sink.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::config::DbConfig;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
+use rusqlite::{Connection, ffi};
+
+use crate::auth::Identity;
+use crate::rules::{Catalog, Decision, Kind, Rules};
+use crate::{GuardError, Policy};
+
+/// One authorizer decision, as an audit sink receives it. Borrowed: a sink that keeps
+/// it copies what it needs. Never holds a secret or a statement's values: SQLite asks
+/// about names, not data.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditEvent<'a> {
+    /// The principal the connection acts for.
+    pub principal: &'a str,
+    /// The principal's role.
+    pub role: &'a str,
+    /// `read`, `insert`, `update`, `delete`, `function`, `pragma`, `transaction`,
+    /// `schema`, `temp`, `attach`, `select` or `other`.
+    pub action: &'static str,
+    /// The table, function, pragma or object the action is on.
+    pub object: Option<&'a str>,
+    /// The column (reads and updates), or the pragma's value.
+    pub detail: Option<&'a str>,
+    /// The view or trigger whose body asked, if any.
+    pub accessor: Option<&'a str>,
+    /// Allowed, masked or denied.
+    pub decision: Decision,
+    /// Why it was masked or denied.
+    pub reason: Option<&'a str>,
+}
+
+/// Where a guard reports its decisions: every allowed, masked and denied action, with
+/// the principal. Called while a statement is prepared, on the preparing thread: keep
+/// it quick (queue to a writer rather than write to disk inline).
+pub trait AuditSink: Send + Sync {
+    /// Receives one decision.
+    fn record(&self, event: &AuditEvent<'_>);
+}
+
+impl<F: Fn(&AuditEvent<'_>) + Send + Sync> AuditSink for F {
+    fn record(&self, event: &AuditEvent<'_>) {
+        self(event)
+    }
+}
+
+/// An audit sink that emits each decision as a `tracing` event (target
+/// `sqlvault_policy::audit`): denials at WARN, the rest at DEBUG.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingAudit;
+
+impl AuditSink for TracingAudit {
+    fn record(&self, e: &AuditEvent<'_>) {
+        if e.decision == Decision::Deny {
+            tracing::warn!(target: "sqlvault_policy::audit", principal = e.principal, role = e.role, action = e.action,
+                object = e.object, detail = e.detail, accessor = e.accessor, reason = e.reason, "denied");
+        } else {
+            tracing::debug!(target: "sqlvault_policy::audit", principal = e.principal, role = e.role, action = e.action,
+                object = e.object, detail = e.detail, accessor = e.accessor, decision = ?e.decision, "authorized");
+        }
+    }
+}
+
+/// Options for [`Policy::guard_with`].
+#[derive(Clone, Default)]
+pub struct GuardOptions {
+    audit: Option<Arc<dyn AuditSink>>,
+}
+
+impl fmt::Debug for GuardOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardOptions")
+            .field("audit", &self.audit.is_some())
+            .finish()
+    }
+}
+
+impl GuardOptions {
+    /// Reports every decision to `sink`.
+    pub fn with_audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+}
+
+/// Why a statement was refused: what it tried and the rule that stopped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// What was tried: `read users.password_hash`, `pragma writable_schema = 1`.
+    pub action: String,
+    /// Why not.
+    pub reason: String,
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.action, self.reason)
+    }
+}
+
+struct Session {
+    identity: Identity,
+    rules: Rules,
+    /// The guard reading the schema for itself.
+    bypass: bool,
+    last_denial: Option<Denial>,
+    audit: Option<Arc<dyn AuditSink>>,
+}
+
+fn describe(a: &AuthAction<'_>) -> (&'static str, Option<String>, Option<String>) {
+    use AuthAction as A;
+    let s = |x: &str| Some(x.to_string());
+    match *a {
+        A::Read {
+            table_name,
+            column_name,
+        } => ("read", s(table_name), s(column_name)),
+        A::Insert { table_name } => ("insert", s(table_name), None),
+        A::Update {
+            table_name,
+            column_name,
+        } => ("update", s(table_name), s(column_name)),
+        A::Delete { table_name } => ("delete", s(table_name), None),
+        A::Function { function_name } => ("function", s(function_name), None),
+        A::Pragma {
+            pragma_name,
+            pragma_value,
+        } => ("pragma", s(pragma_name), pragma_value.map(str::to_string)),
+        A::Transaction { .. } | A::Savepoint { .. } => ("transaction", None, None),
+        A::Attach { filename } => ("attach", s(filename), None),
+        A::Detach { database_name } => ("detach", s(database_name), None),
+        A::Select | A::Recursive => ("select", None, None),
+        A::CreateTempIndex { table_name, .. } | A::CreateTempTable { table_name } => ("temp", s(table_name), None),
+        A::CreateTempTrigger { trigger_name, .. } => ("temp", s(trigger_name), None),
+        A::CreateTempView { view_name } => ("temp", s(view_name), None),
+        A::DropTempIndex { index_name, .. } => ("temp", s(index_name), None),
+        A::DropTempTable { table_name } => ("temp", s(table_name), None),
+        A::DropTempTrigger { trigger_name, .. } => ("temp", s(trigger_name), None),
+        A::DropTempView { view_name } => ("temp", s(view_name), None),
+        A::CreateTable { table_name }
+        | A::DropTable { table_name }
+        | A::AlterTable { table_name, .. }
+        | A::Analyze { table_name } => ("schema", s(table_name), None),
+        A::CreateVtable {
+            table_name,
+            module_name,
+        }
+        | A::DropVtable {
+            table_name,
+            module_name,
+        } => ("schema", s(table_name), s(module_name)),
+        A::CreateIndex { index_name, .. } | A::DropIndex { index_name, .. } | A::Reindex { index_name } => {
+            ("schema", s(index_name), None)
+        }
+        A::CreateTrigger { trigger_name, .. } | A::DropTrigger { trigger_name, .. } => {
+            ("schema", s(trigger_name), None)
+        }
+        A::CreateView { view_name } | A::DropView { view_name } => ("schema", s(view_name), None),
+        _ => ("other", None, None),
+    }
+}
+
+fn action_words(a: &AuthAction<'_>) -> String {
+    let (what, object, detail) = describe(a);
+    let printable = |s: String| crate::auth::printable(&s);
+    match (what, object.map(printable), detail.map(printable)) {
+        ("read" | "update", Some(t), Some(c)) if !c.is_empty() => format!("{what} of {t}.{c}"),
+        ("pragma", Some(p), Some(v)) => format!("pragma {p} = {v}"),
+        ("attach", Some(f), _) if f.is_empty() => "VACUUM".into(),
+        ("attach", _, _) => "ATTACH".into(),
+        (w, Some(o), _) => format!("{w} {o}"),
+        (w, None, _) => w.to_string(),
+    }
+}
+
+impl Session {
+    fn authorize(&mut self, ctx: AuthContext<'_>) -> Authorization {
+        if self.bypass {
+            return Authorization::Allow;
+        }
+        let v = self.rules.decide(&ctx);
+        if v.decision == Decision::Deny {
+            self.last_denial = Some(Denial {
+                action: action_words(&ctx.action),
+                reason: v.reason.clone().unwrap_or_default(),
+            });
+        }
+        if let Some(sink) = &self.audit {
+            let (action, object, detail) = describe(&ctx.action);
+            sink.record(&AuditEvent {
+                principal: &self.identity.principal,
+                role: &self.identity.role,
+                action,
+                object: object.as_deref(),
+                detail: detail.as_deref(),
+                accessor: ctx.accessor,
+                decision: v.decision,
+                reason: v.reason.as_deref(),
+            });
+        }
+        match v.decision {
+            Decision::Allow => Authorization::Allow,
+            Decision::Mask => Authorization::Ignore,
+            Decision::Deny => Authorization::Deny,
+        }
+    }
+}
+
+/// A connection acting for one principal: every statement prepared on it is checked
+/// against the principal's role. Use it as a [`Connection`] (it dereferences to one);
+/// it cannot be turned back into an unguarded connection through a shared reference,
+/// since removing the authorizer needs `&mut Connection`.
+pub struct Guarded {
+    conn: Connection,
+    session: Arc<Mutex<Session>>,
+}
+
+impl fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.lock();
+        write!(f, "Guarded({:?})", s.identity)
+    }
+}
+
+impl Deref for Guarded {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn read_catalog(conn: &Connection) -> rusqlite::Result<Catalog> {
+    let mut c = Catalog::default();
+    let mut st = conn.prepare("SELECT name, type FROM pragma_table_list WHERE schema = 'main'")?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    for row in rows {
+        let (name, ty) = row?;
+        let kind = match ty.as_str() {
+            "view" => Kind::View { trusted: true },
+            "virtual" => Kind::Virtual,
+            "shadow" => Kind::Shadow { owner: String::new() },
+            _ => Kind::Table,
+        };
+        c.kinds.insert(name.to_ascii_lowercase(), kind);
+    }
+    c.link_shadows();
+    let mut st =
+        conn.prepare("SELECT type, name, tbl_name FROM main.sqlite_schema WHERE type IN ('index', 'trigger')")?;
+    let rows = st.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+    })?;
+    for row in rows {
+        let (ty, name, table) = row?;
+        if ty == "index" {
+            c.indexes.insert(name.to_ascii_lowercase(), table.to_ascii_lowercase());
+        } else {
+            c.triggers.insert(name.to_ascii_lowercase());
+        }
+    }
+    let mut st = conn.prepare("SELECT name FROM pragma_module_list")?;
+    let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+    for row in rows {
+        c.modules.insert(row?.to_ascii_lowercase());
+    }
+    Ok(c)
+}
+
+/// SQLite's settings for a connection that runs SQL it did not write: no writes to its
+/// own schema or shadow tables, no functions with side effects in the schema, no
+/// extensions, no FTS3 tokenizer pointers, no attached databases.
+fn harden(conn: &Connection) -> Result<(), GuardError> {
+    let set = |c: DbConfig, on: bool, what: &str| -> Result<(), GuardError> {
+        match conn.set_db_config(c, on) {
+            Ok(v) if v == on => Ok(()),
+            Ok(_) => Err(GuardError::Setting(what.into())),
+            Err(e) => Err(GuardError::Sqlite(e)),
+        }
+    };
+    set(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true, "SQLITE_DBCONFIG_DEFENSIVE")?;
+    set(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false, "trusted_schema=OFF")?;
+    set(DbConfig::SQLITE_DBCONFIG_WRITABLE_SCHEMA, false, "writable_schema=OFF")?;
+    set(
+        DbConfig::SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER,
+        false,
+        "fts3_tokenizer off",
+    )?;
+    // SAFETY: the handle is the live connection's; ENABLE_LOAD_EXTENSION takes an int
+    // and an optional int* (null: the new value is not reported back).
+    let rc = unsafe {
+        ffi::sqlite3_db_config(
+            conn.handle(),
+            ffi::SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION,
+            0 as std::os::raw::c_int,
+            std::ptr::null_mut::<std::os::raw::c_int>(),
+        )
+    };
+    if rc != ffi::SQLITE_OK {
+        return Err(GuardError::Setting("extension loading off".into()));
+    }
+    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)
+        .map_err(GuardError::Sqlite)?;
+    if conn.limit(Limit::SQLITE_LIMIT_ATTACHED).map_err(GuardError::Sqlite)? != 0 {
+        return Err(GuardError::Setting("no attached databases".into()));
+    }
+    Ok(())
+}
+
+/// A scan of a whole table through a covering index returns rows in that index's
+/// order: with an index on a masked column, `SELECT id FROM users` would list users in
+/// the order of their masked values (and a role that may insert could binary-search
+/// them). Covering-index and skip scans are turned off for a role with column rules,
+/// so such scans read the table in rowid order. An index whose leading column a query
+/// constrains still orders ties by its later columns: `policy check` reports indexes
+/// holding masked columns.
+fn hide_index_order(conn: &Connection) -> Result<(), GuardError> {
+    const COVER_IDX_SCAN: std::os::raw::c_int = 0x0000_0020;
+    const SKIP_SCAN: std::os::raw::c_int = 0x0000_4000;
+    // SAFETY: SQLITE_TESTCTRL_OPTIMIZATIONS takes the connection and an int mask of
+    // optimizations to disable; the handle is live for the call.
+    unsafe {
+        ffi::sqlite3_test_control(
+            ffi::SQLITE_TESTCTRL_OPTIMIZATIONS,
+            conn.handle(),
+            COVER_IDX_SCAN | SKIP_SCAN,
+        );
+    }
+    Ok(())
+}
+
+impl Policy {
+    /// Guards `conn` for `who` with no audit sink. See [`Policy::guard_with`].
+    pub fn guard(&self, conn: Connection, who: &Identity) -> Result<Guarded, GuardError> {
+        self.guard_with(conn, who, GuardOptions::default())
+    }
+
+    /// Guards `conn` for `who` (from [`Policy::authenticate`] on this policy): turns
+    /// on `SQLITE_DBCONFIG_DEFENSIVE`, `trusted_schema=OFF`, no extension loading, no
+    /// FTS3 tokenizer, no attached databases (refused if the connection has any), reads
+    /// the schema, and installs the authorizer. Key a SQLCipher connection first.
+    pub fn guard_with(&self, mut conn: Connection, who: &Identity, opts: GuardOptions) -> Result<Guarded, GuardError> {
+        let role = match self.principals.get(&who.principal) {
+            Some(p) if p.role == who.role => self.roles.get(&p.role),
+            _ => None,
+        }
+        .ok_or_else(|| GuardError::Identity(crate::auth::printable(&who.principal)))?;
+        let attached: Vec<String> = {
+            let mut st = conn
+                .prepare("SELECT name FROM pragma_database_list")
+                .map_err(GuardError::Sqlite)?;
+            st.query_map([], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(GuardError::Sqlite)?
+                .into_iter()
+                .filter(|n| n != "main" && n != "temp")
+                .collect()
+        };
+        if !attached.is_empty() {
+            return Err(GuardError::Attached(attached.join(", ")));
+        }
+        harden(&conn)?;
+        if !(role.mask.is_empty() && role.deny.is_empty() && role.allow.is_empty()) {
+            hide_index_order(&conn)?;
+        }
+        let catalog = read_catalog(&conn).map_err(GuardError::Sqlite)?;
+        let session = Arc::new(Mutex::new(Session {
+            identity: who.clone(),
+            rules: Rules::new(&who.role, role, catalog),
+            bypass: false,
+            last_denial: None,
+            audit: opts.audit,
+        }));
+        let s = Arc::clone(&session);
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+            s.authorize(ctx)
+        }))
+        .map_err(GuardError::Sqlite)?;
+        Ok(Guarded { conn, session })
+    }
+}
+
+impl Guarded {
+    fn lock(&self) -> MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The principal and role this connection acts for.
+    pub fn identity(&self) -> Identity {
+        self.lock().identity.clone()
+    }
+
+    /// The most recent denial on this connection: what a statement that failed with
+    /// "not authorized" tried, and the rule that stopped it.
+    pub fn last_denial(&self) -> Option<Denial> {
+        self.lock().last_denial.clone()
+    }
+
+    /// Takes the most recent denial, leaving none.
+    pub fn take_denial(&self) -> Option<Denial> {
+        self.lock().last_denial.take()
+    }
+
+    /// Reads the schema again. Call it after another connection changed the schema:
+    /// until then, a table made since is granted through `"*"` like any other unless
+    /// its name looks like a shadow table, and a new view never passes its grant on.
+    pub fn refresh(&self) -> Result<(), GuardError> {
+        self.lock().bypass = true;
+        let read = read_catalog(&self.conn);
+        let mut s = self.lock();
+        s.bypass = false;
+        s.rules.catalog = read.map_err(GuardError::Sqlite)?;
+        Ok(())
+    }
+
+    /// Removes the authorizer and returns the connection (its defensive settings
+    /// stay). For the application's own use, never for the principal's.
+    pub fn into_inner(mut self) -> Result<Connection, GuardError> {
+        self.conn
+            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
+            .map_err(GuardError::Sqlite)?;
+        Ok(self.conn)
+    }
+}

@@ -1,0 +1,241 @@
+//! `policy check`: a policy read against a database's schema, for mistakes that the
+//! authorizer would turn into silent denials, or into reads nobody meant to grant.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use rusqlite::Connection;
+
+use crate::names::ColumnRef;
+use crate::policy::{Credential, Policy, Role};
+
+/// How much a finding matters (the order is by weight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Worth a look: a table no role covers, a broad right.
+    Low,
+    /// A role can read a column marked sensitive, or a grant reads around the rules.
+    Medium,
+    /// The policy names what the database does not have: a typo denies what was meant
+    /// to be granted, or masks nothing.
+    High,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+        })
+    }
+}
+
+/// One problem `lint` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// How much it matters.
+    pub severity: Severity,
+    /// What and where, in one line.
+    pub message: String,
+}
+
+struct Schema {
+    /// Lowercase table name → (kind, lowercase column → hidden flag).
+    tables: BTreeMap<String, (String, BTreeMap<String, i64>)>,
+}
+
+fn read_schema(conn: &Connection) -> rusqlite::Result<Schema> {
+    let mut tables = BTreeMap::new();
+    let names: Vec<(String, String)> = conn
+        .prepare("SELECT name, type FROM pragma_table_list WHERE schema = 'main'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (name, ty) in names {
+        let cols: BTreeMap<String, i64> = conn
+            .prepare("SELECT name, hidden FROM pragma_table_xinfo(?1)")?
+            .query_map([&name], |r| {
+                Ok((r.get::<_, String>(0)?.to_ascii_lowercase(), r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        tables.insert(name.to_ascii_lowercase(), (ty, cols));
+    }
+    Ok(Schema { tables })
+}
+
+/// Tables that read the file around every grant.
+const RAW: &[&str] = &["sqlite_dbpage", "dbstat"];
+
+fn can_read(role: &Role, table: &str, column: &str) -> bool {
+    (role.select.all || role.select.names(table))
+        && !role.deny.iter().chain(&role.mask).any(|c| c.matches(table, column))
+        && {
+            let listed: Vec<&ColumnRef> = role
+                .allow
+                .iter()
+                .filter(|c| c.table.as_deref() == Some(table))
+                .collect();
+            listed.is_empty() || listed.iter().any(|c| c.column == column)
+        }
+}
+
+/// Reads `policy` against the schema of `conn`'s main database. Findings, most severe
+/// first:
+/// - high: a grant or column rule naming a table or column the database lacks;
+/// - medium: a role that can read a column marked `sensitive`; a grant of
+///   `sqlite_dbpage` or `dbstat` (raw pages, around every mask);
+/// - low: a table no role covers, a role no principal holds, `schema` or `functions =
+///   ["*"]` granted, a generated column beside a masked one, hashes whose parameters
+///   differ (the decoy that hides which principals exist costs the first one's).
+pub fn lint(policy: &Policy, conn: &Connection) -> rusqlite::Result<Vec<Finding>> {
+    let schema = read_schema(conn)?;
+    let mut out = BTreeSet::new();
+    let mut add = |severity: Severity, message: String| {
+        out.insert((std::cmp::Reverse(severity), message));
+    };
+    let known = |t: &str| schema.tables.contains_key(t) || t == "sqlite_sequence" || t.starts_with("sqlite_stat");
+    for (rname, role) in &policy.roles {
+        for (what, set) in [
+            ("select", &role.select),
+            ("insert", &role.insert),
+            ("update", &role.update),
+            ("delete", &role.delete),
+        ] {
+            for t in &set.names {
+                if RAW.contains(&t.as_str()) {
+                    add(
+                        Severity::Medium,
+                        format!("role {rname}: {what} on {t} reads raw database pages, around every grant and mask"),
+                    );
+                } else if !known(t) {
+                    add(Severity::High, format!("role {rname}: {what} names unknown table {t}"));
+                }
+            }
+        }
+        for (what, list) in [("mask", &role.mask), ("deny", &role.deny), ("allow", &role.allow)] {
+            for c in list {
+                check_column(&schema, &mut add, &format!("role {rname}: {what}"), c);
+            }
+        }
+        if role.schema {
+            add(
+                Severity::Low,
+                format!(
+                    "role {rname}: schema is granted: it can drop tables, and create triggers that run under other principals' statements"
+                ),
+            );
+        }
+        if role.functions.iter().any(|f| f == "*") {
+            add(
+                Severity::Low,
+                format!("role {rname}: functions = [\"*\"] grants every application function"),
+            );
+        }
+        if !policy.principals.values().any(|p| &p.role == rname) {
+            add(Severity::Low, format!("role {rname}: no principal holds it"));
+        }
+        // A generated column is computed from others: masking one and not it leaks.
+        for (t, (_, cols)) in &schema.tables {
+            let masked: Vec<&String> = cols
+                .keys()
+                .filter(|c| role.mask.iter().chain(&role.deny).any(|r| r.matches(t, c)))
+                .collect();
+            if masked.is_empty() {
+                continue;
+            }
+            for (g, hidden) in cols {
+                if (*hidden == 2 || *hidden == 3) && can_read(role, t, g) {
+                    add(
+                        Severity::Low,
+                        format!(
+                            "role {rname}: generated column {t}.{g} is readable beside masked {t}.{}; mask it too if it is computed from it",
+                            masked[0]
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for c in &policy.sensitive {
+        check_column(&schema, &mut add, "sensitive", c);
+        for (t, (_, cols)) in &schema.tables {
+            for col in cols.keys() {
+                if !c.matches(t, col) {
+                    continue;
+                }
+                for (rname, role) in &policy.roles {
+                    if can_read(role, t, col) {
+                        let holders: Vec<&str> = policy
+                            .principals
+                            .iter()
+                            .filter(|(_, p)| &p.role == rname)
+                            .map(|(n, _)| n.as_str())
+                            .collect();
+                        add(
+                            Severity::Medium,
+                            format!(
+                                "role {rname} can read sensitive column {t}.{col} (principals: {})",
+                                if holders.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    holders.join(", ")
+                                }
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for (t, (ty, _)) in &schema.tables {
+        if ty == "shadow" || t.starts_with("sqlite_") {
+            continue;
+        }
+        let covered = policy.roles.values().any(|r| {
+            [&r.select, &r.insert, &r.update, &r.delete]
+                .iter()
+                .any(|s| s.all || s.names.contains(t))
+        });
+        if !covered {
+            add(
+                Severity::Low,
+                format!("{ty} {t} is covered by no role: no principal can use it"),
+            );
+        }
+    }
+    let params: BTreeSet<(u32, u32, u32)> = policy
+        .principals
+        .values()
+        .filter_map(|p| match &p.credential {
+            Credential::PasswordHash(h) => crate::hash_parameters(h),
+            Credential::Uid(_) => None,
+        })
+        .collect();
+    if params.len() > 1 {
+        add(
+            Severity::Low,
+            "password hashes use different parameters: logins of some principals take longer than a miss, which tells their names apart; rehash them alike".into(),
+        );
+    }
+    Ok(out
+        .into_iter()
+        .map(|(s, message)| Finding { severity: s.0, message })
+        .collect())
+}
+
+fn check_column(schema: &Schema, add: &mut impl FnMut(Severity, String), what: &str, c: &ColumnRef) {
+    match &c.table {
+        Some(t) => match schema.tables.get(t) {
+            None => add(Severity::High, format!("{what} names unknown table {t} ({c})")),
+            Some((_, cols)) if !cols.contains_key(&c.column) && c.column != "rowid" => {
+                add(Severity::High, format!("{what} names unknown column {c}"))
+            }
+            Some(_) => {}
+        },
+        None => {
+            if !schema.tables.values().any(|(_, cols)| cols.contains_key(&c.column)) {
+                add(Severity::Medium, format!("{what}: no table has a column {}", c.column));
+            }
+        }
+    }
+}

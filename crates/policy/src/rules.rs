@@ -1,0 +1,772 @@
+//! The decision: one authorizer call in, allow / mask / deny out. Pure over the role
+//! and a catalog of the schema, so every rule is testable without a statement.
+//!
+//! What SQLite asks, and what it means (checked against SQLite 3.54):
+//! - `SQLITE_READ table column` for every column a statement reads — in the result,
+//!   `WHERE`, `ORDER BY`, `GROUP BY`, `RETURNING`, a subquery, a CTE, a view's body
+//!   (with the view as accessor) or a trigger's body (with the trigger as accessor);
+//!   column `""` when a table is read without naming a column (`count(*)`). Answering
+//!   `SQLITE_IGNORE` makes the column read as NULL everywhere in that statement, which
+//!   is how a mask leaves no oracle.
+//! - Connecting a virtual table (`json_each`, an FTS table) makes SQLite declare it:
+//!   it asks `UPDATE sqlite_master` for each column and `READ sqlite_master ROWID`.
+//!   Denying those breaks every virtual table; they write nothing (SQLite refuses user
+//!   writes to its schema itself, and `CREATE`/`DROP` are asked separately).
+//! - FTS and R*Tree run their own SQL on their shadow tables, through the same
+//!   authorizer, as top-level statements (accessor none), and FTS5 asks `PRAGMA
+//!   data_version`. So a shadow table is allowed exactly when its virtual table is,
+//!   with no column rule on it (its content is the virtual table's content).
+//! - `VACUUM` and `VACUUM INTO` ask `SQLITE_ATTACH` first.
+
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::hooks::{AuthAction, AuthContext};
+
+use crate::names::with_lower;
+use crate::policy::{CREATABLE_MODULES, PRAGMAS_TAKING_A_NAME, Role};
+
+/// SQLite's built-in functions that only compute on their arguments: allowed to every
+/// role. Sorted, for binary search.
+pub const BUILTIN_FUNCTIONS: &[&str] = &[
+    "->",
+    "->>",
+    "abs",
+    "acos",
+    "acosh",
+    "asin",
+    "asinh",
+    "atan",
+    "atan2",
+    "atanh",
+    "avg",
+    "bm25",
+    "ceil",
+    "ceiling",
+    "changes",
+    "char",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "cos",
+    "cosh",
+    "count",
+    "cume_dist",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "date",
+    "datetime",
+    "degrees",
+    "dense_rank",
+    "exp",
+    "first_value",
+    "floor",
+    "format",
+    "fts5_source_id",
+    "glob",
+    "group_concat",
+    "hex",
+    "highlight",
+    "if",
+    "ifnull",
+    "iif",
+    "instr",
+    "json",
+    "json_array",
+    "json_array_length",
+    "json_error_position",
+    "json_extract",
+    "json_group_array",
+    "json_group_object",
+    "json_insert",
+    "json_object",
+    "json_patch",
+    "json_pretty",
+    "json_quote",
+    "json_remove",
+    "json_replace",
+    "json_set",
+    "json_type",
+    "json_valid",
+    "jsonb",
+    "jsonb_array",
+    "jsonb_extract",
+    "jsonb_group_array",
+    "jsonb_group_object",
+    "jsonb_insert",
+    "jsonb_object",
+    "jsonb_patch",
+    "jsonb_remove",
+    "jsonb_replace",
+    "jsonb_set",
+    "julianday",
+    "lag",
+    "last_insert_rowid",
+    "last_value",
+    "lead",
+    "length",
+    "like",
+    "likelihood",
+    "likely",
+    "ln",
+    "log",
+    "log10",
+    "log2",
+    "lower",
+    "ltrim",
+    "match",
+    "matchinfo",
+    "max",
+    "median",
+    "min",
+    "mod",
+    "nth_value",
+    "ntile",
+    "nullif",
+    "octet_length",
+    "offsets",
+    "percent_rank",
+    "percentile",
+    "percentile_cont",
+    "percentile_disc",
+    "pi",
+    "pow",
+    "power",
+    "printf",
+    "quote",
+    "radians",
+    "random",
+    "randomblob",
+    "rank",
+    "replace",
+    "round",
+    "row_number",
+    "rtrim",
+    "sign",
+    "sin",
+    "sinh",
+    "snippet",
+    "soundex",
+    "sqlite_source_id",
+    "sqlite_version",
+    "sqrt",
+    "strftime",
+    "string_agg",
+    "substr",
+    "substring",
+    "subtype",
+    "sum",
+    "tan",
+    "tanh",
+    "time",
+    "timediff",
+    "total",
+    "total_changes",
+    "trim",
+    "trunc",
+    "typeof",
+    "unhex",
+    "unicode",
+    "unistr",
+    "unistr_quote",
+    "unixepoch",
+    "unlikely",
+    "upper",
+    "zeroblob",
+];
+
+/// Functions no role can be granted, not even with `"*"`: they load code, swap FTS3
+/// tokenizer pointers, hand out FTS5's C API, write SQLite's error log, or (in the
+/// shell's build) touch files.
+pub const NEVER_FUNCTIONS: &[&str] = &[
+    "edit",
+    "fts3_tokenizer",
+    "fts5",
+    "load_extension",
+    "readfile",
+    "sqlite_log",
+    "writefile",
+    "zipfile",
+];
+
+/// Suffixes of FTS3/4/5 and R*Tree shadow tables: a table made after the guard read
+/// the schema, named like one, needs naming to be granted until the guard refreshes.
+const SHADOW_SUFFIXES: &[&str] = &[
+    "config", "content", "data", "docsize", "idx", "node", "parent", "rowid", "segdir", "segments", "stat",
+];
+
+/// The decision for one authorizer call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The action goes ahead.
+    Allow,
+    /// The column reads as NULL.
+    Mask,
+    /// The statement fails to prepare.
+    Deny,
+}
+
+/// What a schema object is, as far as the rules care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Table,
+    /// `trusted`: in the schema when the guard read it (so not made by this principal);
+    /// only such a view, granted by name, passes its own grant to what it reads.
+    View {
+        trusted: bool,
+    },
+    Virtual,
+    Shadow {
+        owner: String,
+    },
+}
+
+/// The schema as the guard last read it, plus what this connection created since.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Catalog {
+    pub kinds: HashMap<String, Kind>,
+    /// Index name → its table.
+    pub indexes: HashMap<String, String>,
+    /// Trigger names: a view's grant never passes to a trigger of the same name.
+    pub triggers: HashSet<String>,
+    /// Virtual-table modules of the connection: a name among them that is no table is
+    /// an eponymous virtual table (`dbstat`, `sqlite_dbpage`).
+    pub modules: HashSet<String>,
+}
+
+impl Catalog {
+    /// Sets `owner` for each shadow table: the longest virtual table whose name and
+    /// `_` start it.
+    pub fn link_shadows(&mut self) {
+        let vtabs: Vec<String> = self
+            .kinds
+            .iter()
+            .filter(|(_, k)| **k == Kind::Virtual)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for (name, kind) in self.kinds.iter_mut() {
+            if let Kind::Shadow { owner } = kind {
+                *owner = vtabs
+                    .iter()
+                    .filter(|v| {
+                        name.len() > v.len() + 1 && name.starts_with(v.as_str()) && name.as_bytes()[v.len()] == b'_'
+                    })
+                    .max_by_key(|v| v.len())
+                    .cloned()
+                    .unwrap_or_default();
+            }
+        }
+    }
+}
+
+/// A verdict and, when denied, why (in words a user can act on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Allow, mask or deny.
+    pub decision: Decision,
+    /// Why it was denied (or masked).
+    pub reason: Option<String>,
+}
+
+impl Verdict {
+    fn allow() -> Verdict {
+        Verdict {
+            decision: Decision::Allow,
+            reason: None,
+        }
+    }
+    fn mask(why: String) -> Verdict {
+        Verdict {
+            decision: Decision::Mask,
+            reason: Some(why),
+        }
+    }
+    fn deny(why: String) -> Verdict {
+        Verdict {
+            decision: Decision::Deny,
+            reason: Some(why),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Db {
+    Main,
+    Temp,
+    Other,
+}
+
+fn db_of(name: Option<&str>) -> Db {
+    match name {
+        None => Db::Main,
+        Some(n) if n.eq_ignore_ascii_case("main") => Db::Main,
+        Some(n) if n.eq_ignore_ascii_case("temp") => Db::Temp,
+        Some(_) => Db::Other,
+    }
+}
+
+fn is_schema_table(lower: &str) -> bool {
+    matches!(
+        lower,
+        "sqlite_master" | "sqlite_schema" | "sqlite_temp_master" | "sqlite_temp_schema"
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Write {
+    fn word(self) -> &'static str {
+        match self {
+            Write::Insert => "insert",
+            Write::Update => "update",
+            Write::Delete => "delete",
+        }
+    }
+}
+
+/// The rules of one role over one catalog.
+#[derive(Debug, Clone)]
+pub(crate) struct Rules {
+    pub role_name: String,
+    pub role: Role,
+    pub catalog: Catalog,
+    /// Whether the role has any column rule (skips three scans per column otherwise).
+    column_rules: bool,
+}
+
+impl Rules {
+    pub fn new(role_name: &str, role: &Role, catalog: Catalog) -> Rules {
+        Rules {
+            role_name: role_name.to_string(),
+            column_rules: !(role.mask.is_empty() && role.deny.is_empty() && role.allow.is_empty()),
+            role: role.clone(),
+            catalog,
+        }
+    }
+
+    /// Decides one authorizer call, and remembers what this connection creates.
+    pub fn decide(&mut self, ctx: &AuthContext<'_>) -> Verdict {
+        use AuthAction as A;
+        let db = ctx.database_name;
+        match ctx.action {
+            A::Select | A::Recursive => Verdict::allow(),
+            A::Read {
+                table_name,
+                column_name,
+            } => self.read(db_of(db), table_name, column_name, ctx.accessor),
+            A::Insert { table_name } => self.write(Write::Insert, db_of(db), table_name, None),
+            A::Update {
+                table_name,
+                column_name,
+            } => self.write(Write::Update, db_of(db), table_name, Some(column_name)),
+            A::Delete { table_name } => self.write(Write::Delete, db_of(db), table_name, None),
+            A::Function { function_name } => self.function(function_name),
+            A::Pragma {
+                pragma_name,
+                pragma_value,
+            } => self.pragma(db_of(db), pragma_name, pragma_value),
+            A::Transaction { .. } | A::Savepoint { .. } => {
+                if self.role.transactions {
+                    Verdict::allow()
+                } else {
+                    self.no("transactions (BEGIN, COMMIT, SAVEPOINT) are not granted")
+                }
+            }
+            A::Attach { .. } => Verdict::deny("ATTACH and VACUUM are never allowed on a guarded connection".into()),
+            A::Detach { .. } => Verdict::deny("DETACH is never allowed on a guarded connection".into()),
+            A::CreateVtable {
+                table_name,
+                module_name,
+            } => {
+                let module = module_name.to_ascii_lowercase();
+                if !CREATABLE_MODULES.contains(&module.as_str()) {
+                    return Verdict::deny(format!(
+                        "virtual tables of module {module} are never created on a guarded connection"
+                    ));
+                }
+                let v = self.schema(db_of(db));
+                if v.decision == Decision::Allow {
+                    self.catalog
+                        .kinds
+                        .insert(table_name.to_ascii_lowercase(), Kind::Virtual);
+                }
+                v
+            }
+            A::CreateTable { table_name } => {
+                let v = self.schema(db_of(db));
+                if v.decision == Decision::Allow {
+                    let l = table_name.to_ascii_lowercase();
+                    let kind = match self.looks_shadow(&l) {
+                        Some(owner) => Kind::Shadow { owner },
+                        None => Kind::Table,
+                    };
+                    self.catalog.kinds.entry(l).or_insert(kind);
+                }
+                v
+            }
+            A::CreateView { view_name } => {
+                let v = self.schema(db_of(db));
+                if v.decision == Decision::Allow {
+                    self.catalog
+                        .kinds
+                        .insert(view_name.to_ascii_lowercase(), Kind::View { trusted: false });
+                }
+                v
+            }
+            A::CreateTrigger { trigger_name, .. } => {
+                let v = self.schema(db_of(db));
+                self.catalog.triggers.insert(trigger_name.to_ascii_lowercase());
+                v
+            }
+            A::CreateTempTrigger { trigger_name, .. } => {
+                self.catalog.triggers.insert(trigger_name.to_ascii_lowercase());
+                self.temp()
+            }
+            A::CreateIndex { .. }
+            | A::DropIndex { .. }
+            | A::DropTable { .. }
+            | A::DropTrigger { .. }
+            | A::DropView { .. }
+            | A::DropVtable { .. }
+            | A::Reindex { .. }
+            | A::Analyze { .. } => self.schema(db_of(db)),
+            A::AlterTable { database_name, .. } => self.schema(db_of(Some(database_name))),
+            A::CreateTempIndex { .. }
+            | A::CreateTempTable { .. }
+            | A::CreateTempView { .. }
+            | A::DropTempIndex { .. }
+            | A::DropTempTable { .. }
+            | A::DropTempTrigger { .. }
+            | A::DropTempView { .. } => self.temp(),
+            _ => Verdict::deny("an action this guard does not know is denied".into()),
+        }
+    }
+
+    fn no(&self, what: &str) -> Verdict {
+        Verdict::deny(format!("{what} for role {}", self.role_name))
+    }
+
+    fn schema(&self, db: Db) -> Verdict {
+        match db {
+            Db::Main if self.role.schema => Verdict::allow(),
+            Db::Main => self.no("schema changes are not granted"),
+            Db::Temp => self.temp(),
+            Db::Other => Verdict::deny("only the main database can be used on a guarded connection".into()),
+        }
+    }
+
+    fn temp(&self) -> Verdict {
+        if self.role.temp {
+            Verdict::allow()
+        } else {
+            self.no("temporary tables, views and triggers are not granted")
+        }
+    }
+
+    /// A name made after the catalog was read that looks like a shadow table: the
+    /// virtual table it would belong to (or `""` when none is known).
+    fn looks_shadow(&self, lower: &str) -> Option<String> {
+        let (prefix, suffix) = lower.rsplit_once('_')?;
+        if !SHADOW_SUFFIXES.contains(&suffix) {
+            return None;
+        }
+        match self.catalog.kinds.get(prefix) {
+            Some(Kind::Virtual) => Some(prefix.to_string()),
+            _ => Some(String::new()),
+        }
+    }
+
+    fn has_column_rules_on(&self, table: &str) -> bool {
+        self.column_rules
+            && self
+                .role
+                .mask
+                .iter()
+                .chain(&self.role.deny)
+                .chain(&self.role.allow)
+                .any(|c| c.table.as_deref().is_none_or(|t| t == table))
+    }
+
+    fn read(&mut self, db: Db, table: &str, column: &str, accessor: Option<&str>) -> Verdict {
+        with_lower(table, |t| {
+            if is_schema_table(t) {
+                // SQLite's own lookup when it connects a virtual table.
+                if column.eq_ignore_ascii_case("rowid") || self.role.catalog {
+                    return Verdict::allow();
+                }
+                return self.no("reading the schema (sqlite_schema) is not granted");
+            }
+            match db {
+                Db::Other => return Verdict::deny("only the main database can be used on a guarded connection".into()),
+                Db::Temp => return self.temp(),
+                Db::Main => {}
+            }
+            if let Some(v) = self.internal(t, true) {
+                return v;
+            }
+            match self.catalog.kinds.get(t) {
+                Some(Kind::Shadow { owner }) => {
+                    let owner = owner.clone();
+                    return self.shadow(t, &owner, None);
+                }
+                Some(_) => {}
+                None => {
+                    if t.starts_with("pragma_") {
+                        // The table-valued form of a pragma: SQLite asks SQLITE_PRAGMA too,
+                        // and that answer decides.
+                        return Verdict::allow();
+                    }
+                    if t == "json_each" || t == "json_tree" {
+                        return Verdict::allow();
+                    }
+                    if self.catalog.modules.contains(t) || self.looks_shadow(t).is_some() {
+                        return self.named_only(t, "select");
+                    }
+                }
+            }
+            let granted = self.role.select.all || self.role.select.names(t) || self.view_passes(accessor);
+            if !granted {
+                return self.no(&format!("select on {table} is not granted"));
+            }
+            let v = self.column(t, column, None);
+            // SQLite evaluates a RETURNING clause without the authorizer's IGNORE (the
+            // clause is resolved twice and only the first, discarded copy is asked
+            // about): a masked column would come back in clear. Only a statement that
+            // writes `t` can return its columns, so for a role that may write `t` its
+            // masked columns are denied where a statement names them directly; reads
+            // inside a view or trigger body (accessor set) stay masked.
+            if v.decision == Decision::Mask && accessor.is_none() && self.writes(t) {
+                return self.no(&format!(
+                    "column {t}.{} is masked, and masks cannot hold in RETURNING of a table the role writes: it is denied",
+                    column.to_ascii_lowercase()
+                ));
+            }
+            v
+        })
+    }
+
+    /// A view granted by name, in the schema when the guard read it, passes its grant
+    /// to the tables it reads (column rules still apply to them).
+    fn view_passes(&self, accessor: Option<&str>) -> bool {
+        let Some(a) = accessor else { return false };
+        with_lower(a, |a| {
+            matches!(self.catalog.kinds.get(a), Some(Kind::View { trusted: true }))
+                && !self.catalog.triggers.contains(a)
+                && self.role.select.names(a)
+        })
+    }
+
+    /// SQLite's internal tables other than the schema: `None` when `t` is not one.
+    fn internal(&self, t: &str, read: bool) -> Option<Verdict> {
+        if !t.starts_with("sqlite_") {
+            return None;
+        }
+        if t == "sqlite_sequence" || t.starts_with("sqlite_stat") {
+            return Some(match (read, self.role.catalog, self.role.schema) {
+                (true, true, _) | (false, _, true) => Verdict::allow(),
+                (true, false, _) => self.no(&format!("reading {t} is not granted (catalog)")),
+                (false, _, false) => self.no(&format!("writing {t} is not granted (schema)")),
+            });
+        }
+        Some(if read {
+            self.named_only(t, "select")
+        } else {
+            Verdict::deny(format!("{t} is never written on a guarded connection"))
+        })
+    }
+
+    /// Tables that read the database around the grants (`sqlite_dbpage`, `dbstat`) or
+    /// not yet known: granted only by name, never through `"*"`.
+    fn named_only(&self, t: &str, what: &str) -> Verdict {
+        if self.role.select.names(t) {
+            Verdict::allow()
+        } else {
+            self.no(&format!(
+                "{what} on {t} is not granted ({t} must be named to be granted; \"*\" does not cover it)"
+            ))
+        }
+    }
+
+    /// A shadow table: as its virtual table allows, and never when a column rule
+    /// touches that table (the shadow holds the masked values).
+    fn shadow(&self, t: &str, owner: &str, write: Option<Write>) -> Verdict {
+        if owner.is_empty() {
+            return self.named_only(t, "select");
+        }
+        let set = match write {
+            None => &self.role.select,
+            Some(Write::Insert) => &self.role.insert,
+            Some(Write::Update) => &self.role.update,
+            Some(Write::Delete) => &self.role.delete,
+        };
+        if !(set.all || set.names(owner)) {
+            let what = write.map_or("select", Write::word);
+            return self.no(&format!(
+                "{what} on {owner} (whose shadow table {t} this is) is not granted"
+            ));
+        }
+        if write.is_none() && self.has_column_rules_on(owner) {
+            return self.no(&format!(
+                "shadow table {t} holds columns of {owner} that are masked or denied"
+            ));
+        }
+        Verdict::allow()
+    }
+
+    fn writes(&self, t: &str) -> bool {
+        [&self.role.insert, &self.role.update, &self.role.delete]
+            .iter()
+            .any(|s| s.all || s.names(t))
+    }
+
+    fn column(&self, t: &str, column: &str, write: Option<Write>) -> Verdict {
+        if column.is_empty() || !self.column_rules {
+            return Verdict::allow();
+        }
+        with_lower(column, |c| {
+            if self.role.deny.iter().any(|r| r.matches(t, c)) {
+                return self.no(&format!("column {t}.{c} is denied"));
+            }
+            let listed = self.role.allow.iter().filter(|r| r.table.as_deref() == Some(t));
+            let mut any = false;
+            let mut hit = false;
+            for r in listed {
+                any = true;
+                hit |= r.column == c;
+            }
+            if any && !hit && c != "rowid" {
+                return self.no(&format!("column {t}.{c} is not in the allowed columns of {t}"));
+            }
+            if self.role.mask.iter().any(|r| r.matches(t, c)) {
+                return match write {
+                    Some(w) => self.no(&format!("{} of masked column {t}.{c} is not allowed", w.word())),
+                    None => Verdict::mask(format!("column {t}.{c} is masked for role {}", self.role_name)),
+                };
+            }
+            Verdict::allow()
+        })
+    }
+
+    fn write(&mut self, w: Write, db: Db, table: &str, column: Option<&str>) -> Verdict {
+        with_lower(table, |t| {
+            if is_schema_table(t) {
+                // SQLite refuses writes to its schema from SQL on its own (DEFENSIVE, no
+                // writable_schema); it asks while creating, dropping or declaring a
+                // virtual table, which are decided separately.
+                return Verdict::allow();
+            }
+            match db {
+                Db::Other => return Verdict::deny("only the main database can be used on a guarded connection".into()),
+                Db::Temp => return self.temp(),
+                Db::Main => {}
+            }
+            if let Some(v) = self.internal(t, false) {
+                return v;
+            }
+            match self.catalog.kinds.get(t) {
+                Some(Kind::Shadow { owner }) => return self.shadow(t, &owner.clone(), Some(w)),
+                Some(_) => {}
+                None => {
+                    if t.starts_with("pragma_")
+                        || t == "json_each"
+                        || t == "json_tree"
+                        || self.catalog.modules.contains(t)
+                    {
+                        return Verdict::deny(format!("{t} is never written on a guarded connection"));
+                    }
+                    if let Some(owner) = self.looks_shadow(t) {
+                        return self.shadow(t, &owner, Some(w));
+                    }
+                }
+            }
+            let set = match w {
+                Write::Insert => &self.role.insert,
+                Write::Update => &self.role.update,
+                Write::Delete => &self.role.delete,
+            };
+            if !(set.all || set.names(t)) {
+                return self.no(&format!("{} on {table} is not granted", w.word()));
+            }
+            match column {
+                Some(c) => self.column(t, c, Some(w)),
+                None => Verdict::allow(),
+            }
+        })
+    }
+
+    fn function(&self, name: &str) -> Verdict {
+        with_lower(name, |f| {
+            if NEVER_FUNCTIONS.contains(&f) {
+                return Verdict::deny(format!("function {f} is never allowed on a guarded connection"));
+            }
+            // ALTER TABLE's own helpers, run by SQLite on its schema; SQL cannot call
+            // them (they are internal functions).
+            if self.role.schema && (f.starts_with("sqlite_rename_") || f == "sqlite_drop_column") {
+                return Verdict::allow();
+            }
+            if BUILTIN_FUNCTIONS.binary_search(&f).is_ok() || self.role.functions.iter().any(|g| g == "*" || g == f) {
+                Verdict::allow()
+            } else {
+                self.no(&format!("function {f} is not granted"))
+            }
+        })
+    }
+
+    fn pragma(&self, db: Db, name: &str, value: Option<&str>) -> Verdict {
+        with_lower(name, |p| {
+            if db == Db::Other {
+                return Verdict::deny("only the main database can be used on a guarded connection".into());
+            }
+            // FTS5 asks it of its own accord; a counter of commits, nothing more.
+            if value.is_none() && p == "data_version" {
+                return Verdict::allow();
+            }
+            if !self.role.pragmas.iter().any(|g| g == p) {
+                return self.no(&format!("pragma {p} is not granted"));
+            }
+            match value {
+                None => Verdict::allow(),
+                Some(v) if PRAGMAS_TAKING_A_NAME.contains(&p) => {
+                    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                        return Verdict::allow();
+                    }
+                    let v = v.trim_matches(|c| c == '\'' || c == '"');
+                    with_lower(v, |obj| {
+                        let table = self.catalog.indexes.get(obj).map(String::as_str).unwrap_or(obj);
+                        if self.role.catalog
+                            || self.role.select.all && self.internal(table, true).is_none()
+                            || self.role.select.names(table)
+                        {
+                            Verdict::allow()
+                        } else {
+                            self.no(&format!("pragma {p} on {v}, which the role cannot read,"))
+                        }
+                    })
+                }
+                Some(_) => Verdict::deny(format!(
+                    "pragma {p} with a value changes a setting; never allowed on a guarded connection"
+                )),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_list_is_sorted_and_holds_no_dangerous_function() {
+        let mut sorted = BUILTIN_FUNCTIONS.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(sorted, BUILTIN_FUNCTIONS);
+        for f in NEVER_FUNCTIONS {
+            assert!(BUILTIN_FUNCTIONS.binary_search(f).is_err(), "{f}");
+        }
+    }
+}

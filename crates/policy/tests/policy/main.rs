@@ -1,0 +1,6 @@
+//! sqlvault-policy from the outside: the attack corpus, authentication, and the guard.
+
+mod attacks;
+mod auth;
+mod guard;
+mod support;
