@@ -114,6 +114,8 @@ struct Session {
     bypass: bool,
     last_denial: Option<Denial>,
     audit: Option<Arc<dyn AuditSink>>,
+    /// Tables with the guard's delete trigger, and the trigger's name.
+    guarded_tables: Vec<(String, String)>,
 }
 
 fn describe(a: &AuthAction<'_>) -> (&'static str, Option<String>, Option<String>) {
@@ -204,7 +206,10 @@ impl Session {
                 detail: detail.as_deref(),
                 accessor: ctx.accessor,
                 decision: v.decision,
-                reason: v.reason.as_deref(),
+                reason: match v.decision {
+                    Decision::Mask => Some("masked"),
+                    _ => v.reason.as_deref(),
+                },
             });
         }
         match v.decision {
@@ -238,14 +243,14 @@ impl Deref for Guarded {
     }
 }
 
-fn read_catalog(conn: &Connection) -> rusqlite::Result<Catalog> {
+pub(crate) fn read_catalog(conn: &Connection) -> rusqlite::Result<Catalog> {
     let mut c = Catalog::default();
     let mut st = conn.prepare("SELECT name, type FROM pragma_table_list WHERE schema = 'main'")?;
     let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     for row in rows {
         let (name, ty) = row?;
         let kind = match ty.as_str() {
-            "view" => Kind::View { trusted: true },
+            "view" => Kind::View,
             "virtual" => Kind::Virtual,
             "shadow" => Kind::Shadow { owner: String::new() },
             _ => Kind::Table,
@@ -253,17 +258,41 @@ fn read_catalog(conn: &Connection) -> rusqlite::Result<Catalog> {
         c.kinds.insert(name.to_ascii_lowercase(), kind);
     }
     c.link_shadows();
-    let mut st =
-        conn.prepare("SELECT type, name, tbl_name FROM main.sqlite_schema WHERE type IN ('index', 'trigger')")?;
-    let rows = st.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-    })?;
-    for row in rows {
-        let (ty, name, table) = row?;
-        if ty == "index" {
-            c.indexes.insert(name.to_ascii_lowercase(), table.to_ascii_lowercase());
-        } else {
-            c.triggers.insert(name.to_ascii_lowercase());
+    let tables: Vec<(String, Option<String>)> = conn
+        .prepare("SELECT name, sql FROM main.sqlite_schema WHERE type = 'table'")?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (table, sql) in tables {
+        let t = table.to_ascii_lowercase();
+        // Any CHECK makes a table's updates an oracle on what it reads; the word
+        // anywhere in its definition is taken for one (a false positive only denies).
+        if sql.is_some_and(|s| s.to_ascii_lowercase().contains("check")) {
+            c.checks.insert(t.clone());
+        }
+        let generated: crate::names::NameSet = conn
+            .prepare("SELECT name FROM pragma_table_xinfo(?1) WHERE hidden IN (2, 3)")?
+            .query_map([&table], |r| r.get::<_, String>(0))?
+            .map(|n| n.map(|n| n.to_ascii_lowercase()))
+            .collect::<Result<_, _>>()?;
+        if !generated.is_empty() {
+            c.generated.insert(t.clone(), generated);
+        }
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_index_list(?1)")?
+            .query_map([&table], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        let mut keys = Vec::new();
+        for index in indexes {
+            c.indexes.insert(index.to_ascii_lowercase(), t.clone());
+            let cols: Vec<Option<String>> = conn
+                .prepare("SELECT name FROM pragma_index_xinfo(?1) WHERE key ORDER BY seqno")?
+                .query_map([&index], |r| r.get::<_, Option<String>>(0))?
+                .map(|n| n.map(|n| n.map(|n| n.to_ascii_lowercase())))
+                .collect::<Result<_, _>>()?;
+            keys.extend(cols.into_iter().map(|col| (index.clone(), col)));
+        }
+        if !keys.is_empty() {
+            c.index_keys.insert(t, keys);
         }
     }
     let mut st = conn.prepare("SELECT name FROM pragma_module_list")?;
@@ -314,24 +343,37 @@ fn harden(conn: &Connection) -> Result<(), GuardError> {
     Ok(())
 }
 
-/// A scan of a whole table through a covering index returns rows in that index's
-/// order: with an index on a masked column, `SELECT id FROM users` would list users in
-/// the order of their masked values (and a role that may insert could binary-search
-/// them). Covering-index and skip scans are turned off for a role with column rules,
-/// so such scans read the table in rowid order. An index whose leading column a query
-/// constrains still orders ties by its later columns: `policy check` reports indexes
-/// holding masked columns.
-fn hide_index_order(conn: &Connection) -> Result<(), GuardError> {
-    const COVER_IDX_SCAN: std::os::raw::c_int = 0x0000_0020;
-    const SKIP_SCAN: std::os::raw::c_int = 0x0000_4000;
-    // SAFETY: SQLITE_TESTCTRL_OPTIMIZATIONS takes the connection and an int mask of
-    // optimizations to disable; the handle is live for the call.
-    unsafe {
-        ffi::sqlite3_test_control(
-            ffi::SQLITE_TESTCTRL_OPTIMIZATIONS,
-            conn.handle(),
-            COVER_IDX_SCAN | SKIP_SCAN,
-        );
+/// `INSERT OR REPLACE` and `UPDATE OR REPLACE` delete the rows they conflict with, and
+/// SQLite does not ask the authorizer about those deletes: a role that may insert could
+/// overwrite or remove any row through a UNIQUE or primary-key conflict. For each table
+/// the role may insert into or update but not delete from, a temporary trigger refuses
+/// every delete, and `recursive_triggers` (which a principal cannot change: pragma writes
+/// are denied) makes SQLite fire delete triggers for REPLACE's deletes. The triggers are
+/// this connection's own and a principal can neither drop nor replace them.
+fn guard_deletes(conn: &Connection, rules: &Rules, done: &mut Vec<(String, String)>) -> Result<(), GuardError> {
+    let tables: Vec<String> = rules
+        .tables_needing_delete_guard()
+        .into_iter()
+        .filter(|t| !done.iter().any(|(d, _)| d == t))
+        .collect();
+    if tables.is_empty() {
+        return Ok(());
+    }
+    conn.execute_batch("PRAGMA recursive_triggers = ON")
+        .map_err(GuardError::Sqlite)?;
+    for t in tables {
+        let name = format!("{}nodelete_{}", crate::rules::GUARD_TRIGGER_PREFIX, done.len() + 1);
+        let quoted = t.replace('"', "\"\"");
+        let message = format!(
+            "sqlvault-policy: deleting rows of {} is not granted",
+            crate::auth::printable(&t)
+        )
+        .replace('\'', "''");
+        conn.execute_batch(&format!(
+            "CREATE TEMP TRIGGER \"{name}\" BEFORE DELETE ON main.\"{quoted}\" BEGIN SELECT RAISE(ABORT, '{message}'); END"
+        ))
+        .map_err(GuardError::Sqlite)?;
+        done.push((t, name));
     }
     Ok(())
 }
@@ -367,16 +409,17 @@ impl Policy {
             return Err(GuardError::Attached(attached.join(", ")));
         }
         harden(&conn)?;
-        if !(role.mask.is_empty() && role.deny.is_empty() && role.allow.is_empty()) {
-            hide_index_order(&conn)?;
-        }
         let catalog = read_catalog(&conn).map_err(GuardError::Sqlite)?;
+        let rules = Rules::new(&who.role, role, catalog);
+        let mut guarded_tables = Vec::new();
+        guard_deletes(&conn, &rules, &mut guarded_tables)?;
         let session = Arc::new(Mutex::new(Session {
             identity: who.clone(),
-            rules: Rules::new(&who.role, role, catalog),
+            rules,
             bypass: false,
             last_denial: None,
             audit: opts.audit,
+            guarded_tables,
         }));
         let s = Arc::clone(&session);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
@@ -411,14 +454,22 @@ impl Guarded {
 
     /// Reads the schema again. Call it after another connection changed the schema:
     /// until then, a table made since is granted through `"*"` like any other unless
-    /// its name looks like a shadow table, and a new view never passes its grant on.
+    /// its name looks like a shadow table; its indexes, CHECK constraints and generated
+    /// columns are known only after it, and tables new since get the REPLACE guard.
     pub fn refresh(&self) -> Result<(), GuardError> {
         self.lock().bypass = true;
-        let read = read_catalog(&self.conn);
-        let mut s = self.lock();
-        s.bypass = false;
-        s.rules.catalog = read.map_err(GuardError::Sqlite)?;
-        Ok(())
+        let read = read_catalog(&self.conn).map_err(GuardError::Sqlite).and_then(|c| {
+            let mut s = self.lock();
+            s.rules.set_catalog(c);
+            let rules = s.rules.clone();
+            let mut done = std::mem::take(&mut s.guarded_tables);
+            drop(s);
+            let r = guard_deletes(&self.conn, &rules, &mut done);
+            self.lock().guarded_tables = done;
+            r
+        });
+        self.lock().bypass = false;
+        read
     }
 
     /// Removes the authorizer and returns the connection (its defensive settings
@@ -427,6 +478,12 @@ impl Guarded {
         self.conn
             .authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
             .map_err(GuardError::Sqlite)?;
+        let triggers = std::mem::take(&mut self.lock().guarded_tables);
+        for (_, name) in triggers {
+            self.conn
+                .execute_batch(&format!("DROP TRIGGER IF EXISTS temp.\"{name}\""))
+                .map_err(GuardError::Sqlite)?;
+        }
         Ok(self.conn)
     }
 }

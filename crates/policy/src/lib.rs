@@ -115,7 +115,7 @@ use std::path::PathBuf;
 pub use auth::{DEFAULT_ITERATIONS, DEFAULT_MEMORY_KIB, Identity, hash_parameters, hash_secret};
 pub use guard::{AuditEvent, AuditSink, Denial, GuardOptions, Guarded, TracingAudit};
 pub use lint::{Finding, Severity, lint};
-pub use names::{ColumnRef, TableSet};
+pub use names::{ColumnRef, NameHasher, NameMap, NameSet, TableSet};
 pub use policy::{CREATABLE_MODULES, Credential, PRAGMAS_TAKING_A_NAME, Policy, Principal, READ_ONLY_PRAGMAS, Role};
 pub use rules::{BUILTIN_FUNCTIONS, Decision, NEVER_FUNCTIONS};
 pub use rusqlite;

@@ -81,14 +81,17 @@ fn can_read(role: &Role, table: &str, column: &str) -> bool {
 
 /// Reads `policy` against the schema of `conn`'s main database. Findings, most severe
 /// first:
-/// - high: a grant or column rule naming a table or column the database lacks;
+/// - high: a grant or column rule naming a table or column the database lacks; a
+///   table the guard will deny whole because an index of it holds a hidden column;
 /// - medium: a role that can read a column marked `sensitive`; a grant of
 ///   `sqlite_dbpage` or `dbstat` (raw pages, around every mask);
 /// - low: a table no role covers, a role no principal holds, `schema` or `functions =
-///   ["*"]` granted, a generated column beside a masked one, hashes whose parameters
-///   differ (the decoy that hides which principals exist costs the first one's).
+///   ["*"]` granted;
+/// - medium too: hashes whose parameters differ (the decoy that hides which principals
+///   exist costs the first one's, so logins of the others take another time).
 pub fn lint(policy: &Policy, conn: &Connection) -> rusqlite::Result<Vec<Finding>> {
     let schema = read_schema(conn)?;
+    let catalog = crate::guard::read_catalog(conn)?;
     let mut out = BTreeSet::new();
     let mut add = |severity: Severity, message: String| {
         out.insert((std::cmp::Reverse(severity), message));
@@ -134,25 +137,17 @@ pub fn lint(policy: &Policy, conn: &Connection) -> rusqlite::Result<Vec<Finding>
         if !policy.principals.values().any(|p| &p.role == rname) {
             add(Severity::Low, format!("role {rname}: no principal holds it"));
         }
-        // A generated column is computed from others: masking one and not it leaks.
-        for (t, (_, cols)) in &schema.tables {
-            let masked: Vec<&String> = cols
-                .keys()
-                .filter(|c| role.mask.iter().chain(&role.deny).any(|r| r.matches(t, c)))
-                .collect();
-            if masked.is_empty() {
-                continue;
-            }
-            for (g, hidden) in cols {
-                if (*hidden == 2 || *hidden == 3) && can_read(role, t, g) {
-                    add(
-                        Severity::Low,
-                        format!(
-                            "role {rname}: generated column {t}.{g} is readable beside masked {t}.{}; mask it too if it is computed from it",
-                            masked[0]
-                        ),
-                    );
-                }
+        // The guard denies every read of a table one of whose indexes holds a column
+        // the role may not see: say so here, where it can still be fixed.
+        let rules = crate::rules::Rules::new(rname, role, catalog.clone());
+        for t in schema.tables.keys() {
+            if let Some(why) = rules.ordered_reason(t) {
+                add(
+                    Severity::High,
+                    format!(
+                        "role {rname}: {why}: the guard denies every read of {t} (drop the index, or unmask the column)"
+                    ),
+                );
             }
         }
     }
@@ -213,7 +208,7 @@ pub fn lint(policy: &Policy, conn: &Connection) -> rusqlite::Result<Vec<Finding>
         .collect();
     if params.len() > 1 {
         add(
-            Severity::Low,
+            Severity::Medium,
             "password hashes use different parameters: logins of some principals take longer than a miss, which tells their names apart; rehash them alike".into(),
         );
     }

@@ -1,7 +1,8 @@
 //! Table and column names as SQLite compares them: ASCII case-insensitively.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Runs `f` on the ASCII-lowercase form of `s`, without allocating for names of up to
 /// 64 bytes: the authorizer runs for every column of every statement prepared.
@@ -24,13 +25,41 @@ pub(crate) fn with_lower<R>(s: &str, f: impl FnOnce(&str) -> R) -> R {
     }
 }
 
+/// FNV-1a: the authorizer hashes a table name or two per call, and SipHash's
+/// resistance to chosen collisions buys nothing here — the sets are the policy's and
+/// the schema's names, not the caller's.
+#[derive(Debug, Clone, Copy)]
+pub struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// A set of lowercase names, hashed with [`NameHasher`].
+pub type NameSet = HashSet<String, BuildHasherDefault<NameHasher>>;
+/// A map from lowercase names, hashed with [`NameHasher`].
+pub type NameMap<V> = HashMap<String, V, BuildHasherDefault<NameHasher>>;
+
 /// A set of tables: every table (`"*"`) and/or names, kept lowercase.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableSet {
     /// `"*"` was given.
     pub all: bool,
     /// The names given, lowercase.
-    pub names: HashSet<String>,
+    pub names: NameSet,
 }
 
 impl TableSet {
@@ -53,6 +82,16 @@ impl TableSet {
     /// Whether `name` is listed by name (not through `"*"`).
     pub fn names(&self, name: &str) -> bool {
         with_lower(name, |l| self.names.contains(l))
+    }
+
+    /// [`TableSet::names`] for a name already lowercase.
+    pub(crate) fn names_lower(&self, lower: &str) -> bool {
+        !self.names.is_empty() && self.names.contains(lower)
+    }
+
+    /// Covered by `"*"` or by name (`lower` already lowercase).
+    pub(crate) fn covers_lower(&self, lower: &str) -> bool {
+        self.all || self.names_lower(lower)
     }
 
     /// Whether the set is empty.

@@ -18,11 +18,9 @@
 //!   with no column rule on it (its content is the virtual table's content).
 //! - `VACUUM` and `VACUUM INTO` ask `SQLITE_ATTACH` first.
 
-use std::collections::{HashMap, HashSet};
-
 use rusqlite::hooks::{AuthAction, AuthContext};
 
-use crate::names::with_lower;
+use crate::names::{NameMap, NameSet, with_lower};
 use crate::policy::{CREATABLE_MODULES, PRAGMAS_TAKING_A_NAME, Role};
 
 /// SQLite's built-in functions that only compute on their arguments: allowed to every
@@ -210,28 +208,27 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Kind {
     Table,
-    /// `trusted`: in the schema when the guard read it (so not made by this principal);
-    /// only such a view, granted by name, passes its own grant to what it reads.
-    View {
-        trusted: bool,
-    },
+    View,
     Virtual,
-    Shadow {
-        owner: String,
-    },
+    Shadow { owner: String },
 }
 
 /// The schema as the guard last read it, plus what this connection created since.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Catalog {
-    pub kinds: HashMap<String, Kind>,
+    pub kinds: NameMap<Kind>,
     /// Index name → its table.
-    pub indexes: HashMap<String, String>,
-    /// Trigger names: a view's grant never passes to a trigger of the same name.
-    pub triggers: HashSet<String>,
+    pub indexes: NameMap<String>,
+    /// Table → its indexes' key columns, as `(index, column)`; `None` for an expression.
+    /// A WITHOUT ROWID table's primary key is one of them.
+    pub index_keys: NameMap<Vec<(String, Option<String>)>>,
+    /// Table → its generated columns.
+    pub generated: NameMap<NameSet>,
+    /// Tables whose definition has a CHECK constraint.
+    pub checks: NameSet,
     /// Virtual-table modules of the connection: a name among them that is no table is
     /// an eponymous virtual table (`dbstat`, `sqlite_dbpage`).
-    pub modules: HashSet<String>,
+    pub modules: NameSet,
 }
 
 impl Catalog {
@@ -275,10 +272,12 @@ impl Verdict {
             reason: None,
         }
     }
-    fn mask(why: String) -> Verdict {
+    fn mask() -> Verdict {
+        // No reason text: a mask is the common case of a masked role's reads, and the
+        // audit event says "masked" with the table and column.
         Verdict {
             decision: Decision::Mask,
-            reason: Some(why),
+            reason: None,
         }
     }
     fn deny(why: String) -> Verdict {
@@ -337,16 +336,101 @@ pub(crate) struct Rules {
     pub catalog: Catalog,
     /// Whether the role has any column rule (skips three scans per column otherwise).
     column_rules: bool,
+    /// Tables whose row order shows a hidden column: an index of theirs has a column the
+    /// role masks or denies. Table → why.
+    ordered_by_hidden: NameMap<String>,
 }
+
+/// The prefix of the triggers the guard installs; a principal can neither create nor
+/// drop a trigger so named.
+pub(crate) const GUARD_TRIGGER_PREFIX: &str = "sqlvault_guard_";
 
 impl Rules {
     pub fn new(role_name: &str, role: &Role, catalog: Catalog) -> Rules {
-        Rules {
+        let mut r = Rules {
             role_name: role_name.to_string(),
             column_rules: !(role.mask.is_empty() && role.deny.is_empty() && role.allow.is_empty()),
             role: role.clone(),
-            catalog,
+            catalog: Catalog::default(),
+            ordered_by_hidden: NameMap::default(),
+        };
+        r.set_catalog(catalog);
+        r
+    }
+
+    /// Takes a new reading of the schema, and what follows from it for this role.
+    pub fn set_catalog(&mut self, catalog: Catalog) {
+        self.catalog = catalog;
+        self.ordered_by_hidden.clear();
+        if !self.column_rules {
+            return;
         }
+        let mut found = Vec::new();
+        for (table, keys) in &self.catalog.index_keys {
+            if !self.has_column_rules_on(table) {
+                continue;
+            }
+            let hidden = keys.iter().find(|(_, c)| match c {
+                Some(c) => self.hidden(table, c),
+                // An expression may read any column.
+                None => true,
+            });
+            if let Some((index, c)) = hidden {
+                let what = match c {
+                    Some(c) => format!("column {table}.{c}, which the role masks or denies"),
+                    None => "an expression, over columns the role may not see".to_string(),
+                };
+                found.push((
+                    table.clone(),
+                    format!("index {index} of {table} holds {what}, and rows scanned through it come out in its order"),
+                ));
+            }
+        }
+        self.ordered_by_hidden.extend(found);
+    }
+
+    /// Why every read of `table` (lowercase) is denied to this role for the order an
+    /// index of it shows, if it is.
+    pub fn ordered_reason(&self, table: &str) -> Option<&str> {
+        self.ordered_by_hidden.get(table).map(String::as_str)
+    }
+
+    /// Whether the role masks or denies `column` of `table` (both lowercase), or leaves
+    /// it out of the table's allow-list.
+    fn hidden(&self, table: &str, column: &str) -> bool {
+        self.role
+            .mask
+            .iter()
+            .chain(&self.role.deny)
+            .any(|r| r.matches(table, column))
+            || {
+                let mut listed = self
+                    .role
+                    .allow
+                    .iter()
+                    .filter(|r| r.table.as_deref() == Some(table))
+                    .peekable();
+                listed.peek().is_some() && !listed.any(|r| r.column == column)
+            }
+    }
+
+    /// The tables for which the guard installs a trigger refusing deletes: those the
+    /// role may insert into or update but not delete from, where `INSERT OR REPLACE`
+    /// and `UPDATE OR REPLACE` would delete conflicting rows without SQLite asking.
+    pub fn tables_needing_delete_guard(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .catalog
+            .kinds
+            .iter()
+            .filter(|(t, k)| **k == Kind::Table && !t.starts_with("sqlite_"))
+            .filter(|(t, _)| {
+                (self.role.insert.covers_lower(t) || self.role.update.covers_lower(t))
+                    && !self.role.delete.covers_lower(t)
+            })
+            .map(|(t, _)| t.clone())
+            .collect();
+        out.sort();
+        out
     }
 
     /// Decides one authorizer call, and remembers what this connection creates.
@@ -358,7 +442,7 @@ impl Rules {
             A::Read {
                 table_name,
                 column_name,
-            } => self.read(db_of(db), table_name, column_name, ctx.accessor),
+            } => self.read(db, table_name, column_name, ctx.accessor),
             A::Insert { table_name } => self.write(Write::Insert, db_of(db), table_name, None),
             A::Update {
                 table_name,
@@ -412,22 +496,26 @@ impl Rules {
             A::CreateView { view_name } => {
                 let v = self.schema(db_of(db));
                 if v.decision == Decision::Allow {
-                    self.catalog
-                        .kinds
-                        .insert(view_name.to_ascii_lowercase(), Kind::View { trusted: false });
+                    self.catalog.kinds.insert(view_name.to_ascii_lowercase(), Kind::View);
                 }
                 v
             }
-            A::CreateTrigger { trigger_name, .. } => {
-                let v = self.schema(db_of(db));
-                self.catalog.triggers.insert(trigger_name.to_ascii_lowercase());
-                v
+            A::CreateTempTrigger { trigger_name, .. } | A::DropTempTrigger { trigger_name, .. }
+                if trigger_name.to_ascii_lowercase().starts_with(GUARD_TRIGGER_PREFIX) =>
+            {
+                Verdict::deny(format!("trigger {trigger_name} is the guard's own"))
             }
-            A::CreateTempTrigger { trigger_name, .. } => {
-                self.catalog.triggers.insert(trigger_name.to_ascii_lowercase());
-                self.temp()
+            // A new index on a masked column would order rows by it; a renamed or added
+            // column would slip out of rules keyed by name.
+            A::CreateIndex { table_name, .. } | A::AlterTable { table_name, .. }
+                if self.has_column_rules_on(&table_name.to_ascii_lowercase()) =>
+            {
+                self.no(&format!(
+                    "indexing or altering {table_name}, whose columns the role masks or denies, is not allowed"
+                ))
             }
-            A::CreateIndex { .. }
+            A::CreateTrigger { .. }
+            | A::CreateIndex { .. }
             | A::DropIndex { .. }
             | A::DropTable { .. }
             | A::DropTrigger { .. }
@@ -437,6 +525,7 @@ impl Rules {
             | A::Analyze { .. } => self.schema(db_of(db)),
             A::AlterTable { database_name, .. } => self.schema(db_of(Some(database_name))),
             A::CreateTempIndex { .. }
+            | A::CreateTempTrigger { .. }
             | A::CreateTempTable { .. }
             | A::CreateTempView { .. }
             | A::DropTempIndex { .. }
@@ -492,11 +581,14 @@ impl Rules {
                 .any(|c| c.table.as_deref().is_none_or(|t| t == table))
     }
 
-    fn read(&mut self, db: Db, table: &str, column: &str, accessor: Option<&str>) -> Verdict {
+    fn read(&mut self, db_name: Option<&str>, table: &str, column: &str, accessor: Option<&str>) -> Verdict {
+        let db = db_of(db_name);
+        let db_name_absent = db_name.is_none();
         with_lower(table, |t| {
             if is_schema_table(t) {
                 // SQLite's own lookup when it connects a virtual table.
-                if column.eq_ignore_ascii_case("rowid") || self.role.catalog {
+                // ALTER TABLE reads the schema to rewrite it: `schema` implies reading it.
+                if column.eq_ignore_ascii_case("rowid") || self.role.catalog || self.role.schema {
                     return Verdict::allow();
                 }
                 return self.no("reading the schema (sqlite_schema) is not granted");
@@ -527,20 +619,29 @@ impl Rules {
                     if self.catalog.modules.contains(t) || self.looks_shadow(t).is_some() {
                         return self.named_only(t, "select");
                     }
+                    // A CTE or subquery read without naming a column (`count(*) FROM
+                    // c`): SQLite gives no database for it. Its own reads were asked.
+                    if db_name_absent && column.is_empty() {
+                        return Verdict::allow();
+                    }
                 }
             }
-            let granted = self.role.select.all || self.role.select.names(t) || self.view_passes(accessor);
-            if !granted {
+            // A view's grant passes nothing to the tables it reads: the accessor SQLite
+            // names is any subquery's or CTE's name, so a CTE could pose as a view.
+            let _ = accessor;
+            if !self.role.select.covers_lower(t) {
                 return self.no(&format!("select on {table} is not granted"));
+            }
+            if let Some(why) = self.ordered_by_hidden.get(t) {
+                return self.no(why);
             }
             let v = self.column(t, column, None);
             // SQLite evaluates a RETURNING clause without the authorizer's IGNORE (the
             // clause is resolved twice and only the first, discarded copy is asked
             // about): a masked column would come back in clear. Only a statement that
             // writes `t` can return its columns, so for a role that may write `t` its
-            // masked columns are denied where a statement names them directly; reads
-            // inside a view or trigger body (accessor set) stay masked.
-            if v.decision == Decision::Mask && accessor.is_none() && self.writes(t) {
+            // masked columns are denied, whatever view, CTE or trigger names them.
+            if v.decision == Decision::Mask && self.writes(t) {
                 return self.no(&format!(
                     "column {t}.{} is masked, and masks cannot hold in RETURNING of a table the role writes: it is denied",
                     column.to_ascii_lowercase()
@@ -550,21 +651,16 @@ impl Rules {
         })
     }
 
-    /// A view granted by name, in the schema when the guard read it, passes its grant
-    /// to the tables it reads (column rules still apply to them).
-    fn view_passes(&self, accessor: Option<&str>) -> bool {
-        let Some(a) = accessor else { return false };
-        with_lower(a, |a| {
-            matches!(self.catalog.kinds.get(a), Some(Kind::View { trusted: true }))
-                && !self.catalog.triggers.contains(a)
-                && self.role.select.names(a)
-        })
-    }
-
     /// SQLite's internal tables other than the schema: `None` when `t` is not one.
     fn internal(&self, t: &str, read: bool) -> Option<Verdict> {
         if !t.starts_with("sqlite_") {
             return None;
+        }
+        // STAT4 samples are index keys: the values of masked columns.
+        if read && (t == "sqlite_stat4" || t == "sqlite_stat3") && self.column_rules {
+            return Some(self.no(&format!(
+                "{t} holds sampled column values, and the role masks or denies columns"
+            )));
         }
         if t == "sqlite_sequence" || t.starts_with("sqlite_stat") {
             return Some(match (read, self.role.catalog, self.role.schema) {
@@ -621,7 +717,7 @@ impl Rules {
     fn writes(&self, t: &str) -> bool {
         [&self.role.insert, &self.role.update, &self.role.delete]
             .iter()
-            .any(|s| s.all || s.names(t))
+            .any(|s| s.covers_lower(t))
     }
 
     fn column(&self, t: &str, column: &str, write: Option<Write>) -> Verdict {
@@ -642,10 +738,19 @@ impl Rules {
             if any && !hit && c != "rowid" {
                 return self.no(&format!("column {t}.{c} is not in the allowed columns of {t}"));
             }
-            if self.role.mask.iter().any(|r| r.matches(t, c)) {
+            let generated = || {
+                self.catalog.generated.get(t).is_some_and(|g| g.contains(c))
+                    && !self
+                        .role
+                        .allow
+                        .iter()
+                        .any(|r| r.table.as_deref() == Some(t) && r.column == c)
+                    && self.has_column_rules_on(t)
+            };
+            if self.role.mask.iter().any(|r| r.matches(t, c)) || generated() {
                 return match write {
                     Some(w) => self.no(&format!("{} of masked column {t}.{c} is not allowed", w.word())),
-                    None => Verdict::mask(format!("column {t}.{c} is masked for role {}", self.role_name)),
+                    None => Verdict::mask(),
                 };
             }
             Verdict::allow()
@@ -691,6 +796,22 @@ impl Rules {
             };
             if !(set.all || set.names(t)) {
                 return self.no(&format!("{} on {table} is not granted", w.word()));
+            }
+            if self.has_column_rules_on(t) {
+                // SQLite names no column of an INSERT: it would write masked and denied
+                // columns (and a UNIQUE one would answer whether a value exists).
+                if w == Write::Insert {
+                    return self.no(&format!(
+                        "insert into {table}, whose columns the role masks or denies, is not allowed (an insert writes every column)"
+                    ));
+                }
+                // A CHECK constraint is evaluated without the authorizer: an update
+                // failing or not would tell a masked value.
+                if w == Write::Update && self.catalog.checks.contains(t) {
+                    return self.no(&format!(
+                        "update of {table}, which has CHECK constraints and columns the role masks or denies, is not allowed"
+                    ));
+                }
             }
             match column {
                 Some(c) => self.column(t, c, Some(w)),

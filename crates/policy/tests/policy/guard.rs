@@ -127,3 +127,62 @@ fn a_table_made_later_is_seen_after_refresh_and_shadow_like_names_wait_for_it() 
         1
     );
 }
+
+#[test]
+fn lint_reports_typos_sensitive_readers_ordering_indexes_and_uncovered_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = fixture_conn(&dir);
+    let p = Policy::from_toml(
+        r#"sensitive = ["users.password_hash", "*.ssn"]
+[roles.analyst]
+select = ["users", "ordrs", "staff"]
+mask = ["users.password_hash", "users.nope", "staff.salary"]
+[roles.ops]
+select = ["*"]
+schema = true
+[principals.a]
+role = "analyst"
+uid = 1
+"#,
+    )
+    .unwrap();
+    let found: Vec<String> = sqlvault_policy::lint(&p, &conn)
+        .unwrap()
+        .into_iter()
+        .map(|f| format!("{} {}", f.severity, f.message))
+        .collect();
+    let text = found.join("\n");
+    for want in [
+        "high role analyst: select names unknown table ordrs",
+        "high role analyst: mask names unknown column users.nope",
+        "high role analyst: index staff_salary of staff holds column staff.salary, which the role masks or denies",
+        "medium role analyst can read sensitive column users.ssn (principals: a)",
+        "medium role ops can read sensitive column users.password_hash (principals: none)",
+        "low role ops: schema is granted",
+        "low role ops: no principal holds it",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("role analyst can read sensitive column users.password_hash"),
+        "{text}"
+    );
+    // Findings come most severe first.
+    assert!(found.first().unwrap().starts_with("high"), "{text}");
+    // A policy covering nothing of a table says so.
+    let p = Policy::from_toml("[roles.r]\nselect = [\"users\"]\n[principals.a]\nrole = \"r\"\nuid = 1\n").unwrap();
+    let text: Vec<String> = sqlvault_policy::lint(&p, &conn)
+        .unwrap()
+        .into_iter()
+        .map(|f| f.message)
+        .collect();
+    assert!(
+        text.iter()
+            .any(|m| m == "table orders is covered by no role: no principal can use it"),
+        "{text:?}"
+    );
+    assert!(
+        !text.iter().any(|m| m.contains("docs_content")),
+        "shadow tables are not reported: {text:?}"
+    );
+}

@@ -3,4 +3,5 @@
 mod attacks;
 mod auth;
 mod guard;
+mod more_attacks;
 mod support;

@@ -29,20 +29,20 @@ catalog = true
 pragmas = ["user_version", "table_info"]
 
 [roles.masked]
-select = ["orders", "users", "user_names", "leaky", "docs"]
+select = ["orders", "users", "user_names", "leaky", "docs", "staff"]
 insert = ["orders", "users"]
 update = ["orders", "users"]
 delete = ["orders"]
-mask = ["users.password_hash", "users.ssn", "docs.body"]
+mask = ["users.password_hash", "users.ssn", "docs.body", "staff.salary"]
 temp = true
 transactions = true
 
 [roles.denier]
-select = ["orders", "users", "user_names", "leaky", "docs"]
+select = ["orders", "users", "user_names", "leaky", "docs", "staff"]
 insert = ["orders", "users"]
 update = ["orders", "users"]
 delete = ["orders"]
-deny = ["users.password_hash", "users.ssn", "docs.body"]
+deny = ["users.password_hash", "users.ssn", "docs.body", "staff.salary"]
 temp = true
 transactions = true
 
@@ -56,12 +56,13 @@ transactions = true
 pragmas = ["table_info", "index_list"]
 
 [roles.returner]
-select = ["orders", "users"]
+select = ["orders", "users", "staff"]
 update = ["orders"]
-mask = ["users.password_hash", "users.ssn"]
+mask = ["users.password_hash", "users.ssn", "staff.salary"]
 
 [roles.reader]
-select = ["docs", "user_names", "orders"]
+select = ["docs", "user_names", "orders", "users"]
+allow = ["users.id", "users.name", "users.email"]
 pragmas = ["user_version"]
 
 [roles.clerk]
@@ -74,7 +75,7 @@ functions = ["*"]
 
 [roles.allowlisted]
 select = ["users"]
-allow = ["users.id", "users.name"]
+allow = ["users.id", "users.name", "users.email"]
 
 [principals.admin]
 role = "admin"
@@ -111,15 +112,16 @@ pub fn policy() -> Policy {
 
 /// Writes the fixture database at `path`.
 pub fn fixture(path: &Path, v: Variant) {
-    let (h1, h2, s1, s2, top, doc) = match v {
-        Variant::A => ("HASH-A1", "HASH-A2", "SSN-A1", "SSN-A2", "TOP-A", "alpha DOCA"),
-        Variant::B => ("HASH-B9", "HASH-B0", "SSN-B9", "SSN-B0", "TOP-B", "beta DOCB"),
+    let (h1, h2, s1, s2, top, doc, sal1, sal2) = match v {
+        Variant::A => ("HASH-A1", "HASH-A2", "SSN-A1", "SSN-A2", "TOP-A", "alpha DOCA", 10, 20),
+        Variant::B => ("HASH-B9", "HASH-B0", "SSN-B9", "SSN-B0", "TOP-B", "beta DOCB", 20, 10),
     };
     let c = Connection::open(path).unwrap();
     c.execute_batch(&format!(
         "PRAGMA user_version = 3;
          CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT, email TEXT UNIQUE, password_hash TEXT, ssn TEXT);
-         CREATE INDEX users_pw ON users(password_hash);
+         CREATE TABLE staff(id INTEGER PRIMARY KEY, name TEXT, salary INT);
+         CREATE INDEX staff_salary ON staff(salary);
          CREATE TABLE orders(id INTEGER PRIMARY KEY, user_id INT, total INT, note TEXT);
          CREATE TABLE audit_log(id INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT);
          CREATE TABLE secrets(id INTEGER PRIMARY KEY, value TEXT);
@@ -132,6 +134,7 @@ pub fn fixture(path: &Path, v: Variant) {
          INSERT INTO users VALUES (1, 'ada', 'ada@x', '{h1}', '{s1}'), (2, 'bob', 'bob@x', '{h2}', '{s2}');
          INSERT INTO orders(user_id, total) VALUES (1, 10), (2, 20);
          INSERT INTO secrets(value) VALUES ('{top}');
+         INSERT INTO staff VALUES (1, 'cy', {sal1}), (2, 'di', {sal2});
          INSERT INTO docs(title, body) VALUES ('t1', '{doc}');"
     ))
     .unwrap();
