@@ -45,6 +45,12 @@ pub struct BenchArgs {
     /// daemon on the same databases in the same run.
     #[arg(long, conflicts_with_all = ["dump", "sqlcipher", "memory", "replicate"])]
     daemon: bool,
+    /// Benchmark sqlvault-policy instead: statements prepared per second on an
+    /// unguarded connection and on guarded ones (the guard's overhead), and
+    /// authentication time for known, unknown and uid principals. In-process; `--repeat`
+    /// rounds (at least 5).
+    #[arg(long, conflicts_with_all = ["dump", "sqlcipher", "memory", "replicate", "daemon"])]
+    policy: bool,
     /// With `--daemon`: how many databases.
     #[arg(long, default_value_t = 100, requires = "daemon")]
     databases: usize,
@@ -443,6 +449,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if a.daemon {
         return crate::bench_daemon::run(&a, a.databases, a.seconds);
+    }
+    if a.policy {
+        return crate::bench_policy::run(a.repeat.max(5));
     }
     if a.replicate {
         return crate::bench_replicate::run(&a, a.rate, a.seconds);

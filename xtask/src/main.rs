@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_daemon;
+mod bench_policy;
 mod bench_replicate;
 mod drill;
 mod fuzz;

@@ -73,7 +73,9 @@ pub fn hint(code: &str, command: &str) -> Option<&'static str> {
         "restore.db-key-required" | "source.key-required" => {
             "pass --db-key-file FILE (or set SQLVAULT_DB_KEY), or run it on a terminal to be asked"
         }
-        "restore.destination-exists" | "load.destination-exists" | "dump.output-exists" => "pass --force to replace it",
+        "restore.destination-exists" | "load.destination-exists" | "dump.output-exists" | "snapshot.output-exists" => {
+            "pass --force to replace it"
+        }
         "restore.stale-side-files" | "load.stale-side-files" => "remove them, or pass --force to have them removed",
         "restore.destination-in-use" | "load.destination-in-use" => {
             "stop every process that has it open, then run the command again with --force"

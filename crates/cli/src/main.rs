@@ -102,6 +102,9 @@ fn handle_signals(json: bool) {
             }
             break;
         }
+        // A command `freeze` runs is stopped first (SIGTERM, then SIGKILL): never left
+        // running unsupervised once the database is let go.
+        cmd::freeze::stop_child_for_exit();
         let removed = sqlvault_sqlite::remove_all_for_exit();
         let name = match sig {
             libc::SIGINT => "SIGINT",

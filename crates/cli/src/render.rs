@@ -66,7 +66,10 @@ pub fn print_json(v: &serde_json::Value) {
             out.push(c);
         }
     }
-    ::std::println!("{out}");
+    // A reader that went away (`| head`) is not an error of the command: its exit code
+    // still says how it went, and `println!` would panic on the closed pipe.
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{out}");
 }
 
 /// Serialises an engine report for [`print_json`].

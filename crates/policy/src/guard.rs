@@ -173,7 +173,7 @@ fn describe(a: &AuthAction<'_>) -> (&'static str, Option<String>, Option<String>
 
 fn action_words(a: &AuthAction<'_>) -> String {
     let (what, object, detail) = describe(a);
-    let printable = |s: String| crate::auth::printable(&s);
+    let printable = |s: String| crate::hash::printable(&s);
     match (what, object.map(printable), detail.map(printable)) {
         ("read" | "update", Some(t), Some(c)) if !c.is_empty() => format!("{what} of {t}.{c}"),
         ("pragma", Some(p), Some(v)) => format!("pragma {p} = {v}"),
@@ -366,7 +366,7 @@ fn guard_deletes(conn: &Connection, rules: &Rules, done: &mut Vec<(String, Strin
         let quoted = t.replace('"', "\"\"");
         let message = format!(
             "sqlvault-policy: deleting rows of {} is not granted",
-            crate::auth::printable(&t)
+            crate::hash::printable(&t)
         )
         .replace('\'', "''");
         conn.execute_batch(&format!(
@@ -393,7 +393,7 @@ impl Policy {
             Some(p) if p.role == who.role => self.roles.get(&p.role),
             _ => None,
         }
-        .ok_or_else(|| GuardError::Identity(crate::auth::printable(&who.principal)))?;
+        .ok_or_else(|| GuardError::Identity(crate::hash::printable(&who.principal)))?;
         let attached: Vec<String> = {
             let mut st = conn
                 .prepare("SELECT name FROM pragma_database_list")

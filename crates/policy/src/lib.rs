@@ -105,19 +105,23 @@
 
 mod auth;
 mod guard;
+mod hash;
 mod lint;
+mod lists;
 mod names;
 mod policy;
 mod rules;
 
 use std::path::PathBuf;
 
-pub use auth::{DEFAULT_ITERATIONS, DEFAULT_MEMORY_KIB, Identity, hash_parameters, hash_secret};
+pub use auth::Identity;
 pub use guard::{AuditEvent, AuditSink, Denial, GuardOptions, Guarded, TracingAudit};
+pub use hash::{DEFAULT_ITERATIONS, DEFAULT_MEMORY_KIB, hash_parameters, hash_secret};
 pub use lint::{Finding, Severity, lint};
+pub use lists::{BUILTIN_FUNCTIONS, CREATABLE_MODULES, NEVER_FUNCTIONS, PRAGMAS_TAKING_A_NAME, READ_ONLY_PRAGMAS};
 pub use names::{ColumnRef, NameHasher, NameMap, NameSet, TableSet};
-pub use policy::{CREATABLE_MODULES, Credential, PRAGMAS_TAKING_A_NAME, Policy, Principal, READ_ONLY_PRAGMAS, Role};
-pub use rules::{BUILTIN_FUNCTIONS, Decision, NEVER_FUNCTIONS};
+pub use policy::{Credential, Policy, Principal, Role};
+pub use rules::Decision;
 pub use rusqlite;
 
 /// A policy that cannot be read or is not valid. Messages name the role, principal or

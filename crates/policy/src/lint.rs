@@ -202,7 +202,7 @@ pub fn lint(policy: &Policy, conn: &Connection) -> rusqlite::Result<Vec<Finding>
         .principals
         .values()
         .filter_map(|p| match &p.credential {
-            Credential::PasswordHash(h) => crate::hash_parameters(h),
+            Credential::PasswordHash(h) => crate::hash::hash_parameters(h),
             Credential::Uid(_) => None,
         })
         .collect();

@@ -8,60 +8,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::PolicyError;
+use crate::lists::READ_ONLY_PRAGMAS;
 use crate::names::{ColumnRef, TableSet};
-
-/// Pragmas a role may be granted: each only reads. A pragma given a value (`PRAGMA
-/// user_version = 5`) is a write whatever its name, and is denied, except for the
-/// ones in [`PRAGMAS_TAKING_A_NAME`], whose argument names a table or index.
-pub const READ_ONLY_PRAGMAS: &[&str] = &[
-    "application_id",
-    "auto_vacuum",
-    "collation_list",
-    "compile_options",
-    "data_version",
-    "database_list",
-    "encoding",
-    "foreign_key_check",
-    "foreign_key_list",
-    "foreign_keys",
-    "freelist_count",
-    "function_list",
-    "index_info",
-    "index_list",
-    "index_xinfo",
-    "integrity_check",
-    "journal_mode",
-    "module_list",
-    "page_count",
-    "page_size",
-    "pragma_list",
-    "quick_check",
-    "schema_version",
-    "table_info",
-    "table_list",
-    "table_xinfo",
-    "user_version",
-];
-
-/// Read-only pragmas whose argument names a table or index (or, for the checks, a
-/// number). The role must be able to read that table, so a pragma never describes a
-/// table the role cannot see.
-pub const PRAGMAS_TAKING_A_NAME: &[&str] = &[
-    "foreign_key_check",
-    "foreign_key_list",
-    "index_info",
-    "index_list",
-    "index_xinfo",
-    "integrity_check",
-    "quick_check",
-    "table_info",
-    "table_xinfo",
-];
-
-/// Virtual-table modules a role with `schema` may create. Others (`dbstat`,
-/// `sqlite_dbpage`, `fts5vocab`, an application's own) expose pages or terms around
-/// the grants, so a virtual table of them is never created under a guard.
-pub const CREATABLE_MODULES: &[&str] = &["fts3", "fts4", "fts5", "rtree", "rtree_i32", "geopoly"];
 
 /// A role: what its principals may do. Everything not granted is denied.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -220,7 +168,7 @@ impl Role {
                 return Err(bad(format!("function {f:?} is not a function name")));
             }
             let l = f.to_ascii_lowercase();
-            if crate::rules::NEVER_FUNCTIONS.contains(&l.as_str()) {
+            if crate::lists::NEVER_FUNCTIONS.contains(&l.as_str()) {
                 return Err(bad(format!("function {f} can never be granted")));
             }
             functions.push(l);
@@ -254,7 +202,7 @@ impl Policy {
             roles: BTreeMap::new(),
             principals: BTreeMap::new(),
             sensitive: Vec::new(),
-            decoy: crate::auth::DECOY.to_string(),
+            decoy: crate::hash::DECOY.to_string(),
         }
     }
 
@@ -321,7 +269,7 @@ impl Policy {
             }
         }
         for f in &role.functions {
-            if crate::rules::NEVER_FUNCTIONS.contains(&f.to_ascii_lowercase().as_str()) {
+            if crate::lists::NEVER_FUNCTIONS.contains(&f.to_ascii_lowercase().as_str()) {
                 return Err(PolicyError::Invalid(format!(
                     "role {name}: function {f} can never be granted"
                 )));
@@ -345,7 +293,7 @@ impl Policy {
             )));
         }
         if let Credential::PasswordHash(h) = &credential {
-            crate::auth::check_hash(h).map_err(|why| PolicyError::Invalid(format!("principal {name}: {why}")))?;
+            crate::hash::check_hash(h).map_err(|why| PolicyError::Invalid(format!("principal {name}: {why}")))?;
         }
         self.principals.insert(
             name.to_string(),
@@ -354,7 +302,11 @@ impl Policy {
                 credential,
             },
         );
-        self.decoy = crate::auth::decoy_for(&self.principals);
+        let first = self.principals.values().find_map(|p| match &p.credential {
+            Credential::PasswordHash(h) => Some(h.as_str()),
+            Credential::Uid(_) => None,
+        });
+        self.decoy = crate::hash::decoy_for(first);
         Ok(self)
     }
 

@@ -576,6 +576,24 @@ fn candidates(len: u64) -> Result<Vec<CipherSettings>, SqliteError> {
     Ok(out)
 }
 
+/// Opens an existing database as an application would — read-write when `writable`,
+/// else read-only — plaintext, or SQLCipher with `unlock` (the key proven here). Never
+/// creates a file: a missing path, or a file that is not a database, is an error naming
+/// it. For tools that run the user's SQL on a database (`sqlvault sql`, `policy check`).
+pub fn open_database(
+    path: &Path,
+    unlock: Option<&Unlock>,
+    writable: bool,
+    busy_timeout: Duration,
+) -> Result<Connection, SqliteError> {
+    let flags = if writable {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    open_db(path, unlock, flags, busy_timeout).map(|(c, _)| c)
+}
+
 /// A connection to a database that may be encrypted, and its settings (`None` when
 /// the file is plaintext).
 pub(crate) fn open_db(

@@ -14,6 +14,10 @@
 //!   independently of the physical layout; backup records it and restore compares it.
 //! - [`verify_file`] / [`verify_file_with`] check a restored file: `PRAGMA
 //!   integrity_check` plus the checksum ([`VerifyReport`]).
+//! - [`copy_database`] writes a verified copy of a live database to a new file
+//!   ([`CopyOptions`], [`CopyReport`]); [`Freeze`] holds a database still (no commit,
+//!   no checkpoint) while something outside SQLite, such as a filesystem snapshot,
+//!   reads its files.
 //! - [`load`] builds a database from a dump and proves it equal ([`LoadOptions`],
 //!   [`LoadReport`]); it refuses what a dump never contains ([`SqliteError::Refused`]).
 //! - SQLCipher: [`DbKey`], [`CipherSettings`] and [`Unlock`] say how to open an
@@ -98,8 +102,13 @@ mod audit;
 mod checksum;
 mod collation;
 mod convert;
+mod copy;
 mod dump;
 mod error;
+// SAFETY (module): `fcntl` locks (`F_OFD_SETLK`, `F_SETLK`) on a descriptor it owns,
+// with a zeroed `flock` it fills in.
+#[allow(unsafe_code)]
+mod freeze;
 // SAFETY (module): `sqlite3_enable_load_extension` on a connection this module owns.
 #[allow(unsafe_code)]
 mod guard;
@@ -137,10 +146,14 @@ pub use audit::{
 pub use checksum::logical_checksum;
 pub use collation::{AppCollation, app_collation_indexes};
 pub use convert::{ConvertOptions, ConvertReport, Target, convert, decrypt, encrypt, migrate, rekey};
+pub use copy::{CopyOptions, CopyReport, copy_database};
 pub use dump::{DUMP_HEADER, DUMP_TRAILER, DumpReport};
 pub use error::SqliteError;
+pub use freeze::{Freeze, WAL_CKPT_LOCK_BYTE};
 pub use image::encrypt_image;
-pub use key::{AtRest, CipherSettings, DbKey, MAX_KDF_ITER, Unlock, has_sqlcipher, probe, sqlcipher_version};
+pub use key::{
+    AtRest, CipherSettings, DbKey, MAX_KDF_ITER, Unlock, has_sqlcipher, open_database, probe, sqlcipher_version,
+};
 pub use load::{LoadOptions, LoadReport, ensure_not_in_use, install, load};
 pub use regular::{file_kind, guard_sqlite_opens, held, hold_file, open_regular};
 pub use rusqlite;

@@ -675,7 +675,7 @@ impl Source {
     /// The copy itself, called inside the source's read transaction. Returns the
     /// source's 100-byte header when the main file is authoritative (not WAL mode,
     /// where the newest header may live in the WAL).
-    fn copy_locked<E>(&self, dst_path: &Path) -> Result<Option<[u8; 100]>, SnapshotError<E>> {
+    pub(crate) fn copy_locked<E>(&self, dst_path: &Path) -> Result<Option<[u8; 100]>, SnapshotError<E>> {
         let journal_mode: String = self
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))

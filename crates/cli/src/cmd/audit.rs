@@ -40,6 +40,85 @@ pub struct AuditArgs {
     /// content too.
     #[arg(long = "db-key-file", value_name = "FILE")]
     db_key_file: Option<PathBuf>,
+    /// A policy file (sqlvault-policy) guarding these databases: reported when others
+    /// can change or read it, and every database found is reported when its file
+    /// permissions let other users open it around the policy. Repeatable.
+    #[arg(long = "policy", value_name = "FILE")]
+    policies: Vec<PathBuf>,
+}
+
+/// Group/other permission bits of `path` (not following a link), removed with `fix`.
+fn loose_bits(path: &std::path::Path, mask: u32, fix: bool) -> Option<(u32, bool)> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    if !m.file_type().is_file() {
+        return None;
+    }
+    let bits = m.permissions().mode() & mask;
+    if bits == 0 {
+        return None;
+    }
+    let fixed = fix
+        && std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(m.permissions().mode() & !0o077 & 0o7777),
+        )
+        .is_ok();
+    Some((bits, fixed))
+}
+
+/// What a policy adds to an audit: its own file, and databases it cannot protect.
+fn policy_findings(a: &AuditArgs, databases: &[PathBuf]) -> Vec<sqlvault_sqlite::Finding> {
+    let mut out = Vec::new();
+    for p in &a.policies {
+        if !p.exists() {
+            out.push(sqlvault_sqlite::Finding {
+                severity: Severity::High,
+                code: "policy.missing",
+                path: p.clone(),
+                message: "the policy file does not exist".into(),
+                fix: String::new(),
+                fixed: false,
+            });
+            continue;
+        }
+        let fixed = loose_bits(p, 0o077, a.fix).is_some_and(|(_, f)| f);
+        for f in super::policy::file_findings(p) {
+            out.push(sqlvault_sqlite::Finding {
+                severity: match f.severity {
+                    sqlvault_policy::Severity::High => Severity::High,
+                    sqlvault_policy::Severity::Medium => Severity::Medium,
+                    sqlvault_policy::Severity::Low => Severity::Low,
+                },
+                code: "policy.file-permissions",
+                path: p.clone(),
+                message: f.message,
+                fix: format!("chmod 600 {}", p.display()),
+                fixed: fixed && f.severity != sqlvault_policy::Severity::Low,
+            });
+        }
+    }
+    if a.policies.is_empty() {
+        return out;
+    }
+    for db in databases {
+        for file in std::iter::once(db.clone()).chain(sqlvault_sqlite::side_files(db).unwrap_or_default()) {
+            if let Some((bits, fixed)) = loose_bits(&file, 0o066, a.fix) {
+                let who = if bits & 0o006 != 0 { "every user" } else { "its group" };
+                out.push(sqlvault_sqlite::Finding {
+                    severity: Severity::High,
+                    code: "policy.bypass",
+                    path: file.clone(),
+                    message: format!(
+                        "{who} can open this file directly, around the policy's authorizer: it reads what the policy masks or denies"
+                    ),
+                    fix: format!("chmod 600 {} (or audit --fix), and run the application as the only user that can open it", file.display()),
+                    fixed,
+                });
+            }
+        }
+    }
+    out
 }
 
 pub async fn run(a: AuditArgs, ctx: &Ctx) -> Result<u8, Error> {
@@ -57,6 +136,8 @@ pub async fn run(a: AuditArgs, ctx: &Ctx) -> Result<u8, Error> {
         .with_repo(repo, a.names.clone())
         .with_max_ages(a.max_snapshot_age, a.max_verify_age);
     let mut rep = sqlvault_engine::audit(super::session(), req).await?;
+    let extra = policy_findings(&a, &rep.databases);
+    rep.findings.extend(extra);
     rep.findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let worst = rep.worst();
     let code = match worst {

@@ -18,15 +18,19 @@ mod db;
 mod drill;
 mod dump;
 mod forget;
+pub(crate) mod freeze;
 mod init;
 mod join;
 mod key;
 mod load;
+pub(crate) mod policy;
 mod prune;
 mod replicate;
 mod restore;
 mod service;
+mod snapshot;
 mod snapshots;
+mod sql;
 mod verify;
 
 /// What every command is told besides its arguments.
@@ -75,6 +79,22 @@ pub enum Cmd {
     Dump(dump::DumpArgs),
     /// Build a database from a SQL dump; verified before it appears.
     Load(load::LoadArgs),
+    /// Copy a live database to a new local file: one consistent state, verified
+    /// (integrity_check and logical checksum), 0600, atomic; --vacuum compacts it and
+    /// drops what the application deleted.
+    Snapshot(snapshot::SnapshotArgs),
+    /// Hold a database still (no commit, no checkpoint) while a command runs, e.g.
+    /// `zfs snapshot`, so that a filesystem snapshot of it is consistent. Exit 19 when
+    /// the command fails or runs past --timeout.
+    Freeze(freeze::FreezeArgs),
+    /// Database access control: hash a principal's secret, or check a policy against
+    /// a database's schema.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// An operator's shell on a database as one principal of a policy: every statement
+    /// goes through the policy's authorizer. Exit 20 when a statement is denied (naming
+    /// what), 21 when SQLite refuses it.
+    Sql(sql::SqlArgs),
     /// SQLCipher at rest: encrypt, decrypt, rekey or migrate a database in place.
     #[command(subcommand)]
     Db(db::DbCmd),
@@ -122,6 +142,10 @@ impl Cmd {
             Cmd::Check(_) => "check",
             Cmd::Dump(_) => "dump",
             Cmd::Load(_) => "load",
+            Cmd::Snapshot(_) => "snapshot",
+            Cmd::Freeze(_) => "freeze",
+            Cmd::Policy(c) => c.name(),
+            Cmd::Sql(_) => "sql",
             Cmd::Db(c) => c.name(),
             Cmd::Copy(_) => "copy",
             Cmd::Forget(_) => "forget",
@@ -151,6 +175,10 @@ pub async fn run(cmd: Cmd, ctx: &Ctx) -> Result<u8, Error> {
         Cmd::Check(a) => check::run(a, ctx).await,
         Cmd::Dump(a) => dump::run(a, ctx).await,
         Cmd::Load(a) => load::run(a, ctx).await,
+        Cmd::Snapshot(a) => snapshot::run(a, ctx).await,
+        Cmd::Freeze(a) => freeze::run(a, ctx).await,
+        Cmd::Policy(c) => policy::run(c, ctx).await,
+        Cmd::Sql(a) => sql::run(a, ctx).await,
         Cmd::Db(c) => db::run(c, ctx).await,
         Cmd::Copy(a) => copy::run(a, ctx).await,
         Cmd::Forget(a) => forget::run(a, ctx).await,
