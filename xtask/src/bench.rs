@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// rounds (at least 5).
     #[arg(long, conflicts_with_all = ["dump", "sqlcipher", "memory", "replicate", "daemon"])]
     policy: bool,
+    /// Benchmark plain copies instead: `sqlvault snapshot` (and `--vacuum`) against
+    /// `sqlite3`'s `VACUUM INTO` and `.backup`, and `sqlvault freeze` around a copy,
+    /// all under a writer at 200 transactions/s (`--size-mib`, default 1024).
+    #[arg(long, conflicts_with_all = ["dump", "sqlcipher", "memory", "replicate", "daemon", "policy"])]
+    snapshot: bool,
     /// With `--daemon`: how many databases.
     #[arg(long, default_value_t = 100, requires = "daemon")]
     databases: usize,
@@ -452,6 +457,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if a.policy {
         return crate::bench_policy::run(a.repeat.max(5));
+    }
+    if a.snapshot {
+        return crate::bench_snapshot::run(a.size_mib);
     }
     if a.replicate {
         return crate::bench_replicate::run(&a, a.rate, a.seconds);

@@ -12,6 +12,7 @@ mod bench;
 mod bench_daemon;
 mod bench_policy;
 mod bench_replicate;
+mod bench_snapshot;
 mod drill;
 mod fuzz;
 mod fuzz_seeds;

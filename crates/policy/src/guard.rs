@@ -116,6 +116,8 @@ struct Session {
     audit: Option<Arc<dyn AuditSink>>,
     /// Tables with the guard's delete trigger, and the trigger's name.
     guarded_tables: Vec<(String, String)>,
+    /// `recursive_triggers` before the guard turned it on.
+    recursive_triggers: bool,
 }
 
 fn describe(a: &AuthAction<'_>) -> (&'static str, Option<String>, Option<String>) {
@@ -243,12 +245,32 @@ impl Deref for Guarded {
     }
 }
 
+/// `s` as an SQL string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Rows of a PRAGMA statement, each as its columns `cols` (positions).
+fn pragma_rows<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    sql: &str,
+    cols: &[usize],
+) -> rusqlite::Result<Vec<Vec<Option<T>>>> {
+    let mut st = conn.prepare(sql)?;
+    let rows = st.query_map([], |r| cols.iter().map(|&i| r.get::<_, Option<T>>(i)).collect())?;
+    rows.collect()
+}
+
+/// Reads what the rules need of the main schema. Only PRAGMA statements and
+/// `main.sqlite_schema`, never the table-valued `pragma_*` forms: a table the
+/// principal (or anyone) names `pragma_table_list` would take their place and feed the
+/// guard a schema of its choosing.
 pub(crate) fn read_catalog(conn: &Connection) -> rusqlite::Result<Catalog> {
     let mut c = Catalog::default();
-    let mut st = conn.prepare("SELECT name, type FROM pragma_table_list WHERE schema = 'main'")?;
-    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-    for row in rows {
-        let (name, ty) = row?;
+    for row in pragma_rows::<String>(conn, "PRAGMA main.table_list", &[1, 2])? {
+        let (Some(name), Some(ty)) = (row[0].clone(), row[1].clone()) else {
+            continue;
+        };
         let kind = match ty.as_str() {
             "view" => Kind::View,
             "virtual" => Kind::Virtual,
@@ -269,36 +291,50 @@ pub(crate) fn read_catalog(conn: &Connection) -> rusqlite::Result<Catalog> {
         if sql.is_some_and(|s| s.to_ascii_lowercase().contains("check")) {
             c.checks.insert(t.clone());
         }
-        let generated: crate::names::NameSet = conn
-            .prepare("SELECT name FROM pragma_table_xinfo(?1) WHERE hidden IN (2, 3)")?
-            .query_map([&table], |r| r.get::<_, String>(0))?
-            .map(|n| n.map(|n| n.to_ascii_lowercase()))
-            .collect::<Result<_, _>>()?;
+        // table_xinfo: cid, name, type, notnull, dflt_value, pk, hidden.
+        let generated: crate::names::NameSet = pragma_rows::<rusqlite::types::Value>(
+            conn,
+            &format!("PRAGMA main.table_xinfo({})", literal(&table)),
+            &[1, 6],
+        )?
+        .into_iter()
+        .filter(|r| matches!(r[1], Some(rusqlite::types::Value::Integer(2 | 3))))
+        .filter_map(|r| match &r[0] {
+            Some(rusqlite::types::Value::Text(n)) => Some(n.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
         if !generated.is_empty() {
             c.generated.insert(t.clone(), generated);
         }
-        let indexes: Vec<String> = conn
-            .prepare("SELECT name FROM pragma_index_list(?1)")?
-            .query_map([&table], |r| r.get::<_, String>(0))?
-            .collect::<Result<_, _>>()?;
+        // index_list: seq, name, unique, origin, partial.
+        let indexes = pragma_rows::<String>(conn, &format!("PRAGMA main.index_list({})", literal(&table)), &[1])?;
         let mut keys = Vec::new();
-        for index in indexes {
+        for index in indexes.into_iter().filter_map(|r| r[0].clone()) {
             c.indexes.insert(index.to_ascii_lowercase(), t.clone());
-            let cols: Vec<Option<String>> = conn
-                .prepare("SELECT name FROM pragma_index_xinfo(?1) WHERE key ORDER BY seqno")?
-                .query_map([&index], |r| r.get::<_, Option<String>>(0))?
-                .map(|n| n.map(|n| n.map(|n| n.to_ascii_lowercase())))
-                .collect::<Result<_, _>>()?;
-            keys.extend(cols.into_iter().map(|col| (index.clone(), col)));
+            // index_xinfo: seqno, cid, name, desc, coll, key (rows in seqno order).
+            for r in pragma_rows::<rusqlite::types::Value>(
+                conn,
+                &format!("PRAGMA main.index_xinfo({})", literal(&index)),
+                &[2, 5],
+            )? {
+                if matches!(r[1], Some(rusqlite::types::Value::Integer(1))) {
+                    let col = match &r[0] {
+                        Some(rusqlite::types::Value::Text(n)) => Some(n.to_ascii_lowercase()),
+                        _ => None,
+                    };
+                    keys.push((index.clone(), col));
+                }
+            }
         }
         if !keys.is_empty() {
             c.index_keys.insert(t, keys);
         }
     }
-    let mut st = conn.prepare("SELECT name FROM pragma_module_list")?;
-    let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-    for row in rows {
-        c.modules.insert(row?.to_ascii_lowercase());
+    for row in pragma_rows::<String>(conn, "PRAGMA module_list", &[0])? {
+        if let Some(m) = &row[0] {
+            c.modules.insert(m.to_ascii_lowercase());
+        }
     }
     Ok(c)
 }
@@ -394,20 +430,29 @@ impl Policy {
             _ => None,
         }
         .ok_or_else(|| GuardError::Identity(crate::hash::printable(&who.principal)))?;
-        let attached: Vec<String> = {
-            let mut st = conn
-                .prepare("SELECT name FROM pragma_database_list")
-                .map_err(GuardError::Sqlite)?;
-            st.query_map([], |r| r.get::<_, String>(0))
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(GuardError::Sqlite)?
-                .into_iter()
-                .filter(|n| n != "main" && n != "temp")
-                .collect()
-        };
+        // database_list: seq, name, file.
+        let attached: Vec<String> = pragma_rows::<String>(&conn, "PRAGMA database_list", &[1])
+            .map_err(GuardError::Sqlite)?
+            .into_iter()
+            .filter_map(|r| r[0].clone())
+            .filter(|n| n != "main" && n != "temp")
+            .collect();
         if !attached.is_empty() {
             return Err(GuardError::Attached(attached.join(", ")));
         }
+        // Temporary objects already there would be the application's: a table the
+        // principal could count or read as its own, a trigger that runs under its
+        // statements. Everything temporary on a guarded connection is the principal's
+        // or the guard's, and `into_inner` removes it all.
+        let temp: i64 = conn
+            .query_row("SELECT count(*) FROM temp.sqlite_schema", [], |r| r.get(0))
+            .map_err(GuardError::Sqlite)?;
+        if temp > 0 {
+            return Err(GuardError::TempObjects(temp as u64));
+        }
+        let recursive: i64 = conn
+            .query_row("PRAGMA recursive_triggers", [], |r| r.get(0))
+            .map_err(GuardError::Sqlite)?;
         harden(&conn)?;
         let catalog = read_catalog(&conn).map_err(GuardError::Sqlite)?;
         let rules = Rules::new(&who.role, role, catalog);
@@ -420,6 +465,7 @@ impl Policy {
             last_denial: None,
             audit: opts.audit,
             guarded_tables,
+            recursive_triggers: recursive != 0,
         }));
         let s = Arc::clone(&session);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
@@ -458,15 +504,19 @@ impl Guarded {
     /// columns are known only after it, and tables new since get the REPLACE guard.
     pub fn refresh(&self) -> Result<(), GuardError> {
         self.lock().bypass = true;
+        // The new rules take effect only once the delete triggers they call for are in
+        // place: on any failure the guard keeps the catalog it had.
         let read = read_catalog(&self.conn).map_err(GuardError::Sqlite).and_then(|c| {
-            let mut s = self.lock();
-            s.rules.set_catalog(c);
-            let rules = s.rules.clone();
-            let mut done = std::mem::take(&mut s.guarded_tables);
+            let s = self.lock();
+            let mut rules = s.rules.clone();
+            let mut done = s.guarded_tables.clone();
             drop(s);
-            let r = guard_deletes(&self.conn, &rules, &mut done);
-            self.lock().guarded_tables = done;
-            r
+            rules.set_catalog(c);
+            guard_deletes(&self.conn, &rules, &mut done)?;
+            let mut s = self.lock();
+            s.rules = rules;
+            s.guarded_tables = done;
+            Ok(())
         });
         self.lock().bypass = false;
         read
@@ -478,12 +528,36 @@ impl Guarded {
         self.conn
             .authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
             .map_err(GuardError::Sqlite)?;
-        let triggers = std::mem::take(&mut self.lock().guarded_tables);
-        for (_, name) in triggers {
-            self.conn
-                .execute_batch(&format!("DROP TRIGGER IF EXISTS temp.\"{name}\""))
-                .map_err(GuardError::Sqlite)?;
+        // Every temporary object is the principal's or the guard's (the guard refuses a
+        // connection that has any): a trigger left behind would run under the
+        // application's own statements.
+        let objects: Vec<(String, String)> = self
+            .conn
+            .prepare("SELECT type, name FROM temp.sqlite_schema WHERE type IN ('trigger', 'view', 'table')")
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(GuardError::Sqlite)?;
+        for kind in ["trigger", "view", "table"] {
+            for (_, name) in objects.iter().filter(|(k, _)| k == kind) {
+                self.conn
+                    .execute_batch(&format!(
+                        "DROP {} IF EXISTS temp.\"{}\"",
+                        kind.to_uppercase(),
+                        name.replace('"', "\"\"")
+                    ))
+                    .map_err(GuardError::Sqlite)?;
+            }
         }
+        let recursive = self.lock().recursive_triggers;
+        self.conn
+            .execute_batch(if recursive {
+                "PRAGMA recursive_triggers = ON"
+            } else {
+                "PRAGMA recursive_triggers = OFF"
+            })
+            .map_err(GuardError::Sqlite)?;
         Ok(self.conn)
     }
 }

@@ -190,6 +190,9 @@ pub enum GuardError {
     /// The connection has attached databases, which a policy cannot cover.
     #[error("the connection has attached databases ({0}); a guarded connection has only main")]
     Attached(String),
+    /// The connection has temporary objects, which a policy cannot cover.
+    #[error("the connection has {0} temporary objects; guard a connection before making any")]
+    TempObjects(u64),
     /// A defensive setting did not take.
     #[error("SQLite refused the defensive setting {0}")]
     Setting(String),

@@ -45,18 +45,20 @@ struct Schema {
     tables: BTreeMap<String, (String, BTreeMap<String, i64>)>,
 }
 
+/// The main schema's tables and columns, through PRAGMA statements (which no table can
+/// stand in for, unlike the `pragma_*` table-valued forms).
 fn read_schema(conn: &Connection) -> rusqlite::Result<Schema> {
     let mut tables = BTreeMap::new();
+    // table_list: schema, name, type, ncol, wr, strict.
     let names: Vec<(String, String)> = conn
-        .prepare("SELECT name, type FROM pragma_table_list WHERE schema = 'main'")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .prepare("PRAGMA main.table_list")?
+        .query_map([], |r| Ok((r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     for (name, ty) in names {
+        // table_xinfo: cid, name, type, notnull, dflt_value, pk, hidden.
         let cols: BTreeMap<String, i64> = conn
-            .prepare("SELECT name, hidden FROM pragma_table_xinfo(?1)")?
-            .query_map([&name], |r| {
-                Ok((r.get::<_, String>(0)?.to_ascii_lowercase(), r.get(1)?))
-            })?
+            .prepare(&format!("PRAGMA main.table_xinfo('{}')", name.replace('\'', "''")))?
+            .query_map([], |r| Ok((r.get::<_, String>(1)?.to_ascii_lowercase(), r.get(6)?)))?
             .collect::<Result<_, _>>()?;
         tables.insert(name.to_ascii_lowercase(), (ty, cols));
     }

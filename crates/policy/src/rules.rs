@@ -20,7 +20,7 @@
 
 use rusqlite::hooks::{AuthAction, AuthContext};
 
-use crate::lists::{BUILTIN_FUNCTIONS, CREATABLE_MODULES, NEVER_FUNCTIONS, PRAGMAS_TAKING_A_NAME};
+use crate::lists::{BUILTIN_FUNCTIONS, CREATABLE_MODULES, NEVER_FUNCTIONS, PRAGMAS_TAKING_A_NAME, READ_ONLY_PRAGMAS};
 use crate::names::{NameMap, NameSet, with_lower};
 use crate::policy::Role;
 
@@ -63,6 +63,8 @@ pub(crate) struct Catalog {
     pub generated: NameMap<NameSet>,
     /// Tables whose definition has a CHECK constraint.
     pub checks: NameSet,
+    /// Temporary tables and views this principal made.
+    pub temp_names: NameSet,
     /// Virtual-table modules of the connection: a name among them that is no table is
     /// an eponymous virtual table (`dbstat`, `sqlite_dbpage`).
     pub modules: NameSet,
@@ -173,6 +175,10 @@ pub(crate) struct Rules {
     pub catalog: Catalog,
     /// Whether the role has any column rule (skips three scans per column otherwise).
     column_rules: bool,
+    /// A rule names `*.column`: every table may have column rules.
+    star_rules: bool,
+    /// Tables a column rule names.
+    ruled_tables: NameSet,
     /// Tables whose row order shows a hidden column: an index of theirs has a column the
     /// role masks or denies. Table → why.
     ordered_by_hidden: NameMap<String>,
@@ -184,9 +190,12 @@ pub(crate) const GUARD_TRIGGER_PREFIX: &str = "sqlvault_guard_";
 
 impl Rules {
     pub fn new(role_name: &str, role: &Role, catalog: Catalog) -> Rules {
+        let rules = || role.mask.iter().chain(&role.deny).chain(&role.allow);
         let mut r = Rules {
             role_name: role_name.to_string(),
             column_rules: !(role.mask.is_empty() && role.deny.is_empty() && role.allow.is_empty()),
+            star_rules: rules().any(|c| c.table.is_none()),
+            ruled_tables: rules().filter_map(|c| c.table.clone()).collect(),
             role: role.clone(),
             catalog: Catalog::default(),
             ordered_by_hidden: NameMap::default(),
@@ -196,7 +205,8 @@ impl Rules {
     }
 
     /// Takes a new reading of the schema, and what follows from it for this role.
-    pub fn set_catalog(&mut self, catalog: Catalog) {
+    pub fn set_catalog(&mut self, mut catalog: Catalog) {
+        catalog.temp_names = std::mem::take(&mut self.catalog.temp_names);
         self.catalog = catalog;
         self.ordered_by_hidden.clear();
         if !self.column_rules {
@@ -300,6 +310,32 @@ impl Rules {
             }
             A::Attach { .. } => Verdict::deny("ATTACH and VACUUM are never allowed on a guarded connection".into()),
             A::Detach { .. } => Verdict::deny("DETACH is never allowed on a guarded connection".into()),
+            A::CreateTable { table_name } | A::CreateTempTable { table_name } | A::CreateVtable { table_name, .. }
+                if self.reserved_name(table_name) =>
+            {
+                Verdict::deny(format!(
+                    "{table_name} is the name of a built-in table-valued function or module"
+                ))
+            }
+            A::CreateView { view_name } | A::CreateTempView { view_name } if self.reserved_name(view_name) => {
+                Verdict::deny(format!(
+                    "{view_name} is the name of a built-in table-valued function or module"
+                ))
+            }
+            A::CreateTempTable { table_name } => {
+                let v = self.temp();
+                if v.decision == Decision::Allow {
+                    self.catalog.temp_names.insert(table_name.to_ascii_lowercase());
+                }
+                v
+            }
+            A::CreateTempView { view_name } => {
+                let v = self.temp();
+                if v.decision == Decision::Allow {
+                    self.catalog.temp_names.insert(view_name.to_ascii_lowercase());
+                }
+                v
+            }
             A::CreateVtable {
                 table_name,
                 module_name,
@@ -363,14 +399,20 @@ impl Rules {
             A::AlterTable { database_name, .. } => self.schema(db_of(Some(database_name))),
             A::CreateTempIndex { .. }
             | A::CreateTempTrigger { .. }
-            | A::CreateTempTable { .. }
-            | A::CreateTempView { .. }
             | A::DropTempIndex { .. }
             | A::DropTempTable { .. }
             | A::DropTempTrigger { .. }
             | A::DropTempView { .. } => self.temp(),
             _ => Verdict::deny("an action this guard does not know is denied".into()),
         }
+    }
+
+    /// Names a table or view may not take: a table-valued pragma's, `json_each`'s,
+    /// a module's. Such a table would stand in for the built-in where a name is looked
+    /// up unqualified.
+    fn reserved_name(&self, name: &str) -> bool {
+        let l = name.to_ascii_lowercase();
+        l.starts_with("pragma_") || l == "json_each" || l == "json_tree" || self.catalog.modules.contains(&l)
     }
 
     fn no(&self, what: &str) -> Verdict {
@@ -408,14 +450,7 @@ impl Rules {
     }
 
     fn has_column_rules_on(&self, table: &str) -> bool {
-        self.column_rules
-            && self
-                .role
-                .mask
-                .iter()
-                .chain(&self.role.deny)
-                .chain(&self.role.allow)
-                .any(|c| c.table.as_deref().is_none_or(|t| t == table))
+        self.column_rules && (self.star_rules || self.ruled_tables.contains(table))
     }
 
     fn read(&mut self, db_name: Option<&str>, table: &str, column: &str, accessor: Option<&str>) -> Verdict {
@@ -439,27 +474,44 @@ impl Rules {
                 return v;
             }
             match self.catalog.kinds.get(t) {
-                Some(Kind::Shadow { owner }) => {
+                Some(Kind::Shadow { owner }) if !owner.is_empty() => {
                     let owner = owner.clone();
                     return self.shadow(t, &owner, None);
                 }
+                // A shadow table whose virtual table is unknown: only by name, and then
+                // under every column rule like any table.
+                Some(Kind::Shadow { .. }) if !self.role.select.names_lower(t) => {
+                    return self.named_only(t, "select");
+                }
                 Some(_) => {}
                 None => {
-                    if t.starts_with("pragma_") {
-                        // The table-valued form of a pragma: SQLite asks SQLITE_PRAGMA too,
-                        // and that answer decides.
+                    // The table-valued form of a read-only pragma: SQLite asks
+                    // SQLITE_PRAGMA too, and that answer decides. (A real table of that
+                    // name, made since the catalog was read, would pass here until a
+                    // refresh; principals cannot make one.)
+                    if let Some(p) = t.strip_prefix("pragma_")
+                        && (READ_ONLY_PRAGMAS.contains(&p) || p == "data_version")
+                    {
                         return Verdict::allow();
                     }
                     if t == "json_each" || t == "json_tree" {
                         return Verdict::allow();
                     }
                     if self.catalog.modules.contains(t) || self.looks_shadow(t).is_some() {
-                        return self.named_only(t, "select");
-                    }
-                    // A CTE or subquery read without naming a column (`count(*) FROM
-                    // c`): SQLite gives no database for it. Its own reads were asked.
-                    if db_name_absent && column.is_empty() {
-                        return Verdict::allow();
+                        if !self.role.select.names_lower(t) {
+                            return self.named_only(t, "select");
+                        }
+                    } else if db_name_absent && column.is_empty() {
+                        // `count(*) FROM c` of a CTE or subquery: SQLite names no database
+                        // — nor for a table written without one, so this is no proof of a
+                        // CTE. Allowed where a table of that name would be granted anyway:
+                        // through "*", or a temporary table this principal made.
+                        if self.role.select.all || self.catalog.temp_names.contains(t) {
+                            return Verdict::allow();
+                        }
+                        return self.no(&format!(
+                            "select on {table} is not granted (count a CTE's column, count(x), rather than count(*))"
+                        ));
                     }
                 }
             }
@@ -469,7 +521,9 @@ impl Rules {
             if !self.role.select.covers_lower(t) {
                 return self.no(&format!("select on {table} is not granted"));
             }
-            if let Some(why) = self.ordered_by_hidden.get(t) {
+            if !self.ordered_by_hidden.is_empty()
+                && let Some(why) = self.ordered_by_hidden.get(t)
+            {
                 return self.no(why);
             }
             let v = self.column(t, column, None);
@@ -493,10 +547,10 @@ impl Rules {
         if !t.starts_with("sqlite_") {
             return None;
         }
-        // STAT4 samples are index keys: the values of masked columns.
-        if read && (t == "sqlite_stat4" || t == "sqlite_stat3") && self.column_rules {
+        // STAT4 samples index keys (masked values); STAT1 tells whether they repeat.
+        if read && t.starts_with("sqlite_stat") && self.column_rules {
             return Some(self.no(&format!(
-                "{t} holds sampled column values, and the role masks or denies columns"
+                "{t} describes the values of indexed columns, and the role masks or denies columns"
             )));
         }
         if t == "sqlite_sequence" || t.starts_with("sqlite_stat") {
@@ -558,7 +612,7 @@ impl Rules {
     }
 
     fn column(&self, t: &str, column: &str, write: Option<Write>) -> Verdict {
-        if column.is_empty() || !self.column_rules {
+        if column.is_empty() || !self.has_column_rules_on(t) {
             return Verdict::allow();
         }
         with_lower(column, |c| {
@@ -633,6 +687,11 @@ impl Rules {
             };
             if !(set.all || set.names(t)) {
                 return self.no(&format!("{} on {table} is not granted", w.word()));
+            }
+            if let Some(why) = self.ordered_by_hidden.get(t) {
+                // A foreign key's parent key is indexed: deleting or updating a parent
+                // whose key is hidden fails or not as a child matches it.
+                return self.no(why);
             }
             if self.has_column_rules_on(t) {
                 // SQLite names no column of an INSERT: it would write masked and denied

@@ -176,8 +176,15 @@ fn run_script(g: &Guarded, sql: &str, json_out: bool, results: &mut Vec<Value>) 
             message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
         },
     };
-    // Another connection may have changed the schema since the last statement.
-    let _ = g.refresh();
+    // Another connection may have changed the schema since the last statement. A guard
+    // that cannot read it keeps the rules it had; the statement is not run blind.
+    if let Err(e) = g.refresh() {
+        return Err(Failure {
+            code: "policy.guard",
+            exit: SQL_FAILED,
+            message: format!("cannot read the schema again: {e}"),
+        });
+    }
     let mut batch = rusqlite::Batch::new(g, sql);
     let stdout = std::io::stdout();
     loop {
