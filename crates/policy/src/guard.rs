@@ -2,9 +2,11 @@
 //! with the principal's role, turns on SQLite's defensive settings, and reports every
 //! decision to an optional audit sink.
 
+use std::cell::RefCell;
+use std::ffi::{CStr, c_char, c_int, c_void};
 use std::fmt;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
@@ -227,8 +229,165 @@ impl Session {
 /// it cannot be turned back into an unguarded connection through a shared reference,
 /// since removing the authorizer needs `&mut Connection`.
 pub struct Guarded {
+    // Before `session`: the connection closes (no more callbacks) before the session
+    // the callback points to is freed.
     conn: Connection,
-    session: Arc<Mutex<Session>>,
+    // Boxed: SQLite holds its address. A `RefCell`, not a lock: a `Guarded` is not
+    // `Sync` (its `Connection` is not), so the callback and the methods below all run on
+    // the thread that holds it, and never at once (no method runs SQL while borrowing).
+    session: Box<RefCell<Session>>,
+}
+
+/// Whether the database name SQLite passed is none (a table named without one) or
+/// `main`, read byte by byte up to its NUL.
+///
+/// # Safety
+/// `db` is null or a NUL-terminated string.
+unsafe fn is_main(db: *const c_char) -> bool {
+    if db.is_null() {
+        return true;
+    }
+    let p = db.cast::<u8>();
+    // SAFETY: each byte is read only if every byte before it matched a non-NUL byte.
+    unsafe { *p == b'm' && *p.add(1) == b'a' && *p.add(2) == b'i' && *p.add(3) == b'n' && *p.add(4) == 0 }
+}
+
+/// The C authorizer: the session behind `p`, the arguments as UTF-8 (a name that is
+/// not is denied), the rules' answer. A panic is answered with a denial, never unwound
+/// into SQLite.
+unsafe extern "C" fn authorize_raw(
+    p: *mut c_void,
+    code: c_int,
+    a1: *const c_char,
+    a2: *const c_char,
+    db: *const c_char,
+    accessor: *const c_char,
+) -> c_int {
+    // SAFETY: `p` is the `RefCell<Session>` of the `Guarded` that installed this
+    // callback, alive while it is installed (see `Guarded`).
+    let session = unsafe { &*(p as *const RefCell<Session>) };
+    // The common case first, converting nothing (nothing here can panic): a SELECT, a
+    // read or write of a table the role uses whole, a built-in function.
+    if let Ok(s) = session.try_borrow()
+        && !s.bypass
+        && s.audit.is_none()
+    {
+        // SAFETY: SQLite passes NUL-terminated strings valid for the call.
+        unsafe {
+            match code {
+                ffi::SQLITE_SELECT => return ffi::SQLITE_OK,
+                ffi::SQLITE_READ if !a1.is_null() && is_main(db) => {
+                    // A role with column rules reads most through the column memory;
+                    // one without, through the table's.
+                    if !a2.is_null() && s.rules.has_column_rules() {
+                        match s.rules.read_decided_at(a1, a2) {
+                            Some(Decision::Allow) => return ffi::SQLITE_OK,
+                            Some(Decision::Mask) => return ffi::SQLITE_IGNORE,
+                            _ => {}
+                        }
+                    }
+                    if s.rules.allowed_outright_at(code, a1) {
+                        return ffi::SQLITE_OK;
+                    }
+                }
+                ffi::SQLITE_INSERT | ffi::SQLITE_UPDATE | ffi::SQLITE_DELETE
+                    if !a1.is_null() && is_main(db) && s.rules.allowed_outright_at(code, a1) =>
+                {
+                    return ffi::SQLITE_OK;
+                }
+                ffi::SQLITE_FUNCTION if !a2.is_null() && s.rules.allowed_outright_at(code, a2) => {
+                    return ffi::SQLITE_OK;
+                }
+                _ => {}
+            }
+        }
+    }
+    // SAFETY: the caller's (SQLite's) promises, passed on.
+    unsafe { authorize_slow(session, code, a1, a2, db, accessor) }
+}
+
+/// Everything the fast path does not answer: the arguments as UTF-8 (a name that is not
+/// is denied), the rules' decision, what it teaches the memory of recent answers. Out
+/// of line, so the fast path stays a small function.
+///
+/// # Safety
+/// The strings are null or NUL-terminated and valid for the call.
+#[cold]
+#[inline(never)]
+unsafe fn authorize_slow(
+    session: &RefCell<Session>,
+    code: c_int,
+    a1: *const c_char,
+    a2: *const c_char,
+    db: *const c_char,
+    accessor: *const c_char,
+) -> c_int {
+    let (raw_a1, raw_a2) = (a1, a2);
+    let run = std::panic::AssertUnwindSafe(|| {
+        let text = |x: *const c_char| -> Result<Option<&str>, ()> {
+            if x.is_null() {
+                return Ok(None);
+            }
+            // SAFETY: SQLite passes NUL-terminated strings valid for the call.
+            std::str::from_utf8(unsafe { CStr::from_ptr(x) }.to_bytes())
+                .map(Some)
+                .map_err(|_| ())
+        };
+        let (Ok(a1), Ok(a2), Ok(db), Ok(accessor)) = (text(a1), text(a2), text(db), text(accessor)) else {
+            return ffi::SQLITE_DENY;
+        };
+        let Ok(mut s) = session.try_borrow_mut() else {
+            return ffi::SQLITE_DENY;
+        };
+        let ctx = AuthContext {
+            action: crate::action::action_of(code, a1, a2),
+            database_name: db,
+            accessor,
+        };
+        let answer = s.authorize(ctx);
+        match ctx.action {
+            // A column of a table in the schema (not a count, not a name the catalog does
+            // not know), decided without a denial: the same every time until the rules
+            // change.
+            AuthAction::Read {
+                table_name,
+                column_name,
+            } if !column_name.is_empty()
+                && matches!(db, None | Some("main"))
+                && s.rules.catalog.kinds.contains_key(&table_name.to_ascii_lowercase())
+                && !s.bypass =>
+            {
+                let decided = match answer {
+                    Authorization::Allow => Some(Decision::Allow),
+                    Authorization::Ignore => Some(Decision::Mask),
+                    _ => None,
+                };
+                if let Some(d) = decided {
+                    // SAFETY: non-null (the action has both names), NUL-terminated, valid
+                    // for the call.
+                    unsafe { s.rules.remember_read(raw_a1, raw_a2, d) };
+                }
+            }
+            AuthAction::Read { .. }
+            | AuthAction::Insert { .. }
+            | AuthAction::Update { .. }
+            | AuthAction::Delete { .. }
+            | AuthAction::Function { .. }
+            | AuthAction::Select
+            | AuthAction::Recursive
+            | AuthAction::Pragma { .. }
+            | AuthAction::Transaction { .. }
+            | AuthAction::Savepoint { .. } => {}
+            // Creating or dropping may change what the rules know.
+            _ => s.rules.forget_recent(),
+        }
+        match answer {
+            Authorization::Allow => ffi::SQLITE_OK,
+            Authorization::Ignore => ffi::SQLITE_IGNORE,
+            _ => ffi::SQLITE_DENY,
+        }
+    });
+    std::panic::catch_unwind(run).unwrap_or(ffi::SQLITE_DENY)
 }
 
 impl fmt::Debug for Guarded {
@@ -277,7 +436,11 @@ pub(crate) fn read_catalog(conn: &Connection) -> rusqlite::Result<Catalog> {
             "shadow" => Kind::Shadow { owner: String::new() },
             _ => Kind::Table,
         };
-        c.kinds.insert(name.to_ascii_lowercase(), kind);
+        let lower = name.to_ascii_lowercase();
+        if lower != name {
+            c.declared.insert(lower.clone(), name);
+        }
+        c.kinds.insert(lower, kind);
     }
     c.link_shadows();
     let tables: Vec<(String, Option<String>)> = conn
@@ -424,7 +587,7 @@ impl Policy {
     /// on `SQLITE_DBCONFIG_DEFENSIVE`, `trusted_schema=OFF`, no extension loading, no
     /// FTS3 tokenizer, no attached databases (refused if the connection has any), reads
     /// the schema, and installs the authorizer. Key a SQLCipher connection first.
-    pub fn guard_with(&self, mut conn: Connection, who: &Identity, opts: GuardOptions) -> Result<Guarded, GuardError> {
+    pub fn guard_with(&self, conn: Connection, who: &Identity, opts: GuardOptions) -> Result<Guarded, GuardError> {
         let role = match self.principals.get(&who.principal) {
             Some(p) if p.role == who.role => self.roles.get(&p.role),
             _ => None,
@@ -458,7 +621,7 @@ impl Policy {
         let rules = Rules::new(&who.role, role, catalog);
         let mut guarded_tables = Vec::new();
         guard_deletes(&conn, &rules, &mut guarded_tables)?;
-        let session = Arc::new(Mutex::new(Session {
+        let session = Box::new(RefCell::new(Session {
             identity: who.clone(),
             rules,
             bypass: false,
@@ -467,19 +630,26 @@ impl Policy {
             guarded_tables,
             recursive_triggers: recursive != 0,
         }));
-        let s = Arc::clone(&session);
-        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
-            s.authorize(ctx)
-        }))
-        .map_err(GuardError::Sqlite)?;
+        // SAFETY: the handle is live; the pointer is the session this `Guarded` keeps
+        // until after the authorizer is removed (`into_inner`) or the connection is
+        // closed (the `conn` field drops before `session`).
+        let rc = unsafe {
+            ffi::sqlite3_set_authorizer(
+                conn.handle(),
+                Some(authorize_raw),
+                &*session as *const RefCell<Session> as *mut c_void,
+            )
+        };
+        if rc != ffi::SQLITE_OK {
+            return Err(GuardError::Setting("the authorizer".into()));
+        }
         Ok(Guarded { conn, session })
     }
 }
 
 impl Guarded {
-    fn lock(&self) -> MutexGuard<'_, Session> {
-        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::cell::RefMut<'_, Session> {
+        self.session.borrow_mut()
     }
 
     /// The principal and role this connection acts for.
@@ -524,10 +694,12 @@ impl Guarded {
 
     /// Removes the authorizer and returns the connection (its defensive settings
     /// stay). For the application's own use, never for the principal's.
-    pub fn into_inner(mut self) -> Result<Connection, GuardError> {
-        self.conn
-            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
-            .map_err(GuardError::Sqlite)?;
+    pub fn into_inner(self) -> Result<Connection, GuardError> {
+        // SAFETY: removing the callback; the handle is live.
+        let rc = unsafe { ffi::sqlite3_set_authorizer(self.conn.handle(), None, std::ptr::null_mut()) };
+        if rc != ffi::SQLITE_OK {
+            return Err(GuardError::Setting("removing the authorizer".into()));
+        }
         // Every temporary object is the principal's or the guard's (the guard refuses a
         // connection that has any): a trigger left behind would run under the
         // application's own statements.

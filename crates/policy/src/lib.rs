@@ -103,6 +103,7 @@
 //! # }
 //! ```
 
+mod action;
 mod auth;
 mod guard;
 mod hash;
