@@ -111,6 +111,7 @@ mod lint;
 mod lists;
 mod names;
 mod policy;
+mod recent;
 mod rules;
 
 use std::path::PathBuf;

@@ -23,6 +23,7 @@ use rusqlite::hooks::{AuthAction, AuthContext};
 use crate::lists::{BUILTIN_FUNCTIONS, CREATABLE_MODULES, NEVER_FUNCTIONS, PRAGMAS_TAKING_A_NAME, READ_ONLY_PRAGMAS};
 use crate::names::{NameMap, NameSet, with_lower};
 use crate::policy::Role;
+use crate::recent::Memory;
 
 /// Suffixes of FTS3/4/5 and R*Tree shadow tables: a table made after the guard read
 /// the schema, named like one, needs naming to be granted until the guard refreshes.
@@ -197,70 +198,8 @@ pub(crate) struct Rules {
     /// Answers of [`Rules::allowed_outright`] by the address of the name SQLite passed
     /// (its schema's own string, the same for every column of a table): see
     /// [`Rules::allowed_outright_at`].
-    recent: std::cell::RefCell<[Recent; 16]>,
-    /// Decided column reads of tables with column rules (allowed or masked), by the
-    /// addresses of the table's and the column's names: see [`Rules::read_decided_at`].
-    recent_reads: std::cell::RefCell<[RecentRead; 32]>,
+    recent: Memory,
 }
-
-/// Whether the NUL-terminated string at `p` is exactly `name`: compared byte by byte,
-/// stopping at the first difference — the string's own NUL differs from every byte of
-/// a name, so nothing past it is read.
-///
-/// # Safety
-/// `p` must point to a NUL-terminated string.
-unsafe fn spells(p: *const std::ffi::c_char, name: &[u8]) -> bool {
-    let p = p.cast::<u8>();
-    // SAFETY: every byte read is at or before the string's terminating NUL.
-    !name.is_empty()
-        && name.iter().enumerate().all(|(i, &b)| unsafe { *p.add(i) } == b)
-        && unsafe { *p.add(name.len()) } == 0
-}
-
-fn read_slot(table: *const std::ffi::c_char, column: *const std::ffi::c_char) -> usize {
-    ((table as usize).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (column as usize).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)) >> 59
-        & 31
-}
-
-/// One remembered column-read decision.
-#[derive(Debug, Clone)]
-pub(crate) struct RecentRead {
-    table: usize,
-    column: usize,
-    table_name: [u8; RECENT_NAME],
-    table_len: u8,
-    column_name: [u8; RECENT_NAME],
-    column_len: u8,
-    decision: Decision,
-}
-
-impl Default for RecentRead {
-    fn default() -> Self {
-        RecentRead {
-            table: 0,
-            column: 0,
-            table_name: [0; RECENT_NAME],
-            table_len: 0,
-            column_name: [0; RECENT_NAME],
-            column_len: 0,
-            decision: Decision::Deny,
-        }
-    }
-}
-
-/// One remembered answer of [`Rules::allowed_outright_at`].
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Recent {
-    addr: usize,
-    /// The name, inline (no pointer to chase on the hot path); longer names are not
-    /// remembered.
-    name: [u8; RECENT_NAME],
-    len: u8,
-    /// Bits: read, insert, update, delete, function; the high bit marks a function.
-    allowed: u8,
-}
-
-const RECENT_NAME: usize = 30;
 
 type ByteSet = std::collections::HashSet<Box<[u8]>, std::hash::BuildHasherDefault<crate::names::NameHasher>>;
 
@@ -283,8 +222,7 @@ impl Rules {
             insert_whole: Default::default(),
             update_whole: Default::default(),
             delete_whole: Default::default(),
-            recent: Default::default(),
-            recent_reads: Default::default(),
+            recent: Memory::default(),
         };
         r.set_catalog(catalog);
         r
@@ -362,13 +300,11 @@ impl Rules {
 
     /// Forgets every remembered answer: the rules or the catalog changed.
     pub fn forget_recent(&self) {
-        *self.recent.borrow_mut() = Default::default();
-        *self.recent_reads.borrow_mut() = Default::default();
+        self.recent.forget();
     }
 
     /// A remembered decision (allow or mask) of reading the column named at `column` of
-    /// the table named at `table`, if the bytes at both addresses still spell the names
-    /// it was decided for.
+    /// the table named at `table` (see [`crate::recent`]).
     ///
     /// # Safety
     /// Both must point to NUL-terminated strings valid for the call.
@@ -377,20 +313,15 @@ impl Rules {
         table: *const std::ffi::c_char,
         column: *const std::ffi::c_char,
     ) -> Option<Decision> {
-        let recent = self.recent_reads.try_borrow().ok()?;
-        let r = &recent[read_slot(table, column)];
         // SAFETY: the caller's promise.
-        (r.table == table as usize
-            && r.column == column as usize
-            && unsafe {
-                spells(table, &r.table_name[..r.table_len as usize])
-                    && spells(column, &r.column_name[..r.column_len as usize])
-            })
-        .then_some(r.decision)
+        match unsafe { self.recent.read(table, column) } {
+            Some(0) => Some(Decision::Allow),
+            Some(1) => Some(Decision::Mask),
+            _ => None,
+        }
     }
 
-    /// Remembers `decision` (allow or mask) for a column read (see
-    /// [`Rules::read_decided_at`]).
+    /// Remembers `decision` (allow or mask) for a column read.
     ///
     /// # Safety
     /// Both must point to NUL-terminated strings valid for the call.
@@ -400,93 +331,43 @@ impl Rules {
         column: *const std::ffi::c_char,
         decision: Decision,
     ) {
-        if let Ok(mut recent) = self.recent_reads.try_borrow_mut() {
-            // SAFETY: the caller's promise.
-            let (t, c) = unsafe {
-                (
-                    std::ffi::CStr::from_ptr(table).to_bytes(),
-                    std::ffi::CStr::from_ptr(column).to_bytes(),
-                )
-            };
-            if t.len() > RECENT_NAME || c.len() > RECENT_NAME {
-                return;
-            }
-            let r = &mut recent[read_slot(table, column)];
-            r.table = table as usize;
-            r.column = column as usize;
-            r.table_name[..t.len()].copy_from_slice(t);
-            r.table_len = t.len() as u8;
-            r.column_name[..c.len()].copy_from_slice(c);
-            r.column_len = c.len() as u8;
-            r.decision = decision;
-        }
+        let code = match decision {
+            Decision::Allow => 0,
+            Decision::Mask => 1,
+            Decision::Deny => return,
+        };
+        // SAFETY: the caller's promise.
+        unsafe { self.recent.remember_read(table, column, code) }
     }
 
-    /// [`Rules::allowed_outright`] for the NUL-terminated name at `name`, remembered by
-    /// its address: SQLite passes a table's own name string for every column read, so
-    /// most calls of a statement (and of the next ones) ask about an address asked
-    /// before. A remembered answer is used only when the bytes there still spell the
-    /// remembered name (an address freed and reused for another name is a miss); the
-    /// memory is cleared whenever the rules change.
+    /// [`Rules::allowed_outright`] (or [`Rules::function_outright`]) for the name at
+    /// `name`, remembered by its address (see [`crate::recent`]).
     ///
     /// # Safety
     /// `name` must point to a NUL-terminated string valid for the call.
     pub unsafe fn allowed_outright_at(&self, code: i32, name: *const std::ffi::c_char) -> bool {
+        use rusqlite::ffi::{SQLITE_DELETE, SQLITE_FUNCTION, SQLITE_INSERT, SQLITE_READ, SQLITE_UPDATE};
         let bit = match code {
-            rusqlite::ffi::SQLITE_READ => 1u8,
-            rusqlite::ffi::SQLITE_INSERT => 2,
-            rusqlite::ffi::SQLITE_UPDATE => 4,
-            rusqlite::ffi::SQLITE_DELETE => 8,
-            rusqlite::ffi::SQLITE_FUNCTION => 16,
+            SQLITE_READ => 1u8,
+            SQLITE_INSERT => 2,
+            SQLITE_UPDATE => 4,
+            SQLITE_DELETE => 8,
+            SQLITE_FUNCTION => 16,
             _ => return false,
         };
-        let addr = name as usize;
-        // Fibonacci hashing: heap addresses differ in their middle bits.
-        let slot = (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) & 15;
-        let Ok(mut recent) = self.recent.try_borrow_mut() else {
-            return false;
-        };
-        let r = &mut recent[slot];
-        if r.addr == addr {
-            // SAFETY: the caller's promise.
-            if unsafe { spells(name, &r.name[..r.len as usize]) } && (r.allowed & 0x80 != 0) == (bit == 16) {
-                return r.allowed & bit != 0;
+        let function = code == SQLITE_FUNCTION;
+        let fresh = |bytes: &[u8]| -> u8 {
+            if function {
+                return if self.function_outright(bytes) { 16 } else { 0 };
             }
-        }
-        // SAFETY: the caller's promise.
-        let bytes = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
-        // A function's name and a table's never share an address (one is SQLite's
-        // function table, the other the schema), but the bits keep them apart anyway.
-        let allowed = if code == rusqlite::ffi::SQLITE_FUNCTION {
-            if self.function_outright(bytes) { 16 } else { 0 }
-        } else {
-            [
-                rusqlite::ffi::SQLITE_READ,
-                rusqlite::ffi::SQLITE_INSERT,
-                rusqlite::ffi::SQLITE_UPDATE,
-                rusqlite::ffi::SQLITE_DELETE,
-            ]
-            .iter()
-            .enumerate()
-            .fold(0u8, |acc, (i, &c)| {
-                if self.allowed_outright(c, bytes) {
-                    acc | (1 << i)
-                } else {
-                    acc
-                }
-            })
+            [SQLITE_READ, SQLITE_INSERT, SQLITE_UPDATE, SQLITE_DELETE]
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| self.allowed_outright(**c, bytes))
+                .fold(0u8, |acc, (i, _)| acc | (1 << i))
         };
-        if bytes.len() <= RECENT_NAME {
-            let mut name = [0u8; RECENT_NAME];
-            name[..bytes.len()].copy_from_slice(bytes);
-            *r = Recent {
-                addr,
-                name,
-                len: bytes.len() as u8,
-                allowed: if bit == 16 { allowed | 0x80 } else { allowed },
-            };
-        }
-        allowed & bit != 0
+        // SAFETY: the caller's promise.
+        unsafe { self.recent.name_bit(name, bit, function, fresh) }
     }
 
     /// Whether SQLite's question `code` about `table` (as SQLite passes it) in the main

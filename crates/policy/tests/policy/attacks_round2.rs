@@ -5,6 +5,8 @@
 //! Tests at the top level are attacks the guard holds against (regression tests).
 //! Attacks that succeed are in the module `open_leaks` at the bottom: each asserts the
 //! secure behaviour, so each fails until the guard is fixed.
+// (tidy: long file — one attacker review's corpus, kept whole so each attack reads
+// beside the fixtures and helpers it was written with.)
 
 use std::path::{Path, PathBuf};
 
