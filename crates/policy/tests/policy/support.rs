@@ -158,7 +158,8 @@ impl Outcome {
     }
 }
 
-fn value(v: ValueRef<'_>) -> String {
+/// A value as the corpus compares them.
+pub fn value(v: ValueRef<'_>) -> String {
     match v {
         ValueRef::Null => "NULL".into(),
         ValueRef::Integer(i) => i.to_string(),
@@ -176,35 +177,44 @@ fn app_function(c: &Connection) {
     .unwrap();
 }
 
-fn steps_on(conn: &Connection, steps: &[&str], denial: &dyn Fn() -> Option<String>) -> Outcome {
+/// Runs one statement; its rows, or the denial (when `denial` has one) or failure.
+pub fn one(conn: &Connection, sql: &str, denial: &dyn Fn() -> Option<String>) -> Outcome {
+    let fail = |e: rusqlite::Error| match denial() {
+        Some(d) => Outcome::Denied(d),
+        None => Outcome::Failed(e.to_string()),
+    };
+    let mut st = match conn.prepare(sql) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let n = st.column_count();
+    let mut out = Vec::new();
+    let mut rows = match st.query([]) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    loop {
+        match rows.next() {
+            Ok(Some(r)) => {
+                for i in 0..n {
+                    out.push(value(r.get_ref(i).unwrap()));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return fail(e),
+        }
+    }
+    Outcome::Rows(out)
+}
+
+/// Runs `steps` on `conn`; the last one's values, or the first denial or failure.
+pub fn steps_on(conn: &Connection, steps: &[&str], denial: &dyn Fn() -> Option<String>) -> Outcome {
     let mut last = Outcome::Rows(Vec::new());
     for sql in steps {
-        let fail = |e: rusqlite::Error| match denial() {
-            Some(d) => Outcome::Denied(d),
-            None => Outcome::Failed(e.to_string()),
-        };
-        let mut st = match conn.prepare(sql) {
-            Ok(s) => s,
-            Err(e) => return fail(e),
-        };
-        let n = st.column_count();
-        let mut out = Vec::new();
-        let mut rows = match st.query([]) {
-            Ok(r) => r,
-            Err(e) => return fail(e),
-        };
-        loop {
-            match rows.next() {
-                Ok(Some(r)) => {
-                    for i in 0..n {
-                        out.push(value(r.get_ref(i).unwrap()));
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return fail(e),
-            }
+        last = one(conn, sql, denial);
+        if !matches!(last, Outcome::Rows(_)) {
+            return last;
         }
-        last = Outcome::Rows(out);
     }
     last
 }
