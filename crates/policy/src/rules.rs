@@ -384,8 +384,8 @@ impl Rules {
         !set.is_empty() && set.contains(table)
     }
 
-    /// Whether `name` is one of SQLite's built-in harmless functions (or one the role
-    /// may call), as SQLite passes it.
+    /// Whether `name`, as SQLite passes it, is one of SQLite's built-in harmless
+    /// functions (an application function of the same name is taken for it).
     pub fn function_outright(&self, name: &[u8]) -> bool {
         BUILTIN_FUNCTIONS.binary_search_by(|f| f.as_bytes().cmp(name)).is_ok()
     }
