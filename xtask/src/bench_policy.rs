@@ -142,73 +142,45 @@ pub fn run(rounds: usize) -> Result<()> {
     trig.execute_batch(
         "PRAGMA recursive_triggers = ON; CREATE TEMP TRIGGER t BEFORE DELETE ON main.orders BEGIN SELECT RAISE(ABORT, 'x'); END",
     )?;
+    let conns: [(&str, &Connection); 7] = [
+        ("unguarded (SQLite alone)", &plain),
+        ("guarded, role without column rules", &app),
+        ("guarded, role with masks", &analyst),
+        ("(rusqlite authorizer answering Allow at once)", &noop),
+        ("(a temp BEFORE DELETE trigger on orders)", &trig),
+        ("(a C authorizer allowing everything: the floor)", &raw),
+        ("(the defensive settings alone)", &hard),
+    ];
     // Warm the schema and the page cache of each.
-    for c in [&plain, &*app, &*analyst, &noop, &trig, &raw, &hard] {
+    for (_, c) in conns {
         round(c, 200)?;
     }
     // Many short rounds, each connection in turn and the order rotated, so drift and
     // position hit all alike.
     let per_round = 400;
     let rounds = rounds * 8;
-    let (mut a, mut b, mut m, mut n, mut t, mut r, mut h) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    let mut rates = vec![Vec::new(); conns.len()];
     for i in 0..rounds {
-        for k in 0..7 {
-            match (i + k) % 7 {
-                0 => a.push(round(&plain, per_round)?),
-                1 => b.push(round(&app, per_round)?),
-                2 => m.push(round(&analyst, per_round)?),
-                3 => n.push(round(&noop, per_round)?),
-                4 => t.push(round(&trig, per_round)?),
-                5 => r.push(round(&raw, per_round)?),
-                _ => h.push(round(&hard, per_round)?),
-            }
+        for k in 0..conns.len() {
+            let c = (i + k) % conns.len();
+            rates[c].push(round(conns[c].1, per_round)?);
         }
     }
-    let (a, b, m, n, t, r, h) = (
-        fast_quarter(a),
-        fast_quarter(b),
-        fast_quarter(m),
-        fast_quarter(n),
-        fast_quarter(t),
-        fast_quarter(r),
-        fast_quarter(h),
-    );
+    let rates: Vec<f64> = rates.into_iter().map(fast_quarter).collect();
     println!(
         "prepare-heavy: {} statements × {per_round} per round, {rounds} rounds in rotating order; statements per CPU second, median of the fastest quarter",
         STATEMENTS.len()
     );
     println!("| connection | statements prepared/s | overhead |");
     println!("|---|---|---|");
-    println!("| unguarded (SQLite alone) | {a:.0} | — |");
-    println!(
-        "| guarded, role without column rules | {b:.0} | {:+.1}% |",
-        (a / b - 1.0) * 100.0
-    );
-    println!("| guarded, role with masks | {m:.0} | {:+.1}% |", (a / m - 1.0) * 100.0);
-    println!(
-        "| (rusqlite authorizer answering Allow at once) | {n:.0} | {:+.1}% |",
-        (a / n - 1.0) * 100.0
-    );
-    println!(
-        "| (a temp BEFORE DELETE trigger on orders) | {t:.0} | {:+.1}% |",
-        (a / t - 1.0) * 100.0
-    );
-    println!(
-        "| (a C authorizer allowing everything: the floor) | {r:.0} | {:+.1}% |",
-        (a / r - 1.0) * 100.0
-    );
-    println!(
-        "| (the defensive settings alone) | {h:.0} | {:+.1}% |",
-        (a / h - 1.0) * 100.0
-    );
+    // The first is the peer every other row is measured against.
+    for (i, ((name, _), rate)) in conns.iter().zip(&rates).enumerate() {
+        if i == 0 {
+            println!("| {name} | {rate:.0} | — |");
+        } else {
+            println!("| {name} | {rate:.0} | {:+.1}% |", (rates[0] / rate - 1.0) * 100.0);
+        }
+    }
 
     // Authentication time: known principal with a wrong secret, unknown, by-uid.
     let h = hash_secret(b"the real secret", None, None)?;

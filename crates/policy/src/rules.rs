@@ -443,7 +443,7 @@ impl Rules {
             A::Read {
                 table_name,
                 column_name,
-            } => self.read(db, table_name, column_name, ctx.accessor),
+            } => self.read(db, table_name, column_name),
             A::Insert { table_name } => self.write(Write::Insert, db_of(db), table_name, None),
             A::Update {
                 table_name,
@@ -607,7 +607,7 @@ impl Rules {
         self.column_rules && (self.star_rules || self.ruled_tables.contains(table))
     }
 
-    fn read(&mut self, db_name: Option<&str>, table: &str, column: &str, accessor: Option<&str>) -> Verdict {
+    fn read(&mut self, db_name: Option<&str>, table: &str, column: &str) -> Verdict {
         let db = db_of(db_name);
         let db_name_absent = db_name.is_none();
         with_lower(table, |t| {
@@ -669,9 +669,9 @@ impl Rules {
                     }
                 }
             }
-            // A view's grant passes nothing to the tables it reads: the accessor SQLite
-            // names is any subquery's or CTE's name, so a CTE could pose as a view.
-            let _ = accessor;
+            // The accessor (the view or trigger whose body asks) plays no part: SQLite
+            // names any subquery or CTE as accessor, so a CTE could pose as a view, and
+            // a view's grant passes nothing to the tables it reads.
             if !self.role.select.covers_lower(t) {
                 return self.no(&format!("select on {table} is not granted"));
             }
